@@ -1,0 +1,272 @@
+//! edgeflow's kernel side: one XDP program (ingress) and one TC classifier (egress, and
+//! ingress where XDP is not wanted) that key every packet to a bidirectional flow entry.
+//!
+//! They only observe: every path returns XDP_PASS / TC_ACT_OK.
+#![no_std]
+#![no_main]
+// The BPF target has no atomic read-modify-write methods on AtomicU64; the intrinsics lower
+// to BPF atomic add/or instructions (with --cpu=v3).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::{classifier, map, xdp},
+    maps::{HashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
+    EbpfContext, Global,
+};
+use aya_log_ebpf::warn;
+use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed};
+use shared::{
+    flow::DEFAULT_MAX_FLOWS,
+    parse::{parse_into, Frame, Parsed},
+    stats::STATS_LEN,
+    Counter, FlowCounters, FlowKey, Stat,
+};
+
+/// The flow table. Its size is set by the loader (`--max-flows`); this is only the default.
+#[map(name = "FLOWS")]
+static FLOWS: HashMap<FlowKey, FlowCounters> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// The programs' own counters, indexed by `Stat`.
+#[map(name = "STATS")]
+static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+/// Per CPU: room for the parsed packet and a new entry's value. The BPF stack (512 bytes)
+/// cannot hold them next to the parser's own state.
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+struct Scratch {
+    parsed: Parsed,
+    init: FlowCounters,
+}
+
+/// Per CPU: when a "table full" warning was last logged, so the log stays quiet under load.
+#[map(name = "WARN_AT")]
+static WARN_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// 1-in-N packet sampling; 1 counts every packet. Set by the loader.
+#[unsafe(no_mangle)]
+static SAMPLE_EVERY: Global<u32> = Global::new(1);
+
+/// Furthest offset a header read may start at: keeps offsets bounded for the verifier.
+const MAX_OFF: usize = 512;
+/// What TC pulls into the linear area when headers sit in paged data.
+const PULL_LEN: u32 = 256;
+const EEXIST: i64 = 17;
+
+/// The packet bytes the program may read directly: `[data, end)`.
+struct Pkt {
+    data: usize,
+    end: usize,
+    len: usize,
+}
+
+impl Frame for Pkt {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline(always)]
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        if off > MAX_OFF {
+            return None;
+        }
+        let p = self.data + off;
+        if p + N > self.end {
+            return None;
+        }
+        // SAFETY: [p, p + N) was just checked to lie inside the packet.
+        Some(unsafe { core::ptr::read_unaligned(p as *const [u8; N]) })
+    }
+}
+
+#[xdp]
+pub fn edgeflow_xdp(ctx: XdpContext) -> u32 {
+    let pkt = Pkt {
+        data: ctx.data(),
+        end: ctx.data_end(),
+        len: ctx.data_end() - ctx.data(),
+    };
+    if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, ours for this run.
+        let scratch = unsafe { &mut *scratch };
+        let parsed = parse_into(&pkt, None, &mut scratch.parsed);
+        account(
+            &ctx,
+            scratch,
+            parsed,
+            1,
+            pkt.len as u64,
+            ctx.ingress_ifindex() as u32,
+        );
+    }
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn edgeflow_tc(ctx: TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context pointer is valid for the program's run.
+    let (len, segs, ifindex, vlan) = unsafe {
+        let s = &*skb;
+        let vlan = if s.vlan_present != 0 {
+            Some(s.vlan_tci as u16)
+        } else {
+            None
+        };
+        (s.len, s.gso_segs, s.ifindex, vlan)
+    };
+    // An aggregate (GRO on ingress, GSO on egress) stands for gso_segs wire packets.
+    let segs = if segs > 1 { segs } else { 1 };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: per-CPU slot, ours for this run.
+    let scratch = unsafe { &mut *scratch };
+    let mut parsed = parse_into(&tc_pkt(&ctx), vlan, &mut scratch.parsed);
+    if let Err(stat) = parsed {
+        // Headers may sit in paged data: pull them in once and look again.
+        if stat != Stat::NonIp
+            && stat != Stat::Fragment
+            && ctx.data_end() - ctx.data() < len as usize
+            && ctx
+                .pull_data(if len < PULL_LEN { len } else { PULL_LEN })
+                .is_ok()
+        {
+            parsed = parse_into(&tc_pkt(&ctx), vlan, &mut scratch.parsed);
+        }
+    }
+    account(&ctx, scratch, parsed, segs, len as u64, ifindex);
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn tc_pkt(ctx: &TcContext) -> Pkt {
+    Pkt {
+        data: ctx.data(),
+        end: ctx.data_end(),
+        len: ctx.len() as usize,
+    }
+}
+
+#[inline(always)]
+fn stat_add(stat: Stat, packets: u64, bytes: u64) {
+    if let Some(c) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            (*c).packets += packets;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+fn account<C: EbpfContext>(
+    ctx: &C,
+    scratch: &mut Scratch,
+    parsed: Result<(), Stat>,
+    segs: u32,
+    frame_len: u64,
+    ifindex: u32,
+) {
+    let segs64 = segs as u64;
+    stat_add(Stat::Seen, segs64, frame_len);
+    if let Err(stat) = parsed {
+        stat_add(stat, segs64, frame_len);
+        return;
+    }
+    let p = &mut scratch.parsed;
+    let bytes = p.wire_bytes(segs);
+    let every = SAMPLE_EVERY.load();
+    // SAFETY: helper without arguments.
+    if every > 1 && unsafe { bpf_get_prandom_u32() } % every != 0 {
+        stat_add(Stat::Unsampled, segs64, bytes);
+        return;
+    }
+    stat_add(Stat::Parsed, segs64, bytes);
+    p.key.ifindex = ifindex;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(v) = FLOWS.get_ptr_mut(&p.key) {
+        update(v, p, segs64, bytes, now);
+        return;
+    }
+    let d = dir_index(p);
+    let init = &mut scratch.init;
+    init.packets = [0; 2];
+    init.bytes = [0; 2];
+    init.packets[d] = segs64;
+    init.bytes[d] = bytes;
+    init.first_seen_ns = now;
+    init.last_seen_ns = now;
+    init.tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
+    init.initiator = p.initiator as u32;
+    match FLOWS.insert(&p.key, &*init, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // Another CPU inserted it first: add to its entry.
+        Err(e) if e as i64 == -EEXIST => match FLOWS.get_ptr_mut(&p.key) {
+            Some(v) => update(v, p, segs64, bytes, now),
+            None => overflow(ctx, segs64, bytes, now),
+        },
+        Err(_) => overflow(ctx, segs64, bytes, now),
+    }
+}
+
+#[inline(always)]
+fn update(v: *mut FlowCounters, p: &Parsed, segs: u64, bytes: u64, now: u64) {
+    let d = dir_index(p);
+    // SAFETY: `v` points at a live map value; concurrent CPUs only touch it atomically
+    // (counters, flags) or with whole-word stores (last_seen).
+    unsafe {
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).packets[d], segs);
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).bytes[d], bytes);
+        core::ptr::write_volatile(&raw mut (*v).last_seen_ns, now);
+        let bits = (p.tcp_flags as u32) << (8 * d as u32);
+        if bits != 0 && core::ptr::read_volatile(&raw const (*v).tcp_flags) & bits != bits {
+            atomic_or::<u32, u32, { Relaxed }>(&raw mut (*v).tcp_flags, bits);
+        }
+    }
+}
+
+/// The direction as an index of the two-element counters. Read as a plain byte and masked:
+/// LLVM knows the enum is 0 or 1 and would drop a mask, but the verifier only sees a byte
+/// read back from a map and must be shown the bound.
+#[inline(always)]
+fn dir_index(p: &Parsed) -> usize {
+    // SAFETY: Direction is repr(u8); reading its byte is always valid.
+    let b = unsafe { core::ptr::read_volatile(&raw const p.dir as *const u8) };
+    (b & 1) as usize
+}
+
+/// The table is full: the packet goes to the overflow record, never nowhere.
+#[inline(always)]
+fn overflow<C: EbpfContext>(ctx: &C, segs: u64, bytes: u64, now: u64) {
+    stat_add(Stat::Overflow, segs, bytes);
+    if let Some(at) = WARN_AT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            if now.wrapping_sub(*at) > 1_000_000_000 {
+                *at = now;
+                warn!(
+                    ctx,
+                    "flow table full: packets counted in the overflow record"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,70 @@
+//! Builds the eBPF object (`edge-ebpf/`) and hands it to the agent to embed.
+//!
+//! aya-build cannot be used here: it runs `rustup run <toolchain> cargo` and strips RUSTC,
+//! while the BPF crate must build with Debian's rustc-web (see ../shared/TOOLCHAIN.md and
+//! edge-ebpf/.cargo/config.toml). Set EDGEFLOW_SKIP_BPF=1 to embed an empty object (for
+//! clippy or doc runs that do not need the programs).
+use std::{env, fs, path::PathBuf, process::Command};
+
+fn main() {
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest.parent().unwrap().to_path_buf();
+    let ebpf = root.join("edge-ebpf");
+    for p in ["src", "Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
+        println!("cargo:rerun-if-changed={}", ebpf.join(p).display());
+    }
+    for p in ["src", "Cargo.toml"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            root.join("shared").join(p).display()
+        );
+    }
+    println!("cargo:rerun-if-env-changed=EDGEFLOW_SKIP_BPF");
+
+    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("edgeflow.bpf.o");
+    if env::var_os("EDGEFLOW_SKIP_BPF").is_some_and(|v| v != "0") {
+        println!("cargo:warning=EDGEFLOW_SKIP_BPF set: embedding an empty eBPF object");
+        fs::write(&out, []).unwrap();
+        return;
+    }
+
+    // One BPF build shared by every profile and target of the outer build.
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("bpf");
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&ebpf)
+        .args(["build", "--release", "--target-dir"])
+        .arg(&target_dir)
+        // -Z build-std on a stable compiler; must be in cargo's own environment.
+        .env("RUSTC_BOOTSTRAP", "1");
+    // The outer build's compiler settings must not leak into the BPF build.
+    for (k, _) in env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("RUSTC")
+            || k == "RUSTFLAGS"
+            || k == "RUSTDOC"
+            || k.starts_with("CARGO_ENCODED_")
+            || k.starts_with("CARGO_BUILD_")
+            || k.starts_with("CARGO_TARGET_")
+            || k.starts_with("CARGO_PROFILE_")
+            || k.starts_with("CARGO_UNSTABLE_")
+        {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("RUSTC_BOOTSTRAP", "1");
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo for edge-ebpf: {e}"));
+    if !status.success() {
+        panic!(
+            "building edge-ebpf failed ({status}); run scripts/setup.sh to install the \
+             eBPF toolchain (rustc-web, rust-web-src, bpf-linker)"
+        );
+    }
+    let obj = target_dir.join("bpfel-unknown-none/release/edgeflow");
+    fs::copy(&obj, &out).unwrap_or_else(|e| panic!("copying {}: {e}", obj.display()));
+}

@@ -1,0 +1,162 @@
+//! The embedded eBPF object and loading it with the run's settings.
+
+use aya::{
+    programs::{ProgramError, SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
+};
+use aya_log::EbpfLogger;
+use shared::flow::FLOWS_MAP;
+
+/// The object built from `edge-ebpf/` by build.rs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edgeflow.bpf.o"));
+
+pub const XDP_PROG: &str = "edgeflow_xdp";
+pub const TC_PROG: &str = "edgeflow_tc";
+
+/// Settings fixed at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Entries in the flow table.
+    pub max_flows: u32,
+    /// 1-in-N packet sampling (1: every packet).
+    pub sample_every: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("this binary carries no eBPF object (it was built with EDGEFLOW_SKIP_BPF)")]
+    NoObject,
+    #[error("loading the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error(
+        "the verifier rejected {program}: {io_error}\n--- verifier log (last lines) ---\n{tail}"
+    )]
+    Verifier {
+        program: &'static str,
+        io_error: std::io::Error,
+        tail: String,
+    },
+    #[error("loading {program}: {source}")]
+    Program {
+        program: &'static str,
+        source: ProgramError,
+    },
+}
+
+/// Loaded programs and maps, not yet attached anywhere.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    /// Forwards the programs' aya-log records to the `log` crate; `flush` it now and then.
+    pub logger: Option<EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Loaded {
+    /// Moves pending log records from the programs to the log.
+    pub fn flush_log(&mut self) {
+        if let Some(l) = &mut self.logger {
+            l.flush();
+        }
+    }
+}
+
+/// Loads the object and both programs into the kernel (verifier included).
+pub fn load(opts: LoadOptions) -> Result<Loaded, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(FLOWS_MAP, opts.max_flows)
+        .override_global("SAMPLE_EVERY", &opts.sample_every.max(1), true)
+        .load(OBJECT)?;
+    let logger = match EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::warn!("program log not available: {e}");
+            None
+        }
+    };
+    load_program::<Xdp>(&mut ebpf, XDP_PROG)?;
+    load_program::<SchedClassifier>(&mut ebpf, TC_PROG)?;
+    Ok(Loaded { ebpf, logger })
+}
+
+trait Loadable {
+    fn load_it(&mut self) -> Result<(), ProgramError>;
+}
+impl Loadable for Xdp {
+    fn load_it(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+impl Loadable for SchedClassifier {
+    fn load_it(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+
+fn load_program<P>(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoadError>
+where
+    P: Loadable,
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(LoadError::Program {
+        program: name,
+        source: ProgramError::NotLoaded,
+    })?;
+    let prog: &mut P = prog.try_into().map_err(|source| LoadError::Program {
+        program: name,
+        source,
+    })?;
+    match prog.load_it() {
+        Ok(()) => Ok(()),
+        Err(ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        }) => Err(LoadError::Verifier {
+            program: name,
+            io_error,
+            tail: tail(&verifier_log.to_string(), 60),
+        }),
+        Err(source) => Err(LoadError::Program {
+            program: name,
+            source,
+        }),
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub fn xdp(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(XDP_PROG)
+        .and_then(|p| p.try_into().ok())
+        .expect("XDP program loaded by bpf::load")
+}
+
+pub fn tc(ebpf: &mut Ebpf) -> &mut SchedClassifier {
+    ebpf.program_mut(TC_PROG)
+        .and_then(|p| p.try_into().ok())
+        .expect("TC program loaded by bpf::load")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\nd", 2), "c\nd");
+        assert_eq!(tail("a", 5), "a");
+    }
+
+    #[test]
+    fn object_is_embedded() {
+        // An ELF file for BPF (e_machine 247), unless the build skipped it on purpose.
+        if option_env!("EDGEFLOW_SKIP_BPF").is_none() {
+            assert_eq!(&OBJECT[..4], b"\x7fELF");
+            assert_eq!(u16::from_le_bytes([OBJECT[18], OBJECT[19]]), 247);
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Each interval: read the table, turn cumulative counters into deltas, expire what is done.
+
+use crate::{
+    clock::ClockPair,
+    table::{FlowTable, Stats, TableError},
+    window::{stats_map, FlowRecord, Window},
+};
+use shared::{flow::tcp, Counter, Direction, FlowCounters, FlowKey, Stat};
+use std::{collections::HashMap, time::Duration};
+
+/// When entries leave the kernel table.
+#[derive(Clone, Copy, Debug)]
+pub struct Expiry {
+    /// A flow with no packet for this long is removed.
+    pub inactive: Duration,
+    /// A TCP flow that saw FIN both ways, or RST, is removed once idle this long.
+    pub finished: Duration,
+}
+
+impl Default for Expiry {
+    fn default() -> Expiry {
+        Expiry {
+            inactive: Duration::from_secs(60),
+            finished: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Keeps the last counters of every entry, to report deltas.
+pub struct Drainer {
+    pub table: FlowTable,
+    expiry: Expiry,
+    prev: HashMap<FlowKey, FlowCounters>,
+    prev_stats: Stats,
+    last: ClockPair,
+    entries: Vec<(FlowKey, FlowCounters)>,
+}
+
+impl Drainer {
+    /// Starts the first window now; what the table already holds counts as the baseline.
+    pub fn new(table: FlowTable, expiry: Expiry) -> Result<Drainer, TableError> {
+        let mut entries = Vec::new();
+        table.read_flows(&mut entries)?;
+        let prev_stats = table.read_stats()?;
+        Ok(Drainer {
+            prev: entries.iter().copied().collect(),
+            table,
+            expiry,
+            prev_stats,
+            last: ClockPair::now(),
+            entries,
+        })
+    }
+
+    /// Ends the current window and starts the next.
+    pub fn drain(&mut self) -> Result<Window, TableError> {
+        let now = ClockPair::now();
+        let stats = self.table.read_stats()?;
+        self.table.read_flows(&mut self.entries)?;
+
+        let mut flows = Vec::new();
+        let mut expired = Vec::new();
+        for (key, cur) in &self.entries {
+            let before = self.prev.get(key).copied().unwrap_or_default();
+            let delta = counter_delta(cur, &before);
+            if delta.packets != [0, 0] {
+                flows.push(FlowRecord::new(key, cur, &delta, |ns| now.to_unix_ms(ns)));
+            }
+            let idle = Duration::from_nanos(now.mono_ns.saturating_sub(cur.last_seen_ns));
+            if idle >= self.expiry.inactive || (finished(cur) && idle >= self.expiry.finished) {
+                expired.push((*key, cur.last_seen_ns));
+            }
+            self.prev.insert(*key, *cur);
+        }
+        if self.prev.len() > self.entries.len() {
+            // Entries removed by someone else; forget them.
+            let live: std::collections::HashSet<&FlowKey> =
+                self.entries.iter().map(|(k, _)| k).collect();
+            self.prev.retain(|k, _| live.contains(k));
+        }
+        let mut removed = 0u32;
+        for (key, seen_at) in expired {
+            // A packet that came since the read keeps the entry for the next window.
+            if self
+                .table
+                .get(&key)
+                .is_some_and(|c| c.last_seen_ns == seen_at)
+            {
+                self.table.remove(&key)?;
+                self.prev.remove(&key);
+                removed += 1;
+            }
+        }
+
+        let delta: Vec<Counter> = stats
+            .iter()
+            .zip(self.prev_stats.iter())
+            .map(|(n, p)| n.delta_since(p))
+            .collect();
+        self.prev_stats = stats;
+        let w = Window {
+            window_start_ms: self.last.unix_ms,
+            window_end_ms: now.unix_ms,
+            totals: delta[Stat::Parsed as usize],
+            overflow: delta[Stat::Overflow as usize],
+            stats: stats_map(&delta),
+            active_flows: (self.entries.len() as u32).saturating_sub(removed),
+            expired_flows: removed,
+            flows,
+        };
+        self.last = now;
+        Ok(w)
+    }
+}
+
+fn counter_delta(now: &FlowCounters, before: &FlowCounters) -> FlowCounters {
+    let mut d = *now;
+    for i in 0..2 {
+        d.packets[i] = now.packets[i].wrapping_sub(before.packets[i]);
+        d.bytes[i] = now.bytes[i].wrapping_sub(before.bytes[i]);
+    }
+    d
+}
+
+/// A TCP conversation that is over: FIN from both sides, or a RST.
+fn finished(c: &FlowCounters) -> bool {
+    let a = c.flags(Direction::AToB);
+    let b = c.flags(Direction::BToA);
+    (a | b) & tcp::RST != 0 || (a & tcp::FIN != 0 && b & tcp::FIN != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_per_direction() {
+        let now = FlowCounters {
+            packets: [10, 4],
+            bytes: [1000, 400],
+            ..Default::default()
+        };
+        let before = FlowCounters {
+            packets: [7, 4],
+            bytes: [700, 400],
+            ..Default::default()
+        };
+        let d = counter_delta(&now, &before);
+        assert_eq!((d.packets, d.bytes), ([3, 0], [300, 0]));
+    }
+
+    #[test]
+    fn finished_needs_both_fins_or_a_reset() {
+        let mut c = FlowCounters {
+            tcp_flags: tcp::FIN as u32,
+            ..Default::default()
+        };
+        assert!(!finished(&c));
+        c.tcp_flags |= (tcp::FIN as u32) << 8;
+        assert!(finished(&c));
+        c.tcp_flags = (tcp::RST as u32) << 8;
+        assert!(finished(&c));
+    }
+}

@@ -1,0 +1,26 @@
+//! The edgeflow agent: loads the flow-table programs, attaches them, drains the table.
+//!
+//! `main.rs` only wires these modules to the command line.
+
+pub mod attach;
+pub mod bpf;
+pub mod caps;
+pub mod clock;
+pub mod drain;
+pub mod netdev;
+pub mod table;
+pub mod watch;
+pub mod window;
+
+/// An error that is the user's to fix (exit code 2), as opposed to a runtime failure (1).
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("unknown interface {0:?}")]
+    UnknownInterface(String),
+    #[error("{0}")]
+    MissingCapability(String),
+    #[error("--max-flows {got} is out of range ({min}..={max})")]
+    TableSize { got: u32, min: u32, max: u32 },
+    #[error("{0}")]
+    Invalid(String),
+}

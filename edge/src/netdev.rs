@@ -1,0 +1,101 @@
+//! Network interfaces: name → index, and the driver behind one (for the attach choice).
+
+use crate::UsageError;
+use std::ffi::CString;
+
+/// The index of interface `name` in this network namespace.
+pub fn ifindex(name: &str) -> Result<u32, UsageError> {
+    let c = CString::new(name).map_err(|_| UsageError::UnknownInterface(name.into()))?;
+    // SAFETY: valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(UsageError::UnknownInterface(name.into())),
+        i => Ok(i),
+    }
+}
+
+/// The name of interface `index`, if it still exists.
+pub fn ifname(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buffer of IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(s.to_string_lossy().into_owned())
+}
+
+/// The kernel driver of interface `name` ("veth", "virtio_net", "mlx5_core", ...), from
+/// ETHTOOL_GDRVINFO.
+pub fn driver(name: &str) -> std::io::Result<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IF_NAMESIZE],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    if name.len() >= libc::IF_NAMESIZE {
+        return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
+    }
+    // SAFETY: all-zero is a valid DrvInfo.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut req = IfReq {
+        name: [0; libc::IF_NAMESIZE],
+        data: &mut info,
+        _pad: [0; 16],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: plain socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCETHTOOL with an ifreq whose data points at a live ethtool_drvinfo.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(err);
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_exists_and_round_trips() {
+        let i = ifindex("lo").unwrap();
+        assert_eq!(ifname(i).as_deref(), Some("lo"));
+    }
+
+    #[test]
+    fn unknown_interface_is_a_usage_error() {
+        assert!(matches!(
+            ifindex("no-such-if0"),
+            Err(UsageError::UnknownInterface(n)) if n == "no-such-if0"
+        ));
+        assert!(ifname(u32::MAX).is_none());
+    }
+}

@@ -1,0 +1,109 @@
+//! `edgeflow watch`: attach, and every interval print the flows active in it.
+
+use crate::{
+    attach::{self, AttachMode, Attachment},
+    bpf::{self, LoadOptions},
+    caps,
+    drain::{Drainer, Expiry},
+    table::FlowTable,
+    UsageError,
+};
+use shared::flow::{MAX_MAX_FLOWS, MIN_MAX_FLOWS};
+use std::{
+    io::Write,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    pub ifaces: Vec<String>,
+    pub interval: Duration,
+    /// Stop after this many windows.
+    pub count: Option<u64>,
+    pub json: bool,
+    pub max_flows: u32,
+    pub attach: AttachMode,
+    pub sample_every: u32,
+    pub expiry: Expiry,
+}
+
+/// Checks what the user can fix before anything is loaded.
+pub fn validate(max_flows: u32, ifaces: &[String]) -> Result<(), UsageError> {
+    if !(MIN_MAX_FLOWS..=MAX_MAX_FLOWS).contains(&max_flows) {
+        return Err(UsageError::TableSize {
+            got: max_flows,
+            min: MIN_MAX_FLOWS,
+            max: MAX_MAX_FLOWS,
+        });
+    }
+    attach::check_interfaces(ifaces)?;
+    caps::check()
+}
+
+/// A flag raised by SIGINT or SIGTERM.
+pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
+/// Loads, attaches, and prints windows until `count` or a signal; detaches before returning.
+pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
+    validate(opts.max_flows, &opts.ifaces)?;
+    let stop = stop_flag()?;
+    let mut loaded = bpf::load(LoadOptions {
+        max_flows: opts.max_flows,
+        sample_every: opts.sample_every,
+    })?;
+    let table = FlowTable::take(&mut loaded.ebpf)?;
+    eprintln!(
+        "edgeflow: flow table of {} entries, {} of kernel memory",
+        table.capacity,
+        table
+            .memory_bytes
+            .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+            .unwrap_or_else(|| "unknown amount".into())
+    );
+    let mut attached: Vec<Attachment> = Vec::new();
+    let result = (|| {
+        for iface in &opts.ifaces {
+            let a = attach::attach(&mut loaded.ebpf, iface, opts.attach)?;
+            eprintln!("edgeflow: attached {a}");
+            attached.push(a);
+        }
+        let mut drainer = Drainer::new(table, opts.expiry)?;
+        eprintln!("edgeflow: ready, a window every {:?}", opts.interval);
+        let mut windows = 0u64;
+        loop {
+            let deadline = Instant::now() + opts.interval;
+            while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20).min(deadline - Instant::now()));
+                loaded.flush_log();
+            }
+            let w = drainer.drain()?;
+            if opts.json {
+                writeln!(out, "{}", w.to_json())?;
+            } else {
+                writeln!(out, "{}", w.render_table(50))?;
+            }
+            out.flush()?;
+            windows += 1;
+            if stop.load(Ordering::Relaxed) || opts.count.is_some_and(|c| windows >= c) {
+                return Ok(());
+            }
+        }
+    })();
+    loaded.flush_log();
+    drop(loaded); // detaches every link
+    for a in &attached {
+        attach::cleanup(a);
+    }
+    eprintln!("edgeflow: detached");
+    result
+}

@@ -1,0 +1,141 @@
+//! The flow table's key and value.
+//!
+//! One bidirectional record per conversation (IPFIX biflow, RFC 5103): the key orders the two
+//! endpoints canonically, so both directions of a conversation hit the same entry, and the
+//! value keeps its counters per [`Direction`].
+
+/// Map name of the flow table in the eBPF object.
+pub const FLOWS_MAP: &str = "FLOWS";
+/// Default number of entries in the flow table.
+pub const DEFAULT_MAX_FLOWS: u32 = 16_384;
+/// Smallest and largest table the agent accepts.
+pub const MIN_MAX_FLOWS: u32 = 16;
+pub const MAX_MAX_FLOWS: u32 = 1 << 22;
+
+/// Identity of one conversation.
+///
+/// Endpoint `a` is the lower of the two (address, port) pairs, `b` the higher. Addresses are
+/// 16 bytes, IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`). For ICMP and ICMPv6 both ports hold
+/// `type << 8 | code` of the request form (an echo reply is keyed as its echo request), so the
+/// two directions of an exchange share one entry. Other protocols without ports use 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub addr_a: [u8; 16],
+    pub addr_b: [u8; 16],
+    /// Host byte order.
+    pub port_a: u16,
+    pub port_b: u16,
+    /// Outer VLAN id (802.1ad S-tag, or the only 802.1Q tag); 0 when untagged.
+    pub vlan_outer: u16,
+    /// Inner VLAN id of a stacked (QinQ) frame; 0 otherwise.
+    pub vlan_inner: u16,
+    /// The interface the packet was seen on, so a gateway watching two interfaces does not
+    /// count a forwarded packet twice into one record.
+    pub ifindex: u32,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...).
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Which way a packet went, relative to the key's canonical order.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From endpoint `a` to endpoint `b`.
+    AToB = 0,
+    /// From endpoint `b` to endpoint `a`.
+    BToA = 1,
+}
+
+impl Direction {
+    #[inline(always)]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Which endpoint started the conversation, as far as the first packet tells.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Initiator {
+    A = 0,
+    B = 1,
+}
+
+/// Counters of one conversation. Updated with atomic adds by every CPU that sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    /// Packets per [`Direction`] (index 0: a→b, 1: b→a), counted as on the wire.
+    pub packets: [u64; 2],
+    /// Bytes per [`Direction`]: the sum of each wire packet's IP total length.
+    pub bytes: [u64; 2],
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the first and the latest packet.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// OR of TCP flags: bits 0..8 for a→b, bits 8..16 for b→a.
+    pub tcp_flags: u32,
+    /// [`Initiator`] as u8 in the low byte; the rest is zero.
+    pub initiator: u32,
+}
+
+impl FlowCounters {
+    /// TCP flags seen in one direction.
+    pub fn flags(&self, dir: Direction) -> u8 {
+        (self.tcp_flags >> (8 * dir.index() as u32)) as u8
+    }
+
+    pub fn initiator(&self) -> Initiator {
+        if self.initiator & 0xff == Initiator::B as u32 {
+            Initiator::B
+        } else {
+            Initiator::A
+        }
+    }
+}
+
+/// TCP flag bits as in the header's 13th byte.
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: both are repr(C), Copy, with explicit padding and no pointers: any byte
+    // pattern is a valid value, which is what aya::Pod requires.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 2 + 2 + 4 + 1 + 3);
+        assert_eq!(align_of::<FlowKey>(), 4);
+        assert_eq!(size_of::<FlowCounters>(), 8 * 6 + 4 + 4);
+    }
+
+    #[test]
+    fn flags_split_by_direction() {
+        let c = FlowCounters {
+            tcp_flags: (tcp::SYN as u32) | ((tcp::SYN | tcp::ACK) as u32) << 8,
+            initiator: Initiator::B as u32,
+            ..Default::default()
+        };
+        assert_eq!(c.flags(Direction::AToB), tcp::SYN);
+        assert_eq!(c.flags(Direction::BToA), tcp::SYN | tcp::ACK);
+        assert_eq!(c.initiator(), Initiator::B);
+    }
+}

@@ -1,0 +1,21 @@
+//! Types shared by the eBPF programs (`edge-ebpf`) and userspace (`edge`, `collector`).
+//!
+//! Everything here is `no_std` so the same definitions compile for `bpfel-unknown-none`:
+//! map keys and values are `#[repr(C)]` with explicit padding, and the packet parser is
+//! written against the small [`parse::Frame`] trait so it runs inside the programs and in
+//! host unit tests alike.
+#![no_std]
+
+#[cfg(any(test, feature = "craft"))]
+extern crate alloc;
+
+#[cfg(any(test, feature = "craft"))]
+pub mod craft;
+
+pub mod flow;
+pub mod parse;
+pub mod stats;
+
+pub use flow::{Direction, FlowCounters, FlowKey, Initiator};
+pub use parse::{parse, Frame, Parsed};
+pub use stats::{Counter, Stat};

@@ -1,0 +1,366 @@
+//! The packet parser: one frame in, the flow it belongs to (or the stat it is counted under) out.
+//!
+//! Written against [`Frame`] so the very same code runs inside the eBPF programs (over the
+//! packet pointers, with the bounds checks the verifier wants) and in host unit tests (over a
+//! byte slice). Every read goes through [`Frame::load`]; a frame that ends early is a parse
+//! error of the layer it ended in, never a panic and never a flow.
+
+use crate::flow::{Direction, FlowKey, Initiator};
+use crate::stats::Stat;
+
+/// At most this many VLAN tags (802.1ad S-tag + 802.1Q C-tag).
+pub const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before giving up (`ErrIpv6Ext`).
+pub const MAX_IPV6_EXT: usize = 6;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_P_QINQ_OLD: u16 = 0x9100;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Read access to one frame, starting at the Ethernet header.
+pub trait Frame {
+    /// Length of the whole frame (for TC, `skb->len`: it may be more than [`Frame::load`]
+    /// reaches when the skb is non-linear).
+    fn len(&self) -> usize;
+    /// `N` bytes at `off`, or `None` when the frame ends before `off + N`.
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Frame for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let end = off.checked_add(N)?;
+        let s = self.get(off..end)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(s);
+        Some(out)
+    }
+}
+
+/// A frame that belongs to a conversation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub key: FlowKey,
+    pub dir: Direction,
+    /// Who started the conversation, should this packet be its first.
+    pub initiator: Initiator,
+    /// IP total length of this packet (of the whole aggregate for a GSO/GRO skb).
+    pub ip_len: u32,
+    /// IP + L4 header bytes, repeated in every segment of an aggregate.
+    pub hdr_len: u32,
+    /// TCP flags byte, 0 for other protocols.
+    pub tcp_flags: u8,
+}
+
+impl Default for Parsed {
+    fn default() -> Parsed {
+        Parsed {
+            key: FlowKey::default(),
+            dir: Direction::AToB,
+            initiator: Initiator::A,
+            ip_len: 0,
+            hdr_len: 0,
+            tcp_flags: 0,
+        }
+    }
+}
+
+impl Parsed {
+    /// Wire bytes of this packet when it stands for `segs` segments (DESIGN.md, GRO/GSO):
+    /// `ip_len + (segs - 1) * hdr_len`.
+    #[inline(always)]
+    pub fn wire_bytes(&self, segs: u32) -> u64 {
+        let extra = if segs > 1 { segs - 1 } else { 0 };
+        self.ip_len as u64 + extra as u64 * self.hdr_len as u64
+    }
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Parses one frame. `accel_vlan` is a VLAN tag the driver already took out of the frame
+/// (TC: `skb->vlan_tci` when `vlan_present`); it is the outermost tag.
+///
+/// `Err(stat)` names the counter the frame belongs under instead of a flow.
+pub fn parse<F: Frame + ?Sized>(f: &F, accel_vlan: Option<u16>) -> Result<Parsed, Stat> {
+    let mut out = Parsed::default();
+    parse_into(f, accel_vlan, &mut out)?;
+    Ok(out)
+}
+
+/// [`parse`], writing into `out` (every field). The programs keep `out` in a per-CPU map
+/// slot: the BPF stack (512 bytes) has no room for copies of keys.
+#[inline(always)]
+pub fn parse_into<F: Frame + ?Sized>(
+    f: &F,
+    accel_vlan: Option<u16>,
+    out: &mut Parsed,
+) -> Result<(), Stat> {
+    let mut ethertype = be16(f.load::<2>(12).ok_or(Stat::ErrEthernet)?);
+    let mut off = ETH_HLEN;
+
+    // Two scalars, not an indexed array: LLVM may turn a stack-array index into a pointer
+    // OR, which the verifier rejects.
+    let mut outer = 0u16;
+    let mut inner = 0u16;
+    let mut ntags = 0usize;
+    if let Some(tci) = accel_vlan {
+        outer = tci & 0x0fff;
+        ntags = 1;
+    }
+    // One pass more than tags allowed, to see a third tag and reject it.
+    for _ in 0..=MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD && ethertype != ETH_P_QINQ_OLD {
+            break;
+        }
+        if ntags >= MAX_VLAN_TAGS {
+            return Err(Stat::ErrVlan);
+        }
+        let tag = f.load::<4>(off).ok_or(Stat::ErrVlan)?;
+        let id = be16([tag[0], tag[1]]) & 0x0fff;
+        if ntags == 0 {
+            outer = id;
+        } else {
+            inner = id;
+        }
+        ntags += 1;
+        ethertype = be16([tag[2], tag[3]]);
+        off += 4;
+    }
+
+    let key = &mut out.key;
+    key.vlan_outer = outer;
+    key.vlan_inner = inner;
+    key.ifindex = 0;
+    key._pad = [0; 3];
+    let l3 = off;
+    // Source goes to endpoint a, destination to b; they are put in order at the end.
+    let ip_len: u32;
+    let proto: u8;
+    let mut l4: usize;
+
+    match ethertype {
+        ETH_P_IPV4 => {
+            // The fixed header in one read first: a later, larger check must not make
+            // LLVM drop the checks of these fields (the verifier would not follow).
+            let h = f.load::<20>(l3).ok_or(Stat::ErrIpv4)?;
+            if h[0] >> 4 != 4 {
+                return Err(Stat::ErrIpv4);
+            }
+            let ihl = ((h[0] & 0x0f) as usize) * 4;
+            if ihl < 20 {
+                return Err(Stat::ErrIpv4);
+            }
+            let tot_len = be16([h[2], h[3]]) as usize;
+            if be16([h[6], h[7]]) & 0x1fff != 0 {
+                return Err(Stat::Fragment);
+            }
+            proto = h[9];
+            key.addr_a = v4_mapped([h[12], h[13], h[14], h[15]]);
+            key.addr_b = v4_mapped([h[16], h[17], h[18], h[19]]);
+            if ihl > 20 {
+                // The options must be there too.
+                f.load::<1>(l3 + ihl - 1).ok_or(Stat::ErrIpv4)?;
+            }
+            // 0 is what a >64 KiB (BIG TCP) aggregate carries: fall back to what is there.
+            ip_len = if tot_len == 0 {
+                f.len().saturating_sub(l3) as u32
+            } else if tot_len < ihl {
+                return Err(Stat::ErrIpv4);
+            } else {
+                tot_len as u32
+            };
+            l4 = l3 + ihl;
+        }
+        ETH_P_IPV6 => {
+            let h = f.load::<8>(l3).ok_or(Stat::ErrIpv6)?;
+            if h[0] >> 4 != 6 {
+                return Err(Stat::ErrIpv6);
+            }
+            key.addr_a = f.load::<16>(l3 + 8).ok_or(Stat::ErrIpv6)?;
+            key.addr_b = f.load::<16>(l3 + 24).ok_or(Stat::ErrIpv6)?;
+            let payload = be16([h[4], h[5]]) as u32;
+            ip_len = if payload == 0 {
+                f.len().saturating_sub(l3) as u32
+            } else {
+                40 + payload
+            };
+            let mut next = h[6];
+            l4 = l3 + 40;
+            let mut walked = 0usize;
+            loop {
+                let len = match next {
+                    // hop-by-hop, routing, destination options: (len + 1) * 8
+                    0 | 43 | 60 => {
+                        let e = f.load::<2>(l4).ok_or(Stat::ErrIpv6Ext)?;
+                        next = e[0];
+                        (e[1] as usize + 1) * 8
+                    }
+                    // fragment: fixed 8 bytes; only the first fragment has the L4 header
+                    44 => {
+                        let e = f.load::<4>(l4).ok_or(Stat::ErrIpv6Ext)?;
+                        next = e[0];
+                        if be16([e[2], e[3]]) >> 3 != 0 {
+                            return Err(Stat::Fragment);
+                        }
+                        8
+                    }
+                    // authentication header: (len + 2) * 4
+                    51 => {
+                        let e = f.load::<2>(l4).ok_or(Stat::ErrIpv6Ext)?;
+                        next = e[0];
+                        (e[1] as usize + 2) * 4
+                    }
+                    _ => break,
+                };
+                l4 += len;
+                walked += 1;
+                if walked >= MAX_IPV6_EXT {
+                    // The limit is reached; only an L4 header may follow.
+                    if matches!(next, 0 | 43 | 44 | 51 | 60) {
+                        return Err(Stat::ErrIpv6Ext);
+                    }
+                    break;
+                }
+            }
+            proto = next;
+        }
+        _ => return Err(Stat::NonIp),
+    }
+
+    let mut sport = 0u16;
+    let mut dport = 0u16;
+    let mut tcp_flags = 0u8;
+    let mut l4_hdr = 0usize;
+    // Which side started it, should this be the first packet: true = the sender.
+    let mut sender_initiated = true;
+    match proto {
+        IPPROTO_TCP => {
+            let h = f.load::<20>(l4).ok_or(Stat::ErrL4)?;
+            let doff = ((h[12] >> 4) as usize) * 4;
+            if doff < 20 {
+                return Err(Stat::ErrL4);
+            }
+            if doff > 20 {
+                f.load::<1>(l4 + doff - 1).ok_or(Stat::ErrL4)?;
+            }
+            sport = be16([h[0], h[1]]);
+            dport = be16([h[2], h[3]]);
+            tcp_flags = h[13];
+            l4_hdr = doff;
+            let syn = tcp_flags & crate::flow::tcp::SYN != 0;
+            let ack = tcp_flags & crate::flow::tcp::ACK != 0;
+            sender_initiated = if syn { !ack } else { !serves(sport, dport) };
+        }
+        IPPROTO_UDP => {
+            let p = f.load::<8>(l4).ok_or(Stat::ErrL4)?;
+            sport = be16([p[0], p[1]]);
+            dport = be16([p[2], p[3]]);
+            l4_hdr = 8;
+            sender_initiated = !serves(sport, dport);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let p = f.load::<8>(l4).ok_or(Stat::ErrL4)?;
+            let (ty, reply) = icmp_request_form(proto, p[0]);
+            let tc = ((ty as u16) << 8) | p[1] as u16;
+            sport = tc;
+            dport = tc;
+            l4_hdr = 8;
+            sender_initiated = !reply;
+        }
+        _ => {}
+    }
+
+    key.port_a = sport;
+    key.port_b = dport;
+    key.proto = proto;
+    // Canonical order: endpoint a is the lower (address, port).
+    let dir = if endpoint_le(&key.addr_a, sport, &key.addr_b, dport) {
+        Direction::AToB
+    } else {
+        core::mem::swap(&mut key.addr_a, &mut key.addr_b);
+        key.port_a = dport;
+        key.port_b = sport;
+        Direction::BToA
+    };
+    out.dir = dir;
+    out.initiator = match (dir, sender_initiated) {
+        (Direction::AToB, true) | (Direction::BToA, false) => Initiator::A,
+        _ => Initiator::B,
+    };
+    out.ip_len = ip_len;
+    out.hdr_len = (l4 - l3 + l4_hdr) as u32;
+    out.tcp_flags = tcp_flags;
+    Ok(())
+}
+
+/// A well-known port answering an ephemeral one: the packet goes server → client.
+#[inline(always)]
+fn serves(sport: u16, dport: u16) -> bool {
+    sport < 1024 && dport >= 1024
+}
+
+/// Maps a reply type to its request type, so both halves of an exchange share a key.
+/// Returns (type, whether it was a reply).
+#[inline(always)]
+fn icmp_request_form(proto: u8, ty: u8) -> (u8, bool) {
+    if proto == IPPROTO_ICMP {
+        match ty {
+            0 => (8, true),   // echo reply → echo request
+            14 => (13, true), // timestamp reply
+            16 => (15, true), // information reply
+            18 => (17, true), // address mask reply
+            t => (t, false),
+        }
+    } else {
+        match ty {
+            129 => (128, true), // echo reply → echo request
+            t => (t, false),
+        }
+    }
+}
+
+#[inline(always)]
+fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// A total order on endpoints. Compared as two u64 words and the port: any consistent order
+/// does, and byte-array comparison would need memcmp, which BPF has not.
+#[inline(always)]
+fn endpoint_le(a: &[u8; 16], ap: u16, b: &[u8; 16], bp: u16) -> bool {
+    let ah = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let bh = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    if ah != bh {
+        return ah < bh;
+    }
+    let al = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let bl = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+    if al != bl {
+        return al < bl;
+    }
+    ap <= bp
+}
+
+#[cfg(test)]
+mod tests;

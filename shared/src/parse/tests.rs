@@ -1,0 +1,281 @@
+use super::*;
+use crate::craft::{ext_body, frag_body, Ip, Packet, L4, TPID_8021AD, TPID_8021Q};
+use crate::flow::tcp;
+use alloc::vec;
+use alloc::vec::Vec;
+
+const A: [u8; 4] = [10, 0, 0, 1];
+const B: [u8; 4] = [10, 0, 0, 2];
+
+fn run(p: &Packet) -> Result<Parsed, Stat> {
+    parse(p.build().as_slice(), None)
+}
+
+fn v6(last: u8) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = 0xfd;
+    a[15] = last;
+    a
+}
+
+#[test]
+fn udp4_key_and_lengths() {
+    let p = Packet::udp4(A, B, 40000, 53, 100);
+    let r = run(&p).unwrap();
+    assert_eq!(r.key.proto, 17);
+    assert_eq!(&r.key.addr_a[12..], &A);
+    assert_eq!(
+        &r.key.addr_a[..12],
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
+    );
+    assert_eq!((r.key.port_a, r.key.port_b), (40000, 53));
+    assert_eq!(r.dir, Direction::AToB);
+    assert_eq!(r.ip_len, 20 + 8 + 100);
+    assert_eq!(r.hdr_len, 28);
+    assert_eq!(r.initiator, Initiator::A);
+}
+
+#[test]
+fn both_directions_share_one_key() {
+    let fwd = run(&Packet::udp4(B, A, 5000, 6000, 1)).unwrap();
+    let rev = run(&Packet::udp4(A, B, 6000, 5000, 1)).unwrap();
+    assert_eq!(fwd.key, rev.key);
+    assert_ne!(fwd.dir, rev.dir);
+}
+
+#[test]
+fn response_from_well_known_port_names_the_client_initiator() {
+    // DNS answer seen first: 10.0.0.1:53 → 10.0.0.2:40000; the client (b) initiated.
+    let r = run(&Packet::udp4(A, B, 53, 40000, 10)).unwrap();
+    assert_eq!(r.dir, Direction::AToB);
+    assert_eq!(r.initiator, Initiator::B);
+}
+
+#[test]
+fn tcp_syn_and_synack_agree_on_initiator() {
+    let syn = run(&Packet::tcp4(B, A, 33000, 80, tcp::SYN)).unwrap();
+    let synack = run(&Packet::tcp4(A, B, 80, 33000, tcp::SYN | tcp::ACK)).unwrap();
+    assert_eq!(syn.key, synack.key);
+    // The client, 10.0.0.2:33000, is endpoint b.
+    assert_eq!(syn.initiator, Initiator::B);
+    assert_eq!(synack.initiator, Initiator::B);
+    assert_eq!(syn.tcp_flags, tcp::SYN);
+    assert_eq!(syn.hdr_len, 40);
+}
+
+#[test]
+fn tcp_options_count_in_header_length() {
+    let mut p = Packet::tcp4(A, B, 1, 2, tcp::ACK);
+    p.l4 = L4::Tcp {
+        sport: 1,
+        dport: 2,
+        flags: tcp::ACK,
+        options: vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2],
+    };
+    p.payload = 1000;
+    let r = run(&p).unwrap();
+    assert_eq!(r.hdr_len, 20 + 32);
+    assert_eq!(r.ip_len, 20 + 32 + 1000);
+    // A 10-segment GSO aggregate: headers once per segment.
+    assert_eq!(r.wire_bytes(10), (20 + 32 + 1000) + 9 * 52);
+    assert_eq!(r.wire_bytes(1), r.ip_len as u64);
+    assert_eq!(r.wire_bytes(0), r.ip_len as u64);
+}
+
+#[test]
+fn ipv4_options_are_honoured() {
+    let mut p = Packet::udp4(A, B, 7, 9, 4);
+    if let Ip::V4 { options, .. } = &mut p.ip {
+        *options = vec![0x94, 0x04, 0, 0, 1, 1, 1, 0]; // router alert + NOPs
+    }
+    let r = run(&p).unwrap();
+    assert_eq!((r.key.port_a, r.key.port_b), (7, 9));
+    assert_eq!(r.hdr_len, 28 + 8);
+}
+
+#[test]
+fn ihl_below_five_is_an_ipv4_error() {
+    let mut f = Packet::udp4(A, B, 7, 9, 4).build();
+    f[14] = 0x44;
+    assert_eq!(parse(f.as_slice(), None), Err(Stat::ErrIpv4));
+}
+
+#[test]
+fn total_length_below_header_is_an_ipv4_error() {
+    let mut f = Packet::udp4(A, B, 7, 9, 4).build();
+    f[16] = 0;
+    f[17] = 10;
+    assert_eq!(parse(f.as_slice(), None), Err(Stat::ErrIpv4));
+}
+
+#[test]
+fn wrong_version_is_an_error() {
+    let mut f = Packet::udp4(A, B, 7, 9, 4).build();
+    f[14] = 0x65;
+    assert_eq!(parse(f.as_slice(), None), Err(Stat::ErrIpv4));
+    let mut f = Packet::udp6(v6(1), v6(2), 7, 9, 4).build();
+    f[14] = 0x40;
+    assert_eq!(parse(f.as_slice(), None), Err(Stat::ErrIpv6));
+}
+
+#[test]
+fn ipv4_fragments() {
+    let mut first = Packet::udp4(A, B, 7, 9, 100);
+    if let Ip::V4 { frag, .. } = &mut first.ip {
+        *frag = 0x2000; // MF, offset 0: the L4 header is here
+    }
+    assert!(run(&first).is_ok());
+    let mut later = first.clone();
+    if let Ip::V4 { frag, .. } = &mut later.ip {
+        *frag = 0x0010; // offset 16 * 8
+    }
+    assert_eq!(run(&later), Err(Stat::Fragment));
+}
+
+#[test]
+fn ipv6_udp_and_extension_chain() {
+    let mut p = Packet::udp6(v6(1), v6(2), 1000, 2000, 10);
+    assert_eq!(run(&p).unwrap().ip_len, 40 + 8 + 10);
+    if let Ip::V6 { ext, .. } = &mut p.ip {
+        *ext = vec![
+            (0, ext_body(0)),
+            (60, ext_body(1)),
+            (43, ext_body(0)),
+            (44, frag_body(0, true)),
+        ];
+    }
+    let r = run(&p).unwrap();
+    assert_eq!((r.key.port_a, r.key.port_b), (1000, 2000));
+    assert_eq!(r.hdr_len, 40 + 8 + 16 + 8 + 8 + 8);
+    assert_eq!(r.key.addr_a, v6(1));
+}
+
+#[test]
+fn ipv6_chain_at_and_over_the_limit() {
+    let mut p = Packet::udp6(v6(1), v6(2), 1, 2, 0);
+    if let Ip::V6 { ext, .. } = &mut p.ip {
+        *ext = (0..MAX_IPV6_EXT).map(|_| (60u8, ext_body(0))).collect();
+    }
+    assert!(run(&p).is_ok(), "a chain of exactly the limit parses");
+    if let Ip::V6 { ext, .. } = &mut p.ip {
+        ext.push((60, ext_body(0)));
+    }
+    assert_eq!(run(&p), Err(Stat::ErrIpv6Ext));
+}
+
+#[test]
+fn ipv6_non_first_fragment() {
+    let mut p = Packet::udp6(v6(1), v6(2), 1, 2, 0);
+    if let Ip::V6 { ext, .. } = &mut p.ip {
+        *ext = vec![(44, frag_body(185, false))];
+    }
+    assert_eq!(run(&p), Err(Stat::Fragment));
+}
+
+#[test]
+fn vlan_single_stacked_and_too_deep() {
+    let mut p = Packet::udp4(A, B, 1, 2, 0);
+    p.vlans = vec![(TPID_8021Q, 100)];
+    let r = run(&p).unwrap();
+    assert_eq!((r.key.vlan_outer, r.key.vlan_inner), (100, 0));
+
+    p.vlans = vec![(TPID_8021AD, 300), (TPID_8021Q, 42)];
+    let r = run(&p).unwrap();
+    assert_eq!((r.key.vlan_outer, r.key.vlan_inner), (300, 42));
+
+    p.vlans = vec![(TPID_8021AD, 1), (TPID_8021Q, 2), (TPID_8021Q, 3)];
+    assert_eq!(run(&p), Err(Stat::ErrVlan));
+}
+
+#[test]
+fn accelerated_tag_is_the_outer_one() {
+    let mut p = Packet::udp4(A, B, 1, 2, 0);
+    p.vlans = vec![(TPID_8021Q, 7)];
+    let r = parse(p.build().as_slice(), Some(0x2000 | 300)).unwrap();
+    assert_eq!((r.key.vlan_outer, r.key.vlan_inner), (300, 7));
+    p.vlans = vec![(TPID_8021Q, 7), (TPID_8021Q, 8)];
+    assert_eq!(parse(p.build().as_slice(), Some(300)), Err(Stat::ErrVlan));
+}
+
+#[test]
+fn icmp_echo_request_and_reply_share_a_key() {
+    let mut req = Packet::udp4(A, B, 0, 0, 56);
+    req.l4 = L4::Icmp { ty: 8, code: 0 };
+    let mut rep = Packet::udp4(B, A, 0, 0, 56);
+    rep.l4 = L4::Icmp { ty: 0, code: 0 };
+    let (q, r) = (run(&req).unwrap(), run(&rep).unwrap());
+    assert_eq!(q.key, r.key);
+    assert_eq!(q.key.proto, 1);
+    assert_eq!(q.key.port_a, 8 << 8);
+    assert_eq!(q.initiator, Initiator::A);
+    assert_eq!(r.initiator, Initiator::A, "the reply names the requester");
+
+    let mut req6 = Packet::udp6(v6(1), v6(2), 0, 0, 8);
+    req6.l4 = L4::Icmp { ty: 128, code: 0 };
+    let mut rep6 = Packet::udp6(v6(2), v6(1), 0, 0, 8);
+    rep6.l4 = L4::Icmp { ty: 129, code: 0 };
+    assert_eq!(run(&req6).unwrap().key, run(&rep6).unwrap().key);
+    assert_eq!(run(&req6).unwrap().key.proto, 58);
+}
+
+#[test]
+fn other_protocols_have_zero_ports() {
+    let mut p = Packet::udp4(A, B, 0, 0, 30);
+    p.l4 = L4::Raw(47); // GRE
+    let r = run(&p).unwrap();
+    assert_eq!((r.key.proto, r.key.port_a, r.key.port_b), (47, 0, 0));
+}
+
+#[test]
+fn non_ip_and_runts() {
+    let p = Packet {
+        ip: Ip::Other { ethertype: 0x0806 },
+        ..Packet::udp4(A, B, 0, 0, 28)
+    };
+    assert_eq!(run(&p), Err(Stat::NonIp));
+    assert_eq!(parse(&[0u8; 0][..], None), Err(Stat::ErrEthernet));
+    assert_eq!(parse(&[0u8; 13][..], None), Err(Stat::ErrEthernet));
+}
+
+/// Truncating a valid frame anywhere gives the stat of the layer it was cut in, never a flow
+/// (except past the last header byte, where payload is cut, which the kernel does not see).
+#[test]
+fn truncation_at_every_layer() {
+    let cases: Vec<(Packet, Vec<(usize, Stat)>)> = vec![
+        (
+            {
+                let mut p = Packet::tcp4(A, B, 1, 2, tcp::SYN);
+                p.vlans = vec![(TPID_8021Q, 5)];
+                p
+            },
+            vec![
+                (14, Stat::ErrVlan),
+                (18, Stat::ErrIpv4),
+                (38, Stat::ErrL4),
+                (58, Stat::ErrL4),
+            ],
+        ),
+        (
+            Packet::udp6(v6(1), v6(2), 1, 2, 0),
+            vec![(14, Stat::ErrIpv6), (54, Stat::ErrL4), (62, Stat::ErrL4)],
+        ),
+    ];
+    for (p, bounds) in cases {
+        let full = p.build();
+        for cut in 0..full.len() {
+            let r = parse(&full[..cut], None);
+            let want = if cut < 14 {
+                Stat::ErrEthernet
+            } else {
+                bounds
+                    .iter()
+                    .rev()
+                    .find(|(start, _)| cut >= *start)
+                    .unwrap()
+                    .1
+            };
+            assert_eq!(r, Err(want), "cut at {cut} of {}", full.len());
+        }
+        assert!(parse(full.as_slice(), None).is_ok());
+    }
+}
