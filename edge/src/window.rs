@@ -136,7 +136,7 @@ impl Window {
     /// A table for people, largest flows first.
     pub fn render_table(&self, max_rows: usize) -> String {
         let mut flows: Vec<&FlowRecord> = self.flows.iter().collect();
-        flows.sort_by(|a, b| b.bytes().cmp(&a.bytes()));
+        flows.sort_by_key(|f| std::cmp::Reverse(f.bytes()));
         let secs = self.window_end_ms.saturating_sub(self.window_start_ms) as f64 / 1000.0;
         let mut s = String::new();
         let _ = writeln!(

@@ -214,8 +214,7 @@ impl Packet {
 
 /// An IPv6 extension header body of `units` 8-byte units (the 2-byte header excluded).
 pub fn ext_body(units: usize) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.resize(units * 8 + 6, 0);
+    let mut v = alloc::vec![0u8; units * 8 + 6];
     // PadN option so a real stack would accept it too.
     v[0] = 1;
     v[1] = (units * 8 + 4) as u8;
@@ -233,7 +232,7 @@ pub fn frag_body(offset: u16, more: bool) -> Vec<u8> {
 
 fn pad4(b: &[u8]) -> Vec<u8> {
     let mut v = b.to_vec();
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0); // EOL / NOP padding
     }
     v

@@ -6,7 +6,7 @@
 //! host unit tests alike.
 #![no_std]
 
-#[cfg(any(test, feature = "craft"))]
+#[cfg(any(test, feature = "craft", feature = "wire"))]
 extern crate alloc;
 
 #[cfg(any(test, feature = "craft"))]
@@ -15,6 +15,8 @@ pub mod craft;
 pub mod flow;
 pub mod parse;
 pub mod stats;
+#[cfg(feature = "wire")]
+pub mod wire;
 
 pub use flow::{Direction, FlowCounters, FlowKey, Initiator};
 pub use parse::{parse, Frame, Parsed};

@@ -86,7 +86,7 @@ impl Parsed {
     /// `ip_len + (segs - 1) * hdr_len`.
     #[inline(always)]
     pub fn wire_bytes(&self, segs: u32) -> u64 {
-        let extra = if segs > 1 { segs - 1 } else { 0 };
+        let extra = segs.saturating_sub(1);
         self.ip_len as u64 + extra as u64 * self.hdr_len as u64
     }
 }

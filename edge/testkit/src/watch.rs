@@ -1,0 +1,181 @@
+//! Runs `edgeflow watch --json` inside a namespace and collects its windows.
+
+use serde_json::Value;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread::JoinHandle,
+    time::Duration,
+};
+
+/// A running `edgeflow watch --json`.
+pub struct Watch {
+    child: Child,
+    out: Option<JoinHandle<Vec<Value>>>,
+    err: Option<JoinHandle<String>>,
+}
+
+impl Watch {
+    /// Starts `bin watch --json ARGS` in namespace `ns` and waits until it says it is ready.
+    pub fn start(bin: &str, ns: &str, args: &[&str]) -> Watch {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, bin, "watch", "--json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning edgeflow watch");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let out = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .map(|l| {
+                    serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))
+                })
+                .collect()
+        });
+        let (tx, rx) = mpsc::channel();
+        let err = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("edgeflow: ready") {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let mut w = Watch {
+            child,
+            out: Some(out),
+            err: Some(err),
+        };
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = w.child.kill();
+            let _ = w.child.wait();
+            panic!(
+                "edgeflow watch did not become ready:\n{}",
+                w.err.take().unwrap().join().unwrap()
+            );
+        }
+        w
+    }
+
+    /// SIGINT, then waits (bounded) for the final window and the exit.
+    pub fn stop(self) -> Windows {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.finish()
+    }
+
+    /// Waits for a watch that ends by itself (`--count`), bounded.
+    pub fn finish(mut self) -> Windows {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("edgeflow watch did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = self.err.take().unwrap().join().unwrap();
+        let windows = self.out.take().unwrap().join().unwrap();
+        assert!(
+            status.success(),
+            "edgeflow watch exited with {status}:\n{stderr}"
+        );
+        Windows { windows, stderr }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Per-direction sums of matching flow records over all windows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSum {
+    pub packets_fwd: u64,
+    pub bytes_fwd: u64,
+    pub packets_rev: u64,
+    pub bytes_rev: u64,
+    /// How many records (one per window the flow was active in).
+    pub records: u64,
+}
+
+/// What a watch printed.
+pub struct Windows {
+    pub windows: Vec<Value>,
+    pub stderr: String,
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+impl Windows {
+    pub fn flows(&self) -> impl Iterator<Item = &Value> {
+        self.windows
+            .iter()
+            .flat_map(|w| w["flows"].as_array().into_iter().flatten())
+    }
+
+    /// Sums the records for which `pred` holds.
+    pub fn sum(&self, pred: impl Fn(&Value) -> bool) -> FlowSum {
+        let mut s = FlowSum::default();
+        for f in self.flows().filter(|f| pred(f)) {
+            s.packets_fwd += u(&f["packets_fwd"]);
+            s.bytes_fwd += u(&f["bytes_fwd"]);
+            s.packets_rev += u(&f["packets_rev"]);
+            s.bytes_rev += u(&f["bytes_rev"]);
+            s.records += 1;
+        }
+        s
+    }
+
+    /// Sum of one stat (`"seen"`, `"non_ip"`, ...) over all windows: (packets, bytes).
+    pub fn stat(&self, name: &str) -> (u64, u64) {
+        self.windows.iter().fold((0, 0), |(p, b), w| {
+            (
+                p + u(&w["stats"][name]["packets"]),
+                b + u(&w["stats"][name]["bytes"]),
+            )
+        })
+    }
+
+    /// Sum of a top-level counter (`"totals"` or `"overflow"`).
+    pub fn counter(&self, name: &str) -> (u64, u64) {
+        self.windows.iter().fold((0, 0), |(p, b), w| {
+            (p + u(&w[name]["packets"]), b + u(&w[name]["bytes"]))
+        })
+    }
+
+    /// In every window: totals == sum(flows) + overflow (packets and bytes).
+    pub fn assert_conserved(&self) {
+        for (i, w) in self.windows.iter().enumerate() {
+            let (mut p, mut b) = (u(&w["overflow"]["packets"]), u(&w["overflow"]["bytes"]));
+            for f in w["flows"].as_array().into_iter().flatten() {
+                p += u(&f["packets_fwd"]) + u(&f["packets_rev"]);
+                b += u(&f["bytes_fwd"]) + u(&f["bytes_rev"]);
+            }
+            assert_eq!(
+                (u(&w["totals"]["packets"]), u(&w["totals"]["bytes"])),
+                (p, b),
+                "window {i} does not conserve: {w}"
+            );
+        }
+    }
+}

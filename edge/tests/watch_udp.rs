@@ -1,0 +1,88 @@
+//! `edgeflow watch` against real UDP traffic between two test namespaces: exact counts.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use testkit::{watch::Watch, TestNet, A4, A6, B4, B6};
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgeflow");
+
+/// Sends `sizes.len()` datagrams from a to b and has b answer each with `reply` bytes.
+fn exchange(net: &TestNet, a: IpAddr, b: IpAddr, sizes: &[usize], reply: usize) -> (u16, u16) {
+    let server = net.in_ns(&net.ns_b, || {
+        UdpSocket::bind(SocketAddr::new(b, 0)).unwrap()
+    });
+    let client = net.in_ns(&net.ns_a, || {
+        UdpSocket::bind(SocketAddr::new(a, 0)).unwrap()
+    });
+    let sport = client.local_addr().unwrap().port();
+    let dport = server.local_addr().unwrap().port();
+    server
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    for &n in sizes {
+        client
+            .send_to(&vec![7u8; n], server.local_addr().unwrap())
+            .unwrap();
+        let (got, from) = server.recv_from(&mut buf).unwrap();
+        assert_eq!(got, n);
+        server.send_to(&vec![9u8; reply], from).unwrap();
+        client.recv_from(&mut buf).unwrap();
+    }
+    (sport, dport)
+}
+
+fn udp_exact(a: IpAddr, b: IpAddr, ip_hdr: u64, attach: &str) {
+    let net = TestNet::new();
+    net.static_neighbours();
+    let w = Watch::start(
+        BIN,
+        &net.ns_b,
+        &[
+            "--iface",
+            &net.veth_b,
+            "--interval",
+            "1",
+            "--attach",
+            attach,
+        ],
+    );
+    let sizes: Vec<usize> = (0..50).map(|i| 10 + i * 23).collect();
+    let (sport, dport) = exchange(&net, a, b, &sizes, 100);
+    let got = w.stop();
+    got.assert_conserved();
+    let s = got.sum(|f| {
+        f["proto"] == 17
+            && f["src"] == a.to_string()
+            && f["dst"] == b.to_string()
+            && f["src_port"] == sport
+            && f["dst_port"] == dport
+    });
+    let want_fwd: u64 = sizes.iter().map(|&n| n as u64 + 8 + ip_hdr).sum();
+    assert_eq!(s.packets_fwd, 50, "{}", got.stderr);
+    assert_eq!(s.bytes_fwd, want_fwd);
+    assert_eq!(s.packets_rev, 50);
+    assert_eq!(s.bytes_rev, 50 * (100 + 8 + ip_hdr));
+}
+
+#[test]
+fn udp_ipv4_exact_tc() {
+    udp_exact(A4.into(), B4.into(), 20, "tc");
+}
+
+#[test]
+fn udp_ipv6_exact_tc() {
+    udp_exact(A6.into(), B6.into(), 40, "tc");
+}
+
+#[test]
+fn udp_ipv4_exact_xdp() {
+    udp_exact(A4.into(), B4.into(), 20, "xdp");
+}
+
+#[test]
+fn udp_ipv6_exact_xdp() {
+    udp_exact(A6.into(), B6.into(), 40, "xdp");
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command (README, and .ci/run): installs what is missing, then lints and runs every
+# test. Needs root: tests load BPF programs and create network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+# A build cache outside the clone is fine; a missing install step is not.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/edgeflow-target}"
+source scripts/env.sh
+
+cargo fmt --all -- --check
+(cd edge-ebpf && cargo fmt -- --check)
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

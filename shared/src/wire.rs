@@ -1,0 +1,265 @@
+//! The summary wire format: what an agent publishes each interval and a collector decodes.
+//!
+//! `postcard` over serde. The top-level type is the versioned [`Message`] enum; postcard writes
+//! the variant index as the first byte, so a collector reads the version before anything else
+//! and rejects an unknown one with [`DecodeError::UnknownVersion`]. Golden byte vectors in the
+//! tests pin the format: changing a field's type or order breaks them on purpose.
+//!
+//! Compactness: integers are varints, timestamps inside a summary are milliseconds relative to
+//! the window start, and each summary carries its endpoint addresses once in [`Summary::addrs`]
+//! (flow records refer to them by index), since an edge box's flows share their local address.
+
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+/// Version byte of [`Message::V1`].
+pub const V1: u8 = 0;
+/// Default largest encoded message; bigger windows are split into parts.
+pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
+/// Bounds a decoder enforces on untrusted input.
+pub const MAX_ID_LEN: usize = 64;
+pub const MAX_FLOWS_PER_MESSAGE: usize = 16_384;
+pub const MAX_ADDRS_PER_MESSAGE: usize = 2 * MAX_FLOWS_PER_MESSAGE;
+/// RTT histogram buckets: bucket i counts samples in [2^i, 2^(i+1)) microseconds
+/// (bucket 0 also takes < 1 µs), the last one everything above.
+pub const RTT_BUCKETS: usize = 24;
+
+/// A device or site name, bounded.
+pub type Id = heapless::String<MAX_ID_LEN>;
+
+/// Everything an agent publishes on `edgeflow/v1/<site>/<device>/flows`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    V1(Summary),
+}
+
+/// Packets and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Count {
+    pub fn add(&mut self, o: &Count) {
+        self.packets = self.packets.saturating_add(o.packets);
+        self.bytes = self.bytes.saturating_add(o.bytes);
+    }
+}
+
+/// One window of one device (or one part of it, see [`Summary::part`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub device: Id,
+    pub site: Id,
+    /// Random per agent start: (device, boot, seq, part) identifies a message for dedup.
+    pub boot_id: u64,
+    /// Window number since the agent started; no gaps.
+    pub seq: u64,
+    /// This message's part and how many parts the window was split into (0-based).
+    pub part: u16,
+    pub parts: u16,
+    pub window_start_ms: u64,
+    /// Milliseconds after `window_start_ms`.
+    pub window_len_ms: u32,
+    /// 1-in-N packet sampling; counts below are as counted (multiply by N to estimate).
+    pub sample_every: u32,
+    /// Window totals, overflow, the folded "other" record and agent health: part 0 only,
+    /// zero in later parts, so adding all parts up never double counts.
+    pub totals: Count,
+    /// Packets whose flow did not fit in the kernel table.
+    pub overflow: Count,
+    /// Flows beyond the top-K, folded together.
+    pub other: Count,
+    pub other_flows: u32,
+    pub health: Health,
+    /// Endpoint addresses the records refer to by index.
+    pub addrs: Vec<Addr>,
+    pub flows: Vec<FlowRecord>,
+    /// Log2-bucketed RTT samples of the window (see [`RTT_BUCKETS`]); empty when none.
+    pub rtt_hist: heapless::Vec<u32, RTT_BUCKETS>,
+}
+
+/// The agent's own state, so the collector can tell when totals are off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Every packet the programs saw in the window.
+    pub packets_seen: u64,
+    pub active_flows: u32,
+    pub table_capacity: u32,
+    /// Packets that went to the overflow record (table full) in the window.
+    pub table_full: u64,
+    pub parse_errors: u64,
+    pub fragments: u64,
+    pub non_ip: u64,
+    /// The agent's CPU time in the window, milliseconds.
+    pub cpu_ms: u32,
+    pub rss_kib: u32,
+    /// Summaries waiting in the spool, and dropped from it since the agent started.
+    pub spool_depth: u32,
+    pub spool_dropped: u64,
+}
+
+/// An endpoint address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Addr {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+impl Addr {
+    /// From the table's 16-byte form (IPv4 mapped).
+    pub fn from_mapped(a: &[u8; 16]) -> Addr {
+        if a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff {
+            Addr::V4([a[12], a[13], a[14], a[15]])
+        } else {
+            Addr::V6(*a)
+        }
+    }
+}
+
+/// One conversation's deltas in the window, oriented initiator → responder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    pub proto: u8,
+    /// Index into [`Summary::addrs`].
+    pub src: u32,
+    pub dst: u32,
+    /// Ports; for ICMP/ICMPv6 the type and code.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub vlan: u16,
+    pub vlan_inner: u16,
+    pub ifindex: u32,
+    pub fwd: Count,
+    pub rev: Count,
+    pub tcp_flags: u8,
+    /// Relative to the window start (negative: before it).
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub rtt: Option<Rtt>,
+}
+
+/// TCP round-trip time of a flow, microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rtt {
+    pub min_us: u32,
+    pub avg_us: u32,
+    pub max_us: u32,
+    pub samples: u32,
+}
+
+/// Why bytes are not a summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    Empty,
+    /// A message of a version this build does not know.
+    UnknownVersion(u64),
+    /// Not postcard for a known version (truncated, garbage, trailing bytes).
+    Malformed(&'static str),
+    /// Decoded, but breaks a rule (index out of range, part beyond parts, ...).
+    Invalid(&'static str),
+}
+
+impl DecodeError {
+    /// A short stable name, for counting rejections by reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::UnknownVersion(_) => "unknown_version",
+            DecodeError::Malformed(_) => "malformed",
+            DecodeError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DecodeError::Empty => write!(f, "empty payload"),
+            DecodeError::UnknownVersion(v) => write!(
+                f,
+                "unknown message version {} (this build reads version 1)",
+                v + 1
+            ),
+            DecodeError::Malformed(why) => write!(f, "malformed summary: {why}"),
+            DecodeError::Invalid(why) => write!(f, "invalid summary: {why}"),
+        }
+    }
+}
+
+impl core::error::Error for DecodeError {}
+
+/// Encodes into `buf`, returning the used part; `None` if it does not fit.
+pub fn encode<'b>(msg: &Message, buf: &'b mut [u8]) -> Option<&'b mut [u8]> {
+    postcard::to_slice(msg, buf).ok()
+}
+
+/// Encodes into a new vector.
+pub fn encode_vec(msg: &Message) -> Vec<u8> {
+    postcard::to_allocvec(msg).expect("encoding into a Vec cannot fail")
+}
+
+/// Decodes and validates one message from untrusted bytes.
+pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    let Some(&first) = bytes.first() else {
+        return Err(DecodeError::Empty);
+    };
+    // The variant index is a varint; V1 is 0, so any other leading value is another version.
+    if first != V1 {
+        let mut v: u64 = 0;
+        for (i, b) in bytes.iter().take(10).enumerate() {
+            v |= ((b & 0x7f) as u64) << (7 * i);
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        return Err(DecodeError::UnknownVersion(v));
+    }
+    let (msg, rest): (Message, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| {
+        DecodeError::Malformed(match e {
+            postcard::Error::DeserializeUnexpectedEnd => "truncated",
+            postcard::Error::DeserializeBadVarint => "bad varint",
+            postcard::Error::DeserializeBadBool => "bad bool",
+            postcard::Error::DeserializeBadUtf8 => "bad utf-8",
+            postcard::Error::DeserializeBadOption => "bad option tag",
+            postcard::Error::DeserializeBadEnum => "bad enum tag",
+            _ => "does not decode",
+        })
+    })?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed("trailing bytes"));
+    }
+    let Message::V1(s) = &msg;
+    validate(s)?;
+    Ok(msg)
+}
+
+fn validate(s: &Summary) -> Result<(), DecodeError> {
+    if s.device.is_empty() {
+        return Err(DecodeError::Invalid("empty device id"));
+    }
+    if s.parts == 0 || s.part >= s.parts {
+        return Err(DecodeError::Invalid("part out of range"));
+    }
+    if s.flows.len() > MAX_FLOWS_PER_MESSAGE || s.addrs.len() > MAX_ADDRS_PER_MESSAGE {
+        return Err(DecodeError::Invalid("too many records"));
+    }
+    let n = s.addrs.len() as u32;
+    if s.flows.iter().any(|f| f.src >= n || f.dst >= n) {
+        return Err(DecodeError::Invalid("address index out of range"));
+    }
+    if s.sample_every == 0 {
+        return Err(DecodeError::Invalid("sampling rate 0"));
+    }
+    Ok(())
+}
+
+/// The log2 bucket of an RTT sample in microseconds.
+pub fn rtt_bucket(us: u32) -> usize {
+    let b = (32 - us.leading_zeros()).saturating_sub(1) as usize;
+    b.min(RTT_BUCKETS - 1)
+}
+
+#[cfg(test)]
+mod tests;

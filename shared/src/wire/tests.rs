@@ -1,0 +1,197 @@
+use super::*;
+use alloc::vec;
+
+fn id(s: &str) -> Id {
+    Id::try_from(s).unwrap()
+}
+
+/// A fixed summary whose bytes are pinned below.
+fn golden() -> Message {
+    Message::V1(Summary {
+        device: id("edge-01"),
+        site: id("lab"),
+        boot_id: 0x0123_4567_89ab_cdef,
+        seq: 42,
+        part: 0,
+        parts: 1,
+        window_start_ms: 1_795_000_000_000,
+        window_len_ms: 10_000,
+        sample_every: 1,
+        totals: Count {
+            packets: 1003,
+            bytes: 151_240,
+        },
+        overflow: Count {
+            packets: 1,
+            bytes: 60,
+        },
+        other: Count {
+            packets: 2,
+            bytes: 180,
+        },
+        other_flows: 2,
+        health: Health {
+            packets_seen: 1010,
+            active_flows: 5,
+            table_capacity: 16384,
+            table_full: 1,
+            parse_errors: 3,
+            fragments: 2,
+            non_ip: 2,
+            cpu_ms: 4,
+            rss_kib: 9000,
+            spool_depth: 0,
+            spool_dropped: 0,
+        },
+        addrs: vec![
+            Addr::V4([10, 0, 0, 1]),
+            Addr::V4([192, 0, 2, 7]),
+            Addr::V6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+        ],
+        flows: vec![
+            FlowRecord {
+                proto: 6,
+                src: 0,
+                dst: 1,
+                src_port: 43210,
+                dst_port: 443,
+                vlan: 0,
+                vlan_inner: 0,
+                ifindex: 2,
+                fwd: Count {
+                    packets: 600,
+                    bytes: 40_000,
+                },
+                rev: Count {
+                    packets: 400,
+                    bytes: 111_000,
+                },
+                tcp_flags: 0x1b,
+                first_seen_ms: -1500,
+                last_seen_ms: 9_990,
+                rtt: Some(Rtt {
+                    min_us: 900,
+                    avg_us: 1_100,
+                    max_us: 4_000,
+                    samples: 12,
+                }),
+            },
+            FlowRecord {
+                proto: 58,
+                src: 2,
+                dst: 2,
+                src_port: 128,
+                dst_port: 0,
+                vlan: 100,
+                vlan_inner: 0,
+                ifindex: 3,
+                fwd: Count {
+                    packets: 0,
+                    bytes: 0,
+                },
+                rev: Count {
+                    packets: 0,
+                    bytes: 0,
+                },
+                tcp_flags: 0,
+                first_seen_ms: 10,
+                last_seen_ms: 10,
+                rtt: None,
+            },
+        ],
+        rtt_hist: heapless::Vec::from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 8, 1]).unwrap(),
+    })
+}
+
+const GOLDEN_HEX: &str = include_str!("golden_v1.hex");
+
+fn hex(b: &[u8]) -> alloc::string::String {
+    b.iter().map(|x| alloc::format!("{x:02x}")).collect()
+}
+
+#[test]
+fn golden_bytes_are_pinned() {
+    let bytes = encode_vec(&golden());
+    assert_eq!(hex(&bytes), GOLDEN_HEX.trim(), "the V1 wire format changed");
+    assert_eq!(decode(&bytes), Ok(golden()));
+}
+
+#[test]
+fn encode_into_a_slice_matches_and_reports_too_small() {
+    let v = encode_vec(&golden());
+    let mut buf = [0u8; 512];
+    assert_eq!(encode(&golden(), &mut buf).unwrap(), &v[..]);
+    let mut small = [0u8; 16];
+    assert!(encode(&golden(), &mut small).is_none());
+}
+
+#[test]
+fn unknown_version_is_named() {
+    let mut b = encode_vec(&golden());
+    b[0] = 1;
+    assert_eq!(decode(&b), Err(DecodeError::UnknownVersion(1)));
+    assert!(alloc::format!("{}", decode(&b).unwrap_err()).contains("version 2"));
+    assert_eq!(decode(&[0x80, 0x01]), Err(DecodeError::UnknownVersion(128)));
+}
+
+#[test]
+fn empty_truncated_and_garbage_are_errors() {
+    assert_eq!(decode(&[]), Err(DecodeError::Empty));
+    let b = encode_vec(&golden());
+    for cut in 1..b.len() {
+        assert!(
+            matches!(decode(&b[..cut]), Err(DecodeError::Malformed(_))),
+            "cut at {cut}"
+        );
+    }
+    let mut trailing = b.clone();
+    trailing.push(0);
+    assert_eq!(
+        decode(&trailing),
+        Err(DecodeError::Malformed("trailing bytes"))
+    );
+    assert!(decode(&[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+}
+
+#[test]
+fn rule_breaking_summaries_are_invalid() {
+    let Message::V1(mut s) = golden();
+    s.flows[0].dst = 99;
+    assert_eq!(
+        decode(&encode_vec(&Message::V1(s.clone()))),
+        Err(DecodeError::Invalid("address index out of range"))
+    );
+    s.flows[0].dst = 1;
+    s.part = 1;
+    assert_eq!(
+        decode(&encode_vec(&Message::V1(s.clone()))),
+        Err(DecodeError::Invalid("part out of range"))
+    );
+    s.part = 0;
+    s.device = Id::new();
+    assert_eq!(
+        decode(&encode_vec(&Message::V1(s))),
+        Err(DecodeError::Invalid("empty device id"))
+    );
+}
+
+#[test]
+fn mapped_addresses() {
+    let mut m = [0u8; 16];
+    m[10] = 0xff;
+    m[11] = 0xff;
+    m[12..].copy_from_slice(&[10, 1, 2, 3]);
+    assert_eq!(Addr::from_mapped(&m), Addr::V4([10, 1, 2, 3]));
+    m[0] = 0xfd;
+    assert_eq!(Addr::from_mapped(&m), Addr::V6(m));
+}
+
+#[test]
+fn rtt_buckets_are_log2() {
+    assert_eq!(rtt_bucket(0), 0);
+    assert_eq!(rtt_bucket(1), 0);
+    assert_eq!(rtt_bucket(2), 1);
+    assert_eq!(rtt_bucket(1023), 9);
+    assert_eq!(rtt_bucket(1024), 10);
+    assert_eq!(rtt_bucket(u32::MAX), RTT_BUCKETS - 1);
+}
