@@ -161,7 +161,7 @@ impl Window {
         }
         let _ = writeln!(
             s,
-            "{:<6} {:>39} {:>5}   {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} {}",
+            "{:<6} {:>39} {:>5}   {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} flags",
             "proto",
             "initiator",
             "port",
@@ -172,7 +172,6 @@ impl Window {
             "bytes→",
             "pkts←",
             "bytes←",
-            "flags"
         );
         for f in flows.iter().take(max_rows) {
             let _ = writeln!(
