@@ -33,6 +33,9 @@ struct WatchCmd {
     /// interface to attach to (repeat for several)
     #[argh(option)]
     iface: Vec<String>,
+    /// network namespace the interfaces live in (name under /var/run/netns, or a path)
+    #[argh(option)]
+    netns: Option<String>,
     /// seconds per window (default 10; fractions allowed)
     #[argh(option, default = "10.0")]
     interval: f64,
@@ -79,6 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let opts = WatchOptions {
                 ifaces: w.iface,
+                netns: w.netns,
                 interval: secs("interval", w.interval)?,
                 count: w.count,
                 json: w.json,

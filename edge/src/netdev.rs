@@ -91,6 +91,15 @@ mod tests {
     }
 
     #[test]
+    fn unknown_namespace_is_a_usage_error() {
+        assert!(matches!(
+            in_netns(Some("no-such-ns-x"), || 1),
+            Err(UsageError::Invalid(_))
+        ));
+        assert_eq!(in_netns(None, || 7).unwrap(), 7);
+    }
+
+    #[test]
     fn unknown_interface_is_a_usage_error() {
         assert!(matches!(
             ifindex("no-such-if0"),
@@ -98,4 +107,39 @@ mod tests {
         ));
         assert!(ifname(u32::MAX).is_none());
     }
+}
+
+/// Runs `f` on a thread that has entered the named network namespace (`/var/run/netns/NAME`),
+/// or on the calling thread when `netns` is `None`. Interface lookups and attach calls made
+/// by `f` happen in that namespace; links and map fds stay valid after the thread returns, so
+/// the agent can watch a namespace's interfaces while its own sockets stay where it runs.
+pub fn in_netns<T: Send>(
+    netns: Option<&str>,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, UsageError> {
+    let Some(name) = netns else {
+        return Ok(f());
+    };
+    let path = if name.contains('/') {
+        name.to_string()
+    } else {
+        format!("/var/run/netns/{name}")
+    };
+    let file = std::fs::File::open(&path)
+        .map_err(|e| UsageError::Invalid(format!("network namespace {name:?} ({path}): {e}")))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a namespace fd; setns affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(UsageError::Invalid(format!(
+                    "entering network namespace {name:?}: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            Ok(f())
+        })
+        .join()
+        .expect("namespace thread panicked")
+    })
 }

@@ -21,6 +21,8 @@ use std::{
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
     pub ifaces: Vec<String>,
+    /// Network namespace the interfaces are in (`ip netns` name or a path); `None`: ours.
+    pub netns: Option<String>,
     pub interval: Duration,
     /// Stop after this many windows.
     pub count: Option<u64>,
@@ -32,7 +34,7 @@ pub struct WatchOptions {
 }
 
 /// Checks what the user can fix before anything is loaded.
-pub fn validate(max_flows: u32, ifaces: &[String]) -> Result<(), UsageError> {
+pub fn validate(max_flows: u32, ifaces: &[String], netns: Option<&str>) -> Result<(), UsageError> {
     if !(MIN_MAX_FLOWS..=MAX_MAX_FLOWS).contains(&max_flows) {
         return Err(UsageError::TableSize {
             got: max_flows,
@@ -40,7 +42,7 @@ pub fn validate(max_flows: u32, ifaces: &[String]) -> Result<(), UsageError> {
             max: MAX_MAX_FLOWS,
         });
     }
-    attach::check_interfaces(ifaces)?;
+    crate::netdev::in_netns(netns, || attach::check_interfaces(ifaces))??;
     caps::check()
 }
 
@@ -55,7 +57,7 @@ pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 
 /// Loads, attaches, and prints windows until `count` or a signal; detaches before returning.
 pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
-    validate(opts.max_flows, &opts.ifaces)?;
+    validate(opts.max_flows, &opts.ifaces, opts.netns.as_deref())?;
     let stop = stop_flag()?;
     let mut loaded = bpf::load(LoadOptions {
         max_flows: opts.max_flows,
@@ -72,11 +74,17 @@ pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     );
     let mut attached: Vec<Attachment> = Vec::new();
     let result = (|| {
-        for iface in &opts.ifaces {
-            let a = attach::attach(&mut loaded.ebpf, iface, opts.attach)?;
-            eprintln!("edgeflow: attached {a}");
-            attached.push(a);
-        }
+        let ebpf = &mut loaded.ebpf;
+        let made = crate::netdev::in_netns(opts.netns.as_deref(), || {
+            let mut made = Vec::new();
+            for iface in &opts.ifaces {
+                let a = attach::attach(ebpf, iface, opts.attach)?;
+                eprintln!("edgeflow: attached {a}");
+                made.push(a);
+            }
+            anyhow::Ok(made)
+        })??;
+        attached.extend(made);
         let mut drainer = Drainer::new(table, opts.expiry)?;
         eprintln!("edgeflow: ready, a window every {:?}", opts.interval);
         let mut windows = 0u64;
@@ -101,9 +109,11 @@ pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     })();
     loaded.flush_log();
     drop(loaded); // detaches every link
-    for a in &attached {
-        attach::cleanup(a);
-    }
+    let _ = crate::netdev::in_netns(opts.netns.as_deref(), || {
+        for a in &attached {
+            attach::cleanup(a);
+        }
+    });
     eprintln!("edgeflow: detached");
     result
 }

@@ -86,3 +86,17 @@ fn udp_ipv4_exact_xdp() {
 fn udp_ipv6_exact_xdp() {
     udp_exact(A6.into(), B6.into(), 40, "xdp");
 }
+
+/// The agent runs here and watches an interface inside a test namespace (`--netns`).
+#[test]
+fn udp_ipv4_exact_from_outside_the_namespace() {
+    let net = TestNet::new();
+    net.static_neighbours();
+    let w = Watch::start_with_netns(BIN, &net.ns_b, &["--iface", &net.veth_b, "--interval", "1"]);
+    let (sport, dport) = exchange(&net, A4.into(), B4.into(), &[100, 200, 300], 50);
+    let got = w.stop();
+    got.assert_conserved();
+    let s = got.sum(|f| f["src_port"] == sport && f["dst_port"] == dport);
+    assert_eq!((s.packets_fwd, s.bytes_fwd), (3, 600 + 3 * 28));
+    assert_eq!((s.packets_rev, s.bytes_rev), (3, 3 * (50 + 28)));
+}

@@ -11,6 +11,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+pub mod mosquitto;
 pub mod watch;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

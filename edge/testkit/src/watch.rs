@@ -19,9 +19,22 @@ pub struct Watch {
 impl Watch {
     /// Starts `bin watch --json ARGS` in namespace `ns` and waits until it says it is ready.
     pub fn start(bin: &str, ns: &str, args: &[&str]) -> Watch {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, bin, "watch", "--json"])
-            .args(args)
+        let mut cmd = vec!["ip", "netns", "exec", ns, bin, "watch", "--json"];
+        cmd.extend_from_slice(args);
+        Watch::spawn(&cmd)
+    }
+
+    /// Starts `bin watch --json --netns NS ARGS` from this (the root) namespace.
+    pub fn start_with_netns(bin: &str, ns: &str, args: &[&str]) -> Watch {
+        let mut cmd = vec![bin, "watch", "--json", "--netns", ns];
+        cmd.extend_from_slice(args);
+        Watch::spawn(&cmd)
+    }
+
+    /// Runs `cmd` (a watch command line) and waits until it says it is ready.
+    pub fn spawn(cmd: &[&str]) -> Watch {
+        let mut child = Command::new(cmd[0])
+            .args(&cmd[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
