@@ -80,35 +80,6 @@ pub fn driver(name: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_exists_and_round_trips() {
-        let i = ifindex("lo").unwrap();
-        assert_eq!(ifname(i).as_deref(), Some("lo"));
-    }
-
-    #[test]
-    fn unknown_namespace_is_a_usage_error() {
-        assert!(matches!(
-            in_netns(Some("no-such-ns-x"), || 1),
-            Err(UsageError::Invalid(_))
-        ));
-        assert_eq!(in_netns(None, || 7).unwrap(), 7);
-    }
-
-    #[test]
-    fn unknown_interface_is_a_usage_error() {
-        assert!(matches!(
-            ifindex("no-such-if0"),
-            Err(UsageError::UnknownInterface(n)) if n == "no-such-if0"
-        ));
-        assert!(ifname(u32::MAX).is_none());
-    }
-}
-
 /// Runs `f` on a thread that has entered the named network namespace (`/var/run/netns/NAME`),
 /// or on the calling thread when `netns` is `None`. Interface lookups and attach calls made
 /// by `f` happen in that namespace; links and map fds stay valid after the thread returns, so
@@ -142,4 +113,33 @@ pub fn in_netns<T: Send>(
         .join()
         .expect("namespace thread panicked")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_exists_and_round_trips() {
+        let i = ifindex("lo").unwrap();
+        assert_eq!(ifname(i).as_deref(), Some("lo"));
+    }
+
+    #[test]
+    fn unknown_namespace_is_a_usage_error() {
+        assert!(matches!(
+            in_netns(Some("no-such-ns-x"), || 1),
+            Err(UsageError::Invalid(_))
+        ));
+        assert_eq!(in_netns(None, || 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn unknown_interface_is_a_usage_error() {
+        assert!(matches!(
+            ifindex("no-such-if0"),
+            Err(UsageError::UnknownInterface(n)) if n == "no-such-if0"
+        ));
+        assert!(ifname(u32::MAX).is_none());
+    }
 }
