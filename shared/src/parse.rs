@@ -231,6 +231,9 @@ pub fn parse_into<F: Frame + ?Sized>(
                     }
                     _ => break,
                 };
+                // The whole header must be there: one cut short is this layer's error,
+                // not the next one's.
+                f.load::<1>(l4 + len - 1).ok_or(Stat::ErrIpv6Ext)?;
                 l4 += len;
                 walked += 1;
                 if walked >= MAX_IPV6_EXT {

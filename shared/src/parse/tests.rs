@@ -164,6 +164,27 @@ fn ipv6_chain_at_and_over_the_limit() {
 }
 
 #[test]
+fn truncated_extension_header_is_an_extension_error() {
+    let mut p = Packet::udp6(v6(1), v6(2), 1, 2, 0);
+    if let Ip::V6 { ext, .. } = &mut p.ip {
+        *ext = vec![(0, ext_body(1)), (44, frag_body(0, true))];
+    }
+    let full = p.build();
+    // 14 eth + 40 IPv6, then hop-by-hop 54..70, fragment 70..78, UDP 78..86.
+    for cut in 54..78 {
+        assert_eq!(
+            parse(&full[..cut], None),
+            Err(Stat::ErrIpv6Ext),
+            "cut at {cut}"
+        );
+    }
+    for cut in 78..86 {
+        assert_eq!(parse(&full[..cut], None), Err(Stat::ErrL4), "cut at {cut}");
+    }
+    assert!(parse(full.as_slice(), None).is_ok());
+}
+
+#[test]
 fn ipv6_non_first_fragment() {
     let mut p = Packet::udp6(v6(1), v6(2), 1, 2, 0);
     if let Ip::V6 { ext, .. } = &mut p.ip {
