@@ -208,7 +208,6 @@ type Bounds = Vec<(usize, Stat)>;
 
 /// A frame cut at every length from 14 on: the stat of the layer it ended in, or, once the
 /// L4 header is whole, one packet of the flow (bytes: the IP length field, as on the wire).
-/// `bounds`: (first cut length that reaches this layer's check, the stat it fails under).
 #[test]
 fn truncated_at_every_layer() {
     let mut vlan_tcp = v4_with_options();
