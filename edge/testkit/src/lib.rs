@@ -11,6 +11,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+pub mod capture;
 pub mod mosquitto;
 pub mod watch;
 
@@ -151,6 +152,15 @@ impl TestNet {
                     "permanent",
                 ]);
             }
+        }
+    }
+
+    /// Turns segmentation and receive offloads (TSO, GSO, GRO) on or off on both veth ends.
+    /// Off, every skb is one wire packet at every hook.
+    pub fn set_offloads(&self, on: bool) {
+        let v = if on { "on" } else { "off" };
+        for (ns, dev) in [(&self.ns_a, &self.veth_a), (&self.ns_b, &self.veth_b)] {
+            self.exec(ns, &["ethtool", "-K", dev, "tso", v, "gso", v, "gro", v]);
         }
     }
 
