@@ -1,5 +1,6 @@
-//! edgeflow's kernel side: one XDP program (ingress) and one TC classifier (egress, and
-//! ingress where XDP is not wanted) that key every packet to a bidirectional flow entry.
+//! edgeflow's kernel side: one XDP program (ingress) and two TC classifiers (egress, and
+//! ingress where XDP is not wanted) that key every packet to a bidirectional flow entry and
+//! take TCP round-trip samples (`shared::rtt`).
 //!
 //! They only observe: every path returns XDP_PASS / TC_ACT_OK.
 #![no_std]
@@ -20,8 +21,9 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed};
 use shared::{
-    flow::DEFAULT_MAX_FLOWS,
-    parse::{parse_into, Frame, Parsed},
+    flow::{tcp, DEFAULT_MAX_FLOWS},
+    parse::{parse_into, Frame, Parsed, IPPROTO_TCP},
+    rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, DEFAULT_INTERVAL_NS, RTT_BUCKETS},
     stats::STATS_LEN,
     Counter, FlowCounters, FlowKey, Stat,
 };
@@ -42,7 +44,17 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 struct Scratch {
     parsed: Parsed,
     init: FlowCounters,
+    ts_key: TsKey,
 }
+
+/// TSvals that left and wait for their echo: when each left. Sized by the loader like the
+/// flow table; the agent removes entries whose echo never came.
+#[map(name = "RTT_PENDING")]
+static RTT_PENDING: HashMap<TsKey, u64> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// RTT samples per log2 bucket of microseconds (`shared::rtt::rtt_bucket`).
+#[map(name = "RTT_HIST")]
+static RTT_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(RTT_BUCKETS as u32, 0);
 
 /// Per CPU: when a "table full" warning was last logged, so the log stays quiet under load.
 #[map(name = "WARN_AT")]
@@ -51,6 +63,14 @@ static WARN_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// 1-in-N packet sampling; 1 counts every packet. Set by the loader.
 #[unsafe(no_mangle)]
 static SAMPLE_EVERY: Global<u32> = Global::new(1);
+
+/// TCP RTT tracking: 1 on, 0 off. Set by the loader.
+#[unsafe(no_mangle)]
+static RTT_ON: Global<u32> = Global::new(1);
+
+/// At most one timestamp RTT sample per flow per this many ns. Set by the loader.
+#[unsafe(no_mangle)]
+static RTT_INTERVAL_NS: Global<u64> = Global::new(DEFAULT_INTERVAL_NS);
 
 /// Furthest offset a header read may start at: keeps offsets bounded for the verifier.
 const MAX_OFF: usize = 512;
@@ -103,13 +123,26 @@ pub fn edgeflow_xdp(ctx: XdpContext) -> u32 {
             1,
             pkt.len as u64,
             ctx.ingress_ifindex() as u32,
+            false,
         );
     }
     xdp_action::XDP_PASS
 }
 
+/// TC ingress (where XDP is not used).
 #[classifier]
 pub fn edgeflow_tc(ctx: TcContext) -> i32 {
+    tc(ctx, false)
+}
+
+/// TC egress.
+#[classifier]
+pub fn edgeflow_tc_egress(ctx: TcContext) -> i32 {
+    tc(ctx, true)
+}
+
+#[inline(always)]
+fn tc(ctx: TcContext, egress: bool) -> i32 {
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer is valid for the program's run.
     let (len, segs, ifindex, vlan) = unsafe {
@@ -141,7 +174,7 @@ pub fn edgeflow_tc(ctx: TcContext) -> i32 {
             parsed = parse_into(&tc_pkt(&ctx), vlan, &mut scratch.parsed);
         }
     }
-    account(&ctx, scratch, parsed, segs, len as u64, ifindex);
+    account(&ctx, scratch, parsed, segs, len as u64, ifindex, egress);
     TC_ACT_OK
 }
 
@@ -173,6 +206,7 @@ fn account<C: EbpfContext>(
     segs: u32,
     frame_len: u64,
     ifindex: u32,
+    egress: bool,
 ) {
     let segs64 = segs as u64;
     stat_add(Stat::Seen, segs64, frame_len);
@@ -180,7 +214,11 @@ fn account<C: EbpfContext>(
         stat_add(stat, segs64, frame_len);
         return;
     }
-    let p = &mut scratch.parsed;
+    let Scratch {
+        parsed: p,
+        init,
+        ts_key,
+    } = scratch;
     let bytes = p.wire_bytes(segs);
     let every = SAMPLE_EVERY.load();
     // SAFETY: helper without arguments.
@@ -192,12 +230,35 @@ fn account<C: EbpfContext>(
     p.key.ifindex = ifindex;
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(v) = FLOWS.get_ptr_mut(&p.key) {
-        update(v, p, segs64, bytes, now);
-        return;
+    let v = match FLOWS.get_ptr_mut(&p.key) {
+        Some(v) => {
+            update(v, p, segs64, bytes, now);
+            v
+        }
+        None => match insert(ctx, p, init, segs64, bytes, now) {
+            Some(v) => v,
+            None => return,
+        },
+    };
+    if p.key.proto == IPPROTO_TCP && RTT_ON.load() != 0 {
+        // SAFETY: a live map value; CPUs racing on it can only lose a sample.
+        let r = unsafe { &mut (*v).rtt };
+        rtt(p, ts_key, r, egress, now, segs64, bytes);
     }
+}
+
+/// A new entry for the packet's flow; `None` when the table is full (counted as overflow).
+#[inline(always)]
+fn insert<C: EbpfContext>(
+    ctx: &C,
+    p: &Parsed,
+    init: &mut FlowCounters,
+    segs64: u64,
+    bytes: u64,
+    now: u64,
+) -> Option<*mut FlowCounters> {
     let d = dir_index(p);
-    let init = &mut scratch.init;
+    init.rtt = FlowRtt::default();
     init.packets = [0; 2];
     init.bytes = [0; 2];
     init.packets[d] = segs64;
@@ -207,13 +268,75 @@ fn account<C: EbpfContext>(
     init.tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
     init.initiator = p.initiator as u32;
     match FLOWS.insert(&p.key, &*init, BPF_NOEXIST as u64) {
-        Ok(()) => {}
+        // Removed again in between (the agent expiring it): the packet is counted.
+        Ok(()) => FLOWS.get_ptr_mut(&p.key),
         // Another CPU inserted it first: add to its entry.
         Err(e) if e as i64 == -EEXIST => match FLOWS.get_ptr_mut(&p.key) {
-            Some(v) => update(v, p, segs64, bytes, now),
-            None => overflow(ctx, segs64, bytes, now),
+            Some(v) => {
+                update(v, p, segs64, bytes, now);
+                Some(v)
+            }
+            None => {
+                overflow(ctx, segs64, bytes, now);
+                None
+            }
         },
-        Err(_) => overflow(ctx, segs64, bytes, now),
+        Err(_) => {
+            overflow(ctx, segs64, bytes, now);
+            None
+        }
+    }
+}
+
+/// RTT bookkeeping of one TCP segment: egress arms (SYN, SYN-ACK, a new TSval), ingress
+/// answers (the acknowledging segment, the first echo of a TSval).
+#[inline(always)]
+fn rtt(p: &Parsed, tk: &mut TsKey, r: &mut FlowRtt, egress: bool, now: u64, segs: u64, bytes: u64) {
+    let syn = p.tcp_flags & tcp::SYN != 0;
+    if egress {
+        if syn {
+            r.syn_sent(p.seq, now);
+        } else if p.has_ts && r.arm_tsval(p.tsval, now, RTT_INTERVAL_NS.load()) {
+            // SYNs are left to the handshake sample, or it would be counted twice.
+            tk.flow = p.key;
+            tk.tsval = p.tsval;
+            tk.dir = dir_index(p) as u8;
+            tk._pad = [0; 3];
+            match RTT_PENDING.insert(&*tk, &now, BPF_NOEXIST as u64) {
+                Ok(()) => {}
+                Err(e) if e as i64 == -EEXIST => {}
+                Err(_) => stat_add(Stat::RttPendingFull, segs, bytes),
+            }
+        }
+        return;
+    }
+    if p.tcp_flags & tcp::ACK != 0 {
+        if let Some(us) = r.ack_received(p.ack, now) {
+            sample(r, us);
+        }
+    }
+    if p.has_ts && r.new_echo(p.tsecr) {
+        // The echoed TSval went the other way.
+        tk.flow = p.key;
+        tk.tsval = p.tsecr;
+        tk.dir = (dir_index(p) ^ 1) as u8;
+        tk._pad = [0; 3];
+        // SAFETY: the value is copied out before the entry is removed.
+        if let Some(sent) = unsafe { RTT_PENDING.get(&*tk) }.copied() {
+            let _ = RTT_PENDING.remove(&*tk);
+            if now >= sent {
+                sample(r, ns_to_us(now - sent));
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn sample(r: &mut FlowRtt, us: u32) {
+    r.add_sample(us);
+    if let Some(c) = RTT_HIST.get_ptr_mut(rtt_bucket(us) as u32) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
     }
 }
 

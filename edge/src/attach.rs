@@ -129,12 +129,13 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> anyhow::Result<
             );
         }
     }
-    let prog = bpf::tc(ebpf);
     if ingress == Ingress::Tc {
-        prog.attach(iface, TcAttachType::Ingress)
+        bpf::tc(ebpf)
+            .attach(iface, TcAttachType::Ingress)
             .map_err(|e| anyhow::anyhow!("{iface}: TC ingress attach failed: {e}"))?;
     }
-    prog.attach(iface, TcAttachType::Egress)
+    bpf::tc_egress(ebpf)
+        .attach(iface, TcAttachType::Egress)
         .map_err(|e| anyhow::anyhow!("{iface}: TC egress attach failed: {e}"))?;
     Ok(Attachment {
         iface: iface.into(),

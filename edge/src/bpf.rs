@@ -5,13 +5,18 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
-use shared::flow::FLOWS_MAP;
+use shared::{flow::FLOWS_MAP, rtt::PENDING_MAP};
+use std::time::Duration;
 
 /// The object built from `edge-ebpf/` by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edgeflow.bpf.o"));
 
 pub const XDP_PROG: &str = "edgeflow_xdp";
+/// The TC program for ingress (where XDP is not used).
 pub const TC_PROG: &str = "edgeflow_tc";
+/// The TC program for egress: a separate entry point because RTT tracking needs to know
+/// which way a packet goes.
+pub const TC_EGRESS_PROG: &str = "edgeflow_tc_egress";
 
 /// Settings fixed at load time.
 #[derive(Clone, Copy, Debug)]
@@ -20,6 +25,23 @@ pub struct LoadOptions {
     pub max_flows: u32,
     /// 1-in-N packet sampling (1: every packet).
     pub sample_every: u32,
+    /// TCP RTT tracking; `None` turns it off.
+    pub rtt: Option<RttOptions>,
+}
+
+/// How TCP round-trip times are sampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RttOptions {
+    /// At most one timestamp sample per flow per this interval.
+    pub interval: Duration,
+}
+
+impl Default for RttOptions {
+    fn default() -> RttOptions {
+        RttOptions {
+            interval: Duration::from_nanos(shared::rtt::DEFAULT_INTERVAL_NS),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +86,15 @@ pub fn load(opts: LoadOptions) -> Result<Loaded, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
+    let rtt_on = opts.rtt.is_some() as u32;
+    let rtt_interval_ns = opts.rtt.unwrap_or_default().interval.as_nanos() as u64;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(FLOWS_MAP, opts.max_flows)
+        // One pending timestamp per flow is the common case.
+        .map_max_entries(PENDING_MAP, opts.max_flows)
         .override_global("SAMPLE_EVERY", &opts.sample_every.max(1), true)
+        .override_global("RTT_ON", &rtt_on, true)
+        .override_global("RTT_INTERVAL_NS", &rtt_interval_ns, true)
         .load(OBJECT)?;
     let logger = match EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
@@ -77,6 +105,7 @@ pub fn load(opts: LoadOptions) -> Result<Loaded, LoadError> {
     };
     load_program::<Xdp>(&mut ebpf, XDP_PROG)?;
     load_program::<SchedClassifier>(&mut ebpf, TC_PROG)?;
+    load_program::<SchedClassifier>(&mut ebpf, TC_EGRESS_PROG)?;
     Ok(Loaded { ebpf, logger })
 }
 
@@ -135,10 +164,17 @@ pub fn xdp(ebpf: &mut Ebpf) -> &mut Xdp {
         .expect("XDP program loaded by bpf::load")
 }
 
+/// The TC ingress program.
 pub fn tc(ebpf: &mut Ebpf) -> &mut SchedClassifier {
     ebpf.program_mut(TC_PROG)
         .and_then(|p| p.try_into().ok())
         .expect("TC program loaded by bpf::load")
+}
+
+pub fn tc_egress(ebpf: &mut Ebpf) -> &mut SchedClassifier {
+    ebpf.program_mut(TC_EGRESS_PROG)
+        .and_then(|p| p.try_into().ok())
+        .expect("TC egress program loaded by bpf::load")
 }
 
 #[cfg(test)]

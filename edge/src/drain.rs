@@ -2,7 +2,7 @@
 
 use crate::{
     clock::ClockPair,
-    table::{FlowTable, Stats, TableError},
+    table::{FlowTable, RttHist, Stats, TableError},
     window::{stats_map, FlowRecord, Window},
 };
 use shared::{flow::tcp, Counter, Direction, FlowCounters, FlowKey, Stat};
@@ -15,6 +15,8 @@ pub struct Expiry {
     pub inactive: Duration,
     /// A TCP flow that saw FIN both ways, or RST, is removed once idle this long.
     pub finished: Duration,
+    /// A timestamp whose echo has not come for this long is dropped from the pending map.
+    pub rtt_pending: Duration,
 }
 
 impl Default for Expiry {
@@ -22,6 +24,7 @@ impl Default for Expiry {
         Expiry {
             inactive: Duration::from_secs(60),
             finished: Duration::from_secs(5),
+            rtt_pending: Duration::from_secs(10),
         }
     }
 }
@@ -32,6 +35,7 @@ pub struct Drainer {
     expiry: Expiry,
     prev: HashMap<FlowKey, FlowCounters>,
     prev_stats: Stats,
+    prev_hist: RttHist,
     last: ClockPair,
     entries: Vec<(FlowKey, FlowCounters)>,
 }
@@ -42,11 +46,13 @@ impl Drainer {
         let mut entries = Vec::new();
         table.read_flows(&mut entries)?;
         let prev_stats = table.read_stats()?;
+        let prev_hist = table.read_rtt_hist()?;
         Ok(Drainer {
             prev: entries.iter().copied().collect(),
             table,
             expiry,
             prev_stats,
+            prev_hist,
             last: ClockPair::now(),
             entries,
         })
@@ -56,6 +62,7 @@ impl Drainer {
     pub fn drain(&mut self) -> Result<Window, TableError> {
         let now = ClockPair::now();
         let stats = self.table.read_stats()?;
+        let hist = self.table.read_rtt_hist()?;
         self.table.read_flows(&mut self.entries)?;
 
         let mut flows = Vec::new();
@@ -98,6 +105,12 @@ impl Drainer {
             .map(|(n, p)| n.delta_since(p))
             .collect();
         self.prev_stats = stats;
+        let rtt_hist = hist_delta(&hist, &self.prev_hist);
+        self.prev_hist = hist;
+        self.table.sweep_pending(
+            now.mono_ns
+                .saturating_sub(self.expiry.rtt_pending.as_nanos() as u64),
+        )?;
         let w = Window {
             window_start_ms: self.last.unix_ms,
             window_end_ms: now.unix_ms,
@@ -107,6 +120,7 @@ impl Drainer {
             active_flows: (self.entries.len() as u32).saturating_sub(removed),
             expired_flows: removed,
             flows,
+            rtt_hist,
         };
         self.last = now;
         Ok(w)
@@ -118,6 +132,20 @@ fn counter_delta(now: &FlowCounters, before: &FlowCounters) -> FlowCounters {
     for i in 0..2 {
         d.packets[i] = now.packets[i].wrapping_sub(before.packets[i]);
         d.bytes[i] = now.bytes[i].wrapping_sub(before.bytes[i]);
+    }
+    d.rtt.samples = now.rtt.samples.wrapping_sub(before.rtt.samples);
+    d
+}
+
+/// The window's RTT histogram, trailing empty buckets cut (empty: no samples).
+fn hist_delta(now: &RttHist, before: &RttHist) -> Vec<u64> {
+    let mut d: Vec<u64> = now
+        .iter()
+        .zip(before)
+        .map(|(n, b)| n.wrapping_sub(*b))
+        .collect();
+    while d.last() == Some(&0) {
+        d.pop();
     }
     d
 }
@@ -147,6 +175,31 @@ mod tests {
         };
         let d = counter_delta(&now, &before);
         assert_eq!((d.packets, d.bytes), ([3, 0], [300, 0]));
+    }
+
+    #[test]
+    fn rtt_samples_are_a_delta_the_rest_is_current() {
+        let mut now = FlowCounters::default();
+        now.rtt.add_sample(900);
+        now.rtt.add_sample(1100);
+        now.rtt.add_sample(1000);
+        let mut before = FlowCounters::default();
+        before.rtt.add_sample(900);
+        let d = counter_delta(&now, &before);
+        assert_eq!(d.rtt.samples, 2);
+        assert_eq!((d.rtt.min_us, d.rtt.max_us), (900, 1100));
+    }
+
+    #[test]
+    fn histogram_delta_drops_trailing_empty_buckets() {
+        let mut now = [0u64; shared::rtt::RTT_BUCKETS];
+        let mut before = now;
+        assert!(hist_delta(&now, &before).is_empty());
+        now[3] = 5;
+        now[10] = 7;
+        before[3] = 2;
+        before[10] = 7;
+        assert_eq!(hist_delta(&now, &before), vec![0, 0, 0, 3]);
     }
 
     #[test]

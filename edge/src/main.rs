@@ -4,6 +4,7 @@ use anyhow::Context;
 use argh::FromArgs;
 use edge::{
     attach::AttachMode,
+    bpf::RttOptions,
     drain::Expiry,
     watch::{self, WatchOptions},
     UsageError,
@@ -57,6 +58,12 @@ struct WatchCmd {
     /// seconds without a packet before a flow leaves the table (default 60)
     #[argh(option, default = "60.0")]
     inactive_timeout: f64,
+    /// milliseconds between two TCP timestamp RTT samples of one flow (default 100)
+    #[argh(option, default = "100.0")]
+    rtt_interval: f64,
+    /// do not measure TCP round-trip times
+    #[argh(switch)]
+    no_rtt: bool,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration, UsageError> {
@@ -89,6 +96,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_flows: w.max_flows,
                 attach: w.attach,
                 sample_every: w.sample,
+                rtt: if w.no_rtt {
+                    None
+                } else if w.rtt_interval.is_finite() && w.rtt_interval >= 0.0 {
+                    Some(RttOptions {
+                        interval: Duration::from_secs_f64(w.rtt_interval / 1000.0),
+                    })
+                } else {
+                    return Err(UsageError::Invalid(
+                        "--rtt-interval must be a number of milliseconds, 0 or more".into(),
+                    )
+                    .into());
+                },
                 expiry: Expiry {
                     inactive: secs("inactive-timeout", w.inactive_timeout)?,
                     ..Expiry::default()

@@ -1,4 +1,5 @@
-//! Reading the kernel flow table and the programs' counters.
+//! Reading the kernel flow table and the programs' counters, RTT histogram and pending
+//! timestamps.
 
 use aya::{
     maps::{HashMap, Map, MapData, MapError, PerCpuArray},
@@ -6,6 +7,7 @@ use aya::{
 };
 use shared::{
     flow::FLOWS_MAP,
+    rtt::{TsKey, HIST_MAP, PENDING_MAP, RTT_BUCKETS},
     stats::{STATS_LEN, STATS_MAP},
     Counter, FlowCounters, FlowKey, Stat,
 };
@@ -13,6 +15,8 @@ use std::os::fd::{AsFd, AsRawFd};
 
 /// Every stat, summed over CPUs, indexed by `Stat as usize`.
 pub type Stats = [Counter; STATS_LEN as usize];
+/// RTT samples per log2 bucket, summed over CPUs (`shared::rtt::rtt_bucket`).
+pub type RttHist = [u64; RTT_BUCKETS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -34,6 +38,8 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> TableError {
 pub struct FlowTable {
     flows: HashMap<MapData, FlowKey, FlowCounters>,
     stats: PerCpuArray<MapData, Counter>,
+    pending: HashMap<MapData, TsKey, u64>,
+    hist: PerCpuArray<MapData, u64>,
     /// Entries the table was created with.
     pub capacity: u32,
     /// Kernel memory charged for the table (fdinfo `memlock`), when known.
@@ -57,9 +63,19 @@ impl FlowTable {
             .take_map(STATS_MAP)
             .ok_or(TableError::MissingMap(STATS_MAP))?;
         let stats = PerCpuArray::try_from(stats).map_err(map_err(STATS_MAP))?;
+        let pending = ebpf
+            .take_map(PENDING_MAP)
+            .ok_or(TableError::MissingMap(PENDING_MAP))?;
+        let pending = HashMap::try_from(pending).map_err(map_err(PENDING_MAP))?;
+        let hist = ebpf
+            .take_map(HIST_MAP)
+            .ok_or(TableError::MissingMap(HIST_MAP))?;
+        let hist = PerCpuArray::try_from(hist).map_err(map_err(HIST_MAP))?;
         Ok(FlowTable {
             flows,
             stats,
+            pending,
+            hist,
             capacity,
             memory_bytes,
         })
@@ -103,6 +119,42 @@ impl FlowTable {
             }
         }
         Ok(out)
+    }
+}
+
+impl FlowTable {
+    /// The RTT histogram, summed over CPUs (cumulative since load).
+    pub fn read_rtt_hist(&self) -> Result<RttHist, TableError> {
+        let mut out = [0u64; RTT_BUCKETS];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self.hist.get(&(i as u32), 0).map_err(map_err(HIST_MAP))?;
+            *slot = per_cpu.iter().fold(0u64, |a, c| a.wrapping_add(*c));
+        }
+        Ok(out)
+    }
+
+    /// Removes pending timestamps that left before `before_ns` (CLOCK_MONOTONIC): their echo
+    /// is not coming (the segment's TSval was never echoed, or the flow ended). Returns how
+    /// many went.
+    pub fn sweep_pending(&mut self, before_ns: u64) -> Result<u32, TableError> {
+        let mut stale = Vec::new();
+        for kv in self.pending.iter() {
+            match kv {
+                Ok((k, sent)) if sent < before_ns => stale.push(k),
+                Ok(_) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(PENDING_MAP)(e)),
+            }
+        }
+        let mut removed = 0;
+        for k in &stale {
+            match self.pending.remove(k) {
+                Ok(()) => removed += 1,
+                // Echoed meanwhile.
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(PENDING_MAP)(e)),
+            }
+        }
+        Ok(removed)
     }
 }
 

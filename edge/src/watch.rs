@@ -2,7 +2,7 @@
 
 use crate::{
     attach::{self, AttachMode, Attachment},
-    bpf::{self, LoadOptions},
+    bpf::{self, LoadOptions, RttOptions},
     caps,
     drain::{Drainer, Expiry},
     table::FlowTable,
@@ -30,6 +30,8 @@ pub struct WatchOptions {
     pub max_flows: u32,
     pub attach: AttachMode,
     pub sample_every: u32,
+    /// TCP RTT tracking; `None`: off.
+    pub rtt: Option<RttOptions>,
     pub expiry: Expiry,
 }
 
@@ -62,6 +64,7 @@ pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     let mut loaded = bpf::load(LoadOptions {
         max_flows: opts.max_flows,
         sample_every: opts.sample_every,
+        rtt: opts.rtt,
     })?;
     let table = FlowTable::take(&mut loaded.ebpf)?;
     eprintln!(

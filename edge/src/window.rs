@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 use shared::{
-    flow::tcp, parse::IPPROTO_ICMP, parse::IPPROTO_ICMPV6, Counter, Direction, FlowCounters,
-    FlowKey, Initiator, Stat,
+    flow::tcp, parse::IPPROTO_ICMP, parse::IPPROTO_ICMPV6, rtt::FlowRtt, Counter, Direction,
+    FlowCounters, FlowKey, Initiator, Stat,
 };
 use std::{collections::BTreeMap, fmt::Write, net::IpAddr};
 
@@ -24,6 +24,9 @@ pub struct Window {
     /// Entries removed by this drain (idle, or TCP finished).
     pub expired_flows: u32,
     pub flows: Vec<FlowRecord>,
+    /// The window's TCP RTT samples per log2 bucket: index i counts samples in
+    /// [2^i, 2^(i+1)) µs (`shared::rtt::rtt_bucket`); trailing empty buckets are cut.
+    pub rtt_hist: Vec<u64>,
 }
 
 /// One conversation's activity in the window, oriented initiator → responder.
@@ -49,6 +52,36 @@ pub struct FlowRecord {
     pub tcp_flags: u8,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
+    /// TCP round-trip time; absent while the flow has no sample.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<RttUs>,
+}
+
+/// A flow's round-trip time in microseconds, as seen from the monitored interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RttUs {
+    /// Smallest and largest sample since the flow began.
+    pub min: u32,
+    /// Smoothed (EWMA, gain 1/8) at the end of the window.
+    pub avg: u32,
+    pub max: u32,
+    /// Samples taken in this window (handshake and timestamp echoes).
+    pub samples: u32,
+    /// The handshake's RTT (SYN → SYN-ACK or SYN-ACK → ACK), if this interface saw it.
+    pub handshake: Option<u32>,
+}
+
+impl RttUs {
+    /// From the entry now, with `window_samples` taken in the window; `None` without samples.
+    pub fn new(r: &FlowRtt, window_samples: u32) -> Option<RttUs> {
+        (r.samples > 0).then(|| RttUs {
+            min: r.min_us,
+            avg: r.srtt_us(),
+            max: r.max_us,
+            samples: window_samples,
+            handshake: (r.handshake_us != 0).then_some(r.handshake_us),
+        })
+    }
 }
 
 impl FlowRecord {
@@ -87,6 +120,7 @@ impl FlowRecord {
             tcp_flags: now.flags(Direction::AToB) | now.flags(Direction::BToA),
             first_seen_ms: to_ms(now.first_seen_ns),
             last_seen_ms: to_ms(now.last_seen_ns),
+            rtt_us: RttUs::new(&now.rtt, delta.rtt.samples),
         }
     }
 
@@ -161,7 +195,7 @@ impl Window {
         }
         let _ = writeln!(
             s,
-            "{:<6} {:>39} {:>5}   {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} flags",
+            "{:<6} {:>39} {:>5}   {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} {:>9} flags",
             "proto",
             "initiator",
             "port",
@@ -172,11 +206,12 @@ impl Window {
             "bytes→",
             "pkts←",
             "bytes←",
+            "rtt ms",
         );
         for f in flows.iter().take(max_rows) {
             let _ = writeln!(
                 s,
-                "{:<6} {:>39} {:>5} → {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} {}",
+                "{:<6} {:>39} {:>5} → {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} {:>9} {}",
                 proto_name(f.proto),
                 f.src.to_string(),
                 f.src_port,
@@ -187,6 +222,9 @@ impl Window {
                 f.bytes_fwd,
                 f.packets_rev,
                 f.bytes_rev,
+                f.rtt_us
+                    .map(|r| format!("{:.2}", r.avg as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
                 flags_text(f.tcp_flags),
             );
         }
@@ -257,6 +295,7 @@ mod tests {
             tcp_flags: 0x12 | (0x02 << 8),
             first_seen_ns: 1_000_000,
             last_seen_ns: 3_000_000,
+            ..Default::default()
         };
         let delta = FlowCounters {
             packets: [2, 3],
@@ -341,6 +380,41 @@ mod tests {
         }
         assert_eq!(f["src"], "10.0.0.1");
         assert!(w.render_table(10).contains("10.0.0.1"));
+    }
+
+    #[test]
+    fn rtt_is_reported_only_with_samples() {
+        let k = key([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000, 6);
+        let mut now = FlowCounters {
+            packets: [1, 1],
+            ..Default::default()
+        };
+        let r = FlowRecord::new(&k, &now, &now, |n| n);
+        assert_eq!(r.rtt_us, None);
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert!(v.get("rtt_us").is_none());
+
+        now.rtt.syn_sent(7, 1_000_000);
+        let us = now.rtt.ack_received(8, 21_000_000).unwrap();
+        now.rtt.add_sample(us);
+        now.rtt.add_sample(22_000);
+        let mut delta = now;
+        delta.rtt.samples = 1;
+        let r = FlowRecord::new(&k, &now, &delta, |n| n);
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v["rtt_us"],
+            serde_json::json!({"min": 20000, "avg": 20250, "max": 22000, "samples": 1,
+                               "handshake": 20000})
+        );
+        let w = Window {
+            flows: vec![r],
+            rtt_hist: vec![0, 2],
+            ..Default::default()
+        };
+        assert!(w.render_table(5).contains("20.25"));
+        let v: serde_json::Value = serde_json::from_str(&w.to_json()).unwrap();
+        assert_eq!(v["rtt_hist"], serde_json::json!([0, 2]));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! endpoints canonically, so both directions of a conversation hit the same entry, and the
 //! value keeps its counters per [`Direction`].
 
+use crate::rtt::FlowRtt;
+
 /// Map name of the flow table in the eBPF object.
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Default number of entries in the flow table.
@@ -78,6 +80,8 @@ pub struct FlowCounters {
     pub tcp_flags: u32,
     /// [`Initiator`] as u8 in the low byte; the rest is zero.
     pub initiator: u32,
+    /// TCP round-trip times measured at this interface (see [`crate::rtt`]).
+    pub rtt: FlowRtt,
 }
 
 impl FlowCounters {
@@ -124,7 +128,11 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 2 + 2 + 4 + 1 + 3);
         assert_eq!(align_of::<FlowKey>(), 4);
-        assert_eq!(size_of::<FlowCounters>(), 8 * 6 + 4 + 4);
+        assert_eq!(
+            size_of::<FlowCounters>(),
+            8 * 6 + 4 + 4 + size_of::<FlowRtt>()
+        );
+        assert_eq!(align_of::<FlowCounters>(), 8);
     }
 
     #[test]

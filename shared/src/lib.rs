@@ -14,6 +14,7 @@ pub mod craft;
 
 pub mod flow;
 pub mod parse;
+pub mod rtt;
 pub mod stats;
 #[cfg(feature = "wire")]
 pub mod wire;

@@ -72,10 +72,13 @@ stats! {
     ErrL4 = 10, "err_l4";
     /// Packets skipped by 1-in-N sampling (counted, not keyed).
     Unsampled = 11, "unsampled";
+    /// TCP segments whose TSval was to be remembered for an RTT sample but the pending map
+    /// was full (not part of the sums above: these packets are counted in flows as usual).
+    RttPendingFull = 12, "rtt_pending_full";
 }
 
 /// Number of entries in the stats array.
-pub const STATS_LEN: u32 = 12;
+pub const STATS_LEN: u32 = 13;
 
 #[cfg(feature = "user")]
 mod pod {

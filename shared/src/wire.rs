@@ -20,9 +20,7 @@ pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
 pub const MAX_ID_LEN: usize = 64;
 pub const MAX_FLOWS_PER_MESSAGE: usize = 16_384;
 pub const MAX_ADDRS_PER_MESSAGE: usize = 2 * MAX_FLOWS_PER_MESSAGE;
-/// RTT histogram buckets: bucket i counts samples in [2^i, 2^(i+1)) microseconds
-/// (bucket 0 also takes < 1 µs), the last one everything above.
-pub const RTT_BUCKETS: usize = 24;
+pub use crate::rtt::{rtt_bucket, RTT_BUCKETS};
 
 /// A device or site name, bounded.
 pub type Id = heapless::String<MAX_ID_LEN>;
@@ -253,12 +251,6 @@ fn validate(s: &Summary) -> Result<(), DecodeError> {
         return Err(DecodeError::Invalid("sampling rate 0"));
     }
     Ok(())
-}
-
-/// The log2 bucket of an RTT sample in microseconds.
-pub fn rtt_bucket(us: u32) -> usize {
-    let b = (32 - us.leading_zeros()).saturating_sub(1) as usize;
-    b.min(RTT_BUCKETS - 1)
 }
 
 #[cfg(test)]

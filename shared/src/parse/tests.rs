@@ -300,3 +300,110 @@ fn truncation_at_every_layer() {
         assert!(parse(full.as_slice(), None).is_ok());
     }
 }
+
+/// A TCP segment with these option bytes, sequence and acknowledgement numbers.
+fn tcp_with(flags: u8, options: Vec<u8>, seq: u32, ack: u32) -> Vec<u8> {
+    let mut p = Packet::tcp4(A, B, 40000, 80, flags);
+    p.l4 = L4::Tcp {
+        sport: 40000,
+        dport: 80,
+        flags,
+        options,
+    };
+    let mut f = p.build();
+    f[38..42].copy_from_slice(&seq.to_be_bytes());
+    f[42..46].copy_from_slice(&ack.to_be_bytes());
+    f
+}
+
+fn ts_opt(val: u32, ecr: u32) -> Vec<u8> {
+    let mut v = vec![8, 10];
+    v.extend_from_slice(&val.to_be_bytes());
+    v.extend_from_slice(&ecr.to_be_bytes());
+    v
+}
+
+#[test]
+fn tcp_sequence_numbers() {
+    let f = tcp_with(tcp::SYN | tcp::ACK, vec![], 0xdead_beef, 0x0102_0304);
+    let r = parse(f.as_slice(), None).unwrap();
+    assert_eq!((r.seq, r.ack), (0xdead_beef, 0x0102_0304));
+    assert!(!r.has_ts);
+    let u = run(&Packet::udp4(A, B, 1, 2, 3)).unwrap();
+    assert_eq!((u.seq, u.ack, u.has_ts), (0, 0, false));
+}
+
+#[test]
+fn tcp_timestamp_common_layout() {
+    // NOP NOP TS: what Linux sends on every segment after the SYN.
+    let mut o = vec![1, 1];
+    o.extend(ts_opt(0x1122_3344, 0x5566_7788));
+    let r = parse(tcp_with(tcp::ACK, o, 1, 2).as_slice(), None).unwrap();
+    assert!(r.has_ts);
+    assert_eq!((r.tsval, r.tsecr), (0x1122_3344, 0x5566_7788));
+}
+
+#[test]
+fn tcp_timestamp_in_a_linux_syn() {
+    // MSS 1460, SACK permitted, TS, NOP, window scale 7.
+    let mut o = vec![2, 4, 0x05, 0xb4, 4, 2];
+    o.extend(ts_opt(777, 0));
+    o.extend([1, 3, 3, 7]);
+    let r = parse(tcp_with(tcp::SYN, o, 9, 0).as_slice(), None).unwrap();
+    assert!(r.has_ts);
+    assert_eq!((r.tsval, r.tsecr), (777, 0));
+}
+
+#[test]
+fn tcp_timestamp_after_sack_blocks() {
+    // NOP NOP SACK(2 blocks) NOP NOP TS: a different order than Linux uses, still found.
+    let mut o = vec![1, 1, 5, 18];
+    o.extend([0u8; 16]);
+    o.extend([1, 1]);
+    o.extend(ts_opt(5, 6));
+    assert_eq!(o.len(), 32);
+    let r = parse(tcp_with(tcp::ACK, o, 1, 2).as_slice(), None).unwrap();
+    assert_eq!((r.has_ts, r.tsval, r.tsecr), (true, 5, 6));
+}
+
+#[test]
+fn tcp_timestamp_absent_or_malformed() {
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("no options", vec![]),
+        ("only MSS", vec![2, 4, 0x05, 0xb4]),
+        ("EOL before TS", {
+            let mut o = vec![0, 1, 1, 1];
+            o.extend(ts_opt(1, 2));
+            o
+        }),
+        ("TS with a wrong length", vec![8, 8, 0, 0, 0, 1, 0, 0]),
+        ("option length 0", vec![3, 0, 1, 1]),
+        ("option longer than the area", vec![1, 1, 8, 10, 0, 0, 0, 1]),
+        ("TS past the option limit", {
+            let mut o = vec![1; MAX_TCP_OPTIONS];
+            o.extend(ts_opt(1, 2));
+            o
+        }),
+    ];
+    for (what, o) in cases {
+        let r = parse(tcp_with(tcp::ACK, o, 1, 2).as_slice(), None)
+            .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        assert!(!r.has_ts, "{what}");
+        assert_eq!((r.tsval, r.tsecr), (0, 0), "{what}");
+    }
+}
+
+#[test]
+fn tcp_timestamp_over_ipv6() {
+    let mut p = Packet::udp6(v6(1), v6(2), 1, 2, 0);
+    let mut o = vec![1, 1];
+    o.extend(ts_opt(42, 43));
+    p.l4 = L4::Tcp {
+        sport: 1,
+        dport: 2,
+        flags: tcp::ACK,
+        options: o,
+    };
+    let r = run(&p).unwrap();
+    assert_eq!((r.has_ts, r.tsval, r.tsecr), (true, 42, 43));
+}
