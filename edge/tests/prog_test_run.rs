@@ -84,6 +84,7 @@ impl Progs {
         let mut loaded = bpf::load(LoadOptions {
             max_flows: 1024,
             sample_every: 1,
+            rtt: Some(Default::default()),
         })
         .expect("loading the programs");
         let table = FlowTable::take(&mut loaded.ebpf).unwrap();
