@@ -1,38 +1,9 @@
 //! `edgeflow watch` against real UDP traffic between two test namespaces: exact counts.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use testkit::{watch::Watch, TestNet, A4, A6, B4, B6};
+use std::net::IpAddr;
+use testkit::{traffic::udp_exchange as exchange, watch::Watch, TestNet, A4, A6, B4, B6};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeflow");
-
-/// Sends `sizes.len()` datagrams from a to b and has b answer each with `reply` bytes.
-fn exchange(net: &TestNet, a: IpAddr, b: IpAddr, sizes: &[usize], reply: usize) -> (u16, u16) {
-    let server = net.in_ns(&net.ns_b, || {
-        UdpSocket::bind(SocketAddr::new(b, 0)).unwrap()
-    });
-    let client = net.in_ns(&net.ns_a, || {
-        UdpSocket::bind(SocketAddr::new(a, 0)).unwrap()
-    });
-    let sport = client.local_addr().unwrap().port();
-    let dport = server.local_addr().unwrap().port();
-    server
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    client
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    let mut buf = vec![0u8; 65536];
-    for &n in sizes {
-        client
-            .send_to(&vec![7u8; n], server.local_addr().unwrap())
-            .unwrap();
-        let (got, from) = server.recv_from(&mut buf).unwrap();
-        assert_eq!(got, n);
-        server.send_to(&vec![9u8; reply], from).unwrap();
-        client.recv_from(&mut buf).unwrap();
-    }
-    (sport, dport)
-}
 
 fn udp_exact(a: IpAddr, b: IpAddr, ip_hdr: u64, attach: &str) {
     let net = TestNet::new();

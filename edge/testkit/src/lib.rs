@@ -13,6 +13,8 @@ use std::{
 
 pub mod capture;
 pub mod mosquitto;
+pub mod raw;
+pub mod traffic;
 pub mod watch;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -161,6 +163,22 @@ impl TestNet {
         let v = if on { "on" } else { "off" };
         for (ns, dev) in [(&self.ns_a, &self.veth_a), (&self.ns_b, &self.veth_b)] {
             self.exec(ns, &["ethtool", "-K", dev, "tso", v, "gso", v, "gro", v]);
+        }
+    }
+
+    /// Turns IPv6 off on both veths, so no router solicitation or MLD report shows up
+    /// while a test counts everything that crossed (with [`TestNet::static_neighbours`],
+    /// no ARP either).
+    pub fn ipv4_only(&self) {
+        for (ns, dev) in [(&self.ns_a, &self.veth_a), (&self.ns_b, &self.veth_b)] {
+            self.exec(
+                ns,
+                &[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
+                ],
+            );
         }
     }
 

@@ -148,15 +148,29 @@ impl Windows {
 
     /// Sums the records for which `pred` holds.
     pub fn sum(&self, pred: impl Fn(&Value) -> bool) -> FlowSum {
-        let mut s = FlowSum::default();
-        for f in self.flows().filter(|f| pred(f)) {
-            s.packets_fwd += u(&f["packets_fwd"]);
-            s.bytes_fwd += u(&f["bytes_fwd"]);
-            s.packets_rev += u(&f["packets_rev"]);
-            s.bytes_rev += u(&f["bytes_rev"]);
-            s.records += 1;
+        self.sums_by(|f| pred(f).then_some(()))
+            .remove(&())
+            .unwrap_or_default()
+    }
+
+    /// Sums the records of every flow `key` names (records it maps to `None` are left out):
+    /// one entry per distinct key.
+    pub fn sums_by<K: std::hash::Hash + Eq>(
+        &self,
+        key: impl Fn(&Value) -> Option<K>,
+    ) -> std::collections::HashMap<K, FlowSum> {
+        let mut out = std::collections::HashMap::<K, FlowSum>::new();
+        for f in self.flows() {
+            if let Some(k) = key(f) {
+                let s = out.entry(k).or_default();
+                s.packets_fwd += u(&f["packets_fwd"]);
+                s.bytes_fwd += u(&f["bytes_fwd"]);
+                s.packets_rev += u(&f["packets_rev"]);
+                s.bytes_rev += u(&f["bytes_rev"]);
+                s.records += 1;
+            }
         }
-        s
+        out
     }
 
     /// Sum of one stat (`"seen"`, `"non_ip"`, ...) over all windows: (packets, bytes).
