@@ -11,6 +11,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+pub mod bpfobj;
 pub mod capture;
 pub mod mosquitto;
 pub mod raw;

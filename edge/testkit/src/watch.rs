@@ -79,10 +79,20 @@ impl Watch {
         w
     }
 
+    /// The agent's process id (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGINT, then waits (bounded) for the final window and the exit.
     pub fn stop(self) -> Windows {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Sends `signal`, then waits (bounded) for the final window and the exit.
+    pub fn stop_with(self, signal: libc::c_int) -> Windows {
+        // SAFETY: signalling our own child (`ip netns exec` execs the agent in place).
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         self.finish()
     }
 
