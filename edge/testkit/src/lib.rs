@@ -172,14 +172,10 @@ impl TestNet {
     /// no ARP either).
     pub fn ipv4_only(&self) {
         for (ns, dev) in [(&self.ns_a, &self.veth_a), (&self.ns_b, &self.veth_b)] {
-            self.exec(
-                ns,
-                &[
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
-                ],
-            );
+            // /proc/sys/net is the namespace of whoever opens it.
+            let path = format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
+            self.in_ns(ns, || std::fs::write(&path, "1"))
+                .unwrap_or_else(|e| panic!("{ns}: {path}: {e}"));
         }
     }
 
