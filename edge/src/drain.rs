@@ -61,9 +61,11 @@ impl Drainer {
     /// Ends the current window and starts the next.
     pub fn drain(&mut self) -> Result<Window, TableError> {
         let now = ClockPair::now();
+        // Stats and flows back to back: packets counted between the two reads break the
+        // window's conservation, so nothing else goes in between.
         let stats = self.table.read_stats()?;
-        let hist = self.table.read_rtt_hist()?;
         self.table.read_flows(&mut self.entries)?;
+        let hist = self.table.read_rtt_hist()?;
 
         let mut flows = Vec::new();
         let mut expired = Vec::new();

@@ -13,6 +13,7 @@ use std::{
 
 pub mod bpfobj;
 pub mod capture;
+pub mod delay;
 pub mod mosquitto;
 pub mod raw;
 pub mod traffic;

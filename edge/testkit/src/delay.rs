@@ -1,0 +1,466 @@
+//! A delay line for tests (the kernel here has no netem or fq qdisc):
+//!
+//! ```text
+//! ns_client ─ veth_client ══ mid_client ─ [ns_mid: relay, delay each way] ─ mid_server ══ veth_server ─ ns_server
+//! ```
+//!
+//! The middle namespace has no addresses and no IPv6; a [`Relay`] there reads every frame
+//! arriving on one interface with an AF_PACKET socket and writes it out of the other once the
+//! one-way delay has passed. Client (10.199.0.1, fd99::1) and server (10.199.0.2, fd99::2) share
+//! one Ethernet segment through it, so ARP and neighbour discovery cross the delay too.
+//!
+//! An AF_PACKET socket sees an skb as the stack holds it, so the client and server veths have
+//! segmentation offloads (TSO/GSO) and checksum offload off: every frame is one wire packet
+//! with a complete checksum, which the far side can receive as is.
+
+use crate::{in_netns, sh, unique, A4, A6, B4, B6};
+use std::{
+    collections::VecDeque,
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// Frames held at once per direction; more are dropped (and counted): bounds memory.
+const MAX_QUEUE: usize = 100_000;
+/// Longest sleep of an idle relay thread, so it notices `stop`.
+const IDLE: Duration = Duration::from_millis(20);
+const ETH_P_ALL: u16 = 0x0003;
+
+/// What a relay did, both directions together.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    pub relayed: AtomicU64,
+    /// Dropped: queue full, or the send failed (e.g. a frame larger than the MTU).
+    pub dropped: AtomicU64,
+    /// Largest lateness of a frame past its due time, in µs.
+    pub max_late_us: AtomicU64,
+}
+
+/// Copies frames between two interfaces of a namespace, each after `delay`. Stops on drop.
+pub struct Relay {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    pub stats: Arc<RelayStats>,
+}
+
+impl Relay {
+    /// Starts relaying between `if_a` and `if_b` of namespace `ns`, `delay` each way.
+    pub fn start(ns: &str, if_a: &str, if_b: &str, delay: Duration) -> Relay {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(RelayStats::default());
+        // Open every socket before returning, so no frame sent after `start` is missed.
+        let (a_in, a_out, b_in, b_out) = in_netns(ns, || {
+            (
+                PacketSocket::open(if_a, true).expect("AF_PACKET socket"),
+                PacketSocket::open(if_a, false).expect("AF_PACKET socket"),
+                PacketSocket::open(if_b, true).expect("AF_PACKET socket"),
+                PacketSocket::open(if_b, false).expect("AF_PACKET socket"),
+            )
+        });
+        let mut threads = Vec::new();
+        for (rx, tx) in [(a_in, b_out), (b_in, a_out)] {
+            let (stop, stats) = (stop.clone(), stats.clone());
+            threads.push(std::thread::spawn(move || {
+                relay_loop(&rx, &tx, delay, &stop, &stats)
+            }));
+        }
+        Relay {
+            stop,
+            threads,
+            stats,
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn relay_loop(
+    rx: &PacketSocket,
+    tx: &PacketSocket,
+    delay: Duration,
+    stop: &AtomicBool,
+    stats: &RelayStats,
+) {
+    let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while !stop.load(Ordering::Relaxed) {
+        let wait = queue
+            .front()
+            .map(|(due, _)| due.saturating_duration_since(Instant::now()))
+            .unwrap_or(IDLE)
+            .min(IDLE);
+        rx.wait_readable(wait);
+        while let Some(n) = rx.recv(&mut buf) {
+            if queue.len() >= MAX_QUEUE {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            queue.push_back((Instant::now() + delay, buf[..n].to_vec()));
+        }
+        let now = Instant::now();
+        while queue.front().is_some_and(|(due, _)| *due <= now) {
+            let (due, frame) = queue.pop_front().unwrap();
+            if tx.send(&frame) {
+                stats.relayed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            let late = now.saturating_duration_since(due).as_micros() as u64;
+            stats.max_late_us.fetch_max(late, Ordering::Relaxed);
+        }
+    }
+}
+
+/// An AF_PACKET raw socket bound to one interface: for receiving (every protocol, incoming
+/// frames only) or for sending.
+struct PacketSocket {
+    fd: OwnedFd,
+}
+
+impl PacketSocket {
+    fn open(iface: &str, receive: bool) -> io::Result<PacketSocket> {
+        let name = CString::new(iface).unwrap();
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // A sending socket binds with protocol 0: it then receives nothing.
+        let proto = if receive { ETH_P_ALL.to_be() } else { 0 };
+        // SAFETY: plain socket(2) call.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                proto as i32,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if receive {
+            // Our own sends on this interface must not come back as input.
+            let one: libc::c_int = 1;
+            // SAFETY: valid fd and option value.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    libc::PACKET_IGNORE_OUTGOING,
+                    &one as *const _ as *const libc::c_void,
+                    std::mem::size_of_val(&one) as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: zeroed sockaddr_ll is valid; then the fields bind needs.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: valid fd and address of the right length.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(PacketSocket { fd })
+    }
+
+    /// Waits up to `timeout` for a frame (ppoll: sub-millisecond timeouts).
+    fn wait_readable(&self, timeout: Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: one valid pollfd, a valid timespec, no signal mask.
+        unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+    }
+
+    /// One frame if there is one (non-blocking).
+    fn recv(&self, buf: &mut [u8]) -> Option<usize> {
+        // SAFETY: writes at most buf.len() bytes into buf.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )
+        };
+        // MSG_TRUNC returns the real length: a frame larger than the buffer is dropped.
+        (n > 0 && (n as usize) <= buf.len()).then_some(n as usize)
+    }
+
+    fn send(&self, frame: &[u8]) -> bool {
+        // SAFETY: reads frame.len() bytes from frame.
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+            )
+        };
+        n == frame.len() as isize
+    }
+}
+
+/// Three namespaces: client and server joined through a [`Relay`] in the middle one. Deleted
+/// (with their veths) on drop, after the relay stopped.
+pub struct DelayNet {
+    pub ns_client: String,
+    pub ns_mid: String,
+    pub ns_server: String,
+    /// In `ns_client`: 10.199.0.1/24, fd99::1/64.
+    pub veth_client: String,
+    /// In `ns_server`: 10.199.0.2/24, fd99::2/64.
+    pub veth_server: String,
+    pub mid_client: String,
+    pub mid_server: String,
+    /// One-way delay, each direction.
+    pub delay: Duration,
+    relay: Option<Relay>,
+}
+
+pub const CLIENT4: std::net::Ipv4Addr = A4;
+pub const SERVER4: std::net::Ipv4Addr = B4;
+pub const CLIENT6: std::net::Ipv6Addr = A6;
+pub const SERVER6: std::net::Ipv6Addr = B6;
+
+impl DelayNet {
+    pub fn new(delay: Duration) -> DelayNet {
+        let tag = unique("ed");
+        let mut net = DelayNet {
+            ns_client: format!("{tag}-c"),
+            ns_mid: format!("{tag}-m"),
+            ns_server: format!("{tag}-s"),
+            veth_client: format!("{tag}c"),
+            veth_server: format!("{tag}s"),
+            mid_client: format!("{tag}mc"),
+            mid_server: format!("{tag}ms"),
+            delay,
+            relay: None,
+        };
+        assert!(
+            net.mid_client.len() <= 15,
+            "name too long: {}",
+            net.mid_client
+        );
+        // From the first namespace on, Drop cleans up whatever was made.
+        for ns in [&net.ns_client, &net.ns_mid, &net.ns_server] {
+            sh(&["ip", "netns", "add", ns]);
+        }
+        // The middle only relays: no IPv6 (no link-local address, no router solicitations).
+        for key in ["all", "default"] {
+            net.exec(
+                &net.ns_mid,
+                &[
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
+                ],
+            );
+        }
+        for (ns, dev, mid) in [
+            (&net.ns_client, &net.veth_client, &net.mid_client),
+            (&net.ns_server, &net.veth_server, &net.mid_server),
+        ] {
+            sh(&[
+                "ip",
+                "link",
+                "add",
+                dev,
+                "netns",
+                ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                mid,
+                "netns",
+                &net.ns_mid,
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &net.ns_mid,
+                "link",
+                "set",
+                mid,
+                "promisc",
+                "on",
+                "up",
+            ]);
+            net.exec(&net.ns_mid, &["ethtool", "-K", mid, "gro", "off"]);
+        }
+        for (ns, dev, v4, v6) in [
+            (&net.ns_client, &net.veth_client, A4, A6),
+            (&net.ns_server, &net.veth_server, B4, B6),
+        ] {
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v4}/24"),
+                "dev",
+                dev,
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            // One wire packet per skb, complete checksums: what the relay can pass on.
+            net.exec(
+                ns,
+                &[
+                    "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off", "tx", "off",
+                ],
+            );
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        net.relay = Some(Relay::start(
+            &net.ns_mid,
+            &net.mid_client,
+            &net.mid_server,
+            delay,
+        ));
+        net
+    }
+
+    /// Runs a command inside namespace `ns` (panics if it fails).
+    pub fn exec(&self, ns: &str, args: &[&str]) -> std::process::Output {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Runs `f` on a thread that has entered namespace `ns`: sockets it opens live there.
+    pub fn in_ns<T: Send>(&self, ns: &str, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(ns, f)
+    }
+
+    /// Sets a sysctl in the client and server namespaces (e.g. `net.ipv4.tcp_timestamps=0`).
+    pub fn sysctl_ends(&self, setting: &str) {
+        for ns in [&self.ns_client, &self.ns_server] {
+            self.exec(ns, &["sysctl", "-q", "-w", setting]);
+        }
+    }
+
+    pub fn relay_stats(&self) -> &RelayStats {
+        &self.relay.as_ref().expect("relay runs").stats
+    }
+}
+
+impl Drop for DelayNet {
+    fn drop(&mut self) {
+        self.relay.take();
+        for ns in [&self.ns_client, &self.ns_mid, &self.ns_server] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    /// Round trips through the line take twice the delay (and not much more), and the
+    /// namespaces are gone afterwards.
+    #[test]
+    fn delays_both_ways_and_cleans_up() {
+        let names;
+        {
+            let net = DelayNet::new(Duration::from_millis(15));
+            names = [
+                net.ns_client.clone(),
+                net.ns_mid.clone(),
+                net.ns_server.clone(),
+            ];
+            let listener = net.in_ns(&net.ns_server, || TcpListener::bind((SERVER4, 0)).unwrap());
+            let port = listener.local_addr().unwrap().port();
+            let echo = std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut b = [0u8; 8];
+                while s.read_exact(&mut b).is_ok() {
+                    s.write_all(&b).unwrap();
+                }
+            });
+            let t0 = Instant::now();
+            let mut c = net.in_ns(&net.ns_client, || {
+                TcpStream::connect((SERVER4, port)).unwrap()
+            });
+            // ARP (one round trip) and the handshake (another).
+            assert!(
+                t0.elapsed() >= Duration::from_millis(60),
+                "{:?}",
+                t0.elapsed()
+            );
+            c.set_nodelay(true).unwrap();
+            let mut b = [1u8; 8];
+            for _ in 0..5 {
+                let t = Instant::now();
+                c.write_all(&b).unwrap();
+                c.read_exact(&mut b).unwrap();
+                let rtt = t.elapsed();
+                assert!(
+                    rtt >= Duration::from_millis(30) && rtt < Duration::from_millis(45),
+                    "{rtt:?}"
+                );
+            }
+            drop(c);
+            echo.join().unwrap();
+            assert!(net.relay_stats().relayed.load(Ordering::Relaxed) >= 14);
+            assert_eq!(net.relay_stats().dropped.load(Ordering::Relaxed), 0);
+        }
+        let list = String::from_utf8_lossy(&sh(&["ip", "netns", "list"]).stdout).into_owned();
+        for n in names {
+            assert!(!list.contains(&n), "{n} left behind: {list}");
+        }
+    }
+}
