@@ -185,7 +185,7 @@ fn both_directions(
 ) -> Result<(), String> {
     let net = DelayNet::new(one_way);
     if !timestamps {
-        net.sysctl_ends("net.ipv4.tcp_timestamps=0");
+        net.sysctl_ends("net.ipv4.tcp_timestamps", "0");
     }
     let e = ends(&net, side, v6);
     let w = Watch::start(

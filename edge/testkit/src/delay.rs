@@ -282,14 +282,10 @@ impl DelayNet {
         }
         // The middle only relays: no IPv6 (no link-local address, no router solicitations).
         for key in ["all", "default"] {
-            net.exec(
+            sysctl(
                 &net.ns_mid,
-                &[
-                    "sysctl",
-                    "-q",
-                    "-w",
-                    &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
-                ],
+                &format!("net.ipv6.conf.{key}.disable_ipv6"),
+                "1",
             );
         }
         for (ns, dev, mid) in [
@@ -380,16 +376,23 @@ impl DelayNet {
         in_netns(ns, f)
     }
 
-    /// Sets a sysctl in the client and server namespaces (e.g. `net.ipv4.tcp_timestamps=0`).
-    pub fn sysctl_ends(&self, setting: &str) {
+    /// Sets a sysctl in the client and server namespaces (e.g. `net.ipv4.tcp_timestamps`).
+    pub fn sysctl_ends(&self, key: &str, value: &str) {
         for ns in [&self.ns_client, &self.ns_server] {
-            self.exec(ns, &["sysctl", "-q", "-w", setting]);
+            sysctl(ns, key, value);
         }
     }
 
     pub fn relay_stats(&self) -> &RelayStats {
         &self.relay.as_ref().expect("relay runs").stats
     }
+}
+
+/// Writes sysctl `key` (dotted) in namespace `ns`: /proc/sys/net belongs to the namespace of
+/// whoever opens it, and this needs no procps.
+fn sysctl(ns: &str, key: &str, value: &str) {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    in_netns(ns, || std::fs::write(&path, value)).unwrap_or_else(|e| panic!("{ns}: {path}: {e}"));
 }
 
 impl Drop for DelayNet {
