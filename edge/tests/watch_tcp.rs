@@ -39,6 +39,19 @@ fn small_sndbuf(s: &TcpStream) {
     assert_eq!(rc, 0, "SO_SNDBUF: {}", std::io::Error::last_os_error());
 }
 
+/// On a busy machine an ACK can be late by more than the tail-loss-probe timeout (about two
+/// round trips, which on a veth is microseconds, floored at 10 ms), and the sender then
+/// resends its last segment: a retransmission on a link that loses nothing. Turning TLP off
+/// in the test namespaces (`tcp_early_retrans`, per namespace) leaves only the 200 ms RTO.
+fn no_tail_loss_probes(net: &TestNet) {
+    for ns in [&net.ns_a, &net.ns_b] {
+        net.in_ns(ns, || {
+            std::fs::write("/proc/sys/net/ipv4/tcp_early_retrans", "0")
+        })
+        .unwrap_or_else(|e| panic!("{ns}: tcp_early_retrans: {e}"));
+    }
+}
+
 /// Segments a namespace's TCP stack sent: new ones and retransmissions.
 fn segments_sent(ns: &str) -> (u64, u64) {
     (nstat(ns, "TcpOutSegs"), nstat(ns, "TcpRetransSegs"))
@@ -86,9 +99,10 @@ fn tcp_exact(attach: &str, offloads: bool) {
     for attempt in 1..=3 {
         match tcp_attempt(attach, offloads) {
             Ok(()) => return,
-            Err(retrans) => {
-                eprintln!("attempt {attempt}: {retrans} retransmitted segments, running again")
-            }
+            Err(retrans) => eprintln!(
+                "{attach}, offloads {offloads}, attempt {attempt}: {retrans} retransmitted \
+                 segments, running again"
+            ),
         }
     }
     panic!("every attempt saw retransmissions");
@@ -99,6 +113,7 @@ fn tcp_attempt(attach: &str, offloads: bool) -> Result<(), u64> {
     let net = TestNet::new();
     net.static_neighbours();
     net.set_offloads(offloads);
+    no_tail_loss_probes(&net);
     let listener = net.in_ns(&net.ns_b, || TcpListener::bind((B4, 0)).unwrap());
     let dport = listener.local_addr().unwrap().port();
     let w = Watch::start(
@@ -131,13 +146,24 @@ fn tcp_attempt(attach: &str, offloads: bool) -> Result<(), u64> {
     got.assert_conserved();
 
     let (a, b): (IpAddr, IpAddr) = (A4.into(), B4.into());
-    let s = got.sum(|f| {
+    let ours = |f: &serde_json::Value| {
         f["proto"] == 6
             && f["src"] == a.to_string()
             && f["dst"] == b.to_string()
             && f["src_port"] == sport
             && f["dst_port"] == dport
-    });
+    };
+    let s = got.sum(ours);
+    // The flags seen since the flow began: handshake, data and close.
+    let flags = got.flows().filter(|f| ours(f)).last().unwrap()["tcp_flags"]
+        .as_u64()
+        .unwrap();
+    let (syn, ack, fin) = (0x02, 0x10, 0x01);
+    assert_eq!(
+        flags & (syn | ack | fin),
+        syn | ack | fin,
+        "tcp_flags {flags:#x}"
+    );
     let ctx = format!(
         "attach {attach}, offloads {offloads}: {s:?}\n{}",
         got.stderr
