@@ -157,6 +157,35 @@ pub fn cleanup(att: &Attachment) {
     }
 }
 
+/// Attaches to every interface, inside `netns` when given (links and fds stay valid in this
+/// namespace afterwards), printing what it chose. Stops at the first failure: what was attached
+/// so far is in `done` for [`cleanup_all`].
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    ifaces: &[String],
+    netns: Option<&str>,
+    mode: AttachMode,
+    done: &mut Vec<Attachment>,
+) -> anyhow::Result<()> {
+    netdev::in_netns(netns, || {
+        for iface in ifaces {
+            let a = attach(ebpf, iface, mode)?;
+            eprintln!("edgeflow: attached {a}");
+            done.push(a);
+        }
+        anyhow::Ok(())
+    })?
+}
+
+/// [`cleanup`] for each, in the namespace they were attached in.
+pub fn cleanup_all(attached: &[Attachment], netns: Option<&str>) {
+    let _ = netdev::in_netns(netns, || {
+        for a in attached {
+            cleanup(a);
+        }
+    });
+}
+
 /// Validates interface names up front, so a typo is a usage error before anything loads.
 pub fn check_interfaces(ifaces: &[String]) -> Result<(), UsageError> {
     if ifaces.is_empty() {

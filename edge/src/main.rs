@@ -5,11 +5,14 @@ use argh::FromArgs;
 use edge::{
     attach::AttachMode,
     bpf::RttOptions,
+    config::{self, Config},
+    decode,
     drain::Expiry,
+    run::{self, RunOptions},
     watch::{self, WatchOptions},
     UsageError,
 };
-use std::{process::ExitCode, time::Duration};
+use std::{io::Read, path::PathBuf, process::ExitCode, time::Duration};
 
 /// edgeflow: counts every packet into a kernel flow table and reports the flows.
 #[derive(FromArgs)]
@@ -25,6 +28,136 @@ struct Cli {
 #[argh(subcommand)]
 enum Cmd {
     Watch(WatchCmd),
+    Run(RunCmd),
+    Decode(DecodeCmd),
+}
+
+/// Run the agent: a summary of the flows every interval, published over MQTT.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "run")]
+struct RunCmd {
+    /// configuration file (TOML, see configs/edgeflow.toml); the flags below override it
+    #[argh(option)]
+    config: Option<PathBuf>,
+    /// interface to attach to (repeat for several; replaces the file's list)
+    #[argh(option)]
+    iface: Vec<String>,
+    /// network namespace the interfaces live in (name under /var/run/netns, or a path)
+    #[argh(option)]
+    netns: Option<String>,
+    /// device id (default: the host name)
+    #[argh(option)]
+    device: Option<String>,
+    /// site name (default "default")
+    #[argh(option)]
+    site: Option<String>,
+    /// seconds per window (default 10; fractions allowed)
+    #[argh(option)]
+    interval: Option<f64>,
+    /// flow table entries (default 16384)
+    #[argh(option)]
+    max_flows: Option<u32>,
+    /// flow records per summary, largest first; the rest is folded into "other" (default 1024)
+    #[argh(option)]
+    top_k: Option<u32>,
+    /// seconds without a packet before a flow leaves the table (default 60)
+    #[argh(option)]
+    inactive_timeout: Option<f64>,
+    /// count 1 in N packets (default 1: every packet)
+    #[argh(option)]
+    sample: Option<u32>,
+    /// ingress hook: auto, xdp or tc
+    #[argh(option)]
+    attach: Option<String>,
+    /// broker URL, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]
+    #[argh(option)]
+    broker: Option<String>,
+    /// keep the spool in this file (survives a restart)
+    #[argh(option)]
+    spool_file: Option<PathBuf>,
+    /// spool size in bytes (default 4 MiB)
+    #[argh(option)]
+    spool_bytes: Option<u64>,
+    /// largest message in bytes; bigger windows are split into parts (default 65536)
+    #[argh(option)]
+    max_message: Option<usize>,
+    /// stop after this many windows
+    #[argh(option)]
+    count: Option<u64>,
+}
+
+/// Print summary payloads as JSON: one raw payload, or hex lines as
+/// `mosquitto_sub -F '%t %x'` (or `-F %x`) prints them.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "decode")]
+struct DecodeCmd {
+    /// file to read, or - (the default) for standard input
+    #[argh(positional)]
+    file: Option<String>,
+}
+
+impl RunCmd {
+    fn config(self) -> Result<(Config, RunOptions), UsageError> {
+        let mut f = match &self.config {
+            Some(p) => config::File::load(p)?,
+            None => config::File::default(),
+        };
+        if !self.iface.is_empty() {
+            f.interfaces = Some(self.iface);
+        }
+        macro_rules! over {
+            ($($flag:ident => $($field:ident).+),* $(,)?) => {
+                $(if let Some(v) = self.$flag { f.$($field).+ = Some(v); })*
+            };
+        }
+        over!(
+            netns => netns,
+            device => device,
+            site => site,
+            interval => interval_secs,
+            max_flows => max_flows,
+            top_k => top_k,
+            inactive_timeout => inactive_timeout_secs,
+            sample => sample_every,
+            attach => attach,
+            broker => mqtt.url,
+            spool_file => spool.file,
+            spool_bytes => spool.max_bytes,
+            max_message => max_message_bytes,
+        );
+        Ok((Config::resolve(f)?, RunOptions { count: self.count }))
+    }
+}
+
+fn decode_cmd(d: DecodeCmd) -> anyhow::Result<()> {
+    let mut input = Vec::new();
+    match d.file.as_deref() {
+        None | Some("-") => std::io::stdin().lock().read_to_end(&mut input).map(|_| ()),
+        Some(path) => std::fs::read(path).map(|b| input = b),
+    }
+    .map_err(|e| {
+        UsageError::Invalid(format!("reading {}: {e}", d.file.as_deref().unwrap_or("-")))
+    })?;
+    let mut failed = 0usize;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for (at, r) in decode::decode_input(&input) {
+        match r {
+            Ok(m) => {
+                use std::io::Write;
+                serde_json::to_writer(&mut out, &m)?;
+                writeln!(out)?;
+            }
+            Err(e) => {
+                eprintln!("edgeflow: decode: {at}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} payload(s) did not decode");
+    }
+    Ok(())
 }
 
 /// Attach to interfaces and print the flows of every interval.
@@ -116,13 +249,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let stdout = std::io::stdout();
             watch::run(&opts, &mut stdout.lock()).context("watch")
         }
+        Some(Cmd::Run(r)) => {
+            let (cfg, opts) = r.config()?;
+            run::run(&cfg, opts).context("run")
+        }
+        Some(Cmd::Decode(d)) => decode_cmd(d),
     }
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args: Vec<String> = std::env::args().collect();
-    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    // argh takes a lone "-" for a flag; for `decode` it means standard input, the default.
+    if strs.get(1) == Some(&"decode") {
+        strs.retain(|a| *a != "-");
+    }
     let cli = match Cli::from_args(&strs[..1], &strs[1..]) {
         Ok(c) => c,
         Err(early) => {

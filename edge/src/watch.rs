@@ -77,17 +77,13 @@ pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     );
     let mut attached: Vec<Attachment> = Vec::new();
     let result = (|| {
-        let ebpf = &mut loaded.ebpf;
-        let made = crate::netdev::in_netns(opts.netns.as_deref(), || {
-            let mut made = Vec::new();
-            for iface in &opts.ifaces {
-                let a = attach::attach(ebpf, iface, opts.attach)?;
-                eprintln!("edgeflow: attached {a}");
-                made.push(a);
-            }
-            anyhow::Ok(made)
-        })??;
-        attached.extend(made);
+        attach::attach_all(
+            &mut loaded.ebpf,
+            &opts.ifaces,
+            opts.netns.as_deref(),
+            opts.attach,
+            &mut attached,
+        )?;
         let mut drainer = Drainer::new(table, opts.expiry)?;
         eprintln!("edgeflow: ready, a window every {:?}", opts.interval);
         let mut windows = 0u64;
@@ -112,11 +108,7 @@ pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     })();
     loaded.flush_log();
     drop(loaded); // detaches every link
-    let _ = crate::netdev::in_netns(opts.netns.as_deref(), || {
-        for a in &attached {
-            attach::cleanup(a);
-        }
-    });
+    attach::cleanup_all(&attached, opts.netns.as_deref());
     eprintln!("edgeflow: detached");
     result
 }

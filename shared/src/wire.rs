@@ -198,6 +198,12 @@ pub fn encode_vec(msg: &Message) -> Vec<u8> {
     postcard::to_allocvec(msg).expect("encoding into a Vec cannot fail")
 }
 
+/// The encoded size of a message, without encoding it anywhere (to plan a split into parts).
+pub fn encoded_len(msg: &Message) -> usize {
+    postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())
+        .expect("sizing cannot fail")
+}
+
 /// Decodes and validates one message from untrusted bytes.
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     let Some(&first) = bytes.first() else {

@@ -11,11 +11,13 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+pub mod agent;
 pub mod bpfobj;
 pub mod capture;
 pub mod delay;
 pub mod mosquitto;
 pub mod raw;
+pub mod subscriber;
 pub mod traffic;
 pub mod watch;
 

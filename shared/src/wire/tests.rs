@@ -121,6 +121,7 @@ fn encode_into_a_slice_matches_and_reports_too_small() {
     let v = encode_vec(&golden());
     let mut buf = [0u8; 512];
     assert_eq!(encode(&golden(), &mut buf).unwrap(), &v[..]);
+    assert_eq!(encoded_len(&golden()), v.len());
     let mut small = [0u8; 16];
     assert!(encode(&golden(), &mut small).is_none());
 }

@@ -1,0 +1,240 @@
+//! `edgeflow run`: the daemon. Every interval: drain the table, build the summary, spool it and
+//! let the MQTT link publish it. SIGTERM/SIGINT: one last window, flush (bounded), detach, exit.
+//!
+//! smol drives this loop (the interval timer, the signals, the link's wake-ups); the MQTT
+//! connection is polled on its own thread (see [`crate::mqtt`]).
+
+use crate::{
+    attach::{self, Attachment},
+    bpf::{self, LoadOptions, RttOptions},
+    config::Config,
+    drain::{Drainer, Expiry},
+    health::{self, CpuMeter},
+    mqtt::{LinkEvent, Publisher},
+    spool::Spool,
+    summary::{self, Identity},
+    table::FlowTable,
+    watch, UsageError,
+};
+use anyhow::Context;
+use shared::wire::Id;
+use smol::{future::FutureExt, Async, Timer};
+use std::{
+    os::unix::net::UnixStream,
+    time::{Duration, Instant},
+};
+
+/// How long a stopping agent waits for the broker to acknowledge what is spooled.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Run-time options that are not configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Stop after this many windows (tests, benchmarks).
+    pub count: Option<u64>,
+}
+
+enum Wake {
+    Tick,
+    Signal,
+    Link(LinkEvent),
+}
+
+/// The spool the configuration asks for, with what a previous run left in it.
+pub fn open_spool(cfg: &Config) -> anyhow::Result<Spool> {
+    match &cfg.spool_file {
+        None => Ok(Spool::memory(cfg.spool_max_bytes)),
+        Some(p) => {
+            let (s, rec) = Spool::open(p, cfg.spool_max_bytes)
+                .with_context(|| format!("spool file {}", p.display()))?;
+            if rec.records > 0 || rec.torn_bytes > 0 {
+                eprintln!(
+                    "edgeflow: spool {}: {} summaries from the last run to send{}",
+                    p.display(),
+                    rec.records,
+                    if rec.torn_bytes > 0 {
+                        format!("; cut a torn tail of {} bytes", rec.torn_bytes)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            Ok(s)
+        }
+    }
+}
+
+pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
+    watch::validate(cfg.max_flows, &cfg.interfaces, cfg.netns.as_deref())?;
+    let ident = Identity {
+        device: Id::try_from(cfg.device.as_str())
+            .map_err(|_| UsageError::Invalid("device id too long".into()))?,
+        site: Id::try_from(cfg.site.as_str())
+            .map_err(|_| UsageError::Invalid("site too long".into()))?,
+        boot_id: summary::boot_id().context("reading /dev/urandom")?,
+        sample_every: cfg.sample_every,
+    };
+    let spool = open_spool(cfg)?;
+    // Signals go to a socket smol can wait on (installed before anything needs cleaning up).
+    let (sig_rx, sig_tx) = UnixStream::pair()?;
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::low_level::pipe::register(sig, sig_tx.try_clone()?)?;
+    }
+    let sig_rx = Async::new(sig_rx)?;
+
+    let mut loaded = bpf::load(LoadOptions {
+        max_flows: cfg.max_flows,
+        sample_every: cfg.sample_every,
+        rtt: Some(RttOptions::default()),
+    })?;
+    let table = FlowTable::take(&mut loaded.ebpf)?;
+    let capacity = table.capacity;
+    eprintln!(
+        "edgeflow: flow table of {} entries, {} of kernel memory",
+        table.capacity,
+        table
+            .memory_bytes
+            .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+            .unwrap_or_else(|| "unknown amount".into())
+    );
+    let mut attached: Vec<Attachment> = Vec::new();
+    let result = (|| {
+        attach::attach_all(
+            &mut loaded.ebpf,
+            &cfg.interfaces,
+            cfg.netns.as_deref(),
+            cfg.attach,
+            &mut attached,
+        )?;
+        let drainer = Drainer::new(
+            table,
+            Expiry {
+                inactive: cfg.inactive_timeout,
+                ..Expiry::default()
+            },
+        )?;
+        let publisher = Publisher::start(cfg, spool)?;
+        eprintln!(
+            "edgeflow: ready: device {} site {} boot {:016x}, a window every {:?} to {}:{} ({})",
+            cfg.device,
+            cfg.site,
+            ident.boot_id,
+            cfg.interval,
+            cfg.broker.host,
+            cfg.broker.port,
+            cfg.flows_topic()
+        );
+        smol::block_on(agent_loop(
+            cfg,
+            opts,
+            &ident,
+            capacity,
+            drainer,
+            publisher,
+            sig_rx,
+            &mut loaded,
+        ))
+    })();
+    loaded.flush_log();
+    drop(loaded); // detaches every link
+    attach::cleanup_all(&attached, cfg.netns.as_deref());
+    eprintln!("edgeflow: detached");
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn agent_loop(
+    cfg: &Config,
+    opts: RunOptions,
+    ident: &Identity,
+    capacity: u32,
+    mut drainer: Drainer,
+    publisher: Publisher,
+    mut signals: Async<UnixStream>,
+    loaded: &mut bpf::Loaded,
+) -> anyhow::Result<()> {
+    let mut cpu = CpuMeter::start();
+    let mut seq = 0u64;
+    let mut next = Instant::now() + cfg.interval;
+    loop {
+        let wake = async {
+            Timer::at(next).await;
+            Wake::Tick
+        }
+        .or(async {
+            let mut b = [0u8; 16];
+            let _ = smol::io::AsyncReadExt::read(&mut signals, &mut b).await;
+            Wake::Signal
+        })
+        .or(async {
+            match publisher.events.recv().await {
+                Ok(e) => Wake::Link(e),
+                // The link thread is gone; keep ticking.
+                Err(_) => std::future::pending().await,
+            }
+        })
+        .await;
+        let last = match wake {
+            Wake::Link(LinkEvent::Disconnected(why)) => {
+                log::debug!("link down: {why}");
+                continue;
+            }
+            Wake::Link(_) => continue,
+            Wake::Tick => false,
+            Wake::Signal => true,
+        };
+        loaded.flush_log();
+        let w = drainer.drain()?;
+        let (depth, dropped) = publisher.spool_stats();
+        let mut health = summary::window_health(&w, capacity);
+        health.cpu_ms = cpu.lap_ms();
+        health.rss_kib = health::rss_kib();
+        health.spool_depth = depth as u32;
+        health.spool_dropped = dropped;
+        let s = summary::summarize(ident, seq, &w, health, cfg.top_k as usize);
+        let parts = summary::encode_parts(&s, cfg.max_message_bytes)?;
+        for p in &parts {
+            let lost = publisher.push(p).context("spooling a summary")?;
+            if lost > 0 {
+                log::warn!("spool full: dropped the {lost} oldest summaries");
+            }
+        }
+        seq += 1;
+        // The next window ends one interval after this one was due (no drift); if draining
+        // fell behind, the next one is due an interval from now.
+        next += cfg.interval;
+        if next < Instant::now() {
+            next = Instant::now() + cfg.interval;
+        }
+        if last || opts.count.is_some_and(|c| seq >= c) {
+            break;
+        }
+    }
+    flush(&publisher, SHUTDOWN_GRACE).await;
+    let file = publisher.spool_is_file();
+    let waiting = publisher.shutdown(Duration::from_secs(2)).await;
+    if waiting > 0 {
+        if file {
+            eprintln!("edgeflow: {waiting} summaries stay in the spool file for the next start");
+        } else {
+            eprintln!(
+                "edgeflow: {waiting} summaries were not acknowledged and are lost (no spool file)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the spool is empty, the link is down, or `grace` has passed.
+async fn flush(publisher: &Publisher, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    while publisher.spool_stats().0 > 0 && publisher.is_connected() && Instant::now() < deadline {
+        let _ = async {
+            let _ = publisher.events.recv().await;
+        }
+        .or(async {
+            Timer::after(Duration::from_millis(50)).await;
+        })
+        .await;
+    }
+}

@@ -1,0 +1,110 @@
+//! Runs `edgeflow run` as a child process and stops it the way an operator would.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// A running `edgeflow run`.
+pub struct Agent {
+    child: Child,
+    err: Option<JoinHandle<String>>,
+}
+
+/// How an agent ended.
+pub struct Exit {
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+impl Agent {
+    /// Starts `bin run ARGS` here (the root namespace) and waits until it says it is ready.
+    pub fn start(bin: &str, args: &[&str]) -> Agent {
+        let mut child = Command::new(bin)
+            .arg("run")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning edgeflow run");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let err = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("edgeflow: ready") {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let mut a = Agent {
+            child,
+            err: Some(err),
+        };
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = a.child.kill();
+            let _ = a.child.wait();
+            panic!(
+                "edgeflow run did not become ready:\n{}",
+                a.err.take().unwrap().join().unwrap()
+            );
+        }
+        a
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal (SIGSTOP/SIGCONT to pause it, for example).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit.
+    pub fn stop(mut self) -> Exit {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// Waits for an agent that ends by itself (`--count`), bounded.
+    pub fn wait(&mut self, max: Duration) -> Exit {
+        let deadline = Instant::now() + max;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "edgeflow run did not exit:\n{}",
+                    self.err.take().unwrap().join().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Exit {
+            status,
+            stderr: self.err.take().unwrap().join().unwrap(),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.err.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! `edgeflow run` against a real Mosquitto, with known UDP traffic between two test
+//! namespaces: what a QoS 1 subscriber receives adds up exactly to what was sent, also across
+//! a broker outage and an agent restart with a spool file.
+
+use shared::wire::{self, Count, Message, Summary};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+use testkit::{agent::Agent, mosquitto::Mosquitto, subscriber::Subscriber, TestNet, A4, B4};
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgeflow");
+const FLOWS: &str = "edgeflow/v1/+/+/flows";
+/// UDP + IPv4 headers: what each datagram adds to the IP length.
+const HDR: u64 = 28;
+
+/// A test network with only our traffic on it: static neighbours, IPv6 off (no ND, MLD).
+fn quiet_net() -> TestNet {
+    let net = TestNet::new();
+    net.static_neighbours();
+    for ns in [&net.ns_a, &net.ns_b] {
+        for k in ["all", "default"] {
+            net.exec(
+                ns,
+                &[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
+                ],
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    net
+}
+
+/// `n` UDP flows from A to B: senders in ns_a, bound receivers in ns_b.
+struct Flows {
+    tx: Vec<UdpSocket>,
+    rx: Vec<UdpSocket>,
+    /// (packets, bytes) sent per flow, keyed by (src port, dst port).
+    sent: BTreeMap<(u16, u16), Count>,
+}
+
+impl Flows {
+    fn new(net: &TestNet, n: usize) -> Flows {
+        let rx: Vec<UdpSocket> = net.in_ns(&net.ns_b, || {
+            (0..n)
+                .map(|_| UdpSocket::bind(SocketAddr::new(B4.into(), 0)).unwrap())
+                .collect()
+        });
+        let tx: Vec<UdpSocket> = net.in_ns(&net.ns_a, || {
+            (0..n)
+                .map(|_| UdpSocket::bind(SocketAddr::new(A4.into(), 0)).unwrap())
+                .collect()
+        });
+        Flows {
+            tx,
+            rx,
+            sent: BTreeMap::new(),
+        }
+    }
+
+    /// One datagram of `len` payload bytes on flow `i`.
+    fn send(&mut self, i: usize, len: usize) {
+        let to = self.rx[i].local_addr().unwrap();
+        self.tx[i].send_to(&vec![0x5a; len], to).unwrap();
+        let key = (self.tx[i].local_addr().unwrap().port(), to.port());
+        let c = self.sent.entry(key).or_default();
+        c.add(&Count {
+            packets: 1,
+            bytes: len as u64 + HDR,
+        });
+    }
+
+    fn total(&self) -> Count {
+        let mut t = Count::default();
+        for c in self.sent.values() {
+            t.add(c);
+        }
+        t
+    }
+}
+
+/// The summaries received, deduplicated by (device, boot, seq, part), in first-arrival order.
+fn summaries(sub: &Subscriber) -> Vec<Summary> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for m in sub.messages() {
+        if !m.topic.ends_with("/flows") {
+            continue;
+        }
+        let Message::V1(s) = wire::decode(&m.payload).expect("a valid summary");
+        if seen.insert((s.device.clone(), s.boot_id, s.seq, s.part)) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// What the summaries of one device add up to.
+#[derive(Default)]
+struct Sums {
+    per_flow: BTreeMap<(u16, u16), Count>,
+    /// Sum of the window totals (part 0 of each window).
+    totals: Count,
+    /// Sum of every record, other and overflow: must equal `totals`.
+    accounted: Count,
+    /// seq numbers per boot.
+    seqs: HashMap<u64, Vec<u64>>,
+}
+
+fn add_up(all: &[Summary]) -> Sums {
+    let mut s = Sums::default();
+    for m in all {
+        if m.part == 0 {
+            s.totals.add(&m.totals);
+            s.seqs.entry(m.boot_id).or_default().push(m.seq);
+        }
+        s.accounted.add(&m.other);
+        s.accounted.add(&m.overflow);
+        for f in &m.flows {
+            s.accounted.add(&f.fwd);
+            s.accounted.add(&f.rev);
+            let c = s.per_flow.entry((f.src_port, f.dst_port)).or_default();
+            c.add(&f.fwd);
+            c.add(&f.rev);
+        }
+    }
+    s
+}
+
+/// Every window of every boot, none missing, every part there, first arrivals in order.
+fn assert_complete_and_ordered(all: &[Summary]) {
+    let mut parts: HashMap<(u64, u64), (u16, HashSet<u16>)> = HashMap::new();
+    let mut last: HashMap<u64, (u64, u16)> = HashMap::new();
+    for m in all {
+        let e = parts
+            .entry((m.boot_id, m.seq))
+            .or_insert((m.parts, HashSet::new()));
+        e.1.insert(m.part);
+        if let Some(prev) = last.insert(m.boot_id, (m.seq, m.part)) {
+            assert!(
+                (m.seq, m.part) > prev,
+                "boot {:x}: ({}, {}) arrived after ({}, {})",
+                m.boot_id,
+                m.seq,
+                m.part,
+                prev.0,
+                prev.1
+            );
+        }
+    }
+    let boots: HashSet<u64> = all.iter().map(|m| m.boot_id).collect();
+    for b in boots {
+        let max = all
+            .iter()
+            .filter(|m| m.boot_id == b)
+            .map(|m| m.seq)
+            .max()
+            .unwrap();
+        for seq in 0..=max {
+            let (n, got) = parts
+                .get(&(b, seq))
+                .unwrap_or_else(|| panic!("boot {b:x}: window {seq} missing"));
+            assert_eq!(got.len(), *n as usize, "boot {b:x}: window {seq} parts");
+        }
+    }
+}
+
+fn agent_args<'a>(net: &'a TestNet, broker: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "--iface",
+        &net.veth_b,
+        "--netns",
+        &net.ns_b,
+        "--broker",
+        broker,
+        "--device",
+        "t1",
+        "--site",
+        "lab",
+        "--interval",
+        "1",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+#[test]
+fn summaries_add_up_exactly_per_flow_and_in_total() {
+    let net = quiet_net();
+    let broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, "edgeflow/#");
+    let url = broker.url();
+    let agent = Agent::start(BIN, &agent_args(&net, &url, &[]));
+    let mut flows = Flows::new(&net, 6);
+    // Three windows' worth of traffic, of different sizes per flow.
+    for round in 0..30 {
+        for i in 0..6 {
+            flows.send(i, 20 + 37 * i + round);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert!(
+        sub.wait_for(Duration::from_secs(10), |m| m
+            .iter()
+            .any(|r| r.topic.ends_with("/status") && r.payload == b"offline")),
+        "no offline status"
+    );
+    sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
+
+    let all = summaries(&sub);
+    assert!(all.len() >= 3, "{} summaries\n{}", all.len(), exit.stderr);
+    assert_complete_and_ordered(&all);
+    assert!(all
+        .iter()
+        .all(|s| s.device == "t1" && s.site == "lab" && s.sample_every == 1));
+    let sums = add_up(&all);
+    assert_eq!(
+        sums.accounted, sums.totals,
+        "records + other + overflow == totals"
+    );
+    assert_eq!(sums.totals, flows.total(), "totals == what was sent");
+    for (k, want) in &flows.sent {
+        assert_eq!(sums.per_flow.get(k), Some(want), "flow {k:?}");
+    }
+    assert_eq!(sums.seqs.len(), 1, "one boot");
+    let status: Vec<Vec<u8>> = sub
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic == "edgeflow/v1/lab/t1/status")
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(status.first().map(Vec::as_slice), Some(&b"online"[..]));
+    assert_eq!(status.last().map(Vec::as_slice), Some(&b"offline"[..]));
+}
+
+/// Sends round-robin over all flows every 50 ms until `stop`, bounded to `max`.
+fn traffic(mut flows: Flows, stop: Arc<AtomicBool>, max: Duration) -> Flows {
+    let start = Instant::now();
+    let mut round = 0usize;
+    while !stop.load(Ordering::SeqCst) && start.elapsed() < max {
+        for i in 0..flows.tx.len() {
+            flows.send(i, 30 + (round * 7 + i * 101) % 1200);
+        }
+        round += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    flows
+}
+
+#[test]
+fn broker_outage_of_30s_loses_nothing() {
+    let net = quiet_net();
+    let mut broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, FLOWS);
+    let url = broker.url();
+    // top-k 2 of 5 flows: "other" carries the rest, totals must still be exact.
+    let agent = Agent::start(BIN, &agent_args(&net, &url, &["--top-k", "2"]));
+    let flows = Flows::new(&net, 5);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || traffic(flows, stop, Duration::from_secs(90)))
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(32));
+    // Pause the agent while the broker comes back, so the subscriber is subscribed again
+    // before the agent can replay (the broker keeps no state across the restart).
+    let subs = sub.subacks();
+    agent.signal(libc::SIGSTOP);
+    broker.resume();
+    sub.wait_subscribed(subs);
+    agent.signal(libc::SIGCONT);
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::SeqCst);
+    let flows = sender.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    sub.wait_quiet(Duration::from_millis(500), Duration::from_secs(10));
+
+    let all = summaries(&sub);
+    assert!(all.len() >= 35, "{} windows\n{}", all.len(), exit.stderr);
+    assert_complete_and_ordered(&all);
+    let sums = add_up(&all);
+    assert_eq!(sums.accounted, sums.totals);
+    assert_eq!(sums.totals, flows.total(), "{}", exit.stderr);
+    assert!(
+        all.iter().any(|s| s.other_flows > 0),
+        "top-k folded nothing"
+    );
+    // The spool reported its depth while the broker was away.
+    assert!(all.iter().any(|s| s.health.spool_depth >= 20));
+    assert!(all.iter().all(|s| s.health.spool_dropped == 0));
+}
+
+#[test]
+fn spool_file_carries_summaries_across_an_agent_restart() {
+    let net = quiet_net();
+    let mut broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, FLOWS);
+    let url = broker.url();
+    let spool = std::env::temp_dir().join(testkit::unique("efspool"));
+    let spool_s = spool.to_str().unwrap().to_string();
+    broker.stop();
+    // First run: the broker is away the whole time; everything goes to the spool file.
+    let first = Agent::start(BIN, &agent_args(&net, &url, &["--spool-file", &spool_s]));
+    let mut flows = Flows::new(&net, 3);
+    for round in 0..25 {
+        for i in 0..3 {
+            flows.send(i, 100 + round * 3 + i);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exit = first.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert!(
+        exit.stderr.contains("stay in the spool file"),
+        "{}",
+        exit.stderr
+    );
+    assert!(std::fs::metadata(&spool).unwrap().len() > 0);
+
+    let subs = sub.subacks();
+    broker.resume();
+    sub.wait_subscribed(subs);
+    let second = Agent::start(BIN, &agent_args(&net, &url, &["--spool-file", &spool_s]));
+    for i in 0..3 {
+        flows.send(i, 500);
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let exit2 = second.stop();
+    assert!(exit2.status.success(), "{}", exit2.stderr);
+    assert!(
+        exit2.stderr.contains("from the last run"),
+        "{}",
+        exit2.stderr
+    );
+    sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
+
+    let all = summaries(&sub);
+    assert_complete_and_ordered(&all);
+    let sums = add_up(&all);
+    assert_eq!(sums.seqs.len(), 2, "windows of both runs arrived");
+    assert_eq!(sums.accounted, sums.totals);
+    assert_eq!(sums.totals, flows.total());
+    for (k, want) in &flows.sent {
+        assert_eq!(sums.per_flow.get(k), Some(want), "flow {k:?}");
+    }
+    // Everything was acknowledged: the file is empty again.
+    assert_eq!(std::fs::metadata(&spool).unwrap().len(), 0);
+    let _ = std::fs::remove_file(&spool);
+}

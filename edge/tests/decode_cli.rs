@@ -1,0 +1,188 @@
+//! `edgeflow decode` as an operator runs it: payloads in, JSON out; bad payloads give a
+//! clear message and exit code 1, an unreadable file exit code 2.
+
+use shared::wire::{self, Addr, Count, FlowRecord, Health, Id, Message, Summary};
+use std::{
+    io::Write,
+    process::{Command, Output, Stdio},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgeflow");
+
+fn payload(seq: u64) -> Vec<u8> {
+    wire::encode_vec(&Message::V1(Summary {
+        device: Id::try_from("edge-7").unwrap(),
+        site: Id::try_from("lab").unwrap(),
+        boot_id: 0x1234,
+        seq,
+        part: 0,
+        parts: 1,
+        window_start_ms: 1_795_000_000_000,
+        window_len_ms: 10_000,
+        sample_every: 1,
+        totals: Count {
+            packets: 10,
+            bytes: 1000,
+        },
+        overflow: Count::default(),
+        other: Count {
+            packets: 4,
+            bytes: 400,
+        },
+        other_flows: 2,
+        health: Health {
+            packets_seen: 12,
+            ..Health::default()
+        },
+        addrs: vec![Addr::V4([10, 0, 0, 1]), Addr::V4([10, 0, 0, 2])],
+        flows: vec![FlowRecord {
+            proto: 6,
+            src: 0,
+            dst: 1,
+            src_port: 40000,
+            dst_port: 443,
+            fwd: Count {
+                packets: 4,
+                bytes: 400,
+            },
+            rev: Count {
+                packets: 2,
+                bytes: 200,
+            },
+            ..FlowRecord::default()
+        }],
+        rtt_hist: heapless::Vec::new(),
+    }))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn decode(args: &[&str], stdin: &[u8]) -> Output {
+    let mut c = Command::new(BIN)
+        .arg("decode")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin).unwrap();
+    c.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn mosquitto_sub_hex_lines_become_json_lines() {
+    // As `mosquitto_sub -t 'edgeflow/#' -F '%t %x'` prints them, status lines included.
+    let input = format!(
+        "edgeflow/v1/lab/edge-7/status {}\nedgeflow/v1/lab/edge-7/flows {}\n{}\n",
+        hex(b"online"),
+        hex(&payload(1)),
+        hex(&payload(2))
+    );
+    let out = decode(&[], input.as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["topic"], "edgeflow/v1/lab/edge-7/flows");
+    assert_eq!(lines[1]["seq"], 2);
+    let v = &lines[0];
+    assert_eq!(
+        (v["device"].as_str(), v["site"].as_str()),
+        (Some("edge-7"), Some("lab"))
+    );
+    assert_eq!(v["boot_id"], "0000000000001234");
+    assert_eq!(
+        (v["part"].as_u64(), v["parts"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(v["other"]["bytes"], 400);
+    assert_eq!(v["health"]["packets_seen"], 12);
+    assert_eq!(v["flows"][0]["src"], "10.0.0.1");
+    assert_eq!(v["flows"][0]["bytes_fwd"], 400);
+    assert_eq!(v["flows"][0]["first_seen_ms"], 1_795_000_000_000u64);
+}
+
+#[test]
+fn a_raw_payload_file() {
+    let path = std::env::temp_dir().join(format!("efdecode-{}.bin", std::process::id()));
+    std::fs::write(&path, payload(5)).unwrap();
+    let out = decode(&[path.to_str().unwrap()], b"");
+    let _ = std::fs::remove_file(&path);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["seq"], 5);
+}
+
+#[test]
+fn bad_payloads_are_named_and_exit_1() {
+    let mut newer = payload(1);
+    newer[0] = 1;
+    let good = payload(1);
+    let cases: [(&[u8], &str); 3] = [
+        (
+            &newer,
+            "unknown message version 2 (this build reads version 1)",
+        ),
+        (&good[..good.len() - 3], "malformed summary: truncated"),
+        (
+            b"\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+            "malformed summary",
+        ),
+    ];
+    for (bytes, want) in cases {
+        let out = decode(&["-"], bytes);
+        assert_eq!(out.status.code(), Some(1), "{want}");
+        let err = text(&out.stderr);
+        assert!(err.contains(want), "wanted {want:?} in {err:?}");
+        assert!(out.stdout.is_empty());
+    }
+    // Hex lines: the good line is printed, the bad one named by its number.
+    let input = format!("{}\nabc\n", hex(&good));
+    let out = decode(&[], input.as_bytes());
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout).lines().count(), 1);
+    assert!(
+        text(&out.stderr).contains("line 2: not hex"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn unreadable_file_is_a_usage_error() {
+    let out = decode(&["/no/such/file"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/no/such/file"));
+}
+
+#[test]
+fn run_rejects_a_bad_config_with_exit_2() {
+    let path = std::env::temp_dir().join(format!("efbadcfg-{}.toml", std::process::id()));
+    std::fs::write(&path, "interfaces = [\"lo\"]\nintervall_secs = 3\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("intervall_secs"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["run", "--iface", "lo", "--broker", "http://x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("broker URL"));
+}
