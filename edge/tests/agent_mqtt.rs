@@ -23,18 +23,7 @@ const HDR: u64 = 28;
 fn quiet_net() -> TestNet {
     let net = TestNet::new();
     net.static_neighbours();
-    for ns in [&net.ns_a, &net.ns_b] {
-        for k in ["all", "default"] {
-            net.exec(
-                ns,
-                &[
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
-                ],
-            );
-        }
-    }
+    net.ipv4_only();
     std::thread::sleep(Duration::from_millis(200));
     net
 }
