@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 use testkit::{
-    delay::{DelayNet, CLIENT4, CLIENT6, SERVER4, SERVER6},
+    delay::{DelayNet, GatewayNet, CLIENT4, CLIENT6, GW_CLIENT4, GW_SERVER4, SERVER4, SERVER6},
     watch::{Watch, Windows},
 };
 
@@ -115,6 +115,18 @@ struct FlowRtt {
 }
 
 fn flow_rtt(got: &Windows, src: IpAddr, dst: IpAddr, src_port: u16, dst_port: u16) -> FlowRtt {
+    flow_rtt_at(got, src, dst, src_port, dst_port, None)
+}
+
+/// [`flow_rtt`] of the record kept for interface `ifindex` (a gateway has one per interface).
+fn flow_rtt_at(
+    got: &Windows,
+    src: IpAddr,
+    dst: IpAddr,
+    src_port: u16,
+    dst_port: u16,
+    ifindex: Option<u32>,
+) -> FlowRtt {
     let mut r = FlowRtt::default();
     let mut found = false;
     for f in got.flows().filter(|f| {
@@ -123,6 +135,7 @@ fn flow_rtt(got: &Windows, src: IpAddr, dst: IpAddr, src_port: u16, dst_port: u1
             && f["dst"] == dst.to_string()
             && f["src_port"] == src_port
             && f["dst_port"] == dst_port
+            && ifindex.is_none_or(|i| f["ifindex"] == i)
     }) {
         found = true;
         let Some(rtt) = f.get("rtt_us") else {
@@ -283,6 +296,77 @@ fn fifty_ms_server_side_xdp() {
 #[test]
 fn without_timestamps_only_the_handshake() {
     retried(|| both_directions(Duration::from_millis(10), Side::Client, "tc", false, false));
+}
+
+/// A gateway forwarding between two delay lines measures each half of the path on the
+/// interface facing it: the client's side on one, the server's on the other.
+#[test]
+fn gateway_measures_both_halves() {
+    retried(gateway_attempt);
+}
+
+fn gateway_attempt() -> Result<(), String> {
+    let (client_delay, server_delay) = (Duration::from_millis(5), Duration::from_millis(20));
+    let net = GatewayNet::new(client_delay, server_delay);
+    let w = Watch::start(
+        BIN,
+        &net.ns_gw,
+        &[
+            "--iface",
+            &net.gw_client,
+            "--iface",
+            &net.gw_server,
+            "--interval",
+            "1",
+            "--attach",
+            "tc",
+        ],
+    );
+    let l = net.in_ns(&net.ns_server, || {
+        TcpListener::bind((GW_SERVER4, 0)).unwrap()
+    });
+    let port = l.local_addr().unwrap().port();
+    let srv = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut b = [0u8; MSG];
+        while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
+    });
+    let mut c = net.in_ns(&net.ns_client, || {
+        TcpStream::connect_timeout(&(GW_SERVER4, port).into(), Duration::from_secs(5)).unwrap()
+    });
+    c.set_nodelay(true).unwrap();
+    let cport = c.local_addr().unwrap().port();
+    let start = Instant::now();
+    let mut b = [3u8; MSG];
+    while start.elapsed() < Duration::from_millis(1500) {
+        c.write_all(&b).unwrap();
+        c.read_exact(&mut b).unwrap();
+    }
+    drop(c);
+    srv.join().unwrap();
+    let got = w.stop();
+    assert_conserved_overall(&got);
+    eprintln!("relays late by up to {} µs", net.relays_late_us());
+    let (src, dst) = (GW_CLIENT4.into(), GW_SERVER4.into());
+    for (what, dev, one_way) in [
+        ("client half", &net.gw_client, client_delay),
+        ("server half", &net.gw_server, server_delay),
+    ] {
+        let i = net.ifindex(&net.ns_gw, dev);
+        let r = flow_rtt_at(&got, src, dst, cport, port, Some(i));
+        eprintln!("{what} ({dev}, {one_way:?} one way): {r:?}");
+        let hs = r
+            .handshake
+            .unwrap_or_else(|| panic!("{what}: no handshake RTT"));
+        assert!(r.samples >= 5, "{what}: {} samples", r.samples);
+        for (k, v) in [("handshake", hs), ("min", r.min), ("avg", r.avg)] {
+            if !within(v, one_way) {
+                return Err(format!("{what}: {k} {v} µs for {one_way:?} one way"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A 60-second connection keeps producing samples in every window, at most one per flow per

@@ -96,6 +96,11 @@ fn relay_loop(
     stop: &AtomicBool,
     stats: &RelayStats,
 ) {
+    // A real-time thread wakes on time even when the machine is busy (best effort: the
+    // loop blocks in ppoll, so it cannot starve anyone).
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: valid parameters for the calling thread.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
     let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     let mut buf = vec![0u8; 1 << 16];
     while !stop.load(Ordering::Relaxed) {
@@ -280,81 +285,29 @@ impl DelayNet {
         for ns in [&net.ns_client, &net.ns_mid, &net.ns_server] {
             sh(&["ip", "netns", "add", ns]);
         }
-        // The middle only relays: no IPv6 (no link-local address, no router solicitations).
-        for key in ["all", "default"] {
-            sysctl(
-                &net.ns_mid,
-                &format!("net.ipv6.conf.{key}.disable_ipv6"),
-                "1",
-            );
-        }
-        for (ns, dev, mid) in [
-            (&net.ns_client, &net.veth_client, &net.mid_client),
-            (&net.ns_server, &net.veth_server, &net.mid_server),
-        ] {
-            sh(&[
-                "ip",
-                "link",
-                "add",
-                dev,
-                "netns",
-                ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                mid,
-                "netns",
-                &net.ns_mid,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &net.ns_mid,
-                "link",
-                "set",
-                mid,
-                "promisc",
-                "on",
-                "up",
-            ]);
-            net.exec(&net.ns_mid, &["ethtool", "-K", mid, "gro", "off"]);
-        }
-        for (ns, dev, v4, v6) in [
-            (&net.ns_client, &net.veth_client, A4, A6),
-            (&net.ns_server, &net.veth_server, B4, B6),
-        ] {
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v4}/24"),
-                "dev",
-                dev,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            // One wire packet per skb, complete checksums: what the relay can pass on.
-            net.exec(
-                ns,
-                &[
-                    "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off", "tx", "off",
-                ],
-            );
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
+        mid_ready(&net.ns_mid);
+        mid_pair(
+            &net.ns_client,
+            &net.veth_client,
+            &net.ns_mid,
+            &net.mid_client,
+        );
+        mid_pair(
+            &net.ns_server,
+            &net.veth_server,
+            &net.ns_mid,
+            &net.mid_server,
+        );
+        end_up(
+            &net.ns_client,
+            &net.veth_client,
+            &[&format!("{A4}/24"), &format!("{A6}/64")],
+        );
+        end_up(
+            &net.ns_server,
+            &net.veth_server,
+            &[&format!("{B4}/24"), &format!("{B6}/64")],
+        );
         net.relay = Some(Relay::start(
             &net.ns_mid,
             &net.mid_client,
@@ -388,6 +341,54 @@ impl DelayNet {
     }
 }
 
+/// The middle namespace only relays: no IPv6 (no link-local address, no router solicitations).
+fn mid_ready(ns_mid: &str) {
+    for key in ["all", "default"] {
+        sysctl(ns_mid, &format!("net.ipv6.conf.{key}.disable_ipv6"), "1");
+    }
+}
+
+/// A veth pair: `dev` in `ns`, `mid` in `ns_mid`, where it is up and hands the relay frames as
+/// they arrived (no GRO).
+fn mid_pair(ns: &str, dev: &str, ns_mid: &str, mid: &str) {
+    sh(&[
+        "ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", mid, "netns", ns_mid,
+    ]);
+    sh(&[
+        "ip", "-n", ns_mid, "link", "set", mid, "promisc", "on", "up",
+    ]);
+    sh(&[
+        "ip", "netns", "exec", ns_mid, "ethtool", "-K", mid, "gro", "off",
+    ]);
+}
+
+/// An interface that talks through a relay: its addresses, offloads off, up.
+fn end_up(ns: &str, dev: &str, addrs: &[&str]) {
+    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    for a in addrs {
+        let mut cmd = vec!["ip", "-n", ns, "addr", "add", a, "dev", dev];
+        if a.contains(':') {
+            cmd.push("nodad");
+        }
+        sh(&cmd);
+    }
+    // One wire packet per skb and complete checksums: what a relay can pass on as is.
+    sh(&[
+        "ip", "netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off",
+        "tx", "off",
+    ]);
+    sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+}
+
+fn del_netns(names: &[&String]) {
+    for ns in names {
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// Writes sysctl `key` (dotted) in namespace `ns`: /proc/sys/net belongs to the namespace of
 /// whoever opens it, and this needs no procps.
 fn sysctl(ns: &str, key: &str, value: &str) {
@@ -398,12 +399,113 @@ fn sysctl(ns: &str, key: &str, value: &str) {
 impl Drop for DelayNet {
     fn drop(&mut self) {
         self.relay.take();
-        for ns in [&self.ns_client, &self.ns_mid, &self.ns_server] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+        del_netns(&[&self.ns_client, &self.ns_mid, &self.ns_server]);
+    }
+}
+
+/// Client 10.199.1.1 on the client side of a [`GatewayNet`]; its gateway is .254 there.
+pub const GW_CLIENT4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 199, 1, 1);
+/// Server 10.199.2.1 on the server side; its gateway is .254 there.
+pub const GW_SERVER4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 199, 2, 1);
+
+/// A router between two delay lines (IPv4 only):
+///
+/// ```text
+/// ns_client ─ [relay, client_delay] ─ gw_client (ns_gw, forwarding) gw_server ─ [relay, server_delay] ─ ns_server
+/// ```
+///
+/// Both relays run in one middle namespace. Deleted on drop, after the relays stopped.
+pub struct GatewayNet {
+    pub ns_client: String,
+    pub ns_gw: String,
+    pub ns_mid: String,
+    pub ns_server: String,
+    pub veth_client: String,
+    pub veth_server: String,
+    /// The gateway's interface towards the client (10.199.1.254/24) and the server
+    /// (10.199.2.254/24).
+    pub gw_client: String,
+    pub gw_server: String,
+    relays: Vec<Relay>,
+}
+
+impl GatewayNet {
+    pub fn new(client_delay: Duration, server_delay: Duration) -> GatewayNet {
+        let tag = unique("eg");
+        let mut net = GatewayNet {
+            ns_client: format!("{tag}-c"),
+            ns_gw: format!("{tag}-g"),
+            ns_mid: format!("{tag}-m"),
+            ns_server: format!("{tag}-s"),
+            veth_client: format!("{tag}c"),
+            veth_server: format!("{tag}s"),
+            gw_client: format!("{tag}gc"),
+            gw_server: format!("{tag}gs"),
+            relays: Vec::new(),
+        };
+        let m = |s: &str| format!("{tag}m{s}");
+        let (m_c, m_gc, m_gs, m_s) = (m("c"), m("gc"), m("gs"), m("s"));
+        assert!(m_gc.len() <= 15, "name too long: {m_gc}");
+        for ns in [&net.ns_client, &net.ns_gw, &net.ns_mid, &net.ns_server] {
+            sh(&["ip", "netns", "add", ns]);
         }
+        mid_ready(&net.ns_mid);
+        mid_pair(&net.ns_client, &net.veth_client, &net.ns_mid, &m_c);
+        mid_pair(&net.ns_gw, &net.gw_client, &net.ns_mid, &m_gc);
+        mid_pair(&net.ns_gw, &net.gw_server, &net.ns_mid, &m_gs);
+        mid_pair(&net.ns_server, &net.veth_server, &net.ns_mid, &m_s);
+        end_up(
+            &net.ns_client,
+            &net.veth_client,
+            &[&format!("{GW_CLIENT4}/24")],
+        );
+        end_up(&net.ns_gw, &net.gw_client, &["10.199.1.254/24"]);
+        end_up(&net.ns_gw, &net.gw_server, &["10.199.2.254/24"]);
+        end_up(
+            &net.ns_server,
+            &net.veth_server,
+            &[&format!("{GW_SERVER4}/24")],
+        );
+        sysctl(&net.ns_gw, "net.ipv4.ip_forward", "1");
+        for (ns, via) in [
+            (&net.ns_client, "10.199.1.254"),
+            (&net.ns_server, "10.199.2.254"),
+        ] {
+            sh(&["ip", "-n", ns, "route", "add", "default", "via", via]);
+        }
+        net.relays
+            .push(Relay::start(&net.ns_mid, &m_c, &m_gc, client_delay));
+        net.relays
+            .push(Relay::start(&net.ns_mid, &m_gs, &m_s, server_delay));
+        net
+    }
+
+    /// Runs `f` on a thread that has entered namespace `ns`: sockets it opens live there.
+    pub fn in_ns<T: Send>(&self, ns: &str, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(ns, f)
+    }
+
+    /// The most any frame was sent after its due time, over both relays, in µs.
+    pub fn relays_late_us(&self) -> u64 {
+        self.relays
+            .iter()
+            .map(|r| r.stats.max_late_us.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The index of interface `dev` in namespace `ns`.
+    pub fn ifindex(&self, ns: &str, dev: &str) -> u32 {
+        let path = format!("/sys/class/net/{dev}/ifindex");
+        let out = sh(&["ip", "netns", "exec", ns, "cat", &path]);
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+}
+
+impl Drop for GatewayNet {
+    fn drop(&mut self) {
+        self.relays.clear();
+        del_netns(&[&self.ns_client, &self.ns_gw, &self.ns_mid, &self.ns_server]);
     }
 }
 
