@@ -2,7 +2,7 @@
 //! top. Everything the agent sizes (table, top-K, message, spool) is fixed here, so its memory
 //! depends on the configuration and not on the traffic.
 
-use crate::{attach::AttachMode, UsageError};
+use crate::{attach::AttachMode, bpf::RttOptions, UsageError};
 use serde::Deserialize;
 use shared::{
     flow::{DEFAULT_MAX_FLOWS, MAX_MAX_FLOWS, MIN_MAX_FLOWS},
@@ -25,6 +25,8 @@ pub struct File {
     pub sample_every: Option<u32>,
     pub attach: Option<String>,
     pub max_message_bytes: Option<usize>,
+    pub rtt: Option<bool>,
+    pub rtt_interval_ms: Option<f64>,
     #[serde(default)]
     pub mqtt: MqttFile,
     #[serde(default)]
@@ -74,6 +76,8 @@ pub struct Config {
     pub sample_every: u32,
     pub attach: AttachMode,
     pub max_message_bytes: usize,
+    /// TCP RTT tracking; `None`: off.
+    pub rtt: Option<RttOptions>,
     pub broker: Broker,
     pub spool_max_bytes: u64,
     pub spool_file: Option<PathBuf>,
@@ -120,6 +124,23 @@ fn positive_secs(name: &str, v: f64) -> Result<Duration, UsageError> {
         Err(usage(format!(
             "{name} must be a positive number of seconds"
         )))
+    }
+}
+
+/// RTT settings from `rtt` (on unless false) and `rtt_interval_ms` (default 100), as `watch`
+/// and `run` take them.
+pub fn rtt_options(on: bool, interval_ms: Option<f64>) -> Result<Option<RttOptions>, UsageError> {
+    if !on {
+        return Ok(None);
+    }
+    match interval_ms {
+        None => Ok(Some(RttOptions::default())),
+        Some(ms) if ms.is_finite() && ms >= 0.0 => Ok(Some(RttOptions {
+            interval: Duration::from_secs_f64(ms / 1000.0),
+        })),
+        Some(_) => Err(usage(
+            "rtt interval must be a number of milliseconds, 0 or more",
+        )),
     }
 }
 
@@ -227,6 +248,7 @@ impl Config {
                 "max_message_bytes {max_message_bytes} out of range ({MIN_MESSAGE}..=16777216)"
             )));
         }
+        let rtt = rtt_options(f.rtt.unwrap_or(true), f.rtt_interval_ms)?;
         let m = f.mqtt;
         let (host, port, tls) = parse_url(m.url.as_deref().unwrap_or(DEFAULT_URL))?;
         let client = match (m.cert_file, m.key_file) {
@@ -267,6 +289,7 @@ impl Config {
             sample_every,
             attach,
             max_message_bytes,
+            rtt,
             broker: Broker {
                 host,
                 port,
@@ -314,6 +337,7 @@ mod tests {
         assert_eq!(c.interval, Duration::from_secs(10));
         assert_eq!(c.max_message_bytes, 64 * 1024);
         assert_eq!(c.sample_every, 1);
+        assert_eq!(c.rtt, Some(RttOptions::default()));
         assert_eq!((c.broker.host.as_str(), c.broker.port), ("127.0.0.1", 1883));
         assert!(c.broker.tls.is_none() && c.spool_file.is_none());
         assert_eq!(c.flows_topic(), "edgeflow/v1/default/box-1/flows");
@@ -335,6 +359,7 @@ mod tests {
             sample_every = 4
             attach = "tc"
             max_message_bytes = 4096
+            rtt_interval_ms = 250
             [mqtt]
             url = "mqtts://broker.example:9999"
             username = "u"
@@ -352,6 +377,7 @@ mod tests {
         assert_eq!(c.interfaces, ["a", "b"]);
         assert_eq!(c.interval, Duration::from_millis(2500));
         assert_eq!(c.attach, AttachMode::Tc);
+        assert_eq!(c.rtt.unwrap().interval, Duration::from_millis(250));
         assert_eq!(c.broker.port, 9999);
         let tls = c.broker.tls.unwrap();
         assert_eq!(tls.ca_file, PathBuf::from("/ca.pem"));
@@ -376,11 +402,18 @@ mod tests {
             "interfaces = [\"a\"]\n[mqtt]\nca_file = \"/x\"",
             "interfaces = [\"a\"]\n[mqtt]\nurl = \"mqtts://x\"\ncert_file = \"/x\"",
             "interfaces = [\"a\"]\n[spool]\nmax_bytes = 10",
+            "interfaces = [\"a\"]\nrtt_interval_ms = -1",
         ];
         for text in bad {
             let r = File::parse(text).and_then(Config::resolve);
             assert!(r.is_err(), "accepted: {text}");
         }
+    }
+
+    #[test]
+    fn rtt_can_be_turned_off() {
+        let f = File::parse("interfaces = [\"a\"]\nrtt = false\nrtt_interval_ms = 5").unwrap();
+        assert_eq!(Config::resolve(f).unwrap().rtt, None);
     }
 
     #[test]

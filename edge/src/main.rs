@@ -4,7 +4,6 @@ use anyhow::Context;
 use argh::FromArgs;
 use edge::{
     attach::AttachMode,
-    bpf::RttOptions,
     config::{self, Config},
     decode,
     drain::Expiry,
@@ -24,6 +23,8 @@ struct Cli {
     cmd: Option<Cmd>,
 }
 
+// Built once from the command line: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(FromArgs)]
 #[argh(subcommand)]
 enum Cmd {
@@ -84,6 +85,12 @@ struct RunCmd {
     /// stop after this many windows
     #[argh(option)]
     count: Option<u64>,
+    /// milliseconds between two TCP timestamp RTT samples of one flow (default 100)
+    #[argh(option)]
+    rtt_interval: Option<f64>,
+    /// do not measure TCP round-trip times
+    #[argh(switch)]
+    no_rtt: bool,
 }
 
 /// Print summary payloads as JSON: one raw payload, or hex lines as
@@ -124,7 +131,11 @@ impl RunCmd {
             spool_file => spool.file,
             spool_bytes => spool.max_bytes,
             max_message => max_message_bytes,
+            rtt_interval => rtt_interval_ms,
         );
+        if self.no_rtt {
+            f.rtt = Some(false);
+        }
         Ok((Config::resolve(f)?, RunOptions { count: self.count }))
     }
 }
@@ -229,18 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_flows: w.max_flows,
                 attach: w.attach,
                 sample_every: w.sample,
-                rtt: if w.no_rtt {
-                    None
-                } else if w.rtt_interval.is_finite() && w.rtt_interval >= 0.0 {
-                    Some(RttOptions {
-                        interval: Duration::from_secs_f64(w.rtt_interval / 1000.0),
-                    })
-                } else {
-                    return Err(UsageError::Invalid(
-                        "--rtt-interval must be a number of milliseconds, 0 or more".into(),
-                    )
-                    .into());
-                },
+                rtt: config::rtt_options(!w.no_rtt, Some(w.rtt_interval))?,
                 expiry: Expiry {
                     inactive: secs("inactive-timeout", w.inactive_timeout)?,
                     ..Expiry::default()

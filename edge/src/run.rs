@@ -6,7 +6,7 @@
 
 use crate::{
     attach::{self, Attachment},
-    bpf::{self, LoadOptions, RttOptions},
+    bpf::{self, LoadOptions},
     config::Config,
     drain::{Drainer, Expiry},
     health::{self, CpuMeter},
@@ -85,7 +85,7 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
     let mut loaded = bpf::load(LoadOptions {
         max_flows: cfg.max_flows,
         sample_every: cfg.sample_every,
-        rtt: Some(RttOptions::default()),
+        rtt: cfg.rtt,
     })?;
     let table = FlowTable::take(&mut loaded.ebpf)?;
     let capacity = table.capacity;

@@ -2,12 +2,16 @@
 //! one-way delay each way). The agent watches the client's or the server's veth; connections
 //! go both ways (outbound: the watched side connects; inbound: the far side connects to it).
 //!
-//! Traffic is a tight request/response loop: each side answers at once, so an echo comes
-//! back one network round trip after the segment it echoes, and the timestamp RTT is the
-//! path's RTT. Tolerance (from the issue): within ±10% + 1 ms of twice the one-way delay.
-//! Timing on a shared machine can be disturbed by load, so a test whose figures miss the
-//! tolerance runs again (three attempts); structural failures fail at once.
+//! Traffic is a request/response loop. The far side answers at once (on a real-time thread,
+//! so a busy machine does not delay it), so an echo comes back one network round trip after
+//! the segment it echoes, and the timestamp RTT is the path's RTT. The watched side waits
+//! [`PACE`] before each of its own messages: its segments are what is timed, so waiting
+//! before sending them changes no sample, and the loop never spins (even at zero delay).
+//! Tolerance (from the issue): within ±10% + 1 ms of twice the one-way delay. Timing on a
+//! shared machine can still be disturbed by load, so a test whose figures miss the tolerance
+//! runs again (three attempts); structural failures fail at once.
 
+use shared::wire::{self, Addr, Message};
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
@@ -15,13 +19,20 @@ use std::{
     time::{Duration, Instant},
 };
 use testkit::{
-    delay::{DelayNet, GatewayNet, CLIENT4, CLIENT6, GW_CLIENT4, GW_SERVER4, SERVER4, SERVER6},
+    agent::Agent,
+    delay::{
+        realtime, DelayNet, GatewayNet, CLIENT4, CLIENT6, GW_CLIENT4, GW_SERVER4, SERVER4, SERVER6,
+    },
+    mosquitto::Mosquitto,
+    subscriber::Subscriber,
     watch::{Watch, Windows},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeflow");
 const MSG: usize = 32;
 const ATTEMPTS: usize = 3;
+/// The watched side's wait before each message it sends.
+const PACE: Duration = Duration::from_millis(1);
 
 /// Where the agent runs.
 #[derive(Clone, Copy, Debug)]
@@ -63,15 +74,20 @@ fn ends(net: &DelayNet, side: Side, v6: bool) -> Ends<'_> {
     }
 }
 
-/// An echo server in `ns` on `addr` for one connection: answers each message at once.
-fn echo_server(net: &DelayNet, ns: &str, addr: IpAddr) -> (u16, JoinHandle<()>) {
+/// An echo server in `ns` on `addr` for one connection: answers each message after `pace`
+/// (zero: at once, on a real-time thread).
+fn echo_server(net: &DelayNet, ns: &str, addr: IpAddr, pace: Duration) -> (u16, JoinHandle<()>) {
     let l = net.in_ns(ns, || TcpListener::bind(SocketAddr::new(addr, 0)).unwrap());
     let port = l.local_addr().unwrap().port();
     let t = std::thread::spawn(move || {
+        if pace.is_zero() {
+            realtime();
+        }
         let (mut s, _) = l.accept().unwrap();
         s.set_nodelay(true).unwrap();
         let mut b = [0u8; MSG];
         while s.read_exact(&mut b).is_ok() {
+            std::thread::sleep(pace);
             if s.write_all(&b).is_err() {
                 break;
             }
@@ -80,12 +96,26 @@ fn echo_server(net: &DelayNet, ns: &str, addr: IpAddr) -> (u16, JoinHandle<()>) 
     (port, t)
 }
 
-/// A connection from `ns` to `to`, then requests back to back for `dur`. Returns the
-/// client's port and the number of exchanges.
-fn ping_pong(net: &DelayNet, ns: &str, to: SocketAddr, dur: Duration) -> (u16, u64) {
-    let mut c = net.in_ns(ns, || {
+/// A connection from `ns` to `to`, then requests for `dur`, each `pace` after the last
+/// answer (zero: at once, on a real-time thread). Returns the client's port and the number
+/// of exchanges.
+fn ping_pong(
+    net: &DelayNet,
+    ns: &str,
+    to: SocketAddr,
+    dur: Duration,
+    pace: Duration,
+) -> (u16, u64) {
+    let c = net.in_ns(ns, || {
         TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap()
     });
+    std::thread::scope(|s| s.spawn(|| requests(c, dur, pace)).join().unwrap())
+}
+
+fn requests(mut c: TcpStream, dur: Duration, pace: Duration) -> (u16, u64) {
+    if pace.is_zero() {
+        realtime();
+    }
     c.set_nodelay(true).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let port = c.local_addr().unwrap().port();
@@ -94,6 +124,7 @@ fn ping_pong(net: &DelayNet, ns: &str, to: SocketAddr, dur: Duration) -> (u16, u
     let mut n = 0;
     // Bounded in time and in count.
     while start.elapsed() < dur && n < 200_000 {
+        std::thread::sleep(pace);
         c.write_all(&b).unwrap();
         c.read_exact(&mut b).unwrap();
         n += 1;
@@ -208,12 +239,14 @@ fn both_directions(
     );
     let dur = Duration::from_millis(1500);
     // Outbound: the watched side connects out.
-    let (out_port, srv) = echo_server(&net, e.far_ns, e.far);
-    let (out_cport, out_n) = ping_pong(&net, e.near_ns, SocketAddr::new(e.far, out_port), dur);
+    let (out_port, srv) = echo_server(&net, e.far_ns, e.far, Duration::ZERO);
+    let to = SocketAddr::new(e.far, out_port);
+    let (out_cport, out_n) = ping_pong(&net, e.near_ns, to, dur, PACE);
     srv.join().unwrap();
     // Inbound: the far side connects in.
-    let (in_port, srv) = echo_server(&net, e.near_ns, e.near);
-    let (in_cport, in_n) = ping_pong(&net, e.far_ns, SocketAddr::new(e.near, in_port), dur);
+    let (in_port, srv) = echo_server(&net, e.near_ns, e.near, PACE);
+    let to = SocketAddr::new(e.near, in_port);
+    let (in_cport, in_n) = ping_pong(&net, e.far_ns, to, dur, Duration::ZERO);
     srv.join().unwrap();
     let got = w.stop();
     assert_conserved_overall(&got);
@@ -327,23 +360,21 @@ fn gateway_attempt() -> Result<(), String> {
     });
     let port = l.local_addr().unwrap().port();
     let srv = std::thread::spawn(move || {
+        realtime();
         let (mut s, _) = l.accept().unwrap();
         s.set_nodelay(true).unwrap();
         let mut b = [0u8; MSG];
         while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
     });
-    let mut c = net.in_ns(&net.ns_client, || {
+    let c = net.in_ns(&net.ns_client, || {
         TcpStream::connect_timeout(&(GW_SERVER4, port).into(), Duration::from_secs(5)).unwrap()
     });
-    c.set_nodelay(true).unwrap();
-    let cport = c.local_addr().unwrap().port();
-    let start = Instant::now();
-    let mut b = [3u8; MSG];
-    while start.elapsed() < Duration::from_millis(1500) {
-        c.write_all(&b).unwrap();
-        c.read_exact(&mut b).unwrap();
-    }
-    drop(c);
+    let (cport, _) = std::thread::scope(|s| {
+        // Both ends are timed on a gateway: neither waits (the delays keep it from spinning).
+        s.spawn(|| requests(c, Duration::from_millis(1500), Duration::ZERO))
+            .join()
+            .unwrap()
+    });
     srv.join().unwrap();
     let got = w.stop();
     assert_conserved_overall(&got);
@@ -369,6 +400,79 @@ fn gateway_attempt() -> Result<(), String> {
     Ok(())
 }
 
+/// `edgeflow run` publishes each flow's RTT and the window's histogram in its summaries.
+#[test]
+fn summaries_carry_rtt() {
+    retried(summaries_attempt);
+}
+
+fn summaries_attempt() -> Result<(), String> {
+    let one_way = Duration::from_millis(10);
+    let net = DelayNet::new(one_way);
+    let broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, "edgeflow/v1/+/+/flows");
+    let url = broker.url();
+    let agent = Agent::start(
+        BIN,
+        &[
+            "--iface",
+            &net.veth_client,
+            "--netns",
+            &net.ns_client,
+            "--broker",
+            &url,
+            "--device",
+            "rtt1",
+            "--interval",
+            "1",
+            "--attach",
+            "tc",
+        ],
+    );
+    let (port, srv) = echo_server(&net, &net.ns_server, SERVER4.into(), Duration::ZERO);
+    let to = SocketAddr::new(SERVER4.into(), port);
+    let (cport, n) = ping_pong(&net, &net.ns_client, to, Duration::from_millis(1500), PACE);
+    srv.join().unwrap();
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
+
+    let mut seen = std::collections::HashSet::new();
+    let (mut samples, mut hist, mut last) = (0u64, 0u64, None);
+    for m in sub.messages() {
+        let Message::V1(s) = wire::decode(&m.payload).expect("a valid summary");
+        if !seen.insert((s.boot_id, s.seq, s.part)) {
+            continue;
+        }
+        hist += s.rtt_hist.iter().map(|&c| c as u64).sum::<u64>();
+        for f in &s.flows {
+            let ours = f.proto == 6
+                && (f.src_port, f.dst_port) == (cport, port)
+                && s.addrs[f.src as usize] == Addr::V4(CLIENT4.octets());
+            if let (true, Some(r)) = (ours, f.rtt) {
+                samples += r.samples as u64;
+                last = Some(r);
+            }
+        }
+    }
+    let r = last.unwrap_or_else(|| {
+        panic!(
+            "no RTT for our flow in any summary
+{}",
+            exit.stderr
+        )
+    });
+    eprintln!("{n} exchanges: {samples} samples, last {r:?}");
+    assert!((5..=17).contains(&samples), "{samples} samples");
+    assert_eq!(hist, samples, "the histograms hold every sample");
+    for (k, v) in [("min", r.min_us), ("avg", r.avg_us)] {
+        if !within(v as u64, one_way) {
+            return Err(format!("summary {k} {v} µs for {one_way:?} one way"));
+        }
+    }
+    Ok(())
+}
+
 /// A 60-second connection keeps producing samples in every window, at most one per flow per
 /// 100 ms.
 #[test]
@@ -381,13 +485,9 @@ fn long_flow_keeps_sampling() {
         e.near_ns,
         &["--iface", e.near_if, "--interval", "5", "--attach", "tc"],
     );
-    let (port, srv) = echo_server(&net, e.far_ns, e.far);
-    let (cport, n) = ping_pong(
-        &net,
-        e.near_ns,
-        SocketAddr::new(e.far, port),
-        Duration::from_secs(60),
-    );
+    let (port, srv) = echo_server(&net, e.far_ns, e.far, Duration::ZERO);
+    let to = SocketAddr::new(e.far, port);
+    let (cport, n) = ping_pong(&net, e.near_ns, to, Duration::from_secs(60), PACE);
     srv.join().unwrap();
     let got = w.stop();
     assert_conserved_overall(&got);

@@ -96,11 +96,7 @@ fn relay_loop(
     stop: &AtomicBool,
     stats: &RelayStats,
 ) {
-    // A real-time thread wakes on time even when the machine is busy (best effort: the
-    // loop blocks in ppoll, so it cannot starve anyone).
-    let param = libc::sched_param { sched_priority: 10 };
-    // SAFETY: valid parameters for the calling thread.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    realtime();
     let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     let mut buf = vec![0u8; 1 << 16];
     while !stop.load(Ordering::Relaxed) {
@@ -129,6 +125,16 @@ fn relay_loop(
             stats.max_late_us.fetch_max(late, Ordering::Relaxed);
         }
     }
+}
+
+/// Makes the calling thread real-time (SCHED_FIFO), best effort: it then runs as soon as it
+/// wakes even when the machine is busy, so a delay line and the peers that answer through it
+/// keep their timing. Only for threads that block between short bursts of work. (Traffic
+/// through a [`Relay`], whose threads are real-time, should not run flat out.)
+pub fn realtime() {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: valid parameters; 0 is the calling thread.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
 }
 
 /// An AF_PACKET raw socket bound to one interface: for receiving (every protocol, incoming
