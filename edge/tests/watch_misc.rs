@@ -30,67 +30,55 @@ fn is(f: &Value, proto: u8, src: IpAddr, dst: IpAddr) -> bool {
     f["proto"] == proto && f["src"] == src.to_string() && f["dst"] == dst.to_string()
 }
 
-/// `ping -c N`: N echo requests and N replies in one flow, keyed by the request's type and
-/// code; each packet is IP header + 8 bytes of ICMP header + 56 bytes of data.
-fn ping_exact(a: IpAddr, b: IpAddr, attach: &str) {
+/// `ping -c N` over IPv4 and IPv6: N echo requests and N replies each, in one flow per
+/// family keyed by the request's type and code; each packet is IP header + 8 bytes of ICMP
+/// header + 56 bytes of data.
+fn ping_exact(attach: &str) {
     const N: u64 = 5;
     let net = TestNet::new();
     net.static_neighbours();
     let w = watch(&net, attach, &[]);
-    net.exec(
-        &net.ns_a,
-        &[
-            "ping",
-            "-q",
-            "-c",
-            &N.to_string(),
-            "-i",
-            "0.05",
-            "-W",
-            "2",
-            &b.to_string(),
-        ],
-    );
+    for b in [IpAddr::from(B4), IpAddr::from(B6)] {
+        let (n, b) = (N.to_string(), b.to_string());
+        net.exec(
+            &net.ns_a,
+            &["ping", "-q", "-c", &n, "-i", "0.05", "-W", "2", &b],
+        );
+    }
     let got = w.stop();
     got.assert_conserved();
-    let (proto, ty, ip_hdr) = match a {
-        IpAddr::V4(_) => (1u8, 8u16, 20u64),
-        IpAddr::V6(_) => (58, 128, 40),
-    };
-    // Only one ICMP flow between the two: requests and replies share it.
-    let flows = got
-        .sums_by(|f| is(f, proto, a, b).then(|| (f["src_port"].as_u64(), f["dst_port"].as_u64())));
-    assert_eq!(flows.len(), 1, "{flows:?}\n{}", got.stderr);
-    let (key, s) = flows.into_iter().next().unwrap();
-    assert_eq!(
-        key,
-        (Some(ty as u64), Some(0)),
-        "type and code of an echo request"
-    );
-    let bytes = N * (ip_hdr + 8 + 56);
-    assert_eq!(
-        (s.packets_fwd, s.bytes_fwd, s.packets_rev, s.bytes_rev),
-        (N, bytes, N, bytes)
-    );
+    for (a, b, proto, ty, ip_hdr) in [
+        (IpAddr::from(A4), IpAddr::from(B4), 1u8, 8u64, 20u64),
+        (A6.into(), B6.into(), 58, 128, 40),
+    ] {
+        // Only one ICMP flow between the two: requests and replies share it.
+        let flows = got.sums_by(|f| {
+            is(f, proto, a, b).then(|| (f["src_port"].as_u64(), f["dst_port"].as_u64()))
+        });
+        assert_eq!(flows.len(), 1, "{flows:?}\n{}", got.stderr);
+        let (key, s) = flows.into_iter().next().unwrap();
+        assert_eq!(key, (Some(ty), Some(0)), "type and code of an echo request");
+        let bytes = N * (ip_hdr + 8 + 56);
+        assert_eq!(
+            (s.packets_fwd, s.bytes_fwd, s.packets_rev, s.bytes_rev),
+            (N, bytes, N, bytes),
+            "{a} → {b}"
+        );
+    }
 }
 
 #[test]
 fn icmp_echo_exact_tc() {
-    ping_exact(A4.into(), B4.into(), "tc");
+    ping_exact("tc");
 }
 
 #[test]
 fn icmp_echo_exact_xdp() {
-    ping_exact(A4.into(), B4.into(), "xdp");
+    ping_exact("xdp");
 }
 
-#[test]
-fn icmpv6_echo_exact_tc() {
-    ping_exact(A6.into(), B6.into(), "tc");
-}
-
-/// VLAN-tagged UDP, both ways across veth_b: requests arrive (ingress), replies leave
-/// (TC egress).
+/// VLAN-tagged UDP, one 802.1Q flow and one 802.1ad + 802.1Q (QinQ) flow, both ways across
+/// veth_b: requests arrive (ingress), replies leave (TC egress).
 ///
 /// This machine's kernel has no 802.1Q support (CONFIG_VLAN_8021Q is not set, there are no
 /// modules, and the bridge has no VLAN filtering), so there are no VLAN subinterfaces to
@@ -106,74 +94,74 @@ fn icmpv6_echo_exact_tc() {
 /// (Had the sender been a VLAN device on a veth, its tag would cross the veth in skb
 /// metadata with tx VLAN offload on, the default, and native XDP on the peer, which sees
 /// frame bytes only, would count it as untagged; TC reads the metadata tag.)
-fn vlan_exact(tags: &[(u16, u16)], attach: &str) {
+/// (VLAN tags outermost first as (TPID, id), client port, server port): one flow.
+type Tagged = (&'static [(u16, u16)], u16, u16);
+
+fn vlan_exact(attach: &str) {
     const N: usize = 20;
+    let cases: [Tagged; 2] = [
+        (&[(TPID_8021Q, 100)], 40_000, 5_000),
+        (&[(TPID_8021AD, 200), (TPID_8021Q, 300)], 40_001, 5_001),
+    ];
     let net = TestNet::new();
     let w = watch(&net, attach, &[]);
-    let (sport, dport) = (40_000, 5_000);
-    let frame = |src, dst, sp, dp, payload| {
-        let mut p = Packet::udp4(src, dst, sp, dp, payload);
-        p.vlans = tags.to_vec();
-        p.build()
-    };
     let sizes: Vec<usize> = (0..N).map(|i| 1 + i * 37).collect();
     let (a, b) = (A4.octets(), B4.octets());
-    let requests: Vec<Vec<u8>> = sizes
-        .iter()
-        .map(|&n| frame(a, b, sport, dport, n))
-        .collect();
-    let replies: Vec<Vec<u8>> = (0..N).map(|_| frame(b, a, dport, sport, 64)).collect();
-    raw::send(&net.ns_a, &net.veth_a, &requests);
-    raw::send(&net.ns_b, &net.veth_b, &replies);
+    for (tags, sport, dport) in cases {
+        let frame = |src, dst, sp, dp, payload| {
+            let mut p = Packet::udp4(src, dst, sp, dp, payload);
+            p.vlans = tags.to_vec();
+            p.build()
+        };
+        let requests: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|&n| frame(a, b, sport, dport, n))
+            .collect();
+        let replies: Vec<Vec<u8>> = (0..N).map(|_| frame(b, a, dport, sport, 64)).collect();
+        raw::send(&net.ns_a, &net.veth_a, &requests);
+        raw::send(&net.ns_b, &net.veth_b, &replies);
+    }
     let got = w.stop();
     got.assert_conserved();
-    let flows = got.sums_by(|f| {
-        (is(f, 17, A4.into(), B4.into()) && f["src_port"] == sport && f["dst_port"] == dport).then(
-            || {
-                (
-                    f["vlan"].as_u64().unwrap(),
-                    f["vlan_inner"].as_u64().unwrap(),
-                )
-            },
-        )
-    });
-    let want = match tags {
-        [(_, outer)] => (*outer as u64, 0),
-        [(_, outer), (_, inner)] => (*outer as u64, *inner as u64),
-        _ => unreachable!(),
-    };
-    assert_eq!(
-        flows.keys().copied().collect::<Vec<_>>(),
-        vec![want],
-        "VLAN ids (outer, inner) of the flow\n{}",
-        got.stderr
-    );
-    let s = flows[&want];
-    let fwd: u64 = sizes.iter().map(|&n| n as u64 + 28).sum();
-    assert_eq!(
-        (s.packets_fwd, s.bytes_fwd, s.packets_rev, s.bytes_rev),
-        (N as u64, fwd, N as u64, N as u64 * (64 + 28))
-    );
+    for (tags, sport, dport) in cases {
+        let flows = got.sums_by(|f| {
+            (is(f, 17, A4.into(), B4.into()) && f["src_port"] == sport && f["dst_port"] == dport)
+                .then(|| {
+                    (
+                        f["vlan"].as_u64().unwrap(),
+                        f["vlan_inner"].as_u64().unwrap(),
+                    )
+                })
+        });
+        let want = match tags {
+            [(_, outer)] => (*outer as u64, 0),
+            [(_, outer), (_, inner)] => (*outer as u64, *inner as u64),
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            flows.keys().copied().collect::<Vec<_>>(),
+            vec![want],
+            "VLAN ids (outer, inner) of the flow tagged {tags:x?}\n{}",
+            got.stderr
+        );
+        let s = flows[&want];
+        let fwd: u64 = sizes.iter().map(|&n| n as u64 + 28).sum();
+        assert_eq!(
+            (s.packets_fwd, s.bytes_fwd, s.packets_rev, s.bytes_rev),
+            (N as u64, fwd, N as u64, N as u64 * (64 + 28)),
+            "tagged {tags:x?}"
+        );
+    }
 }
 
 #[test]
-fn vlan_8021q_exact_tc() {
-    vlan_exact(&[(TPID_8021Q, 100)], "tc");
+fn vlan_tagged_and_stacked_exact_tc() {
+    vlan_exact("tc");
 }
 
 #[test]
-fn vlan_8021q_exact_xdp() {
-    vlan_exact(&[(TPID_8021Q, 100)], "xdp");
-}
-
-#[test]
-fn vlan_qinq_exact_tc() {
-    vlan_exact(&[(TPID_8021AD, 200), (TPID_8021Q, 300)], "tc");
-}
-
-#[test]
-fn vlan_qinq_exact_xdp() {
-    vlan_exact(&[(TPID_8021AD, 200), (TPID_8021Q, 300)], "xdp");
+fn vlan_tagged_and_stacked_exact_xdp() {
+    vlan_exact("xdp");
 }
 
 /// Sends `flows` UDP flows with the agent watching (`extra` arguments); nothing else crosses.
