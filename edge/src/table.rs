@@ -243,6 +243,11 @@ impl FlowTable {
         }
         Ok(removed)
     }
+
+    /// How many timestamps wait for their echo.
+    pub fn pending_count(&self) -> usize {
+        self.pending.keys().filter(Result::is_ok).count()
+    }
 }
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
