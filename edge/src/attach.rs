@@ -17,6 +17,11 @@ use aya::{
 };
 use std::{fmt, str::FromStr};
 
+/// About the largest MTU whose frames fit one page, the limit of XDP without multi-buffer
+/// support: 4 KiB less XDP headroom, skb_shared_info and the Ethernet header, as veth
+/// computes it (other drivers differ by a few bytes).
+const XDP_MAX_SINGLE_BUFFER_MTU: u32 = 3506;
+
 /// What the user asked for (`--attach`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttachMode {
@@ -119,6 +124,14 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> anyhow::Result<
     }
     if ingress == Ingress::XdpNative {
         if let Err(e) = bpf::xdp(ebpf).attach(iface, XdpMode::Driver) {
+            // With its cause: aya's message only names the syscall.
+            let mut e = format!("{:#}", anyhow::Error::new(e));
+            if netdev::mtu(iface).is_ok_and(|m| m > XDP_MAX_SINGLE_BUFFER_MTU) {
+                e.push_str(
+                    "; the MTU is above what one page holds, and these programs do not \
+                     declare multi-buffer (frags) XDP support",
+                );
+            }
             if mode == AttachMode::Xdp {
                 anyhow::bail!("{iface}: native XDP attach failed ({e}); try --attach tc");
             }

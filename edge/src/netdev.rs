@@ -80,6 +80,39 @@ pub fn driver(name: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
+/// The MTU of interface `name` (SIOCGIFMTU, in the calling thread's network namespace).
+pub fn mtu(name: &str) -> std::io::Result<u32> {
+    #[repr(C)]
+    struct IfReqMtu {
+        name: [u8; libc::IF_NAMESIZE],
+        mtu: libc::c_int,
+        _pad: [u8; 20],
+    }
+    if name.len() >= libc::IF_NAMESIZE {
+        return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
+    }
+    let mut req = IfReqMtu {
+        name: [0; libc::IF_NAMESIZE],
+        mtu: 0,
+        _pad: [0; 20],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: plain socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFMTU with an ifreq-sized buffer holding the name.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(err);
+    }
+    Ok(req.mtu as u32)
+}
+
 /// Runs `f` on a thread that has entered the named network namespace (`/var/run/netns/NAME`),
 /// or on the calling thread when `netns` is `None`. Interface lookups and attach calls made
 /// by `f` happen in that namespace; links and map fds stay valid after the thread returns, so
@@ -132,6 +165,12 @@ mod tests {
             Err(UsageError::Invalid(_))
         ));
         assert_eq!(in_netns(None, || 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn loopback_mtu() {
+        assert_eq!(mtu("lo").unwrap(), 65536);
+        assert!(mtu("no-such-if0").is_err());
     }
 
     #[test]

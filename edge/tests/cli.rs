@@ -85,6 +85,39 @@ fn missing_capability_is_named() {
     assert_usage_error(&out, "missing capability CAP_NET_ADMIN");
 }
 
+/// Native XDP refuses an interface whose MTU is above a page (these programs have no
+/// multi-buffer support): a runtime failure (1) that says why, with nothing left attached.
+#[test]
+fn xdp_on_a_jumbo_mtu_fails_clearly() {
+    let net = TestNet::new();
+    for (ns, dev) in [(&net.ns_a, &net.veth_a), (&net.ns_b, &net.veth_b)] {
+        net.exec(ns, &["ip", "link", "set", dev, "mtu", "9000"]);
+    }
+    let out = run_in(
+        &net.ns_b,
+        None,
+        &[
+            "watch",
+            "--iface",
+            &net.veth_b,
+            "--attach",
+            "xdp",
+            "--count",
+            "1",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("native XDP attach failed") && stderr.contains("multi-buffer"),
+        "{stderr}"
+    );
+    assert_eq!(
+        attached(&net, &net.veth_b),
+        ("xdp [] tc []".to_string(), false, false)
+    );
+}
+
 /// What the namespace's own tools say is attached to `dev`: (bpftool's xdp and tc lists,
 /// whether `ip -d link` shows an XDP program, whether a clsact qdisc is there).
 fn attached(net: &TestNet, dev: &str) -> (String, bool, bool) {
