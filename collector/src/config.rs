@@ -1,0 +1,351 @@
+//! Command line and configuration file. Flags override the file; the file overrides defaults.
+
+use crate::UsageError;
+use argh::FromArgs;
+use serde::Deserialize;
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
+pub const DEFAULT_CLIENT_ID: &str = "edgeflow-collector";
+pub const DEFAULT_DB: &str = "edgeflow.db";
+pub const DEFAULT_RETENTION_DAYS: f64 = 7.0;
+/// Secrets may come from the environment rather than the command line (visible in `ps`).
+pub const ENV_TOKEN: &str = "EDGEFLOW_COLLECTOR_TOKEN";
+pub const ENV_PASSWORD: &str = "EDGEFLOW_MQTT_PASSWORD";
+
+/// edgeflow-collector: receives edgeflow summaries over MQTT, stores them in SQLite and serves
+/// a dashboard, a JSON API and Prometheus metrics.
+#[derive(FromArgs, Default, Debug)]
+pub struct Cli {
+    /// configuration file (TOML, same keys as the flags with underscores); flags override it
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+    /// SQLite database file (default edgeflow.db)
+    #[argh(option)]
+    pub db: Option<PathBuf>,
+    /// days of data to keep (default 7; fractions allowed)
+    #[argh(option)]
+    pub retention_days: Option<f64>,
+    /// HTTP listen address (default 127.0.0.1:8080; port 0 picks a free one)
+    #[argh(option)]
+    pub http: Option<SocketAddr>,
+    /// bearer token the API and /metrics require (or env EDGEFLOW_COLLECTOR_TOKEN)
+    #[argh(option)]
+    pub token: Option<String>,
+    /// external broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (default mqtt://127.0.0.1:1883)
+    #[argh(option)]
+    pub broker: Option<String>,
+    /// run an MQTT broker inside the collector, listening on ADDR (e.g. 127.0.0.1:1883)
+    #[argh(option)]
+    pub embedded_broker: Option<SocketAddr>,
+    /// MQTT client id; the broker keeps this id's session across restarts (default edgeflow-collector)
+    #[argh(option)]
+    pub client_id: Option<String>,
+    /// MQTT username (the embedded broker then requires it from every client)
+    #[argh(option)]
+    pub username: Option<String>,
+    /// MQTT password (or env EDGEFLOW_MQTT_PASSWORD)
+    #[argh(option)]
+    pub password: Option<String>,
+    /// CA certificate (PEM) that signed the broker's certificate (mqtts://; default: system roots)
+    #[argh(option)]
+    pub ca: Option<PathBuf>,
+    /// client certificate (PEM) for mqtts:// brokers that ask for one
+    #[argh(option)]
+    pub client_cert: Option<PathBuf>,
+    /// the client certificate's private key (PEM)
+    #[argh(option)]
+    pub client_key: Option<PathBuf>,
+    /// print the version and exit
+    #[argh(switch)]
+    pub version: bool,
+}
+
+/// The configuration file: the flags' names, all optional.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct File {
+    db: Option<PathBuf>,
+    retention_days: Option<f64>,
+    http: Option<SocketAddr>,
+    token: Option<String>,
+    broker: Option<String>,
+    embedded_broker: Option<SocketAddr>,
+    client_id: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    ca: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+}
+
+/// Where the broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for BrokerUrl {
+    type Err = UsageError;
+    fn from_str(url: &str) -> Result<BrokerUrl, UsageError> {
+        let bad = |why: &str| UsageError(format!("broker URL {url:?}: {why}"));
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"))?;
+        let tls = match scheme {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            _ => return Err(bad("scheme must be mqtt or mqtts")),
+        };
+        let rest = rest.trim_end_matches('/');
+        let default_port = if tls { 8883 } else { 1883 };
+        // [v6]:port, host:port, or host.
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+            match after.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None if after.is_empty() => (h, None),
+                None => return Err(bad("junk after ]")),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(bad("no host"));
+        }
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+            None => default_port,
+        };
+        Ok(BrokerUrl {
+            tls,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// How the subscriber reaches its broker.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub url: BrokerUrl,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// Everything the collector runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub db: PathBuf,
+    pub retention: Duration,
+    pub http: SocketAddr,
+    pub token: Option<String>,
+    /// Listen address of the in-process broker, if any; `mqtt` then points at it.
+    pub embedded_broker: Option<SocketAddr>,
+    pub mqtt: MqttConfig,
+}
+
+impl Config {
+    /// Resolves flags over the file over defaults; `env` looks up secrets.
+    pub fn resolve(cli: Cli, env: impl Fn(&str) -> Option<String>) -> Result<Config, UsageError> {
+        let file = match &cli.config {
+            Some(p) => read_file(p)?,
+            None => File::default(),
+        };
+        let retention_days = cli
+            .retention_days
+            .or(file.retention_days)
+            .unwrap_or(DEFAULT_RETENTION_DAYS);
+        if !(retention_days.is_finite() && retention_days > 0.0 && retention_days < 100_000.0) {
+            return Err(UsageError(format!(
+                "retention_days {retention_days} must be a positive number of days"
+            )));
+        }
+        let embedded_broker = cli.embedded_broker.or(file.embedded_broker);
+        let broker = cli.broker.or(file.broker);
+        let url = match (embedded_broker, &broker) {
+            (Some(_), Some(_)) => {
+                return Err(UsageError(
+                    "--broker and --embedded-broker exclude each other".into(),
+                ))
+            }
+            (Some(addr), None) => BrokerUrl {
+                tls: false,
+                host: connect_ip(addr).to_string(),
+                port: addr.port(),
+            },
+            (None, Some(url)) => url.parse()?,
+            (None, None) => DEFAULT_BROKER.parse()?,
+        };
+        if embedded_broker.is_some_and(|a| a.port() == 0) {
+            return Err(UsageError("--embedded-broker needs a port".into()));
+        }
+        let client_id = cli
+            .client_id
+            .or(file.client_id)
+            .unwrap_or_else(|| DEFAULT_CLIENT_ID.into());
+        if client_id.is_empty() || client_id.len() > 128 {
+            return Err(UsageError("client_id must be 1 to 128 bytes".into()));
+        }
+        let username = cli.username.or(file.username);
+        let password = cli.password.or(file.password).or_else(|| env(ENV_PASSWORD));
+        if password.is_some() && username.is_none() {
+            return Err(UsageError("a password needs a username".into()));
+        }
+        let token = cli
+            .token
+            .or(file.token)
+            .or_else(|| env(ENV_TOKEN))
+            .filter(|t| !t.is_empty());
+        Ok(Config {
+            db: cli
+                .db
+                .or(file.db)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DB)),
+            retention: Duration::from_secs_f64(retention_days * 86_400.0),
+            http: cli
+                .http
+                .or(file.http)
+                .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("valid default")),
+            token,
+            embedded_broker,
+            mqtt: MqttConfig {
+                url,
+                client_id,
+                username,
+                password,
+                ca: cli.ca.or(file.ca),
+                client_cert: cli.client_cert.or(file.client_cert),
+                client_key: cli.client_key.or(file.client_key),
+            },
+        })
+    }
+}
+
+/// Where to connect to reach a listener on `addr` (an unspecified address means loopback).
+pub fn connect_ip(addr: SocketAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match addr.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    }
+}
+
+fn read_file(path: &Path) -> Result<File, UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn broker_urls() {
+        let u: BrokerUrl = "mqtt://broker.lan".parse().unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port),
+            (false, "broker.lan", 1883)
+        );
+        let u: BrokerUrl = "mqtts://10.0.0.5:9000/".parse().unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "10.0.0.5", 9000));
+        let u: BrokerUrl = "mqtts://[fd00::1]".parse().unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "fd00::1", 8883));
+        for bad in [
+            "broker",
+            "http://x",
+            "mqtt://",
+            "mqtt://h:port",
+            "mqtt://[::1",
+        ] {
+            assert!(bad.parse::<BrokerUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::resolve(Cli::default(), no_env).unwrap();
+        assert_eq!(c.http.to_string(), DEFAULT_HTTP);
+        assert_eq!(c.mqtt.url.port, 1883);
+        assert_eq!(c.mqtt.client_id, DEFAULT_CLIENT_ID);
+        assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
+        assert!(c.token.is_none() && c.embedded_broker.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_secrets_come_from_env() {
+        let dir = std::env::temp_dir().join(format!("efc-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "db = \"/tmp/x.db\"\nretention_days = 2\nhttp = \"127.0.0.1:9000\"\nusername = \"u\"\n",
+        )
+        .unwrap();
+        let cli = Cli {
+            config: Some(path.clone()),
+            http: Some("127.0.0.1:9001".parse().unwrap()),
+            embedded_broker: Some("0.0.0.0:1999".parse().unwrap()),
+            ..Cli::default()
+        };
+        let env = |k: &str| (k == ENV_PASSWORD || k == ENV_TOKEN).then(|| format!("{k}-v"));
+        let c = Config::resolve(cli, env).unwrap();
+        assert_eq!(c.db, PathBuf::from("/tmp/x.db"));
+        assert_eq!(c.retention, Duration::from_secs(2 * 86_400));
+        assert_eq!(c.http.port(), 9001);
+        assert_eq!(c.mqtt.url.host, "127.0.0.1", "unspecified means loopback");
+        assert_eq!(c.mqtt.url.port, 1999);
+        assert_eq!(c.mqtt.password.as_deref(), Some("EDGEFLOW_MQTT_PASSWORD-v"));
+        assert_eq!(c.token.as_deref(), Some("EDGEFLOW_COLLECTOR_TOKEN-v"));
+        std::fs::write(&path, "colour = 3\n").unwrap();
+        let cli = Cli {
+            config: Some(path),
+            ..Cli::default()
+        };
+        assert!(
+            Config::resolve(cli, no_env).is_err(),
+            "unknown keys are errors"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn usage_errors() {
+        let both = Cli {
+            broker: Some("mqtt://x".into()),
+            embedded_broker: Some("127.0.0.1:1883".parse().unwrap()),
+            ..Cli::default()
+        };
+        assert!(Config::resolve(both, no_env).is_err());
+        let bad_days = Cli {
+            retention_days: Some(0.0),
+            ..Cli::default()
+        };
+        assert!(Config::resolve(bad_days, no_env).is_err());
+        let pw_only = Cli {
+            password: Some("p".into()),
+            ..Cli::default()
+        };
+        assert!(Config::resolve(pw_only, no_env).is_err());
+    }
+}

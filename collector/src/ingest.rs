@@ -1,0 +1,225 @@
+//! The payload path: topic + bytes → decoded, validated, deduplicated, stored, counted.
+//!
+//! Anything that is not a valid summary or status is rejected with a reason and counted;
+//! nothing here panics on untrusted input. Counters move only after the batch's transaction
+//! committed, so a batch that failed to store (and will be retried) is not counted twice.
+
+use crate::{
+    store::{Store, StoreError},
+    topic::{Presence, Topic},
+};
+use shared::wire::{self, DecodeError, Message, Summary};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One message as it came off the broker.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+}
+
+/// Why a payload was dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// Not a summary: see [`DecodeError::reason`].
+    Decode(DecodeError),
+    /// A summary whose site or device differs from its topic's.
+    TopicMismatch,
+    /// A topic that is not `edgeflow/v1/<site>/<device>/{flows,status}`.
+    UnknownTopic,
+    /// A status payload that is neither `online` nor `offline`.
+    BadStatus,
+}
+
+impl Reject {
+    /// Short stable name for counting.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Reject::Decode(e) => e.reason(),
+            Reject::TopicMismatch => "topic_mismatch",
+            Reject::UnknownTopic => "unknown_topic",
+            Reject::BadStatus => "bad_status",
+        }
+    }
+}
+
+/// A payload that passed every check.
+#[derive(Debug)]
+pub enum Parsed<'a> {
+    Summary(Box<Summary>),
+    Presence {
+        site: &'a str,
+        device: &'a str,
+        state: Presence,
+    },
+}
+
+/// Decodes and validates one message (no storage).
+pub fn parse<'a>(msg: Incoming<'a>) -> Result<Parsed<'a>, Reject> {
+    match Topic::parse(msg.topic).ok_or(Reject::UnknownTopic)? {
+        Topic::Flows { site, device } => {
+            let Message::V1(s) = wire::decode(msg.payload).map_err(Reject::Decode)?;
+            if s.site.as_str() != site || s.device.as_str() != device {
+                return Err(Reject::TopicMismatch);
+            }
+            Ok(Parsed::Summary(Box::new(s)))
+        }
+        Topic::Status { site, device } => {
+            let state = Presence::parse(msg.payload).ok_or(Reject::BadStatus)?;
+            Ok(Parsed::Presence {
+                site,
+                device,
+                state,
+            })
+        }
+    }
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stored { flows: usize },
+    Duplicate,
+    Presence,
+    Rejected(Reject),
+}
+
+/// Counters since the collector started (the dashboard's ingest panel and `/metrics`).
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub messages: AtomicU64,
+    pub payload_bytes: AtomicU64,
+    pub summaries: AtomicU64,
+    pub flow_records: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub presence: AtomicU64,
+    /// Subscribed to the broker right now.
+    pub connected: AtomicBool,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl IngestStats {
+    /// Rejections by reason.
+    pub fn rejected(&self) -> BTreeMap<&'static str, u64> {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected().values().sum()
+    }
+
+    fn count(&self, msg: &Incoming, outcome: &Outcome) {
+        self.messages.fetch_add(1, Relaxed);
+        self.payload_bytes
+            .fetch_add(msg.payload.len() as u64, Relaxed);
+        match outcome {
+            Outcome::Stored { flows } => {
+                self.summaries.fetch_add(1, Relaxed);
+                self.flow_records.fetch_add(*flows as u64, Relaxed);
+            }
+            Outcome::Duplicate => {
+                self.duplicates.fetch_add(1, Relaxed);
+            }
+            Outcome::Presence => {
+                self.presence.fetch_add(1, Relaxed);
+            }
+            Outcome::Rejected(r) => {
+                *self
+                    .rejected
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(r.reason())
+                    .or_default() += 1;
+            }
+        }
+    }
+}
+
+/// Owns the write side of the store.
+pub struct Ingest {
+    store: Store,
+    stats: Arc<IngestStats>,
+    retention: Duration,
+}
+
+impl Ingest {
+    /// Keeps windows that started within `retention` of now (see [`Ingest::prune`]).
+    pub fn new(store: Store, stats: Arc<IngestStats>, retention: Duration) -> Ingest {
+        Ingest {
+            store,
+            stats,
+            retention,
+        }
+    }
+
+    /// Deletes what is older than the retention. A failure is logged and tried next time.
+    pub fn prune(&mut self) {
+        let before = now_ms().saturating_sub(self.retention.as_millis() as i64);
+        match self.store.prune(before) {
+            Ok((0, _)) => {}
+            Ok((s, f)) => log::info!("retention: deleted {s} summaries and {f} flow records"),
+            Err(e) => log::error!("retention: {e}"),
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<IngestStats> {
+        &self.stats
+    }
+
+    pub fn store(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// Handles a batch in one transaction. On error nothing was stored or counted: the
+    /// caller must not acknowledge the messages (the broker delivers them again).
+    pub fn handle(&mut self, msgs: &[Incoming]) -> Result<Vec<Outcome>, StoreError> {
+        let now = now_ms();
+        let mut batch = self.store.batch()?;
+        let mut outcomes = Vec::with_capacity(msgs.len());
+        for &msg in msgs {
+            let outcome = match parse(msg) {
+                Ok(Parsed::Summary(s)) => {
+                    if batch.insert_summary(&s, now)? {
+                        Outcome::Stored {
+                            flows: s.flows.len(),
+                        }
+                    } else {
+                        Outcome::Duplicate
+                    }
+                }
+                Ok(Parsed::Presence {
+                    site,
+                    device,
+                    state,
+                }) => {
+                    batch.set_presence(site, device, state, now)?;
+                    Outcome::Presence
+                }
+                Err(r) => Outcome::Rejected(r),
+            };
+            outcomes.push(outcome);
+        }
+        batch.commit()?;
+        for (msg, o) in msgs.iter().zip(&outcomes) {
+            self.stats.count(msg, o);
+        }
+        Ok(outcomes)
+    }
+}

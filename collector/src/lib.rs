@@ -1,0 +1,22 @@
+//! The edgeflow collector: subscribes to the agents' summaries over MQTT, stores them in
+//! SQLite and serves a dashboard, a JSON API and Prometheus metrics.
+//!
+//! `main.rs` only wires these modules: [`config`] → [`broker`] (optional, in-process) →
+//! [`mqtt`] (subscriber) → [`ingest`] (decode, validate, dedup) → [`store`]; [`http`] serves
+//! [`query`] results and [`metrics`].
+
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod mqtt;
+pub mod query;
+pub mod rate;
+pub mod store;
+pub mod topic;
+
+/// An error that is the user's to fix (exit code 2), as opposed to a runtime failure (1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);

@@ -1,0 +1,117 @@
+//! `edgeflow-collector`: wires the collector's modules to the command line.
+
+use anyhow::Context;
+use collector::{
+    broker,
+    config::{Cli, Config},
+    http,
+    ingest::{Ingest, IngestStats},
+    mqtt,
+    rate::RateTracker,
+    store::Store,
+    UsageError,
+};
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli: Cli = argh::from_env();
+    if cli.version {
+        println!("edgeflow-collector {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let result = Config::resolve(cli, |k| std::env::var(k).ok())
+        .map_err(anyhow::Error::from)
+        .and_then(run);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgeflow-collector: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn run(cfg: Config) -> anyhow::Result<()> {
+    // rustls needs one crypto provider for the process; ring, as in the agent.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let store = Store::open(&cfg.db).with_context(|| format!("opening {}", cfg.db.display()))?;
+    let stats = Arc::new(IngestStats::default());
+    let rates = Arc::new(RateTracker::default());
+    if let Some(addr) = cfg.embedded_broker {
+        let auth = cfg
+            .mqtt
+            .username
+            .clone()
+            .map(|u| (u, cfg.mqtt.password.clone().unwrap_or_default()));
+        broker::start(addr, auth).map_err(|e| UsageError(e.to_string()))?;
+        println!("edgeflow-collector: embedded MQTT broker on mqtt://{addr}");
+    }
+    let opts = mqtt::options(&cfg.mqtt)?;
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .map_err(|e| UsageError(format!("cannot listen on {}: {e}", cfg.http)))?;
+    let local = listener.local_addr()?;
+    println!(
+        "edgeflow-collector: storing in {}, reading {}://{}:{} as {}",
+        cfg.db.display(),
+        if cfg.mqtt.url.tls { "mqtts" } else { "mqtt" },
+        cfg.mqtt.url.host,
+        cfg.mqtt.url.port,
+        cfg.mqtt.client_id
+    );
+    println!("edgeflow-collector: dashboard http://{local}/");
+
+    let sampler = {
+        let (stats, rates) = (stats.clone(), rates.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                rates.sample(&stats);
+            }
+        })
+    };
+    let subscriber = tokio::spawn(mqtt::run(
+        opts,
+        Ingest::new(store, stats.clone(), cfg.retention),
+    ));
+    let app = Arc::new(http::App::new(
+        cfg.db.clone(),
+        stats,
+        rates,
+        cfg.token.clone(),
+    ));
+    axum::serve(listener, http::router(app))
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("serving HTTP")?;
+    // Unacknowledged messages stay with the broker (persistent session) for the next start.
+    subscriber.abort();
+    sampler.abort();
+    println!("edgeflow-collector: stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

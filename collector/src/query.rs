@@ -1,0 +1,643 @@
+//! The read model behind the JSON API and the dashboard.
+//!
+//! Counts are estimates of what crossed the wire: stored counts times the summary's
+//! `sample_every` (1 unless the agent samples). Sums use SQLite's `TOTAL` (a float that never
+//! overflows, exact below 2^53) so one absurd record cannot break a query.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+pub type Result<T> = std::result::Result<T, rusqlite::Error>;
+
+/// A time range of window starts, `[from, to)` in ms since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Range {
+    pub from: i64,
+    pub to: i64,
+}
+
+impl Range {
+    pub const ALL: Range = Range {
+        from: 0,
+        to: i64::MAX,
+    };
+}
+
+/// Packets and bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+fn total(v: f64) -> u64 {
+    if v.is_finite() && v > 0.0 {
+        v as u64
+    } else {
+        0
+    }
+}
+
+/// A device: its latest report, its own presence message, and its totals in the range.
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub device: String,
+    pub site: String,
+    /// `online`, `offline` (it said so, or its Last Will did), or `silent` (no summary for
+    /// three windows, yet no offline message).
+    pub state: &'static str,
+    /// The last presence message (`online`/`offline`), if any.
+    pub reported: Option<String>,
+    pub latest: Option<Latest>,
+    /// Window totals in the range.
+    pub totals: Count,
+    pub overflow: Count,
+    pub windows: u64,
+    pub flow_records: u64,
+}
+
+/// A device's most recent window (part 0).
+#[derive(Debug, Clone, Serialize)]
+pub struct Latest {
+    /// Hex: it is a random u64.
+    pub boot_id: String,
+    pub seq: u64,
+    pub window_start_ms: i64,
+    pub window_len_ms: i64,
+    pub received_ms: i64,
+    pub sample_every: u32,
+    pub bytes_per_s: f64,
+    pub packets_per_s: f64,
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    pub packets_seen: u64,
+    pub active_flows: u64,
+    pub table_capacity: u64,
+    /// active / capacity, 0..1.
+    pub table_fill: f64,
+    pub table_full: u64,
+    pub parse_errors: u64,
+    pub fragments: u64,
+    pub non_ip: u64,
+    /// Agent CPU time as a share of one core over the window, percent.
+    pub cpu_pct: f64,
+    pub rss_kib: u64,
+    pub spool_depth: u64,
+    pub spool_dropped: u64,
+}
+
+/// How long without a summary before a device counts as silent.
+fn silent_after_ms(window_len_ms: i64) -> i64 {
+    (3 * window_len_ms).max(30_000)
+}
+
+pub fn devices(conn: &Connection, range: Range, now_ms: i64) -> Result<Vec<Device>> {
+    let mut out: BTreeMap<String, Device> = BTreeMap::new();
+    let mut latest = conn.prepare_cached(
+        "SELECT s.device, s.site, s.boot_id, s.seq, s.window_start_ms, s.window_len_ms,
+                s.received_ms, s.sample_every, s.packets, s.bytes, s.packets_seen, s.active_flows,
+                s.table_capacity, s.table_full, s.parse_errors, s.fragments, s.non_ip, s.cpu_ms,
+                s.rss_kib, s.spool_depth, s.spool_dropped
+         FROM summaries s
+         JOIN (SELECT MAX(id) AS id FROM summaries WHERE part = 0 GROUP BY device) l
+           ON s.id = l.id",
+    )?;
+    let rows = latest.query_map([], |r| {
+        let len: i64 = r.get(5)?;
+        let secs = (len.max(1)) as f64 / 1000.0;
+        let every: i64 = r.get(7)?;
+        let scale = every.max(1) as f64;
+        let (packets, bytes): (i64, i64) = (r.get(8)?, r.get(9)?);
+        let active: i64 = r.get(11)?;
+        let capacity: i64 = r.get(12)?;
+        let cpu_ms: i64 = r.get(17)?;
+        let latest = Latest {
+            boot_id: format!("{:016x}", r.get::<_, i64>(2)? as u64),
+            seq: r.get::<_, i64>(3)? as u64,
+            window_start_ms: r.get(4)?,
+            window_len_ms: len,
+            received_ms: r.get(6)?,
+            sample_every: every as u32,
+            bytes_per_s: bytes as f64 * scale / secs,
+            packets_per_s: packets as f64 * scale / secs,
+            health: Health {
+                packets_seen: r.get::<_, i64>(10)? as u64,
+                active_flows: active as u64,
+                table_capacity: capacity as u64,
+                table_fill: if capacity > 0 {
+                    active as f64 / capacity as f64
+                } else {
+                    0.0
+                },
+                table_full: r.get::<_, i64>(13)? as u64,
+                parse_errors: r.get::<_, i64>(14)? as u64,
+                fragments: r.get::<_, i64>(15)? as u64,
+                non_ip: r.get::<_, i64>(16)? as u64,
+                cpu_pct: cpu_ms as f64 / len.max(1) as f64 * 100.0,
+                rss_kib: r.get::<_, i64>(18)? as u64,
+                spool_depth: r.get::<_, i64>(19)? as u64,
+                spool_dropped: r.get::<_, i64>(20)? as u64,
+            },
+        };
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, latest))
+    })?;
+    for row in rows {
+        let (device, site, latest) = row?;
+        out.insert(
+            device.clone(),
+            Device {
+                device,
+                site,
+                state: "online",
+                reported: None,
+                latest: Some(latest),
+                totals: Count::default(),
+                overflow: Count::default(),
+                windows: 0,
+                flow_records: 0,
+            },
+        );
+    }
+    let mut sums = conn.prepare_cached(
+        "SELECT device, TOTAL(packets * sample_every), TOTAL(bytes * sample_every),
+                TOTAL(overflow_packets * sample_every), TOTAL(overflow_bytes * sample_every),
+                SUM(part = 0), TOTAL(flow_count)
+         FROM summaries WHERE window_start_ms >= ?1 AND window_start_ms < ?2
+         GROUP BY device",
+    )?;
+    let rows = sums.query_map([range.from, range.to], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            Count {
+                packets: total(r.get(1)?),
+                bytes: total(r.get(2)?),
+            },
+            Count {
+                packets: total(r.get(3)?),
+                bytes: total(r.get(4)?),
+            },
+            r.get::<_, i64>(5)? as u64,
+            total(r.get(6)?),
+        ))
+    })?;
+    for row in rows {
+        let (device, totals, overflow, windows, flow_records) = row?;
+        if let Some(d) = out.get_mut(&device) {
+            d.totals = totals;
+            d.overflow = overflow;
+            d.windows = windows;
+            d.flow_records = flow_records;
+        }
+    }
+    let mut presence =
+        conn.prepare_cached("SELECT site, device, state, received_ms FROM presence")?;
+    let rows = presence.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut reported_at = BTreeMap::new();
+    for row in rows {
+        let (site, device, state, at) = row?;
+        let d = out.entry(device.clone()).or_insert_with(|| Device {
+            device: device.clone(),
+            site,
+            state: "online",
+            reported: None,
+            latest: None,
+            totals: Count::default(),
+            overflow: Count::default(),
+            windows: 0,
+            flow_records: 0,
+        });
+        d.reported = Some(state);
+        reported_at.insert(device, at);
+    }
+    for d in out.values_mut() {
+        let said_offline_last = d.reported.as_deref() == Some("offline")
+            && d.latest
+                .as_ref()
+                .is_none_or(|l| reported_at.get(&d.device).copied().unwrap_or(0) >= l.received_ms);
+        d.state = if said_offline_last {
+            "offline"
+        } else {
+            match &d.latest {
+                Some(l) if now_ms - l.received_ms > silent_after_ms(l.window_len_ms) => "silent",
+                _ => "online",
+            }
+        };
+    }
+    Ok(out.into_values().collect())
+}
+
+/// Bytes/s and packets/s per device over time.
+#[derive(Debug, Clone, Serialize)]
+pub struct Series {
+    pub from: i64,
+    pub to: i64,
+    pub step_ms: i64,
+    pub devices: Vec<DeviceSeries>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceSeries {
+    pub device: String,
+    /// Bucket starts.
+    pub t: Vec<i64>,
+    pub bytes_per_s: Vec<f64>,
+    pub packets_per_s: Vec<f64>,
+}
+
+/// Most buckets a series has; a longer range gets a wider step.
+pub const MAX_BUCKETS: i64 = 1000;
+/// Longest window a series looks back for (one that started before the range may reach into it).
+const MAX_WINDOW_MS: i64 = 3_600_000;
+
+/// Each window's counts are spread over the buckets it overlaps in proportion to the
+/// overlap, so the curve does not comb when windows and buckets differ in length.
+pub fn series(
+    conn: &Connection,
+    range: Range,
+    step_ms: i64,
+    device: Option<&str>,
+) -> Result<Series> {
+    let span = (range.to - range.from).max(1);
+    let step = step_ms.max(1).max((span + MAX_BUCKETS - 1) / MAX_BUCKETS);
+    let n = ((span + step - 1) / step) as usize;
+    let mut per: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT device, window_start_ms, window_len_ms, packets * sample_every,
+                bytes * sample_every
+         FROM summaries
+         WHERE part = 0 AND window_start_ms >= ?1 AND window_start_ms < ?2
+           AND (?3 IS NULL OR device = ?3)",
+    )?;
+    let rows = stmt.query_map(
+        params![range.from.saturating_sub(MAX_WINDOW_MS), range.to, device],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, f64>(3)?,
+                r.get::<_, f64>(4)?,
+            ))
+        },
+    )?;
+    for row in rows {
+        let (dev, start, len, packets, bytes) = row?;
+        let (b, p) = per
+            .entry(dev)
+            .or_insert_with(|| (vec![0.0; n], vec![0.0; n]));
+        let end = start + len.max(1);
+        let (lo, hi) = (start.max(range.from), end.min(range.to));
+        if lo >= hi {
+            continue;
+        }
+        let mut t = lo;
+        while t < hi {
+            let i = ((t - range.from) / step) as usize;
+            let bucket_end = (range.from + (i as i64 + 1) * step).min(hi);
+            let share = (bucket_end - t) as f64 / (end - start) as f64;
+            if let (Some(bb), Some(pp)) = (b.get_mut(i), p.get_mut(i)) {
+                *bb += bytes * share;
+                *pp += packets * share;
+            }
+            t = bucket_end;
+        }
+    }
+    let secs = step as f64 / 1000.0;
+    let t: Vec<i64> = (0..n as i64).map(|i| range.from + i * step).collect();
+    Ok(Series {
+        from: range.from,
+        to: range.to,
+        step_ms: step,
+        devices: per
+            .into_iter()
+            .map(|(device, (b, p))| DeviceSeries {
+                device,
+                t: t.clone(),
+                bytes_per_s: b.into_iter().map(|v| v / secs).collect(),
+                packets_per_s: p.into_iter().map(|v| v / secs).collect(),
+            })
+            .collect(),
+    })
+}
+
+/// An address and what it sent and received.
+#[derive(Debug, Clone, Serialize)]
+pub struct Talker {
+    pub addr: String,
+    pub sent: Count,
+    pub received: Count,
+    pub bytes: u64,
+}
+
+pub fn top_talkers(
+    conn: &Connection,
+    range: Range,
+    device: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Talker>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT addr, TOTAL(tx_p), TOTAL(tx_b), TOTAL(rx_p), TOTAL(rx_b) FROM (
+            SELECT src AS addr, fwd_packets * sample_every AS tx_p, fwd_bytes * sample_every AS tx_b,
+                   rev_packets * sample_every AS rx_p, rev_bytes * sample_every AS rx_b
+            FROM flows WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR device = ?3)
+            UNION ALL
+            SELECT dst, rev_packets * sample_every, rev_bytes * sample_every,
+                   fwd_packets * sample_every, fwd_bytes * sample_every
+            FROM flows WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR device = ?3))
+         GROUP BY addr ORDER BY TOTAL(tx_b) + TOTAL(rx_b) DESC, addr LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![range.from, range.to, device, limit], |r| {
+        let sent = Count {
+            packets: total(r.get(1)?),
+            bytes: total(r.get(2)?),
+        };
+        let received = Count {
+            packets: total(r.get(3)?),
+            bytes: total(r.get(4)?),
+        };
+        Ok(Talker {
+            addr: r.get(0)?,
+            bytes: sent.bytes + received.bytes,
+            sent,
+            received,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Two addresses, initiator → responder, over all their flows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Conversation {
+    pub src: String,
+    pub dst: String,
+    pub fwd: Count,
+    pub rev: Count,
+    pub bytes: u64,
+    /// Distinct (protocol, ports, VLAN, interface) flows between them.
+    pub flows: u64,
+}
+
+pub fn top_conversations(
+    conn: &Connection,
+    range: Range,
+    device: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Conversation>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT src, dst, TOTAL(fwd_packets * sample_every), TOTAL(fwd_bytes * sample_every),
+                TOTAL(rev_packets * sample_every), TOTAL(rev_bytes * sample_every),
+                COUNT(DISTINCT proto || ' ' || src_port || ' ' || dst_port || ' ' || vlan || ' '
+                               || vlan_inner || ' ' || ifindex || ' ' || device)
+         FROM flows WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR device = ?3)
+         GROUP BY src, dst
+         ORDER BY TOTAL(fwd_bytes * sample_every) + TOTAL(rev_bytes * sample_every) DESC, src, dst
+         LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![range.from, range.to, device, limit], |r| {
+        let fwd = Count {
+            packets: total(r.get(2)?),
+            bytes: total(r.get(3)?),
+        };
+        let rev = Count {
+            packets: total(r.get(4)?),
+            bytes: total(r.get(5)?),
+        };
+        Ok(Conversation {
+            src: r.get(0)?,
+            dst: r.get(1)?,
+            bytes: fwd.bytes + rev.bytes,
+            fwd,
+            rev,
+            flows: r.get::<_, i64>(6)? as u64,
+        })
+    })?;
+    rows.collect()
+}
+
+/// What to show of the flow table.
+#[derive(Debug, Clone, Default)]
+pub struct FlowFilter {
+    pub device: Option<String>,
+    /// Matches any part of either address.
+    pub addr: Option<String>,
+    /// Either port (for ICMP: the type or code).
+    pub port: Option<u16>,
+    pub proto: Option<u8>,
+    pub limit: u32,
+}
+
+/// One flow (a conversation's 5-tuple plus VLANs and interface) summed over the range.
+#[derive(Debug, Clone, Serialize)]
+pub struct Flow {
+    pub device: String,
+    pub proto: u8,
+    pub src: String,
+    pub src_port: u16,
+    pub dst: String,
+    pub dst_port: u16,
+    pub vlan: u16,
+    pub vlan_inner: u16,
+    pub ifindex: u32,
+    pub fwd: Count,
+    pub rev: Count,
+    pub bytes: u64,
+    pub packets: u64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// Windows this flow appeared in.
+    pub windows: u64,
+    pub rtt: Option<FlowRtt>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowRtt {
+    pub min_us: u64,
+    /// Sample-weighted mean of the windows' smoothed RTTs.
+    pub avg_us: u64,
+    pub max_us: u64,
+    pub samples: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Flows {
+    /// Flows that match the filter (the list holds the first `limit` by bytes).
+    pub matching: u64,
+    pub flows: Vec<Flow>,
+}
+
+const FLOW_WHERE: &str = "ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR device = ?3)
+    AND (?4 IS NULL OR instr(src, ?4) > 0 OR instr(dst, ?4) > 0)
+    AND (?5 IS NULL OR src_port = ?5 OR dst_port = ?5)
+    AND (?6 IS NULL OR proto = ?6)";
+const FLOW_KEY: &str = "device, proto, src, src_port, dst, dst_port, vlan, vlan_inner, ifindex";
+
+pub fn flows(conn: &Connection, range: Range, f: &FlowFilter) -> Result<Flows> {
+    let args = params![range.from, range.to, f.device, f.addr, f.port, f.proto, f.limit];
+    let matching: i64 = conn
+        .prepare_cached(&format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM flows WHERE {FLOW_WHERE} GROUP BY {FLOW_KEY})"
+        ))?
+        .query_row(&args[..6], |r| r.get(0))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {FLOW_KEY},
+                TOTAL(fwd_packets * sample_every), TOTAL(fwd_bytes * sample_every),
+                TOTAL(rev_packets * sample_every), TOTAL(rev_bytes * sample_every),
+                MIN(first_seen_ms), MAX(last_seen_ms), COUNT(*),
+                MIN(rtt_min_us), MAX(rtt_max_us), TOTAL(rtt_avg_us * rtt_samples),
+                TOTAL(rtt_samples)
+         FROM flows WHERE {FLOW_WHERE} GROUP BY {FLOW_KEY}
+         ORDER BY TOTAL((fwd_bytes + rev_bytes) * sample_every) DESC, {FLOW_KEY}
+         LIMIT ?7"
+    ))?;
+    let rows = stmt.query_map(args, |r| {
+        let fwd = Count {
+            packets: total(r.get(9)?),
+            bytes: total(r.get(10)?),
+        };
+        let rev = Count {
+            packets: total(r.get(11)?),
+            bytes: total(r.get(12)?),
+        };
+        let samples = total(r.get(19)?);
+        let rtt = match (r.get::<_, Option<i64>>(16)?, r.get::<_, Option<i64>>(17)?) {
+            (Some(min), Some(max)) if samples > 0 => Some(FlowRtt {
+                min_us: min as u64,
+                avg_us: (r.get::<_, f64>(18)? / samples as f64).round() as u64,
+                max_us: max as u64,
+                samples,
+            }),
+            _ => None,
+        };
+        Ok(Flow {
+            device: r.get(0)?,
+            proto: r.get(1)?,
+            src: r.get(2)?,
+            src_port: r.get(3)?,
+            dst: r.get(4)?,
+            dst_port: r.get(5)?,
+            vlan: r.get(6)?,
+            vlan_inner: r.get(7)?,
+            ifindex: r.get(8)?,
+            bytes: fwd.bytes + rev.bytes,
+            packets: fwd.packets + rev.packets,
+            fwd,
+            rev,
+            first_seen_ms: r.get(13)?,
+            last_seen_ms: r.get(14)?,
+            windows: r.get::<_, i64>(15)? as u64,
+            rtt,
+        })
+    })?;
+    Ok(Flows {
+        matching: matching as u64,
+        flows: rows.collect::<Result<_>>()?,
+    })
+}
+
+/// The RTT distribution: the windows' log2 histograms added up.
+#[derive(Debug, Clone, Serialize)]
+pub struct RttDistribution {
+    pub samples: u64,
+    /// Bucket i holds samples in [lo_us, hi_us) (the last one: everything from lo_us up).
+    pub buckets: Vec<RttBucket>,
+    /// Upper bucket bounds at these quantiles (None without samples).
+    pub p50_us: Option<u64>,
+    pub p90_us: Option<u64>,
+    pub p99_us: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RttBucket {
+    pub lo_us: u64,
+    pub hi_us: Option<u64>,
+    pub count: u64,
+}
+
+pub fn rtt(conn: &Connection, range: Range, device: Option<&str>) -> Result<RttDistribution> {
+    const N: usize = shared::wire::RTT_BUCKETS;
+    let mut counts = [0u64; N];
+    let mut stmt = conn.prepare_cached(
+        "SELECT rtt_hist FROM summaries
+         WHERE window_start_ms >= ?1 AND window_start_ms < ?2 AND (?3 IS NULL OR device = ?3)
+           AND rtt_hist IS NOT NULL",
+    )?;
+    let rows = stmt.query_map(params![range.from, range.to, device], |r| {
+        r.get::<_, String>(0)
+    })?;
+    for row in rows {
+        for (i, v) in row?.split(',').enumerate().take(N) {
+            counts[i] = counts[i].saturating_add(v.parse().unwrap_or(0));
+        }
+    }
+    let samples: u64 = counts.iter().sum();
+    let quantile = |q: f64| -> Option<u64> {
+        if samples == 0 {
+            return None;
+        }
+        let target = (q * samples as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        counts.iter().enumerate().find_map(|(i, c)| {
+            seen += c;
+            (seen >= target).then_some(1u64 << (i + 1))
+        })
+    };
+    let last = counts.iter().rposition(|&c| c > 0).map_or(0, |i| i + 1);
+    let first = counts.iter().position(|&c| c > 0).unwrap_or(0);
+    Ok(RttDistribution {
+        samples,
+        buckets: (first..last)
+            .map(|i| RttBucket {
+                lo_us: if i == 0 { 0 } else { 1 << i },
+                hi_us: (i + 1 < N).then_some(1 << (i + 1)),
+                count: counts[i],
+            })
+            .collect(),
+        p50_us: quantile(0.5),
+        p90_us: quantile(0.9),
+        p99_us: quantile(0.99),
+    })
+}
+
+/// What the store holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stored {
+    pub summaries: u64,
+    pub flow_records: u64,
+    pub oldest_window_ms: Option<i64>,
+    pub newest_window_ms: Option<i64>,
+}
+
+pub fn stored(conn: &Connection) -> Result<Stored> {
+    conn.prepare_cached(
+        "SELECT COUNT(*), TOTAL(flow_count), MIN(window_start_ms), MAX(window_start_ms)
+         FROM summaries",
+    )?
+    .query_row([], |r| {
+        Ok(Stored {
+            summaries: r.get::<_, i64>(0)? as u64,
+            flow_records: total(r.get(1)?),
+            oldest_window_ms: r.get(2)?,
+            newest_window_ms: r.get(3)?,
+        })
+    })
+    .optional()
+    .map(|o| {
+        o.unwrap_or(Stored {
+            summaries: 0,
+            flow_records: 0,
+            oldest_window_ms: None,
+            newest_window_ms: None,
+        })
+    })
+}

@@ -1,0 +1,274 @@
+//! SQLite storage: one row per summary message, one per flow record.
+//!
+//! WAL mode so the dashboard reads while ingest writes. Counts are stored as counted (see
+//! `sample_every`); queries scale them. Dedup is the UNIQUE (device, boot_id, seq, part)
+//! constraint, so it holds across collector restarts. `u64` fields that may exceed `i64`
+//! (the random boot id) are stored bit-cast; counters are clamped to `i64::MAX`.
+
+use crate::topic::Presence;
+use rusqlite::{params, Connection, OpenFlags, Transaction};
+use shared::wire::{Addr, Summary};
+use std::{net::IpAddr, path::Path};
+
+#[derive(Debug, thiserror::Error)]
+#[error("database: {0}")]
+pub struct StoreError(#[from] rusqlite::Error);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS summaries (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    site TEXT NOT NULL,
+    boot_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    part INTEGER NOT NULL,
+    parts INTEGER NOT NULL,
+    window_start_ms INTEGER NOT NULL,
+    window_len_ms INTEGER NOT NULL,
+    sample_every INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    packets INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    overflow_packets INTEGER NOT NULL,
+    overflow_bytes INTEGER NOT NULL,
+    other_packets INTEGER NOT NULL,
+    other_bytes INTEGER NOT NULL,
+    other_flows INTEGER NOT NULL,
+    packets_seen INTEGER NOT NULL,
+    active_flows INTEGER NOT NULL,
+    table_capacity INTEGER NOT NULL,
+    table_full INTEGER NOT NULL,
+    parse_errors INTEGER NOT NULL,
+    fragments INTEGER NOT NULL,
+    non_ip INTEGER NOT NULL,
+    cpu_ms INTEGER NOT NULL,
+    rss_kib INTEGER NOT NULL,
+    spool_depth INTEGER NOT NULL,
+    spool_dropped INTEGER NOT NULL,
+    flow_count INTEGER NOT NULL,
+    rtt_hist TEXT,
+    UNIQUE (device, boot_id, seq, part)
+);
+CREATE INDEX IF NOT EXISTS summaries_time ON summaries (window_start_ms);
+CREATE TABLE IF NOT EXISTS flows (
+    summary_id INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    sample_every INTEGER NOT NULL,
+    proto INTEGER NOT NULL,
+    src TEXT NOT NULL,
+    src_port INTEGER NOT NULL,
+    dst TEXT NOT NULL,
+    dst_port INTEGER NOT NULL,
+    vlan INTEGER NOT NULL,
+    vlan_inner INTEGER NOT NULL,
+    ifindex INTEGER NOT NULL,
+    fwd_packets INTEGER NOT NULL,
+    fwd_bytes INTEGER NOT NULL,
+    rev_packets INTEGER NOT NULL,
+    rev_bytes INTEGER NOT NULL,
+    tcp_flags INTEGER NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    rtt_min_us INTEGER,
+    rtt_avg_us INTEGER,
+    rtt_max_us INTEGER,
+    rtt_samples INTEGER
+);
+CREATE INDEX IF NOT EXISTS flows_time ON flows (ts);
+CREATE TABLE IF NOT EXISTS presence (
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    state TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (site, device)
+);
+";
+
+const INSERT_SUMMARY: &str = "INSERT OR IGNORE INTO summaries (
+    device, site, boot_id, seq, part, parts, window_start_ms, window_len_ms, sample_every,
+    received_ms, packets, bytes, overflow_packets, overflow_bytes, other_packets, other_bytes,
+    other_flows, packets_seen, active_flows, table_capacity, table_full, parse_errors, fragments,
+    non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count, rtt_hist)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+            ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)";
+
+const INSERT_FLOW: &str = "INSERT INTO flows (
+    summary_id, device, ts, sample_every, proto, src, src_port, dst, dst_port, vlan, vlan_inner,
+    ifindex, fwd_packets, fwd_bytes, rev_packets, rev_bytes, tcp_flags, first_seen_ms,
+    last_seen_ms, rtt_min_us, rtt_avg_us, rtt_max_us, rtt_samples)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+            ?19, ?20, ?21, ?22, ?23)";
+
+/// A counter as SQLite stores it (signed 64-bit).
+fn n(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// An address as the API shows and searches it.
+pub fn addr_text(a: &Addr) -> String {
+    match *a {
+        Addr::V4(b) => IpAddr::from(b).to_string(),
+        Addr::V6(b) => IpAddr::from(b).to_string(),
+    }
+}
+
+/// A record's address by index; decoding already rejected out-of-range indices.
+fn addr(addrs: &[String], i: u32) -> &str {
+    addrs.get(i as usize).map_or("?", String::as_str)
+}
+
+/// The write side. One per database: SQLite allows one writer at a time.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` in WAL mode.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        // WAL: readers do not block the writer. NORMAL: a power cut may lose the last
+        // transactions but never corrupts; those messages were not yet acknowledged anyway
+        // only if the OS crashed too, which the agent's spool covers.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
+    /// Starts a transaction; nothing is visible or durable until [`Batch::commit`].
+    pub fn batch(&mut self) -> Result<Batch<'_>, StoreError> {
+        Ok(Batch {
+            tx: self.conn.transaction()?,
+        })
+    }
+
+    /// Deletes summaries and flows whose window started before `before_ms`.
+    pub fn prune(&mut self, before_ms: i64) -> Result<(usize, usize), StoreError> {
+        let tx = self.conn.transaction()?;
+        let flows = tx.execute("DELETE FROM flows WHERE ts < ?1", [before_ms])?;
+        let summaries = tx.execute(
+            "DELETE FROM summaries WHERE window_start_ms < ?1",
+            [before_ms],
+        )?;
+        tx.commit()?;
+        Ok((summaries, flows))
+    }
+}
+
+/// A read-only connection for queries (the HTTP side).
+pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+/// One write transaction.
+pub struct Batch<'c> {
+    tx: Transaction<'c>,
+}
+
+impl Batch<'_> {
+    /// Stores a summary and its flow records; `false` if (device, boot, seq, part) was
+    /// already stored (a duplicate delivery), in which case nothing changes.
+    pub fn insert_summary(&mut self, s: &Summary, received_ms: i64) -> Result<bool, StoreError> {
+        let h = &s.health;
+        let hist = (!s.rtt_hist.is_empty()).then(|| {
+            let v: Vec<String> = s.rtt_hist.iter().map(|b| b.to_string()).collect();
+            v.join(",")
+        });
+        let start = n(s.window_start_ms);
+        let inserted = self.tx.prepare_cached(INSERT_SUMMARY)?.execute(params![
+            s.device.as_str(),
+            s.site.as_str(),
+            s.boot_id as i64,
+            n(s.seq),
+            s.part,
+            s.parts,
+            start,
+            s.window_len_ms,
+            s.sample_every,
+            received_ms,
+            n(s.totals.packets),
+            n(s.totals.bytes),
+            n(s.overflow.packets),
+            n(s.overflow.bytes),
+            n(s.other.packets),
+            n(s.other.bytes),
+            s.other_flows,
+            n(h.packets_seen),
+            h.active_flows,
+            h.table_capacity,
+            n(h.table_full),
+            n(h.parse_errors),
+            n(h.fragments),
+            n(h.non_ip),
+            h.cpu_ms,
+            h.rss_kib,
+            h.spool_depth,
+            n(h.spool_dropped),
+            s.flows.len() as i64,
+            hist,
+        ])?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        let id = self.tx.last_insert_rowid();
+        let addrs: Vec<String> = s.addrs.iter().map(addr_text).collect();
+        let mut stmt = self.tx.prepare_cached(INSERT_FLOW)?;
+        for f in &s.flows {
+            let rtt = f.rtt;
+            stmt.execute(params![
+                id,
+                s.device.as_str(),
+                start,
+                s.sample_every,
+                f.proto,
+                addr(&addrs, f.src),
+                f.src_port,
+                addr(&addrs, f.dst),
+                f.dst_port,
+                f.vlan,
+                f.vlan_inner,
+                f.ifindex,
+                n(f.fwd.packets),
+                n(f.fwd.bytes),
+                n(f.rev.packets),
+                n(f.rev.bytes),
+                f.tcp_flags,
+                start.saturating_add(f.first_seen_ms),
+                start.saturating_add(f.last_seen_ms),
+                rtt.map(|r| r.min_us),
+                rtt.map(|r| r.avg_us),
+                rtt.map(|r| r.max_us),
+                rtt.map(|r| r.samples),
+            ])?;
+        }
+        Ok(true)
+    }
+
+    /// Records a device's own online/offline report.
+    pub fn set_presence(
+        &mut self,
+        site: &str,
+        device: &str,
+        state: Presence,
+        received_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO presence (site, device, state, received_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (site, device) DO UPDATE SET state = ?3, received_ms = ?4",
+            )?
+            .execute(params![site, device, state.as_str(), received_ms])?;
+        Ok(())
+    }
+
+    pub fn commit(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit()?)
+    }
+}
