@@ -243,16 +243,17 @@ pub struct Series {
     pub from: i64,
     pub to: i64,
     pub step_ms: i64,
+    /// Bucket starts.
+    pub t: Vec<i64>,
     pub devices: Vec<DeviceSeries>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceSeries {
     pub device: String,
-    /// Bucket starts.
-    pub t: Vec<i64>,
-    pub bytes_per_s: Vec<f64>,
-    pub packets_per_s: Vec<f64>,
+    /// `None` where no window of the device covers the bucket (not reported, or not yet).
+    pub bytes_per_s: Vec<Option<f64>>,
+    pub packets_per_s: Vec<Option<f64>>,
 }
 
 /// Most buckets a series has; a longer range gets a wider step.
@@ -261,17 +262,16 @@ pub const MAX_BUCKETS: i64 = 1000;
 const MAX_WINDOW_MS: i64 = 3_600_000;
 
 /// Each window's counts are spread over the buckets it overlaps in proportion to the
-/// overlap, so the curve does not comb when windows and buckets differ in length.
+/// overlap, and a bucket's rate is its counts over the time its windows cover, so a bucket
+/// only half covered yet (the current one) is not shown as a drop. The step is at least the
+/// longest window seen (finer buckets would only repeat a window's average), capped so the
+/// range keeps 20 buckets.
 pub fn series(
     conn: &Connection,
     range: Range,
     step_ms: i64,
     device: Option<&str>,
 ) -> Result<Series> {
-    let span = (range.to - range.from).max(1);
-    let step = step_ms.max(1).max((span + MAX_BUCKETS - 1) / MAX_BUCKETS);
-    let n = ((span + step - 1) / step) as usize;
-    let mut per: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     let mut stmt = conn.prepare_cached(
         "SELECT device, window_start_ms, window_len_ms, packets * sample_every,
                 bytes * sample_every
@@ -279,53 +279,58 @@ pub fn series(
          WHERE part = 0 AND window_start_ms >= ?1 AND window_start_ms < ?2
            AND (?3 IS NULL OR device = ?3)",
     )?;
-    let rows = stmt.query_map(
-        params![range.from.saturating_sub(MAX_WINDOW_MS), range.to, device],
-        |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, f64>(3)?,
-                r.get::<_, f64>(4)?,
-            ))
-        },
-    )?;
-    for row in rows {
-        let (dev, start, len, packets, bytes) = row?;
-        let (b, p) = per
-            .entry(dev)
-            .or_insert_with(|| (vec![0.0; n], vec![0.0; n]));
-        let end = start + len.max(1);
+    let rows: Vec<(String, i64, i64, f64, f64)> = stmt
+        .query_map(
+            params![range.from.saturating_sub(MAX_WINDOW_MS), range.to, device],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get::<_, i64>(2)?.max(1),
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            },
+        )?
+        .collect::<Result<_>>()?;
+    let span = (range.to - range.from).max(1);
+    let longest = rows.iter().map(|r| r.2).max().unwrap_or(1).min(span / 20);
+    let step = step_ms
+        .max(longest)
+        .max(1)
+        .max((span + MAX_BUCKETS - 1) / MAX_BUCKETS);
+    let n = ((span + step - 1) / step) as usize;
+    // Per device and bucket: bytes, packets, milliseconds covered.
+    let mut per: BTreeMap<String, Vec<[f64; 3]>> = BTreeMap::new();
+    for (dev, start, len, packets, bytes) in rows {
+        let buckets = per.entry(dev).or_insert_with(|| vec![[0.0; 3]; n]);
+        let end = start + len;
         let (lo, hi) = (start.max(range.from), end.min(range.to));
-        if lo >= hi {
-            continue;
-        }
         let mut t = lo;
         while t < hi {
             let i = ((t - range.from) / step) as usize;
             let bucket_end = (range.from + (i as i64 + 1) * step).min(hi);
-            let share = (bucket_end - t) as f64 / (end - start) as f64;
-            if let (Some(bb), Some(pp)) = (b.get_mut(i), p.get_mut(i)) {
-                *bb += bytes * share;
-                *pp += packets * share;
+            let share = (bucket_end - t) as f64 / len as f64;
+            if let Some(b) = buckets.get_mut(i) {
+                b[0] += bytes * share;
+                b[1] += packets * share;
+                b[2] += (bucket_end - t) as f64;
             }
             t = bucket_end;
         }
     }
-    let secs = step as f64 / 1000.0;
-    let t: Vec<i64> = (0..n as i64).map(|i| range.from + i * step).collect();
+    let rate = |v: f64, covered: f64| (covered > 0.0).then(|| v / (covered / 1000.0));
     Ok(Series {
         from: range.from,
         to: range.to,
         step_ms: step,
+        t: (0..n as i64).map(|i| range.from + i * step).collect(),
         devices: per
             .into_iter()
-            .map(|(device, (b, p))| DeviceSeries {
+            .map(|(device, b)| DeviceSeries {
                 device,
-                t: t.clone(),
-                bytes_per_s: b.into_iter().map(|v| v / secs).collect(),
-                packets_per_s: p.into_iter().map(|v| v / secs).collect(),
+                bytes_per_s: b.iter().map(|x| rate(x[0], x[2])).collect(),
+                packets_per_s: b.iter().map(|x| rate(x[1], x[2])).collect(),
             })
             .collect(),
     })
@@ -640,4 +645,282 @@ pub fn stored(conn: &Connection) -> Result<Stored> {
             newest_window_ms: None,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use shared::wire::{Addr, Count as C, FlowRecord, Health, Rtt, Summary};
+
+    fn summary(
+        device: &str,
+        seq: u64,
+        start: u64,
+        len: u32,
+        bytes: u64,
+        flows: Vec<FlowRecord>,
+    ) -> Summary {
+        Summary {
+            device: device.try_into().unwrap(),
+            site: "s".try_into().unwrap(),
+            boot_id: 1,
+            seq,
+            part: 0,
+            parts: 1,
+            window_start_ms: start,
+            window_len_ms: len,
+            sample_every: 1,
+            totals: C {
+                packets: bytes / 100,
+                bytes,
+            },
+            overflow: C::default(),
+            other: C::default(),
+            other_flows: 0,
+            health: Health::default(),
+            addrs: vec![
+                Addr::V4([10, 0, 0, 1]),
+                Addr::V4([10, 0, 0, 2]),
+                Addr::V6([0xfd; 16]),
+            ],
+            flows,
+            rtt_hist: heapless::Vec::new(),
+        }
+    }
+
+    fn flow(src: u32, dst: u32, fwd: u64, rev: u64) -> FlowRecord {
+        FlowRecord {
+            proto: 6,
+            src,
+            dst,
+            src_port: 1000 + src as u16,
+            dst_port: 80,
+            fwd: C {
+                packets: 1,
+                bytes: fwd,
+            },
+            rev: C {
+                packets: 1,
+                bytes: rev,
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A store in a temporary file, and a reader on it.
+    fn db(summaries: &[Summary]) -> (Connection, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "efc-q-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("q.db");
+        let mut store = Store::open(&path).unwrap();
+        let mut b = store.batch().unwrap();
+        for s in summaries {
+            assert!(b.insert_summary(s, 0).unwrap());
+        }
+        b.commit().unwrap();
+        (crate::store::open_reader(&path).unwrap(), dir)
+    }
+
+    #[test]
+    fn series_spreads_windows_and_leaves_gaps_empty() {
+        // 10 s windows of 10,000 bytes at 0..10 s and 10..20 s, none after; buckets of 10 s
+        // over 0..40 s, offset by 5 s so each window straddles two buckets.
+        let (c, dir) = db(&[
+            summary("d", 0, 5_000, 10_000, 10_000, vec![]),
+            summary("d", 1, 15_000, 10_000, 30_000, vec![]),
+        ]);
+        let s = series(
+            &c,
+            Range {
+                from: 0,
+                to: 40_000,
+            },
+            10_000,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.step_ms, 10_000);
+        assert_eq!(s.t, vec![0, 10_000, 20_000, 30_000]);
+        let b = &s.devices[0].bytes_per_s;
+        // Bucket 0 is half covered by window 0: 5,000 bytes over 5 s.
+        assert_eq!(b[0], Some(1_000.0));
+        // Bucket 1: halves of both windows, 5,000 + 15,000 bytes over 10 s.
+        assert_eq!(b[1], Some(2_000.0));
+        assert_eq!(b[2], Some(3_000.0));
+        assert_eq!(b[3], None, "no window covers it");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn series_step_is_at_least_a_window() {
+        let (c, dir) = db(&[summary("d", 0, 0, 10_000, 10_000, vec![])]);
+        let s = series(
+            &c,
+            Range {
+                from: 0,
+                to: 600_000,
+            },
+            1_000,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.step_ms, 10_000);
+        let s = series(
+            &c,
+            Range {
+                from: 0,
+                to: 100_000,
+            },
+            1_000,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.step_ms, 5_000, "but the range keeps 20 buckets");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn talkers_conversations_and_flow_filters() {
+        let mut a = summary(
+            "d",
+            0,
+            0,
+            10_000,
+            0,
+            vec![flow(0, 1, 100, 1_000), flow(0, 2, 5, 5)],
+        );
+        a.flows[1].proto = 17;
+        a.flows[1].rtt = Some(Rtt {
+            min_us: 10,
+            avg_us: 20,
+            max_us: 30,
+            samples: 2,
+        });
+        let mut b = summary("d", 1, 10_000, 10_000, 0, vec![flow(0, 1, 100, 1_000)]);
+        b.flows[0].rtt = None;
+        let mut c2 = summary("d", 2, 20_000, 10_000, 0, vec![flow(0, 2, 5, 5)]);
+        c2.flows[0].proto = 17;
+        c2.flows[0].rtt = Some(Rtt {
+            min_us: 5,
+            avg_us: 40,
+            max_us: 50,
+            samples: 6,
+        });
+        let (c, dir) = db(&[a, b, c2]);
+
+        let t = top_talkers(&c, Range::ALL, None, 10).unwrap();
+        assert_eq!(t[0].addr, "10.0.0.1");
+        assert_eq!((t[0].sent.bytes, t[0].received.bytes), (210, 2_010));
+        assert_eq!(t[1].addr, "10.0.0.2");
+        assert_eq!((t[1].sent.bytes, t[1].received.bytes), (2_000, 200));
+
+        let conv = top_conversations(&c, Range::ALL, None, 10).unwrap();
+        assert_eq!(
+            (conv[0].src.as_str(), conv[0].dst.as_str()),
+            ("10.0.0.1", "10.0.0.2")
+        );
+        assert_eq!(
+            (conv[0].fwd.bytes, conv[0].rev.bytes, conv[0].flows),
+            (200, 2_000, 1)
+        );
+
+        let all = flows(
+            &c,
+            Range::ALL,
+            &FlowFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(all.matching, 2);
+        assert_eq!(all.flows[0].windows, 2);
+        let udp = flows(
+            &c,
+            Range::ALL,
+            &FlowFilter {
+                proto: Some(17),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(udp.matching, 1);
+        assert_eq!(udp.flows[0].dst, "fdfd:fdfd:fdfd:fdfd:fdfd:fdfd:fdfd:fdfd");
+        let r = udp.flows[0].rtt.as_ref().unwrap();
+        // Sample-weighted: (20*2 + 40*6) / 8 = 35.
+        assert_eq!((r.min_us, r.avg_us, r.max_us, r.samples), (5, 35, 50, 8));
+        let by_addr = FlowFilter {
+            addr: Some("fdfd:".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(flows(&c, Range::ALL, &by_addr).unwrap().matching, 1);
+        let by_port = FlowFilter {
+            port: Some(1000),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(flows(&c, Range::ALL, &by_port).unwrap().matching, 2);
+        let none = FlowFilter {
+            port: Some(9),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(flows(&c, Range::ALL, &none).unwrap().matching, 0);
+        let later = Range {
+            from: 10_000,
+            to: 20_000,
+        };
+        assert_eq!(
+            flows(
+                &c,
+                later,
+                &FlowFilter {
+                    limit: 10,
+                    ..Default::default()
+                }
+            )
+            .unwrap()
+            .matching,
+            1
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn rtt_histograms_add_up() {
+        let mut a = summary("d", 0, 0, 10_000, 0, vec![]);
+        a.rtt_hist = [0, 0, 0, 4, 4].into_iter().collect();
+        let mut b = summary("d", 1, 10_000, 10_000, 0, vec![]);
+        b.rtt_hist = [0, 0, 0, 0, 1, 1].into_iter().collect();
+        let (c, dir) = db(&[a, b]);
+        let r = rtt(&c, Range::ALL, None).unwrap();
+        assert_eq!(r.samples, 10);
+        let counts: Vec<_> = r.buckets.iter().map(|b| (b.lo_us, b.count)).collect();
+        assert_eq!(counts, vec![(8, 4), (16, 5), (32, 1)]);
+        assert_eq!(
+            (r.p50_us, r.p90_us, r.p99_us),
+            (Some(32), Some(32), Some(64))
+        );
+        assert_eq!(rtt(&c, Range { from: 1, to: 2 }, None).unwrap().samples, 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn devices_state_from_presence_and_recency() {
+        let now = 1_000_000_000;
+        let (c, dir) = db(&[summary("d", 0, 0, 10_000, 1_000, vec![])]);
+        // Received at 0: long ago, and no presence message: silent.
+        let d = devices(&c, Range::ALL, now).unwrap();
+        assert_eq!((d[0].state, d[0].totals.bytes), ("silent", 1_000));
+        assert_eq!(devices(&c, Range::ALL, 5_000).unwrap()[0].state, "online");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

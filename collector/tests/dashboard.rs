@@ -1,0 +1,184 @@
+//! The dashboard in headless Chromium (Debian's `chromium`): loaded with a bearer token, it
+//! must show the device, its throughput and a known flow from live data; a screenshot is
+//! saved under `<target>/test-output/`.
+
+mod common;
+
+use common::*;
+use shared::wire::Rtt;
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+use testkit::mosquitto::Mosquitto;
+
+fn output_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join("test-output");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs headless Chromium on `url` with a fresh profile; returns stdout.
+fn chromium(url: &str, extra: &[&str]) -> String {
+    let profile = std::env::temp_dir().join(testkit::unique("efchrome"));
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--hide-scrollbars",
+            "--window-size=1440,1900",
+            // Virtual time runs the page's polling and fetches until the budget is spent.
+            "--virtual-time-budget=8000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running chromium (apt-get install chromium; scripts/setup.sh does)");
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn dashboard_shows_device_throughput_and_flows_live() {
+    let broker = Mosquitto::start();
+    let c = Collector::with_args(&["--broker", &broker.url(), "--token", "s3cret"]);
+    c.wait_subscribed();
+    assert_eq!(
+        c.get("/api/devices").0,
+        200,
+        "the test client sends the token"
+    );
+    assert_eq!(
+        http_get(c.http, "/api/devices", None).0,
+        401,
+        "no token, no data"
+    );
+    assert_eq!(
+        http_get(c.http, "/", None).0,
+        200,
+        "the page itself is open"
+    );
+
+    // Twelve 10 s windows ending now, for two devices; the last window of lab-gw-1 carries
+    // 123,450 bytes: 12,345 B/s.
+    let now = now_ms();
+    let mut msgs = Vec::new();
+    for seq in 0..12u64 {
+        let start = now - (12 - seq) * WINDOW_MS as u64;
+        let k = seq + 1;
+        let mut s = summary(
+            "lab",
+            "lab-gw-1",
+            42,
+            seq,
+            start,
+            &[
+                F {
+                    proto: 6,
+                    src: [10, 199, 0, 1],
+                    src_port: 40_001,
+                    dst: [192, 0, 2, 10],
+                    dst_port: 443,
+                    fwd: (20, 3_450 + 100 * (11 - seq)),
+                    rev: (80, 100_000),
+                },
+                F {
+                    proto: 17,
+                    src: [10, 199, 0, 1],
+                    src_port: 5353,
+                    dst: [224, 0, 0, 251],
+                    dst_port: 5353,
+                    fwd: (10, 20_000),
+                    rev: (0, 0),
+                },
+            ],
+            (0, 0),
+        );
+        s.flows[0].rtt = Some(Rtt {
+            min_us: 800,
+            avg_us: 1_200,
+            max_us: 4_000,
+            samples: 10,
+        });
+        s.rtt_hist = [0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 5, 2, 1]
+            .into_iter()
+            .collect();
+        s.health.active_flows = 9_000 + k as u32;
+        msgs.push(Msg::summary(&s));
+        let other = summary(
+            "branch",
+            "branch-7",
+            43,
+            seq,
+            start,
+            &[F {
+                proto: 17,
+                src: [10, 77, 0, 2],
+                src_port: 51_000,
+                dst: [203, 0, 113, 5],
+                dst_port: 4789,
+                fwd: (100 * k, 60_000 * k),
+                rev: (40 * k, 20_000 * k),
+            }],
+            (0, 0),
+        );
+        msgs.push(Msg::summary(&other));
+    }
+    msgs.push(Msg {
+        retain: true,
+        ..Msg::raw("edgeflow/v1/lab/lab-gw-1/status", b"online")
+    });
+    msgs.push(Msg::raw("edgeflow/v1/lab/lab-gw-1/flows", b"\x07garbage"));
+    publish_all(broker.port, &msgs);
+    let n = msgs.len() as u64;
+    c.wait_for("/api/ingest", std::time::Duration::from_secs(20), |v| {
+        v["messages"] == n
+    });
+
+    let url = format!("{}/#token=s3cret", c.base_url());
+    let dom = chromium(&url, &["--dump-dom"]);
+    let dir = output_dir();
+    std::fs::write(dir.join("dashboard.html"), &dom).unwrap();
+    for want in [
+        "data-device=\"lab-gw-1\"",
+        "data-device=\"branch-7\"",
+        // Throughput of the latest window, raw and formatted.
+        "data-bps=\"12345\"",
+        "12.3 kB/s",
+        // The known flow, and its RTT.
+        "data-flow=\"6 10.199.0.1:40001 192.0.2.10:443\"",
+        "800 µs / 1.2 ms / 4.0 ms",
+        // Live data arrived through the token-protected API.
+        "live ·",
+        "class=\"state online\"",
+        "unknown_version 1",
+    ] {
+        assert!(
+            dom.contains(want),
+            "dashboard lacks {want:?}; DOM saved in {}",
+            dir.join("dashboard.html").display()
+        );
+    }
+
+    let shot = dir.join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(&url, &[&format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "a real picture"
+    );
+}
