@@ -16,8 +16,8 @@ use testkit::{capture::Capture, nstat, watch::Watch, TestNet, A4, B4};
 const BIN: &str = env!("CARGO_BIN_EXE_edgeflow");
 
 /// Client → server and server → client payload bytes.
-const UP: usize = 3_000_000;
-const DOWN: usize = 1_000_000;
+const UP: usize = 1_000_000;
+const DOWN: usize = 300_000;
 
 /// Send buffer of both ends. It bounds what is in flight to a few dozen segments: native XDP
 /// on a veth queues frames in a 256-entry ring and drops when it is full, and a drop before
