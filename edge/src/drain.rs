@@ -38,6 +38,8 @@ pub struct Drainer {
     prev_hist: RttHist,
     last: ClockPair,
     entries: Vec<(FlowKey, FlowCounters)>,
+    /// Kernel `parsed` minus reported totals, summed since the start (see `Window::unsettled`).
+    unsettled: Counter,
 }
 
 impl Drainer {
@@ -55,24 +57,32 @@ impl Drainer {
             prev_hist,
             last: ClockPair::now(),
             entries,
+            unsettled: Counter::default(),
         })
     }
 
     /// Ends the current window and starts the next.
     pub fn drain(&mut self) -> Result<Window, TableError> {
         let now = ClockPair::now();
-        // Stats and flows back to back: packets counted between the two reads break the
-        // window's conservation, so nothing else goes in between.
-        let stats = self.table.read_stats()?;
+        // Flows first, then the counters: a packet counted between the two reads is in the
+        // kernel's `parsed` but not yet in a flow delta. Totals are taken from the flows (so
+        // every window conserves exactly) and the kernel counter checks them through
+        // `unsettled`, which such packets raise for one window only.
         self.table.read_flows(&mut self.entries)?;
+        let stats = self.table.read_stats()?;
         let hist = self.table.read_rtt_hist()?;
 
         let mut flows = Vec::new();
         let mut expired = Vec::new();
+        let mut in_flows = Counter::default();
         for (key, cur) in &self.entries {
             let before = self.prev.get(key).copied().unwrap_or_default();
             let delta = counter_delta(cur, &before);
             if delta.packets != [0, 0] {
+                in_flows.add(&Counter {
+                    packets: delta.packets[0].wrapping_add(delta.packets[1]),
+                    bytes: delta.bytes[0].wrapping_add(delta.bytes[1]),
+                });
                 flows.push(FlowRecord::new(key, cur, &delta, |ns| now.to_unix_ms(ns)));
             }
             let idle = Duration::from_nanos(now.mono_ns.saturating_sub(cur.last_seen_ns));
@@ -113,11 +123,17 @@ impl Drainer {
             now.mono_ns
                 .saturating_sub(self.expiry.rtt_pending.as_nanos() as u64),
         )?;
+        let overflow = delta[Stat::Overflow as usize];
+        let mut totals = in_flows;
+        totals.add(&overflow);
+        self.unsettled.add(&delta[Stat::Parsed as usize]);
+        self.unsettled = self.unsettled.delta_since(&totals);
         let w = Window {
             window_start_ms: self.last.unix_ms,
             window_end_ms: now.unix_ms,
-            totals: delta[Stat::Parsed as usize],
-            overflow: delta[Stat::Overflow as usize],
+            totals,
+            overflow,
+            unsettled: self.unsettled,
             stats: stats_map(&delta),
             active_flows: (self.entries.len() as u32).saturating_sub(removed),
             expired_flows: removed,

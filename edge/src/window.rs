@@ -13,10 +13,15 @@ use std::{collections::BTreeMap, fmt::Write, net::IpAddr};
 pub struct Window {
     pub window_start_ms: u64,
     pub window_end_ms: u64,
-    /// Packets attributed to conversations: `sum(flows) + overflow`.
+    /// Packets attributed to conversations in this window: `sum(flows) + overflow`.
     pub totals: Counter,
     /// Packets whose flow could not be inserted: the table was full.
     pub overflow: Counter,
+    /// The kernel's own `parsed` counter minus all reported totals, since the agent started:
+    /// packets counted while this drain read the table, which the next window reports. It
+    /// returns to 0 when traffic pauses; if it stays above 0, packets were lost (a packet
+    /// landing on an expired entry between its last read and its removal).
+    pub unsettled: Counter,
     /// Every program counter's delta for the window, by name.
     pub stats: BTreeMap<&'static str, Counter>,
     /// Entries in the kernel table after this drain.

@@ -200,8 +200,20 @@ impl Windows {
         })
     }
 
-    /// In every window: totals == sum(flows) + overflow (packets and bytes).
+    /// In every window: totals == sum(flows) + overflow (packets and bytes); and against the
+    /// kernel's own counter: sum(stats.parsed) == sum(totals) + the last window's `unsettled`,
+    /// which must be 0 once traffic has stopped (the watch was stopped after the traffic).
     pub fn assert_conserved(&self) {
+        let parsed = self.stat("parsed");
+        let totals = self.counter("totals");
+        let last = self.windows.last().expect("no window");
+        let unsettled = (u(&last["unsettled"]["packets"]), u(&last["unsettled"]["bytes"]));
+        assert_eq!(
+            (parsed.0, parsed.1),
+            (totals.0 + unsettled.0, totals.1 + unsettled.1),
+            "kernel parsed counter vs reported totals"
+        );
+        assert_eq!(unsettled, (0, 0), "packets never reported: {last}");
         for (i, w) in self.windows.iter().enumerate() {
             let (mut p, mut b) = (u(&w["overflow"]["packets"]), u(&w["overflow"]["bytes"]));
             for f in w["flows"].as_array().into_iter().flatten() {
