@@ -207,7 +207,10 @@ impl Windows {
         let parsed = self.stat("parsed");
         let totals = self.counter("totals");
         let last = self.windows.last().expect("no window");
-        let unsettled = (u(&last["unsettled"]["packets"]), u(&last["unsettled"]["bytes"]));
+        let unsettled = (
+            u(&last["unsettled"]["packets"]),
+            u(&last["unsettled"]["bytes"]),
+        );
         assert_eq!(
             (parsed.0, parsed.1),
             (totals.0 + unsettled.0, totals.1 + unsettled.1),
