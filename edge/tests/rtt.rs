@@ -192,23 +192,6 @@ fn within(us: u64, one_way: Duration) -> bool {
     (us as f64 - want).abs() <= 0.1 * want + 1000.0
 }
 
-/// Over the whole run: totals == sum(flows) + overflow. Not per window: the drain reads the
-/// stats and then the flows, and a packet counted in between lands in one window's flows but
-/// the next window's totals, which a request/response loop running through a drain hits.
-fn assert_conserved_overall(got: &Windows) {
-    let (tp, tb) = got.counter("totals");
-    let (op, ob) = got.counter("overflow");
-    let s = got.sum(|_| true);
-    assert_eq!(
-        (tp, tb),
-        (
-            op + s.packets_fwd + s.packets_rev,
-            ob + s.bytes_fwd + s.bytes_rev
-        ),
-        "totals do not add up over the run"
-    );
-}
-
 /// Sum of the windows' RTT histograms.
 fn hist_total(got: &Windows) -> u64 {
     got.windows
@@ -249,7 +232,7 @@ fn both_directions(
     let (in_cport, in_n) = ping_pong(&net, e.far_ns, to, dur, Duration::ZERO);
     srv.join().unwrap();
     let got = w.stop();
-    assert_conserved_overall(&got);
+    got.assert_conserved();
 
     let out = flow_rtt(&got, e.near, e.far, out_cport, out_port);
     let inb = flow_rtt(&got, e.far, e.near, in_cport, in_port);
@@ -377,7 +360,7 @@ fn gateway_attempt() -> Result<(), String> {
     });
     srv.join().unwrap();
     let got = w.stop();
-    assert_conserved_overall(&got);
+    got.assert_conserved();
     eprintln!("relays late by up to {} µs", net.relays_late_us());
     let (src, dst) = (GW_CLIENT4.into(), GW_SERVER4.into());
     for (what, dev, one_way) in [
@@ -490,7 +473,7 @@ fn long_flow_keeps_sampling() {
     let (cport, n) = ping_pong(&net, e.near_ns, to, Duration::from_secs(60), PACE);
     srv.join().unwrap();
     let got = w.stop();
-    assert_conserved_overall(&got);
+    got.assert_conserved();
     let r = flow_rtt(&got, e.near, e.far, cport, port);
     eprintln!("{n} exchanges: {r:?}");
     // The first and last windows hold the start and end of the flow only in part.
