@@ -15,6 +15,7 @@ fi
 PKGS=(
   rustc-web rust-web-src llvm-22-dev   # eBPF build (route A)
   mosquitto mosquitto-clients          # real MQTT broker for tests
+  openssl                              # certificates for the agent's MQTT-over-TLS test
   iproute2 ethtool iputils-ping tcpdump bpftool   # namespaces, offloads, captures, nstat, listing
   chromium                              # dashboard browser test
   libcap2-bin util-linux                # capsh / setpriv for capability tests

@@ -8,6 +8,31 @@ use crate::{
 use shared::{flow::tcp, Counter, Direction, FlowCounters, FlowKey, Stat};
 use std::{collections::HashMap, time::Duration};
 
+/// foldhash instead of SipHash: the keys are our own table's, and hashing 16k 48-byte keys
+/// per drain is most of its CPU time with SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// What the last drain saw of an entry: all the next window's deltas need.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Prev {
+    packets: [u64; 2],
+    bytes: [u64; 2],
+    rtt_samples: u32,
+    /// The drain that last saw the entry in the table.
+    epoch: u32,
+}
+
+impl Prev {
+    fn of(c: &FlowCounters, epoch: u32) -> Prev {
+        Prev {
+            packets: c.packets,
+            bytes: c.bytes,
+            rtt_samples: c.rtt.samples,
+            epoch,
+        }
+    }
+}
+
 /// When entries leave the kernel table.
 #[derive(Clone, Copy, Debug)]
 pub struct Expiry {
@@ -33,11 +58,13 @@ impl Default for Expiry {
 pub struct Drainer {
     pub table: FlowTable,
     expiry: Expiry,
-    prev: HashMap<FlowKey, FlowCounters>,
+    prev: FastMap<FlowKey, Prev>,
+    /// Counts drains, to tell entries the last walk saw from ones gone from the table.
+    epoch: u32,
     prev_stats: Stats,
     prev_hist: RttHist,
     last: ClockPair,
-    entries: Vec<(FlowKey, FlowCounters)>,
+    expired: Vec<(FlowKey, u64)>,
     /// Kernel `parsed` minus reported totals, summed since the start (see `Window::unsettled`).
     unsettled: Counter,
 }
@@ -45,39 +72,47 @@ pub struct Drainer {
 impl Drainer {
     /// Starts the first window now; what the table already holds counts as the baseline.
     pub fn new(table: FlowTable, expiry: Expiry) -> Result<Drainer, TableError> {
-        let mut entries = Vec::new();
-        table.read_flows(&mut entries)?;
+        let mut prev = FastMap::default();
+        table.for_each_flow(&mut |k, v| {
+            prev.insert(*k, Prev::of(v, 0));
+        })?;
         let prev_stats = table.read_stats()?;
         let prev_hist = table.read_rtt_hist()?;
         Ok(Drainer {
-            prev: entries.iter().copied().collect(),
+            prev,
+            epoch: 0,
             table,
             expiry,
             prev_stats,
             prev_hist,
             last: ClockPair::now(),
-            entries,
+            expired: Vec::new(),
             unsettled: Counter::default(),
         })
     }
 
-    /// Ends the current window and starts the next.
+    /// Ends the current window and starts the next. The table is walked once, in chunks,
+    /// straight into the deltas: no copy of the whole table is held.
     pub fn drain(&mut self) -> Result<Window, TableError> {
         let now = ClockPair::now();
+        self.epoch = self.epoch.wrapping_add(1);
+        let epoch = self.epoch;
+        let expiry = self.expiry;
+        // Sized once from the last walk: growing by doubling would briefly hold 3x as much.
+        let mut flows = Vec::with_capacity(self.prev.len());
+        let mut expired = std::mem::take(&mut self.expired);
+        expired.clear();
+        let mut in_flows = Counter::default();
+        let mut live = 0usize;
+        let prev = &mut self.prev;
         // Flows first, then the counters: a packet counted between the two reads is in the
         // kernel's `parsed` but not yet in a flow delta. Totals are taken from the flows (so
         // every window conserves exactly) and the kernel counter checks them through
         // `unsettled`, which such packets raise for one window only.
-        self.table.read_flows(&mut self.entries)?;
-        let stats = self.table.read_stats()?;
-        let hist = self.table.read_rtt_hist()?;
-
-        let mut flows = Vec::new();
-        let mut expired = Vec::new();
-        let mut in_flows = Counter::default();
-        for (key, cur) in &self.entries {
-            let before = self.prev.get(key).copied().unwrap_or_default();
-            let delta = counter_delta(cur, &before);
+        self.table.for_each_flow(&mut |key, cur| {
+            live += 1;
+            let before = prev.entry(*key).or_default();
+            let delta = counter_delta(cur, before);
             if delta.packets != [0, 0] {
                 in_flows.add(&Counter {
                     packets: delta.packets[0].wrapping_add(delta.packets[1]),
@@ -86,30 +121,31 @@ impl Drainer {
                 flows.push(FlowRecord::new(key, cur, &delta, |ns| now.to_unix_ms(ns)));
             }
             let idle = Duration::from_nanos(now.mono_ns.saturating_sub(cur.last_seen_ns));
-            if idle >= self.expiry.inactive || (finished(cur) && idle >= self.expiry.finished) {
+            if idle >= expiry.inactive || (finished(cur) && idle >= expiry.finished) {
                 expired.push((*key, cur.last_seen_ns));
             }
-            self.prev.insert(*key, *cur);
-        }
-        if self.prev.len() > self.entries.len() {
+            *before = Prev::of(cur, epoch);
+        })?;
+        let stats = self.table.read_stats()?;
+        let hist = self.table.read_rtt_hist()?;
+        if self.prev.len() > live {
             // Entries removed by someone else; forget them.
-            let live: std::collections::HashSet<&FlowKey> =
-                self.entries.iter().map(|(k, _)| k).collect();
-            self.prev.retain(|k, _| live.contains(k));
+            self.prev.retain(|_, p| p.epoch == epoch);
         }
         let mut removed = 0u32;
-        for (key, seen_at) in expired {
+        for (key, seen_at) in &expired {
             // A packet that came since the read keeps the entry for the next window.
             if self
                 .table
-                .get(&key)
-                .is_some_and(|c| c.last_seen_ns == seen_at)
+                .get(key)
+                .is_some_and(|c| c.last_seen_ns == *seen_at)
             {
-                self.table.remove(&key)?;
-                self.prev.remove(&key);
+                self.table.remove(key)?;
+                self.prev.remove(key);
                 removed += 1;
             }
         }
+        self.expired = expired;
 
         let delta: Vec<Counter> = stats
             .iter()
@@ -135,7 +171,7 @@ impl Drainer {
             overflow,
             unsettled: self.unsettled,
             stats: stats_map(&delta),
-            active_flows: (self.entries.len() as u32).saturating_sub(removed),
+            active_flows: (live as u32).saturating_sub(removed),
             expired_flows: removed,
             flows,
             rtt_hist,
@@ -145,13 +181,13 @@ impl Drainer {
     }
 }
 
-fn counter_delta(now: &FlowCounters, before: &FlowCounters) -> FlowCounters {
+fn counter_delta(now: &FlowCounters, before: &Prev) -> FlowCounters {
     let mut d = *now;
     for i in 0..2 {
         d.packets[i] = now.packets[i].wrapping_sub(before.packets[i]);
         d.bytes[i] = now.bytes[i].wrapping_sub(before.bytes[i]);
     }
-    d.rtt.samples = now.rtt.samples.wrapping_sub(before.rtt.samples);
+    d.rtt.samples = now.rtt.samples.wrapping_sub(before.rtt_samples);
     d
 }
 
@@ -191,7 +227,7 @@ mod tests {
             bytes: [700, 400],
             ..Default::default()
         };
-        let d = counter_delta(&now, &before);
+        let d = counter_delta(&now, &Prev::of(&before, 0));
         assert_eq!((d.packets, d.bytes), ([3, 0], [300, 0]));
     }
 
@@ -203,7 +239,7 @@ mod tests {
         now.rtt.add_sample(1000);
         let mut before = FlowCounters::default();
         before.rtt.add_sample(900);
-        let d = counter_delta(&now, &before);
+        let d = counter_delta(&now, &Prev::of(&before, 0));
         assert_eq!(d.rtt.samples, 2);
         assert_eq!((d.rtt.min_us, d.rtt.max_us), (900, 1100));
     }

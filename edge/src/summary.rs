@@ -167,12 +167,16 @@ impl AddrTable {
 /// Encodes a summary into one or more messages of at most `max_bytes` each. Flow records are
 /// dealt out in order (largest first) over `n` parts; part 0 keeps totals, overflow, other,
 /// health and the RTT histogram, later parts carry zeros there (see [`Summary::totals`]).
-pub fn encode_parts(s: &Summary, max_bytes: usize) -> Result<Vec<Vec<u8>>, TooSmall> {
-    let whole = Message::V1(s.clone());
+/// Parts are built one at a time, so beyond the summary itself at most one part's records are
+/// held at once.
+pub fn encode_parts(s: Summary, max_bytes: usize) -> Result<Vec<Vec<u8>>, TooSmall> {
+    let whole = Message::V1(s);
     let len = wire::encoded_len(&whole);
     if len <= max_bytes {
         return Ok(vec![wire::encode_vec(&whole)]);
     }
+    let Message::V1(s) = whole;
+    let s = &s;
     let mut n = len.div_ceil(max_bytes).max(2);
     let mut buf = vec![0u8; max_bytes];
     'grow: while n <= s.flows.len().max(1) {
@@ -329,7 +333,7 @@ mod tests {
     fn big_windows_split_into_parts_that_add_up() {
         let w = window(3000);
         let s = summarize(&ident(), 1, &w, Health::default(), 3000);
-        let parts = encode_parts(&s, 4096).unwrap();
+        let parts = encode_parts(s.clone(), 4096).unwrap();
         assert!(parts.len() > 1);
         let mut total = Count::default();
         let mut records = 0;
@@ -351,7 +355,7 @@ mod tests {
     #[test]
     fn small_windows_are_one_part() {
         let s = summarize(&ident(), 1, &window(5), Health::default(), 10);
-        let parts = encode_parts(&s, 65536).unwrap();
+        let parts = encode_parts(s.clone(), 65536).unwrap();
         assert_eq!(parts.len(), 1);
         assert_eq!(wire::decode(&parts[0]).unwrap(), Message::V1(s));
     }

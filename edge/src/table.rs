@@ -42,7 +42,7 @@ pub struct FlowTable {
     flows: HashMap<MapData, FlowKey, FlowCounters>,
     /// The flow map's fd (owned by `flows`), for batch reads.
     flows_fd: RawFd,
-    /// Buffers for batch reads, sized to the table once.
+    /// Buffers for batch reads: one chunk.
     batch: RefCell<(Vec<FlowKey>, Vec<FlowCounters>)>,
     /// False once the kernel said it has no BPF_MAP_LOOKUP_BATCH for hash maps (< 5.6).
     batch_ok: Cell<bool>,
@@ -88,8 +88,8 @@ impl FlowTable {
             flows,
             flows_fd,
             batch: RefCell::new((
-                vec![FlowKey::default(); capacity as usize],
-                vec![FlowCounters::default(); capacity as usize],
+                vec![FlowKey::default(); BATCH_CHUNK],
+                vec![FlowCounters::default(); BATCH_CHUNK],
             )),
             batch_ok: Cell::new(true),
             stats,
@@ -100,20 +100,28 @@ impl FlowTable {
         })
     }
 
-    /// All entries, into `out` (cleared first). One BPF_MAP_LOOKUP_BATCH call reads the
-    /// whole table where the kernel has it (5.6+); the map iterator needs two syscalls per
-    /// entry, which is ~10x slower on a full table.
+    /// All entries, into `out` (cleared first). See [`FlowTable::for_each_flow`].
     pub fn read_flows(&self, out: &mut Vec<(FlowKey, FlowCounters)>) -> Result<(), TableError> {
         out.clear();
+        self.for_each_flow(&mut |k, v| out.push((*k, *v)))
+    }
+
+    /// Calls `f` for every entry. Reads with BPF_MAP_LOOKUP_BATCH (kernel 5.6+), a chunk of
+    /// [`BATCH_CHUNK`] entries per syscall into a fixed buffer, so memory does not grow with
+    /// the table; the map iterator (two syscalls per entry, ~10x slower on a full table) is the
+    /// fallback on older kernels.
+    pub fn for_each_flow(
+        &self,
+        f: &mut dyn FnMut(&FlowKey, &FlowCounters),
+    ) -> Result<(), TableError> {
         if self.batch_ok.get() {
-            match self.read_batch(out) {
+            match self.read_batch(f) {
                 Ok(()) => return Ok(()),
-                Err(e) if batch_unsupported(&e) => {
+                Err((0, e)) if batch_unsupported(&e) => {
                     log::info!("no batch map reads on this kernel ({e}); reading entry by entry");
                     self.batch_ok.set(false);
-                    out.clear();
                 }
-                Err(e) => {
+                Err((_, e)) => {
                     return Err(map_err(FLOWS_MAP)(MapError::SyscallError(
                         aya::sys::SyscallError {
                             call: "bpf_map_lookup_batch",
@@ -123,11 +131,19 @@ impl FlowTable {
                 }
             }
         }
-        self.read_flows_one_by_one(out)
+        for kv in self.flows.iter() {
+            match kv {
+                Ok((k, v)) => f(&k, &v),
+                // The entry went away between listing and reading it.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(FLOWS_MAP)(e)),
+            }
+        }
+        Ok(())
     }
 
-    /// All entries appended to `out` through the map iterator (the fallback of
-    /// [`FlowTable::read_flows`] on kernels without batch reads).
+    /// All entries appended to `out` through the map iterator only (to check the batch read
+    /// against).
     pub fn read_flows_one_by_one(
         &self,
         out: &mut Vec<(FlowKey, FlowCounters)>,
@@ -135,7 +151,6 @@ impl FlowTable {
         for kv in self.flows.iter() {
             match kv {
                 Ok(kv) => out.push(kv),
-                // The entry went away between listing and reading it.
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(map_err(FLOWS_MAP)(e)),
             }
@@ -149,37 +164,45 @@ impl FlowTable {
         self.batch_ok.get()
     }
 
-    fn read_batch(&self, out: &mut Vec<(FlowKey, FlowCounters)>) -> std::io::Result<()> {
+    /// The batch walk; on failure, how many entries `f` had already seen, and the error.
+    fn read_batch(
+        &self,
+        f: &mut dyn FnMut(&FlowKey, &FlowCounters),
+    ) -> Result<(), (usize, std::io::Error)> {
         let mut buf = self.batch.borrow_mut();
-        let (keys, values) = &mut *buf;
-        let cap = keys.len();
-        let mut got = 0usize;
+        let mut seen = 0usize;
         let mut token: u32 = 0;
         let mut first = true;
         loop {
+            let (keys, values) = &mut *buf;
             let mut next: u32 = 0;
-            let n = lookup_batch(
+            match lookup_batch(
                 self.flows_fd,
                 (!first).then_some(&token),
                 &mut next,
-                &mut keys[got..],
-                &mut values[got..],
-            );
-            let (count, done) = n?;
-            got += count;
-            if done || got >= cap {
-                break;
+                keys,
+                values,
+            ) {
+                Ok((count, done)) => {
+                    for (k, v) in keys[..count].iter().zip(&values[..count]) {
+                        f(k, v);
+                    }
+                    seen += count;
+                    if done {
+                        return Ok(());
+                    }
+                    token = next;
+                    first = false;
+                }
+                // One hash bucket holds more entries than the buffer: a bigger buffer.
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && keys.len() < 1 << 20 => {
+                    let n = keys.len() * 2;
+                    keys.resize(n, FlowKey::default());
+                    values.resize(n, FlowCounters::default());
+                }
+                Err(e) => return Err((seen, e)),
             }
-            token = next;
-            first = false;
         }
-        out.extend(
-            keys[..got]
-                .iter()
-                .copied()
-                .zip(values[..got].iter().copied()),
-        );
-        Ok(())
     }
 
     pub fn get(&self, key: &FlowKey) -> Option<FlowCounters> {
@@ -250,6 +273,8 @@ impl FlowTable {
     }
 }
 
+/// Entries read per BPF_MAP_LOOKUP_BATCH call.
+pub const BATCH_CHUNK: usize = 1024;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const ENOTSUPP: i32 = 524;
 

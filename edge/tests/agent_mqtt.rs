@@ -163,6 +163,15 @@ fn assert_complete_and_ordered(all: &[Summary]) {
 }
 
 fn agent_args<'a>(net: &'a TestNet, broker: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    agent_args_every(net, broker, "1", extra)
+}
+
+fn agent_args_every<'a>(
+    net: &'a TestNet,
+    broker: &'a str,
+    interval: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
     let mut a = vec![
         "--iface",
         &net.veth_b,
@@ -175,7 +184,7 @@ fn agent_args<'a>(net: &'a TestNet, broker: &'a str, extra: &[&'a str]) -> Vec<&
         "--site",
         "lab",
         "--interval",
-        "1",
+        interval,
     ];
     a.extend_from_slice(extra);
     a
@@ -349,4 +358,200 @@ fn spool_file_carries_summaries_across_an_agent_restart() {
     // Everything was acknowledged: the file is empty again.
     assert_eq!(std::fs::metadata(&spool).unwrap().len(), 0);
     let _ = std::fs::remove_file(&spool);
+}
+
+#[test]
+fn a_full_spool_drops_the_oldest_and_says_so() {
+    let net = quiet_net();
+    let mut broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, FLOWS);
+    let url = broker.url();
+    broker.stop();
+    // A spool of two small messages' worth, windows every 0.25 s: it must overflow.
+    let agent = Agent::start(
+        BIN,
+        &agent_args_every(
+            &net,
+            &url,
+            "0.25",
+            &["--spool-bytes", "2048", "--max-message", "1024"],
+        ),
+    );
+    let mut flows = Flows::new(&net, 3);
+    for round in 0..40 {
+        for i in 0..3 {
+            flows.send(i, 50 + round + i);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let subs = sub.subacks();
+    agent.signal(libc::SIGSTOP);
+    broker.resume();
+    sub.wait_subscribed(subs);
+    agent.signal(libc::SIGCONT);
+    // The agent reconnects after its backoff (at most 5 s), then replays.
+    sub.wait_for(Duration::from_secs(15), |m| m.len() >= 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert!(exit.stderr.contains("spool full"), "{}", exit.stderr);
+    sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
+
+    let all = summaries(&sub);
+    let seqs: Vec<u64> = all.iter().map(|s| s.seq).collect();
+    // The oldest windows were dropped: the first to arrive is not window 0, the rest follow
+    // without gaps, and the drops are counted in what arrived.
+    assert!(seqs[0] > 0, "{seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    let dropped = all.iter().map(|s| s.health.spool_dropped).max().unwrap();
+    assert!(dropped > 0);
+    // Whatever arrived is still conserved, and the loss is exactly the dropped windows.
+    let sums = add_up(&all);
+    assert_eq!(sums.accounted, sums.totals);
+    assert!(sums.totals.bytes < flows.total().bytes);
+}
+
+/// Runs openssl (Debian's `openssl` package, installed by scripts/setup.sh) in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend_from_slice(&ec);
+    ca.extend_from_slice(&[
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=edgeflow test CA",
+    ]);
+    openssl(dir, &ca);
+    for (name, san) in [("server", "IP:127.0.0.1"), ("client", "DNS:edge-client")] {
+        let mut req = vec!["req"];
+        req.extend_from_slice(&ec);
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let subj = format!("/CN={name}");
+        req.extend_from_slice(&["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &req);
+        std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n")).unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+    // Mosquitto drops root for its own user before it reads the keys: test keys only.
+    for f in ["server.key", "client.key"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+#[test]
+fn mqtts_with_a_client_certificate_from_the_config_file() {
+    let net = quiet_net();
+    let certs = std::env::temp_dir().join(testkit::unique("efcerts"));
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs);
+    let tls_port = testkit::mosquitto::free_port();
+    let c = |f: &str| certs.join(f).display().to_string();
+    // The plain listener is the test subscriber's; the agent must come in over TLS with a
+    // certificate the broker checks.
+    let broker = Mosquitto::with_config(&format!(
+        "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+        c("ca.pem"),
+        c("server.pem"),
+        c("server.key")
+    ));
+    let sub = Subscriber::start(broker.port, FLOWS);
+    let config = certs.join("edgeflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interfaces = [\"nonexistent0\"]\ndevice = \"tls1\"\nsite = \"lab\"\n\
+             [mqtt]\nurl = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = \"{}\"\n\
+             cert_file = \"{}\"\nkey_file = \"{}\"\n",
+            c("ca.pem"),
+            c("client.pem"),
+            c("client.key")
+        ),
+    )
+    .unwrap();
+    // Flags override the file: the interface, the namespace, the interval.
+    let agent = Agent::start(
+        BIN,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--iface",
+            &net.veth_b,
+            "--netns",
+            &net.ns_b,
+            "--interval",
+            "0.5",
+        ],
+    );
+    let mut flows = Flows::new(&net, 2);
+    for i in 0..2 {
+        flows.send(i, 300);
+    }
+    let arrived = sub.wait_for(Duration::from_secs(15), |m| {
+        let all: Vec<Summary> = m
+            .iter()
+            .map(|r| match wire::decode(&r.payload).unwrap() {
+                Message::V1(s) => s,
+            })
+            .collect();
+        add_up(&all).totals == flows.total()
+    });
+    let exit = agent.stop();
+    let _ = std::fs::remove_dir_all(&certs);
+    assert!(
+        arrived,
+        "summaries did not arrive over TLS:\n{}",
+        exit.stderr
+    );
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert!(summaries(&sub).iter().all(|s| s.device == "tls1"));
 }
