@@ -59,6 +59,18 @@ fn cpu_ms(pid: i32) -> u64 {
     (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 1000 / tick
 }
 
+/// CPU time of the calling thread, in milliseconds: what a drain costs without the time spent
+/// waiting for a CPU on a busy machine.
+fn thread_cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -88,7 +100,7 @@ fn main() {
     });
 
     // 1. Drain and encode, in this process.
-    let (drain_ms, build_ms, read_ms, drained) = {
+    let (drain_ms, build_ms, read_ms, drain_cpu_ms, drained) = {
         let mut loaded = bpf::load(LoadOptions {
             max_flows: table_size,
             sample_every: 1,
@@ -113,7 +125,7 @@ fn main() {
             boot_id: 1,
             sample_every: 1,
         };
-        let (mut d, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut d, mut b, mut r, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut scratch = Vec::new();
         let mut drained = 0;
         for seq in 0..windows + 1 {
@@ -123,7 +135,9 @@ fn main() {
             drainer.table.read_flows(&mut scratch).unwrap();
             let rt = t.elapsed();
             let t = Instant::now();
+            let c0 = thread_cpu_ms();
             let w = drainer.drain().unwrap();
+            let ct = thread_cpu_ms() - c0;
             let dt = t.elapsed();
             let t = Instant::now();
             let s = summary::summarize(&ident, seq as u64, &w, Health::default(), flows as usize);
@@ -135,6 +149,7 @@ fn main() {
                 d.push(dt.as_secs_f64() * 1000.0);
                 b.push(bt.as_secs_f64() * 1000.0);
                 r.push(rt.as_secs_f64() * 1000.0);
+                c.push(ct);
                 drained = w.flows.len();
             }
         }
@@ -142,7 +157,7 @@ fn main() {
         drop(loaded);
         attach::cleanup_all(&attached, Some(&net.ns_b));
         drop(scratch);
-        (d, b, r, drained)
+        (d, b, r, c, drained)
     };
 
     // 2. The agent as a process.
@@ -174,6 +189,8 @@ fn main() {
         ],
     );
     let pid = agent.pid();
+    // The high-water mark before any traffic: loading the programs (BTF parsing) sets it.
+    let hwm_start_kib = proc_field(pid, "status", "VmHWM:");
     let stop = Arc::new(AtomicBool::new(false));
     let sender = {
         let stop = stop.clone();
@@ -229,10 +246,15 @@ fn main() {
     println!("| measure | value | target |");
     println!("| --- | --- | --- |");
     println!(
-        "| drain of {drained} flows (batch read + deltas), median / max of {} | {:.1} / {:.1} ms | ≤ 20 ms |",
+        "| drain of {drained} flows (batch read + deltas), wall time, median / max of {} | {:.1} / {:.1} ms | ≤ 20 ms |",
         drain_ms.len(),
         median(&mut d),
         dmax
+    );
+    let mut c = drain_cpu_ms.clone();
+    println!(
+        "| drain of {drained} flows, CPU time of the draining thread, median | {:.1} ms | ≤ 20 ms |",
+        median(&mut c)
     );
     let mut r = read_ms.clone();
     println!(
@@ -258,7 +280,8 @@ fn main() {
         rss_kib as f64 / 1024.0
     );
     println!(
-        "| agent peak RSS (VmHWM) | {:.1} MiB | |",
+        "| agent peak RSS (VmHWM): when ready, before traffic / at the end | {:.1} / {:.1} MiB | |",
+        hwm_start_kib as f64 / 1024.0,
         hwm_kib as f64 / 1024.0
     );
     println!(

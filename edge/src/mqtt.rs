@@ -382,6 +382,9 @@ fn poll_loop(inner: &Inner, connection: &mut rumqttc::Connection, stop: &AtomicB
                 let why = describe(&e);
                 if was_up {
                     log::warn!("mqtt: connection lost: {why}");
+                } else if backoff == BACKOFF_MIN {
+                    // The first failed attempt is worth a line; the retries are not.
+                    log::warn!("mqtt: cannot connect (retrying with backoff): {why}");
                 } else {
                     log::debug!("mqtt: connecting: {why}");
                 }
