@@ -555,3 +555,34 @@ fn mqtts_with_a_client_certificate_from_the_config_file() {
     assert!(exit.status.success(), "{}", exit.stderr);
     assert!(summaries(&sub).iter().all(|s| s.device == "tls1"));
 }
+
+#[test]
+fn a_killed_agent_is_reported_offline_by_its_last_will() {
+    let net = quiet_net();
+    let broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, "edgeflow/v1/lab/t1/status");
+    let url = broker.url();
+    let agent = Agent::start(BIN, &agent_args(&net, &url, &[]));
+    let status = |m: &[testkit::subscriber::Received]| -> Vec<Vec<u8>> {
+        m.iter().map(|r| r.payload.clone()).collect()
+    };
+    assert!(
+        sub.wait_for(Duration::from_secs(10), |m| status(m)
+            == [b"online".to_vec()]),
+        "no online status"
+    );
+    // No clean shutdown: the broker publishes the will, retained.
+    agent.signal(libc::SIGKILL);
+    assert!(
+        sub.wait_for(Duration::from_secs(10), |m| status(m).last()
+            == Some(&b"offline".to_vec())),
+        "no last will"
+    );
+    // Retained: a late subscriber still learns the device is offline.
+    let late = Subscriber::start(broker.port, "edgeflow/v1/lab/t1/status");
+    assert!(late.wait_for(Duration::from_secs(5), |m| m
+        .iter()
+        .any(|r| r.retain && r.payload == b"offline")));
+    // Reaps the killed process (its TCX links went with it).
+    drop(agent);
+}
