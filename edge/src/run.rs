@@ -47,17 +47,30 @@ pub fn open_spool(cfg: &Config) -> anyhow::Result<Spool> {
         Some(p) => {
             let (s, rec) = Spool::open(p, cfg.spool_max_bytes)
                 .with_context(|| format!("spool file {}", p.display()))?;
-            if rec.records > 0 || rec.torn_bytes > 0 {
+            if rec.records > 0 {
                 eprintln!(
-                    "edgeflow: spool {}: {} summaries from the last run to send{}",
+                    "edgeflow: spool {}: {} summaries from the last run to send",
                     p.display(),
-                    rec.records,
-                    if rec.torn_bytes > 0 {
-                        format!("; cut a torn tail of {} bytes", rec.torn_bytes)
-                    } else {
-                        String::new()
-                    }
+                    rec.records
                 );
+            }
+            // Corruption is reported and survived: the good records are kept, the rest is
+            // set aside for a post-mortem.
+            match &rec.set_aside {
+                None => {}
+                Some(Ok(aside)) => eprintln!(
+                    "edgeflow: spool {}: {} bytes were not whole records (torn or corrupted); \
+                     set aside in {}",
+                    p.display(),
+                    rec.torn_bytes,
+                    aside.display()
+                ),
+                Some(Err(e)) => eprintln!(
+                    "edgeflow: spool {}: {} bytes were not whole records (torn or corrupted); \
+                     dropped, could not set them aside ({e})",
+                    p.display(),
+                    rec.torn_bytes
+                ),
             }
             Ok(s)
         }

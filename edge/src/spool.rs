@@ -6,9 +6,11 @@
 //!
 //! File format: records appended one after another, each `magic (4) | len u32 LE | crc32 u32 LE
 //! | payload`. Magic `EFS1` is a waiting record, `EFS0` one that was acknowledged or dropped
-//! (overwritten in place, 4 bytes). On open the file is read front to back; the first record
-//! that is cut short or fails its CRC is a torn tail (the agent died mid-write): it and
-//! everything after it is cut off. The file is truncated to zero whenever the spool empties,
+//! (overwritten in place, 4 bytes). On open the file is read front to back. Bytes that are
+//! not a whole record with a good CRC (a torn tail: the agent died mid-write; or a corrupted
+//! record) are skipped up to the next good record, set aside into `<file>.corrupt-<secs>` for
+//! a human to look at, and the file is rewritten with the good records only, so one bad byte
+//! costs one summary, not the rest of the spool. The file is truncated to zero whenever the spool empties,
 //! and rewritten with only the waiting records when it grows past twice the spool size. No
 //! fsync: the spool is meant to survive the agent, not a power cut.
 
@@ -47,12 +49,14 @@ struct FileStore {
 }
 
 /// What opening a spool file found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
     /// Waiting records carried over from the previous run.
     pub records: usize,
-    /// Bytes of a torn tail that were cut off.
+    /// Bytes that were not part of a good record (torn tail, corruption), removed.
     pub torn_bytes: u64,
+    /// Where those bytes were set aside, or why they could not be.
+    pub set_aside: Option<Result<PathBuf, String>>,
 }
 
 pub struct Spool {
@@ -90,7 +94,17 @@ impl Spool {
         let mut data = Vec::new();
         (&file).read_to_end(&mut data)?;
         let mut at = 0usize;
-        while let Some((live, len)) = record_at(&data, at) {
+        let mut bad = Vec::new();
+        while at < data.len() {
+            let Some((live, len)) = record_at(&data, at) else {
+                // Resynchronise on the next good record: a live one must pass its CRC.
+                let next = (at + 1..data.len())
+                    .find(|&i| record_at(&data, i).is_some())
+                    .unwrap_or(data.len());
+                bad.extend_from_slice(&data[at..next]);
+                at = next;
+                continue;
+            };
             if live {
                 s.entries.push_back(Entry {
                     id: s.next_id,
@@ -102,18 +116,21 @@ impl Spool {
             }
             at += HEADER as usize + len as usize;
         }
-        let rec = Recovered {
+        let mut rec = Recovered {
             records: s.entries.len(),
-            torn_bytes: (data.len() - at) as u64,
+            torn_bytes: bad.len() as u64,
+            set_aside: None,
         };
-        if rec.torn_bytes > 0 {
-            file.set_len(at as u64)?;
-        }
-        s.file = Some(FileStore {
+        let mut f = FileStore {
             path: path.to_path_buf(),
             file,
             end: at as u64,
-        });
+        };
+        if !bad.is_empty() {
+            rec.set_aside = Some(set_aside(path, &bad));
+            Spool::compact(&mut f, &mut s.entries)?;
+        }
+        s.file = Some(f);
         // An earlier run may have had a bigger spool.
         while s.bytes > s.max_bytes {
             s.drop_oldest()?;
@@ -274,6 +291,19 @@ impl Spool {
     }
 }
 
+/// Writes `bad` next to the spool file, for a post-mortem; the path, or why not.
+fn set_aside(path: &Path, bad: &[u8]) -> Result<PathBuf, String> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".corrupt-{secs}"));
+    let aside = PathBuf::from(name);
+    std::fs::write(&aside, bad)
+        .map(|()| aside.clone())
+        .map_err(|e| format!("{}: {e}", aside.display()))
+}
+
 /// The record at `at`: (waiting?, payload length), or `None` at the end or a torn record.
 fn record_at(data: &[u8], at: usize) -> Option<(bool, u32)> {
     let h = data.get(at..at + HEADER as usize)?;
@@ -374,6 +404,7 @@ mod tests {
         let (mut s, r) = Spool::open(&p, 10_000).unwrap();
         assert_eq!((r.records, r.torn_bytes), (2, rec.len() as u64));
         assert_eq!(std::fs::metadata(&p).unwrap().len(), whole);
+        let _ = std::fs::remove_file(r.set_aside.unwrap().unwrap());
         // New records go where the torn one was.
         s.push(b"three").unwrap();
         drop(s);
@@ -398,7 +429,46 @@ mod tests {
         let (s, r) = Spool::open(&p, 10_000).unwrap();
         assert_eq!((r.records, r.torn_bytes), (1, HEADER + 7));
         assert_eq!(drain_all(&s), [b"good".to_vec()]);
+        let aside = r.set_aside.unwrap().unwrap();
+        assert_eq!(std::fs::read(&aside).unwrap(), data[n - 7 - HEADER as usize..]);
         let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_file(&aside);
+    }
+
+    /// A bad record in the middle costs that record: the ones after it are found again, the
+    /// bad bytes are set aside, and the file holds only good records afterwards.
+    #[test]
+    fn corruption_in_the_middle_is_set_aside_and_the_rest_kept() {
+        let p = tmp("middle");
+        {
+            let (mut s, _) = Spool::open(&p, 10_000).unwrap();
+            for r in [&b"one"[..], b"two", b"three", b"four"] {
+                s.push(r).unwrap();
+            }
+        }
+        let mut data = std::fs::read(&p).unwrap();
+        let second = (HEADER + 3) as usize;
+        data[second + HEADER as usize] ^= 0x20; // "two" fails its CRC
+        // Garbage between the third and fourth records, and a torn record at the end.
+        let fourth = second + 2 * HEADER as usize + 3 + 5;
+        data.splice(fourth..fourth, *b"garbage!");
+        data.extend_from_slice(&LIVE);
+        data.extend_from_slice(&[9, 0]);
+        std::fs::write(&p, &data).unwrap();
+        let (s, r) = Spool::open(&p, 10_000).unwrap();
+        assert_eq!(
+            drain_all(&s),
+            [b"one".to_vec(), b"three".to_vec(), b"four".to_vec()]
+        );
+        assert_eq!((r.records, r.torn_bytes), (3, HEADER + 3 + 8 + 6));
+        let aside = r.set_aside.unwrap().unwrap();
+        assert_eq!(std::fs::read(&aside).unwrap().len() as u64, HEADER + 3 + 8 + 6);
+        drop(s);
+        let (s, r) = Spool::open(&p, 10_000).unwrap();
+        assert_eq!((r.records, r.torn_bytes, r.set_aside), (3, 0, None));
+        assert_eq!(drain_all(&s).len(), 3);
+        let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_file(&aside);
     }
 
     #[test]
