@@ -43,6 +43,8 @@ pub struct MqttFile {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub keep_alive_secs: Option<u64>,
+    /// Refuse a plaintext `mqtt://` URL, also one given with `--broker`.
+    pub require_tls: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -250,7 +252,15 @@ impl Config {
         }
         let rtt = rtt_options(f.rtt.unwrap_or(true), f.rtt_interval_ms)?;
         let m = f.mqtt;
-        let (host, port, tls) = parse_url(m.url.as_deref().unwrap_or(DEFAULT_URL))?;
+        let url = m.url.as_deref().unwrap_or(DEFAULT_URL);
+        let (host, port, tls) = parse_url(url)?;
+        if m.require_tls == Some(true) && !tls {
+            // Checked after flags are applied: a --broker override cannot turn TLS off.
+            return Err(usage(format!(
+                "mqtt: require_tls is set, but the broker URL {url:?} is plaintext; \
+                 use mqtts://"
+            )));
+        }
         let client = match (m.cert_file, m.key_file) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -403,11 +413,22 @@ mod tests {
             "interfaces = [\"a\"]\n[mqtt]\nurl = \"mqtts://x\"\ncert_file = \"/x\"",
             "interfaces = [\"a\"]\n[spool]\nmax_bytes = 10",
             "interfaces = [\"a\"]\nrtt_interval_ms = -1",
+            "interfaces = [\"a\"]\n[mqtt]\nrequire_tls = true",
+            "interfaces = [\"a\"]\n[mqtt]\nrequire_tls = true\nurl = \"mqtt://h:8883\"",
         ];
         for text in bad {
             let r = File::parse(text).and_then(Config::resolve);
             assert!(r.is_err(), "accepted: {text}");
         }
+    }
+
+    #[test]
+    fn require_tls_takes_mqtts() {
+        let f = File::parse(
+            "interfaces = [\"a\"]\n[mqtt]\nrequire_tls = true\nurl = \"mqtts://h\"",
+        )
+        .unwrap();
+        assert!(Config::resolve(f).unwrap().broker.tls.is_some());
     }
 
     #[test]
