@@ -131,26 +131,8 @@ fn attached(net: &TestNet, dev: &str) -> (String, bool, bool) {
     (lists, link.contains("prog/xdp"), clsact)
 }
 
-/// Attaches, checks the attachments are there (so the checks can see one), stops the agent
-/// with `signal` and checks everything is gone: its programs and links no longer exist in
-/// the kernel, and neither bpftool nor ip nor tc shows anything on the interface.
-/// `from_outside`: the agent runs in this namespace and attaches in the test's (`--netns`).
-fn detaches_on(attach: &str, signal: libc::c_int, from_outside: bool) {
-    let net = TestNet::new();
-    let args = [
-        "--iface",
-        &net.veth_b,
-        "--attach",
-        attach,
-        "--interval",
-        "1",
-    ];
-    let w = if from_outside {
-        Watch::start_with_netns(BIN, &net.ns_b, &args)
-    } else {
-        Watch::start(BIN, &net.ns_b, &args)
-    };
-    let (progs, links) = bpfobj::held_by(w.pid());
+/// The kinds of `links` on the test's interface in ns_b: "xdp", "tcx ingress", "tcx egress".
+fn link_kinds(net: &TestNet, links: &[bpfobj::Link]) -> Vec<String> {
     let ifindex: u32 = {
         let o = net.exec(
             &net.ns_b,
@@ -171,6 +153,30 @@ fn detaches_on(attach: &str, signal: libc::c_int, from_outside: bool) {
         })
         .collect();
     kinds.sort();
+    kinds
+}
+
+/// Attaches, checks the attachments are there (so the checks can see one), stops the agent
+/// with `signal` and checks everything is gone: its programs and links no longer exist in
+/// the kernel, and neither bpftool nor ip nor tc shows anything on the interface.
+/// `from_outside`: the agent runs in this namespace and attaches in the test's (`--netns`).
+fn detaches_on(attach: &str, signal: libc::c_int, from_outside: bool) {
+    let net = TestNet::new();
+    let args = [
+        "--iface",
+        &net.veth_b,
+        "--attach",
+        attach,
+        "--interval",
+        "1",
+    ];
+    let w = if from_outside {
+        Watch::start_with_netns(BIN, &net.ns_b, &args)
+    } else {
+        Watch::start(BIN, &net.ns_b, &args)
+    };
+    let (progs, links) = bpfobj::held_by(w.pid());
+    let kinds = link_kinds(&net, &links);
     let (lists, xdp_in_link, _) = attached(&net, &net.veth_b);
     if attach == "xdp" {
         assert_eq!(kinds, ["tcx egress", "xdp"], "links while running");
@@ -217,4 +223,165 @@ fn sigterm_leaves_nothing_attached_xdp() {
 #[test]
 fn sigterm_leaves_nothing_attached_from_outside_the_namespace() {
     detaches_on("xdp", libc::SIGTERM, true);
+}
+
+/// SIGKILL gives the agent no chance to detach. Its XDP and TCX attachments are BPF links,
+/// which the kernel releases with the last file descriptor, so nothing is left on the
+/// interface (bpftool, ip and tc agree) and a restarted agent attaches exactly one program
+/// per hook, never a second one next to a leftover, and counts again from its first packet.
+#[test]
+fn sigkill_leaves_nothing_attached_and_a_restart_attaches_once() {
+    let net = TestNet::new();
+    net.static_neighbours();
+    let args = [
+        "--iface",
+        &net.veth_b,
+        "--attach",
+        "xdp",
+        "--interval",
+        "1",
+    ];
+    let w = Watch::start(BIN, &net.ns_b, &args);
+    let (progs, links) = bpfobj::held_by(w.pid());
+    assert_eq!(link_kinds(&net, &links), ["tcx egress", "xdp"]);
+    let stderr = w.kill();
+    assert!(!stderr.contains("edgeflow: detached"), "{stderr}");
+    // Links go with the process's last fd; programs once the kernel has freed them (RCU),
+    // so allow a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while progs.iter().any(|id| bpfobj::prog_exists(*id)) && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for l in &links {
+        assert!(!bpfobj::link_exists(l.id), "link {l:?} outlived SIGKILL");
+    }
+    for id in &progs {
+        assert!(!bpfobj::prog_exists(*id), "program {id} outlived SIGKILL");
+    }
+    assert_eq!(
+        attached(&net, &net.veth_b),
+        ("xdp [] tc []".to_string(), false, false),
+        "left on the interface after SIGKILL"
+    );
+
+    let w = Watch::start(BIN, &net.ns_b, &args);
+    let (_, links) = bpfobj::held_by(w.pid());
+    assert_eq!(link_kinds(&net, &links), ["tcx egress", "xdp"]);
+    let o = net.exec(&net.ns_b, &["bpftool", "-j", "net", "show", "dev", &net.veth_b]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // This bpftool lists XDP but not TCX programs; the old TCX links are gone by id above,
+    // so the new agent's are the only ones.
+    let xdp = v[0]["xdp"].as_array().map_or(0, Vec::len);
+    assert_eq!(xdp, 1, "one XDP program: {v}");
+    let (sport, dport) = testkit::traffic::udp_exchange(
+        &net,
+        testkit::A4.into(),
+        testkit::B4.into(),
+        &[100, 200],
+        50,
+    );
+    let got = w.stop();
+    got.assert_conserved();
+    let s = got.sum(|f| f["src_port"] == sport && f["dst_port"] == dport);
+    assert_eq!((s.packets_fwd, s.bytes_fwd), (2, 300 + 2 * 28));
+    assert_eq!((s.packets_rev, s.bytes_rev), (2, 2 * (50 + 28)));
+}
+
+/// With `require_tls` in the configuration the agent refuses a plaintext broker URL, from
+/// the file or from `--broker`, before it attaches or connects anything.
+#[test]
+fn require_tls_refuses_a_plaintext_broker() {
+    let net = TestNet::new();
+    let cfg = std::env::temp_dir().join(testkit::unique("efcfg"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "interfaces = [\"{}\"]\n[mqtt]\nrequire_tls = true\nurl = \"mqtts://127.0.0.1:1\"\n",
+            net.veth_b
+        ),
+    )
+    .unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    let out = run_in(
+        &net.ns_b,
+        None,
+        &["run", "--config", cfg_s, "--broker", "mqtt://127.0.0.1:1"],
+    );
+    assert_usage_error(&out, "require_tls is set, but the broker URL \"mqtt://127.0.0.1:1\"");
+    let _ = std::fs::remove_file(&cfg);
+}
+
+/// `setpriv` arguments that leave only `caps` (e.g. "+bpf,+net_admin") to a non-root user:
+/// no root uid to fall back on, the rest of the bounding set gone.
+fn only_caps(caps: &str) -> Vec<String> {
+    [
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        &format!("--inh-caps=-all,{caps}"),
+        &format!("--ambient-caps=-all,{caps}"),
+        &format!("--bounding-set=-all,{caps}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// As `nobody` with exactly CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (what
+/// configs/edgeflow.service grants), the agent loads, attaches and counts exactly; with any
+/// one of them missing it names that one and attaches nothing.
+#[test]
+fn runs_with_only_the_three_capabilities_and_names_a_missing_one() {
+    const ALL: [(&str, &str); 3] = [
+        ("+bpf", "CAP_BPF"),
+        ("+net_admin", "CAP_NET_ADMIN"),
+        ("+perfmon", "CAP_PERFMON"),
+    ];
+    let net = TestNet::new();
+    net.static_neighbours();
+    for (i, (_, name)) in ALL.iter().enumerate() {
+        let others: Vec<&str> = ALL
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, c)| c.0)
+            .collect();
+        let mut cmd = vec!["ip".to_string(), "netns".into(), "exec".into(), net.ns_b.clone()];
+        cmd.extend(only_caps(&others.join(",")));
+        cmd.extend([BIN, "watch", "--iface", &net.veth_b, "--count", "1"].map(String::from));
+        let out = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_usage_error(&out, &format!("missing capability {name}:"));
+    }
+
+    let mut cmd = vec!["ip", "netns", "exec", &net.ns_b];
+    let caps = only_caps("+bpf,+net_admin,+perfmon");
+    cmd.extend(caps.iter().map(String::as_str));
+    cmd.extend([BIN, "watch", "--json", "--iface", &net.veth_b, "--interval", "1"]);
+    let w = Watch::spawn(&cmd);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap();
+    let field = |k: &str| {
+        let l = status.lines().find(|l| l.starts_with(k)).unwrap();
+        u64::from_str_radix(l[k.len()..].trim(), 16).unwrap()
+    };
+    assert_eq!(field("CapEff:"), (1 << 39) | (1 << 38) | (1 << 12), "{status}");
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().next(), Some("65534"), "runs as nobody");
+    let (sport, dport) = testkit::traffic::udp_exchange(
+        &net,
+        testkit::A4.into(),
+        testkit::B4.into(),
+        &[100, 200, 300],
+        50,
+    );
+    let got = w.stop();
+    got.assert_conserved();
+    let s = got.sum(|f| f["src_port"] == sport && f["dst_port"] == dport);
+    assert_eq!((s.packets_fwd, s.bytes_fwd), (3, 600 + 3 * 28));
+    assert_eq!((s.packets_rev, s.bytes_rev), (3, 3 * (50 + 28)));
 }

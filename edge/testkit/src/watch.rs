@@ -96,6 +96,20 @@ impl Watch {
         self.finish()
     }
 
+    /// SIGKILL: no chance to detach or print a last window. Waits (bounded) for the exit and
+    /// returns what it wrote to stderr.
+    pub fn kill(mut self) -> String {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let status = self.child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        let _ = self.out.take().unwrap().join();
+        self.err.take().unwrap().join().unwrap()
+    }
+
     /// Waits for a watch that ends by itself (`--count`), bounded.
     pub fn finish(mut self) -> Windows {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
