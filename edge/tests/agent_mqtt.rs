@@ -586,3 +586,92 @@ fn a_killed_agent_is_reported_offline_by_its_last_will() {
     // Reaps the killed process (its TCX links went with it).
     drop(agent);
 }
+
+/// A spool file with a corrupted record in the middle and garbage at the end: the agent says
+/// so, sets the bad bytes aside, sends every good summary of the last run, and runs on with
+/// exact counts.
+#[test]
+fn corrupted_spool_file_is_set_aside_and_the_agent_keeps_running() {
+    let net = quiet_net();
+    let mut broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, FLOWS);
+    let url = broker.url();
+    let spool = std::env::temp_dir().join(testkit::unique("efspool"));
+    let spool_s = spool.to_str().unwrap().to_string();
+    broker.stop();
+    let first = Agent::start(BIN, &agent_args(&net, &url, &["--spool-file", &spool_s]));
+    let mut before = Flows::new(&net, 2);
+    for round in 0..30 {
+        before.send(round % 2, 100 + round);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exit = first.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+
+    // Flip a payload byte of the second record and append bytes that are no record.
+    let mut data = std::fs::read(&spool).unwrap();
+    let first_len = u32::from_le_bytes(data[4..8].try_into().unwrap()) as usize;
+    let second = 12 + first_len;
+    let second_len = u32::from_le_bytes(data[second + 4..second + 8].try_into().unwrap()) as usize;
+    assert!(data.len() > second + 12 + second_len, "at least three records spooled");
+    data[second + 12 + second_len / 2] ^= 0x55;
+    data.extend_from_slice(b"EFS1 this is not a record");
+    std::fs::write(&spool, &data).unwrap();
+
+    let subs = sub.subacks();
+    broker.resume();
+    sub.wait_subscribed(subs);
+    let second_run = Agent::start(BIN, &agent_args(&net, &url, &["--spool-file", &spool_s]));
+    let mut after = Flows::new(&net, 2);
+    for round in 0..20 {
+        after.send(round % 2, 300 + round);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let exit2 = second_run.stop();
+    assert!(exit2.status.success(), "{}", exit2.stderr);
+    let bad = (12 + second_len + 25) as u64;
+    assert!(
+        exit2
+            .stderr
+            .contains(&format!("{bad} bytes were not whole records")),
+        "{}",
+        exit2.stderr
+    );
+    let aside = exit2
+        .stderr
+        .lines()
+        .find_map(|l| l.split("set aside in ").nth(1))
+        .expect("says where the bytes went")
+        .trim()
+        .to_string();
+    assert_eq!(std::fs::metadata(&aside).unwrap().len(), bad);
+    sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
+
+    let all = summaries(&sub);
+    let boots: Vec<u64> = all.iter().map(|s| s.boot_id).fold(Vec::new(), |mut v, b| {
+        if !v.contains(&b) {
+            v.push(b);
+        }
+        v
+    });
+    assert_eq!(boots.len(), 2, "both runs' summaries arrived");
+    // The last run lost exactly its second window (the corrupted record).
+    let mut old: Vec<u64> = all
+        .iter()
+        .filter(|s| s.boot_id == boots[0])
+        .map(|s| s.seq)
+        .collect();
+    old.sort();
+    assert_eq!(old[..2], [0, 2], "{old:?}");
+    assert!(old.windows(2).skip(1).all(|w| w[1] == w[0] + 1), "{old:?}");
+    // This run's windows are all there and add up to what was sent since.
+    let new: Vec<Summary> = all.into_iter().filter(|s| s.boot_id == boots[1]).collect();
+    assert_complete_and_ordered(&new);
+    let sums = add_up(&new);
+    assert_eq!(sums.accounted, sums.totals);
+    assert_eq!(sums.totals, after.total());
+    assert_eq!(std::fs::metadata(&spool).unwrap().len(), 0);
+    let _ = std::fs::remove_file(&spool);
+    let _ = std::fs::remove_file(&aside);
+}
