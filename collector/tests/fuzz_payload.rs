@@ -143,7 +143,11 @@ fn summary(r: &mut Rng) -> Summary {
             dst: r.below(n) as u32,
             src_port: r.next() as u16,
             dst_port: r.next() as u16,
-            vlan: if r.chance(10) { r.below(4096) as u16 } else { 0 },
+            vlan: if r.chance(10) {
+                r.below(4096) as u16
+            } else {
+                0
+            },
             vlan_inner: 0,
             ifindex: 2,
             fwd: Count {
@@ -251,7 +255,10 @@ fn input(r: &mut Rng) -> (String, Vec<u8>) {
             (own, b)
         }
         // Valid, on another device's topic.
-        17 => ("edgeflow/v1/lab/other/flows".into(), wire::encode_vec(&Message::V1(s))),
+        17 => (
+            "edgeflow/v1/lab/other/flows".into(),
+            wire::encode_vec(&Message::V1(s)),
+        ),
         // Status payloads, good and bad.
         18 => {
             let p: &[u8] = [
@@ -262,7 +269,10 @@ fn input(r: &mut Rng) -> (String, Vec<u8>) {
                 b"\xff\xfe",
                 b"",
             ][r.below(6)];
-            (format!("edgeflow/v1/{}/{}/status", s.site, s.device), p.to_vec())
+            (
+                format!("edgeflow/v1/{}/{}/status", s.site, s.device),
+                p.to_vec(),
+            )
         }
         // Topics that are not ours.
         _ => {
@@ -319,7 +329,11 @@ fn hostile_payloads_are_refused_by_reason_in_bounded_memory() {
     s.flows.clear();
     s.rtt_hist.clear();
     let mut b = wire::encode_vec(&Message::V1(s.clone()));
-    assert_eq!(b[b.len() - 3..], [0, 0, 0], "addrs, flows, rtt_hist lengths");
+    assert_eq!(
+        b[b.len() - 3..],
+        [0, 0, 0],
+        "addrs, flows, rtt_hist lengths"
+    );
     b.splice(b.len() - 3..b.len() - 2, [0xff, 0xff, 0xff, 0xff, 0x0f]);
     let topic = format!("edgeflow/v1/{}/{}/flows", s.site, s.device);
     let before = LIVE.load(Relaxed);
@@ -328,9 +342,15 @@ fn hostile_payloads_are_refused_by_reason_in_bounded_memory() {
         topic: &topic,
         payload: &b,
     });
-    assert!(matches!(r, Err(ref e) if e.reason() == "malformed"), "{r:?}");
+    assert!(
+        matches!(r, Err(ref e) if e.reason() == "malformed"),
+        "{r:?}"
+    );
     let extra = PEAK.load(Relaxed) - before;
-    assert!(extra <= peak_bound(b.len()), "{extra} bytes for 2^32 declared addresses");
+    assert!(
+        extra <= peak_bound(b.len()),
+        "{extra} bytes for 2^32 declared addresses"
+    );
     eprintln!("fuzz_payload: 2^32 - 1 declared addresses in {} bytes: {extra} bytes allocated at the peak", b.len());
 
     let mut r = Rng(seed);

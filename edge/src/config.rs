@@ -424,10 +424,9 @@ mod tests {
 
     #[test]
     fn require_tls_takes_mqtts() {
-        let f = File::parse(
-            "interfaces = [\"a\"]\n[mqtt]\nrequire_tls = true\nurl = \"mqtts://h\"",
-        )
-        .unwrap();
+        let f =
+            File::parse("interfaces = [\"a\"]\n[mqtt]\nrequire_tls = true\nurl = \"mqtts://h\"")
+                .unwrap();
         assert!(Config::resolve(f).unwrap().broker.tls.is_some());
     }
 

@@ -430,7 +430,10 @@ mod tests {
         assert_eq!((r.records, r.torn_bytes), (1, HEADER + 7));
         assert_eq!(drain_all(&s), [b"good".to_vec()]);
         let aside = r.set_aside.unwrap().unwrap();
-        assert_eq!(std::fs::read(&aside).unwrap(), data[n - 7 - HEADER as usize..]);
+        assert_eq!(
+            std::fs::read(&aside).unwrap(),
+            data[n - 7 - HEADER as usize..]
+        );
         let _ = std::fs::remove_file(&p);
         let _ = std::fs::remove_file(&aside);
     }
@@ -449,7 +452,7 @@ mod tests {
         let mut data = std::fs::read(&p).unwrap();
         let second = (HEADER + 3) as usize;
         data[second + HEADER as usize] ^= 0x20; // "two" fails its CRC
-        // Garbage between the third and fourth records, and a torn record at the end.
+                                                // Garbage between the third and fourth records, and a torn record at the end.
         let fourth = second + 2 * HEADER as usize + 3 + 5;
         data.splice(fourth..fourth, *b"garbage!");
         data.extend_from_slice(&LIVE);
@@ -462,7 +465,10 @@ mod tests {
         );
         assert_eq!((r.records, r.torn_bytes), (3, HEADER + 3 + 8 + 6));
         let aside = r.set_aside.unwrap().unwrap();
-        assert_eq!(std::fs::read(&aside).unwrap().len() as u64, HEADER + 3 + 8 + 6);
+        assert_eq!(
+            std::fs::read(&aside).unwrap().len() as u64,
+            HEADER + 3 + 8 + 6
+        );
         drop(s);
         let (s, r) = Spool::open(&p, 10_000).unwrap();
         assert_eq!((r.records, r.torn_bytes, r.set_aside), (3, 0, None));

@@ -613,7 +613,10 @@ fn corrupted_spool_file_is_set_aside_and_the_agent_keeps_running() {
     let first_len = u32::from_le_bytes(data[4..8].try_into().unwrap()) as usize;
     let second = 12 + first_len;
     let second_len = u32::from_le_bytes(data[second + 4..second + 8].try_into().unwrap()) as usize;
-    assert!(data.len() > second + 12 + second_len, "at least three records spooled");
+    assert!(
+        data.len() > second + 12 + second_len,
+        "at least three records spooled"
+    );
     data[second + 12 + second_len / 2] ^= 0x55;
     data.extend_from_slice(b"EFS1 this is not a record");
     std::fs::write(&spool, &data).unwrap();

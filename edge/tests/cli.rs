@@ -233,14 +233,7 @@ fn sigterm_leaves_nothing_attached_from_outside_the_namespace() {
 fn sigkill_leaves_nothing_attached_and_a_restart_attaches_once() {
     let net = TestNet::new();
     net.static_neighbours();
-    let args = [
-        "--iface",
-        &net.veth_b,
-        "--attach",
-        "xdp",
-        "--interval",
-        "1",
-    ];
+    let args = ["--iface", &net.veth_b, "--attach", "xdp", "--interval", "1"];
     let w = Watch::start(BIN, &net.ns_b, &args);
     let (progs, links) = bpfobj::held_by(w.pid());
     assert_eq!(link_kinds(&net, &links), ["tcx egress", "xdp"]);
@@ -249,8 +242,7 @@ fn sigkill_leaves_nothing_attached_and_a_restart_attaches_once() {
     // Links go with the process's last fd; programs once the kernel has freed them (RCU),
     // so allow a moment.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while progs.iter().any(|id| bpfobj::prog_exists(*id)) && std::time::Instant::now() < deadline
-    {
+    while progs.iter().any(|id| bpfobj::prog_exists(*id)) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     for l in &links {
@@ -268,7 +260,10 @@ fn sigkill_leaves_nothing_attached_and_a_restart_attaches_once() {
     let w = Watch::start(BIN, &net.ns_b, &args);
     let (_, links) = bpfobj::held_by(w.pid());
     assert_eq!(link_kinds(&net, &links), ["tcx egress", "xdp"]);
-    let o = net.exec(&net.ns_b, &["bpftool", "-j", "net", "show", "dev", &net.veth_b]);
+    let o = net.exec(
+        &net.ns_b,
+        &["bpftool", "-j", "net", "show", "dev", &net.veth_b],
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     // This bpftool lists XDP but not TCX programs; the old TCX links are gone by id above,
     // so the new agent's are the only ones.
@@ -308,7 +303,10 @@ fn require_tls_refuses_a_plaintext_broker() {
         None,
         &["run", "--config", cfg_s, "--broker", "mqtt://127.0.0.1:1"],
     );
-    assert_usage_error(&out, "require_tls is set, but the broker URL \"mqtt://127.0.0.1:1\"");
+    assert_usage_error(
+        &out,
+        "require_tls is set, but the broker URL \"mqtt://127.0.0.1:1\"",
+    );
     let _ = std::fs::remove_file(&cfg);
 }
 
@@ -348,7 +346,12 @@ fn runs_with_only_the_three_capabilities_and_names_a_missing_one() {
             .filter(|(j, _)| *j != i)
             .map(|(_, c)| c.0)
             .collect();
-        let mut cmd = vec!["ip".to_string(), "netns".into(), "exec".into(), net.ns_b.clone()];
+        let mut cmd = vec![
+            "ip".to_string(),
+            "netns".into(),
+            "exec".into(),
+            net.ns_b.clone(),
+        ];
         cmd.extend(only_caps(&others.join(",")));
         cmd.extend([BIN, "watch", "--iface", &net.veth_b, "--count", "1"].map(String::from));
         let out = Command::new(&cmd[0])
@@ -362,16 +365,32 @@ fn runs_with_only_the_three_capabilities_and_names_a_missing_one() {
     let mut cmd = vec!["ip", "netns", "exec", &net.ns_b];
     let caps = only_caps("+bpf,+net_admin,+perfmon");
     cmd.extend(caps.iter().map(String::as_str));
-    cmd.extend([BIN, "watch", "--json", "--iface", &net.veth_b, "--interval", "1"]);
+    cmd.extend([
+        BIN,
+        "watch",
+        "--json",
+        "--iface",
+        &net.veth_b,
+        "--interval",
+        "1",
+    ]);
     let w = Watch::spawn(&cmd);
     let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap();
     let field = |k: &str| {
         let l = status.lines().find(|l| l.starts_with(k)).unwrap();
         u64::from_str_radix(l[k.len()..].trim(), 16).unwrap()
     };
-    assert_eq!(field("CapEff:"), (1 << 39) | (1 << 38) | (1 << 12), "{status}");
+    assert_eq!(
+        field("CapEff:"),
+        (1 << 39) | (1 << 38) | (1 << 12),
+        "{status}"
+    );
     let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
-    assert_eq!(uid.split_whitespace().next(), Some("65534"), "runs as nobody");
+    assert_eq!(
+        uid.split_whitespace().next(),
+        Some("65534"),
+        "runs as nobody"
+    );
     let (sport, dport) = testkit::traffic::udp_exchange(
         &net,
         testkit::A4.into(),

@@ -166,7 +166,12 @@ fn crafted(r: &mut Rng) -> Packet {
         },
     };
     let vlans = (0..r.pick(&[0, 0, 0, 1, 2, 3]))
-        .map(|_| (r.pick(&[TPID_8021Q, TPID_8021AD, 0x9100]), r.below(4096) as u16))
+        .map(|_| {
+            (
+                r.pick(&[TPID_8021Q, TPID_8021AD, 0x9100]),
+                r.below(4096) as u16,
+            )
+        })
         .collect();
     let payload = if r.chance(5) {
         r.below(MAX_FRAME - 200)
@@ -183,8 +188,8 @@ fn crafted(r: &mut Rng) -> Packet {
 
 /// Values that sit on parser edges: versions, header lengths, protocols, ext types, TPIDs.
 const INTERESTING: &[u8] = &[
-    0, 1, 2, 4, 5, 6, 0x0f, 0x10, 0x11, 0x20, 0x40, 0x44, 0x45, 0x4f, 0x50, 0x60, 0x7f, 0x80,
-    0x81, 0x86, 0x88, 0x91, 0xa8, 0xdd, 0xf0, 0xff, 8, 17, 43, 44, 51, 58, 60,
+    0, 1, 2, 4, 5, 6, 0x0f, 0x10, 0x11, 0x20, 0x40, 0x44, 0x45, 0x4f, 0x50, 0x60, 0x7f, 0x80, 0x81,
+    0x86, 0x88, 0x91, 0xa8, 0xdd, 0xf0, 0xff, 8, 17, 43, 44, 51, 58, 60,
 ];
 
 /// One frame to feed: crafted, cut short, mutated, or random; at most `MAX_FRAME` bytes
@@ -280,7 +285,10 @@ struct Tally {
 
 impl Tally {
     fn stat(&mut self, s: Stat, packets: u64, bytes: u64) {
-        self.stats.entry(s as u32).or_default().add(&Counter { packets, bytes });
+        self.stats
+            .entry(s as u32)
+            .or_default()
+            .add(&Counter { packets, bytes });
     }
 
     /// The host parser's verdict on one frame, as the programs account it.
@@ -395,7 +403,11 @@ fn generated_and_mutated_frames_pass_and_add_up() {
     let mut refusals = 0u64;
     let mut by_stat: HashMap<u32, u64> = HashMap::new();
     for hook in [Hook::Xdp, Hook::TcIngress, Hook::TcEgress] {
-        let want_rc = if hook == Hook::Xdp { XDP_PASS } else { TC_ACT_OK };
+        let want_rc = if hook == Hook::Xdp {
+            XDP_PASS
+        } else {
+            TC_ACT_OK
+        };
         let mut done = 0;
         while done < frames {
             let n = BATCH.min(frames - done);
@@ -486,7 +498,11 @@ fn check_conservation(got: &Tally, hook: Hook) {
         "{hook:?}: seen != parsed + non-flow stats: {:?}",
         got.stats
     );
-    assert_eq!(stat(Stat::Overflow), Counter::default(), "{hook:?}: table filled");
+    assert_eq!(
+        stat(Stat::Overflow),
+        Counter::default(),
+        "{hook:?}: table filled"
+    );
     let in_flows: u64 = got.flows.values().map(|f| f.0[0] + f.0[1]).sum();
     let flow_bytes: u64 = got.flows.values().map(|f| f.1[0] + f.1[1]).sum();
     assert_eq!(
