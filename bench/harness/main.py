@@ -158,48 +158,6 @@ def measure(args, bins):
     return (130 if interrupted else 0), recs, out
 
 
-def footprint(args, bins):
-    """The agent's footprint: how long its drain of a full table takes (16k and 64k flows),
-    and its peak RSS carrying 16k live flows (a real run at 100 kpps)."""
-    drains = []
-    for n in (16384, 65536):
-        log(f"timing the drain of {n} flows")
-        r = subprocess.run([bins["drain-time"], "--flows", str(n)], capture_output=True,
-                           text=True, timeout=600)
-        if r.returncode != 0:
-            raise SystemExit(f"drain-time failed: {r.stderr[-2000:]}")
-        drains.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    args.configs = ["none,edgeflow-tc,edgeflow-xdp"]
-    args.flows, args.rate, args.rounds = 16000, args.rate or 100000, 1
-    code, recs, out = measure(args, bins)
-    lines = ["", "drain (bench drain-time: edgeflow's Drainer::drain, 9 rounds, every flow moved "
-             "each round; then summarize top-1024 + postcard encode)",
-             f"{'flows':>6} {'table':>7} {'batch':>5} {'wall ms med':>11} {'max':>7} "
-             f"{'cpu ms med':>10} {'summary ms':>10}"]
-    for j in drains:
-        lines.append(f"{j['flows']:>6} {j['table_entries']:>7} {str(j['batch_read']):>5} "
-                     f"{j['drain_wall_ms']['median']:>11.1f} {j['drain_wall_ms']['max']:>7.1f} "
-                     f"{j['drain_cpu_ms']['median']:>10.1f} {j['summary_ms']['median']:>10.1f}")
-    lines += ["", "targets:"]
-    big = drains[-1]
-    ok = big["drain_wall_ms"]["max"] <= 50
-    lines.append(f"  [{'met' if ok else 'MISSED'}] drain of {big['flows']} flows: median "
-                 f"{big['drain_wall_ms']['median']:.1f} ms, worst {big['drain_wall_ms']['max']:.1f} ms (<= 50)")
-    for r in recs:
-        if r["config"].startswith("edgeflow") and r.get("mon_rss_kib"):
-            mib, peak = r["mon_rss_kib"] / 1024, (r.get("mon_hwm_kib") or 0) / 1024
-            lines.append(f"  [{'met' if mib <= 16 else 'MISSED'}] {r['config']} RSS {mib:.1f} MiB "
-                         f"(peak {peak:.1f}) with {r.get('active_flows_max')} flows in the table "
-                         f"(<= 16 MiB)")
-    text = "\n".join(lines)
-    with open(os.path.join(out, "footprint.txt"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(out, "drain.json"), "w") as f:
-        json.dump(drains, f, indent=1)
-    print(text)
-    return code
-
-
 def render(recs, configs, args, what):
     title = (f"traffic: {what}; window {args.duration:g} s after {args.warmup:g} s warm-up; "
              f"rounds {args.rounds}; baseline every {args.base_every}; CPUs gen={args.gen_cpu} "
@@ -231,7 +189,6 @@ def table_only(path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("mode", nargs="?", choices=("measure", "footprint"), default="measure")
     ap.add_argument("-t", "--traffic", choices=("udp", "tcp"), default="udp")
     ap.add_argument("-r", "--rate", type=int, default=0,
                     help="offered load: pps (udp) or bit/s (tcp); 0 = saturation (default)")
@@ -277,8 +234,6 @@ def main():
         raise SystemExit("bench: run as root (namespaces, BPF, cgroups)")
     bins = json.loads(args.bins)
     os.makedirs(args.workdir, exist_ok=True)
-    if args.mode == "footprint":
-        return footprint(args, bins)
     return measure(args, bins)[0]
 
 

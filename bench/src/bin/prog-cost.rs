@@ -2,7 +2,7 @@
 //! without traffic: BPF_PROG_TEST_RUN runs each program on the same crafted frame `repeat`
 //! times and the kernel reports the mean run time. One flow, hot caches: the programs' own
 //! instructions and map work, free of the veth path's noise (bench's `bpf ns/run` column is
-//! the same figure on real traffic). Prints one JSON line per (frame, hook, program).
+//! the same figure on real traffic). Prints a table: ns per run, and edgeflow's over bare's.
 //!
 //! prog-cost [--repeat N] [--trials T]
 
@@ -23,7 +23,7 @@ struct Args {
     /// runs per trial (default 1000000)
     #[argh(option, default = "1_000_000")]
     repeat: u32,
-    /// trials per program; the median is reported with the best (default 5)
+    /// trials per program; the median is reported (default 5)
     #[argh(option, default = "5")]
     trials: usize,
 }
@@ -53,41 +53,44 @@ fn main() -> anyhow::Result<()> {
     };
     let mut ef_rtt = load(true)?;
     let mut ef_nortt = load(false)?;
+    println!(
+        "{:<7} {:<4} {:>9} {:>16} {:>6} {:>13} {:>6}",
+        "frame", "hook", "bare ns", "edgeflow-nortt", "x", "edgeflow", "x"
+    );
     for (fname, frame) in &frames {
         for hook in [Hook::Xdp, Hook::Tc] {
-            let hname = match hook {
-                Hook::Xdp => "xdp",
-                Hook::Tc => "tc",
+            let bare_prog = match hook {
+                Hook::Xdp => "bare_xdp",
+                Hook::Tc => "bare_tc",
             };
-            let progs: [(&str, &mut Ebpf, &str); 3] = [
-                (
-                    "bare",
-                    &mut bare,
-                    if matches!(hook, Hook::Xdp) {
-                        "bare_xdp"
-                    } else {
-                        "bare_tc"
-                    },
-                ),
-                ("edgeflow-nortt", &mut ef_nortt.ebpf, prog_name(hook)),
-                ("edgeflow", &mut ef_rtt.ebpf, prog_name(hook)),
-            ];
-            for (label, ebpf, prog) in progs {
-                let mut ns: Vec<f64> = (0..args.trials)
-                    .map(|_| run(ebpf, prog, hook, frame, args.repeat))
-                    .collect::<anyhow::Result<_>>()?;
-                ns.sort_by(f64::total_cmp);
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "frame": fname, "hook": hname, "program": label,
-                        "ns_median": ns[ns.len() / 2], "ns_best": ns[0],
-                    })
-                );
-            }
+            let b = median(&mut bare, bare_prog, hook, frame, &args)?;
+            let n = median(&mut ef_nortt.ebpf, prog_name(hook), hook, frame, &args)?;
+            let r = median(&mut ef_rtt.ebpf, prog_name(hook), hook, frame, &args)?;
+            println!(
+                "{:<7} {:<4} {:>9.0} {:>16.0} {:>6.2} {:>13.0} {:>6.2}",
+                fname,
+                match hook {
+                    Hook::Xdp => "xdp",
+                    Hook::Tc => "tc",
+                },
+                b,
+                n,
+                n / b,
+                r,
+                r / b
+            );
         }
     }
     Ok(())
+}
+
+/// Median over the trials of the mean ns per run.
+fn median(ebpf: &mut Ebpf, prog: &str, hook: Hook, frame: &[u8], a: &Args) -> anyhow::Result<f64> {
+    let mut ns: Vec<f64> = (0..a.trials)
+        .map(|_| run(ebpf, prog, hook, frame, a.repeat))
+        .collect::<anyhow::Result<_>>()?;
+    ns.sort_by(f64::total_cmp);
+    Ok(ns[ns.len() / 2])
 }
 
 fn prog_name(hook: Hook) -> &'static str {
