@@ -678,3 +678,81 @@ fn corrupted_spool_file_is_set_aside_and_the_agent_keeps_running() {
     let _ = std::fs::remove_file(&spool);
     let _ = std::fs::remove_file(&aside);
 }
+
+/// A broker that takes no anonymous clients, only users of its password file: the agent
+/// with the right username and password (from its config file) publishes, one with a wrong
+/// password gets nothing through and says why.
+#[test]
+fn username_and_password_against_a_password_file() {
+    let net = quiet_net();
+    let dir = std::env::temp_dir().join(testkit::unique("efauth"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("passwd");
+    let out = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c", pw.to_str().unwrap(), "edge-01", "s3cret pass"])
+        .output()
+        .expect("mosquitto_passwd (Debian's mosquitto package)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Mosquitto reads it after dropping root.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let broker = Mosquitto::with_config(&format!(
+        "allow_anonymous false\npassword_file {}\n",
+        pw.display()
+    ));
+    let sub = Subscriber::start_as(broker.port, FLOWS, Some(("edge-01", "s3cret pass")));
+    let config = |pass: &str| {
+        let f = dir.join(format!("edgeflow-{}.toml", pass.len()));
+        std::fs::write(
+            &f,
+            format!(
+                "interfaces = [\"{}\"]\nnetns = \"{}\"\ndevice = \"auth1\"\nsite = \"lab\"\n\
+                 interval_secs = 0.5\n[mqtt]\nurl = \"{}\"\nusername = \"edge-01\"\n\
+                 password = \"{pass}\"\n",
+                net.veth_b,
+                net.ns_b,
+                broker.url()
+            ),
+        )
+        .unwrap();
+        f
+    };
+
+    let wrong = config("wrong");
+    let agent = Agent::start(BIN, &["--config", wrong.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_secs(2));
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert!(summaries(&sub).is_empty(), "a wrong password got through");
+    assert!(
+        exit.stderr.to_lowercase().contains("not authorized")
+            || exit.stderr.contains("NotAuthorized")
+            || exit.stderr.contains("BadUserNamePassword"),
+        "the refusal is not reported:\n{}",
+        exit.stderr
+    );
+
+    let right = config("s3cret pass");
+    let agent = Agent::start(BIN, &["--config", right.to_str().unwrap()]);
+    let mut flows = Flows::new(&net, 2);
+    for i in 0..2 {
+        flows.send(i, 200);
+    }
+    let arrived = sub.wait_for(Duration::from_secs(15), |m| {
+        let all: Vec<Summary> = m
+            .iter()
+            .map(|r| match wire::decode(&r.payload).unwrap() {
+                Message::V1(s) => s,
+            })
+            .collect();
+        add_up(&all).totals == flows.total()
+    });
+    let exit = agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(arrived, "summaries did not arrive:\n{}", exit.stderr);
+    assert!(exit.status.success(), "{}", exit.stderr);
+}

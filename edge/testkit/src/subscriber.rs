@@ -31,10 +31,18 @@ impl Subscriber {
     /// Connects to 127.0.0.1:`port`, subscribes to `filter` with QoS 1 and waits (bounded)
     /// until the broker confirmed the subscription.
     pub fn start(port: u16, filter: &str) -> Subscriber {
+        Subscriber::start_as(port, filter, None)
+    }
+
+    /// [`Subscriber::start`] with a username and password.
+    pub fn start_as(port: u16, filter: &str, login: Option<(&str, &str)>) -> Subscriber {
         let id = crate::unique("efsub");
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(5))
             .set_max_packet_size(1 << 20, 1 << 20);
+        if let Some((user, pass)) = login {
+            o.set_credentials(user, pass);
+        }
         let (client, mut conn) = Client::new(o, 16);
         let msgs = Arc::new(Mutex::new(Vec::new()));
         let subacks = Arc::new(AtomicU32::new(0));
