@@ -10,6 +10,7 @@ pub mod config;
 pub mod decode;
 pub mod drain;
 pub mod health;
+pub mod ifstate;
 pub mod mqtt;
 pub mod netdev;
 pub mod run;

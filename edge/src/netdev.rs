@@ -113,6 +113,41 @@ pub fn mtu(name: &str) -> std::io::Result<u32> {
     Ok(req.mtu as u32)
 }
 
+/// Whether interface `name` is administratively up and has a carrier (SIOCGIFFLAGS: IFF_UP
+/// and IFF_RUNNING), in the calling thread's network namespace.
+pub fn is_up(name: &str) -> std::io::Result<bool> {
+    #[repr(C)]
+    struct IfReqFlags {
+        name: [u8; libc::IF_NAMESIZE],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    if name.len() >= libc::IF_NAMESIZE {
+        return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
+    }
+    let mut req = IfReqFlags {
+        name: [0; libc::IF_NAMESIZE],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: plain socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS with an ifreq-sized buffer holding the name.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(err);
+    }
+    let want = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    Ok(req.flags & want == want)
+}
+
 /// Runs `f` on a thread that has entered the named network namespace (`/var/run/netns/NAME`),
 /// or on the calling thread when `netns` is `None`. Interface lookups and attach calls made
 /// by `f` happen in that namespace; links and map fds stay valid after the thread returns, so
@@ -165,6 +200,12 @@ mod tests {
             Err(UsageError::Invalid(_))
         ));
         assert_eq!(in_netns(None, || 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn loopback_is_up() {
+        assert!(is_up("lo").unwrap());
+        assert!(is_up("no-such-if0").is_err());
     }
 
     #[test]

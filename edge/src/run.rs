@@ -10,6 +10,7 @@ use crate::{
     config::Config,
     drain::{Drainer, Expiry},
     health::{self, CpuMeter},
+    ifstate::IfaceStates,
     mqtt::{LinkEvent, Publisher},
     spool::Spool,
     summary::{self, Identity},
@@ -126,6 +127,7 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
                 ..Expiry::default()
             },
         )?;
+        let ifaces = IfaceStates::new(&attached, cfg.netns.as_deref());
         let publisher = Publisher::start(cfg, spool)?;
         eprintln!(
             "edgeflow: ready: device {} site {} boot {:016x}, a window every {:?} to {}:{} ({})",
@@ -146,6 +148,7 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
             publisher,
             sig_rx,
             &mut loaded,
+            ifaces,
         ))
     })();
     loaded.flush_log();
@@ -165,11 +168,12 @@ async fn agent_loop(
     publisher: Publisher,
     mut signals: Async<UnixStream>,
     loaded: &mut bpf::Loaded,
+    mut ifaces: IfaceStates,
 ) -> anyhow::Result<()> {
     let mut cpu = CpuMeter::start();
     let mut seq = 0u64;
     let mut next = Instant::now() + cfg.interval;
-    loop {
+    let none_left = loop {
         let wake = async {
             Timer::at(next).await;
             Wake::Tick
@@ -222,10 +226,12 @@ async fn agent_loop(
         if next < Instant::now() {
             next = Instant::now() + cfg.interval;
         }
-        if last || opts.count.is_some_and(|c| seq >= c) {
-            break;
+        // With no interface left, this was the last window: it is still sent.
+        let none_left = ifaces.check().err();
+        if last || none_left.is_some() || opts.count.is_some_and(|c| seq >= c) {
+            break none_left;
         }
-    }
+    };
     flush(&publisher, SHUTDOWN_GRACE).await;
     let file = publisher.spool_is_file();
     let waiting = publisher.shutdown(Duration::from_secs(2)).await;
@@ -238,7 +244,10 @@ async fn agent_loop(
             );
         }
     }
-    Ok(())
+    match none_left {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// Gives the window's transient buffers (the drained flows, the summary, its encoding) back to

@@ -5,6 +5,7 @@ use crate::{
     bpf::{self, LoadOptions, RttOptions},
     caps,
     drain::{Drainer, Expiry},
+    ifstate::IfaceStates,
     table::FlowTable,
     UsageError,
 };
@@ -85,6 +86,7 @@ pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
             &mut attached,
         )?;
         let mut drainer = Drainer::new(table, opts.expiry)?;
+        let mut ifaces = IfaceStates::new(&attached, opts.netns.as_deref());
         eprintln!("edgeflow: ready, a window every {:?}", opts.interval);
         let mut windows = 0u64;
         loop {
@@ -100,6 +102,7 @@ pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
                 writeln!(out, "{}", w.render_table(50))?;
             }
             out.flush()?;
+            ifaces.check()?;
             windows += 1;
             if stop.load(Ordering::Relaxed) || opts.count.is_some_and(|c| windows >= c) {
                 return Ok(());

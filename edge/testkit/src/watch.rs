@@ -111,7 +111,18 @@ impl Watch {
     }
 
     /// Waits for a watch that ends by itself (`--count`), bounded.
-    pub fn finish(mut self) -> Windows {
+    pub fn finish(self) -> Windows {
+        let (status, w) = self.exit_status();
+        assert!(
+            status.success(),
+            "edgeflow watch exited with {status}:\n{}",
+            w.stderr
+        );
+        w
+    }
+
+    /// Waits (bounded) for a watch that ends by itself, successfully or not.
+    pub fn exit_status(mut self) -> (std::process::ExitStatus, Windows) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -125,11 +136,7 @@ impl Watch {
         };
         let stderr = self.err.take().unwrap().join().unwrap();
         let windows = self.out.take().unwrap().join().unwrap();
-        assert!(
-            status.success(),
-            "edgeflow watch exited with {status}:\n{stderr}"
-        );
-        Windows { windows, stderr }
+        (status, Windows { windows, stderr })
     }
 }
 
