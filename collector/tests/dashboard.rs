@@ -71,6 +71,22 @@ fn dashboard_shows_device_throughput_and_flows_live() {
         200,
         "the page itself is open"
     );
+    // A wrong token, a prefix of it, a longer one: refused; the metrics too.
+    for wrong in ["wrong!", "s3cre", "s3cret0", ""] {
+        for path in ["/api/devices", "/api/ingest", "/metrics"] {
+            assert_eq!(
+                http_get(c.http, path, Some(wrong)).0,
+                401,
+                "{path} with token {wrong:?}"
+            );
+        }
+    }
+    assert_eq!(
+        http_get(c.http, "/metrics", None).0,
+        401,
+        "no token, no metrics"
+    );
+    assert_eq!(c.get("/metrics").0, 200, "metrics with the token");
 
     // Twelve 10 s windows ending now, for two devices; the last window of lab-gw-1 carries
     // 123,450 bytes: 12,345 B/s.
