@@ -756,3 +756,65 @@ fn username_and_password_against_a_password_file() {
     assert!(arrived, "summaries did not arrive:\n{}", exit.stderr);
     assert!(exit.status.success(), "{}", exit.stderr);
 }
+
+/// `edgeflow run` whose only interface is deleted: it says so, sends its last window, goes
+/// offline cleanly and exits 1 (`edge/tests/ifaces.rs` covers down/up and partial loss).
+#[test]
+fn run_stops_with_an_error_when_its_interface_is_deleted() {
+    let net = quiet_net();
+    for args in [
+        vec![
+            "ip", "link", "add", "efgone2", "type", "veth", "peer", "name", "efpeer2",
+        ],
+        vec!["ip", "link", "set", "efgone2", "up"],
+        vec!["ip", "link", "set", "efpeer2", "up"],
+    ] {
+        let o = net.exec(&net.ns_b, &args);
+        assert!(o.status.success(), "{args:?}");
+    }
+    let broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, "edgeflow/#");
+    let url = broker.url();
+    let mut agent = Agent::start(
+        BIN,
+        &[
+            "--iface",
+            "efgone2",
+            "--netns",
+            &net.ns_b,
+            "--broker",
+            &url,
+            "--device",
+            "t1",
+            "--site",
+            "lab",
+            "--interval",
+            "1",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = net.exec(&net.ns_b, &["ip", "link", "del", "efgone2"]);
+    assert!(o.status.success());
+    let exit = agent.wait(Duration::from_secs(15));
+    assert_eq!(exit.status.code(), Some(1), "{}", exit.stderr);
+    assert!(
+        exit.stderr.contains("efgone2 was deleted"),
+        "{}",
+        exit.stderr
+    );
+    assert!(
+        exit.stderr
+            .contains("every watched interface is gone (efgone2)"),
+        "{}",
+        exit.stderr
+    );
+    assert!(
+        sub.wait_for(Duration::from_secs(5), |m| m
+            .iter()
+            .any(|r| r.topic.ends_with("/status") && r.payload == b"offline")),
+        "no offline status"
+    );
+    let all = summaries(&sub);
+    assert!(!all.is_empty(), "{}", exit.stderr);
+    assert_complete_and_ordered(&all);
+}
