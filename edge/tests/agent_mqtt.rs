@@ -818,3 +818,48 @@ fn run_stops_with_an_error_when_its_interface_is_deleted() {
     assert!(!all.is_empty(), "{}", exit.stderr);
     assert_complete_and_ordered(&all);
 }
+
+/// `edgeflow run` across its interface going down and up: both reported, the summaries of
+/// the whole run still add up exactly to what was sent before and after.
+#[test]
+fn run_counts_across_its_interface_going_down_and_up() {
+    let net = quiet_net();
+    let broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, FLOWS);
+    let url = broker.url();
+    let agent = Agent::start(BIN, &agent_args(&net, &url, &[]));
+    let mut flows = Flows::new(&net, 2);
+    flows.send(0, 100);
+    flows.send(1, 200);
+    let link = |state: &str| {
+        let o = net.exec(&net.ns_b, &["ip", "link", "set", &net.veth_b, state]);
+        assert!(o.status.success());
+    };
+    link("down");
+    std::thread::sleep(Duration::from_millis(2300));
+    link("up");
+    std::thread::sleep(Duration::from_millis(1300));
+    // One way A → B: A's permanent entry for B survived B's link going down.
+    flows.send(0, 300);
+    flows.send(1, 400);
+    std::thread::sleep(Duration::from_millis(1300));
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let veth = &net.veth_b;
+    assert!(
+        exit.stderr.contains(&format!("{veth} is down")),
+        "{}",
+        exit.stderr
+    );
+    assert!(
+        exit.stderr.contains(&format!("{veth} is up again")),
+        "{}",
+        exit.stderr
+    );
+    sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
+    let all = summaries(&sub);
+    assert_complete_and_ordered(&all);
+    let sums = add_up(&all);
+    assert_eq!(sums.accounted, sums.totals);
+    assert_eq!(sums.totals, flows.total(), "{}", exit.stderr);
+}
