@@ -9,6 +9,10 @@ use std::{
     time::Duration,
 };
 
+/// How long traffic gets to settle before a watch is stopped: more than the longest round
+/// trip the tests build (2 x 50 ms delay line) plus scheduling slack under load.
+pub const SETTLE: Duration = Duration::from_millis(500);
+
 /// A running `edgeflow watch --json`.
 pub struct Watch {
     child: Child,
@@ -90,7 +94,11 @@ impl Watch {
     }
 
     /// Sends `signal`, then waits (bounded) for the final window and the exit.
+    ///
+    /// Waits `SETTLE` first: packets still on their way (a close crossing a delay line, the
+    /// last ACKs) must be counted before the final drain, or they show up as `unsettled`.
     pub fn stop_with(self, signal: libc::c_int) -> Windows {
+        std::thread::sleep(SETTLE);
         // SAFETY: signalling our own child (`ip netns exec` execs the agent in place).
         unsafe { libc::kill(self.child.id() as i32, signal) };
         self.finish()
