@@ -431,6 +431,8 @@ fn hostile_payloads_are_refused_by_reason_in_bounded_memory() {
             "{what} barely reached: {outcomes:?}"
         );
     }
+    // The store first: SQLite writes its last checkpoint when it closes.
+    drop(ingest);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
