@@ -46,4 +46,10 @@ if ! "$CARGO_BIN/bpf-linker" --version 2>/dev/null | grep -q '0.13.0'; then
   PATH=/usr/lib/llvm-22/bin:$PATH cargo install bpf-linker@0.13.0 --locked \
     --no-default-features --features llvm-22
 fi
+# scripts/demo.sh's traffic generator (an HTTP server and client, a UDP trickle).
+if ! command -v python3 >/dev/null 2>&1; then
+  log "installing python3 for the demo's traffic"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3
+fi
 log "ok"
