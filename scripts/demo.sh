@@ -1,31 +1,117 @@
 #!/usr/bin/env bash
-# The main job: installs everything, builds, and shows edgeflow on a demo namespace pair with
-# traffic running. Ctrl-C stops and removes everything it created.
+# The main job: installs what is missing, builds, starts the collector with its embedded MQTT
+# broker on loopback, creates a demo namespace pair with traffic running and an agent on each
+# side, and prints the dashboard URL. Ctrl-C stops and removes everything it created.
+#
+# Ports: EDGEFLOW_DEMO_HTTP (default 127.0.0.1:8080) and EDGEFLOW_DEMO_MQTT (default
+# 127.0.0.1:18830, not 1883: Debian's mosquitto service may hold that); a busy default moves
+# to the next free port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 source scripts/env.sh
-cargo build --release --locked -p edgeflow
-BIN="${CARGO_TARGET_DIR:-target}/release/edgeflow"
+cargo build --release --locked -p edgeflow -p edgeflow-collector
+BIN="${CARGO_TARGET_DIR:-target}/release"
+
+say() { printf '\033[1mdemo:\033[0m %s\n' "$*"; }
+# First free loopback port from $1 on.
+free_port() {
+  local p=$1
+  while ss -Hltn "sport = :$p" | grep -q .; do p=$((p + 1)); done
+  echo "$p"
+}
+HTTP="${EDGEFLOW_DEMO_HTTP:-127.0.0.1:$(free_port 8080)}"
+MQTT="${EDGEFLOW_DEMO_MQTT:-127.0.0.1:$(free_port 18830)}"
 
 A=efdemo-a B=efdemo-b
+WORK=$(mktemp -d /tmp/edgeflow-demo.XXXXXX)
+AGENTS=() OTHERS=()
+
 cleanup() {
-  kill $(jobs -p) 2>/dev/null || true
+  trap - EXIT INT TERM
+  echo
+  say "stopping"
+  # Agents first, politely: a final window, "offline", programs detached.
+  for p in "${AGENTS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${AGENTS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  for p in "${OTHERS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   ip netns del "$A" 2>/dev/null || true
   ip netns del "$B" 2>/dev/null || true
+  rm -rf "$WORK"
+  say "removed the namespaces, processes and $WORK"
 }
-trap cleanup EXIT INT TERM
-cleanup
-ip netns add "$A"; ip netns add "$B"
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Leftovers of an earlier run that was killed hard.
+ip netns del "$A" 2>/dev/null || true
+ip netns del "$B" 2>/dev/null || true
+
+say "collector: dashboard on http://$HTTP/, embedded MQTT broker on $MQTT, data in $WORK"
+"$BIN/edgeflow-collector" --embedded-broker "$MQTT" --http "$HTTP" --db "$WORK/collector.db" \
+  --retention-days 1 >"$WORK/collector.out" 2>"$WORK/collector.log" &
+OTHERS+=($!)
+for _ in $(seq 100); do grep -q 'dashboard http' "$WORK/collector.out" 2>/dev/null && break; sleep 0.1; done
+grep -q 'dashboard http' "$WORK/collector.out" || { cat "$WORK/collector.log" >&2; exit 1; }
+
+say "namespaces $A (10.198.0.1, fd98::1) and $B (10.198.0.2, fd98::2), one veth pair"
+ip netns add "$A"
+ip netns add "$B"
 ip link add efdemo0 netns "$A" type veth peer name efdemo1 netns "$B"
-ip -n "$A" addr add 10.198.0.1/24 dev efdemo0; ip -n "$B" addr add 10.198.0.2/24 dev efdemo1
+ip -n "$A" addr add 10.198.0.1/24 dev efdemo0
+ip -n "$B" addr add 10.198.0.2/24 dev efdemo1
+ip -n "$A" addr add fd98::1/64 dev efdemo0 nodad
+ip -n "$B" addr add fd98::2/64 dev efdemo1 nodad
 for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
-ip -n "$A" link set efdemo0 up; ip -n "$B" link set efdemo1 up
-# Traffic: pings, and a bounded UDP trickle, inside the demo namespaces only.
-ip netns exec "$A" ping -q -i 0.5 -c 100000 10.198.0.2 >/dev/null &
+ip -n "$A" link set efdemo0 up
+ip -n "$B" link set efdemo1 up
+
+# One agent per side, in the root namespace (its MQTT connection reaches the loopback broker)
+# with the programs attached inside the demo namespaces.
+for side in a:"$A":efdemo0:lab b:"$B":efdemo1:branch; do
+  IFS=: read -r name ns dev site <<<"$side"
+  "$BIN/edgeflow" run --iface "$dev" --netns "$ns" --device "demo-edge-$name" --site "$site" \
+    --interval 2 --broker "mqtt://$MQTT" 2>"$WORK/agent-$name.log" &
+  AGENTS+=($!)
+done
+for name in a b; do
+  for _ in $(seq 300); do grep -q 'edgeflow: ready' "$WORK/agent-$name.log" 2>/dev/null && break; sleep 0.1; done
+  grep -q 'edgeflow: ready' "$WORK/agent-$name.log" || { cat "$WORK/agent-$name.log" >&2; exit 1; }
+done
+
+say "traffic: HTTP downloads over TCP (RTT), a UDP trickle to 8 ports, ping over IPv4 and IPv6"
+mkdir -p "$WORK/www"
+head -c 200000 /dev/urandom >"$WORK/www/page"
+head -c 4000000 /dev/urandom >"$WORK/www/bulk"
+ip netns exec "$A" python3 -m http.server 8000 --bind 10.198.0.1 --directory "$WORK/www" \
+  >/dev/null 2>&1 &
+OTHERS+=($!)
 ip netns exec "$B" python3 -c '
-import socket,time
-s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)
+import socket, time, urllib.request
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+time.sleep(1)
 for i in range(1000000):
-    s.sendto(b"x"*(64+i%900),("10.198.0.1",5000+i%8)); time.sleep(0.01)' &
-ip netns exec "$B" "$BIN" watch --iface efdemo1 --interval 2
+    udp.sendto(b"x" * (64 + i % 900), ("10.198.0.1", 5000 + i % 8))
+    if i % 20 == 0:
+        path = "bulk" if i % 400 == 0 else "page"
+        try:
+            urllib.request.urlopen("http://10.198.0.1:8000/" + path, timeout=5).read()
+        except OSError:
+            pass
+    time.sleep(0.01)' &
+OTHERS+=($!)
+ip netns exec "$A" ping -q -i 0.5 10.198.0.2 >/dev/null &
+OTHERS+=($!)
+ip netns exec "$B" ping -q -6 -i 1 fd98::1 >/dev/null &
+OTHERS+=($!)
+
+echo
+say "dashboard:  http://$HTTP/"
+say "API:        http://$HTTP/api/devices   metrics: http://$HTTP/metrics"
+say "logs:       $WORK/{collector,agent-a,agent-b}.log"
+say "Ctrl-C stops everything and removes what the demo created"
+wait "${OTHERS[0]}"

@@ -345,23 +345,28 @@ pub struct Talker {
     pub bytes: u64,
 }
 
+/// The flow records of the windows in `[?1, ?2)`, of device ?3 if not NULL.
+const FLOWS_IN_RANGE: &str = "summaries s JOIN flows f ON f.summary_id = s.id
+    WHERE s.window_start_ms >= ?1 AND s.window_start_ms < ?2 AND (?3 IS NULL OR s.device = ?3)";
+
 pub fn top_talkers(
     conn: &Connection,
     range: Range,
     device: Option<&str>,
     limit: u32,
 ) -> Result<Vec<Talker>> {
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT addr, TOTAL(tx_p), TOTAL(tx_b), TOTAL(rx_p), TOTAL(rx_b) FROM (
-            SELECT src AS addr, fwd_packets * sample_every AS tx_p, fwd_bytes * sample_every AS tx_b,
-                   rev_packets * sample_every AS rx_p, rev_bytes * sample_every AS rx_b
-            FROM flows WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR device = ?3)
+            SELECT f.src AS addr, f.fwd_packets * s.sample_every AS tx_p,
+                   f.fwd_bytes * s.sample_every AS tx_b, f.rev_packets * s.sample_every AS rx_p,
+                   f.rev_bytes * s.sample_every AS rx_b
+            FROM {FLOWS_IN_RANGE}
             UNION ALL
-            SELECT dst, rev_packets * sample_every, rev_bytes * sample_every,
-                   fwd_packets * sample_every, fwd_bytes * sample_every
-            FROM flows WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR device = ?3))
-         GROUP BY addr ORDER BY TOTAL(tx_b) + TOTAL(rx_b) DESC, addr LIMIT ?4",
-    )?;
+            SELECT f.dst, f.rev_packets * s.sample_every, f.rev_bytes * s.sample_every,
+                   f.fwd_packets * s.sample_every, f.fwd_bytes * s.sample_every
+            FROM {FLOWS_IN_RANGE})
+         GROUP BY addr ORDER BY TOTAL(tx_b) + TOTAL(rx_b) DESC, addr LIMIT ?4"
+    ))?;
     let rows = stmt.query_map(params![range.from, range.to, device, limit], |r| {
         let sent = Count {
             packets: total(r.get(1)?),
@@ -399,16 +404,17 @@ pub fn top_conversations(
     device: Option<&str>,
     limit: u32,
 ) -> Result<Vec<Conversation>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT src, dst, TOTAL(fwd_packets * sample_every), TOTAL(fwd_bytes * sample_every),
-                TOTAL(rev_packets * sample_every), TOTAL(rev_bytes * sample_every),
-                COUNT(DISTINCT proto || ' ' || src_port || ' ' || dst_port || ' ' || vlan || ' '
-                               || vlan_inner || ' ' || ifindex || ' ' || device)
-         FROM flows WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR device = ?3)
-         GROUP BY src, dst
-         ORDER BY TOTAL(fwd_bytes * sample_every) + TOTAL(rev_bytes * sample_every) DESC, src, dst
-         LIMIT ?4",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT f.src, f.dst, TOTAL(f.fwd_packets * s.sample_every),
+                TOTAL(f.fwd_bytes * s.sample_every), TOTAL(f.rev_packets * s.sample_every),
+                TOTAL(f.rev_bytes * s.sample_every),
+                COUNT(DISTINCT f.proto || ' ' || f.src_port || ' ' || f.dst_port || ' ' || f.vlan
+                               || ' ' || f.vlan_inner || ' ' || f.ifindex || ' ' || s.device)
+         FROM {FLOWS_IN_RANGE}
+         GROUP BY f.src, f.dst
+         ORDER BY TOTAL((f.fwd_bytes + f.rev_bytes) * s.sample_every) DESC, f.src, f.dst
+         LIMIT ?4"
+    ))?;
     let rows = stmt.query_map(params![range.from, range.to, device, limit], |r| {
         let fwd = Count {
             packets: total(r.get(2)?),
@@ -481,28 +487,28 @@ pub struct Flows {
     pub flows: Vec<Flow>,
 }
 
-const FLOW_WHERE: &str = "ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR device = ?3)
-    AND (?4 IS NULL OR instr(src, ?4) > 0 OR instr(dst, ?4) > 0)
-    AND (?5 IS NULL OR src_port = ?5 OR dst_port = ?5)
-    AND (?6 IS NULL OR proto = ?6)";
-const FLOW_KEY: &str = "device, proto, src, src_port, dst, dst_port, vlan, vlan_inner, ifindex";
+const FLOW_FILTER: &str = "AND (?4 IS NULL OR instr(f.src, ?4) > 0 OR instr(f.dst, ?4) > 0)
+    AND (?5 IS NULL OR f.src_port = ?5 OR f.dst_port = ?5)
+    AND (?6 IS NULL OR f.proto = ?6)";
+const FLOW_KEY: &str =
+    "s.device, f.proto, f.src, f.src_port, f.dst, f.dst_port, f.vlan, f.vlan_inner, f.ifindex";
 
 pub fn flows(conn: &Connection, range: Range, f: &FlowFilter) -> Result<Flows> {
     let args = params![range.from, range.to, f.device, f.addr, f.port, f.proto, f.limit];
     let matching: i64 = conn
         .prepare_cached(&format!(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM flows WHERE {FLOW_WHERE} GROUP BY {FLOW_KEY})"
+            "SELECT COUNT(*) FROM (SELECT 1 FROM {FLOWS_IN_RANGE} {FLOW_FILTER} GROUP BY {FLOW_KEY})"
         ))?
         .query_row(&args[..6], |r| r.get(0))?;
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {FLOW_KEY},
-                TOTAL(fwd_packets * sample_every), TOTAL(fwd_bytes * sample_every),
-                TOTAL(rev_packets * sample_every), TOTAL(rev_bytes * sample_every),
-                MIN(first_seen_ms), MAX(last_seen_ms), COUNT(*),
-                MIN(rtt_min_us), MAX(rtt_max_us), TOTAL(rtt_avg_us * rtt_samples),
-                TOTAL(rtt_samples)
-         FROM flows WHERE {FLOW_WHERE} GROUP BY {FLOW_KEY}
-         ORDER BY TOTAL((fwd_bytes + rev_bytes) * sample_every) DESC, {FLOW_KEY}
+                TOTAL(f.fwd_packets * s.sample_every), TOTAL(f.fwd_bytes * s.sample_every),
+                TOTAL(f.rev_packets * s.sample_every), TOTAL(f.rev_bytes * s.sample_every),
+                MIN(f.first_seen_ms), MAX(f.last_seen_ms), COUNT(*),
+                MIN(f.rtt_min_us), MAX(f.rtt_max_us), TOTAL(f.rtt_avg_us * f.rtt_samples),
+                TOTAL(f.rtt_samples)
+         FROM {FLOWS_IN_RANGE} {FLOW_FILTER} GROUP BY {FLOW_KEY}
+         ORDER BY TOTAL((f.fwd_bytes + f.rev_bytes) * s.sample_every) DESC, {FLOW_KEY}
          LIMIT ?7"
     ))?;
     let rows = stmt.query_map(args, |r| {

@@ -63,7 +63,11 @@ fn valid(r: &mut Rng, seq: u64) -> Summary {
             dst: r.below(naddrs as u64) as u32,
             src_port: r.next() as u16,
             dst_port: r.next() as u16,
-            vlan: if r.chance(10) { r.below(4095) as u16 } else { 0 },
+            vlan: if r.chance(10) {
+                r.below(4095) as u16
+            } else {
+                0
+            },
             vlan_inner: 0,
             ifindex: r.below(8) as u32,
             fwd: count(r),
@@ -81,7 +85,9 @@ fn valid(r: &mut Rng, seq: u64) -> Summary {
         .collect();
     let parts = 1 + r.below(3) as u16;
     Summary {
-        device: ["gw-a", "gw-b", "gw-c"][r.below(3) as usize].try_into().unwrap(),
+        device: ["gw-a", "gw-b", "gw-c"][r.below(3) as usize]
+            .try_into()
+            .unwrap(),
         site: "fuzz".try_into().unwrap(),
         boot_id: r.below(4),
         seq,
@@ -171,8 +177,13 @@ fn input(r: &mut Rng, i: usize, pool: &[Vec<u8>]) -> (String, Vec<u8>, bool) {
         4..=6 => ["edgeflow/v1/x/y/nope", "edgeflow/v2/a/b/flows", "x", ""][r.below(4) as usize]
             .to_string(),
         7..=11 => {
-            let status: &[u8] = [&b"online"[..], b"offline", b" Online\n", b"on", &payload[..]]
-                [r.below(5) as usize];
+            let status: &[u8] = [
+                &b"online"[..],
+                b"offline",
+                b" Online\n",
+                b"on",
+                &payload[..],
+            ][r.below(5) as usize];
             return (
                 "edgeflow/v1/fuzz/gw-a/status".to_string(),
                 status.to_vec(),
@@ -260,9 +271,15 @@ fn payload_path_never_panics_and_counts_every_rejection() {
     assert_eq!(stats.rejected(), tally, "every rejection counted by reason");
     // Every path was exercised.
     for reason in REASONS {
-        assert!(tally.get(reason).copied().unwrap_or(0) > 0, "no {reason} input");
+        assert!(
+            tally.get(reason).copied().unwrap_or(0) > 0,
+            "no {reason} input"
+        );
     }
-    assert!(stored > 10_000 && dups > 100 && presence > 1_000, "{stored} {dups} {presence}");
+    assert!(
+        stored > 10_000 && dups > 100 && presence > 1_000,
+        "{stored} {dups} {presence}"
+    );
 
     let db = rusqlite::Connection::open(&path).unwrap();
     let rows: i64 = db
