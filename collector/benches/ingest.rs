@@ -59,7 +59,7 @@ fn workload() -> Vec<(String, Vec<u8>)> {
                         tcp_flags: 0x18,
                         first_seen_ms: -(((r >> 40) % 60_000) as i64),
                         last_seen_ms: ((r >> 30) % 10_000) as i64,
-                        rtt: tcp.then(|| Rtt {
+                        rtt: tcp.then_some(Rtt {
                             min_us: 900,
                             avg_us: 1_400,
                             max_us: 9_000,
