@@ -69,7 +69,8 @@ pub fn driver(name: &str) -> std::io::Result<String> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: SIOCETHTOOL with an ifreq whose data points at a live ethtool_drvinfo.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
+    // `as _`: the request is c_ulong on glibc, c_int on musl.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL as _, &mut req) };
     let err = std::io::Error::last_os_error();
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
