@@ -63,20 +63,8 @@ pub fn driver(name: &str) -> std::io::Result<String> {
         _pad: [0; 16],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: plain socket for the ioctl, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: SIOCETHTOOL with an ifreq whose data points at a live ethtool_drvinfo.
-    // `as _`: the request is c_ulong on glibc, c_int on musl.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL as _, &mut req) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return Err(err);
-    }
+    // SAFETY: an ifreq whose data points at a live ethtool_drvinfo, as SIOCETHTOOL wants.
+    unsafe { interface_ioctl(libc::SIOCETHTOOL, &mut req) }?;
     let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
     Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
@@ -98,20 +86,32 @@ pub fn mtu(name: &str) -> std::io::Result<u32> {
         _pad: [0; 20],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: plain socket for the ioctl, closed below.
+    // SAFETY: an ifreq-sized buffer holding the name, as SIOCGIFMTU wants.
+    unsafe { interface_ioctl(libc::SIOCGIFMTU, &mut req) }?;
+    Ok(req.mtu as u32)
+}
+
+/// An interface ioctl on a throwaway datagram socket.
+///
+/// # Safety
+/// `req` must be the structure `request` expects (an `ifreq` layout).
+unsafe fn interface_ioctl<R>(request: libc::c_ulong, req: &mut R) -> std::io::Result<()> {
+    // SAFETY: plain socket, closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: SIOCGIFMTU with an ifreq-sized buffer holding the name.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
+    // `as _`: the request parameter is c_ulong on glibc but c_int on musl (cross builds).
+    // SAFETY: the caller vouches for `req`.
+    let rc = unsafe { libc::ioctl(fd, request as _, req as *mut R) };
     let err = std::io::Error::last_os_error();
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
     if rc < 0 {
-        return Err(err);
+        Err(err)
+    } else {
+        Ok(())
     }
-    Ok(req.mtu as u32)
 }
 
 /// Whether interface `name` is administratively up and has a carrier (SIOCGIFFLAGS: IFF_UP
