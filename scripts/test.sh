@@ -12,3 +12,7 @@ cargo fmt --all -- --check
 (cd edge-ebpf && cargo fmt -- --check)
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# Cross builds for the edge boxes, proven under qemu-user (long on a first run; see README).
+if [ "${EDGEFLOW_TEST_CROSS:-0}" = 1 ]; then
+  cross/test.sh
+fi
