@@ -132,7 +132,10 @@ fn relay_loop(
 /// keep their timing. Only for threads that block between short bursts of work. (Traffic
 /// through a [`Relay`], whose threads are real-time, should not run flat out.)
 pub fn realtime() {
-    let param = libc::sched_param { sched_priority: 10 };
+    // Zeroed, then the one field: musl's sched_param has more fields than glibc's.
+    // SAFETY: all-zero is a valid sched_param.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = 10;
     // SAFETY: valid parameters; 0 is the calling thread.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
 }
