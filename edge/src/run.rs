@@ -103,14 +103,7 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
     })?;
     let table = FlowTable::take(&mut loaded.ebpf)?;
     let capacity = table.capacity;
-    eprintln!(
-        "edgeflow: flow table of {} entries, {} of kernel memory",
-        table.capacity,
-        table
-            .memory_bytes
-            .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
-            .unwrap_or_else(|| "unknown amount".into())
-    );
+    eprintln!("edgeflow: {}", table.describe());
     let mut attached: Vec<Attachment> = Vec::new();
     let result = (|| {
         attach::attach_all(

@@ -56,6 +56,18 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
+    /// "flow table of N entries, X MiB of kernel memory", as printed at start-up.
+    pub fn describe(&self) -> String {
+        let mem = self
+            .memory_bytes
+            .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+            .unwrap_or_else(|| "unknown amount".into());
+        format!(
+            "flow table of {} entries, {mem} of kernel memory",
+            self.capacity
+        )
+    }
+
     pub fn take(ebpf: &mut Ebpf) -> Result<FlowTable, TableError> {
         let flows = ebpf
             .take_map(FLOWS_MAP)

@@ -68,14 +68,7 @@ pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
         rtt: opts.rtt,
     })?;
     let table = FlowTable::take(&mut loaded.ebpf)?;
-    eprintln!(
-        "edgeflow: flow table of {} entries, {} of kernel memory",
-        table.capacity,
-        table
-            .memory_bytes
-            .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
-            .unwrap_or_else(|| "unknown amount".into())
-    );
+    eprintln!("edgeflow: {}", table.describe());
     let mut attached: Vec<Attachment> = Vec::new();
     let result = (|| {
         attach::attach_all(

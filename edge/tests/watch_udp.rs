@@ -73,4 +73,11 @@ fn udp_ipv4_exact_from_outside_the_namespace() {
     let s = got.sum(|f| f["src_port"] == sport && f["dst_port"] == dport);
     assert_eq!((s.packets_fwd, s.bytes_fwd), (3, 600 + 3 * 28));
     assert_eq!((s.packets_rev, s.bytes_rev), (3, 3 * (50 + 28)));
+    // The start-up line tells the operator what the table costs in kernel memory.
+    let line = got
+        .stderr
+        .lines()
+        .find(|l| l.contains("flow table of 16384 entries"))
+        .unwrap_or_else(|| panic!("no table line in:\n{}", got.stderr));
+    assert!(line.ends_with("MiB of kernel memory"), "{line}");
 }
