@@ -132,19 +132,8 @@ pub fn is_up(name: &str) -> std::io::Result<bool> {
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: plain socket for the ioctl, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: SIOCGIFFLAGS with an ifreq-sized buffer holding the name.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return Err(err);
-    }
+    // SAFETY: an ifreq-sized buffer holding the name, as SIOCGIFFLAGS wants.
+    unsafe { interface_ioctl(libc::SIOCGIFFLAGS, &mut req) }?;
     let want = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     Ok(req.flags & want == want)
 }
