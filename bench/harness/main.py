@@ -160,6 +160,7 @@ def measure(args, bins):
 
 def render(recs, configs, args, what):
     title = (f"traffic: {what}; window {args.duration:g} s after {args.warmup:g} s warm-up; "
+             f"runs with > {args.max_foreign:g} CPU of foreign load not used; "
              f"rounds {args.rounds}; baseline every {args.base_every}; CPUs gen={args.gen_cpu} "
              f"sink={args.sink_cpu} mon={args.mon_cpu}; export interval {args.interval:g} s")
     tab, rs = report.table(recs, configs, title)
@@ -177,13 +178,18 @@ def progress(rec, i, total):
         + (f"  (waited {rec['quiet_wait_s']:.0f}s for quiet)" if rec["quiet_wait_s"] > 2 else ""))
 
 
-def table_only(path):
+def table_only(path, max_foreign):
+    """Re-prints a run's table; runs are judged clean again against --max-foreign."""
     recs = [json.loads(l) for l in open(path)]
+    for r in recs:
+        r["clean"] = "error" not in r and r.get("foreign_cpus", 9) <= max_foreign
     configs = list(dict.fromkeys(r["config"] for r in sorted(recs, key=lambda r: r["seq"])))
     configs = ["none"] + [c for c in configs if c != "none"]
     report.pair(recs)
     meta = json.load(open(os.path.join(os.path.dirname(path), "meta.json")))
-    print(render(recs, configs, argparse.Namespace(**meta["args"]), meta["traffic"]))
+    margs = argparse.Namespace(**meta["args"])
+    margs.max_foreign = max_foreign
+    print(render(recs, configs, margs, meta["traffic"]))
     return 0
 
 
@@ -229,7 +235,7 @@ def main():
         print("(* = in the default set; edgeflow-auto-* resolve to tc on a veth)")
         return 0
     if args.table_only:
-        return table_only(args.table_only)
+        return table_only(args.table_only, args.max_foreign)
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (namespaces, BPF, cgroups)")
     bins = json.loads(args.bins)
