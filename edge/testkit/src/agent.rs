@@ -1,9 +1,7 @@
 //! Runs `edgeflow run` as a child process and stops it the way an operator would.
 
 use std::{
-    io::{BufRead, BufReader},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -33,31 +31,11 @@ impl Agent {
             .spawn()
             .expect("spawning edgeflow run");
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let err = std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("edgeflow: ready") {
-                    let _ = tx.send(());
-                }
-                all.push_str(&line);
-                all.push('\n');
-            }
-            all
-        });
-        let mut a = Agent {
+        let err = crate::ready::await_ready(&mut child, stderr, "edgeflow run");
+        Agent {
             child,
             err: Some(err),
-        };
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = a.child.kill();
-            let _ = a.child.wait();
-            panic!(
-                "edgeflow run did not become ready:\n{}",
-                a.err.take().unwrap().join().unwrap()
-            );
         }
-        a
     }
 
     pub fn pid(&self) -> i32 {

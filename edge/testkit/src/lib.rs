@@ -17,6 +17,7 @@ pub mod capture;
 pub mod delay;
 pub mod mosquitto;
 pub mod raw;
+pub mod ready;
 pub mod subscriber;
 pub mod traffic;
 pub mod watch;

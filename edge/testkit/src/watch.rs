@@ -4,7 +4,6 @@ use serde_json::Value;
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
-    sync::mpsc,
     thread::JoinHandle,
     time::Duration,
 };
@@ -55,32 +54,12 @@ impl Watch {
                 })
                 .collect()
         });
-        let (tx, rx) = mpsc::channel();
-        let err = std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("edgeflow: ready") {
-                    let _ = tx.send(());
-                }
-                all.push_str(&line);
-                all.push('\n');
-            }
-            all
-        });
-        let mut w = Watch {
+        let err = crate::ready::await_ready(&mut child, stderr, "edgeflow watch");
+        Watch {
             child,
             out: Some(out),
             err: Some(err),
-        };
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = w.child.kill();
-            let _ = w.child.wait();
-            panic!(
-                "edgeflow watch did not become ready:\n{}",
-                w.err.take().unwrap().join().unwrap()
-            );
         }
-        w
     }
 
     /// The agent's process id (`ip netns exec` execs it in place).
