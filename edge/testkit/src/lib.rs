@@ -122,6 +122,9 @@ impl TestNet {
             ]);
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
+        for (ns, dev) in [(&net.ns_a, &net.veth_a), (&net.ns_b, &net.veth_b)] {
+            wait_oper_up(ns, dev);
+        }
         net
     }
 
@@ -234,6 +237,25 @@ pub fn nstat(ns: &str, name: &str) -> u64 {
             (it.next() == Some(name)).then(|| it.next().and_then(|v| v.parse().ok()))?
         })
         .unwrap_or(0)
+}
+
+/// Waits (at most 3 s) until `dev` in `ns` is operationally up. The carrier of a new veth
+/// pair reaches the flags (IFF_RUNNING) through the kernel's linkwatch, up to a second
+/// later: an agent started before that would take the link for down.
+pub fn wait_oper_up(ns: &str, dev: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let o = sh(&["ip", "-n", ns, "-o", "link", "show", "dev", dev]);
+        let line = String::from_utf8_lossy(&o.stdout);
+        if line.contains("state UP") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{dev} in {ns} not up after 3 s: {line}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[cfg(test)]
