@@ -45,11 +45,14 @@ static BARE_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const EEXIST: i64 = 17;
+/// What TC pulls into the linear area when headers sit in paged data: the longest Ethernet
+/// + IPv4 (with options) + ports header is 78 bytes.
+const PULL_LEN: u32 = 128;
 
 #[xdp]
 pub fn bare_xdp(ctx: XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
-    count(data, end, 1, (end - data) as u64);
+    let _ = count(data, end, 1, (end - data) as u64);
     xdp_action::XDP_PASS
 }
 
@@ -59,7 +62,16 @@ pub fn bare_tc(ctx: TcContext) -> i32 {
     let (len, segs) = unsafe { ((*ctx.skb.skb).len, (*ctx.skb.skb).gso_segs) };
     // A GRO aggregate stands for gso_segs wire packets, as edgeflow counts them.
     let segs = if segs > 1 { segs } else { 1 };
-    count(ctx.data(), ctx.data_end(), segs as u64, len as u64);
+    if !count(ctx.data(), ctx.data_end(), segs as u64, len as u64)
+        && ctx.data_end() - ctx.data() < len as usize
+        && ctx
+            .pull_data(if len < PULL_LEN { len } else { PULL_LEN })
+            .is_ok()
+    {
+        // Headers in paged data (trafgen's TX ring, for one): pull them in, as edgeflow does,
+        // or the floor would count nothing.
+        count(ctx.data(), ctx.data_end(), segs as u64, len as u64);
+    }
     TC_ACT_OK
 }
 
@@ -72,14 +84,15 @@ fn load<T: Copy>(p: usize, end: usize) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned(p as *const T) })
 }
 
+/// Counts the packet; false when its headers are not in `[data, end)`.
 #[inline(always)]
-fn count(data: usize, end: usize, segs: u64, bytes: u64) {
+fn count(data: usize, end: usize, segs: u64, bytes: u64) -> bool {
     let Some(key) = key(data, end) else {
-        return;
+        return false;
     };
     if let Some(c) = BARE_FLOWS.get_ptr_mut(&key) {
         add(c, segs, bytes);
-        return;
+        return true;
     }
     let first = Count {
         packets: segs,
@@ -100,6 +113,7 @@ fn count(data: usize, end: usize, segs: u64, bytes: u64) {
             }
         }
     }
+    true
 }
 
 #[inline(always)]
