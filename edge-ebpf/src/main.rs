@@ -12,9 +12,9 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
     EbpfContext, Global,
 };
@@ -22,19 +22,19 @@ use aya_log_ebpf::warn;
 use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed};
 use shared::{
     flow::{tcp, DEFAULT_MAX_FLOWS},
-    parse::{parse_into, Frame, Parsed, IPPROTO_TCP},
+    parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP},
     rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, DEFAULT_INTERVAL_NS, RTT_BUCKETS},
-    stats::STATS_LEN,
-    Counter, FlowCounters, FlowKey, Stat,
+    stats::{Stats, STATS_LEN},
+    FlowCounters, FlowKey, Stat,
 };
 
 /// The flow table. Its size is set by the loader (`--max-flows`); this is only the default.
 #[map(name = "FLOWS")]
 static FLOWS: HashMap<FlowKey, FlowCounters> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
-/// The programs' own counters, indexed by `Stat`.
+/// The programs' own counters: one block per CPU, indexed by `Stat` (one lookup per packet).
 #[map(name = "STATS")]
-static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU: room for the parsed packet and a new entry's value. The BPF stack (512 bytes)
 /// cannot hold them next to the parser's own state.
@@ -56,7 +56,13 @@ static RTT_PENDING: HashMap<TsKey, u64> = HashMap::with_max_entries(DEFAULT_MAX_
 #[map(name = "RTT_HIST")]
 static RTT_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(RTT_BUCKETS as u32, 0);
 
-/// Per CPU: when a "table full" warning was last logged, so the log stays quiet under load.
+/// The tick counter and CLOCK_MONOTONIC read together by `edgeflow_clock`: the agent's
+/// conversion of the flows' tick stamps (`shared::flow::TICK_CLOCK_MAP`).
+#[map(name = "TICK_CLOCK")]
+static TICK_CLOCK: Array<u64> = Array::with_max_entries(2, 0);
+
+/// Per CPU: when (in ticks) a "table full" warning was last logged, so the log stays quiet
+/// under load.
 #[map(name = "WARN_AT")]
 static WARN_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -72,6 +78,8 @@ static RTT_ON: Global<u32> = Global::new(1);
 #[unsafe(no_mangle)]
 static RTT_INTERVAL_NS: Global<u64> = Global::new(DEFAULT_INTERVAL_NS);
 
+/// Ticks between two "table full" warnings: 1 s at HZ=1000, 10 s at HZ=100.
+const WARN_EVERY_TICKS: u64 = 1000;
 /// Furthest offset a header read may start at: keeps offsets bounded for the verifier.
 const MAX_OFF: usize = 512;
 /// What TC pulls into the linear area when headers sit in paged data.
@@ -92,7 +100,7 @@ impl Frame for Pkt {
     }
 
     #[inline(always)]
-    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+    fn load<const N: usize>(&self, off: usize) -> Option<Bytes<N>> {
         if off > MAX_OFF {
             return None;
         }
@@ -101,7 +109,9 @@ impl Frame for Pkt {
             return None;
         }
         // SAFETY: [p, p + N) was just checked to lie inside the packet.
-        Some(unsafe { core::ptr::read_unaligned(p as *const [u8; N]) })
+        Some(Bytes(unsafe {
+            core::ptr::read_unaligned(p as *const [u8; N])
+        }))
     }
 }
 
@@ -125,6 +135,22 @@ pub fn edgeflow_xdp(ctx: XdpContext) -> u32 {
             ctx.ingress_ifindex() as u32,
             false,
         );
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Never attached: the agent runs it with BPF_PROG_TEST_RUN to read the tick counter and
+/// CLOCK_MONOTONIC at one moment (userspace cannot read the tick counter).
+#[xdp]
+pub fn edgeflow_clock(_ctx: XdpContext) -> u32 {
+    // SAFETY: helpers without arguments.
+    let (ticks, mono) = unsafe { (bpf_jiffies64(), bpf_ktime_get_ns()) };
+    if let (Some(t), Some(m)) = (TICK_CLOCK.get_ptr_mut(0), TICK_CLOCK.get_ptr_mut(1)) {
+        // SAFETY: array slots; only this program writes them.
+        unsafe {
+            *t = ticks;
+            *m = mono;
+        }
     }
     xdp_action::XDP_PASS
 }
@@ -187,15 +213,34 @@ fn tc_pkt(ctx: &TcContext) -> Pkt {
     }
 }
 
+/// This CPU's stats block (null only if the map were missing its entry, which it cannot).
+#[inline(always)]
+fn stats() -> *mut Stats {
+    STATS.get_ptr_mut(0).unwrap_or(core::ptr::null_mut())
+}
+
+#[inline(always)]
+fn bump(st: *mut Stats, stat: Stat, packets: u64, bytes: u64) {
+    // Read back through memory so the bound below stays in the code: LLVM knows the enum's
+    // range and would drop it, the verifier does not and needs it for the variable offset.
+    let i = stat as u32;
+    // SAFETY: reading a local.
+    let i = unsafe { core::ptr::read_volatile(&i) } as usize;
+    if st.is_null() || i >= STATS_LEN as usize {
+        return;
+    }
+    // SAFETY: per-CPU block, only this CPU writes it while the program runs; `i` is in bounds.
+    unsafe {
+        let c = &mut (*st)[i];
+        c.packets += packets;
+        c.bytes += bytes;
+    }
+}
+
+/// [`bump`] for the rare paths that have not looked the block up.
 #[inline(always)]
 fn stat_add(stat: Stat, packets: u64, bytes: u64) {
-    if let Some(c) = STATS.get_ptr_mut(stat as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe {
-            (*c).packets += packets;
-            (*c).bytes += bytes;
-        }
-    }
+    bump(stats(), stat, packets, bytes);
 }
 
 #[inline(always)]
@@ -209,9 +254,10 @@ fn account<C: EbpfContext>(
     egress: bool,
 ) {
     let segs64 = segs as u64;
-    stat_add(Stat::Seen, segs64, frame_len);
+    let st = stats();
+    bump(st, Stat::Seen, segs64, frame_len);
     if let Err(stat) = parsed {
-        stat_add(stat, segs64, frame_len);
+        bump(st, stat, segs64, frame_len);
         return;
     }
     let Scratch {
@@ -223,13 +269,16 @@ fn account<C: EbpfContext>(
     let every = SAMPLE_EVERY.load();
     // SAFETY: helper without arguments.
     if every > 1 && unsafe { bpf_get_prandom_u32() } % every != 0 {
-        stat_add(Stat::Unsampled, segs64, bytes);
+        bump(st, Stat::Unsampled, segs64, bytes);
         return;
     }
-    stat_add(Stat::Parsed, segs64, bytes);
+    bump(st, Stat::Parsed, segs64, bytes);
     p.key.ifindex = ifindex;
+    // First/last seen are stamped in ticks: the verifier inlines bpf_jiffies64 into a plain
+    // load, where a clock helper call costs 20–30 ns per packet (bench/RESULTS.md). RTT
+    // samples read the fine clock when they take one.
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_jiffies64() };
     let v = match FLOWS.get_ptr_mut(&p.key) {
         Some(v) => {
             update(v, p, segs64, bytes, now);
@@ -243,7 +292,28 @@ fn account<C: EbpfContext>(
     if p.key.proto == IPPROTO_TCP && RTT_ON.load() != 0 {
         // SAFETY: a live map value; CPUs racing on it can only lose a sample.
         let r = unsafe { &mut (*v).rtt };
-        rtt(p, ts_key, r, egress, now, segs64, bytes);
+        rtt(p, ts_key, r, egress, segs64, bytes);
+    }
+}
+
+/// Zeroes a new entry's value word by word: assigning zeroed fields becomes a `memset` call,
+/// a byte loop in BPF (80 bytes of it on every new flow).
+#[inline(always)]
+fn zero(v: &mut FlowCounters) {
+    const WORDS: usize = core::mem::size_of::<FlowCounters>() / 8;
+    let w = v as *mut FlowCounters as *mut u64;
+    for i in 0..WORDS {
+        // SAFETY: FlowCounters is 8-aligned and a whole number of u64 words.
+        unsafe { core::ptr::write_volatile(w.add(i), 0) };
+    }
+}
+
+/// Zeroes padding bytes one store at a time (`[0; 3]` becomes a `memset` call).
+#[inline(always)]
+fn zero_pad(pad: &mut [u8; 3]) {
+    for b in pad.iter_mut() {
+        // SAFETY: a valid byte.
+        unsafe { core::ptr::write_volatile(b, 0) };
     }
 }
 
@@ -258,13 +328,11 @@ fn insert<C: EbpfContext>(
     now: u64,
 ) -> Option<*mut FlowCounters> {
     let d = dir_index(p);
-    init.rtt = FlowRtt::default();
-    init.packets = [0; 2];
-    init.bytes = [0; 2];
+    zero(init);
     init.packets[d] = segs64;
     init.bytes[d] = bytes;
-    init.first_seen_ns = now;
-    init.last_seen_ns = now;
+    init.first_seen = now;
+    init.last_seen = now;
     init.tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
     init.initiator = p.initiator as u32;
     match FLOWS.insert(&p.key, &*init, BPF_NOEXIST as u64) {
@@ -288,20 +356,32 @@ fn insert<C: EbpfContext>(
     }
 }
 
-/// RTT bookkeeping of one TCP segment: egress arms (SYN, SYN-ACK, a new TSval), ingress
-/// answers (the acknowledging segment, the first echo of a TSval).
+/// The fine clock, for the two ends of an RTT sample.
 #[inline(always)]
-fn rtt(p: &Parsed, tk: &mut TsKey, r: &mut FlowRtt, egress: bool, now: u64, segs: u64, bytes: u64) {
+fn fine_now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// RTT bookkeeping of one TCP segment: egress arms (SYN, SYN-ACK, a new TSval), ingress
+/// answers (the acknowledging segment, the first echo of a TSval). The fine clock is read
+/// only by segments that may start or end a sample.
+#[inline(always)]
+fn rtt(p: &Parsed, tk: &mut TsKey, r: &mut FlowRtt, egress: bool, segs: u64, bytes: u64) {
     let syn = p.tcp_flags & tcp::SYN != 0;
     if egress {
         if syn {
-            r.syn_sent(p.seq, now);
-        } else if p.has_ts && r.arm_tsval(p.tsval, now, RTT_INTERVAL_NS.load()) {
+            r.syn_sent(p.seq, fine_now());
+        } else if p.has_ts
+            && p.tsval != r.ts_last_val
+            && r.arm_tsval(p.tsval, fine_now(), RTT_INTERVAL_NS.load())
+        {
+            let now = r.ts_armed_ns;
             // SYNs are left to the handshake sample, or it would be counted twice.
             tk.flow = p.key;
             tk.tsval = p.tsval;
             tk.dir = dir_index(p) as u8;
-            tk._pad = [0; 3];
+            zero_pad(&mut tk._pad);
             match RTT_PENDING.insert(&*tk, &now, BPF_NOEXIST as u64) {
                 Ok(()) => {}
                 Err(e) if e as i64 == -EEXIST => {}
@@ -310,8 +390,9 @@ fn rtt(p: &Parsed, tk: &mut TsKey, r: &mut FlowRtt, egress: bool, now: u64, segs
         }
         return;
     }
-    if p.tcp_flags & tcp::ACK != 0 {
-        if let Some(us) = r.ack_received(p.ack, now) {
+    // Only an ACK that may answer a pending SYN or SYN-ACK needs the time.
+    if p.tcp_flags & tcp::ACK != 0 && r.hs_sent_ns != 0 {
+        if let Some(us) = r.ack_received(p.ack, fine_now()) {
             sample(r, us);
         }
     }
@@ -320,10 +401,11 @@ fn rtt(p: &Parsed, tk: &mut TsKey, r: &mut FlowRtt, egress: bool, now: u64, segs
         tk.flow = p.key;
         tk.tsval = p.tsecr;
         tk.dir = (dir_index(p) ^ 1) as u8;
-        tk._pad = [0; 3];
+        zero_pad(&mut tk._pad);
         // SAFETY: the value is copied out before the entry is removed.
         if let Some(sent) = unsafe { RTT_PENDING.get(&*tk) }.copied() {
             let _ = RTT_PENDING.remove(&*tk);
+            let now = fine_now();
             if now >= sent {
                 sample(r, ns_to_us(now - sent));
             }
@@ -348,7 +430,7 @@ fn update(v: *mut FlowCounters, p: &Parsed, segs: u64, bytes: u64, now: u64) {
     unsafe {
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).packets[d], segs);
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).bytes[d], bytes);
-        core::ptr::write_volatile(&raw mut (*v).last_seen_ns, now);
+        core::ptr::write_volatile(&raw mut (*v).last_seen, now);
         let bits = (p.tcp_flags as u32) << (8 * d as u32);
         if bits != 0 && core::ptr::read_volatile(&raw const (*v).tcp_flags) & bits != bits {
             atomic_or::<u32, u32, { Relaxed }>(&raw mut (*v).tcp_flags, bits);
@@ -373,7 +455,7 @@ fn overflow<C: EbpfContext>(ctx: &C, segs: u64, bytes: u64, now: u64) {
     if let Some(at) = WARN_AT.get_ptr_mut(0) {
         // SAFETY: per-CPU slot.
         unsafe {
-            if now.wrapping_sub(*at) > 1_000_000_000 {
+            if now.wrapping_sub(*at) > WARN_EVERY_TICKS {
                 *at = now;
                 warn!(
                     ctx,

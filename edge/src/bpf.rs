@@ -17,6 +17,8 @@ pub const TC_PROG: &str = "edgeflow_tc";
 /// The TC program for egress: a separate entry point because RTT tracking needs to know
 /// which way a packet goes.
 pub const TC_EGRESS_PROG: &str = "edgeflow_tc_egress";
+/// Never attached: reads the kernel's tick counter for [`crate::ticks::TickClock`].
+pub const CLOCK_PROG: &str = "edgeflow_clock";
 
 /// Settings fixed at load time.
 #[derive(Clone, Copy, Debug)]
@@ -83,7 +85,12 @@ impl Loaded {
 
 /// Loads the object and both programs into the kernel (verifier included).
 pub fn load(opts: LoadOptions) -> Result<Loaded, LoadError> {
-    if OBJECT.is_empty() {
+    load_object(OBJECT, opts)
+}
+
+/// [`load`] of another build of the programs (the benchmark compares two builds this way).
+pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError> {
+    if object.is_empty() {
         return Err(LoadError::NoObject);
     }
     let rtt_on = opts.rtt.is_some() as u32;
@@ -95,7 +102,7 @@ pub fn load(opts: LoadOptions) -> Result<Loaded, LoadError> {
         .override_global("SAMPLE_EVERY", &opts.sample_every.max(1), true)
         .override_global("RTT_ON", &rtt_on, true)
         .override_global("RTT_INTERVAL_NS", &rtt_interval_ns, true)
-        .load(OBJECT)?;
+        .load(object)?;
     let logger = match EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -106,6 +113,11 @@ pub fn load(opts: LoadOptions) -> Result<Loaded, LoadError> {
     load_program::<Xdp>(&mut ebpf, XDP_PROG)?;
     load_program::<SchedClassifier>(&mut ebpf, TC_PROG)?;
     load_program::<SchedClassifier>(&mut ebpf, TC_EGRESS_PROG)?;
+    // Builds before it (the benchmark's A/B runs load them) lack it; the agent's
+    // `TickClock::take` names it when it is missing.
+    if ebpf.program(CLOCK_PROG).is_some() {
+        load_program::<Xdp>(&mut ebpf, CLOCK_PROG)?;
+    }
     Ok(Loaded { ebpf, logger })
 }
 

@@ -64,7 +64,7 @@ pub struct Drainer {
     prev_stats: Stats,
     prev_hist: RttHist,
     last: ClockPair,
-    expired: Vec<(FlowKey, u64)>,
+    expired: Vec<(FlowKey, [u64; 2])>,
     /// Kernel `parsed` minus reported totals, summed since the start (see `Window::unsettled`).
     unsettled: Counter,
 }
@@ -95,6 +95,9 @@ impl Drainer {
     /// straight into the deltas: no copy of the whole table is held.
     pub fn drain(&mut self) -> Result<Window, TableError> {
         let now = ClockPair::now();
+        let ticks = self.table.ticks.now()?;
+        // Tick stamps to wall-clock ms, through the monotonic clock.
+        let to_ms = |t: u64| now.to_unix_ms(ticks.to_mono_ns(t));
         self.epoch = self.epoch.wrapping_add(1);
         let epoch = self.epoch;
         let expiry = self.expiry;
@@ -118,11 +121,15 @@ impl Drainer {
                     packets: delta.packets[0].wrapping_add(delta.packets[1]),
                     bytes: delta.bytes[0].wrapping_add(delta.bytes[1]),
                 });
-                flows.push(FlowRecord::new(key, cur, &delta, |ns| now.to_unix_ms(ns)));
+                flows.push(FlowRecord::new(key, cur, &delta, to_ms));
             }
-            let idle = Duration::from_nanos(now.mono_ns.saturating_sub(cur.last_seen_ns));
+            let idle = Duration::from_nanos(
+                ticks
+                    .mono_ns
+                    .saturating_sub(ticks.to_mono_ns(cur.last_seen)),
+            );
             if idle >= expiry.inactive || (finished(cur) && idle >= expiry.finished) {
-                expired.push((*key, cur.last_seen_ns));
+                expired.push((*key, cur.packets));
             }
             *before = Prev::of(cur, epoch);
         })?;
@@ -133,13 +140,10 @@ impl Drainer {
             self.prev.retain(|_, p| p.epoch == epoch);
         }
         let mut removed = 0u32;
-        for (key, seen_at) in &expired {
-            // A packet that came since the read keeps the entry for the next window.
-            if self
-                .table
-                .get(key)
-                .is_some_and(|c| c.last_seen_ns == *seen_at)
-            {
+        for (key, packets) in &expired {
+            // A packet that came since the read keeps the entry for the next window. Compared
+            // by count, not by last_seen: that has tick resolution.
+            if self.table.get(key).is_some_and(|c| c.packets == *packets) {
                 self.table.remove(key)?;
                 self.prev.remove(key);
                 removed += 1;

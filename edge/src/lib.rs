@@ -17,6 +17,7 @@ pub mod run;
 pub mod spool;
 pub mod summary;
 pub mod table;
+pub mod ticks;
 pub mod watch;
 pub mod window;
 

@@ -1,6 +1,7 @@
 //! Reading the kernel flow table and the programs' counters, RTT histogram and pending
 //! timestamps.
 
+use crate::ticks::{TickClock, TickError};
 use aya::{
     maps::{HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf,
@@ -9,15 +10,14 @@ use shared::{
     flow::FLOWS_MAP,
     rtt::{TsKey, HIST_MAP, PENDING_MAP, RTT_BUCKETS},
     stats::{STATS_LEN, STATS_MAP},
-    Counter, FlowCounters, FlowKey, Stat,
+    Counter, FlowCounters, FlowKey,
 };
 use std::{
     cell::{Cell, RefCell},
     os::fd::{AsFd, AsRawFd, RawFd},
 };
 
-/// Every stat, summed over CPUs, indexed by `Stat as usize`.
-pub type Stats = [Counter; STATS_LEN as usize];
+pub use shared::stats::Stats;
 /// RTT samples per log2 bucket, summed over CPUs (`shared::rtt::rtt_bucket`).
 pub type RttHist = [u64; RTT_BUCKETS];
 
@@ -31,6 +31,8 @@ pub enum TableError {
         #[source]
         source: MapError,
     },
+    #[error("kernel tick clock: {0}")]
+    Ticks(#[from] TickError),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> TableError {
@@ -46,9 +48,11 @@ pub struct FlowTable {
     batch: RefCell<(Vec<FlowKey>, Vec<FlowCounters>)>,
     /// False once the kernel said it has no BPF_MAP_LOOKUP_BATCH for hash maps (< 5.6).
     batch_ok: Cell<bool>,
-    stats: PerCpuArray<MapData, Counter>,
+    stats: PerCpuArray<MapData, Stats>,
     pending: HashMap<MapData, TsKey, u64>,
     hist: PerCpuArray<MapData, u64>,
+    /// Turns the entries' tick stamps into time.
+    pub ticks: TickClock,
     /// Entries the table was created with.
     pub capacity: u32,
     /// Kernel memory charged for the table (fdinfo `memlock`), when known.
@@ -96,6 +100,7 @@ impl FlowTable {
             .take_map(HIST_MAP)
             .ok_or(TableError::MissingMap(HIST_MAP))?;
         let hist = PerCpuArray::try_from(hist).map_err(map_err(HIST_MAP))?;
+        let ticks = TickClock::take(ebpf)?;
         Ok(FlowTable {
             flows,
             flows_fd,
@@ -107,6 +112,7 @@ impl FlowTable {
             stats,
             pending,
             hist,
+            ticks,
             capacity,
             memory_bytes,
         })
@@ -231,13 +237,10 @@ impl FlowTable {
     /// The programs' counters, summed over CPUs.
     pub fn read_stats(&self) -> Result<Stats, TableError> {
         let mut out = [Counter::default(); STATS_LEN as usize];
-        for s in Stat::ALL {
-            let per_cpu = self
-                .stats
-                .get(&(*s as u32), 0)
-                .map_err(map_err(STATS_MAP))?;
-            for c in per_cpu.iter() {
-                out[*s as usize].add(c);
+        let per_cpu = self.stats.get(&0, 0).map_err(map_err(STATS_MAP))?;
+        for block in per_cpu.iter() {
+            for (o, c) in out.iter_mut().zip(block.iter()) {
+                o.add(c);
             }
         }
         Ok(out)

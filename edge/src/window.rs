@@ -91,7 +91,7 @@ impl RttUs {
 
 impl FlowRecord {
     /// A record from the key, the entry now and what changed since the last drain. `to_ms`
-    /// turns kernel timestamps into wall-clock milliseconds.
+    /// turns the entry's tick stamps into wall-clock milliseconds.
     pub fn new(
         key: &FlowKey,
         now: &FlowCounters,
@@ -123,8 +123,8 @@ impl FlowRecord {
             packets_rev: delta.packets[rev.index()],
             bytes_rev: delta.bytes[rev.index()],
             tcp_flags: now.flags(Direction::AToB) | now.flags(Direction::BToA),
-            first_seen_ms: to_ms(now.first_seen_ns),
-            last_seen_ms: to_ms(now.last_seen_ns),
+            first_seen_ms: to_ms(now.first_seen),
+            last_seen_ms: to_ms(now.last_seen),
             rtt_us: RttUs::new(&now.rtt, delta.rtt.samples),
         }
     }
@@ -298,8 +298,8 @@ mod tests {
             bytes: [500, 700],
             initiator: Initiator::B as u32,
             tcp_flags: 0x12 | (0x02 << 8),
-            first_seen_ns: 1_000_000,
-            last_seen_ns: 3_000_000,
+            first_seen: 1_000_000,
+            last_seen: 3_000_000,
             ..Default::default()
         };
         let delta = FlowCounters {

@@ -20,7 +20,7 @@ use edge::{
 };
 use shared::{
     craft::{ext_body, frag_body, Ip, Packet, L4, TPID_8021AD, TPID_8021Q},
-    parse::{parse, Frame},
+    parse::{parse, Bytes, Frame},
     Counter, FlowKey, Stat,
 };
 use std::{collections::HashMap, time::Instant};
@@ -252,7 +252,7 @@ impl Frame for ProgView<'_> {
     fn len(&self) -> usize {
         self.0.len()
     }
-    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+    fn load<const N: usize>(&self, off: usize) -> Option<Bytes<N>> {
         if off > MAX_OFF {
             return None;
         }

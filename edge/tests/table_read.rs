@@ -1,23 +1,25 @@
 //! Reading the kernel flow table: the batch read (one BPF_MAP_LOOKUP_BATCH) returns exactly
-//! what the entry-by-entry iterator returns, on a table with thousands of real flows.
+//! what the entry-by-entry iterator returns, on a table with thousands of real flows; and the
+//! entries' tick stamps convert back to the time their packets passed.
 
 use edge::{
-    attach::{self, AttachMode},
-    bpf::{self, LoadOptions},
+    attach::{self, AttachMode, Attachment},
+    bpf::{self, LoadOptions, Loaded},
+    clock::monotonic_ns,
     table::FlowTable,
 };
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, UdpSocket},
+    time::Duration,
 };
 use testkit::{TestNet, A4, B4};
 
-#[test]
-fn batch_read_matches_the_iterator() {
-    let net = TestNet::new();
+/// The programs loaded with a table of `max_flows` and attached (TC) to B's end of `net`.
+fn load_on(net: &TestNet, max_flows: u32) -> (Loaded, FlowTable, Vec<Attachment>) {
     net.static_neighbours();
     let mut loaded = bpf::load(LoadOptions {
-        max_flows: 4096,
+        max_flows,
         sample_every: 1,
         rtt: None,
     })
@@ -32,6 +34,13 @@ fn batch_read_matches_the_iterator() {
         &mut attached,
     )
     .unwrap();
+    (loaded, table, attached)
+}
+
+#[test]
+fn batch_read_matches_the_iterator() {
+    let net = TestNet::new();
+    let (loaded, table, attached) = load_on(&net, 4096);
     // 3000 flows: one socket, 3000 destination ports.
     net.in_ns(&net.ns_a, || {
         let s = UdpSocket::bind(SocketAddr::new(A4.into(), 0)).unwrap();
@@ -54,6 +63,53 @@ fn batch_read_matches_the_iterator() {
     );
     assert!(batch.len() >= 3000, "{} entries", batch.len());
     assert_eq!(batch, one);
+    drop(loaded);
+    attach::cleanup_all(&attached, Some(&net.ns_b));
+}
+
+/// A packet sent at a known monotonic time gets first/last-seen stamps that the agent's
+/// `TickClock` converts to within a tick of it.
+#[test]
+fn tick_stamps_convert_to_the_time_the_packet_passed() {
+    let net = TestNet::new();
+    let (loaded, table, attached) = load_on(&net, 1024);
+    let tick_ns = table.ticks.tick_ns();
+    assert!(
+        [1_000_000, 3_333_333, 4_000_000, 10_000_000].contains(&tick_ns),
+        "{tick_ns} ns per tick"
+    );
+    let sock = net.in_ns(&net.ns_a, || {
+        UdpSocket::bind(SocketAddr::new(A4.into(), 0)).unwrap()
+    });
+    let to = SocketAddr::new(B4.into(), 31_000);
+    let first_at = monotonic_ns();
+    sock.send_to(b"first", to).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let last_at = monotonic_ns();
+    sock.send_to(b"last", to).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let mut flows = Vec::new();
+    table.read_flows(&mut flows).unwrap();
+    let (_, v) = flows
+        .iter()
+        .find(|(k, _)| k.port_a == 31_000 || k.port_b == 31_000)
+        .expect("the flow is in the table");
+    assert_eq!(v.packets[0] + v.packets[1], 2);
+    let now = table.ticks.now().unwrap();
+    // A stamp is the tick the packet passed in: up to one tick before it, never after the
+    // packet's own tick ends.
+    let slack = tick_ns + 2_000_000;
+    for (what, stamp, at) in [
+        ("first", v.first_seen, first_at),
+        ("last", v.last_seen, last_at),
+    ] {
+        let got = now.to_mono_ns(stamp);
+        assert!(
+            got + slack >= at && got <= at + slack + 50_000_000,
+            "{what}: stamp {got} ns, sent at {at} ns (tick {tick_ns} ns)"
+        );
+    }
     drop(loaded);
     attach::cleanup_all(&attached, Some(&net.ns_b));
 }

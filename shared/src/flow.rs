@@ -8,6 +8,10 @@ use crate::rtt::FlowRtt;
 
 /// Map name of the flow table in the eBPF object.
 pub const FLOWS_MAP: &str = "FLOWS";
+/// Map name of the two-slot array where the `edgeflow_clock` program (run by the agent with
+/// BPF_PROG_TEST_RUN) leaves the tick counter (slot 0) and CLOCK_MONOTONIC in ns (slot 1),
+/// read at one moment.
+pub const TICK_CLOCK_MAP: &str = "TICK_CLOCK";
 /// Default number of entries in the flow table.
 pub const DEFAULT_MAX_FLOWS: u32 = 16_384;
 /// Smallest and largest table the agent accepts.
@@ -73,9 +77,11 @@ pub struct FlowCounters {
     pub packets: [u64; 2],
     /// Bytes per [`Direction`]: the sum of each wire packet's IP total length.
     pub bytes: [u64; 2],
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the first and the latest packet.
-    pub first_seen_ns: u64,
-    pub last_seen_ns: u64,
+    /// The kernel's tick counter (`bpf_jiffies64`) at the first and the latest packet: 1–10
+    /// ms resolution (HZ 1000–100). The agent converts ticks to time through
+    /// [`TICK_CLOCK_MAP`].
+    pub first_seen: u64,
+    pub last_seen: u64,
     /// OR of TCP flags: bits 0..8 for a→b, bits 8..16 for b→a.
     pub tcp_flags: u32,
     /// [`Initiator`] as u8 in the low byte; the rest is zero.

@@ -21,6 +21,10 @@ const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;
 const TCPOPT_TS: u8 = 8;
 const TCPOLEN_TS: u8 = 10;
+/// The timestamp option as Linux lays it out (RFC 7323 appendix A): NOP, NOP, kind, length,
+/// then TSval and TSecr.
+const TS_LAYOUT: [u8; 4] = [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TS, TCPOLEN_TS];
+const TS_LAYOUT_LEN: usize = 12;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -34,13 +38,30 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
+/// Bytes read from a frame, 8-aligned. edge-ebpf is built with misaligned loads allowed
+/// (packet fields read as words), and then LLVM may copy a plain byte array onto the BPF
+/// stack with word stores at the array's own odd offsets, which the verifier rejects; an
+/// 8-aligned array keeps those stores aligned.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bytes<const N: usize>(pub [u8; N]);
+
+impl<const N: usize> core::ops::Deref for Bytes<N> {
+    type Target = [u8; N];
+
+    #[inline(always)]
+    fn deref(&self) -> &[u8; N] {
+        &self.0
+    }
+}
+
 /// Read access to one frame, starting at the Ethernet header.
 pub trait Frame {
     /// Length of the whole frame (for TC, `skb->len`: it may be more than [`Frame::load`]
     /// reaches when the skb is non-linear).
     fn len(&self) -> usize;
     /// `N` bytes at `off`, or `None` when the frame ends before `off + N`.
-    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+    fn load<const N: usize>(&self, off: usize) -> Option<Bytes<N>>;
 
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -52,11 +73,11 @@ impl Frame for [u8] {
         <[u8]>::len(self)
     }
 
-    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+    fn load<const N: usize>(&self, off: usize) -> Option<Bytes<N>> {
         let end = off.checked_add(N)?;
         let s = self.get(off..end)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(s);
+        let mut out = Bytes([0u8; N]);
+        out.0.copy_from_slice(s);
         Some(out)
     }
 }
@@ -138,7 +159,7 @@ pub fn parse_into<F: Frame + ?Sized>(
     accel_vlan: Option<u16>,
     out: &mut Parsed,
 ) -> Result<(), Stat> {
-    let mut ethertype = be16(f.load::<2>(12).ok_or(Stat::ErrEthernet)?);
+    let mut ethertype = be16(f.load::<2>(12).ok_or(Stat::ErrEthernet)?.0);
     let mut off = ETH_HLEN;
 
     // Two scalars, not an indexed array: LLVM may turn a stack-array index into a pointer
@@ -223,8 +244,8 @@ pub fn parse_into<F: Frame + ?Sized>(
             if h[0] >> 4 != 6 {
                 return Err(Stat::ErrIpv6);
             }
-            key.addr_a = f.load::<16>(l3 + 8).ok_or(Stat::ErrIpv6)?;
-            key.addr_b = f.load::<16>(l3 + 24).ok_or(Stat::ErrIpv6)?;
+            key.addr_a = load_addr6(f, l3 + 8).ok_or(Stat::ErrIpv6)?;
+            key.addr_b = load_addr6(f, l3 + 24).ok_or(Stat::ErrIpv6)?;
             let payload = be16([h[4], h[5]]) as u32;
             ip_len = if payload == 0 {
                 f.len().saturating_sub(l3) as u32
@@ -277,15 +298,12 @@ pub fn parse_into<F: Frame + ?Sized>(
         _ => return Err(Stat::NonIp),
     }
 
-    let mut sport = 0u16;
-    let mut dport = 0u16;
-    let mut tcp_flags = 0u8;
-    let mut l4_hdr = 0usize;
-    let (mut seq, mut ack) = (0u32, 0u32);
-    let mut ts: Option<(u32, u32)> = None;
-    // Which side started it, should this be the first packet: true = the sender.
-    let mut sender_initiated = true;
-    match proto {
+    // TCP's fields go straight into `out` as they are read, zero for other protocols: fewer
+    // values live across the match, fewer spills to the BPF stack.
+    clear_tcp(out);
+    // The last value: which side started it, should this be the first packet (true: the
+    // sender).
+    let (sport, dport, l4_hdr, sender_initiated) = match proto {
         IPPROTO_TCP => {
             let h = f.load::<20>(l4).ok_or(Stat::ErrL4)?;
             let doff = ((h[12] >> 4) as usize) * 4;
@@ -295,44 +313,57 @@ pub fn parse_into<F: Frame + ?Sized>(
             if doff > 20 {
                 f.load::<1>(l4 + doff - 1).ok_or(Stat::ErrL4)?;
             }
-            sport = be16([h[0], h[1]]);
-            dport = be16([h[2], h[3]]);
-            tcp_flags = h[13];
-            seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-            ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
-            l4_hdr = doff;
-            ts = tcp_timestamp(f, l4 + 20, doff - 20);
-            let syn = tcp_flags & crate::flow::tcp::SYN != 0;
-            let ack = tcp_flags & crate::flow::tcp::ACK != 0;
-            sender_initiated = if syn { !ack } else { !serves(sport, dport) };
+            let sport = be16([h[0], h[1]]);
+            let dport = be16([h[2], h[3]]);
+            let flags = h[13];
+            out.tcp_flags = flags;
+            out.seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            out.ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+            if let Some((val, ecr)) = tcp_timestamp(f, l4 + 20, doff - 20) {
+                out.has_ts = true;
+                out.tsval = val;
+                out.tsecr = ecr;
+            }
+            let syn = flags & crate::flow::tcp::SYN != 0;
+            let ack = flags & crate::flow::tcp::ACK != 0;
+            let initiated = if syn { !ack } else { !serves(sport, dport) };
+            (sport, dport, doff, initiated)
         }
         IPPROTO_UDP => {
             let p = f.load::<8>(l4).ok_or(Stat::ErrL4)?;
-            sport = be16([p[0], p[1]]);
-            dport = be16([p[2], p[3]]);
-            l4_hdr = 8;
-            sender_initiated = !serves(sport, dport);
+            let sport = be16([p[0], p[1]]);
+            let dport = be16([p[2], p[3]]);
+            (sport, dport, 8, !serves(sport, dport))
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let p = f.load::<8>(l4).ok_or(Stat::ErrL4)?;
             let (ty, reply) = icmp_request_form(proto, p[0]);
             let tc = ((ty as u16) << 8) | p[1] as u16;
-            sport = tc;
-            dport = tc;
-            l4_hdr = 8;
-            sender_initiated = !reply;
+            (tc, tc, 8, !reply)
         }
-        _ => {}
-    }
+        _ => (0, 0, 0, true),
+    };
 
-    key.port_a = sport;
-    key.port_b = dport;
+    let key = &mut out.key;
     key.proto = proto;
-    // Canonical order: endpoint a is the lower (address, port).
-    let dir = if endpoint_le(&key.addr_a, sport, &key.addr_b, dport) {
+    // Canonical order: endpoint a is the lower (address, port). The addresses are compared
+    // and swapped as two big-endian words each: array swaps and compares become byte loops.
+    let (a_hi, a_lo) = addr_words(&key.addr_a);
+    let (b_hi, b_lo) = addr_words(&key.addr_b);
+    let a_first = if a_hi != b_hi {
+        a_hi < b_hi
+    } else if a_lo != b_lo {
+        a_lo < b_lo
+    } else {
+        sport <= dport
+    };
+    let dir = if a_first {
+        key.port_a = sport;
+        key.port_b = dport;
         Direction::AToB
     } else {
-        core::mem::swap(&mut key.addr_a, &mut key.addr_b);
+        key.addr_a = addr_bytes(b_hi, b_lo);
+        key.addr_b = addr_bytes(a_hi, a_lo);
         key.port_a = dport;
         key.port_b = sport;
         Direction::BToA
@@ -344,22 +375,6 @@ pub fn parse_into<F: Frame + ?Sized>(
     };
     out.ip_len = ip_len;
     out.hdr_len = (l4 - l3 + l4_hdr) as u32;
-    out.tcp_flags = tcp_flags;
-    out.seq = seq;
-    out.ack = ack;
-    out._pad = [0; 2];
-    match ts {
-        Some((val, ecr)) => {
-            out.has_ts = true;
-            out.tsval = val;
-            out.tsecr = ecr;
-        }
-        None => {
-            out.has_ts = false;
-            out.tsval = 0;
-            out.tsecr = 0;
-        }
-    }
     Ok(())
 }
 
@@ -373,9 +388,9 @@ fn tcp_timestamp<F: Frame + ?Sized>(f: &F, off: usize, len: usize) -> Option<(u3
     if len > MAX_TCP_OPT_LEN {
         return None;
     }
-    if len >= 12 {
-        let o = f.load::<12>(off)?;
-        if o[..4] == [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TS, TCPOLEN_TS] {
+    if len >= TS_LAYOUT_LEN {
+        let o = f.load::<TS_LAYOUT_LEN>(off)?;
+        if o[..4] == TS_LAYOUT {
             return Some(ts_fields(&o, 4));
         }
     }
@@ -387,7 +402,7 @@ fn tcp_timestamp<F: Frame + ?Sized>(f: &F, off: usize, len: usize) -> Option<(u3
         if pos + TCPOLEN_TS as usize > len || pos >= MAX_TCP_OPT_LEN {
             return None;
         }
-        let [kind, olen] = f.load::<2>(off + pos)?;
+        let Bytes([kind, olen]) = f.load::<2>(off + pos)?;
         match kind {
             TCPOPT_EOL => return None,
             TCPOPT_NOP => pos += 1,
@@ -444,6 +459,15 @@ fn icmp_request_form(proto: u8, ty: u8) -> (u8, bool) {
     }
 }
 
+/// An IPv6 address as two 8-byte reads: a 16-byte array copy out of the packet compiles to a
+/// split copy with a `memcpy` call (a byte loop in BPF).
+#[inline(always)]
+fn load_addr6<F: Frame + ?Sized>(f: &F, off: usize) -> Option<[u8; 16]> {
+    let hi = u64::from_be_bytes(f.load::<8>(off)?.0) as u128;
+    let lo = u64::from_be_bytes(f.load::<8>(off + 8)?.0) as u128;
+    Some((hi << 64 | lo).to_be_bytes())
+}
+
 #[inline(always)]
 fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
     // One 128-bit value, stored as words: an array literal becomes a memset call, a byte loop
@@ -451,21 +475,32 @@ fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
     ((0xffff_u128 << 32) | u32::from_be_bytes(a) as u128).to_be_bytes()
 }
 
-/// A total order on endpoints. Compared as two u64 words and the port: any consistent order
-/// does, and byte-array comparison would need memcmp, which BPF has not.
+/// Zeroes the TCP fields of `out`, one volatile store each: LLVM merges plain zero stores
+/// into a `memset` call, a byte loop in BPF.
 #[inline(always)]
-fn endpoint_le(a: &[u8; 16], ap: u16, b: &[u8; 16], bp: u16) -> bool {
-    let ah = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
-    let bh = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-    if ah != bh {
-        return ah < bh;
+fn clear_tcp(out: &mut Parsed) {
+    // SAFETY: writes to fields of a valid `&mut Parsed`.
+    unsafe {
+        core::ptr::write_volatile(&raw mut out.tcp_flags, 0);
+        core::ptr::write_volatile(&raw mut out.has_ts, false);
+        core::ptr::write_volatile(&raw mut out._pad, [0; 2]);
+        core::ptr::write_volatile(&raw mut out.seq, 0);
+        core::ptr::write_volatile(&raw mut out.ack, 0);
+        core::ptr::write_volatile(&raw mut out.tsval, 0);
+        core::ptr::write_volatile(&raw mut out.tsecr, 0);
     }
-    let al = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
-    let bl = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
-    if al != bl {
-        return al < bl;
-    }
-    ap <= bp
+}
+
+/// An address as two big-endian u64 words: comparing them in order compares the addresses.
+#[inline(always)]
+fn addr_words(a: &[u8; 16]) -> (u64, u64) {
+    let v = u128::from_be_bytes(*a);
+    ((v >> 64) as u64, v as u64)
+}
+
+#[inline(always)]
+fn addr_bytes(hi: u64, lo: u64) -> [u8; 16] {
+    ((hi as u128) << 64 | lo as u128).to_be_bytes()
 }
 
 #[cfg(test)]

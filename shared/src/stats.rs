@@ -1,9 +1,10 @@
-//! The programs' own counters: a per-CPU array indexed by [`Stat`].
+//! The programs' own counters: one per-CPU block of [`Counter`]s, indexed by [`Stat`] (one
+//! map lookup per packet covers every counter it touches).
 //!
 //! Conservation holds per window: `Seen = Parsed + NonIp + Fragment + every Err*`, and
 //! `Parsed = sum(flow deltas) + Overflow` (packets and bytes alike for the second).
 
-/// Map name of the per-CPU stats array in the eBPF object.
+/// Map name of the per-CPU stats array in the eBPF object: one entry, a [`Stats`] block.
 pub const STATS_MAP: &str = "STATS";
 
 /// One counter: packets and bytes.
@@ -77,8 +78,11 @@ stats! {
     RttPendingFull = 12, "rtt_pending_full";
 }
 
-/// Number of entries in the stats array.
+/// Number of counters in a [`Stats`] block.
 pub const STATS_LEN: u32 = 13;
+
+/// Every counter, indexed by [`Stat`]: the value of the stats map's only entry.
+pub type Stats = [Counter; STATS_LEN as usize];
 
 #[cfg(feature = "user")]
 mod pod {
