@@ -1,10 +1,11 @@
 //! In-kernel cost per packet of edgeflow's programs against the bare counter's, hook by hook,
 //! without traffic: BPF_PROG_TEST_RUN runs each program on the same crafted frame `repeat`
-//! times and the kernel reports the mean run time. One flow, hot caches: the programs' own
+//! times and the kernel reports the mean run time; trials interleave the programs and the
+//! ratios are medians of per-trial ratios. One flow, hot caches: the programs' own
 //! instructions and map work, free of the veth path's noise (bench's `bpf ns/run` column is
 //! the same figure on real traffic). Prints a table: ns per run, and edgeflow's over bare's.
 //!
-//! prog-cost [--repeat N] [--trials T]
+//! prog-cost [--repeat N] [--trials T] [--against OBJECT]
 
 use anyhow::Context;
 use argh::FromArgs;
@@ -20,12 +21,16 @@ static BARE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bare
 /// Mean in-kernel run time of each program on crafted frames.
 #[derive(FromArgs)]
 struct Args {
-    /// runs per trial (default 1000000)
-    #[argh(option, default = "1_000_000")]
+    /// runs per trial (default 200000)
+    #[argh(option, default = "200_000")]
     repeat: u32,
-    /// trials per program; the median is reported (default 5)
-    #[argh(option, default = "5")]
+    /// trials per program; medians are reported, ratios taken within a trial (default 15)
+    #[argh(option, default = "15")]
     trials: usize,
+    /// other builds of edgeflow's object (e.g. target/bpf/bpfel-unknown-none/release/edgeflow
+    /// of an earlier commit), run with RTT on in the same trials: one A/B column each
+    #[argh(option)]
+    against: Vec<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy)]
@@ -44,53 +49,78 @@ fn main() -> anyhow::Result<()> {
         let t: &mut SchedClassifier = bare.program_mut("bare_tc").unwrap().try_into()?;
         t.load()?;
     }
-    let load = |rtt: bool| {
-        bpf::load(LoadOptions {
-            max_flows: 16_384,
-            sample_every: 1,
-            rtt: rtt.then(RttOptions::default),
-        })
+    let opts = |rtt: bool| LoadOptions {
+        max_flows: 16_384,
+        sample_every: 1,
+        rtt: rtt.then(RttOptions::default),
     };
-    let mut ef_rtt = load(true)?;
-    let mut ef_nortt = load(false)?;
-    println!(
-        "{:<7} {:<4} {:>9} {:>16} {:>6} {:>13} {:>6}",
-        "frame", "hook", "bare ns", "edgeflow-nortt", "x", "edgeflow", "x"
-    );
+    // The configurations compared with the bare counter, each one column.
+    let mut configs: Vec<(String, Ebpf)> = vec![
+        ("edgeflow-nortt".into(), bpf::load(opts(false))?.ebpf),
+        ("edgeflow".into(), bpf::load(opts(true))?.ebpf),
+    ];
+    for (i, path) in args.against.iter().enumerate() {
+        let object = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let other = bpf::load_object(&object, opts(true))
+            .with_context(|| format!("loading {}", path.display()))?;
+        configs.push((format!("against-{}", i + 1), other.ebpf));
+    }
+    print!("{:<7} {:<4} {:>9}", "frame", "hook", "bare ns");
+    for (label, _) in &configs {
+        print!(" {:>16} {:>6}", label, "x");
+    }
+    println!();
     for (fname, frame) in &frames {
         for hook in [Hook::Xdp, Hook::Tc] {
             let bare_prog = match hook {
                 Hook::Xdp => "bare_xdp",
                 Hook::Tc => "bare_tc",
             };
-            let b = median(&mut bare, bare_prog, hook, frame, &args)?;
-            let n = median(&mut ef_nortt.ebpf, prog_name(hook), hook, frame, &args)?;
-            let r = median(&mut ef_rtt.ebpf, prog_name(hook), hook, frame, &args)?;
-            println!(
-                "{:<7} {:<4} {:>9.0} {:>16.0} {:>6.2} {:>13.0} {:>6.2}",
-                fname,
-                match hook {
-                    Hook::Xdp => "xdp",
-                    Hook::Tc => "tc",
-                },
-                b,
-                n,
-                n / b,
-                r,
-                r / b
-            );
+            // Each trial runs every program back to back, in an order rotated per trial, and
+            // the ratios are taken within the trial: the host's noise (steal time, other
+            // tenants) moves them together and cancels out of the ratio.
+            let n = configs.len() + 1;
+            let mut ns: Vec<Vec<f64>> = vec![Vec::new(); n];
+            let mut ratio: Vec<Vec<f64>> = vec![Vec::new(); n];
+            for t in 0..args.trials {
+                let mut trial = vec![0f64; n];
+                for k in 0..n {
+                    let i = (t + k) % n;
+                    trial[i] = if i == 0 {
+                        run(&mut bare, bare_prog, hook, frame, args.repeat)?
+                    } else {
+                        run(
+                            &mut configs[i - 1].1,
+                            prog_name(hook),
+                            hook,
+                            frame,
+                            args.repeat,
+                        )?
+                    };
+                }
+                for i in 0..n {
+                    ns[i].push(trial[i]);
+                    ratio[i].push(trial[i] / trial[0]);
+                }
+            }
+            let hook_name = match hook {
+                Hook::Xdp => "xdp",
+                Hook::Tc => "tc",
+            };
+            print!("{:<7} {:<4} {:>9.0}", fname, hook_name, median(&ns[0]));
+            for i in 1..n {
+                print!(" {:>16.0} {:>6.2}", median(&ns[i]), median(&ratio[i]));
+            }
+            println!();
         }
     }
     Ok(())
 }
 
-/// Median over the trials of the mean ns per run.
-fn median(ebpf: &mut Ebpf, prog: &str, hook: Hook, frame: &[u8], a: &Args) -> anyhow::Result<f64> {
-    let mut ns: Vec<f64> = (0..a.trials)
-        .map(|_| run(ebpf, prog, hook, frame, a.repeat))
-        .collect::<anyhow::Result<_>>()?;
-    ns.sort_by(f64::total_cmp);
-    Ok(ns[ns.len() / 2])
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn prog_name(hook: Hook) -> &'static str {
