@@ -29,10 +29,15 @@ use testkit::{agent::Agent, mosquitto::Mosquitto, subscriber::Subscriber, TestNe
 
 const INTERVAL_SECS: u64 = 2;
 
-/// One datagram to each of `flows` destination ports: one packet per flow.
-fn round(sock: &UdpSocket, flows: u32) {
+/// Destination ports per source socket: a flow is (source port, destination port), and one
+/// source port reaches at most this many destinations.
+const PORTS_PER_SOCKET: u32 = 50_000;
+
+/// One datagram per flow: flow i goes from socket i / PORTS_PER_SOCKET to a port of its own.
+fn round(socks: &[UdpSocket], flows: u32) {
     for i in 0..flows {
-        let port = 10_000 + (i % 50_000) as u16;
+        let port = 10_000 + (i % PORTS_PER_SOCKET) as u16;
+        let sock = &socks[(i / PORTS_PER_SOCKET) as usize];
         let _ = sock.send_to(b"edgeflow", SocketAddr::new(B4.into(), port));
     }
 }
@@ -95,8 +100,10 @@ fn main() {
     let net = TestNet::new();
     net.static_neighbours();
     net.ipv4_only();
-    let sock = net.in_ns(&net.ns_a, || {
-        UdpSocket::bind(SocketAddr::new(A4.into(), 0)).unwrap()
+    let socks: Vec<UdpSocket> = net.in_ns(&net.ns_a, || {
+        (0..flows.div_ceil(PORTS_PER_SOCKET))
+            .map(|_| UdpSocket::bind(SocketAddr::new(A4.into(), 0)).unwrap())
+            .collect()
     });
 
     // 1. Drain and encode, in this process.
@@ -129,7 +136,7 @@ fn main() {
         let mut scratch = Vec::new();
         let mut drained = 0;
         for seq in 0..windows + 1 {
-            round(&sock, flows);
+            round(&socks, flows);
             std::thread::sleep(Duration::from_millis(200));
             let t = Instant::now();
             drainer.table.read_flows(&mut scratch).unwrap();
@@ -194,12 +201,12 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let sender = {
         let stop = stop.clone();
-        let sock = sock.try_clone().unwrap();
+        let socks: Vec<UdpSocket> = socks.iter().map(|s| s.try_clone().unwrap()).collect();
         std::thread::spawn(move || {
             // Every flow gets a packet every 0.5 s: all of them are active in every window.
             let end = Instant::now() + Duration::from_secs(300);
             while !stop.load(Ordering::SeqCst) && Instant::now() < end {
-                round(&sock, flows);
+                round(&socks, flows);
                 std::thread::sleep(Duration::from_millis(500));
             }
         })
