@@ -64,15 +64,16 @@ fn cpu_ms(pid: i32) -> u64 {
     (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 1000 / tick
 }
 
-/// CPU time of the calling thread, in milliseconds: what a drain costs without the time spent
-/// waiting for a CPU on a busy machine.
-fn thread_cpu_ms() -> f64 {
+/// CPU time of this process, in milliseconds: what a drain costs (its table reader thread
+/// included) without the time spent waiting for a CPU on a busy machine. Nothing else in the
+/// process runs while it drains.
+fn process_cpu_ms() -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid timespec pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6
 }
 
@@ -142,9 +143,9 @@ fn main() {
             drainer.table.read_flows(&mut scratch).unwrap();
             let rt = t.elapsed();
             let t = Instant::now();
-            let c0 = thread_cpu_ms();
+            let c0 = process_cpu_ms();
             let w = drainer.drain().unwrap();
-            let ct = thread_cpu_ms() - c0;
+            let ct = process_cpu_ms() - c0;
             let dt = t.elapsed();
             let t = Instant::now();
             let s = summary::summarize(&ident, seq as u64, &w, Health::default(), flows as usize);
@@ -260,7 +261,7 @@ fn main() {
     );
     let mut c = drain_cpu_ms.clone();
     println!(
-        "| drain of {drained} flows, CPU time of the draining thread, median | {:.1} ms | ≤ 20 ms |",
+        "| drain of {drained} flows, CPU time (both threads), median | {:.1} ms | ≤ 20 ms |",
         median(&mut c)
     );
     let mut r = read_ms.clone();
