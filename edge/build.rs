@@ -1,4 +1,6 @@
-//! Builds the eBPF object (`edge-ebpf/`) and hands it to the agent to embed.
+//! Builds the eBPF objects (`edge-ebpf/`): the agent's, to embed, and the benchmark's bare
+//! counter, whose path goes to `bench/build.rs` as cargo `links` metadata
+//! (`DEP_EDGEFLOW_BPF_BARE`), so one build serves both.
 //!
 //! aya-build cannot be used here: it runs `rustup run <toolchain> cargo` and strips RUSTC,
 //! while the BPF crate must build with Debian's rustc-web (see ../shared/TOOLCHAIN.md and
@@ -21,10 +23,14 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=EDGEFLOW_SKIP_BPF");
 
-    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("edgeflow.bpf.o");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
+    let out = out_dir.join("edgeflow.bpf.o");
+    let bare = out_dir.join("bare.bpf.o");
+    println!("cargo:bare={}", bare.display());
     if env::var_os("EDGEFLOW_SKIP_BPF").is_some_and(|v| v != "0") {
         println!("cargo:warning=EDGEFLOW_SKIP_BPF set: embedding an empty eBPF object");
         fs::write(&out, []).unwrap();
+        fs::write(&bare, []).unwrap();
         return;
     }
 
@@ -65,6 +71,9 @@ fn main() {
              eBPF toolchain (rustc-web, rust-web-src, bpf-linker)"
         );
     }
-    let obj = target_dir.join("bpfel-unknown-none/release/edgeflow");
-    fs::copy(&obj, &out).unwrap_or_else(|e| panic!("copying {}: {e}", obj.display()));
+    // Both binaries of the crate: the agent's programs and the bare counter.
+    for (bin, to) in [("edgeflow", &out), ("bare", &bare)] {
+        let obj = target_dir.join("bpfel-unknown-none/release").join(bin);
+        fs::copy(&obj, to).unwrap_or_else(|e| panic!("copying {}: {e}", obj.display()));
+    }
 }
