@@ -24,6 +24,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use testkit::rng::Rng;
 
 /// Counts live heap bytes and their peak, to bound what one input can make the decoder hold.
 struct Counting;
@@ -57,36 +58,6 @@ static ALLOC: Counting = Counting;
 /// no bigger.
 fn peak_bound(input: usize) -> usize {
     256 * input + (64 << 10)
-}
-
-/// SplitMix64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-    /// Small numbers mostly (short varints), sometimes anything.
-    fn num(&mut self) -> u64 {
-        match self.below(4) {
-            0 => self.next(),
-            1 => self.below(1 << 16) as u64,
-            _ => self.below(200) as u64,
-        }
-    }
 }
 
 const DEVICES: &[&str] = &["gw-1", "gw-2", "edge-α", "x"];
@@ -141,8 +112,8 @@ fn summary(r: &mut Rng) -> Summary {
             proto: [6, 17, 1, 58][r.below(4)],
             src: r.below(n) as u32,
             dst: r.below(n) as u32,
-            src_port: r.next() as u16,
-            dst_port: r.next() as u16,
+            src_port: r.next_u64() as u16,
+            dst_port: r.next_u64() as u16,
             vlan: if r.chance(10) {
                 r.below(4096) as u16
             } else {

@@ -1,6 +1,7 @@
 //! Reading the kernel flow table and the programs' counters, RTT histogram and pending
 //! timestamps.
 
+use crate::bpf::sys_bpf;
 use crate::ticks::{TickClock, TickError};
 use aya::{
     maps::{HashMap, Map, MapData, MapError, PerCpuArray},
@@ -372,22 +373,11 @@ fn lookup_batch(
     };
     // SAFETY: the attr points at live buffers of `count` keys and values of the map's key and
     // value types (the map was created with these types), and at two u32 batch tokens.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    if rc == 0 {
-        return Ok((attr.count as usize, false));
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
+    match unsafe { sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+        Ok(()) => Ok((attr.count as usize, false)),
         // The end of the table; `count` holds what this last call read.
-        Some(libc::ENOENT) => Ok((attr.count as usize, true)),
-        _ => Err(e),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((attr.count as usize, true)),
+        Err(e) => Err(e),
     }
 }
 

@@ -13,7 +13,7 @@ use aya::{
 };
 use shared::flow::TICK_CLOCK_MAP;
 
-use crate::bpf::CLOCK_PROG;
+use crate::bpf::{sys_bpf, CLOCK_PROG};
 
 /// Kernel tick rates Linux is built with (CONFIG_HZ).
 const KNOWN_HZ: [u64; 4] = [100, 250, 300, 1000];
@@ -154,26 +154,15 @@ fn test_run(prog: &ProgramFd) -> std::io::Result<()> {
     const BPF_PROG_TEST_RUN: libc::c_long = 10;
     // XDP test runs want at least an Ethernet header.
     let frame = [0u8; 14];
-    let attr = TestRunAttr {
+    let mut attr = TestRunAttr {
         prog_fd: prog.as_fd().as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
         data_in: frame.as_ptr() as u64,
         repeat: 1,
         ..Default::default()
     };
-    // SAFETY: a valid attr of the size passed, pointing at a live buffer for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &attr as *const TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: the test-run attr layout, pointing at a buffer live for the call.
+    unsafe { sys_bpf(BPF_PROG_TEST_RUN, &mut attr) }
 }
 
 #[cfg(test)]

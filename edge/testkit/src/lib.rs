@@ -18,6 +18,7 @@ pub mod delay;
 pub mod mosquitto;
 pub mod raw;
 pub mod ready;
+pub mod rng;
 pub mod subscriber;
 pub mod traffic;
 pub mod watch;
