@@ -25,12 +25,15 @@ use shared::{
     parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP},
     rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, DEFAULT_INTERVAL_NS, RTT_BUCKETS},
     stats::{Stats, STATS_LEN},
-    FlowCounters, FlowKey, Stat,
+    FlowCounters, FlowKey, FlowKey4, Stat,
 };
 
-/// The flow table. Its size is set by the loader (`--max-flows`); this is only the default.
-#[map(name = "FLOWS")]
-static FLOWS: HashMap<FlowKey, FlowCounters> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+/// The flow tables, IPv4 and IPv6 (`shared::flow::FLOWS4_MAP`: why two). Their size is set by
+/// the loader (`--max-flows`, each); this is only the default.
+#[map(name = "FLOWS4")]
+static FLOWS4: HashMap<FlowKey4, FlowCounters> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+#[map(name = "FLOWS6")]
+static FLOWS6: HashMap<FlowKey, FlowCounters> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 /// The programs' own counters: one block per CPU, indexed by `Stat` (one lookup per packet).
 #[map(name = "STATS")]
@@ -43,6 +46,7 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 struct Scratch {
     parsed: Parsed,
+    key4: FlowKey4,
     init: FlowCounters,
     ts_key: TsKey,
 }
@@ -262,6 +266,7 @@ fn account<C: EbpfContext>(
     }
     let Scratch {
         parsed: p,
+        key4,
         init,
         ts_key,
     } = scratch;
@@ -279,15 +284,14 @@ fn account<C: EbpfContext>(
     // samples read the fine clock when they take one.
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_jiffies64() };
-    let v = match FLOWS.get_ptr_mut(&p.key) {
-        Some(v) => {
-            update(v, p, segs64, bytes, now);
-            v
-        }
-        None => match insert(ctx, p, init, segs64, bytes, now) {
-            Some(v) => v,
-            None => return,
-        },
+    let v = if p.ipv4 {
+        key4.set_from(&p.key);
+        entry(ctx, &FLOWS4, key4, p, init, segs64, bytes, now)
+    } else {
+        entry(ctx, &FLOWS6, &p.key, p, init, segs64, bytes, now)
+    };
+    let Some(v) = v else {
+        return;
     };
     if p.key.proto == IPPROTO_TCP && RTT_ON.load() != 0 {
         // SAFETY: a live map value; CPUs racing on it can only lose a sample.
@@ -317,16 +321,24 @@ fn zero_pad(pad: &mut [u8; 3]) {
     }
 }
 
-/// A new entry for the packet's flow; `None` when the table is full (counted as overflow).
+/// The packet's flow entry in `table`, updated with the packet, or a new one; `None` when the
+/// table is full (counted as overflow).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn insert<C: EbpfContext>(
+fn entry<C: EbpfContext, K>(
     ctx: &C,
+    table: &HashMap<K, FlowCounters>,
+    key: &K,
     p: &Parsed,
     init: &mut FlowCounters,
     segs64: u64,
     bytes: u64,
     now: u64,
 ) -> Option<*mut FlowCounters> {
+    if let Some(v) = table.get_ptr_mut(key) {
+        update(v, p, segs64, bytes, now);
+        return Some(v);
+    }
     let d = dir_index(p);
     zero(init);
     init.packets[d] = segs64;
@@ -335,11 +347,11 @@ fn insert<C: EbpfContext>(
     init.last_seen = now;
     init.tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
     init.initiator = p.initiator as u32;
-    match FLOWS.insert(&p.key, &*init, BPF_NOEXIST as u64) {
+    match table.insert(key, &*init, BPF_NOEXIST as u64) {
         // Removed again in between (the agent expiring it): the packet is counted.
-        Ok(()) => FLOWS.get_ptr_mut(&p.key),
+        Ok(()) => table.get_ptr_mut(key),
         // Another CPU inserted it first: add to its entry.
-        Err(e) if e as i64 == -EEXIST => match FLOWS.get_ptr_mut(&p.key) {
+        Err(e) if e as i64 == -EEXIST => match table.get_ptr_mut(key) {
             Some(v) => {
                 update(v, p, segs64, bytes, now);
                 Some(v)

@@ -5,7 +5,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
-use shared::{flow::FLOWS_MAP, rtt::PENDING_MAP};
+use shared::{
+    flow::{FLOWS4_MAP, FLOWS6_MAP},
+    rtt::PENDING_MAP,
+};
 use std::time::Duration;
 
 /// The object built from `edge-ebpf/` by build.rs.
@@ -96,7 +99,8 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
     let rtt_on = opts.rtt.is_some() as u32;
     let rtt_interval_ns = opts.rtt.unwrap_or_default().interval.as_nanos() as u64;
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(FLOWS_MAP, opts.max_flows)
+        .map_max_entries(FLOWS4_MAP, opts.max_flows)
+        .map_max_entries(FLOWS6_MAP, opts.max_flows)
         // One pending timestamp per flow is the common case.
         .map_max_entries(PENDING_MAP, opts.max_flows)
         .override_global("SAMPLE_EVERY", &opts.sample_every.max(1), true)

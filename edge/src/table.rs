@@ -5,13 +5,13 @@ use crate::bpf::sys_bpf;
 use crate::ticks::{TickClock, TickError};
 use aya::{
     maps::{HashMap, Map, MapData, MapError, PerCpuArray},
-    Ebpf,
+    Ebpf, Pod,
 };
 use shared::{
-    flow::FLOWS_MAP,
+    flow::{FLOWS4_MAP, FLOWS6_MAP},
     rtt::{TsKey, HIST_MAP, PENDING_MAP, RTT_BUCKETS},
     stats::{STATS_LEN, STATS_MAP},
-    Counter, FlowCounters, FlowKey,
+    Counter, FlowCounters, FlowKey, FlowKey4,
 };
 use std::{
     cell::Cell,
@@ -41,11 +41,65 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> TableError {
     move |source| TableError::Map { name, source }
 }
 
-/// The flow table and the stats array, taken out of the loaded object.
+/// One family's flow table: the map and its fd (owned by the map), for batch reads.
+struct Family<K> {
+    map: HashMap<MapData, K, FlowCounters>,
+    fd: RawFd,
+    name: &'static str,
+}
+
+impl<K: Pod> Family<K> {
+    /// The table, its capacity and the kernel memory charged for it (when known).
+    fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<(Self, u32, Option<u64>), TableError> {
+        let map = ebpf.take_map(name).ok_or(TableError::MissingMap(name))?;
+        let (capacity, memory, fd) = match &map {
+            Map::HashMap(data) => {
+                let fd = data.fd().as_fd().as_raw_fd();
+                (
+                    data.info().map(|i| i.max_entries()).unwrap_or(0),
+                    memlock(fd),
+                    fd,
+                )
+            }
+            _ => (0, None, -1),
+        };
+        let map = HashMap::try_from(map).map_err(map_err(name))?;
+        Ok((Family { map, fd, name }, capacity, memory))
+    }
+
+    /// Every entry through the map iterator (two syscalls per entry).
+    fn for_each_one_by_one(&self, f: &mut dyn FnMut(&K, &FlowCounters)) -> Result<(), TableError> {
+        for kv in self.map.iter() {
+            match kv {
+                Ok((k, v)) => f(&k, &v),
+                // The entry went away between listing and reading it.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(self.name)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether there was an entry to remove.
+    fn remove(&mut self, key: &K) -> Result<bool, TableError> {
+        match self.map.remove(key) {
+            Ok(()) => Ok(true),
+            // aya reports a missing key on delete as the syscall's ENOENT.
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(e) => Err(map_err(self.name)(e)),
+        }
+    }
+}
+
+/// The flow tables (IPv4 and IPv6) and the stats array, taken out of the loaded object.
+/// Outside this module a flow is a [`FlowKey`] whatever its table: IPv4 entries come out with
+/// IPv4-mapped addresses.
 pub struct FlowTable {
-    flows: HashMap<MapData, FlowKey, FlowCounters>,
-    /// The flow map's fd (owned by `flows`), for batch reads.
-    flows_fd: RawFd,
+    flows4: Family<FlowKey4>,
+    flows6: Family<FlowKey>,
     /// False once the kernel said it has no BPF_MAP_LOOKUP_BATCH for hash maps (< 5.6).
     batch_ok: Cell<bool>,
     stats: PerCpuArray<MapData, Stats>,
@@ -53,41 +107,30 @@ pub struct FlowTable {
     hist: PerCpuArray<MapData, u64>,
     /// Turns the entries' tick stamps into time.
     pub ticks: TickClock,
-    /// Entries the table was created with.
+    /// Entries each table (IPv4, IPv6) was created with.
     pub capacity: u32,
-    /// Kernel memory charged for the table (fdinfo `memlock`), when known.
+    /// Kernel memory charged for both tables (fdinfo `memlock`), when known.
     pub memory_bytes: Option<u64>,
 }
 
 impl FlowTable {
-    /// "flow table of N entries, X MiB of kernel memory", as printed at start-up.
+    /// "flow tables of N entries each (IPv4, IPv6), X MiB of kernel memory", as printed at
+    /// start-up.
     pub fn describe(&self) -> String {
         let mem = self
             .memory_bytes
             .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
             .unwrap_or_else(|| "unknown amount".into());
         format!(
-            "flow table of {} entries, {mem} of kernel memory",
+            "flow tables of {} entries each (IPv4, IPv6), {mem} of kernel memory",
             self.capacity
         )
     }
 
     pub fn take(ebpf: &mut Ebpf) -> Result<FlowTable, TableError> {
-        let flows = ebpf
-            .take_map(FLOWS_MAP)
-            .ok_or(TableError::MissingMap(FLOWS_MAP))?;
-        let (capacity, memory_bytes) = match &flows {
-            Map::HashMap(data) => (
-                data.info().map(|i| i.max_entries()).unwrap_or(0),
-                memlock(data.fd().as_fd().as_raw_fd()),
-            ),
-            _ => (0, None),
-        };
-        let flows_fd = match &flows {
-            Map::HashMap(data) => data.fd().as_fd().as_raw_fd(),
-            _ => -1,
-        };
-        let flows = HashMap::try_from(flows).map_err(map_err(FLOWS_MAP))?;
+        let (flows4, capacity, mem4) = Family::take(ebpf, FLOWS4_MAP)?;
+        let (flows6, _, mem6) = Family::take(ebpf, FLOWS6_MAP)?;
+        let memory_bytes = mem4.zip(mem6).map(|(a, b)| a + b);
         let stats = ebpf
             .take_map(STATS_MAP)
             .ok_or(TableError::MissingMap(STATS_MAP))?;
@@ -102,8 +145,8 @@ impl FlowTable {
         let hist = PerCpuArray::try_from(hist).map_err(map_err(HIST_MAP))?;
         let ticks = TickClock::take(ebpf)?;
         Ok(FlowTable {
-            flows,
-            flows_fd,
+            flows4,
+            flows6,
             batch_ok: Cell::new(true),
             stats,
             pending,
@@ -120,23 +163,27 @@ impl FlowTable {
         self.for_each_flow(&mut |k, v| out.push((*k, *v)))
     }
 
-    /// Calls `f` for every entry. Reads with BPF_MAP_LOOKUP_BATCH (kernel 5.6+), a chunk of
-    /// [`BATCH_CHUNK`] entries per syscall into a fixed buffer, so memory does not grow with
-    /// the table; the map iterator (two syscalls per entry, ~10x slower on a full table) is the
-    /// fallback on older kernels.
+    /// Calls `f` for every entry of both tables. Reads with BPF_MAP_LOOKUP_BATCH (kernel
+    /// 5.6+), a chunk of [`BATCH_CHUNK`] entries per syscall into a fixed buffer, so memory
+    /// does not grow with the table; the map iterator (two syscalls per entry, ~10x slower on
+    /// a full table) is the fallback on older kernels.
     pub fn for_each_flow(
         &self,
         f: &mut dyn FnMut(&FlowKey, &FlowCounters),
     ) -> Result<(), TableError> {
         if self.batch_ok.get() {
-            match self.read_batch(f) {
+            let batched = read_batch(self.flows4.fd, &mut |k: &FlowKey4, v| f(&k.to_key(), v))
+                .map_err(|e| (self.flows4.name, e))
+                .and_then(|()| read_batch(self.flows6.fd, f).map_err(|e| (self.flows6.name, e)));
+            match batched {
                 Ok(()) => return Ok(()),
-                Err((0, e)) if batch_unsupported(&e) => {
+                // The IPv4 table is read first: nothing has been seen yet.
+                Err((_, (0, e))) if batch_unsupported(&e) => {
                     log::info!("no batch map reads on this kernel ({e}); reading entry by entry");
                     self.batch_ok.set(false);
                 }
-                Err((_, e)) => {
-                    return Err(map_err(FLOWS_MAP)(MapError::SyscallError(
+                Err((name, (_, e))) => {
+                    return Err(map_err(name)(MapError::SyscallError(
                         aya::sys::SyscallError {
                             call: "bpf_map_lookup_batch",
                             io_error: e,
@@ -145,31 +192,18 @@ impl FlowTable {
                 }
             }
         }
-        for kv in self.flows.iter() {
-            match kv {
-                Ok((k, v)) => f(&k, &v),
-                // The entry went away between listing and reading it.
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(FLOWS_MAP)(e)),
-            }
-        }
-        Ok(())
+        self.for_each_one_by_one(f)
     }
 
-    /// All entries appended to `out` through the map iterator only (to check the batch read
+    /// [`FlowTable::for_each_flow`] through the map iterator only (to check the batch read
     /// against).
-    pub fn read_flows_one_by_one(
+    pub fn for_each_one_by_one(
         &self,
-        out: &mut Vec<(FlowKey, FlowCounters)>,
+        f: &mut dyn FnMut(&FlowKey, &FlowCounters),
     ) -> Result<(), TableError> {
-        for kv in self.flows.iter() {
-            match kv {
-                Ok(kv) => out.push(kv),
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(FLOWS_MAP)(e)),
-            }
-        }
-        Ok(())
+        self.flows4
+            .for_each_one_by_one(&mut |k, v| f(&k.to_key(), v))?;
+        self.flows6.for_each_one_by_one(f)
     }
 
     /// Whether [`FlowTable::read_flows`] still uses batch reads (it stops after the kernel
@@ -178,82 +212,21 @@ impl FlowTable {
         self.batch_ok.get()
     }
 
-    /// The batch walk; on failure, how many entries `f` had already seen, and the error.
-    ///
-    /// The kernel's walk is memory-bound and most of a drain (bench/RESULTS.md), so it runs on
-    /// a helper thread, one chunk ahead of `f` on this one: a drain takes about the longer of
-    /// the two instead of their sum. Two chunk buffers circulate; memory does not grow with the
-    /// table.
-    fn read_batch(
-        &self,
-        f: &mut dyn FnMut(&FlowKey, &FlowCounters),
-    ) -> Result<(), (usize, std::io::Error)> {
-        let fd = self.flows_fd;
-        let (full_tx, full_rx) = mpsc::sync_channel::<Chunk>(1);
-        let (empty_tx, empty_rx) = mpsc::sync_channel::<Chunk>(2);
-        for _ in 0..2 {
-            let _ = empty_tx.send(Chunk::new(BATCH_CHUNK));
-        }
-        std::thread::scope(|scope| {
-            let reader = scope.spawn(move || {
-                let mut seen = 0usize;
-                let mut token: u32 = 0;
-                let mut first = true;
-                // The consumer hangs up only by failing; its error is the one that matters.
-                while let Ok(mut chunk) = empty_rx.recv() {
-                    let mut next: u32 = 0;
-                    let (count, done) = loop {
-                        match lookup_batch(
-                            fd,
-                            (!first).then_some(&token),
-                            &mut next,
-                            &mut chunk.keys,
-                            &mut chunk.values,
-                        ) {
-                            Ok(r) => break r,
-                            // One hash bucket holds more entries than the buffer: a bigger one.
-                            Err(e)
-                                if e.raw_os_error() == Some(libc::ENOSPC)
-                                    && chunk.keys.len() < 1 << 20 =>
-                            {
-                                chunk.grow()
-                            }
-                            Err(e) => return Err((seen, e)),
-                        }
-                    };
-                    chunk.len = count;
-                    seen += count;
-                    if full_tx.send(chunk).is_err() || done {
-                        break;
-                    }
-                    token = next;
-                    first = false;
-                }
-                Ok(())
-            });
-            for chunk in full_rx.iter() {
-                for (k, v) in chunk.keys[..chunk.len]
-                    .iter()
-                    .zip(&chunk.values[..chunk.len])
-                {
-                    f(k, v);
-                }
-                // The reader may be done already.
-                let _ = empty_tx.send(chunk);
-            }
-            reader.join().expect("batch reader thread")
-        })
-    }
-
     pub fn get(&self, key: &FlowKey) -> Option<FlowCounters> {
-        self.flows.get(key, 0).ok()
+        key.to_v4()
+            .and_then(|k4| self.flows4.map.get(&k4, 0).ok())
+            .or_else(|| self.flows6.map.get(key, 0).ok())
     }
 
+    /// Removes the flow's entry from whichever table holds it (an IPv6 packet between
+    /// IPv4-mapped addresses lands in the IPv6 table with an IPv4-looking key).
     pub fn remove(&mut self, key: &FlowKey) -> Result<(), TableError> {
-        match self.flows.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(FLOWS_MAP)(e)),
+        if let Some(k4) = key.to_v4() {
+            if self.flows4.remove(&k4)? {
+                return Ok(());
+            }
         }
+        self.flows6.remove(key).map(|_| ())
     }
 
     /// The programs' counters, summed over CPUs.
@@ -310,17 +283,83 @@ impl FlowTable {
     }
 }
 
+/// The batch walk of one table; on failure, how many entries `f` had already seen, and the error.
+///
+/// The kernel's walk is memory-bound and most of a drain (bench/RESULTS.md), so it runs on
+/// a helper thread, one chunk ahead of `f` on this one: a drain takes about the longer of
+/// the two instead of their sum. Two chunk buffers circulate; memory does not grow with the
+/// table.
+fn read_batch<K: Pod + Default + Send>(
+    fd: RawFd,
+    f: &mut dyn FnMut(&K, &FlowCounters),
+) -> Result<(), (usize, std::io::Error)> {
+    let (full_tx, full_rx) = mpsc::sync_channel::<Chunk<K>>(1);
+    let (empty_tx, empty_rx) = mpsc::sync_channel::<Chunk<K>>(2);
+    for _ in 0..2 {
+        let _ = empty_tx.send(Chunk::new(BATCH_CHUNK));
+    }
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            let mut seen = 0usize;
+            let mut token: u32 = 0;
+            let mut first = true;
+            // The consumer hangs up only by failing; its error is the one that matters.
+            while let Ok(mut chunk) = empty_rx.recv() {
+                let mut next: u32 = 0;
+                let (count, done) = loop {
+                    match lookup_batch(
+                        fd,
+                        (!first).then_some(&token),
+                        &mut next,
+                        &mut chunk.keys,
+                        &mut chunk.values,
+                    ) {
+                        Ok(r) => break r,
+                        // One hash bucket holds more entries than the buffer: a bigger one.
+                        Err(e)
+                            if e.raw_os_error() == Some(libc::ENOSPC)
+                                && chunk.keys.len() < 1 << 20 =>
+                        {
+                            chunk.grow()
+                        }
+                        Err(e) => return Err((seen, e)),
+                    }
+                };
+                chunk.len = count;
+                seen += count;
+                if full_tx.send(chunk).is_err() || done {
+                    break;
+                }
+                token = next;
+                first = false;
+            }
+            Ok(())
+        });
+        for chunk in full_rx.iter() {
+            for (k, v) in chunk.keys[..chunk.len]
+                .iter()
+                .zip(&chunk.values[..chunk.len])
+            {
+                f(k, v);
+            }
+            // The reader may be done already.
+            let _ = empty_tx.send(chunk);
+        }
+        reader.join().expect("batch reader thread")
+    })
+}
+
 /// One batch read's buffers and how many entries it filled.
-struct Chunk {
-    keys: Vec<FlowKey>,
+struct Chunk<K> {
+    keys: Vec<K>,
     values: Vec<FlowCounters>,
     len: usize,
 }
 
-impl Chunk {
-    fn new(n: usize) -> Chunk {
+impl<K: Clone + Default> Chunk<K> {
+    fn new(n: usize) -> Chunk<K> {
         Chunk {
-            keys: vec![FlowKey::default(); n],
+            keys: vec![K::default(); n],
             values: vec![FlowCounters::default(); n],
             len: 0,
         }
@@ -328,7 +367,7 @@ impl Chunk {
 
     fn grow(&mut self) {
         let n = self.keys.len() * 2;
-        self.keys.resize(n, FlowKey::default());
+        self.keys.resize(n, K::default());
         self.values.resize(n, FlowCounters::default());
     }
 }
@@ -355,11 +394,11 @@ struct BatchAttr {
 /// One BPF_MAP_LOOKUP_BATCH call on a hash map: fills `keys`/`values` from the position
 /// `token` (start when `None`), writes the next position to `next`. Returns the entries read
 /// and whether the walk reached the end.
-fn lookup_batch(
+fn lookup_batch<K: Pod>(
     fd: RawFd,
     token: Option<&u32>,
     next: &mut u32,
-    keys: &mut [FlowKey],
+    keys: &mut [K],
     values: &mut [FlowCounters],
 ) -> std::io::Result<(usize, bool)> {
     let mut attr = BatchAttr {

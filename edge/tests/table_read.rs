@@ -1,5 +1,6 @@
-//! Reading the kernel flow table: the batch read (one BPF_MAP_LOOKUP_BATCH) returns exactly
-//! what the entry-by-entry iterator returns, on a table with thousands of real flows; and the
+//! Reading the kernel flow tables: the batch read (BPF_MAP_LOOKUP_BATCH) returns exactly what
+//! the entry-by-entry iterator returns, on tables with thousands of real IPv4 and IPv6 flows,
+//! and entries of either family are found and removed by their common `FlowKey`; and the
 //! entries' tick stamps convert back to the time their packets passed.
 
 use edge::{
@@ -8,12 +9,13 @@ use edge::{
     clock::monotonic_ns,
     table::FlowTable,
 };
+use shared::FlowKey;
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, UdpSocket},
     time::Duration,
 };
-use testkit::{TestNet, A4, B4};
+use testkit::{TestNet, A4, A6, B4, B6};
 
 /// The programs loaded with a table of `max_flows` and attached (TC) to B's end of `net`.
 fn load_on(net: &TestNet, max_flows: u32) -> (Loaded, FlowTable, Vec<Attachment>) {
@@ -40,12 +42,16 @@ fn load_on(net: &TestNet, max_flows: u32) -> (Loaded, FlowTable, Vec<Attachment>
 #[test]
 fn batch_read_matches_the_iterator() {
     let net = TestNet::new();
-    let (loaded, table, attached) = load_on(&net, 4096);
-    // 3000 flows: one socket, 3000 destination ports.
+    let (loaded, mut table, attached) = load_on(&net, 4096);
+    // 3000 IPv4 and 500 IPv6 flows: one socket each, one destination port per flow.
     net.in_ns(&net.ns_a, || {
         let s = UdpSocket::bind(SocketAddr::new(A4.into(), 0)).unwrap();
         for port in 20_000..23_000u16 {
             s.send_to(b"x", SocketAddr::new(B4.into(), port)).unwrap();
+        }
+        let s = UdpSocket::bind(SocketAddr::new(A6.into(), 0)).unwrap();
+        for port in 30_000..30_500u16 {
+            s.send_to(b"x", SocketAddr::new(B6.into(), port)).unwrap();
         }
     });
     // veth delivers asynchronously: let the last packets (and B's ICMP errors) land first, so
@@ -54,15 +60,46 @@ fn batch_read_matches_the_iterator() {
     let mut batch = Vec::new();
     table.read_flows(&mut batch).unwrap();
     let mut one = Vec::new();
-    table.read_flows_one_by_one(&mut one).unwrap();
+    table
+        .for_each_one_by_one(&mut |k, v| one.push((*k, *v)))
+        .unwrap();
     let batch: BTreeMap<_, _> = batch.into_iter().collect();
     let one: BTreeMap<_, _> = one.into_iter().collect();
     assert!(
         table.reads_in_batches(),
         "the kernel refused the batch read"
     );
-    assert!(batch.len() >= 3000, "{} entries", batch.len());
+    let udp_to = |k: &FlowKey, ports: std::ops::Range<u16>| {
+        k.proto == 17 && (ports.contains(&k.port_a) || ports.contains(&k.port_b))
+    };
+    let v4: Vec<FlowKey> = batch
+        .keys()
+        .filter(|k| udp_to(k, 20_000..23_000))
+        .copied()
+        .collect();
+    let v6: Vec<FlowKey> = batch
+        .keys()
+        .filter(|k| udp_to(k, 30_000..30_500))
+        .copied()
+        .collect();
+    assert_eq!((v4.len(), v6.len()), (3000, 500));
+    assert!(
+        v4.iter().all(|k| k.to_v4().is_some()),
+        "IPv4 keys come out mapped"
+    );
+    assert!(v6.iter().all(|k| k.to_v4().is_none()));
     assert_eq!(batch, one);
+
+    // One flow of each family, found and removed by its common key.
+    for k in [v4[0], v6[0]] {
+        assert_eq!(table.get(&k), Some(batch[&k]));
+        table.remove(&k).unwrap();
+        assert_eq!(table.get(&k), None);
+        table.remove(&k).expect("removing a gone flow is no error");
+    }
+    let mut after = Vec::new();
+    table.read_flows(&mut after).unwrap();
+    assert_eq!(after.len(), batch.len() - 2);
     drop(loaded);
     attach::cleanup_all(&attached, Some(&net.ns_b));
 }

@@ -19,6 +19,6 @@ pub mod stats;
 #[cfg(feature = "wire")]
 pub mod wire;
 
-pub use flow::{Direction, FlowCounters, FlowKey, Initiator};
+pub use flow::{Direction, FlowCounters, FlowKey, FlowKey4, Initiator};
 pub use parse::{parse, Frame, Parsed};
 pub use stats::{Counter, Stat};

@@ -98,7 +98,10 @@ pub struct Parsed {
     pub tcp_flags: u8,
     /// Whether a TCP timestamp option is present (then `tsval`/`tsecr` hold it).
     pub has_ts: bool,
-    pub _pad: [u8; 2],
+    /// An IPv4 packet: its flow goes to the IPv4 table (`FlowKey4`); the key's addresses
+    /// are IPv4-mapped.
+    pub ipv4: bool,
+    pub _pad: u8,
     /// TCP sequence and acknowledgement numbers; 0 for other protocols.
     pub seq: u32,
     pub ack: u32,
@@ -117,7 +120,8 @@ impl Default for Parsed {
             hdr_len: 0,
             tcp_flags: 0,
             has_ts: false,
-            _pad: [0; 2],
+            ipv4: false,
+            _pad: 0,
             seq: 0,
             ack: 0,
             tsval: 0,
@@ -208,6 +212,7 @@ pub fn parse_into<F: Frame + ?Sized>(
 
     match ethertype {
         ETH_P_IPV4 => {
+            out.ipv4 = true;
             // The fixed header in one read first: a later, larger check must not make
             // LLVM drop the checks of these fields (the verifier would not follow).
             let h = f.load::<20>(l3).ok_or(Stat::ErrIpv4)?;
@@ -240,6 +245,7 @@ pub fn parse_into<F: Frame + ?Sized>(
             l4 = l3 + ihl;
         }
         ETH_P_IPV6 => {
+            out.ipv4 = false;
             let h = f.load::<8>(l3).ok_or(Stat::ErrIpv6)?;
             if h[0] >> 4 != 6 {
                 return Err(Stat::ErrIpv6);
@@ -483,7 +489,7 @@ fn clear_tcp(out: &mut Parsed) {
     unsafe {
         core::ptr::write_volatile(&raw mut out.tcp_flags, 0);
         core::ptr::write_volatile(&raw mut out.has_ts, false);
-        core::ptr::write_volatile(&raw mut out._pad, [0; 2]);
+        core::ptr::write_volatile(&raw mut out._pad, 0);
         core::ptr::write_volatile(&raw mut out.seq, 0);
         core::ptr::write_volatile(&raw mut out.ack, 0);
         core::ptr::write_volatile(&raw mut out.tsval, 0);
