@@ -226,6 +226,8 @@ def main():
     ap.add_argument("-o", "--out")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--table-only", metavar="RUNS_JSONL")
+    ap.add_argument("--alt-edgeflow", metavar="BIN",
+                    help="another build of the agent, run by configs named edgeflow-...@alt")
     ap.add_argument("--bins", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.list:
@@ -239,6 +241,10 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (namespaces, BPF, cgroups)")
     bins = json.loads(args.bins)
+    if args.alt_edgeflow:
+        bins["edgeflow-alt"] = os.path.abspath(args.alt_edgeflow)
+    elif any(n.endswith(monitors.ALT) for c in args.configs or [] for n in c.split(",")):
+        raise SystemExit("bench: configs named ...@alt need --alt-edgeflow BIN")
     os.makedirs(args.workdir, exist_ok=True)
     return measure(args, bins)[0]
 

@@ -154,10 +154,14 @@ class Edgeflow(Process):
     def __init__(self, name, attach, rtt=True, sample=1):
         super().__init__(name)
         self.attach, self.rtt, self.sample = attach, rtt, sample
+        # `<config>@alt` runs another build of the agent (--alt-edgeflow): an A/B of two
+        # builds on real traffic, interleaved like any two configurations.
+        self.bin = "edgeflow-alt" if name.endswith(ALT) else "edgeflow"
 
     def describe(self):
         return (f"edgeflow run --attach {self.attach}{'' if self.rtt else ' --no-rtt'}"
-                f"{f' --sample {self.sample}' if self.sample > 1 else ''} -> mosquitto on 127.0.0.1")
+                f"{f' --sample {self.sample}' if self.sample > 1 else ''} -> mosquitto on 127.0.0.1"
+                f"{' (the --alt-edgeflow build)' if self.bin == 'edgeflow-alt' else ''}")
 
     def start(self, run):
         self.collector = Mosquitto()
@@ -167,7 +171,7 @@ class Edgeflow(Process):
         run.rec["edgeflow_attach"] = att.group(1) if att else None
 
     def argv(self, run):
-        a = [run.bins["edgeflow"], "run", "--iface", IF_DST, "--device", "bench", "--site", "bench",
+        a = [run.bins[self.bin], "run", "--iface", IF_DST, "--device", "bench", "--site", "bench",
              "--broker", f"mqtt://127.0.0.1:{MQTT_PORT}", "--interval", str(run.args.interval),
              "--attach", self.attach, "--max-flows", str(run.args.max_flows)]
         if not self.rtt:
@@ -187,7 +191,7 @@ class Edgeflow(Process):
             lines = [l.strip() for l in f if l.strip()]
         if not lines:
             return dict(mon_note="no summaries received")
-        r = subprocess.run([run.bins["edgeflow"], "decode", self.collector.summaries],
+        r = subprocess.run([run.bins[self.bin], "decode", self.collector.summaries],
                            capture_output=True, text=True, timeout=60)
         msgs = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
         head = [m for m in msgs if m.get("part", 0) == 0]
@@ -350,7 +354,12 @@ DEFAULT = (["none", "bare-xdpdrv", "bare-xdpgeneric", "bare-tc"]
            + ["tcpdump-file", "softflowd", "pmacctd-sflow"])
 
 
+ALT = "@alt"
+
+
 def make(name):
-    if name not in REGISTRY:
-        raise SystemExit(f"unknown config {name!r}; known: {', '.join(REGISTRY)}")
-    return REGISTRY[name](name)
+    base = name[:-len(ALT)] if name.endswith(ALT) and name.startswith("edgeflow") else name
+    if base not in REGISTRY:
+        raise SystemExit(f"unknown config {name!r}; known: {', '.join(REGISTRY)} "
+                         f"(and edgeflow-*{ALT} with --alt-edgeflow)")
+    return REGISTRY[base](name)
