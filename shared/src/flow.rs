@@ -8,7 +8,7 @@ use crate::rtt::FlowRtt;
 
 /// Map names of the flow tables in the eBPF object: IPv4 flows ([`FlowKey4`]) and IPv6 flows
 /// ([`FlowKey`]). Two tables because the kernel hashes and compares the whole key on every
-/// packet: IPv4's 24-byte key costs 10–15 ns less per packet than the 48-byte one
+/// packet: IPv4's 24-byte key costs 5–10 ns less per packet than the 48-byte one
 /// (bench/RESULTS.md).
 pub const FLOWS4_MAP: &str = "FLOWS4";
 pub const FLOWS6_MAP: &str = "FLOWS6";
