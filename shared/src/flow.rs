@@ -63,8 +63,19 @@ pub struct FlowKey4 {
     pub _pad: [u8; 3],
 }
 
-/// The first 12 bytes of an IPv4-mapped IPv6 address (`::ffff:0:0/96`).
-const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+/// An IPv4 address as IPv4-mapped IPv6 (`::ffff:a.b.c.d`), the form [`FlowKey`] holds it in.
+#[inline(always)]
+pub fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    // One 128-bit value, stored as words: an array literal becomes a memset call, a byte loop
+    // in BPF.
+    ((0xffff_u128 << 32) | u32::from_be_bytes(a) as u128).to_be_bytes()
+}
+
+/// The last four bytes of an address: the IPv4 address, if it is IPv4-mapped.
+#[inline(always)]
+fn v4_part(a: &[u8; 16]) -> [u8; 4] {
+    [a[12], a[13], a[14], a[15]]
+}
 
 impl FlowKey4 {
     /// Overwrites `self` with `k`'s fields, taking the IPv4 part of its (IPv4-mapped)
@@ -72,8 +83,8 @@ impl FlowKey4 {
     /// becomes a `memset`/`memcpy` call in BPF (a byte loop).
     #[inline(always)]
     pub fn set_from(&mut self, k: &FlowKey) {
-        self.addr_a = [k.addr_a[12], k.addr_a[13], k.addr_a[14], k.addr_a[15]];
-        self.addr_b = [k.addr_b[12], k.addr_b[13], k.addr_b[14], k.addr_b[15]];
+        self.addr_a = v4_part(&k.addr_a);
+        self.addr_b = v4_part(&k.addr_b);
         self.port_a = k.port_a;
         self.port_b = k.port_b;
         self.vlan_outer = k.vlan_outer;
@@ -88,15 +99,9 @@ impl FlowKey4 {
 
     /// The flow's identity in the common form: addresses IPv4-mapped.
     pub fn to_key(&self) -> FlowKey {
-        let mapped = |a: [u8; 4]| {
-            let mut m = [0u8; 16];
-            m[..12].copy_from_slice(&V4_MAPPED_PREFIX);
-            m[12..].copy_from_slice(&a);
-            m
-        };
         FlowKey {
-            addr_a: mapped(self.addr_a),
-            addr_b: mapped(self.addr_b),
+            addr_a: v4_mapped(self.addr_a),
+            addr_b: v4_mapped(self.addr_b),
             port_a: self.port_a,
             port_b: self.port_b,
             vlan_outer: self.vlan_outer,
@@ -111,7 +116,8 @@ impl FlowKey4 {
 impl FlowKey {
     /// The IPv4 table's key of this flow, when both addresses are IPv4-mapped.
     pub fn to_v4(&self) -> Option<FlowKey4> {
-        if self.addr_a[..12] != V4_MAPPED_PREFIX || self.addr_b[..12] != V4_MAPPED_PREFIX {
+        let is_mapped = |a: &[u8; 16]| v4_mapped(v4_part(a)) == *a;
+        if !is_mapped(&self.addr_a) || !is_mapped(&self.addr_b) {
             return None;
         }
         let mut k = FlowKey4::default();

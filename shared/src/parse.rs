@@ -5,7 +5,7 @@
 //! byte slice). Every read goes through [`Frame::load`]; a frame that ends early is a parse
 //! error of the layer it ended in, never a panic and never a flow.
 
-use crate::flow::{Direction, FlowKey, Initiator};
+use crate::flow::{v4_mapped, Direction, FlowKey, Initiator};
 use crate::stats::Stat;
 
 /// At most this many VLAN tags (802.1ad S-tag + 802.1Q C-tag).
@@ -472,13 +472,6 @@ fn load_addr6<F: Frame + ?Sized>(f: &F, off: usize) -> Option<[u8; 16]> {
     let hi = u64::from_be_bytes(f.load::<8>(off)?.0) as u128;
     let lo = u64::from_be_bytes(f.load::<8>(off + 8)?.0) as u128;
     Some((hi << 64 | lo).to_be_bytes())
-}
-
-#[inline(always)]
-fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    // One 128-bit value, stored as words: an array literal becomes a memset call, a byte loop
-    // in BPF.
-    ((0xffff_u128 << 32) | u32::from_be_bytes(a) as u128).to_be_bytes()
 }
 
 /// Zeroes the TCP fields of `out`, one volatile store each: LLVM merges plain zero stores
