@@ -172,24 +172,18 @@ impl FlowTable {
         f: &mut dyn FnMut(&FlowKey, &FlowCounters),
     ) -> Result<(), TableError> {
         if self.batch_ok.get() {
-            let batched = read_batch(self.flows4.fd, &mut |k: &FlowKey4, v| f(&k.to_key(), v))
-                .map_err(|e| (self.flows4.name, e))
-                .and_then(|()| read_batch(self.flows6.fd, f).map_err(|e| (self.flows6.name, e)));
-            match batched {
-                Ok(()) => return Ok(()),
-                // The IPv4 table is read first: nothing has been seen yet.
-                Err((_, (0, e))) if batch_unsupported(&e) => {
+            match read_batch(self.flows4.fd, &mut |k: &FlowKey4, v| f(&k.to_key(), v)) {
+                Ok(()) => {
+                    return read_batch(self.flows6.fd, f)
+                        .map_err(|(_, e)| batch_err(self.flows6.name, e))
+                }
+                // Refused before anything was read: no batch reads on this kernel, for either
+                // table (falling back after the IPv4 table was read would give its flows twice).
+                Err((0, e)) if batch_unsupported(&e) => {
                     log::info!("no batch map reads on this kernel ({e}); reading entry by entry");
                     self.batch_ok.set(false);
                 }
-                Err((name, (_, e))) => {
-                    return Err(map_err(name)(MapError::SyscallError(
-                        aya::sys::SyscallError {
-                            call: "bpf_map_lookup_batch",
-                            io_error: e,
-                        },
-                    )))
-                }
+                Err((_, e)) => return Err(batch_err(self.flows4.name, e)),
             }
         }
         self.for_each_one_by_one(f)
@@ -418,6 +412,13 @@ fn lookup_batch<K: Pod>(
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((attr.count as usize, true)),
         Err(e) => Err(e),
     }
+}
+
+fn batch_err(name: &'static str, io_error: std::io::Error) -> TableError {
+    map_err(name)(MapError::SyscallError(aya::sys::SyscallError {
+        call: "bpf_map_lookup_batch",
+        io_error,
+    }))
 }
 
 fn batch_unsupported(e: &std::io::Error) -> bool {
