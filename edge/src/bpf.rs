@@ -193,18 +193,19 @@ pub fn tc_egress(ebpf: &mut Ebpf) -> &mut SchedClassifier {
         .expect("TC egress program loaded by bpf::load")
 }
 
-/// bpf(2) with one of the attribute structs of `union bpf_attr`, for the two commands the
-/// agent issues itself (batch lookup, test run): aya offers them only on handles it owns.
+/// bpf(2) with one of the attribute structs of `union bpf_attr`, for the commands the agent
+/// issues itself (batch lookup, test run, and the split-walk check's scratch map): aya offers
+/// them only on handles it owns. Returns the call's result (a new fd for a create).
 ///
 /// # Safety
 /// `attr` must have the layout `cmd` reads, and every pointer in it must be valid for the call.
-pub(crate) unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<()> {
+pub(crate) unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // SAFETY: the caller's guarantee; the size passed is the struct's.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(())
+    Ok(rc)
 }
 
 #[cfg(test)]

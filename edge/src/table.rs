@@ -15,7 +15,7 @@ use shared::{
 };
 use std::{
     cell::Cell,
-    os::fd::{AsFd, AsRawFd, RawFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, RawFd},
     sync::mpsc,
 };
 
@@ -46,6 +46,8 @@ struct Family<K> {
     map: HashMap<MapData, K, FlowCounters>,
     fd: RawFd,
     name: &'static str,
+    /// The middle bucket: the kernel gives a hash map the next power of two of its capacity.
+    middle: u32,
 }
 
 impl<K: Pod> Family<K> {
@@ -64,7 +66,30 @@ impl<K: Pod> Family<K> {
             _ => (0, None, -1),
         };
         let map = HashMap::try_from(map).map_err(map_err(name))?;
-        Ok((Family { map, fd, name }, capacity, memory))
+        let middle = capacity.next_power_of_two() / 2;
+        Ok((
+            Family {
+                map,
+                fd,
+                name,
+                middle,
+            },
+            capacity,
+            memory,
+        ))
+    }
+
+    /// Every entry, by batch walk (see [`read_batch`]); split in two halves read side by
+    /// side when `split`.
+    fn read_batch(
+        &self,
+        split: bool,
+        f: &mut dyn FnMut(&K, &FlowCounters),
+    ) -> Result<(), (usize, std::io::Error)>
+    where
+        K: Default + Send + Eq + std::hash::Hash,
+    {
+        read_batch(self.fd, BATCH_CHUNK, split.then_some(self.middle), f)
     }
 
     /// Every entry through the map iterator (two syscalls per entry).
@@ -102,6 +127,9 @@ pub struct FlowTable {
     flows6: Family<FlowKey>,
     /// False once the kernel said it has no BPF_MAP_LOOKUP_BATCH for hash maps (< 5.6).
     batch_ok: Cell<bool>,
+    /// Whether batch walks run as two halves side by side: more than one CPU, and
+    /// [`split_walk_works`] on this kernel.
+    split: bool,
     stats: PerCpuArray<MapData, Stats>,
     pending: HashMap<MapData, TsKey, u64>,
     hist: PerCpuArray<MapData, u64>,
@@ -144,10 +172,25 @@ impl FlowTable {
             .ok_or(TableError::MissingMap(HIST_MAP))?;
         let hist = PerCpuArray::try_from(hist).map_err(map_err(HIST_MAP))?;
         let ticks = TickClock::take(ebpf)?;
+        let split = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+            && match split_walk_works() {
+                Ok(true) => true,
+                Ok(false) => {
+                    log::info!(
+                        "batch walks cannot start mid-table on this kernel: one walk a table"
+                    );
+                    false
+                }
+                Err(e) => {
+                    log::info!("checking split batch walks: {e}; one walk a table");
+                    false
+                }
+            };
         Ok(FlowTable {
             flows4,
             flows6,
             batch_ok: Cell::new(true),
+            split,
             stats,
             pending,
             hist,
@@ -172,9 +215,15 @@ impl FlowTable {
         f: &mut dyn FnMut(&FlowKey, &FlowCounters),
     ) -> Result<(), TableError> {
         if self.batch_ok.get() {
-            match read_batch(self.flows4.fd, &mut |k: &FlowKey4, v| f(&k.to_key(), v)) {
+            let split = self.split;
+            match self
+                .flows4
+                .read_batch(split, &mut |k: &FlowKey4, v| f(&k.to_key(), v))
+            {
                 Ok(()) => {
-                    return read_batch(self.flows6.fd, f)
+                    return self
+                        .flows6
+                        .read_batch(split, f)
                         .map_err(|(_, e)| batch_err(self.flows6.name, e))
                 }
                 // Refused before anything was read: no batch reads on this kernel, for either
@@ -277,77 +326,183 @@ impl FlowTable {
     }
 }
 
-/// The batch walk of one table; on failure, how many entries `f` had already seen, and the error.
+/// Which part of a table a batch walk covers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Half {
+    /// From the first bucket; in a split walk, up to the split bucket.
+    Low,
+    /// From the split bucket to the end.
+    High,
+}
+
+/// The batch walk of one table; on failure, how many entries the walk had read, and the error.
 ///
 /// The kernel's walk is memory-bound and most of a drain (bench/RESULTS.md), so it runs on
-/// a helper thread, one chunk ahead of `f` on this one: a drain takes about the longer of
-/// the two instead of their sum. Two chunk buffers circulate; memory does not grow with the
-/// table.
-fn read_batch<K: Pod + Default + Send>(
+/// helper threads, ahead of `f` on this one: a drain takes about the longer of the two
+/// instead of their sum. With `split` (a bucket index) two helpers walk the table's two
+/// halves side by side, from bucket 0 and from the split bucket: the batch position is a
+/// bucket index (kernel/bpf/hashtab.c; [`split_walk_works`] checks it on the running
+/// kernel), and a walk may start at any bucket. The low walk's last call reads whole
+/// buckets and may reach past the split; those entries are also the high walk's first ones,
+/// and `f` gets each once ([`Dedup`]). Two chunk buffers per helper circulate; memory does
+/// not grow with the table but for the high half's keys read before the low half ends.
+fn read_batch<K: Pod + Default + Send + Eq + std::hash::Hash>(
     fd: RawFd,
+    chunk_len: usize,
+    split: Option<u32>,
     f: &mut dyn FnMut(&K, &FlowCounters),
 ) -> Result<(), (usize, std::io::Error)> {
-    let (full_tx, full_rx) = mpsc::sync_channel::<Chunk<K>>(1);
-    let (empty_tx, empty_rx) = mpsc::sync_channel::<Chunk<K>>(2);
-    for _ in 0..2 {
-        let _ = empty_tx.send(Chunk::new(BATCH_CHUNK));
-    }
+    let (full_tx, full_rx) = mpsc::sync_channel::<Chunk<K>>(2);
     std::thread::scope(|scope| {
-        let reader = scope.spawn(move || {
-            let mut seen = 0usize;
-            let mut token: u32 = 0;
-            let mut first = true;
-            // The consumer hangs up only by failing; its error is the one that matters.
-            while let Ok(mut chunk) = empty_rx.recv() {
-                let mut next: u32 = 0;
-                let (count, done) = loop {
-                    match lookup_batch(
-                        fd,
-                        (!first).then_some(&token),
-                        &mut next,
-                        &mut chunk.keys,
-                        &mut chunk.values,
-                    ) {
-                        Ok(r) => break r,
-                        // One hash bucket holds more entries than the buffer: a bigger one.
-                        Err(e)
-                            if e.raw_os_error() == Some(libc::ENOSPC)
-                                && chunk.keys.len() < 1 << 20 =>
-                        {
-                            chunk.grow()
-                        }
-                        Err(e) => return Err((seen, e)),
-                    }
-                };
-                chunk.len = count;
-                seen += count;
-                if full_tx.send(chunk).is_err() || done {
-                    break;
-                }
-                token = next;
-                first = false;
+        let mut empties = Vec::new();
+        let mut walkers = Vec::new();
+        let halves = match split {
+            Some(at) => vec![(Half::Low, None, Some(at)), (Half::High, Some(at), None)],
+            None => vec![(Half::Low, None, None)],
+        };
+        for (half, from, stop) in halves {
+            let (empty_tx, empty_rx) = mpsc::sync_channel::<Chunk<K>>(2);
+            for _ in 0..2 {
+                let _ = empty_tx.send(Chunk::new(chunk_len));
             }
-            Ok(())
-        });
-        for chunk in full_rx.iter() {
-            for (k, v) in chunk.keys[..chunk.len]
-                .iter()
-                .zip(&chunk.values[..chunk.len])
-            {
-                f(k, v);
-            }
-            // The reader may be done already.
-            let _ = empty_tx.send(chunk);
+            empties.push(empty_tx);
+            let full_tx = full_tx.clone();
+            walkers.push(scope.spawn(move || walk(fd, half, from, stop, empty_rx, full_tx)));
         }
-        reader.join().expect("batch reader thread")
+        // The walkers hold the only senders: the loop ends when both are done.
+        drop(full_tx);
+        let mut dedup = Dedup::default();
+        for chunk in full_rx.iter() {
+            dedup.pass(&chunk, f);
+            // The walker may be done already.
+            let _ = empties[chunk.half as usize].send(chunk);
+        }
+        let mut read = 0;
+        let mut failed = None;
+        for w in walkers {
+            match w.join().expect("batch walker thread") {
+                Ok(n) => read += n,
+                Err((n, e)) => {
+                    read += n;
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        failed.map_or(Ok(()), |e| Err((read, e)))
     })
 }
 
-/// One batch read's buffers and how many entries it filled.
+/// One walker of [`read_batch`]: from bucket `from` (the start when `None`) until the end of
+/// the table or, given `stop`, the first call that reaches that bucket. Returns the entries
+/// it read.
+fn walk<K: Pod + Default>(
+    fd: RawFd,
+    half: Half,
+    from: Option<u32>,
+    stop: Option<u32>,
+    empty: mpsc::Receiver<Chunk<K>>,
+    full: mpsc::SyncSender<Chunk<K>>,
+) -> Result<usize, (usize, std::io::Error)> {
+    let mut read = 0usize;
+    let mut token = from;
+    // The consumer hangs up only by failing; its error is the one that matters.
+    while let Ok(mut chunk) = empty.recv() {
+        let mut next: u32 = 0;
+        let (count, done) = loop {
+            match lookup_batch(
+                fd,
+                token.as_ref(),
+                &mut next,
+                &mut chunk.keys,
+                &mut chunk.values,
+            ) {
+                Ok(r) => break r,
+                // One hash bucket holds more entries than the buffer: a bigger one.
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && chunk.keys.len() < 1 << 20 => {
+                    chunk.grow()
+                }
+                Err(e) => return Err((read, e)),
+            }
+        };
+        let last = done || stop.is_some_and(|s| next >= s);
+        chunk.len = count;
+        chunk.half = half;
+        chunk.start = token.unwrap_or(0);
+        chunk.end = if done { u32::MAX } else { next };
+        chunk.low_tail = last && stop.is_some();
+        read += count;
+        if full.send(chunk).is_err() || last {
+            break;
+        }
+        token = Some(next);
+    }
+    Ok(read)
+}
+
+/// Passes each entry of a split walk once. The low walk's last chunk covers buckets up to
+/// its `end`, past the split; the high walk's chunks that start below that `end` hold the
+/// same buckets. A key lives in one bucket, so the overlap is found by key: high-half keys
+/// passed before the low tail came are remembered and left out of it, and once it came,
+/// its keys are left out of the high chunks that start below its end.
+struct Dedup<K> {
+    high_seen: HashSet<K>,
+    tail: Option<(u32, HashSet<K>)>,
+}
+
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
+impl<K> Default for Dedup<K> {
+    fn default() -> Self {
+        Dedup {
+            high_seen: HashSet::default(),
+            tail: None,
+        }
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash> Dedup<K> {
+    fn pass(&mut self, c: &Chunk<K>, f: &mut dyn FnMut(&K, &FlowCounters)) {
+        let entries = c.keys[..c.len].iter().zip(&c.values[..c.len]);
+        match (c.half, &self.tail) {
+            (Half::Low, _) if !c.low_tail => entries.for_each(|(k, v)| f(k, v)),
+            (Half::Low, _) => {
+                for (k, v) in entries {
+                    if !self.high_seen.contains(k) {
+                        f(k, v);
+                    }
+                }
+                self.tail = Some((c.end, c.keys[..c.len].iter().copied().collect()));
+                self.high_seen = HashSet::default();
+            }
+            (Half::High, None) => {
+                for (k, v) in entries {
+                    self.high_seen.insert(*k);
+                    f(k, v);
+                }
+            }
+            (Half::High, Some((end, tail))) => {
+                for (k, v) in entries {
+                    if c.start >= *end || !tail.contains(k) {
+                        f(k, v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One batch read's buffers, how many entries it filled and which buckets it covered.
 struct Chunk<K> {
     keys: Vec<K>,
     values: Vec<FlowCounters>,
     len: usize,
+    half: Half,
+    /// The first bucket of the call, and the bucket the next call starts at (`u32::MAX`
+    /// when the call reached the end of the table).
+    start: u32,
+    end: u32,
+    /// The last chunk of the low half of a split walk.
+    low_tail: bool,
 }
 
 impl<K: Clone + Default> Chunk<K> {
@@ -356,6 +511,10 @@ impl<K: Clone + Default> Chunk<K> {
             keys: vec![K::default(); n],
             values: vec![FlowCounters::default(); n],
             len: 0,
+            half: Half::Low,
+            start: 0,
+            end: 0,
+            low_tail: false,
         }
     }
 
@@ -366,9 +525,85 @@ impl<K: Clone + Default> Chunk<K> {
     }
 }
 
+/// Whether a batch walk may start at a bucket index of its own choosing on this kernel
+/// (what [`read_batch`]'s split relies on): a scratch hash map of scattered entries, walked
+/// split at its middle bucket in small chunks, must give every entry exactly once.
+pub fn split_walk_works() -> std::io::Result<bool> {
+    split_walk_check(300, 1024, 16, 512)
+}
+
+/// [`split_walk_works`] with a map of `entries` in a table of `capacity`, read `chunk_len`
+/// entries a call, split at bucket `at`.
+fn split_walk_check(
+    entries: u32,
+    capacity: u32,
+    chunk_len: usize,
+    at: u32,
+) -> std::io::Result<bool> {
+    let map = scratch_map(capacity)?;
+    let fd = map.as_raw_fd();
+    let value = FlowCounters::default();
+    for i in 0..entries {
+        // Keys spread over the hash: the walk's position is not their order.
+        let key = i.wrapping_mul(0x9e37_79b9);
+        let mut attr = ElemAttr {
+            map_fd: fd as u32,
+            key: &key as *const u32 as u64,
+            value: &value as *const FlowCounters as u64,
+            ..ElemAttr::default()
+        };
+        // SAFETY: the attr points at a key and a value of the map's sizes.
+        unsafe { sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }?;
+    }
+    let mut seen = Vec::new();
+    read_batch(fd, chunk_len, Some(at), &mut |k: &u32, _| seen.push(*k)).map_err(|(_, e)| e)?;
+    seen.sort_unstable();
+    let mut want: Vec<u32> = (0..entries).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
+    want.sort_unstable();
+    Ok(seen == want)
+}
+
+/// A hash map of u32 keys and flow-table values, for [`split_walk_check`].
+fn scratch_map(capacity: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let mut attr = CreateAttr {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: 4,
+        value_size: std::mem::size_of::<FlowCounters>() as u32,
+        max_entries: capacity,
+        map_flags: 0,
+    };
+    // SAFETY: the attr is the map-create part of `union bpf_attr`, without pointers.
+    let fd = unsafe { sys_bpf(BPF_MAP_CREATE, &mut attr) }?;
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The element part of `union bpf_attr` (BPF_MAP_UPDATE_ELEM).
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
 /// Entries read per BPF_MAP_LOOKUP_BATCH call.
 pub const BATCH_CHUNK: usize = 1024;
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_TYPE_HASH: u32 = 1;
 const ENOTSUPP: i32 = 524;
 
 /// `union bpf_attr` for the BPF_MAP_*_BATCH commands.
@@ -407,7 +642,7 @@ fn lookup_batch<K: Pod>(
     // SAFETY: the attr points at live buffers of `count` keys and values of the map's key and
     // value types (the map was created with these types), and at two u32 batch tokens.
     match unsafe { sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
-        Ok(()) => Ok((attr.count as usize, false)),
+        Ok(_) => Ok((attr.count as usize, false)),
         // The end of the table; `count` holds what this last call read.
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((attr.count as usize, true)),
         Err(e) => Err(e),
@@ -441,6 +676,24 @@ fn parse_memlock(fdinfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every entry once, whatever the chunk size (1 forces the buffer to grow on a bucket of
+    /// two), wherever the split falls (0 and past the end included: any bucket is a valid
+    /// start), with the low walk's last call reaching past the split or not.
+    #[test]
+    fn split_walk_gives_every_entry_once() {
+        for (entries, capacity) in [(300, 1024), (1000, 1024), (50, 4096), (0, 64)] {
+            for chunk in [1, 7, 16, 64, 1024] {
+                for at in [0, 1, 100, capacity / 2, capacity - 1, capacity * 4] {
+                    assert!(
+                        split_walk_check(entries, capacity, chunk, at).unwrap(),
+                        "{entries} entries in {capacity}, chunks of {chunk}, split at {at}"
+                    );
+                }
+            }
+        }
+        assert!(split_walk_works().unwrap());
+    }
 
     #[test]
     fn reads_memlock_from_fdinfo() {

@@ -162,7 +162,7 @@ fn test_run(prog: &ProgramFd) -> std::io::Result<()> {
         ..Default::default()
     };
     // SAFETY: the test-run attr layout, pointing at a buffer live for the call.
-    unsafe { sys_bpf(BPF_PROG_TEST_RUN, &mut attr) }
+    unsafe { sys_bpf(BPF_PROG_TEST_RUN, &mut attr) }.map(|_| ())
 }
 
 #[cfg(test)]
