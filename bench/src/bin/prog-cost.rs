@@ -5,7 +5,13 @@
 //! instructions and map work, free of the veth path's noise (bench's `bpf ns/run` column is
 //! the same figure on real traffic). Prints a table: ns per run, and edgeflow's over bare's.
 //!
-//! prog-cost [--repeat N] [--trials T] [--against OBJECT]
+//! `--cold` measures the other regime, the one real traffic is in: each trial is a single run
+//! after the CPU's caches were flushed of the programs' code and data by reading a buffer
+//! larger than L2 (on real bulk TCP the programs run once per GRO aggregate with 64 KiB
+//! copies in between, so every run starts cold). There the cost follows the cache lines a run
+//! touches, code and data, rather than its instruction count.
+//!
+//! prog-cost [--repeat N] [--trials T] [--against OBJECT] [--cold]
 
 use anyhow::Context;
 use argh::FromArgs;
@@ -31,6 +37,12 @@ struct Args {
     /// of an earlier commit), run with RTT on in the same trials: one A/B column each
     #[argh(option)]
     against: Vec<std::path::PathBuf>,
+    /// one run per trial after evicting the caches (default trials then 2001)
+    #[argh(switch)]
+    cold: bool,
+    /// bytes read to evict the caches before each cold run, in KiB (default 4096)
+    #[argh(option, default = "4096")]
+    evict_kib: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -40,7 +52,14 @@ enum Hook {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Args = argh::from_env();
+    let mut args: Args = argh::from_env();
+    let mut evict = Evict::new(if args.cold { args.evict_kib * 1024 } else { 0 });
+    if args.cold {
+        args.repeat = 1;
+        if args.trials == 15 {
+            args.trials = 2001;
+        }
+    }
     let frames = [("udp64", udp_frame()), ("tcp-ts", tcp_frame())];
     let mut bare = Ebpf::load(BARE).context("loading the bare object")?;
     {
@@ -86,6 +105,7 @@ fn main() -> anyhow::Result<()> {
                 let mut trial = vec![0f64; n];
                 for k in 0..n {
                     let i = (t + k) % n;
+                    evict.run();
                     trial[i] = if i == 0 {
                         run(&mut bare, bare_prog, hook, frame, args.repeat)?
                     } else {
@@ -115,6 +135,31 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads a buffer larger than the CPU's L2 so the next run finds its code and data in L3 at
+/// best (L2 holds L1's lines on the CPUs this runs on, so L1i goes too).
+struct Evict {
+    buf: Vec<u64>,
+    sink: u64,
+}
+
+impl Evict {
+    fn new(bytes: usize) -> Evict {
+        Evict {
+            buf: vec![1; bytes / 8],
+            sink: 0,
+        }
+    }
+
+    fn run(&mut self) {
+        // One word per cache line is enough to pull the line in.
+        let mut s = 0u64;
+        for w in self.buf.iter().step_by(8) {
+            s = s.wrapping_add(*w);
+        }
+        self.sink = std::hint::black_box(self.sink.wrapping_add(s));
+    }
 }
 
 fn median(v: &[f64]) -> f64 {
