@@ -30,14 +30,15 @@ struct Args {
     /// runs per trial (default 200000)
     #[argh(option, default = "200_000")]
     repeat: u32,
-    /// trials per program; medians are reported, ratios taken within a trial (default 15)
-    #[argh(option, default = "15")]
-    trials: usize,
+    /// trials per program; medians are reported, ratios taken within a trial (default 15,
+    /// with --cold 2001)
+    #[argh(option)]
+    trials: Option<usize>,
     /// other builds of edgeflow's object (e.g. target/bpf/bpfel-unknown-none/release/edgeflow
     /// of an earlier commit), run with RTT on in the same trials: one A/B column each
     #[argh(option)]
     against: Vec<std::path::PathBuf>,
-    /// one run per trial after evicting the caches (default trials then 2001)
+    /// one run per trial after evicting the caches
     #[argh(switch)]
     cold: bool,
     /// bytes read to evict the caches before each cold run, in KiB (default 4096)
@@ -56,10 +57,8 @@ fn main() -> anyhow::Result<()> {
     let mut evict = Evict::new(if args.cold { args.evict_kib * 1024 } else { 0 });
     if args.cold {
         args.repeat = 1;
-        if args.trials == 15 {
-            args.trials = 2001;
-        }
     }
+    let trials = args.trials.unwrap_or(if args.cold { 2001 } else { 15 });
     let frames = [("udp64", udp_frame()), ("tcp-ts", tcp_frame())];
     let mut bare = Ebpf::load(BARE).context("loading the bare object")?;
     {
@@ -101,7 +100,7 @@ fn main() -> anyhow::Result<()> {
             let n = configs.len() + 1;
             let mut ns: Vec<Vec<f64>> = vec![Vec::new(); n];
             let mut ratio: Vec<Vec<f64>> = vec![Vec::new(); n];
-            for t in 0..args.trials {
+            for t in 0..trials {
                 let mut trial = vec![0f64; n];
                 for k in 0..n {
                     let i = (t + k) % n;
