@@ -206,10 +206,10 @@ impl FlowTable {
         self.for_each_flow(&mut |k, v| out.push((*k, *v)))
     }
 
-    /// Calls `f` for every entry of both tables. Reads with BPF_MAP_LOOKUP_BATCH (kernel
-    /// 5.6+), a chunk of [`BATCH_CHUNK`] entries per syscall into a fixed buffer, so memory
-    /// does not grow with the table; the map iterator (two syscalls per entry, ~10x slower on
-    /// a full table) is the fallback on older kernels.
+    /// Calls `f` once for every entry of both tables. Reads with BPF_MAP_LOOKUP_BATCH (kernel
+    /// 5.6+), a chunk of [`BATCH_CHUNK`] entries per syscall into fixed buffers, each table
+    /// in two halves side by side where that works ([`read_batch`]); the map iterator (two
+    /// syscalls per entry, ~10x slower on a full table) is the fallback on older kernels.
     pub fn for_each_flow(
         &self,
         f: &mut dyn FnMut(&FlowKey, &FlowCounters),
