@@ -529,16 +529,16 @@ impl<K: Clone + Default> Chunk<K> {
 /// (what [`read_batch`]'s split relies on): a scratch hash map of scattered entries, walked
 /// split at its middle bucket in small chunks, must give every entry exactly once.
 pub fn split_walk_works() -> std::io::Result<bool> {
-    split_walk_check(300, 1024, 16, 512)
+    walk_check(300, 1024, 16, Some(512))
 }
 
-/// [`split_walk_works`] with a map of `entries` in a table of `capacity`, read `chunk_len`
-/// entries a call, split at bucket `at`.
-fn split_walk_check(
+/// Whether [`read_batch`] gives every entry of a map of `entries` in a table of `capacity`
+/// exactly once, reading `chunk_len` entries a call, split at bucket `split` (or in one walk).
+fn walk_check(
     entries: u32,
     capacity: u32,
     chunk_len: usize,
-    at: u32,
+    split: Option<u32>,
 ) -> std::io::Result<bool> {
     let map = scratch_map(capacity)?;
     let fd = map.as_raw_fd();
@@ -556,14 +556,14 @@ fn split_walk_check(
         unsafe { sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }?;
     }
     let mut seen = Vec::new();
-    read_batch(fd, chunk_len, Some(at), &mut |k: &u32, _| seen.push(*k)).map_err(|(_, e)| e)?;
+    read_batch(fd, chunk_len, split, &mut |k: &u32, _| seen.push(*k)).map_err(|(_, e)| e)?;
     seen.sort_unstable();
     let mut want: Vec<u32> = (0..entries).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
     want.sort_unstable();
     Ok(seen == want)
 }
 
-/// A hash map of u32 keys and flow-table values, for [`split_walk_check`].
+/// A hash map of u32 keys and flow-table values, for [`walk_check`].
 fn scratch_map(capacity: u32) -> std::io::Result<std::os::fd::OwnedFd> {
     #[repr(C)]
     #[derive(Default)]
@@ -678,16 +678,24 @@ mod tests {
     use super::*;
 
     /// Every entry once, whatever the chunk size (1 forces the buffer to grow on a bucket of
-    /// two), wherever the split falls (0 and past the end included: any bucket is a valid
-    /// start), with the low walk's last call reaching past the split or not.
+    /// two), in one walk or split wherever (0 and past the end included: any bucket is a
+    /// valid start), with the low walk's last call reaching past the split or not.
     #[test]
-    fn split_walk_gives_every_entry_once() {
+    fn batch_walk_gives_every_entry_once() {
         for (entries, capacity) in [(300, 1024), (1000, 1024), (50, 4096), (0, 64)] {
             for chunk in [1, 7, 16, 64, 1024] {
-                for at in [0, 1, 100, capacity / 2, capacity - 1, capacity * 4] {
+                for split in [
+                    None,
+                    Some(0),
+                    Some(1),
+                    Some(100),
+                    Some(capacity / 2),
+                    Some(capacity - 1),
+                    Some(capacity * 4),
+                ] {
                     assert!(
-                        split_walk_check(entries, capacity, chunk, at).unwrap(),
-                        "{entries} entries in {capacity}, chunks of {chunk}, split at {at}"
+                        walk_check(entries, capacity, chunk, split).unwrap(),
+                        "{entries} entries in {capacity}, chunks of {chunk}, split at {split:?}"
                     );
                 }
             }
