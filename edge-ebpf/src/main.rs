@@ -21,7 +21,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed};
 use shared::{
-    flow::{tcp, DEFAULT_MAX_FLOWS},
+    flow::{tcp, zero_pad, DEFAULT_MAX_FLOWS},
     parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP},
     rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, DEFAULT_INTERVAL_NS, RTT_BUCKETS},
     stats::{Stats, STATS_LEN},
@@ -309,15 +309,6 @@ fn zero(v: &mut FlowCounters) {
     for i in 0..WORDS {
         // SAFETY: FlowCounters is 8-aligned and a whole number of u64 words.
         unsafe { core::ptr::write_volatile(w.add(i), 0) };
-    }
-}
-
-/// Zeroes padding bytes one store at a time (`[0; 3]` becomes a `memset` call).
-#[inline(always)]
-fn zero_pad(pad: &mut [u8; 3]) {
-    for b in pad.iter_mut() {
-        // SAFETY: a valid byte.
-        unsafe { core::ptr::write_volatile(b, 0) };
     }
 }
 

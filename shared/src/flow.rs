@@ -63,6 +63,16 @@ pub struct FlowKey4 {
     pub _pad: [u8; 3],
 }
 
+/// Zeroes a key's padding bytes one volatile store at a time: `[0; 3]` or a plain loop
+/// becomes a `memset` call, a byte loop in BPF. The kernel hashes the padding with the key.
+#[inline(always)]
+pub fn zero_pad(pad: &mut [u8; 3]) {
+    for b in pad.iter_mut() {
+        // SAFETY: a valid byte.
+        unsafe { core::ptr::write_volatile(b, 0) };
+    }
+}
+
 /// An IPv4 address as IPv4-mapped IPv6 (`::ffff:a.b.c.d`), the form [`FlowKey`] holds it in.
 #[inline(always)]
 pub fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
@@ -79,8 +89,7 @@ fn v4_part(a: &[u8; 16]) -> [u8; 4] {
 
 impl FlowKey4 {
     /// Overwrites `self` with `k`'s fields, taking the IPv4 part of its (IPv4-mapped)
-    /// addresses. Field by field, the padding with byte stores: a struct copy or `[0; 3]`
-    /// becomes a `memset`/`memcpy` call in BPF (a byte loop).
+    /// addresses. Field by field: a struct copy becomes a `memcpy` call in BPF (a byte loop).
     #[inline(always)]
     pub fn set_from(&mut self, k: &FlowKey) {
         self.addr_a = v4_part(&k.addr_a);
@@ -91,10 +100,7 @@ impl FlowKey4 {
         self.vlan_inner = k.vlan_inner;
         self.ifindex = k.ifindex;
         self.proto = k.proto;
-        for b in self._pad.iter_mut() {
-            // SAFETY: a valid byte.
-            unsafe { core::ptr::write_volatile(b, 0) };
-        }
+        zero_pad(&mut self._pad);
     }
 
     /// The flow's identity in the common form: addresses IPv4-mapped.

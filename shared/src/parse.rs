@@ -5,7 +5,7 @@
 //! byte slice). Every read goes through [`Frame::load`]; a frame that ends early is a parse
 //! error of the layer it ended in, never a panic and never a flow.
 
-use crate::flow::{v4_mapped, Direction, FlowKey, Initiator};
+use crate::flow::{v4_mapped, zero_pad, Direction, FlowKey, Initiator};
 use crate::stats::Stat;
 
 /// At most this many VLAN tags (802.1ad S-tag + 802.1Q C-tag).
@@ -199,11 +199,7 @@ pub fn parse_into<F: Frame + ?Sized>(
     key.vlan_outer = outer;
     key.vlan_inner = inner;
     key.ifindex = 0;
-    // Byte stores the compiler cannot merge into a memset call (a byte loop in BPF).
-    for i in 0..3 {
-        // SAFETY: an in-bounds byte of the key.
-        unsafe { core::ptr::write_volatile(&raw mut key._pad[i], 0) };
-    }
+    zero_pad(&mut key._pad);
     let l3 = off;
     // Source goes to endpoint a, destination to b; they are put in order at the end.
     let ip_len: u32;
