@@ -231,6 +231,7 @@ fn both_directions(
     let to = SocketAddr::new(e.near, in_port);
     let (in_cport, in_n) = ping_pong(&net, e.far_ns, to, dur, Duration::ZERO);
     srv.join().unwrap();
+    net.settle();
     let got = w.stop();
     got.assert_conserved();
 
@@ -359,6 +360,7 @@ fn gateway_attempt() -> Result<(), String> {
             .unwrap()
     });
     srv.join().unwrap();
+    net.settle();
     let got = w.stop();
     got.assert_conserved();
     eprintln!("relays late by up to {} µs", net.relays_late_us());
@@ -472,6 +474,7 @@ fn long_flow_keeps_sampling() {
     let to = SocketAddr::new(e.far, port);
     let (cport, n) = ping_pong(&net, e.near_ns, to, Duration::from_secs(60), PACE);
     srv.join().unwrap();
+    net.settle();
     let got = w.stop();
     got.assert_conserved();
     let r = flow_rtt(&got, e.near, e.far, cport, port);

@@ -37,6 +37,8 @@ const ETH_P_ALL: u16 = 0x0003;
 /// What a relay did, both directions together.
 #[derive(Debug, Default)]
 pub struct RelayStats {
+    /// Frames read from either interface.
+    pub received: AtomicU64,
     pub relayed: AtomicU64,
     /// Dropped: queue full, or the send failed (e.g. a frame larger than the MTU).
     pub dropped: AtomicU64,
@@ -80,6 +82,40 @@ impl Relay {
     }
 }
 
+impl RelayStats {
+    /// Frames read and not yet sent or dropped.
+    fn in_flight(&self) -> u64 {
+        let done = self.relayed.load(Ordering::Relaxed) + self.dropped.load(Ordering::Relaxed);
+        self.received.load(Ordering::Relaxed) - done
+    }
+
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+/// Waits until no frame has been held or read by any of `relays` for `QUIET` (bounded by
+/// `SETTLE_LIMIT`): a connection's closing segments cross a delay line after both sockets
+/// are closed, and a test that stops the monitor before they arrive sees them counted by the
+/// kernel but never reported.
+fn settle(relays: &[&RelayStats]) {
+    const QUIET: Duration = Duration::from_millis(150);
+    const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+    let start = Instant::now();
+    let seen = || relays.iter().map(|r| r.received()).sum::<u64>();
+    let (mut last, mut since) = (seen(), Instant::now());
+    while start.elapsed() < SETTLE_LIMIT {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = seen();
+        if now != last || relays.iter().any(|r| r.in_flight() > 0) {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= QUIET {
+            return;
+        }
+    }
+    panic!("the delay lines never went quiet in {SETTLE_LIMIT:?}");
+}
+
 impl Drop for Relay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -107,6 +143,7 @@ fn relay_loop(
             .min(IDLE);
         rx.wait_readable(wait);
         while let Some(n) = rx.recv(&mut buf) {
+            stats.received.fetch_add(1, Ordering::Relaxed);
             if queue.len() >= MAX_QUEUE {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -349,6 +386,11 @@ impl DelayNet {
     pub fn relay_stats(&self) -> &RelayStats {
         &self.relay.as_ref().expect("relay runs").stats
     }
+
+    /// Returns once the line has carried nothing for a while (see [`settle`]).
+    pub fn settle(&self) {
+        settle(&[self.relay_stats()]);
+    }
 }
 
 /// The middle namespace only relays: no IPv6 (no link-local address, no router solicitations).
@@ -504,6 +546,11 @@ impl GatewayNet {
             .unwrap_or(0)
     }
 
+    /// Returns once both lines have carried nothing for a while (see [`settle`]).
+    pub fn settle(&self) {
+        settle(&self.relays.iter().map(|r| &*r.stats).collect::<Vec<_>>());
+    }
+
     /// The index of interface `dev` in namespace `ns`.
     pub fn ifindex(&self, ns: &str, dev: &str) -> u32 {
         let path = format!("/sys/class/net/{dev}/ifindex");
@@ -570,6 +617,17 @@ mod tests {
             }
             drop(c);
             echo.join().unwrap();
+            // The server's FIN and the client's last ACK are still on the line (the server
+            // waits in LAST-ACK for 30 ms): settle waits for both.
+            let tcp_states = |ns: &str| {
+                let out = net.exec(ns, &["ss", "-Htan", "state", "all", "sport", "!=", ":22"]);
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            net.settle();
+            assert_eq!(net.relay_stats().in_flight(), 0);
+            let (server, client) = (tcp_states(&net.ns_server), tcp_states(&net.ns_client));
+            assert!(!server.contains("LAST-ACK"), "server: {server}");
+            assert!(client.contains("TIME-WAIT"), "client: {client}");
             assert!(net.relay_stats().relayed.load(Ordering::Relaxed) >= 14);
             assert_eq!(net.relay_stats().dropped.load(Ordering::Relaxed), 0);
         }
