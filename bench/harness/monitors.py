@@ -63,6 +63,8 @@ class Monitor:
 class Process(Monitor):
     """A monitor process in the dst namespace, in the 'mon' cgroup, on the monitor CPU."""
     ready_re, ready_timeout, ready_file = None, 10.0, None
+    # Whether stopping it also clears the 'mon' group (not while a pair's other part runs).
+    clears_group = True
 
     def argv(self, run):
         raise NotImplementedError
@@ -86,7 +88,8 @@ class Process(Monitor):
             self.proc.wait(timeout=timeout)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-        run.groups.stop("mon", wait=3)
+        if self.clears_group:
+            run.groups.stop("mon", wait=3)
         self.out.close()
         return text(self.log)
 
@@ -329,6 +332,43 @@ class PmacctdSflow(Process):
         return self.collector.stop(run)
 
 
+class Pair(Monitor):
+    """Two monitors on the same interface at once, `first+second`, attached in that order
+    (TC runs them in that order: both return TC_ACT_UNSPEC, so neither ends the chain). Their
+    programs then run on the same packets at the same moments, and the ratio of their in-kernel
+    run times is paired within each run: the host's pace, which moves a program's ns/run by
+    half from one run to the next, is the same for both. The table's other columns are the
+    second's (edgeflow's, listed last, for its report of what it counted)."""
+    bpf = True
+
+    def __init__(self, name, first, second):
+        super().__init__(name)
+        self.parts = [make(first), make(second)]
+        for p in self.parts:
+            if not isinstance(p, Process) or not p.bpf:
+                raise SystemExit(f"{name}: a pair is of two BPF monitors")
+        self.sees, self.unit = self.parts[1].sees, self.parts[1].unit
+        self.collector = self.parts[1].collector
+
+    def describe(self):
+        return " and ".join(p.describe() for p in self.parts) + ", on the same packets"
+
+    def start(self, run):
+        for p in self.parts:
+            p.start(run)
+        self.collector = self.parts[1].collector
+
+    def before_stop(self, run):
+        return self.parts[1].before_stop(run)
+
+    def stop(self, run):
+        # The first part's report is not used: stop it without clearing the group, then the
+        # second, which clears it.
+        self.parts[0].clears_group = False
+        self.parts[0].stop(run)
+        return self.parts[1].stop(run)
+
+
 def registry():
     r = {
         "none": lambda n: Monitor(n),
@@ -358,6 +398,9 @@ ALT = "@alt"
 
 
 def make(name):
+    if "+" in name:
+        first, second = name.split("+", 1)
+        return Pair(name, first, second)
     base = name[:-len(ALT)] if name.endswith(ALT) and name.startswith("edgeflow") else name
     if base not in REGISTRY:
         raise SystemExit(f"unknown config {name!r}; known: {', '.join(REGISTRY)} "

@@ -46,9 +46,19 @@ def derived(r):
         out["coverage"] = 100.0 * r["mon_accounted"] / r["carried"]
         out["missing"] = r["carried"] - r["mon_accounted"]
     bpf = r.get("bpf") or {}
-    ing = [v["ns_per_run"] for k, v in bpf.items() if "egr" not in k]
+    # edgeflow_clock runs once per drain (the agent's tick conversion), not per packet.
+    ing = {k: v["ns_per_run"] for k, v in bpf.items() if "egr" not in k and "clock" not in k}
     eg = [v["ns_per_run"] for k, v in bpf.items() if "egr" in k]
-    out["bpf_in"] = ing[0] if ing else None
+    if "+" in r["config"]:
+        # A pair (monitors.Pair): edgeflow's ingress program against the other's, on the
+        # same packets in the same run.
+        ef = [v for k, v in ing.items() if k.startswith("edgeflow")]
+        other = [v for k, v in ing.items() if not k.startswith("edgeflow")]
+        out["bpf_in"] = ef[0] if ef else None
+        out["bpf_other"] = other[0] if other else None
+        out["bpf_pair"] = ef[0] / other[0] if ef and other else None
+    else:
+        out["bpf_in"] = next(iter(ing.values()), None)
     out["bpf_eg"] = eg[0] if eg else None
     recs = r.get("export_records")
     payload = r.get("export_payload_bytes", r.get("export_payload_bytes_udp"))
@@ -86,6 +96,9 @@ def rows(recs, configs):
                 bpf_in=med([x["bpf_in"] for x in dv]), bpf_eg=med([x["bpf_eg"] for x in dv]),
                 bpf_in_round={r["round"]: x["bpf_in"] for r, x in zip(ok, dv)
                               if x["bpf_in"] is not None},
+                bpf_other=med([x.get("bpf_other") for x in dv]),
+                bpf_pair=med([x.get("bpf_pair") for x in dv]),
+                bpf_pair_q=quartiles([x.get("bpf_pair") for x in dv]),
                 rss=med([(r.get("mon_rss_kib") or 0) / 1024 or None for r in ok]),
                 hwm=med([(r.get("mon_hwm_kib") or 0) / 1024 or None for r in ok]),
                 kmem=med([r["kmem_bytes"] / 2**20 if r.get("kmem_bytes") else None for r in ok]),
@@ -130,6 +143,9 @@ added: each run's exact CPU on the box (generator + receive softirq in its conte
 mon: the monitor's own processes per packet (user + kernel, its cgroup).
 bpf ns/run: the monitor's BPF programs, run_time_ns / run_cnt with kernel.bpf_stats_enabled on
   for a separate window after the CPU window (in: XDP or TC ingress; eg: TC egress).
+  A pair `A+B` runs both monitors at once on the same packets (A's program first): its row
+  shows edgeflow's programs, its target line the ratio to the other's within each run; its
+  other columns mix the two monitors.
 RSS, peak: resident memory of the monitor's processes at the end of the traffic (VmRSS) and
   their high-water mark (VmHWM); BPF map: memlock of the maps the monitor holds.
 lost: what the monitor reports it lost (tcpdump/pcap kernel drops, softflowd's libpcap drops,
@@ -194,6 +210,15 @@ def targets(rs, tcp_saturation=False):
                      f"{o['added']:+.3f}{spread(o)}")
         if e.get("mon") is not None:
             line(e["mon"] <= 0.02, f"{ef} userspace {e['mon']:.4f} us/pkt near zero (<= 0.02)")
+    for name, r in by.items():
+        if "+" in name and r.get("bpf_pair") is not None:
+            q = r.get("bpf_pair_q")
+            other = name.split("+")[0] if name.split("+")[1].startswith("edgeflow") else name.split("+")[1]
+            line(r["bpf_pair"] <= 1.3,
+                 f"{name}: edgeflow in-kernel {r['bpf_in']:.0f} ns/run <= 1.3 x {other} "
+                 f"{r['bpf_other']:.0f} on the same packets ({r['bpf_pair']:.2f}x, median of "
+                 f"{r['n']} runs' ratios" + (f", middle half {q[0]:.2f}..{q[1]:.2f}" if q else "")
+                 + ")")
     if tcp_saturation:
         for name, r in by.items():
             if name.startswith("edgeflow") and r.get("ratio") is not None:
