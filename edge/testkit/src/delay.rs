@@ -332,7 +332,7 @@ impl DelayNet {
         for ns in [&net.ns_client, &net.ns_mid, &net.ns_server] {
             sh(&["ip", "netns", "add", ns]);
         }
-        mid_ready(&net.ns_mid);
+        no_ipv6(&net.ns_mid);
         mid_pair(
             &net.ns_client,
             &net.veth_client,
@@ -393,10 +393,12 @@ impl DelayNet {
     }
 }
 
-/// The middle namespace only relays: no IPv6 (no link-local address, no router solicitations).
-fn mid_ready(ns_mid: &str) {
+/// No IPv6 in namespace `ns` (no link-local address, no router solicitations, no MLD
+/// reports): for the middle namespace, which only relays, and for the IPv4-only gateway
+/// network, whose tests count every packet and must see only their own.
+fn no_ipv6(ns: &str) {
     for key in ["all", "default"] {
-        sysctl(ns_mid, &format!("net.ipv6.conf.{key}.disable_ipv6"), "1");
+        sysctl(ns, &format!("net.ipv6.conf.{key}.disable_ipv6"), "1");
     }
 }
 
@@ -501,7 +503,9 @@ impl GatewayNet {
         for ns in [&net.ns_client, &net.ns_gw, &net.ns_mid, &net.ns_server] {
             sh(&["ip", "netns", "add", ns]);
         }
-        mid_ready(&net.ns_mid);
+        for ns in [&net.ns_client, &net.ns_gw, &net.ns_mid, &net.ns_server] {
+            no_ipv6(ns);
+        }
         mid_pair(&net.ns_client, &net.veth_client, &net.ns_mid, &m_c);
         mid_pair(&net.ns_gw, &net.gw_client, &net.ns_mid, &m_gc);
         mid_pair(&net.ns_gw, &net.gw_server, &net.ns_mid, &m_gs);
