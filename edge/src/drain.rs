@@ -70,7 +70,9 @@ pub struct Drainer {
 }
 
 impl Drainer {
-    /// Starts the first window now; what the table already holds counts as the baseline.
+    /// Starts the first window now; what the table already holds counts as the baseline. Make
+    /// it before the programs are attached: the baseline reads the flows and then the
+    /// counters, and a packet counted between the two would stay in one and not the other.
     pub fn new(table: FlowTable, expiry: Expiry) -> Result<Drainer, TableError> {
         let mut prev = FastMap::default();
         table.for_each_flow(&mut |k, v| {

@@ -106,19 +106,20 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
     eprintln!("edgeflow: {}", table.describe());
     let mut attached: Vec<Attachment> = Vec::new();
     let result = (|| {
-        attach::attach_all(
-            &mut loaded.ebpf,
-            &cfg.interfaces,
-            cfg.netns.as_deref(),
-            cfg.attach,
-            &mut attached,
-        )?;
+        // Before attaching, as in `watch`: a baseline of zeros, no packet between its reads.
         let drainer = Drainer::new(
             table,
             Expiry {
                 inactive: cfg.inactive_timeout,
                 ..Expiry::default()
             },
+        )?;
+        attach::attach_all(
+            &mut loaded.ebpf,
+            &cfg.interfaces,
+            cfg.netns.as_deref(),
+            cfg.attach,
+            &mut attached,
         )?;
         let ifaces = IfaceStates::new(&attached, cfg.netns.as_deref());
         let publisher = Publisher::start(cfg, spool)?;

@@ -71,6 +71,10 @@ pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     eprintln!("edgeflow: {}", table.describe());
     let mut attached: Vec<Attachment> = Vec::new();
     let result = (|| {
+        // Before attaching: the baseline is then the empty table and zeroed counters. Taken
+        // while packets flow, a packet counted between its two reads (flows, then counters)
+        // would be in the flows' deltas and not in the counters', for good.
+        let mut drainer = Drainer::new(table, opts.expiry)?;
         attach::attach_all(
             &mut loaded.ebpf,
             &opts.ifaces,
@@ -78,7 +82,6 @@ pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
             opts.attach,
             &mut attached,
         )?;
-        let mut drainer = Drainer::new(table, opts.expiry)?;
         let mut ifaces = IfaceStates::new(&attached, opts.netns.as_deref());
         eprintln!("edgeflow: ready, a window every {:?}", opts.interval);
         let mut windows = 0u64;
