@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK},
-    helpers::{bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -21,10 +21,11 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed};
 use shared::{
+    cpu::{CpuSlot, DEFAULT_CPUS},
     flow::{tcp, zero_pad, DEFAULT_MAX_FLOWS},
     parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP},
     rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, DEFAULT_INTERVAL_NS, RTT_BUCKETS},
-    stats::{Stats, STATS_LEN},
+    stats::STATS_LEN,
     FlowCounters, FlowKey, FlowKey4, Stat,
 };
 
@@ -35,21 +36,9 @@ static FLOWS4: HashMap<FlowKey4, FlowCounters> = HashMap::with_max_entries(DEFAU
 #[map(name = "FLOWS6")]
 static FLOWS6: HashMap<FlowKey, FlowCounters> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
-/// The programs' own counters: one block per CPU, indexed by `Stat` (one lookup per packet).
-#[map(name = "STATS")]
-static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
-
-/// Per CPU: room for the parsed packet and a new entry's value. The BPF stack (512 bytes)
-/// cannot hold them next to the parser's own state.
-#[map(name = "SCRATCH")]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
-
-struct Scratch {
-    parsed: Parsed,
-    key4: FlowKey4,
-    init: FlowCounters,
-    ts_key: TsKey,
-}
+/// Per CPU: the programs' counters and scratch room (`shared::cpu`: why a plain array).
+#[map(name = "CPU_SLOTS")]
+static CPU_SLOTS: Array<CpuSlot> = Array::with_max_entries(DEFAULT_CPUS, 0);
 
 /// TSvals that left and wait for their echo: when each left. Sized by the loader like the
 /// flow table; the agent removes entries whose echo never came.
@@ -126,13 +115,12 @@ pub fn edgeflow_xdp(ctx: XdpContext) -> u32 {
         end: ctx.data_end(),
         len: ctx.data_end() - ctx.data(),
     };
-    if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, ours for this run.
-        let scratch = unsafe { &mut *scratch };
-        let parsed = parse_into(&pkt, None, &mut scratch.parsed);
+    if let Some(slot) = cpu_slot() {
+        // SAFETY: this CPU's slot, ours for this run.
+        let parsed = parse_into(&pkt, None, unsafe { &mut (*slot).parsed });
         account(
             &ctx,
-            scratch,
+            slot,
             parsed,
             1,
             pkt.len as u64,
@@ -186,12 +174,11 @@ fn tc(ctx: TcContext, egress: bool) -> i32 {
     };
     // An aggregate (GRO on ingress, GSO on egress) stands for gso_segs wire packets.
     let segs = if segs > 1 { segs } else { 1 };
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    let Some(slot) = cpu_slot() else {
         return TC_ACT_OK;
     };
-    // SAFETY: per-CPU slot, ours for this run.
-    let scratch = unsafe { &mut *scratch };
-    let mut parsed = parse_into(&tc_pkt(&ctx), vlan, &mut scratch.parsed);
+    // SAFETY (here and below): this CPU's slot, ours for this run.
+    let mut parsed = parse_into(&tc_pkt(&ctx), vlan, unsafe { &mut (*slot).parsed });
     if let Err(stat) = parsed {
         // Headers may sit in paged data: pull them in once and look again.
         if stat != Stat::NonIp
@@ -201,10 +188,10 @@ fn tc(ctx: TcContext, egress: bool) -> i32 {
                 .pull_data(if len < PULL_LEN { len } else { PULL_LEN })
                 .is_ok()
         {
-            parsed = parse_into(&tc_pkt(&ctx), vlan, &mut scratch.parsed);
+            parsed = parse_into(&tc_pkt(&ctx), vlan, unsafe { &mut (*slot).parsed });
         }
     }
-    account(&ctx, scratch, parsed, segs, len as u64, ifindex, egress);
+    account(&ctx, slot, parsed, segs, len as u64, ifindex, egress);
     TC_ACT_OK
 }
 
@@ -217,40 +204,47 @@ fn tc_pkt(ctx: &TcContext) -> Pkt {
     }
 }
 
-/// This CPU's stats block (null only if the map were missing its entry, which it cannot).
+/// This CPU's slot (`None` only on a CPU beyond the possible ones, which cannot run us).
 #[inline(always)]
-fn stats() -> *mut Stats {
-    STATS.get_ptr_mut(0).unwrap_or(core::ptr::null_mut())
+fn cpu_slot() -> Option<*mut CpuSlot> {
+    // SAFETY: helper without arguments.
+    CPU_SLOTS.get_ptr_mut(unsafe { bpf_get_smp_processor_id() })
 }
 
 #[inline(always)]
-fn bump(st: *mut Stats, stat: Stat, packets: u64, bytes: u64) {
+fn bump(slot: *mut CpuSlot, stat: Stat, packets: u64, bytes: u64) {
     // Read back through memory so the bound below stays in the code: LLVM knows the enum's
     // range and would drop it, the verifier does not and needs it for the variable offset.
     let i = stat as u32;
     // SAFETY: reading a local.
     let i = unsafe { core::ptr::read_volatile(&i) } as usize;
-    if st.is_null() || i >= STATS_LEN as usize {
+    if slot.is_null() || i >= STATS_LEN as usize {
         return;
     }
-    // SAFETY: per-CPU block, only this CPU writes it while the program runs; `i` is in bounds.
+    // SAFETY: this CPU's slot, only this CPU writes it while the program runs; `i` is in
+    // bounds.
     unsafe {
-        let c = &mut (*st)[i];
+        let c = &mut (*slot).stats[i];
         c.packets += packets;
         c.bytes += bytes;
     }
 }
 
-/// [`bump`] for the rare paths that have not looked the block up.
+/// [`bump`] for the rare paths that have not looked the slot up.
 #[inline(always)]
 fn stat_add(stat: Stat, packets: u64, bytes: u64) {
-    bump(stats(), stat, packets, bytes);
+    bump(
+        cpu_slot().unwrap_or(core::ptr::null_mut()),
+        stat,
+        packets,
+        bytes,
+    );
 }
 
 #[inline(always)]
 fn account<C: EbpfContext>(
     ctx: &C,
-    scratch: &mut Scratch,
+    slot: *mut CpuSlot,
     parsed: Result<(), Stat>,
     segs: u32,
     frame_len: u64,
@@ -258,26 +252,28 @@ fn account<C: EbpfContext>(
     egress: bool,
 ) {
     let segs64 = segs as u64;
-    let st = stats();
-    bump(st, Stat::Seen, segs64, frame_len);
+    bump(slot, Stat::Seen, segs64, frame_len);
     if let Err(stat) = parsed {
-        bump(st, stat, segs64, frame_len);
+        bump(slot, stat, segs64, frame_len);
         return;
     }
-    let Scratch {
-        parsed: p,
-        key4,
-        init,
-        ts_key,
-    } = scratch;
+    // SAFETY: this CPU's slot, ours for this run; disjoint from the stats `bump` writes.
+    let (p, key4, init, ts_key) = unsafe {
+        (
+            &mut (*slot).parsed,
+            &mut (*slot).key4,
+            &mut (*slot).init,
+            &mut (*slot).ts_key,
+        )
+    };
     let bytes = p.wire_bytes(segs);
     let every = SAMPLE_EVERY.load();
     // SAFETY: helper without arguments.
     if every > 1 && unsafe { bpf_get_prandom_u32() } % every != 0 {
-        bump(st, Stat::Unsampled, segs64, bytes);
+        bump(slot, Stat::Unsampled, segs64, bytes);
         return;
     }
-    bump(st, Stat::Parsed, segs64, bytes);
+    bump(slot, Stat::Parsed, segs64, bytes);
     p.key.ifindex = ifindex;
     // First/last seen are stamped in ticks: the verifier inlines bpf_jiffies64 into a plain
     // load, where a clock helper call costs 20–30 ns per packet (bench/RESULTS.md). RTT

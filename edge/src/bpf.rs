@@ -6,6 +6,7 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use shared::{
+    cpu::CPU_SLOTS_MAP,
     flow::{FLOWS4_MAP, FLOWS6_MAP},
     rtt::PENDING_MAP,
 };
@@ -63,6 +64,11 @@ pub enum LoadError {
         io_error: std::io::Error,
         tail: String,
     },
+    #[error("reading the possible CPUs ({path}): {source}")]
+    Cpus {
+        path: &'static str,
+        source: std::io::Error,
+    },
     #[error("loading {program}: {source}")]
     Program {
         program: &'static str,
@@ -98,7 +104,9 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
     }
     let rtt_on = opts.rtt.is_some() as u32;
     let rtt_interval_ns = opts.rtt.unwrap_or_default().interval.as_nanos() as u64;
+    let cpus = aya::util::nr_cpus().map_err(|(path, source)| LoadError::Cpus { path, source })?;
     let mut ebpf = EbpfLoader::new()
+        .map_max_entries(CPU_SLOTS_MAP, cpus as u32)
         .map_max_entries(FLOWS4_MAP, opts.max_flows)
         .map_max_entries(FLOWS6_MAP, opts.max_flows)
         // One pending timestamp per flow is the common case.

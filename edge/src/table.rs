@@ -4,13 +4,14 @@
 use crate::bpf::sys_bpf;
 use crate::ticks::{TickClock, TickError};
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf, Pod,
 };
 use shared::{
+    cpu::{CpuSlot, CPU_SLOTS_MAP},
     flow::{FLOWS4_MAP, FLOWS6_MAP},
     rtt::{TsKey, HIST_MAP, PENDING_MAP, RTT_BUCKETS},
-    stats::{STATS_LEN, STATS_MAP},
+    stats::STATS_LEN,
     Counter, FlowCounters, FlowKey, FlowKey4,
 };
 use std::{
@@ -130,7 +131,7 @@ pub struct FlowTable {
     /// Whether batch walks run as two halves side by side: more than one CPU, and
     /// [`split_walk_works`] on this kernel.
     split: bool,
-    stats: PerCpuArray<MapData, Stats>,
+    slots: Array<MapData, CpuSlot>,
     pending: HashMap<MapData, TsKey, u64>,
     hist: PerCpuArray<MapData, u64>,
     /// Turns the entries' tick stamps into time.
@@ -159,10 +160,10 @@ impl FlowTable {
         let (flows4, capacity, mem4) = Family::take(ebpf, FLOWS4_MAP)?;
         let (flows6, _, mem6) = Family::take(ebpf, FLOWS6_MAP)?;
         let memory_bytes = mem4.zip(mem6).map(|(a, b)| a + b);
-        let stats = ebpf
-            .take_map(STATS_MAP)
-            .ok_or(TableError::MissingMap(STATS_MAP))?;
-        let stats = PerCpuArray::try_from(stats).map_err(map_err(STATS_MAP))?;
+        let slots = ebpf
+            .take_map(CPU_SLOTS_MAP)
+            .ok_or(TableError::MissingMap(CPU_SLOTS_MAP))?;
+        let slots = Array::try_from(slots).map_err(map_err(CPU_SLOTS_MAP))?;
         let pending = ebpf
             .take_map(PENDING_MAP)
             .ok_or(TableError::MissingMap(PENDING_MAP))?;
@@ -191,7 +192,7 @@ impl FlowTable {
             flows6,
             batch_ok: Cell::new(true),
             split,
-            stats,
+            slots,
             pending,
             hist,
             ticks,
@@ -275,9 +276,9 @@ impl FlowTable {
     /// The programs' counters, summed over CPUs.
     pub fn read_stats(&self) -> Result<Stats, TableError> {
         let mut out = [Counter::default(); STATS_LEN as usize];
-        let per_cpu = self.stats.get(&0, 0).map_err(map_err(STATS_MAP))?;
-        for block in per_cpu.iter() {
-            for (o, c) in out.iter_mut().zip(block.iter()) {
+        for cpu in 0..self.slots.len() {
+            let slot = self.slots.get(&cpu, 0).map_err(map_err(CPU_SLOTS_MAP))?;
+            for (o, c) in out.iter_mut().zip(slot.stats.iter()) {
                 o.add(c);
             }
         }

@@ -298,6 +298,43 @@ fn first_len(hook: Hook, frame: &[u8]) -> usize {
     }
 }
 
+/// Pins the calling thread to `cpu` (a test run executes on the caller's CPU).
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(rc, 0, "pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Each CPU counts in its own slot of the programs' CPU array, and the stats the agent reads
+/// are the sum over every slot: frames run on each CPU in turn (a different number on each)
+/// all show up.
+#[test]
+fn stats_sum_every_cpus_slot() {
+    let cpus = aya::util::online_cpus().unwrap();
+    let mut p = progs();
+    let f = Packet::udp4(A, B, 40, 41, 8).build();
+    let before = p.table.read_stats().unwrap()[Stat::Seen as usize].packets;
+    let progs: &mut Progs = &mut p;
+    // On a thread of its own, so the pinning ends with it.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for (i, cpu) in cpus.iter().enumerate() {
+                pin_to(*cpu as usize);
+                for _ in 0..=i {
+                    progs.run_raw(Hook::Xdp, &f, None).unwrap();
+                }
+            }
+        });
+    });
+    let after = p.table.read_stats().unwrap()[Stat::Seen as usize].packets;
+    let want = (1..=cpus.len() as u64).sum::<u64>();
+    assert_eq!(after - before, want, "CPUs {cpus:?}");
+}
+
 fn assert_einval(r: Result<u32, ProgramError>, what: &str) {
     match r {
         Err(ProgramError::SyscallError(s)) if s.io_error.raw_os_error() == Some(EINVAL) => {}

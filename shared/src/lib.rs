@@ -12,6 +12,7 @@ extern crate alloc;
 #[cfg(any(test, feature = "craft"))]
 pub mod craft;
 
+pub mod cpu;
 pub mod flow;
 pub mod parse;
 pub mod rtt;

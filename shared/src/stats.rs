@@ -1,11 +1,8 @@
-//! The programs' own counters: one per-CPU block of [`Counter`]s, indexed by [`Stat`] (one
-//! map lookup per packet covers every counter it touches).
+//! The programs' own counters: one block of [`Counter`]s per CPU, indexed by [`Stat`], in
+//! each CPU's slot ([`crate::cpu::CpuSlot`]).
 //!
 //! Conservation holds per window: `Seen = Parsed + NonIp + Fragment + every Err*`, and
 //! `Parsed = sum(flow deltas) + Overflow` (packets and bytes alike for the second).
-
-/// Map name of the per-CPU stats array in the eBPF object: one entry, a [`Stats`] block.
-pub const STATS_MAP: &str = "STATS";
 
 /// One counter: packets and bytes.
 #[repr(C)]
@@ -81,7 +78,7 @@ stats! {
 /// Number of counters in a [`Stats`] block.
 pub const STATS_LEN: u32 = 13;
 
-/// Every counter, indexed by [`Stat`]: the value of the stats map's only entry.
+/// Every counter, indexed by [`Stat`]: one CPU's block in its [`crate::cpu::CpuSlot`].
 pub type Stats = [Counter; STATS_LEN as usize];
 
 #[cfg(feature = "user")]

@@ -1,0 +1,54 @@
+//! The programs' per-CPU working memory: one [`CpuSlot`] per CPU in a plain array map indexed
+//! by CPU number ([`CPU_SLOTS_MAP`]), holding the stats counters and the scratch room a
+//! packet's accounting needs.
+//!
+//! Why not a per-CPU map: the kernel carves per-CPU map values out of its per-CPU allocator's
+//! vmalloc area, mapped in 4 KiB pages, so a program run that finds its caches cold (every
+//! run at 100 kpps, or per GRO aggregate) pays a page walk for them besides the cache lines.
+//! A small plain array is allocated with kmalloc, in the kernel's directly mapped memory
+//! (huge pages). The programs index it with `bpf_get_smp_processor_id()`, which the verifier
+//! inlines; they cannot nest on one CPU, as with a per-CPU map.
+
+use crate::{flow::FlowKey4, parse::Parsed, rtt::TsKey, stats::Stats, FlowCounters};
+
+/// Map name of the CPU slots; the loader sizes it to the machine's possible CPUs.
+pub const CPU_SLOTS_MAP: &str = "CPU_SLOTS";
+/// Entries in the object file, before the loader sets the number of possible CPUs.
+pub const DEFAULT_CPUS: u32 = 64;
+
+/// One CPU's slot. The fields every packet writes come first; the new-entry value and the
+/// RTT key (written rarely) last, so the line a slot may share with the next one's start is
+/// a cold one. 64-byte multiple, so no two slots share more than that one line.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub struct CpuSlot {
+    /// This CPU's counters, indexed by [`crate::Stat`]; the agent sums them over slots.
+    pub stats: Stats,
+    /// The packet being accounted.
+    pub parsed: Parsed,
+    /// Its IPv4 table key.
+    pub key4: FlowKey4,
+    /// A new entry's value, built here and copied by the insert.
+    pub init: FlowCounters,
+    /// The pending map's key of a TSval.
+    pub ts_key: TsKey,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C) plain data, every bit pattern valid.
+unsafe impl aya::Pod for CpuSlot {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn slots_are_whole_cache_lines() {
+        assert_eq!(align_of::<CpuSlot>(), 64);
+        assert_eq!(size_of::<CpuSlot>() % 64, 0);
+        // Up to 63 CPUs' slots and the map's header stay within what the kernel allocates
+        // with kmalloc for an array (32 KiB); more CPUs still work, in vmalloc'd pages.
+        assert_eq!(size_of::<CpuSlot>(), 512);
+    }
+}
