@@ -16,7 +16,7 @@ use aya_ebpf::{
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
-    EbpfContext, Global,
+    EbpfContext,
 };
 use aya_log_ebpf::warn;
 use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed};
@@ -24,7 +24,7 @@ use shared::{
     cpu::{CpuSlot, DEFAULT_CPUS},
     flow::{tcp, zero_pad, DEFAULT_MAX_FLOWS},
     parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP},
-    rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, DEFAULT_INTERVAL_NS, RTT_BUCKETS},
+    rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, RTT_BUCKETS},
     stats::STATS_LEN,
     FlowCounters, FlowKey, FlowKey4, Stat,
 };
@@ -58,18 +58,6 @@ static TICK_CLOCK: Array<u64> = Array::with_max_entries(2, 0);
 /// under load.
 #[map(name = "WARN_AT")]
 static WARN_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// 1-in-N packet sampling; 1 counts every packet. Set by the loader.
-#[unsafe(no_mangle)]
-static SAMPLE_EVERY: Global<u32> = Global::new(1);
-
-/// TCP RTT tracking: 1 on, 0 off. Set by the loader.
-#[unsafe(no_mangle)]
-static RTT_ON: Global<u32> = Global::new(1);
-
-/// At most one timestamp RTT sample per flow per this many ns. Set by the loader.
-#[unsafe(no_mangle)]
-static RTT_INTERVAL_NS: Global<u64> = Global::new(DEFAULT_INTERVAL_NS);
 
 /// Ticks between two "table full" warnings: 1 s at HZ=1000, 10 s at HZ=100.
 const WARN_EVERY_TICKS: u64 = 1000;
@@ -267,7 +255,9 @@ fn account<C: EbpfContext>(
         )
     };
     let bytes = p.wire_bytes(segs);
-    let every = SAMPLE_EVERY.load();
+    // SAFETY: this CPU's slot; the loader wrote the settings before attaching us.
+    let settings = unsafe { (*slot).settings };
+    let every = settings.sample_every;
     // SAFETY: helper without arguments.
     if every > 1 && unsafe { bpf_get_prandom_u32() } % every != 0 {
         bump(slot, Stat::Unsampled, segs64, bytes);
@@ -289,10 +279,18 @@ fn account<C: EbpfContext>(
     let Some(v) = v else {
         return;
     };
-    if p.key.proto == IPPROTO_TCP && RTT_ON.load() != 0 {
+    if p.key.proto == IPPROTO_TCP && settings.rtt_on != 0 {
         // SAFETY: a live map value; CPUs racing on it can only lose a sample.
         let r = unsafe { &mut (*v).rtt };
-        rtt(p, ts_key, r, egress, segs64, bytes);
+        rtt(
+            p,
+            ts_key,
+            r,
+            egress,
+            settings.rtt_interval_ns,
+            segs64,
+            bytes,
+        );
     }
 }
 
@@ -366,14 +364,22 @@ fn fine_now() -> u64 {
 /// answers (the acknowledging segment, the first echo of a TSval). The fine clock is read
 /// only by segments that may start or end a sample.
 #[inline(always)]
-fn rtt(p: &Parsed, tk: &mut TsKey, r: &mut FlowRtt, egress: bool, segs: u64, bytes: u64) {
+fn rtt(
+    p: &Parsed,
+    tk: &mut TsKey,
+    r: &mut FlowRtt,
+    egress: bool,
+    interval_ns: u64,
+    segs: u64,
+    bytes: u64,
+) {
     let syn = p.tcp_flags & tcp::SYN != 0;
     if egress {
         if syn {
             r.syn_sent(p.seq, fine_now());
         } else if p.has_ts
             && p.tsval != r.ts_last_val
-            && r.arm_tsval(p.tsval, fine_now(), RTT_INTERVAL_NS.load())
+            && r.arm_tsval(p.tsval, fine_now(), interval_ns)
         {
             let now = r.ts_armed_ns;
             // SYNs are left to the handshake sample, or it would be counted twice.

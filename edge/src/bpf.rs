@@ -1,12 +1,13 @@
 //! The embedded eBPF object and loading it with the run's settings.
 
 use aya::{
+    maps::{Array, MapData},
     programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
 use shared::{
-    cpu::CPU_SLOTS_MAP,
+    cpu::{CpuSlot, Settings, CPU_SLOTS_MAP},
     flow::{FLOWS4_MAP, FLOWS6_MAP},
     rtt::PENDING_MAP,
 };
@@ -69,6 +70,8 @@ pub enum LoadError {
         path: &'static str,
         source: std::io::Error,
     },
+    #[error("writing the settings into each CPU's slot ({CPU_SLOTS_MAP}): {0}")]
+    Settings(#[from] aya::maps::MapError),
     #[error("loading {program}: {source}")]
     Program {
         program: &'static str,
@@ -102,8 +105,11 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
     if object.is_empty() {
         return Err(LoadError::NoObject);
     }
-    let rtt_on = opts.rtt.is_some() as u32;
-    let rtt_interval_ns = opts.rtt.unwrap_or_default().interval.as_nanos() as u64;
+    let settings = Settings {
+        rtt_interval_ns: opts.rtt.unwrap_or_default().interval.as_nanos() as u64,
+        sample_every: opts.sample_every.max(1),
+        rtt_on: opts.rtt.is_some() as u32,
+    };
     let cpus = aya::util::nr_cpus().map_err(|(path, source)| LoadError::Cpus { path, source })?;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(CPU_SLOTS_MAP, cpus as u32)
@@ -111,10 +117,8 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
         .map_max_entries(FLOWS6_MAP, opts.max_flows)
         // One pending timestamp per flow is the common case.
         .map_max_entries(PENDING_MAP, opts.max_flows)
-        .override_global("SAMPLE_EVERY", &opts.sample_every.max(1), true)
-        .override_global("RTT_ON", &rtt_on, true)
-        .override_global("RTT_INTERVAL_NS", &rtt_interval_ns, true)
         .load(object)?;
+    write_settings(&mut ebpf, settings)?;
     let logger = match EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -131,6 +135,24 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
         load_program::<Xdp>(&mut ebpf, CLOCK_PROG)?;
     }
     Ok(Loaded { ebpf, logger })
+}
+
+/// Writes `settings` into every CPU's slot, the rest zeroed: before any program is attached,
+/// so no packet is counted into a slot this overwrites. Builds before the CPU slots (the
+/// benchmark's A/B runs load them) have none and run on their built-in defaults.
+fn write_settings(ebpf: &mut Ebpf, settings: Settings) -> Result<(), LoadError> {
+    let Some(map) = ebpf.map_mut(CPU_SLOTS_MAP) else {
+        return Ok(());
+    };
+    let mut slots: Array<&mut MapData, CpuSlot> = Array::try_from(map)?;
+    let slot = CpuSlot {
+        settings,
+        ..Default::default()
+    };
+    for cpu in 0..slots.len() {
+        slots.set(cpu, slot, 0)?;
+    }
+    Ok(())
 }
 
 trait Loadable {

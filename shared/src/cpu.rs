@@ -16,18 +16,35 @@ pub const CPU_SLOTS_MAP: &str = "CPU_SLOTS";
 /// Entries in the object file, before the loader sets the number of possible CPUs.
 pub const DEFAULT_CPUS: u32 = 64;
 
-/// One CPU's slot. The fields every packet writes come first; the new-entry value and the
-/// RTT key (written rarely) last, so the line a slot may share with the next one's start is
-/// a cold one. 64-byte multiple, so no two slots share more than that one line.
+/// What the agent chose at start-up, as the programs read it on every packet. In each slot
+/// rather than in `.rodata`: the slot's lines are loaded anyway, a `.rodata` line is one more
+/// for a run with cold caches. Written by the loader before the programs are attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// At most one timestamp RTT sample per flow per this many ns.
+    pub rtt_interval_ns: u64,
+    /// 1-in-N packet sampling; 0 and 1 count every packet.
+    pub sample_every: u32,
+    /// TCP RTT tracking: 1 on, 0 off.
+    pub rtt_on: u32,
+}
+
+/// One CPU's slot. What every packet touches comes first and together — the parsed packet,
+/// its IPv4 key, the settings, then the stats block, whose first two counters (`Seen`,
+/// `Parsed`) every packet bumps: 152 bytes, three cache lines. The new-entry value and the
+/// RTT key (written rarely) come last, so the line a slot may share with the next one's start
+/// is a cold one. A 64-byte multiple, so no two slots share more than that one line.
 #[repr(C, align(64))]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct CpuSlot {
-    /// This CPU's counters, indexed by [`crate::Stat`]; the agent sums them over slots.
-    pub stats: Stats,
     /// The packet being accounted.
     pub parsed: Parsed,
     /// Its IPv4 table key.
     pub key4: FlowKey4,
+    pub settings: Settings,
+    /// This CPU's counters, indexed by [`crate::Stat`]; the agent sums them over slots.
+    pub stats: Stats,
     /// A new entry's value, built here and copied by the insert.
     pub init: FlowCounters,
     /// The pending map's key of a TSval.
@@ -46,6 +63,9 @@ mod tests {
     #[test]
     fn slots_are_whole_cache_lines() {
         assert_eq!(align_of::<CpuSlot>(), 64);
+        // The per-packet part: parsed packet, key, settings, `Seen` and `Parsed`.
+        let hot = core::mem::offset_of!(CpuSlot, stats) + 2 * size_of::<crate::Counter>();
+        assert_eq!(hot, 152);
         assert_eq!(size_of::<CpuSlot>() % 64, 0);
         // Up to 63 CPUs' slots and the map's header stay within what the kernel allocates
         // with kmalloc for an array (32 KiB); more CPUs still work, in vmalloc'd pages.
