@@ -12,14 +12,15 @@ fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
     let ebpf = root.join("edge-ebpf");
+    // Relative to this package, not absolute: cargo keeps paths outside the package as
+    // given, and an absolute path would tie the build cache to the clone that last ran this
+    // script — a clone elsewhere sharing CARGO_TARGET_DIR would be told the programs are up
+    // to date while its own sources changed.
     for p in ["src", "Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
-        println!("cargo:rerun-if-changed={}", ebpf.join(p).display());
+        println!("cargo:rerun-if-changed=../edge-ebpf/{p}");
     }
     for p in ["src", "Cargo.toml"] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            root.join("shared").join(p).display()
-        );
+        println!("cargo:rerun-if-changed=../shared/{p}");
     }
     println!("cargo:rerun-if-env-changed=EDGEFLOW_SKIP_BPF");
 
