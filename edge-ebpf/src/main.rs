@@ -2,7 +2,10 @@
 //! ingress where XDP is not wanted) that key every packet to a bidirectional flow entry and
 //! take TCP round-trip samples (`shared::rtt`).
 //!
-//! They only observe: every path returns XDP_PASS / TC_ACT_OK.
+//! They only observe: every path returns XDP_PASS, or in TC no verdict (TC_ACT_UNSPEC, which
+//! TCX names TCX_NEXT): the next program on the hook runs and the packet goes on as if we were
+//! not there. TC_ACT_OK would end a TCX chain at us, and a program attached after ours — an
+//! operator's firewall, another monitor — would never see the packet.
 #![no_std]
 #![no_main]
 // The BPF target has no atomic read-modify-write methods on AtomicU64; the intrinsics lower
@@ -11,7 +14,7 @@
 #![feature(core_intrinsics)]
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK},
+    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_UNSPEC},
     helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray},
@@ -163,7 +166,7 @@ fn tc(ctx: TcContext, egress: bool) -> i32 {
     // An aggregate (GRO on ingress, GSO on egress) stands for gso_segs wire packets.
     let segs = if segs > 1 { segs } else { 1 };
     let Some(slot) = cpu_slot() else {
-        return TC_ACT_OK;
+        return TC_ACT_UNSPEC;
     };
     // SAFETY (here and below): this CPU's slot, ours for this run.
     let mut parsed = parse_into(&tc_pkt(&ctx), vlan, unsafe { &mut (*slot).parsed });
@@ -180,7 +183,7 @@ fn tc(ctx: TcContext, egress: bool) -> i32 {
         }
     }
     account(&ctx, slot, parsed, segs, len as u64, ifindex, egress);
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 #[inline(always)]

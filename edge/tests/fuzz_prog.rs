@@ -2,7 +2,7 @@
 //! mutated and random frames into XDP, TC ingress and TC egress (RTT tracking on, as the agent
 //! loads them by default).
 //!
-//! Every run must return XDP_PASS / TC_ACT_OK; the kernel may refuse only the frames its test
+//! Every run must return XDP_PASS / TC_ACT_UNSPEC (no verdict); the kernel may refuse only the frames its test
 //! run refuses before any program runs (see `refused`). The programs' counts are checked
 //! against the host parser (`shared::parse`, the same code) over a model of the programs'
 //! reads, batch by batch: each stat's packets and bytes, and each flow's counters per
@@ -27,7 +27,8 @@ use std::{collections::HashMap, time::Instant};
 use testkit::rng::Rng;
 
 const XDP_PASS: u32 = 2;
-const TC_ACT_OK: u32 = 0;
+/// TC_ACT_UNSPEC (-1) as the test run reports it.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 const EINVAL: i32 = 22;
 /// Frames per batch: the table (below) never fills, so every parsed frame has its own key's
 /// entry and the per-key comparison is exact.
@@ -379,7 +380,7 @@ fn generated_and_mutated_frames_pass_and_add_up() {
         let want_rc = if hook == Hook::Xdp {
             XDP_PASS
         } else {
-            TC_ACT_OK
+            TC_ACT_UNSPEC
         };
         let mut done = 0;
         while done < frames {

@@ -22,7 +22,8 @@ use std::{
 };
 
 const XDP_PASS: u32 = 2;
-const TC_ACT_OK: u32 = 0;
+/// TC_ACT_UNSPEC (-1) as the test run reports it: no verdict, the next program runs.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 const EINVAL: i32 = 22;
 
 const A: [u8; 4] = [10, 0, 0, 1];
@@ -138,7 +139,7 @@ impl Progs {
             .unwrap_or_else(|e| panic!("{hook:?}: test run of {} bytes: {e:?}", frame.len()));
         let want = match hook {
             Hook::Xdp => XDP_PASS,
-            Hook::Tc => TC_ACT_OK,
+            Hook::Tc => TC_ACT_UNSPEC,
         };
         assert_eq!(rc, want, "{hook:?} must pass every frame on");
         let s1 = self.table.read_stats().unwrap();

@@ -92,7 +92,7 @@ impl Progs {
                 ..Default::default()
             })
             .expect("test run");
-        assert_eq!(r.return_value, 0, "TC_ACT_OK");
+        assert_eq!(r.return_value, u32::MAX, "TC_ACT_UNSPEC");
     }
 
     fn ingress(&mut self, frame: &[u8]) {
@@ -102,7 +102,7 @@ impl Progs {
                 ..Default::default()
             })
             .expect("test run");
-        assert_eq!(r.return_value, 0, "TC_ACT_OK");
+        assert_eq!(r.return_value, u32::MAX, "TC_ACT_UNSPEC");
     }
 
     /// The RTT state of the flow `frame` belongs to (as the programs keyed it).

@@ -81,3 +81,27 @@ fn udp_ipv4_exact_from_outside_the_namespace() {
         .unwrap_or_else(|| panic!("no table line in:\n{}", got.stderr));
     assert!(line.ends_with("MiB of kernel memory"), "{line}");
 }
+
+/// Two agents on one interface (TC, ingress and egress): both count every datagram. The
+/// programs return no verdict (TC_ACT_UNSPEC), so a program attached after ours still runs:
+/// with TC_ACT_OK the first agent's programs would end the TCX chain and the second — or an
+/// operator's firewall attached after edgeflow — would see nothing.
+#[test]
+fn a_program_attached_after_ours_still_runs() {
+    let net = TestNet::new();
+    net.static_neighbours();
+    let args = ["--iface", &net.veth_b, "--interval", "1", "--attach", "tc"];
+    let first = Watch::start(BIN, &net.ns_b, &args);
+    let second = Watch::start(BIN, &net.ns_b, &args);
+    let (sport, dport) = exchange(&net, A4.into(), B4.into(), &[100, 200, 300], 50);
+    for got in [second.stop(), first.stop()] {
+        got.assert_conserved();
+        let s = got.sum(|f| f["src_port"] == sport && f["dst_port"] == dport);
+        assert_eq!(
+            (s.packets_fwd, s.bytes_fwd, s.packets_rev, s.bytes_rev),
+            (3, 600 + 3 * 28, 3, 3 * (50 + 28)),
+            "{}",
+            got.stderr
+        );
+    }
+}
