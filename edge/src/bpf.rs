@@ -7,7 +7,7 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use shared::{
-    cpu::{CpuSlot, Settings, CPU_SLOTS_MAP},
+    cpu::{Settings, SlotBytes, CPU_SLOTS_MAP},
     flow::{FLOWS4_MAP, FLOWS6_MAP},
     rtt::PENDING_MAP,
 };
@@ -144,11 +144,8 @@ fn write_settings(ebpf: &mut Ebpf, settings: Settings) -> Result<(), LoadError> 
     let Some(map) = ebpf.map_mut(CPU_SLOTS_MAP) else {
         return Ok(());
     };
-    let mut slots: Array<&mut MapData, CpuSlot> = Array::try_from(map)?;
-    let slot = CpuSlot {
-        settings,
-        ..Default::default()
-    };
+    let mut slots: Array<&mut MapData, SlotBytes> = Array::try_from(map)?;
+    let slot = SlotBytes::with_settings(settings);
     for cpu in 0..slots.len() {
         slots.set(cpu, slot, 0)?;
     }

@@ -8,7 +8,7 @@ use aya::{
     Ebpf, Pod,
 };
 use shared::{
-    cpu::{CpuSlot, CPU_SLOTS_MAP},
+    cpu::{SlotBytes, CPU_SLOTS_MAP},
     flow::{FLOWS4_MAP, FLOWS6_MAP},
     rtt::{TsKey, HIST_MAP, PENDING_MAP, RTT_BUCKETS},
     stats::STATS_LEN,
@@ -131,7 +131,7 @@ pub struct FlowTable {
     /// Whether batch walks run as two halves side by side: more than one CPU, and
     /// [`split_walk_works`] on this kernel.
     split: bool,
-    slots: Array<MapData, CpuSlot>,
+    slots: Array<MapData, SlotBytes>,
     pending: HashMap<MapData, TsKey, u64>,
     hist: PerCpuArray<MapData, u64>,
     /// Turns the entries' tick stamps into time.
@@ -278,7 +278,7 @@ impl FlowTable {
         let mut out = [Counter::default(); STATS_LEN as usize];
         for cpu in 0..self.slots.len() {
             let slot = self.slots.get(&cpu, 0).map_err(map_err(CPU_SLOTS_MAP))?;
-            for (o, c) in out.iter_mut().zip(slot.stats.iter()) {
+            for (o, c) in out.iter_mut().zip(slot.stats().iter()) {
                 o.add(c);
             }
         }

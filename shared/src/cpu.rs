@@ -36,7 +36,7 @@ pub struct Settings {
 /// RTT key (written rarely) come last, so the line a slot may share with the next one's start
 /// is a cold one. A 64-byte multiple, so no two slots share more than that one line.
 #[repr(C, align(64))]
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct CpuSlot {
     /// The packet being accounted.
     pub parsed: Parsed,
@@ -51,9 +51,39 @@ pub struct CpuSlot {
     pub ts_key: TsKey,
 }
 
+/// A slot as the agent reads and writes it: bytes. A slot's parsed packet holds enums
+/// (`Direction`, `Initiator`), so not every bit pattern is a `CpuSlot` and it cannot be
+/// `aya::Pod`; the agent only needs the settings (written) and the stats (read), both plain
+/// integers at their offsets in [`CpuSlot`].
 #[cfg(feature = "user")]
-// SAFETY: repr(C) plain data, every bit pattern valid.
-unsafe impl aya::Pod for CpuSlot {}
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub struct SlotBytes(pub [u8; core::mem::size_of::<CpuSlot>()]);
+
+#[cfg(feature = "user")]
+impl SlotBytes {
+    /// A zeroed slot holding `settings`.
+    pub fn with_settings(settings: Settings) -> SlotBytes {
+        let mut b = SlotBytes([0; core::mem::size_of::<CpuSlot>()]);
+        let at = core::mem::offset_of!(CpuSlot, settings);
+        // SAFETY: `Settings` (integers, no padding) fits at its offset inside the slot.
+        unsafe {
+            core::ptr::write_unaligned(b.0.as_mut_ptr().add(at).cast::<Settings>(), settings)
+        };
+        b
+    }
+
+    /// The slot's stats block.
+    pub fn stats(&self) -> Stats {
+        let at = core::mem::offset_of!(CpuSlot, stats);
+        // SAFETY: `Stats` (u64 counters: any bit pattern is one) lies at its offset inside.
+        unsafe { core::ptr::read_unaligned(self.0.as_ptr().add(at).cast::<Stats>()) }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain bytes, every bit pattern valid.
+unsafe impl aya::Pod for SlotBytes {}
 
 #[cfg(test)]
 mod tests {
@@ -70,5 +100,30 @@ mod tests {
         // Up to 63 CPUs' slots and the map's header stay within what the kernel allocates
         // with kmalloc for an array (32 KiB); more CPUs still work, in vmalloc'd pages.
         assert_eq!(size_of::<CpuSlot>(), 512);
+    }
+
+    /// The agent's byte view puts the settings and reads the stats where the programs'
+    /// `CpuSlot` has them.
+    #[cfg(feature = "user")]
+    #[test]
+    fn bytes_match_the_slot_layout() {
+        let settings = Settings {
+            rtt_interval_ns: 100_000_000,
+            sample_every: 7,
+            rtt_on: 1,
+        };
+        let mut b = SlotBytes::with_settings(settings);
+        // SAFETY: all-zero bytes are a valid `CpuSlot` (enums' first variants are 0).
+        let slot: CpuSlot = unsafe { core::ptr::read(b.0.as_ptr().cast()) };
+        assert_eq!(slot.settings, settings);
+        assert_eq!(slot.stats, Stats::default());
+        let mut slot = slot;
+        slot.stats[crate::Stat::Parsed as usize] = crate::Counter {
+            packets: 3,
+            bytes: 300,
+        };
+        // SAFETY: writing a whole `CpuSlot` over bytes of its size and alignment.
+        unsafe { core::ptr::write(b.0.as_mut_ptr().cast(), slot) };
+        assert_eq!(b.stats(), slot.stats);
     }
 }
