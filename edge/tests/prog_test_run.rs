@@ -582,3 +582,57 @@ fn both_directions_share_an_entry() {
     // The request went a → b (10.0.0.1 is the lower address).
     assert_eq!((added(0), added(1)), ((1, 38), (2, 236)));
 }
+
+/// A SYN leaving (TC egress) and its SYN-ACK arriving (TC ingress): what a handshake RTT sample
+/// needs. Returns the flow's RTT sample count.
+fn handshake(p: &mut Progs, cport: u16) -> u32 {
+    let frame = |from: [u8; 4], to: [u8; 4], sport, dport, flags, seq: u32, ack: u32| {
+        let mut f = Packet::tcp4(from, to, sport, dport, flags).build();
+        f[38..42].copy_from_slice(&seq.to_be_bytes());
+        f[42..46].copy_from_slice(&ack.to_be_bytes());
+        f
+    };
+    let syn = frame(A, B, cport, 80, tcp::SYN, 1000, 0);
+    let syn_ack = frame(B, A, 80, cport, tcp::SYN | tcp::ACK, 5000, 1001);
+    let opts = TestRunOptions {
+        data_in: Some(&syn),
+        ..Default::default()
+    };
+    let r = bpf::tc_egress(&mut p.loaded.ebpf).test_run(opts);
+    assert_eq!(r.unwrap().return_value, TC_ACT_UNSPEC);
+    p.run_raw(Hook::Tc, &syn_ack, None).unwrap();
+    let mut key = shared::parse(&syn[..], None).unwrap().key;
+    key.ifindex = 1; // test runs of TC programs happen on the loopback device
+    p.table.get(&key).expect("the handshake's flow").rtt.samples
+}
+
+/// The loader's settings reach the programs (they live in each CPU's slot, written before
+/// any program runs): RTT off takes no handshake sample where RTT on takes one, and 1-in-N
+/// sampling at N = 2^32 - 1 counts every frame as unsampled (a frame is sampled when a random
+/// u32 is a multiple of N: 0 or N itself, 2 in 2^32).
+#[test]
+fn settings_reach_the_programs() {
+    assert_eq!(handshake(&mut progs(), 41001), 1, "RTT on");
+    let load = |sample_every| {
+        let mut loaded = bpf::load(LoadOptions {
+            max_flows: 64,
+            sample_every,
+            rtt: None,
+        })
+        .expect("loading the programs");
+        let table = FlowTable::take(&mut loaded.ebpf).unwrap();
+        Progs { loaded, table }
+    };
+    let mut off = load(1);
+    assert_eq!(handshake(&mut off, 41002), 0, "RTT off");
+    let mut sparse = load(u32::MAX);
+    let f = Packet::udp4(A, B, 50, 51, 8).build();
+    for hook in HOOKS {
+        for _ in 0..20 {
+            sparse.run_raw(hook, &f, None).unwrap();
+        }
+    }
+    let s = sparse.table.read_stats().unwrap();
+    assert_eq!(s[Stat::Unsampled as usize].packets, 40);
+    assert_eq!(s[Stat::Parsed as usize].packets, 0);
+}
