@@ -78,6 +78,8 @@ fn crafted(r: &mut Rng) -> Packet {
                 sport: port(r),
                 dport: port(r),
                 flags: r.pick(&[0x02, 0x12, 0x10, 0x18, 0x11, 0x04, any]),
+                seq: 1,
+                ack: 0,
                 options,
             }
         }

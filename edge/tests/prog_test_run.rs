@@ -213,6 +213,8 @@ fn v4_with_options() -> Packet {
         sport: 40000,
         dport: 443,
         flags: tcp::ACK,
+        seq: 1,
+        ack: 0,
         options: vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2], // NOP NOP timestamps
     };
     p.payload = 30;
@@ -586,11 +588,12 @@ fn both_directions_share_an_entry() {
 /// A SYN leaving (TC egress) and its SYN-ACK arriving (TC ingress): what a handshake RTT sample
 /// needs. Returns the flow's RTT sample count.
 fn handshake(p: &mut Progs, cport: u16) -> u32 {
-    let frame = |from: [u8; 4], to: [u8; 4], sport, dport, flags, seq: u32, ack: u32| {
-        let mut f = Packet::tcp4(from, to, sport, dport, flags).build();
-        f[38..42].copy_from_slice(&seq.to_be_bytes());
-        f[42..46].copy_from_slice(&ack.to_be_bytes());
-        f
+    let frame = |from: [u8; 4], to: [u8; 4], sport, dport, flags, seq, ack| {
+        let mut p = Packet::tcp4(from, to, sport, dport, flags);
+        if let L4::Tcp { seq: s, ack: a, .. } = &mut p.l4 {
+            (*s, *a) = (seq, ack);
+        }
+        p.build()
     };
     let syn = frame(A, B, cport, 80, tcp::SYN, 1000, 0);
     let syn_ack = frame(B, A, 80, cport, tcp::SYN | tcp::ACK, 5000, 1001);

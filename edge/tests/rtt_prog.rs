@@ -76,12 +76,11 @@ fn seg(
         sport: from.1,
         dport: to.1,
         flags,
+        seq,
+        ack,
         options,
     };
-    let mut f = p.build();
-    f[38..42].copy_from_slice(&seq.to_be_bytes());
-    f[42..46].copy_from_slice(&ack.to_be_bytes());
-    f
+    p.build()
 }
 
 impl Progs {

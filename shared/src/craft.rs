@@ -35,6 +35,9 @@ pub enum L4 {
         sport: u16,
         dport: u16,
         flags: u8,
+        /// Sequence and acknowledgement numbers (`tcp4`: 1 and 0).
+        seq: u32,
+        ack: u32,
         /// Raw option bytes; padded to a multiple of 4.
         options: Vec<u8>,
     },
@@ -81,6 +84,8 @@ impl Packet {
                 sport,
                 dport,
                 flags,
+                seq: 1,
+                ack: 0,
                 options: Vec::new(),
             },
             ..Packet::udp4(src, dst, sport, dport, 0)
@@ -118,13 +123,15 @@ impl Packet {
                 sport,
                 dport,
                 flags,
+                seq,
+                ack,
                 options,
             } => {
                 let opts = pad4(options);
                 v.extend_from_slice(&sport.to_be_bytes());
                 v.extend_from_slice(&dport.to_be_bytes());
-                v.extend_from_slice(&1u32.to_be_bytes()); // seq
-                v.extend_from_slice(&0u32.to_be_bytes()); // ack
+                v.extend_from_slice(&seq.to_be_bytes());
+                v.extend_from_slice(&ack.to_be_bytes());
                 v.push((((20 + opts.len()) / 4) as u8) << 4);
                 v.push(*flags);
                 v.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]); // window, csum, urg

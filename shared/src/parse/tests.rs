@@ -71,6 +71,8 @@ fn tcp_options_count_in_header_length() {
         sport: 1,
         dport: 2,
         flags: tcp::ACK,
+        seq: 1,
+        ack: 0,
         options: vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2],
     };
     p.payload = 1000;
@@ -310,12 +312,11 @@ fn tcp_with(flags: u8, options: Vec<u8>, seq: u32, ack: u32) -> Vec<u8> {
         sport: 40000,
         dport: 80,
         flags,
+        seq,
+        ack,
         options,
     };
-    let mut f = p.build();
-    f[38..42].copy_from_slice(&seq.to_be_bytes());
-    f[42..46].copy_from_slice(&ack.to_be_bytes());
-    f
+    p.build()
 }
 
 fn ts_opt(val: u32, ecr: u32) -> Vec<u8> {
@@ -404,6 +405,8 @@ fn tcp_timestamp_over_ipv6() {
         sport: 1,
         dport: 2,
         flags: tcp::ACK,
+        seq: 1,
+        ack: 0,
         options: o,
     };
     let r = run(&p).unwrap();
