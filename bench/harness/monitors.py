@@ -337,8 +337,8 @@ class Pair(Monitor):
     (TC runs them in that order: both return TC_ACT_UNSPEC, so neither ends the chain). Their
     programs then run on the same packets at the same moments, and the ratio of their in-kernel
     run times is paired within each run: the host's pace, which moves a program's ns/run by
-    half from one run to the next, is the same for both. The table's other columns are the
-    second's (edgeflow's, listed last, for its report of what it counted)."""
+    half from one run to the next, is the same for both. Only the in-kernel figures are meant:
+    coverage comes from the second part's report, RSS and map memory count both."""
     bpf = True
 
     def __init__(self, name, first, second):
@@ -348,7 +348,6 @@ class Pair(Monitor):
             if not isinstance(p, Process) or not p.bpf:
                 raise SystemExit(f"{name}: a pair is of two BPF monitors")
         self.sees, self.unit = self.parts[1].sees, self.parts[1].unit
-        self.collector = self.parts[1].collector
 
     def describe(self):
         return " and ".join(p.describe() for p in self.parts) + ", on the same packets"

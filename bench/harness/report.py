@@ -213,7 +213,8 @@ def targets(rs, tcp_saturation=False):
     for name, r in by.items():
         if "+" in name and r.get("bpf_pair") is not None:
             q = r.get("bpf_pair_q")
-            other = name.split("+")[0] if name.split("+")[1].startswith("edgeflow") else name.split("+")[1]
+            first, second = name.split("+", 1)
+            other = first if second.startswith("edgeflow") else second
             line(r["bpf_pair"] <= 1.3,
                  f"{name}: edgeflow in-kernel {r['bpf_in']:.0f} ns/run <= 1.3 x {other} "
                  f"{r['bpf_other']:.0f} on the same packets ({r['bpf_pair']:.2f}x, median of "
