@@ -22,7 +22,10 @@ use aya_ebpf::{
     EbpfContext,
 };
 use aya_log_ebpf::warn;
-use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed};
+use core::{
+    intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed},
+    mem::MaybeUninit,
+};
 use shared::{
     cpu::{CpuSlot, DEFAULT_CPUS},
     flow::{tcp, zero_pad, DEFAULT_MAX_FLOWS},
@@ -249,14 +252,8 @@ fn account<C: EbpfContext>(
         return;
     }
     // SAFETY: this CPU's slot, ours for this run; disjoint from the stats `bump` writes.
-    let (p, key4, init, ts_key) = unsafe {
-        (
-            &mut (*slot).parsed,
-            &mut (*slot).key4,
-            &mut (*slot).init,
-            &mut (*slot).ts_key,
-        )
-    };
+    let (p, init, ts_key) =
+        unsafe { (&mut (*slot).parsed, &mut (*slot).init, &mut (*slot).ts_key) };
     let bytes = p.wire_bytes(segs);
     // SAFETY: this CPU's slot; the loader wrote the settings before attaching us.
     let settings = unsafe { (*slot).settings };
@@ -274,7 +271,10 @@ fn account<C: EbpfContext>(
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_jiffies64() };
     let v = if p.ipv4 {
-        key4.set_from(&p.key);
+        // On the stack, whose lines are warm, not in the slot: the slot's per-packet part
+        // stays within two lines.
+        let mut key4 = MaybeUninit::uninit();
+        let key4 = FlowKey4::init_from(&mut key4, &p.key);
         entry(ctx, &FLOWS4, key4, p, init, segs64, bytes, now)
     } else {
         entry(ctx, &FLOWS6, &p.key, p, init, segs64, bytes, now)
@@ -380,11 +380,11 @@ fn rtt(
     if egress {
         if syn {
             r.syn_sent(p.seq, fine_now());
-        } else if p.has_ts
-            && p.tsval != r.ts_last_val
-            && r.arm_tsval(p.tsval, fine_now(), interval_ns)
-        {
-            let now = r.ts_armed_ns;
+        } else if p.has_ts && p.tsval != r.ts_last_val {
+            let now = fine_now();
+            if !r.arm_tsval(p.tsval, now, interval_ns) {
+                return;
+            }
             // SYNs are left to the handshake sample, or it would be counted twice.
             tk.flow = p.key;
             tk.tsval = p.tsval;
@@ -399,7 +399,7 @@ fn rtt(
         return;
     }
     // Only an ACK that may answer a pending SYN or SYN-ACK needs the time.
-    if p.tcp_flags & tcp::ACK != 0 && r.hs_sent_ns != 0 {
+    if p.tcp_flags & tcp::ACK != 0 && r.hs_sent_us != 0 {
         if let Some(us) = r.ack_received(p.ack, fine_now()) {
             sample(r, us);
         }

@@ -134,7 +134,7 @@ fn outbound_handshake_is_syn_to_syn_ack() {
     let syn = seg(c, s, tcp::SYN, 1000, 0, Some((5, 0)));
     p.egress(&syn);
     let r = p.rtt(&syn);
-    assert_ne!(r.hs_sent_ns, 0, "armed");
+    assert_ne!(r.hs_sent_us, 0, "armed");
     assert_eq!(r.samples, 0);
     // Acknowledges something else: no sample.
     p.ingress(&seg(s, c, tcp::SYN | tcp::ACK, 9000, 77, Some((50, 5))));
@@ -144,7 +144,7 @@ fn outbound_handshake_is_syn_to_syn_ack() {
     assert_eq!(r.samples, 1, "{r:?}");
     assert!(r.handshake_us >= 1 && r.handshake_us < 1_000_000, "{r:?}");
     assert_eq!(r.min_us, r.handshake_us);
-    assert_eq!(r.hs_sent_ns, 0, "answered");
+    assert_eq!(r.hs_sent_us, 0, "answered");
     p.remove(&syn);
 }
 
@@ -154,7 +154,7 @@ fn inbound_handshake_is_syn_ack_to_ack() {
     let (c, s) = ((B, 42000), (A, 443));
     let syn = seg(c, s, tcp::SYN, 300, 0, None);
     p.ingress(&syn);
-    assert_eq!(p.rtt(&syn).hs_sent_ns, 0, "an arriving SYN arms nothing");
+    assert_eq!(p.rtt(&syn).hs_sent_us, 0, "an arriving SYN arms nothing");
     p.egress(&seg(s, c, tcp::SYN | tcp::ACK, 7000, 301, None));
     p.ingress(&seg(c, s, tcp::ACK, 301, 7001, None));
     let r = p.rtt(&syn);

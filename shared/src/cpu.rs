@@ -9,7 +9,7 @@
 //! (huge pages). The programs index it with `bpf_get_smp_processor_id()`, which the verifier
 //! inlines; they cannot nest on one CPU, as with a per-CPU map.
 
-use crate::{flow::FlowKey4, parse::Parsed, rtt::TsKey, stats::Stats, FlowCounters};
+use crate::{parse::Parsed, rtt::TsKey, stats::Stats, FlowCounters};
 
 /// Map name of the CPU slots; the loader sizes it to the machine's possible CPUs.
 pub const CPU_SLOTS_MAP: &str = "CPU_SLOTS";
@@ -31,8 +31,8 @@ pub struct Settings {
 }
 
 /// One CPU's slot. What every packet touches comes first and together — the parsed packet,
-/// its IPv4 key, the settings, then the stats block, whose first two counters (`Seen`,
-/// `Parsed`) every packet bumps: 152 bytes, three cache lines. The new-entry value and the
+/// the settings, then the stats block, whose first two counters (`Seen`, `Parsed`) every
+/// packet bumps: 128 bytes, two cache lines (the IPv4 key is built on the stack). The new-entry value and the
 /// RTT key (written rarely) come last, so the line a slot may share with the next one's start
 /// is a cold one. A 64-byte multiple, so no two slots share more than that one line.
 #[repr(C, align(64))]
@@ -40,8 +40,6 @@ pub struct Settings {
 pub struct CpuSlot {
     /// The packet being accounted.
     pub parsed: Parsed,
-    /// Its IPv4 table key.
-    pub key4: FlowKey4,
     pub settings: Settings,
     /// This CPU's counters, indexed by [`crate::Stat`]; the agent sums them over slots.
     pub stats: Stats,
@@ -93,9 +91,9 @@ mod tests {
     #[test]
     fn slots_are_whole_cache_lines() {
         assert_eq!(align_of::<CpuSlot>(), 64);
-        // The per-packet part: parsed packet, key, settings, `Seen` and `Parsed`.
+        // The per-packet part: parsed packet, settings, `Seen` and `Parsed`.
         let hot = core::mem::offset_of!(CpuSlot, stats) + 2 * size_of::<crate::Counter>();
-        assert_eq!(hot, 152);
+        assert_eq!(hot, 128);
         assert_eq!(size_of::<CpuSlot>() % 64, 0);
         // Up to 63 CPUs' slots and the map's header stay within what the kernel allocates
         // with kmalloc for an array (32 KiB); more CPUs still work, in vmalloc'd pages.

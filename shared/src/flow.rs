@@ -5,6 +5,7 @@
 //! value keeps its counters per [`Direction`].
 
 use crate::rtt::FlowRtt;
+use core::mem::MaybeUninit;
 
 /// Map names of the flow tables in the eBPF object: IPv4 flows ([`FlowKey4`]) and IPv6 flows
 /// ([`FlowKey`]). Two tables because the kernel hashes and compares the whole key on every
@@ -49,7 +50,9 @@ pub struct FlowKey {
 }
 
 /// [`FlowKey`] of an IPv4 flow as the IPv4 table keys it: the same fields, 4-byte addresses.
-#[repr(C)]
+/// 8-aligned (its size is 24 either way) so the programs' copy on the stack is: the verifier
+/// rejects a misaligned stack access, and LLVM copies the key in words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey4 {
     pub addr_a: [u8; 4],
@@ -88,19 +91,29 @@ fn v4_part(a: &[u8; 16]) -> [u8; 4] {
 }
 
 impl FlowKey4 {
-    /// Overwrites `self` with `k`'s fields, taking the IPv4 part of its (IPv4-mapped)
-    /// addresses. Field by field: a struct copy becomes a `memcpy` call in BPF (a byte loop).
+    /// Writes `k`'s fields into `out`, with the IPv4 part of its (IPv4-mapped) addresses, and
+    /// returns it. In place and field by field: a value returned and moved, or a struct
+    /// literal, lets LLVM copy the padding's three bytes with a misaligned store (the
+    /// verifier rejects it on the stack), and a struct copy can become a `memcpy` call (a
+    /// byte loop in BPF).
     #[inline(always)]
-    pub fn set_from(&mut self, k: &FlowKey) {
-        self.addr_a = v4_part(&k.addr_a);
-        self.addr_b = v4_part(&k.addr_b);
-        self.port_a = k.port_a;
-        self.port_b = k.port_b;
-        self.vlan_outer = k.vlan_outer;
-        self.vlan_inner = k.vlan_inner;
-        self.ifindex = k.ifindex;
-        self.proto = k.proto;
-        zero_pad(&mut self._pad);
+    pub fn init_from<'a>(out: &'a mut MaybeUninit<FlowKey4>, k: &FlowKey) -> &'a FlowKey4 {
+        let o = out.as_mut_ptr();
+        // SAFETY: every field of `out` is written before it is handed out.
+        unsafe {
+            (&raw mut (*o).addr_a).write(v4_part(&k.addr_a));
+            (&raw mut (*o).addr_b).write(v4_part(&k.addr_b));
+            (&raw mut (*o).port_a).write(k.port_a);
+            (&raw mut (*o).port_b).write(k.port_b);
+            (&raw mut (*o).vlan_outer).write(k.vlan_outer);
+            (&raw mut (*o).vlan_inner).write(k.vlan_inner);
+            (&raw mut (*o).ifindex).write(k.ifindex);
+            (&raw mut (*o).proto).write(k.proto);
+            for i in 0..3 {
+                core::ptr::write_volatile((&raw mut (*o)._pad).cast::<u8>().add(i), 0);
+            }
+            out.assume_init_ref()
+        }
     }
 
     /// The flow's identity in the common form: addresses IPv4-mapped.
@@ -126,9 +139,7 @@ impl FlowKey {
         if !is_mapped(&self.addr_a) || !is_mapped(&self.addr_b) {
             return None;
         }
-        let mut k = FlowKey4::default();
-        k.set_from(self);
-        Some(k)
+        Some(*FlowKey4::init_from(&mut MaybeUninit::uninit(), self))
     }
 }
 
@@ -158,6 +169,13 @@ pub enum Initiator {
 }
 
 /// Counters of one conversation. Updated with atomic adds by every CPU that sees it.
+///
+/// What every packet reads or writes comes first, 56 bytes: counters, last seen, flags and
+/// the RTT fields a segment looks at. The kernel's hash map puts a 48-byte header and the key
+/// before the value, so in the IPv4 table (24-byte key) those fields end exactly at byte 128
+/// of the element, and `_pad` makes the element 192 bytes: every element starts on a cache
+/// line, and a packet touches two of its lines, as the bare counter's 80-byte elements
+/// (bench/RESULTS.md, session 6).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCounters {
@@ -165,17 +183,18 @@ pub struct FlowCounters {
     pub packets: [u64; 2],
     /// Bytes per [`Direction`]: the sum of each wire packet's IP total length.
     pub bytes: [u64; 2],
-    /// The kernel's tick counter (`bpf_jiffies64`) at the first and the latest packet: 1–10
+    /// The kernel's tick counter (`bpf_jiffies64`) at the latest packet and the first: 1–10
     /// ms resolution (HZ 1000–100). The agent converts ticks to time through
     /// [`TICK_CLOCK_MAP`].
-    pub first_seen: u64,
     pub last_seen: u64,
     /// OR of TCP flags: bits 0..8 for a→b, bits 8..16 for b→a.
     pub tcp_flags: u32,
-    /// [`Initiator`] as u8 in the low byte; the rest is zero.
-    pub initiator: u32,
     /// TCP round-trip times measured at this interface (see [`crate::rtt`]).
     pub rtt: FlowRtt,
+    /// [`Initiator`] as u8 in the low byte; the rest is zero.
+    pub initiator: u32,
+    pub first_seen: u64,
+    pub _pad: [u64; 3],
 }
 
 impl FlowCounters {
@@ -224,12 +243,36 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 2 + 2 + 4 + 1 + 3);
         assert_eq!(align_of::<FlowKey>(), 4);
         assert_eq!(size_of::<FlowKey4>(), 4 + 4 + 2 + 2 + 2 + 2 + 4 + 1 + 3);
-        assert_eq!(align_of::<FlowKey4>(), 4);
+        assert_eq!(align_of::<FlowKey4>(), 8);
         assert_eq!(
             size_of::<FlowCounters>(),
-            8 * 6 + 4 + 4 + size_of::<FlowRtt>()
+            8 * 6 + 4 + 4 + size_of::<FlowRtt>() + 3 * 8
         );
         assert_eq!(align_of::<FlowCounters>(), 8);
+    }
+
+    /// The kernel's hash-map element: a 48-byte header (`struct htab_elem`), the key and the
+    /// value, each rounded up to 8 bytes.
+    fn element(key: usize) -> usize {
+        48 + key.next_multiple_of(8) + size_of::<FlowCounters>()
+    }
+
+    #[test]
+    fn a_packet_touches_two_lines_of_an_ipv4_element() {
+        assert_eq!(
+            element(size_of::<FlowKey4>()) % 64,
+            0,
+            "elements start on a line"
+        );
+        let hot_end = 48 + size_of::<FlowKey4>() + core::mem::offset_of!(FlowCounters, rtt);
+        // The RTT fields a segment reads: TSecr, the handshake's send time, TSval.
+        let hot_end = hot_end + 3 * 4;
+        assert_eq!(hot_end, 128);
+        assert_eq!(
+            core::mem::offset_of!(FlowRtt, ts_last_val),
+            2 * 4,
+            "within the hot three"
+        );
     }
 
     #[test]
@@ -255,10 +298,8 @@ mod tests {
             (100, 7, 3, 17)
         );
         assert_eq!(k4.to_key(), k);
-        // Padding is zeroed whatever was there: the kernel hashes it.
-        let mut dirty = FlowKey4 { _pad: [9; 3], ..k4 };
-        dirty.set_from(&k);
-        assert_eq!(dirty, k4);
+        // Padding is zero: the kernel hashes it.
+        assert_eq!(k4._pad, [0; 3]);
     }
 
     #[test]

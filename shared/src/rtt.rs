@@ -25,8 +25,8 @@ pub const DEFAULT_INTERVAL_NS: u64 = 100_000_000;
 /// RTT histogram buckets: bucket i counts samples in [2^i, 2^(i+1)) microseconds
 /// (bucket 0 also takes < 1 µs), the last one everything above.
 pub const RTT_BUCKETS: usize = 24;
-/// `hs_sent_ns` of a SYN or SYN-ACK that was sent twice: its answer is ambiguous (Karn).
-pub const HS_AMBIGUOUS: u64 = u64::MAX;
+/// `hs_sent_us` of a SYN or SYN-ACK that was sent twice: its answer is ambiguous (Karn).
+pub const HS_AMBIGUOUS: u32 = u32::MAX;
 
 /// The log2 bucket of an RTT sample in microseconds.
 #[inline(always)]
@@ -52,25 +52,46 @@ pub struct TsKey {
 
 /// RTT state and statistics of one flow, part of its table entry. All samples (handshake
 /// and timestamp) feed `samples`, `min_us`, `max_us` and the smoothed RTT.
+///
+/// All fields are u32 and the ones a segment reads come first: in [`crate::FlowCounters`]
+/// the first three sit in the same cache line as the counters (see there). Send times are
+/// kept as microseconds of CLOCK_MONOTONIC modulo 2^32 ([`stamp_us`]), which wraps every 71
+/// minutes: a handshake's answer or the rate limit's interval is far shorter.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowRtt {
-    /// When our SYN or SYN-ACK left (0: nothing pending; [`HS_AMBIGUOUS`]: sent twice).
-    pub hs_sent_ns: u64,
-    /// When a TSval of this flow was last put in the pending map: the rate limit.
-    pub ts_armed_ns: u64,
+    /// The last TSecr seen arriving and TSval seen leaving: only a new value is looked at.
+    pub ts_last_ecr: u32,
+    /// When our SYN or SYN-ACK left ([`stamp_us`]; 0: nothing pending; [`HS_AMBIGUOUS`]:
+    /// sent twice).
+    pub hs_sent_us: u32,
+    pub ts_last_val: u32,
     /// The acknowledgement number that answers the pending SYN or SYN-ACK.
     pub hs_ack: u32,
+    /// When a TSval of this flow was last put in the pending map ([`stamp_us`]): the rate
+    /// limit.
+    pub ts_armed_us: u32,
     /// The handshake RTT in µs (at least 1); 0 while not measured.
     pub handshake_us: u32,
-    /// The last TSval seen leaving and TSecr seen arriving: only a new value is looked at.
-    pub ts_last_val: u32,
-    pub ts_last_ecr: u32,
     pub samples: u32,
     pub min_us: u32,
     pub max_us: u32,
     /// Smoothed RTT × 8: an EWMA with gain 1/8, kept scaled as TCP keeps `srtt_us`.
     pub srtt_us8: u32,
+}
+
+/// A send time as [`FlowRtt`] keeps it: microseconds of `now_ns` modulo 2^32, never 0
+/// ("nothing pending") nor [`HS_AMBIGUOUS`].
+#[inline(always)]
+pub fn stamp_us(now_ns: u64) -> u32 {
+    let s = (now_ns / 1000) as u32;
+    if s == 0 {
+        1
+    } else if s == HS_AMBIGUOUS {
+        HS_AMBIGUOUS - 1
+    } else {
+        s
+    }
 }
 
 impl FlowRtt {
@@ -106,11 +127,11 @@ impl FlowRtt {
             return;
         }
         let ack = seq.wrapping_add(1);
-        if self.hs_sent_ns != 0 && self.hs_ack == ack {
+        if self.hs_sent_us != 0 && self.hs_ack == ack {
             // A retransmission: the answer could be to either copy.
-            self.hs_sent_ns = HS_AMBIGUOUS;
+            self.hs_sent_us = HS_AMBIGUOUS;
         } else {
-            self.hs_sent_ns = now;
+            self.hs_sent_us = stamp_us(now);
             self.hs_ack = ack;
         }
     }
@@ -119,15 +140,16 @@ impl FlowRtt {
     /// the handshake RTT in µs if it answers the pending SYN or SYN-ACK.
     #[inline(always)]
     pub fn ack_received(&mut self, ack: u32, now: u64) -> Option<u32> {
-        let sent = self.hs_sent_ns;
+        let sent = self.hs_sent_us;
         if sent == 0 || ack != self.hs_ack {
             return None;
         }
-        self.hs_sent_ns = 0;
-        if sent == HS_AMBIGUOUS || now < sent {
+        self.hs_sent_us = 0;
+        if sent == HS_AMBIGUOUS {
             return None;
         }
-        let us = ns_to_us(now - sent);
+        // Modulo 2^32 µs, as the stamps; stamps are nudged off 0 and the sentinel by 1 µs.
+        let us = stamp_us(now).wrapping_sub(sent).max(1);
         self.handshake_us = us;
         Some(us)
     }
@@ -141,10 +163,11 @@ impl FlowRtt {
             return false;
         }
         self.ts_last_val = tsval;
-        if now.wrapping_sub(self.ts_armed_ns) < interval_ns {
+        let now = stamp_us(now);
+        if (now.wrapping_sub(self.ts_armed_us) as u64) * 1000 < interval_ns {
             return false;
         }
-        self.ts_armed_ns = now;
+        self.ts_armed_us = now;
         true
     }
 
@@ -186,7 +209,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<FlowRtt>(), 8 + 8 + 8 * 4);
+        assert_eq!(size_of::<FlowRtt>(), 10 * 4);
         assert_eq!(size_of::<TsKey>(), size_of::<FlowKey>() + 4 + 1 + 3);
     }
 
@@ -235,7 +258,17 @@ mod tests {
         assert_eq!(r.handshake_us, 20_000);
         assert_eq!(r.ack_received(101, 30_000_000), None, "only once");
         r.syn_sent(500, 40_000_000);
-        assert_eq!(r.hs_sent_ns, 0, "measured already: not armed again");
+        assert_eq!(r.hs_sent_us, 0, "measured already: not armed again");
+    }
+
+    #[test]
+    fn handshake_is_timed_across_the_stamps_wrap() {
+        let mut r = FlowRtt::default();
+        r.syn_sent(100, (u32::MAX as u64 - 5) * 1000);
+        assert_eq!(r.ack_received(101, (1 << 32) * 1000 + 15_000), Some(21));
+        // Stamps never take the two values that mean something else.
+        assert_eq!(stamp_us((1 << 32) * 1000), 1);
+        assert_eq!(stamp_us((u32::MAX as u64) * 1000), HS_AMBIGUOUS - 1);
     }
 
     #[test]
