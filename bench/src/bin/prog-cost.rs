@@ -35,7 +35,9 @@ struct Args {
     #[argh(option)]
     trials: Option<usize>,
     /// other builds of edgeflow's object (e.g. target/bpf/bpfel-unknown-none/release/edgeflow
-    /// of an earlier commit), run with RTT on in the same trials: one A/B column each
+    /// of an earlier commit), run with RTT on in the same trials: one A/B column each. The
+    /// loader writes this build's settings into their CPU slots: a build whose slots have
+    /// another size is refused (compare such builds on traffic, with `--alt-edgeflow`)
     #[argh(option)]
     against: Vec<std::path::PathBuf>,
     /// one run per trial after evicting the caches
