@@ -32,9 +32,9 @@ pub struct Settings {
 
 /// One CPU's slot. What every packet touches comes first and together — the parsed packet,
 /// the settings, then the stats block, whose first two counters (`Seen`, `Parsed`) every
-/// packet bumps: 128 bytes, two cache lines (the IPv4 key is built on the stack). The new-entry value and the
-/// RTT key (written rarely) come last, so the line a slot may share with the next one's start
-/// is a cold one. A 64-byte multiple, so no two slots share more than that one line.
+/// packet bumps: 128 bytes, two cache lines (the IPv4 key is built on the stack). The
+/// new-entry value and the RTT key (written rarely) come last. Line-aligned, so no two CPUs'
+/// slots share a line.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 pub struct CpuSlot {

@@ -183,9 +183,8 @@ pub struct FlowCounters {
     pub packets: [u64; 2],
     /// Bytes per [`Direction`]: the sum of each wire packet's IP total length.
     pub bytes: [u64; 2],
-    /// The kernel's tick counter (`bpf_jiffies64`) at the latest packet and the first: 1–10
-    /// ms resolution (HZ 1000–100). The agent converts ticks to time through
-    /// [`TICK_CLOCK_MAP`].
+    /// The kernel's tick counter (`bpf_jiffies64`) at the latest packet: 1–10 ms resolution
+    /// (HZ 1000–100). The agent converts ticks to time through [`TICK_CLOCK_MAP`].
     pub last_seen: u64,
     /// OR of TCP flags: bits 0..8 for a→b, bits 8..16 for b→a.
     pub tcp_flags: u32,
@@ -193,7 +192,9 @@ pub struct FlowCounters {
     pub rtt: FlowRtt,
     /// [`Initiator`] as u8 in the low byte; the rest is zero.
     pub initiator: u32,
+    /// The tick counter at the first packet (as `last_seen`).
     pub first_seen: u64,
+    /// Rounds an IPv4 table element up to three whole cache lines (see above).
     pub _pad: [u64; 3],
 }
 
