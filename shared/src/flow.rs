@@ -190,12 +190,12 @@ pub struct FlowCounters {
     pub tcp_flags: u32,
     /// TCP round-trip times measured at this interface (see [`crate::rtt`]).
     pub rtt: FlowRtt,
-    /// [`Initiator`] as u8 in the low byte; the rest is zero.
-    pub initiator: u32,
     /// The tick counter at the first packet (as `last_seen`).
     pub first_seen: u64,
+    /// [`Initiator`] as u8 in the low byte; the rest is zero.
+    pub initiator: u32,
     /// Rounds an IPv4 table element up to three whole cache lines (see above).
-    pub _pad: [u64; 3],
+    pub _pad: [u32; 5],
 }
 
 impl FlowCounters {
@@ -247,7 +247,7 @@ mod tests {
         assert_eq!(align_of::<FlowKey4>(), 8);
         assert_eq!(
             size_of::<FlowCounters>(),
-            8 * 6 + 4 + 4 + size_of::<FlowRtt>() + 3 * 8
+            8 * 6 + 4 + 4 + size_of::<FlowRtt>() + 5 * 4
         );
         assert_eq!(align_of::<FlowCounters>(), 8);
     }

@@ -71,6 +71,8 @@ pub struct FlowRtt {
     /// When a TSval of this flow was last put in the pending map ([`stamp_us`]): the rate
     /// limit.
     pub ts_armed_us: u32,
+    /// That TSval: only its echo is looked up in the pending map.
+    pub ts_armed_val: u32,
     /// The handshake RTT in µs (at least 1); 0 while not measured.
     pub handshake_us: u32,
     pub samples: u32,
@@ -168,18 +170,22 @@ impl FlowRtt {
             return false;
         }
         self.ts_armed_us = now;
+        self.ts_armed_val = tsval;
         true
     }
 
     /// A segment with TSecr `tsecr` arrived: whether to look it up in the pending map.
-    /// The first echo of a TSval is the one that answers it; 0 echoes nothing (a SYN).
+    /// The first echo of a TSval is the one that answers it, and only the TSval this flow
+    /// armed last can be pending (an older one's echo cannot come after a newer one's): a
+    /// peer echoes a new TSecr about every millisecond, a flow arms one TSval per interval,
+    /// and the other echoes need no lookup. 0 echoes nothing (a SYN).
     #[inline(always)]
     pub fn new_echo(&mut self, tsecr: u32) -> bool {
         if tsecr == 0 || tsecr == self.ts_last_ecr {
             return false;
         }
         self.ts_last_ecr = tsecr;
-        true
+        tsecr == self.ts_armed_val
     }
 }
 
@@ -209,7 +215,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<FlowRtt>(), 10 * 4);
+        assert_eq!(size_of::<FlowRtt>(), 11 * 4);
         assert_eq!(size_of::<TsKey>(), size_of::<FlowKey>() + 4 + 1 + 3);
     }
 
@@ -299,11 +305,18 @@ mod tests {
     }
 
     #[test]
-    fn only_new_echoes_are_looked_up() {
+    fn only_the_first_echo_of_the_armed_tsval_is_looked_up() {
         let mut r = FlowRtt::default();
-        assert!(!r.new_echo(0));
+        let ms = 1_000_000;
+        assert!(r.arm_tsval(7, 1000 * ms, 100 * ms));
+        assert!(!r.new_echo(0), "a SYN echoes nothing");
+        assert!(!r.new_echo(6), "not armed");
         assert!(r.new_echo(7));
-        assert!(!r.new_echo(7));
-        assert!(r.new_echo(8));
+        assert!(!r.new_echo(7), "not the first echo");
+        assert!(!r.new_echo(8), "not armed");
+        assert!(!r.arm_tsval(9, 1050 * ms, 100 * ms), "within the interval");
+        assert!(!r.new_echo(9), "seen leaving, not armed");
+        assert!(r.arm_tsval(10, 1100 * ms, 100 * ms));
+        assert!(r.new_echo(10));
     }
 }
