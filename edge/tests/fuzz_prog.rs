@@ -2,8 +2,8 @@
 //! mutated and random frames into XDP, TC ingress and TC egress (RTT tracking on, as the agent
 //! loads them by default).
 //!
-//! Every run must return XDP_PASS / TC_ACT_UNSPEC (no verdict); the kernel may refuse only the frames its test
-//! run refuses before any program runs (see `refused`). The programs' counts are checked
+//! Every run must return XDP_PASS / TC_ACT_UNSPEC (no verdict); the kernel may refuse only
+//! the frames its test run refuses before any program runs (see `refused`). The programs' counts are checked
 //! against the host parser (`shared::parse`, the same code) over a model of the programs'
 //! reads, batch by batch: each stat's packets and bytes, and each flow's counters per
 //! direction and TCP flags. So a frame counted twice (as a flow and as a parse failure, or
@@ -24,11 +24,11 @@ use shared::{
     Counter, FlowKey, Stat,
 };
 use std::{collections::HashMap, time::Instant};
-use testkit::rng::Rng;
+use testkit::{
+    rng::Rng,
+    verdict::{TC_ACT_UNSPEC, XDP_PASS},
+};
 
-const XDP_PASS: u32 = 2;
-/// TC_ACT_UNSPEC (-1) as the test run reports it.
-const TC_ACT_UNSPEC: u32 = u32::MAX;
 const EINVAL: i32 = 22;
 /// Frames per batch: the table (below) never fills, so every parsed frame has its own key's
 /// entry and the per-key comparison is exact.

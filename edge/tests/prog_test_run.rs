@@ -20,10 +20,8 @@ use std::{
     collections::HashMap,
     sync::{Mutex, MutexGuard, OnceLock},
 };
+use testkit::verdict::{TC_ACT_UNSPEC, XDP_PASS};
 
-const XDP_PASS: u32 = 2;
-/// TC_ACT_UNSPEC (-1) as the test run reports it: no verdict, the next program runs.
-const TC_ACT_UNSPEC: u32 = u32::MAX;
 const EINVAL: i32 = 22;
 
 const A: [u8; 4] = [10, 0, 0, 1];

@@ -20,6 +20,7 @@ use std::{
     sync::{Mutex, MutexGuard, OnceLock},
     time::Duration,
 };
+use testkit::verdict::TC_ACT_UNSPEC;
 
 const A: [u8; 4] = [10, 0, 0, 1];
 const B: [u8; 4] = [10, 0, 0, 2];
@@ -91,7 +92,7 @@ impl Progs {
                 ..Default::default()
             })
             .expect("test run");
-        assert_eq!(r.return_value, u32::MAX, "TC_ACT_UNSPEC");
+        assert_eq!(r.return_value, TC_ACT_UNSPEC);
     }
 
     fn ingress(&mut self, frame: &[u8]) {
@@ -101,7 +102,7 @@ impl Progs {
                 ..Default::default()
             })
             .expect("test run");
-        assert_eq!(r.return_value, u32::MAX, "TC_ACT_UNSPEC");
+        assert_eq!(r.return_value, TC_ACT_UNSPEC);
     }
 
     /// The RTT state of the flow `frame` belongs to (as the programs keyed it).

@@ -21,6 +21,7 @@ pub mod ready;
 pub mod rng;
 pub mod subscriber;
 pub mod traffic;
+pub mod verdict;
 pub mod watch;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
