@@ -223,7 +223,8 @@ def targets(rs, tcp_saturation=False):
             other = first if second.startswith("edgeflow") else second
             # With the other order in the table, one order alone decides nothing: whichever
             # program runs first pays for the packet's and the skb's lines.
-            reverse = pair_ratio(f"{second}+{first}") is not None
+            back = pair_ratio(f"{second}+{first}")
+            reverse = back is not None
             line(r["bpf_pair"] <= 1.3,
                  f"{name}: edgeflow in-kernel {r['bpf_in']:.0f} ns/run <= 1.3 x {other} "
                  f"{r['bpf_other']:.0f} on the same packets ({r['bpf_pair']:.2f}x, median of "
@@ -232,7 +233,6 @@ def targets(rs, tcp_saturation=False):
             if first.startswith("edgeflow") and reverse:
                 # Running first multiplies a program's cost by about the same factor whichever
                 # it is, so it cancels out of the geometric mean of the two orders' ratios.
-                back = pair_ratio(f"{second}+{first}")
                 both = math.sqrt(r["bpf_pair"] * back)
                 line(both <= 1.3,
                      f"{first} in-kernel <= 1.3 x {second} on the same packets, both orders: "
