@@ -28,7 +28,7 @@ use core::{
 };
 use shared::{
     cpu::{CpuSlot, DEFAULT_CPUS},
-    flow::{tcp, zero_pad, DEFAULT_MAX_FLOWS},
+    flow::{tcp, zero_pad, DirCounters, DEFAULT_MAX_FLOWS},
     parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP},
     rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, RTT_BUCKETS},
     stats::STATS_LEN,
@@ -284,11 +284,12 @@ fn account<C: EbpfContext>(
     };
     if p.key.proto == IPPROTO_TCP && settings.rtt_on != 0 {
         // SAFETY: a live map value; CPUs racing on it can only lose a sample.
-        let r = unsafe { &mut (*v).rtt };
+        let (r, dc) = unsafe { (&mut (*v).rtt, &mut (*v).dir[dir_index(p)]) };
         rtt(
             p,
             ts_key,
             r,
+            dc,
             egress,
             settings.rtt_interval_ns,
             segs64,
@@ -329,10 +330,10 @@ fn entry<C: EbpfContext, K>(
     }
     let d = dir_index(p);
     zero(init);
-    init.packets[d] = segs64;
-    init.bytes[d] = bytes;
+    init.dir[d].packets = segs64;
+    init.dir[d].bytes = bytes;
+    init.dir[d].last_seen = now;
     init.first_seen = now;
-    init.last_seen = now;
     init.tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
     init.initiator = p.initiator as u32;
     match table.insert(key, &*init, BPF_NOEXIST as u64) {
@@ -364,13 +365,15 @@ fn fine_now() -> u64 {
 }
 
 /// RTT bookkeeping of one TCP segment: egress arms (SYN, SYN-ACK, a new TSval), ingress
-/// answers (the acknowledging segment, the first echo of a TSval). The fine clock is read
-/// only by segments that may start or end a sample.
+/// answers (the acknowledging segment, the first echo of a TSval). `dc` is the segment's
+/// direction's part of the entry. The fine clock is read only by segments that may start or
+/// end a sample.
 #[inline(always)]
 fn rtt(
     p: &Parsed,
     tk: &mut TsKey,
     r: &mut FlowRtt,
+    dc: &mut DirCounters,
     egress: bool,
     interval_ns: u64,
     segs: u64,
@@ -380,9 +383,9 @@ fn rtt(
     if egress {
         if syn {
             r.syn_sent(p.seq, fine_now());
-        } else if p.has_ts && p.tsval != r.ts_last_val {
+        } else if p.has_ts && p.tsval != dc.ts_last_val {
             let now = fine_now();
-            if !r.arm_tsval(p.tsval, now, interval_ns) {
+            if !r.arm_tsval(&mut dc.ts_last_val, p.tsval, now, interval_ns) {
                 return;
             }
             // SYNs are left to the handshake sample, or it would be counted twice.
@@ -404,7 +407,7 @@ fn rtt(
             sample(r, us);
         }
     }
-    if p.has_ts && r.new_echo(p.tsecr) {
+    if p.has_ts && r.new_echo(&mut dc.ts_last_ecr, p.tsecr) {
         // The echoed TSval went the other way.
         tk.flow = p.key;
         tk.tsval = p.tsecr;
@@ -436,9 +439,10 @@ fn update(v: *mut FlowCounters, p: &Parsed, segs: u64, bytes: u64, now: u64) {
     // SAFETY: `v` points at a live map value; concurrent CPUs only touch it atomically
     // (counters, flags) or with whole-word stores (last_seen).
     unsafe {
-        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).packets[d], segs);
-        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).bytes[d], bytes);
-        core::ptr::write_volatile(&raw mut (*v).last_seen, now);
+        let dc = &raw mut (*v).dir[d];
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*dc).packets, segs);
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*dc).bytes, bytes);
+        core::ptr::write_volatile(&raw mut (*dc).last_seen, now);
         let bits = (p.tcp_flags as u32) << (8 * d as u32);
         if bits != 0 && core::ptr::read_volatile(&raw const (*v).tcp_flags) & bits != bits {
             atomic_or::<u32, u32, { Relaxed }>(&raw mut (*v).tcp_flags, bits);

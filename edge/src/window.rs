@@ -89,13 +89,22 @@ impl RttUs {
     }
 }
 
+/// What a flow's counters grew by since the last drain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// Per [`Direction`].
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub rtt_samples: u32,
+}
+
 impl FlowRecord {
     /// A record from the key, the entry now and what changed since the last drain. `to_ms`
     /// turns the entry's tick stamps into wall-clock milliseconds.
     pub fn new(
         key: &FlowKey,
         now: &FlowCounters,
-        delta: &FlowCounters,
+        delta: &Delta,
         to_ms: impl Fn(u64) -> u64,
     ) -> FlowRecord {
         let a = (addr(&key.addr_a), key.port_a);
@@ -124,8 +133,8 @@ impl FlowRecord {
             bytes_rev: delta.bytes[rev.index()],
             tcp_flags: now.flags(Direction::AToB) | now.flags(Direction::BToA),
             first_seen_ms: to_ms(now.first_seen),
-            last_seen_ms: to_ms(now.last_seen),
-            rtt_us: RttUs::new(&now.rtt, delta.rtt.samples),
+            last_seen_ms: to_ms(now.last_seen()),
+            rtt_us: RttUs::new(&now.rtt, delta.rtt_samples),
         }
     }
 
@@ -293,19 +302,18 @@ mod tests {
     #[test]
     fn record_is_oriented_by_initiator() {
         let k = key([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000, 6);
-        let now = FlowCounters {
-            packets: [5, 7],
-            bytes: [500, 700],
+        let mut now = FlowCounters {
             initiator: Initiator::B as u32,
             tcp_flags: 0x12 | (0x02 << 8),
             first_seen: 1_000_000,
-            last_seen: 3_000_000,
-            ..Default::default()
+            ..FlowCounters::counted([5, 7], [500, 700])
         };
-        let delta = FlowCounters {
+        now.dir[0].last_seen = 3_000_000;
+        now.dir[1].last_seen = 2_000_000;
+        let delta = Delta {
             packets: [2, 3],
             bytes: [200, 300],
-            ..now
+            rtt_samples: 0,
         };
         let r = FlowRecord::new(&k, &now, &delta, |ns| ns / 1_000_000);
         assert_eq!(r.src, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
@@ -322,22 +330,18 @@ mod tests {
     #[test]
     fn icmp_ports_are_type_and_code() {
         let k = key([10, 0, 0, 1], 8 << 8, [10, 0, 0, 2], 8 << 8, 1);
-        let r = FlowRecord::new(
-            &k,
-            &FlowCounters::default(),
-            &FlowCounters::default(),
-            |n| n,
-        );
+        let r = FlowRecord::new(&k, &FlowCounters::default(), &Delta::default(), |n| n);
         assert_eq!((r.src_port, r.dst_port), (8, 0));
     }
 
     #[test]
     fn conservation_check_and_json_shape() {
         let k = key([10, 0, 0, 1], 1, [10, 0, 0, 2], 2, 17);
-        let now = FlowCounters {
+        let now = FlowCounters::counted([1, 0], [100, 0]);
+        let delta = Delta {
             packets: [1, 0],
             bytes: [100, 0],
-            ..Default::default()
+            rtt_samples: 0,
         };
         let mut w = Window {
             totals: Counter {
@@ -348,7 +352,7 @@ mod tests {
                 packets: 2,
                 bytes: 200,
             },
-            flows: vec![FlowRecord::new(&k, &now, &now, |n| n)],
+            flows: vec![FlowRecord::new(&k, &now, &delta, |n| n)],
             ..Default::default()
         };
         assert!(w.is_conserved());
@@ -390,11 +394,12 @@ mod tests {
     #[test]
     fn rtt_is_reported_only_with_samples() {
         let k = key([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000, 6);
-        let mut now = FlowCounters {
+        let mut now = FlowCounters::counted([1, 1], [0, 0]);
+        let delta = Delta {
             packets: [1, 1],
-            ..Default::default()
+            ..Delta::default()
         };
-        let r = FlowRecord::new(&k, &now, &now, |n| n);
+        let r = FlowRecord::new(&k, &now, &delta, |n| n);
         assert_eq!(r.rtt_us, None);
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert!(v.get("rtt_us").is_none());
@@ -403,8 +408,10 @@ mod tests {
         let us = now.rtt.ack_received(8, 21_000_000).unwrap();
         now.rtt.add_sample(us);
         now.rtt.add_sample(22_000);
-        let mut delta = now;
-        delta.rtt.samples = 1;
+        let delta = Delta {
+            rtt_samples: 1,
+            ..delta
+        };
         let r = FlowRecord::new(&k, &now, &delta, |n| n);
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(

@@ -326,8 +326,8 @@ impl Progs {
             self.table.remove(&k).unwrap();
             let e = t.flows.entry(FlowKey { ifindex: 0, ..k }).or_default();
             for d in 0..2 {
-                e.0[d] += v.packets[d];
-                e.1[d] += v.bytes[d];
+                e.0[d] += v.packets()[d];
+                e.1[d] += v.bytes()[d];
             }
             e.2 |= v.tcp_flags;
         }

@@ -148,11 +148,11 @@ impl Progs {
         let mut flows = HashMap::new();
         for (k, v) in self.flows() {
             let before = f0.get(&k).copied().unwrap_or_default();
-            if v.packets != before.packets || v.bytes != before.bytes {
+            if v.packets() != before.packets() || v.bytes() != before.bytes() {
                 let mut d = v;
                 for i in 0..2 {
-                    d.packets[i] -= before.packets[i];
-                    d.bytes[i] -= before.bytes[i];
+                    d.dir[i].packets -= before.dir[i].packets;
+                    d.dir[i].bytes -= before.dir[i].bytes;
                 }
                 flows.insert(k, d);
             }
@@ -193,11 +193,15 @@ impl Progs {
         assert_eq!(c.flows.len(), 1, "{hook:?} {what}: {:?}", c.flows);
         let (k, v) = c.flows.into_iter().next().unwrap();
         assert_eq!(
-            v.packets[0] + v.packets[1],
+            v.packets()[0] + v.packets()[1],
             1,
             "{hook:?} {what}: packets {v:?}"
         );
-        assert_eq!(v.bytes[0] + v.bytes[1], ip_len, "{hook:?} {what}: bytes");
+        assert_eq!(
+            v.bytes()[0] + v.bytes()[1],
+            ip_len,
+            "{hook:?} {what}: bytes"
+        );
         k
     }
 }
@@ -539,7 +543,7 @@ fn tc_counts_an_aggregate_by_segment() {
     let v = c.flows.values().next().expect("one flow");
     assert_eq!(c.flows.len(), 1);
     assert_eq!(
-        (v.packets[0] + v.packets[1], v.bytes[0] + v.bytes[1]),
+        (v.packets()[0] + v.packets()[1], v.bytes()[0] + v.bytes()[1]),
         (want.packets, want.bytes)
     );
     // gso_segs 0 or 1 is a single packet.
@@ -575,8 +579,8 @@ fn both_directions_share_an_entry() {
     let (first, now) = (before.unwrap(), p.table.get(&keys[0]).unwrap());
     let added = |i: usize| {
         (
-            now.packets[i] - first.packets[i],
-            now.bytes[i] - first.bytes[i],
+            now.packets()[i] - first.packets()[i],
+            now.bytes()[i] - first.bytes()[i],
         )
     };
     // The request went a → b (10.0.0.1 is the lower address).

@@ -143,14 +143,14 @@ fn tick_stamps_convert_to_the_time_the_packet_passed() {
         .iter()
         .find(|(k, _)| k.port_a == 31_000 || k.port_b == 31_000)
         .expect("the flow is in the table");
-    assert_eq!(v.packets[0] + v.packets[1], 2);
+    assert_eq!(v.packets()[0] + v.packets()[1], 2);
     let now = table.ticks.now().unwrap();
     // A stamp is the tick the packet passed in: up to one tick before it, never after the
     // packet's own tick ends.
     let slack = tick_ns + 2_000_000;
     for (what, stamp, at) in [
         ("first", v.first_seen, first_at),
-        ("last", v.last_seen, last_at),
+        ("last", v.last_seen(), last_at),
     ] {
         let got = now.to_mono_ns(stamp);
         assert!(

@@ -168,34 +168,54 @@ pub enum Initiator {
     B = 1,
 }
 
-/// Counters of one conversation. Updated with atomic adds by every CPU that sees it.
+/// One direction's per-packet fields, alone in a cache line of an IPv4 element.
 ///
-/// What every packet reads or writes comes first, 56 bytes: counters, last seen, flags and
-/// the RTT fields a segment looks at. The kernel's hash map puts a 48-byte header and the key
-/// before the value, so in the IPv4 table (24-byte key) those fields end exactly at byte 128
-/// of the element, and `_pad` makes the element 192 bytes: every element starts on a cache
-/// line, and a packet touches two of its lines, as the bare counter's 80-byte elements
-/// (bench/RESULTS.md, session 6).
+/// On a monitored interface a flow's two directions are its two hooks (packets a→b arrive,
+/// b→a leave, or the reverse), run by different CPUs: the receiver's ACKs leave from the CPU
+/// of the process reading while the data arrives in the sender's softirq. Each hook writes only
+/// its own direction's line, so the two CPUs do not take a line from each other on every
+/// packet (bench/RESULTS.md, session 7).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowCounters {
-    /// Packets per [`Direction`] (index 0: a→b, 1: b→a), counted as on the wire.
-    pub packets: [u64; 2],
-    /// Bytes per [`Direction`]: the sum of each wire packet's IP total length.
-    pub bytes: [u64; 2],
+pub struct DirCounters {
+    /// Packets, counted as on the wire.
+    pub packets: u64,
+    /// The sum of each wire packet's IP total length.
+    pub bytes: u64,
     /// The kernel's tick counter (`bpf_jiffies64`) at the latest packet: 1–10 ms resolution
     /// (HZ 1000–100). The agent converts ticks to time through [`TICK_CLOCK_MAP`].
     pub last_seen: u64,
-    /// OR of TCP flags: bits 0..8 for a→b, bits 8..16 for b→a.
-    pub tcp_flags: u32,
-    /// TCP round-trip times measured at this interface (see [`crate::rtt`]).
-    pub rtt: FlowRtt,
-    /// The tick counter at the first packet (as `last_seen`).
+    /// RTT (see [`crate::rtt`]): the last TSecr that arrived and the last TSval that left in
+    /// this direction; only a new value is looked at.
+    pub ts_last_ecr: u32,
+    pub ts_last_val: u32,
+    /// Fills the line: the other direction's fields start on the next one.
+    pub _pad: [u64; 4],
+}
+
+/// Counters of one conversation. Updated with atomic adds by every CPU that sees it.
+///
+/// The kernel's hash map puts a 48-byte header and the key before the value, so in the IPv4
+/// table (24-byte key) the value starts at byte 72 of the element, in the key's second line.
+/// That line holds what packets read but seldom write (first seen, flags, the RTT state that
+/// changes once per sample), and each direction's per-packet fields ([`DirCounters`]) have a
+/// line of their own: a 256-byte element, starting on a line. IPv6 elements (48-byte key)
+/// are 280 bytes and do not keep to lines.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    /// The tick counter at the first packet (as [`DirCounters::last_seen`]).
     pub first_seen: u64,
+    /// OR of TCP flags: bits 0..8 for a→b, bits 8..16 for b→a. Written only when a packet
+    /// brings a new flag.
+    pub tcp_flags: u32,
     /// [`Initiator`] as u8 in the low byte; the rest is zero.
     pub initiator: u32,
-    /// Rounds an IPv4 table element up to three whole cache lines (see above).
-    pub _pad: [u32; 5],
+    /// TCP round-trip times measured at this interface (see [`crate::rtt`]).
+    pub rtt: FlowRtt,
+    pub _pad: u32,
+    /// Per [`Direction`] (index 0: a→b, 1: b→a).
+    pub dir: [DirCounters; 2],
 }
 
 impl FlowCounters {
@@ -210,6 +230,31 @@ impl FlowCounters {
         } else {
             Initiator::A
         }
+    }
+
+    /// Packets per [`Direction`].
+    pub fn packets(&self) -> [u64; 2] {
+        [self.dir[0].packets, self.dir[1].packets]
+    }
+
+    /// Bytes per [`Direction`].
+    pub fn bytes(&self) -> [u64; 2] {
+        [self.dir[0].bytes, self.dir[1].bytes]
+    }
+
+    /// The tick counter at the latest packet either way.
+    pub fn last_seen(&self) -> u64 {
+        self.dir[0].last_seen.max(self.dir[1].last_seen)
+    }
+
+    /// A value with these counters per [`Direction`] and nothing else: for tests and tools.
+    pub fn counted(packets: [u64; 2], bytes: [u64; 2]) -> FlowCounters {
+        let mut c = FlowCounters::default();
+        for d in 0..2 {
+            c.dir[d].packets = packets[d];
+            c.dir[d].bytes = bytes[d];
+        }
+        c
     }
 }
 
@@ -232,12 +277,13 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowCounters {}
+    unsafe impl aya::Pod for super::DirCounters {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::mem::{align_of, size_of};
+    use core::mem::{align_of, offset_of, size_of};
 
     #[test]
     fn layouts_have_no_implicit_padding() {
@@ -245,9 +291,10 @@ mod tests {
         assert_eq!(align_of::<FlowKey>(), 4);
         assert_eq!(size_of::<FlowKey4>(), 4 + 4 + 2 + 2 + 2 + 2 + 4 + 1 + 3);
         assert_eq!(align_of::<FlowKey4>(), 8);
+        assert_eq!(size_of::<DirCounters>(), 8 * 3 + 4 + 4 + 4 * 8);
         assert_eq!(
             size_of::<FlowCounters>(),
-            8 * 6 + 4 + 4 + size_of::<FlowRtt>() + 5 * 4
+            8 + 4 + 4 + size_of::<FlowRtt>() + 4 + 2 * size_of::<DirCounters>()
         );
         assert_eq!(align_of::<FlowCounters>(), 8);
     }
@@ -259,20 +306,28 @@ mod tests {
     }
 
     #[test]
-    fn a_packet_touches_two_lines_of_an_ipv4_element() {
+    fn each_direction_writes_a_line_of_its_own_in_an_ipv4_element() {
+        let key = size_of::<FlowKey4>();
+        assert_eq!(element(key) % 64, 0, "elements start on a line");
+        // The line the key ends in holds the value's read-mostly part, up to the first
+        // direction's fields.
+        let value = 48 + key;
+        assert_eq!(value / 64, 1);
+        let dir = |d: usize| value + offset_of!(FlowCounters, dir) + d * size_of::<DirCounters>();
+        assert_eq!((dir(0), dir(1)), (128, 192));
+        // What a packet writes fits in its direction's line.
+        assert!(offset_of!(DirCounters, _pad) <= 64);
+        assert_eq!(size_of::<DirCounters>(), 64);
+    }
+
+    #[test]
+    fn counts_and_latest_packet_read_across_directions() {
+        let mut c = FlowCounters::counted([3, 4], [300, 400]);
+        c.dir[0].last_seen = 9;
+        c.dir[1].last_seen = 7;
         assert_eq!(
-            element(size_of::<FlowKey4>()) % 64,
-            0,
-            "elements start on a line"
-        );
-        let hot_end = 48 + size_of::<FlowKey4>() + core::mem::offset_of!(FlowCounters, rtt);
-        // The RTT fields a segment reads: TSecr, the handshake's send time, TSval.
-        let hot_end = hot_end + 3 * 4;
-        assert_eq!(hot_end, 128);
-        assert_eq!(
-            core::mem::offset_of!(FlowRtt, ts_last_val),
-            2 * 4,
-            "within the hot three"
+            (c.packets(), c.bytes(), c.last_seen()),
+            ([3, 4], [300, 400], 9)
         );
     }
 

@@ -53,19 +53,17 @@ pub struct TsKey {
 /// RTT state and statistics of one flow, part of its table entry. All samples (handshake
 /// and timestamp) feed `samples`, `min_us`, `max_us` and the smoothed RTT.
 ///
-/// All fields are u32 and the ones a segment reads come first: in [`crate::FlowCounters`]
-/// the first three sit in the same cache line as the counters (see there). Send times are
-/// kept as microseconds of CLOCK_MONOTONIC modulo 2^32 ([`stamp_us`]), which wraps every 71
-/// minutes: a handshake's answer or the rate limit's interval is far shorter.
+/// Written once per sample, not per segment: it shares its line of [`crate::FlowCounters`]
+/// with the key, which both directions read. What changes per segment (the last TSval and
+/// TSecr seen) is in each direction's [`crate::flow::DirCounters`]. All fields are u32: send
+/// times are microseconds of CLOCK_MONOTONIC modulo 2^32 ([`stamp_us`]), which wraps every
+/// 71 minutes: a handshake's answer or the rate limit's interval is far shorter.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowRtt {
-    /// The last TSecr seen arriving and TSval seen leaving: only a new value is looked at.
-    pub ts_last_ecr: u32,
     /// When our SYN or SYN-ACK left ([`stamp_us`]; 0: nothing pending; [`HS_AMBIGUOUS`]:
     /// sent twice).
     pub hs_sent_us: u32,
-    pub ts_last_val: u32,
     /// The acknowledgement number that answers the pending SYN or SYN-ACK.
     pub hs_ack: u32,
     /// When a TSval of this flow was last put in the pending map ([`stamp_us`]): the rate
@@ -156,15 +154,22 @@ impl FlowRtt {
         Some(us)
     }
 
-    /// A segment with TSval `tsval` left at `now`: whether to remember it in the pending
-    /// map. Only the first segment carrying a TSval counts (later ones with the same value
-    /// left later than what the echo answers), and at most one per `interval_ns`.
+    /// A segment with TSval `tsval` left at `now`, its direction's last TSval being
+    /// `last_val`: whether to remember it in the pending map. Only the first segment carrying
+    /// a TSval counts (later ones with the same value left later than what the echo
+    /// answers), and at most one per `interval_ns`.
     #[inline(always)]
-    pub fn arm_tsval(&mut self, tsval: u32, now: u64, interval_ns: u64) -> bool {
-        if tsval == self.ts_last_val {
+    pub fn arm_tsval(
+        &mut self,
+        last_val: &mut u32,
+        tsval: u32,
+        now: u64,
+        interval_ns: u64,
+    ) -> bool {
+        if tsval == *last_val {
             return false;
         }
-        self.ts_last_val = tsval;
+        *last_val = tsval;
         let now = stamp_us(now);
         if (now.wrapping_sub(self.ts_armed_us) as u64) * 1000 < interval_ns {
             return false;
@@ -174,17 +179,18 @@ impl FlowRtt {
         true
     }
 
-    /// A segment with TSecr `tsecr` arrived: whether to look it up in the pending map.
+    /// A segment with TSecr `tsecr` arrived, its direction's last TSecr being `last_ecr`:
+    /// whether to look it up in the pending map.
     /// The first echo of a TSval is the one that answers it, and only the TSval this flow
     /// armed last can be pending (an older one's echo cannot come after a newer one's): a
     /// peer echoes a new TSecr about every millisecond, a flow arms one TSval per interval,
     /// and the other echoes need no lookup. 0 echoes nothing (a SYN).
     #[inline(always)]
-    pub fn new_echo(&mut self, tsecr: u32) -> bool {
-        if tsecr == 0 || tsecr == self.ts_last_ecr {
+    pub fn new_echo(&self, last_ecr: &mut u32, tsecr: u32) -> bool {
+        if tsecr == 0 || tsecr == *last_ecr {
             return false;
         }
-        self.ts_last_ecr = tsecr;
+        *last_ecr = tsecr;
         tsecr == self.ts_armed_val
     }
 }
@@ -215,7 +221,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<FlowRtt>(), 11 * 4);
+        assert_eq!(size_of::<FlowRtt>(), 9 * 4);
         assert_eq!(size_of::<TsKey>(), size_of::<FlowKey>() + 4 + 1 + 3);
     }
 
@@ -295,28 +301,40 @@ mod tests {
 
     #[test]
     fn tsvals_are_armed_once_and_rate_limited() {
-        let mut r = FlowRtt::default();
+        let (mut r, mut last) = (FlowRtt::default(), 0);
         let ms = 1_000_000;
-        assert!(r.arm_tsval(10, 1000 * ms, 100 * ms));
-        assert!(!r.arm_tsval(10, 1200 * ms, 100 * ms), "same TSval again");
-        assert!(!r.arm_tsval(11, 1050 * ms, 100 * ms), "within the interval");
-        assert!(!r.arm_tsval(11, 1150 * ms, 100 * ms), "not new any more");
-        assert!(r.arm_tsval(12, 1150 * ms, 100 * ms));
+        assert!(r.arm_tsval(&mut last, 10, 1000 * ms, 100 * ms));
+        assert!(
+            !r.arm_tsval(&mut last, 10, 1200 * ms, 100 * ms),
+            "same TSval again"
+        );
+        assert!(
+            !r.arm_tsval(&mut last, 11, 1050 * ms, 100 * ms),
+            "within the interval"
+        );
+        assert!(
+            !r.arm_tsval(&mut last, 11, 1150 * ms, 100 * ms),
+            "not new any more"
+        );
+        assert!(r.arm_tsval(&mut last, 12, 1150 * ms, 100 * ms));
     }
 
     #[test]
     fn only_the_first_echo_of_the_armed_tsval_is_looked_up() {
-        let mut r = FlowRtt::default();
+        let (mut r, mut val, mut ecr) = (FlowRtt::default(), 0, 0);
         let ms = 1_000_000;
-        assert!(r.arm_tsval(7, 1000 * ms, 100 * ms));
-        assert!(!r.new_echo(0), "a SYN echoes nothing");
-        assert!(!r.new_echo(6), "not armed");
-        assert!(r.new_echo(7));
-        assert!(!r.new_echo(7), "not the first echo");
-        assert!(!r.new_echo(8), "not armed");
-        assert!(!r.arm_tsval(9, 1050 * ms, 100 * ms), "within the interval");
-        assert!(!r.new_echo(9), "seen leaving, not armed");
-        assert!(r.arm_tsval(10, 1100 * ms, 100 * ms));
-        assert!(r.new_echo(10));
+        assert!(r.arm_tsval(&mut val, 7, 1000 * ms, 100 * ms));
+        assert!(!r.new_echo(&mut ecr, 0), "a SYN echoes nothing");
+        assert!(!r.new_echo(&mut ecr, 6), "not armed");
+        assert!(r.new_echo(&mut ecr, 7));
+        assert!(!r.new_echo(&mut ecr, 7), "not the first echo");
+        assert!(!r.new_echo(&mut ecr, 8), "not armed");
+        assert!(
+            !r.arm_tsval(&mut val, 9, 1050 * ms, 100 * ms),
+            "within the interval"
+        );
+        assert!(!r.new_echo(&mut ecr, 9), "seen leaving, not armed");
+        assert!(r.arm_tsval(&mut val, 10, 1100 * ms, 100 * ms));
+        assert!(r.new_echo(&mut ecr, 10));
     }
 }
