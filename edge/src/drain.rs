@@ -1,37 +1,13 @@
 //! Each interval: read the table, turn cumulative counters into deltas, expire what is done.
 
 use crate::{
+    baseline::{Baseline, Prev},
     clock::ClockPair,
     table::{FlowTable, RttHist, Stats, TableError},
     window::{stats_map, Delta, FlowRecord, Window},
 };
 use shared::{flow::tcp, Counter, Direction, FlowCounters, FlowKey, Stat};
-use std::{collections::HashMap, time::Duration};
-
-/// foldhash instead of SipHash: the keys are our own table's, and hashing 16k 48-byte keys
-/// per drain is most of its CPU time with SipHash.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// What the last drain saw of an entry: all the next window's deltas need.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Prev {
-    packets: [u64; 2],
-    bytes: [u64; 2],
-    rtt_samples: u32,
-    /// The drain that last saw the entry in the table.
-    epoch: u32,
-}
-
-impl Prev {
-    fn of(c: &FlowCounters, epoch: u32) -> Prev {
-        Prev {
-            packets: c.packets(),
-            bytes: c.bytes(),
-            rtt_samples: c.rtt.samples,
-            epoch,
-        }
-    }
-}
+use std::time::Duration;
 
 /// When entries leave the kernel table.
 #[derive(Clone, Copy, Debug)]
@@ -58,13 +34,12 @@ impl Default for Expiry {
 pub struct Drainer {
     pub table: FlowTable,
     expiry: Expiry,
-    prev: FastMap<FlowKey, Prev>,
-    /// Counts drains, to tell entries the last walk saw from ones gone from the table.
-    epoch: u32,
+    baseline: Baseline,
     prev_stats: Stats,
     prev_hist: RttHist,
     last: ClockPair,
-    expired: Vec<(FlowKey, [u64; 2])>,
+    /// Entries to remove: key, packets when read, position in the walk.
+    expired: Vec<(FlowKey, [u64; 2], usize)>,
     /// Kernel `parsed` minus reported totals, summed since the start (see `Window::unsettled`).
     unsettled: Counter,
 }
@@ -74,15 +49,16 @@ impl Drainer {
     /// it before the programs are attached: the baseline reads the flows and then the
     /// counters, and a packet counted between the two would stay in one and not the other.
     pub fn new(table: FlowTable, expiry: Expiry) -> Result<Drainer, TableError> {
-        let mut prev = FastMap::default();
-        table.for_each_flow(&mut |k, v| {
-            prev.insert(*k, Prev::of(v, 0));
+        let mut baseline = Baseline::default();
+        baseline.start();
+        table.for_each_flow(&mut |span, k, v| {
+            baseline.step(span, k, v);
         })?;
+        baseline.finish();
         let prev_stats = table.read_stats()?;
         let prev_hist = table.read_rtt_hist()?;
         Ok(Drainer {
-            prev,
-            epoch: 0,
+            baseline,
             table,
             expiry,
             prev_stats,
@@ -100,24 +76,24 @@ impl Drainer {
         let ticks = self.table.ticks.now()?;
         // Tick stamps to wall-clock ms, through the monotonic clock.
         let to_ms = |t: u64| now.to_unix_ms(ticks.to_mono_ns(t));
-        self.epoch = self.epoch.wrapping_add(1);
-        let epoch = self.epoch;
         let expiry = self.expiry;
         // Sized once from the last walk: growing by doubling would briefly hold 3x as much.
-        let mut flows = Vec::with_capacity(self.prev.len());
+        let mut flows = Vec::with_capacity(self.baseline.entries());
         let mut expired = std::mem::take(&mut self.expired);
         expired.clear();
         let mut in_flows = Counter::default();
         let mut live = 0usize;
-        let prev = &mut self.prev;
+        let baseline = &mut self.baseline;
+        baseline.start();
         // Flows first, then the counters: a packet counted between the two reads is in the
         // kernel's `parsed` but not yet in a flow delta. Totals are taken from the flows (so
         // every window conserves exactly) and the kernel counter checks them through
         // `unsettled`, which such packets raise for one window only.
-        self.table.for_each_flow(&mut |key, cur| {
+        self.table.for_each_flow(&mut |span, key, cur| {
             live += 1;
-            let before = prev.entry(*key).or_default();
-            let delta = counter_delta(cur, before);
+            let at = baseline.recorded();
+            let before = baseline.step(span, key, cur);
+            let delta = counter_delta(cur, &before);
             if delta.packets != [0, 0] {
                 in_flows.add(&Counter {
                     packets: delta.packets[0].wrapping_add(delta.packets[1]),
@@ -131,23 +107,20 @@ impl Drainer {
                     .saturating_sub(ticks.to_mono_ns(cur.last_seen())),
             );
             if idle >= expiry.inactive || (finished(cur) && idle >= expiry.finished) {
-                expired.push((*key, cur.packets()));
+                expired.push((*key, cur.packets(), at));
             }
-            *before = Prev::of(cur, epoch);
         })?;
+        // Entries of the last walk not in this one (removed by someone else) are forgotten.
+        self.baseline.finish();
         let stats = self.table.read_stats()?;
         let hist = self.table.read_rtt_hist()?;
-        if self.prev.len() > live {
-            // Entries removed by someone else; forget them.
-            self.prev.retain(|_, p| p.epoch == epoch);
-        }
         let mut removed = 0u32;
-        for (key, packets) in &expired {
+        for (key, packets, at) in &expired {
             // A packet that came since the read keeps the entry for the next window. Compared
             // by count, not by last_seen: that has tick resolution.
             if self.table.get(key).is_some_and(|c| c.packets() == *packets) {
                 self.table.remove(key)?;
-                self.prev.remove(key);
+                self.baseline.forget(*at);
                 removed += 1;
             }
         }
@@ -224,7 +197,7 @@ mod tests {
     fn delta_per_direction() {
         let now = FlowCounters::counted([10, 4], [1000, 400]);
         let before = FlowCounters::counted([7, 4], [700, 400]);
-        let d = counter_delta(&now, &Prev::of(&before, 0));
+        let d = counter_delta(&now, &Prev::of(&before));
         assert_eq!((d.packets, d.bytes), ([3, 0], [300, 0]));
     }
 
@@ -236,7 +209,7 @@ mod tests {
         now.rtt.add_sample(1000);
         let mut before = FlowCounters::default();
         before.rtt.add_sample(900);
-        let d = counter_delta(&now, &Prev::of(&before, 0));
+        let d = counter_delta(&now, &Prev::of(&before));
         assert_eq!(d.rtt_samples, 2);
     }
 

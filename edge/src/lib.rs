@@ -3,6 +3,7 @@
 //! `main.rs` only wires these modules to the command line.
 
 pub mod attach;
+pub mod baseline;
 pub mod bpf;
 pub mod caps;
 pub mod clock;

@@ -47,13 +47,19 @@ struct Family<K> {
     map: HashMap<MapData, K, FlowCounters>,
     fd: RawFd,
     name: &'static str,
+    /// Which table this is in a [`Span`].
+    id: u8,
     /// The middle bucket: the kernel gives a hash map the next power of two of its capacity.
     middle: u32,
 }
 
 impl<K: Pod> Family<K> {
     /// The table, its capacity and the kernel memory charged for it (when known).
-    fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<(Self, u32, Option<u64>), TableError> {
+    fn take(
+        ebpf: &mut Ebpf,
+        name: &'static str,
+        id: u8,
+    ) -> Result<(Self, u32, Option<u64>), TableError> {
         let map = ebpf.take_map(name).ok_or(TableError::MissingMap(name))?;
         let (capacity, memory, fd) = match &map {
             Map::HashMap(data) => {
@@ -73,6 +79,7 @@ impl<K: Pod> Family<K> {
                 map,
                 fd,
                 name,
+                id,
                 middle,
             },
             capacity,
@@ -85,19 +92,33 @@ impl<K: Pod> Family<K> {
     fn read_batch(
         &self,
         split: bool,
-        f: &mut dyn FnMut(&K, &FlowCounters),
+        f: &mut dyn FnMut(Span, &K, &FlowCounters),
     ) -> Result<(), (usize, std::io::Error)>
     where
         K: Default + Send + Eq + std::hash::Hash,
     {
-        read_batch(self.fd, BATCH_CHUNK, split.then_some(self.middle), f)
+        read_batch(
+            self.fd,
+            self.id,
+            BATCH_CHUNK,
+            split.then_some(self.middle),
+            f,
+        )
     }
 
-    /// Every entry through the map iterator (two syscalls per entry).
-    fn for_each_one_by_one(&self, f: &mut dyn FnMut(&K, &FlowCounters)) -> Result<(), TableError> {
+    /// Every entry through the map iterator (two syscalls per entry), all in one span.
+    fn for_each_one_by_one(
+        &self,
+        f: &mut dyn FnMut(Span, &K, &FlowCounters),
+    ) -> Result<(), TableError> {
+        let all = Span {
+            table: self.id,
+            start: 0,
+            end: u32::MAX,
+        };
         for kv in self.map.iter() {
             match kv {
-                Ok((k, v)) => f(&k, &v),
+                Ok((k, v)) => f(all, &k, &v),
                 // The entry went away between listing and reading it.
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(map_err(self.name)(e)),
@@ -157,8 +178,8 @@ impl FlowTable {
     }
 
     pub fn take(ebpf: &mut Ebpf) -> Result<FlowTable, TableError> {
-        let (flows4, capacity, mem4) = Family::take(ebpf, FLOWS4_MAP)?;
-        let (flows6, _, mem6) = Family::take(ebpf, FLOWS6_MAP)?;
+        let (flows4, capacity, mem4) = Family::take(ebpf, FLOWS4_MAP, 0)?;
+        let (flows6, _, mem6) = Family::take(ebpf, FLOWS6_MAP, 1)?;
         let memory_bytes = mem4.zip(mem6).map(|(a, b)| a + b);
         let slots = ebpf
             .take_map(CPU_SLOTS_MAP)
@@ -204,22 +225,23 @@ impl FlowTable {
     /// All entries, into `out` (cleared first). See [`FlowTable::for_each_flow`].
     pub fn read_flows(&self, out: &mut Vec<(FlowKey, FlowCounters)>) -> Result<(), TableError> {
         out.clear();
-        self.for_each_flow(&mut |k, v| out.push((*k, *v)))
+        self.for_each_flow(&mut |_, k, v| out.push((*k, *v)))
     }
 
     /// Calls `f` once for every entry of both tables. Reads with BPF_MAP_LOOKUP_BATCH (kernel
     /// 5.6+), a chunk of [`BATCH_CHUNK`] entries per syscall into fixed buffers, each table
     /// in two halves side by side where that works ([`read_batch`]); the map iterator (two
     /// syscalls per entry, ~10x slower on a full table) is the fallback on older kernels.
+    /// Each entry comes with the [`Span`] of the read that held it.
     pub fn for_each_flow(
         &self,
-        f: &mut dyn FnMut(&FlowKey, &FlowCounters),
+        f: &mut dyn FnMut(Span, &FlowKey, &FlowCounters),
     ) -> Result<(), TableError> {
         if self.batch_ok.get() {
             let split = self.split;
             match self
                 .flows4
-                .read_batch(split, &mut |k: &FlowKey4, v| f(&k.to_key(), v))
+                .read_batch(split, &mut |s, k: &FlowKey4, v| f(s, &k.to_key(), v))
             {
                 Ok(()) => {
                     return self
@@ -243,10 +265,10 @@ impl FlowTable {
     /// against).
     pub fn for_each_one_by_one(
         &self,
-        f: &mut dyn FnMut(&FlowKey, &FlowCounters),
+        f: &mut dyn FnMut(Span, &FlowKey, &FlowCounters),
     ) -> Result<(), TableError> {
         self.flows4
-            .for_each_one_by_one(&mut |k, v| f(&k.to_key(), v))?;
+            .for_each_one_by_one(&mut |s, k, v| f(s, &k.to_key(), v))?;
         self.flows6.for_each_one_by_one(f)
     }
 
@@ -327,6 +349,24 @@ impl FlowTable {
     }
 }
 
+/// Where in its table a walk found an entry: the table ([`FLOWS4_MAP`] 0, [`FLOWS6_MAP`] 1)
+/// and the buckets `[start, end)` of the read that held it (one read of the map iterator holds
+/// the whole table). A key stays in its bucket while it is in the table, so the spans of two
+/// walks that gave the same key overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub table: u8,
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    /// Whether some bucket is in both.
+    pub fn overlaps(&self, other: &Span) -> bool {
+        self.table == other.table && self.start < other.end && other.start < self.end
+    }
+}
+
 /// Which part of a table a batch walk covers.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Half {
@@ -349,9 +389,10 @@ enum Half {
 /// not grow with the table but for the high half's keys read before the low half ends.
 fn read_batch<K: Pod + Default + Send + Eq + std::hash::Hash>(
     fd: RawFd,
+    table: u8,
     chunk_len: usize,
     split: Option<u32>,
-    f: &mut dyn FnMut(&K, &FlowCounters),
+    f: &mut dyn FnMut(Span, &K, &FlowCounters),
 ) -> Result<(), (usize, std::io::Error)> {
     let (full_tx, full_rx) = mpsc::sync_channel::<Chunk<K>>(2);
     std::thread::scope(|scope| {
@@ -374,7 +415,7 @@ fn read_batch<K: Pod + Default + Send + Eq + std::hash::Hash>(
         drop(full_tx);
         let mut dedup = Dedup::default();
         for chunk in full_rx.iter() {
-            dedup.pass(&chunk, f);
+            dedup.pass(&chunk, table, f);
             // The walker may be done already.
             let _ = empties[chunk.half as usize].send(chunk);
         }
@@ -462,7 +503,13 @@ impl<K> Default for Dedup<K> {
 }
 
 impl<K: Copy + Eq + std::hash::Hash> Dedup<K> {
-    fn pass(&mut self, c: &Chunk<K>, f: &mut dyn FnMut(&K, &FlowCounters)) {
+    fn pass(&mut self, c: &Chunk<K>, table: u8, f: &mut dyn FnMut(Span, &K, &FlowCounters)) {
+        let span = Span {
+            table,
+            start: c.start,
+            end: c.end,
+        };
+        let mut f = |k, v| f(span, k, v);
         let entries = c.keys[..c.len].iter().zip(&c.values[..c.len]);
         match (c.half, &self.tail) {
             (Half::Low, _) if !c.low_tail => entries.for_each(|(k, v)| f(k, v)),
@@ -557,7 +604,7 @@ fn walk_check(
         unsafe { sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }?;
     }
     let mut seen = Vec::new();
-    read_batch(fd, chunk_len, split, &mut |k: &u32, _| seen.push(*k)).map_err(|(_, e)| e)?;
+    read_batch(fd, 0, chunk_len, split, &mut |_, k: &u32, _| seen.push(*k)).map_err(|(_, e)| e)?;
     seen.sort_unstable();
     let mut want: Vec<u32> = (0..entries).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
     want.sort_unstable();
