@@ -251,17 +251,24 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
+    // The targets are for 64k flows (drain) and 16k flows (RSS); 20 ms is our own
+    // for a 16k drain.
+    let (drain_target, rss_target) = if flows >= 64_000 {
+        ("≤ 50 ms", "")
+    } else {
+        ("≤ 20 ms", "≤ 16 MiB")
+    };
     println!("| measure | value | target |");
     println!("| --- | --- | --- |");
     println!(
-        "| drain of {drained} flows (batch read + deltas), wall time, median / max of {} | {:.1} / {:.1} ms | ≤ 20 ms |",
+        "| drain of {drained} flows (batch read + deltas), wall time, median / max of {} | {:.1} / {:.1} ms | {drain_target} |",
         drain_ms.len(),
         median(&mut d),
         dmax
     );
     let mut c = drain_cpu_ms.clone();
     println!(
-        "| drain of {drained} flows, CPU time (both threads), median | {:.1} ms | ≤ 20 ms |",
+        "| drain of {drained} flows, CPU time (both threads), median | {:.1} ms | |",
         median(&mut c)
     );
     let mut r = read_ms.clone();
@@ -284,7 +291,7 @@ fn main() {
         );
     }
     println!(
-        "| agent RSS (VmRSS at the end) | {:.1} MiB | ≤ 16 MiB |",
+        "| agent RSS (VmRSS at the end) | {:.1} MiB | {rss_target} |",
         rss_kib as f64 / 1024.0
     );
     println!(
