@@ -11,36 +11,18 @@
 //! it is looked up among the entries of the spans that overlap its own — the only ones that
 //! can hold its key — in a small map built for that span.
 
-use crate::table::Span;
+use crate::{table::Span, window::Counts};
 use shared::{FlowCounters, FlowKey};
 use std::collections::HashMap;
 
 /// foldhash instead of SipHash: the keys are our own table's.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// What a drain keeps of an entry: all the next window's deltas need.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Prev {
-    pub packets: [u64; 2],
-    pub bytes: [u64; 2],
-    pub rtt_samples: u32,
-}
-
-impl Prev {
-    pub fn of(c: &FlowCounters) -> Prev {
-        Prev {
-            packets: c.packets(),
-            bytes: c.bytes(),
-            rtt_samples: c.rtt.samples,
-        }
-    }
-}
-
 /// One walk's entries in the order they came, and the spans that held them.
 #[derive(Default)]
 struct Walk {
     keys: Vec<FlowKey>,
-    prev: Vec<Prev>,
+    counts: Vec<Counts>,
     /// Each read's span and its entries' range in `keys`.
     spans: Vec<(Span, std::ops::Range<usize>)>,
 }
@@ -48,18 +30,18 @@ struct Walk {
 impl Walk {
     fn clear(&mut self) {
         self.keys.clear();
-        self.prev.clear();
+        self.counts.clear();
         self.spans.clear();
     }
 
-    fn push(&mut self, span: Span, key: &FlowKey, prev: Prev) {
+    fn push(&mut self, span: Span, key: &FlowKey, counts: Counts) {
         let at = self.keys.len();
         match self.spans.last_mut() {
             Some((s, r)) if *s == span => r.end = at + 1,
             _ => self.spans.push((span, at..at + 1)),
         }
         self.keys.push(*key);
-        self.prev.push(prev);
+        self.counts.push(counts);
     }
 }
 
@@ -88,12 +70,12 @@ impl Baseline {
 
     /// Records the entry `key` read in `span` with counters `now`, and returns what it had at
     /// the last walk (zero for an entry new since).
-    pub fn step(&mut self, span: Span, key: &FlowKey, now: &FlowCounters) -> Prev {
+    pub fn step(&mut self, span: Span, key: &FlowKey, now: &FlowCounters) -> Counts {
         if self.span != Some(span) {
             self.enter(span);
         }
         let before = self.find(key);
-        self.next.push(span, key, Prev::of(now));
+        self.next.push(span, key, Counts::of(now));
         before
     }
 
@@ -113,8 +95,8 @@ impl Baseline {
     /// Forgets the counters of the entry at `position` of the finished walk, removed from
     /// the table since: if its key comes back, it is a new entry counting from zero.
     pub fn forget(&mut self, position: usize) {
-        if let Some(p) = self.last.prev.get_mut(position) {
-            *p = Prev::default();
+        if let Some(p) = self.last.counts.get_mut(position) {
+            *p = Counts::default();
         }
     }
 
@@ -135,11 +117,11 @@ impl Baseline {
         self.indexed = false;
     }
 
-    fn find(&mut self, key: &FlowKey) -> Prev {
+    fn find(&mut self, key: &FlowKey) -> Counts {
         if let Some(&i) = self.candidates.get(self.cursor) {
             if self.last.keys[i] == *key {
                 self.cursor += 1;
-                return self.last.prev[i];
+                return self.last.counts[i];
             }
         }
         if !self.indexed {
@@ -152,9 +134,9 @@ impl Baseline {
         match self.index.get(key) {
             Some(&pos) => {
                 self.cursor = pos + 1;
-                self.last.prev[self.candidates[pos]]
+                self.last.counts[self.candidates[pos]]
             }
-            None => Prev::default(),
+            None => Counts::default(),
         }
     }
 }
@@ -179,7 +161,8 @@ mod tests {
         Span { table, start, end }
     }
 
-    /// Walks `entries` (span, key number, packets a→b), returning each one's `Prev` packets.
+    /// Walks `entries` (span, key number, packets a→b), returning the a→b packets each had at
+    /// the last walk.
     fn walk(b: &mut Baseline, entries: &[(Span, u16, u64)]) -> Vec<u64> {
         b.start();
         let got = entries

@@ -1,10 +1,10 @@
 //! Each interval: read the table, turn cumulative counters into deltas, expire what is done.
 
 use crate::{
-    baseline::{Baseline, Prev},
+    baseline::Baseline,
     clock::ClockPair,
     table::{FlowTable, RttHist, Stats, TableError},
-    window::{stats_map, Delta, FlowRecord, Window},
+    window::{stats_map, Counts, FlowRecord, Window},
 };
 use shared::{flow::tcp, Counter, Direction, FlowCounters, FlowKey, Stat};
 use std::time::Duration;
@@ -93,7 +93,7 @@ impl Drainer {
             live += 1;
             let at = baseline.recorded();
             let before = baseline.step(span, key, cur);
-            let delta = counter_delta(cur, &before);
+            let delta = Counts::of(cur).since(&before);
             if delta.packets != [0, 0] {
                 in_flows.add(&Counter {
                     packets: delta.packets[0].wrapping_add(delta.packets[1]),
@@ -160,15 +160,6 @@ impl Drainer {
     }
 }
 
-fn counter_delta(now: &FlowCounters, before: &Prev) -> Delta {
-    let (packets, bytes) = (now.packets(), now.bytes());
-    Delta {
-        packets: [0, 1].map(|i| packets[i].wrapping_sub(before.packets[i])),
-        bytes: [0, 1].map(|i| bytes[i].wrapping_sub(before.bytes[i])),
-        rtt_samples: now.rtt.samples.wrapping_sub(before.rtt_samples),
-    }
-}
-
 /// The window's RTT histogram, trailing empty buckets cut (empty: no samples).
 fn hist_delta(now: &RttHist, before: &RttHist) -> Vec<u64> {
     let mut d: Vec<u64> = now
@@ -192,26 +183,6 @@ fn finished(c: &FlowCounters) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn delta_per_direction() {
-        let now = FlowCounters::counted([10, 4], [1000, 400]);
-        let before = FlowCounters::counted([7, 4], [700, 400]);
-        let d = counter_delta(&now, &Prev::of(&before));
-        assert_eq!((d.packets, d.bytes), ([3, 0], [300, 0]));
-    }
-
-    #[test]
-    fn rtt_samples_are_a_delta() {
-        let mut now = FlowCounters::default();
-        now.rtt.add_sample(900);
-        now.rtt.add_sample(1100);
-        now.rtt.add_sample(1000);
-        let mut before = FlowCounters::default();
-        before.rtt.add_sample(900);
-        let d = counter_delta(&now, &Prev::of(&before));
-        assert_eq!(d.rtt_samples, 2);
-    }
 
     #[test]
     fn histogram_delta_drops_trailing_empty_buckets() {

@@ -89,13 +89,32 @@ impl RttUs {
     }
 }
 
-/// What a flow's counters grew by since the last drain.
+/// A flow's packets and bytes per [`Direction`] and its RTT samples: what a drain keeps of an
+/// entry, and what the entry grew by in a window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Delta {
-    /// Per [`Direction`].
+pub struct Counts {
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
     pub rtt_samples: u32,
+}
+
+impl Counts {
+    pub fn of(c: &FlowCounters) -> Counts {
+        Counts {
+            packets: c.packets(),
+            bytes: c.bytes(),
+            rtt_samples: c.rtt.samples,
+        }
+    }
+
+    /// What grew since `before` (the kernel's counters wrap).
+    pub fn since(&self, before: &Counts) -> Counts {
+        Counts {
+            packets: [0, 1].map(|i| self.packets[i].wrapping_sub(before.packets[i])),
+            bytes: [0, 1].map(|i| self.bytes[i].wrapping_sub(before.bytes[i])),
+            rtt_samples: self.rtt_samples.wrapping_sub(before.rtt_samples),
+        }
+    }
 }
 
 impl FlowRecord {
@@ -104,7 +123,7 @@ impl FlowRecord {
     pub fn new(
         key: &FlowKey,
         now: &FlowCounters,
-        delta: &Delta,
+        delta: &Counts,
         to_ms: impl Fn(u64) -> u64,
     ) -> FlowRecord {
         let a = (addr(&key.addr_a), key.port_a);
@@ -310,7 +329,7 @@ mod tests {
         };
         now.dir[0].last_seen = 3_000_000;
         now.dir[1].last_seen = 2_000_000;
-        let delta = Delta {
+        let delta = Counts {
             packets: [2, 3],
             bytes: [200, 300],
             rtt_samples: 0,
@@ -330,7 +349,7 @@ mod tests {
     #[test]
     fn icmp_ports_are_type_and_code() {
         let k = key([10, 0, 0, 1], 8 << 8, [10, 0, 0, 2], 8 << 8, 1);
-        let r = FlowRecord::new(&k, &FlowCounters::default(), &Delta::default(), |n| n);
+        let r = FlowRecord::new(&k, &FlowCounters::default(), &Counts::default(), |n| n);
         assert_eq!((r.src_port, r.dst_port), (8, 0));
     }
 
@@ -338,7 +357,7 @@ mod tests {
     fn conservation_check_and_json_shape() {
         let k = key([10, 0, 0, 1], 1, [10, 0, 0, 2], 2, 17);
         let now = FlowCounters::counted([1, 0], [100, 0]);
-        let delta = Delta {
+        let delta = Counts {
             packets: [1, 0],
             bytes: [100, 0],
             rtt_samples: 0,
@@ -395,9 +414,9 @@ mod tests {
     fn rtt_is_reported_only_with_samples() {
         let k = key([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000, 6);
         let mut now = FlowCounters::counted([1, 1], [0, 0]);
-        let delta = Delta {
+        let delta = Counts {
             packets: [1, 1],
-            ..Delta::default()
+            ..Counts::default()
         };
         let r = FlowRecord::new(&k, &now, &delta, |n| n);
         assert_eq!(r.rtt_us, None);
@@ -408,7 +427,7 @@ mod tests {
         let us = now.rtt.ack_received(8, 21_000_000).unwrap();
         now.rtt.add_sample(us);
         now.rtt.add_sample(22_000);
-        let delta = Delta {
+        let delta = Counts {
             rtt_samples: 1,
             ..delta
         };
@@ -427,6 +446,25 @@ mod tests {
         assert!(w.render_table(5).contains("20.25"));
         let v: serde_json::Value = serde_json::from_str(&w.to_json()).unwrap();
         assert_eq!(v["rtt_hist"], serde_json::json!([0, 2]));
+    }
+
+    #[test]
+    fn counts_grow_per_direction() {
+        let now = Counts::of(&FlowCounters::counted([10, 4], [1000, 400]));
+        let before = Counts::of(&FlowCounters::counted([7, 4], [700, 400]));
+        let d = now.since(&before);
+        assert_eq!((d.packets, d.bytes), ([3, 0], [300, 0]));
+    }
+
+    #[test]
+    fn rtt_samples_are_counted_in_the_window() {
+        let mut now = FlowCounters::default();
+        now.rtt.add_sample(900);
+        now.rtt.add_sample(1100);
+        now.rtt.add_sample(1000);
+        let mut before = FlowCounters::default();
+        before.rtt.add_sample(900);
+        assert_eq!(Counts::of(&now).since(&Counts::of(&before)).rtt_samples, 2);
     }
 
     #[test]

@@ -197,30 +197,28 @@ fn drains_give_every_flow_exactly_its_packets_of_the_window() {
         ..Expiry::default()
     };
     let mut drainer = Drainer::new(table, expiry).unwrap();
-    // Our UDP flows' packets in a window, by (IP version, port at B).
-    let drain = |drainer: &mut Drainer| {
+    // Sends `sends` of (IPv6, ports at B, packets each), drains, and checks that the window
+    // has exactly those packets for those flows and none for our other flows; a mismatch
+    // shows the first few flows that differ. Returns the flows the drain expired.
+    type Sends<'a> = &'a [(bool, std::ops::Range<u16>, u64)];
+    let window = |drainer: &mut Drainer, sends: Sends| {
+        let mut want = BTreeMap::new();
+        for (v6, ports, n) in sends {
+            send(&net, *v6, ports.clone(), *n as usize);
+            for p in ports.clone() {
+                want.insert((*v6, p), *n);
+            }
+        }
         let w = drainer.drain().unwrap();
         assert!(w.is_conserved());
         let mut got = BTreeMap::new();
         for f in w.flows.iter().filter(|f| f.proto == 17) {
-            let v6 = f.dst.is_ipv6();
-            let port = f.dst_port;
+            let (v6, port) = (f.dst.is_ipv6(), f.dst_port);
             if (20_000..24_000).contains(&port) || (30_000..31_000).contains(&port) {
                 assert!(
                     got.insert((v6, port), f.packets()).is_none(),
                     "{port} twice"
                 );
-            }
-        }
-        (got, w.expired_flows)
-    };
-    // The window's figures against `sets` of (IPv6, ports, packets each); a mismatch shows
-    // the first few flows that differ.
-    let check = |got: &BTreeMap<(bool, u16), u64>, sets: &[(bool, std::ops::Range<u16>, u64)]| {
-        let mut want = BTreeMap::new();
-        for (v6, ports, n) in sets {
-            for p in ports.clone() {
-                want.insert((*v6, p), *n);
             }
         }
         let keys: std::collections::BTreeSet<_> = got.keys().chain(want.keys()).collect();
@@ -235,44 +233,32 @@ fn drains_give_every_flow_exactly_its_packets_of_the_window() {
             wrong.len(),
             &wrong[..wrong.len().min(5)]
         );
+        w.expired_flows
     };
 
-    send(&net, false, 20_000..23_000, 1);
-    send(&net, true, 30_000..30_500, 1);
-    let (got, _) = drain(&mut drainer);
-    check(
-        &got,
+    window(
+        &mut drainer,
         &[(false, 20_000..23_000, 1), (true, 30_000..30_500, 1)],
     );
-
-    send(&net, false, 20_000..22_000, 2);
-    send(&net, false, 23_000..23_500, 1);
-    send(&net, true, 30_000..30_500, 3);
-    let (got, _) = drain(&mut drainer);
-    check(
-        &got,
+    // Some go on, some are new, some are quiet.
+    window(
+        &mut drainer,
         &[
             (false, 20_000..22_000, 2),
             (false, 23_000..23_500, 1),
             (true, 30_000..30_500, 3),
         ],
     );
-
     // Everything goes quiet past the inactivity limit: the next drain removes what the last
     // one did not.
     std::thread::sleep(Duration::from_millis(1600));
-    let (got, expired) = drain(&mut drainer);
-    check(&got, &[]);
-    assert!(expired > 0);
+    assert!(window(&mut drainer, &[]) > 0);
     let mut left = Vec::new();
     drainer.table.read_flows(&mut left).unwrap();
     assert_eq!(left.iter().filter(|(k, _)| k.proto == 17).count(), 0);
-
-    send(&net, false, 20_000..20_700, 1);
-    send(&net, true, 30_000..30_100, 2);
-    let (got, _) = drain(&mut drainer);
-    check(
-        &got,
+    // Expired flows come back.
+    window(
+        &mut drainer,
         &[(false, 20_000..20_700, 1), (true, 30_000..30_100, 2)],
     );
     drop(drainer);
