@@ -270,23 +270,26 @@ fn account<C: EbpfContext>(
     // samples read the fine clock when they take one.
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_jiffies64() };
+    // Read once (a volatile load, see there) for the entry's and the RTT state's direction.
+    let d = dir_index(p);
     let v = if p.ipv4 {
         // On the stack, whose lines are warm, not in the slot: the slot's per-packet part
         // stays within two lines.
         let mut key4 = MaybeUninit::uninit();
         let key4 = FlowKey4::init_from(&mut key4, &p.key);
-        entry(ctx, &FLOWS4, key4, p, init, segs64, bytes, now)
+        entry(ctx, &FLOWS4, key4, p, d, init, segs64, bytes, now)
     } else {
-        entry(ctx, &FLOWS6, &p.key, p, init, segs64, bytes, now)
+        entry(ctx, &FLOWS6, &p.key, p, d, init, segs64, bytes, now)
     };
     let Some(v) = v else {
         return;
     };
     if p.key.proto == IPPROTO_TCP && settings.rtt_on != 0 {
         // SAFETY: a live map value; CPUs racing on it can only lose a sample.
-        let (r, dc) = unsafe { (&mut (*v).rtt, &mut (*v).dir[dir_index(p)]) };
+        let (r, dc) = unsafe { (&mut (*v).rtt, &mut (*v).dir[d]) };
         rtt(
             p,
+            d,
             ts_key,
             r,
             dc,
@@ -310,8 +313,8 @@ fn zero(v: &mut FlowCounters) {
     }
 }
 
-/// The packet's flow entry in `table`, updated with the packet, or a new one; `None` when the
-/// table is full (counted as overflow).
+/// The packet's flow entry in `table`, updated with the packet (direction `d`), or a new
+/// one; `None` when the table is full (counted as overflow).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn entry<C: EbpfContext, K>(
@@ -319,16 +322,16 @@ fn entry<C: EbpfContext, K>(
     table: &HashMap<K, FlowCounters>,
     key: &K,
     p: &Parsed,
+    d: usize,
     init: &mut FlowCounters,
     segs64: u64,
     bytes: u64,
     now: u64,
 ) -> Option<*mut FlowCounters> {
     if let Some(v) = table.get_ptr_mut(key) {
-        update(v, p, segs64, bytes, now);
+        update(v, p, d, segs64, bytes, now);
         return Some(v);
     }
-    let d = dir_index(p);
     zero(init);
     init.dir[d].packets = segs64;
     init.dir[d].bytes = bytes;
@@ -342,7 +345,7 @@ fn entry<C: EbpfContext, K>(
         // Another CPU inserted it first: add to its entry.
         Err(e) if e as i64 == -EEXIST => match table.get_ptr_mut(key) {
             Some(v) => {
-                update(v, p, segs64, bytes, now);
+                update(v, p, d, segs64, bytes, now);
                 Some(v)
             }
             None => {
@@ -365,12 +368,13 @@ fn fine_now() -> u64 {
 }
 
 /// RTT bookkeeping of one TCP segment: egress arms (SYN, SYN-ACK, a new TSval), ingress
-/// answers (the acknowledging segment, the first echo of a TSval). `dc` is the segment's
-/// direction's part of the entry. The fine clock is read only by segments that may start or
+/// answers (the acknowledging segment, the first echo of a TSval). `d` is the segment's
+/// direction, `dc` its part of the entry. The fine clock is read only by segments that may start or
 /// end a sample.
 #[inline(always)]
 fn rtt(
     p: &Parsed,
+    d: usize,
     tk: &mut TsKey,
     r: &mut FlowRtt,
     dc: &mut DirCounters,
@@ -391,7 +395,7 @@ fn rtt(
             // SYNs are left to the handshake sample, or it would be counted twice.
             tk.flow = p.key;
             tk.tsval = p.tsval;
-            tk.dir = dir_index(p) as u8;
+            tk.dir = d as u8;
             zero_pad(&mut tk._pad);
             match RTT_PENDING.insert(&*tk, &now, BPF_NOEXIST as u64) {
                 Ok(()) => {}
@@ -411,7 +415,7 @@ fn rtt(
         // The echoed TSval went the other way.
         tk.flow = p.key;
         tk.tsval = p.tsecr;
-        tk.dir = (dir_index(p) ^ 1) as u8;
+        tk.dir = (d ^ 1) as u8;
         zero_pad(&mut tk._pad);
         // SAFETY: the value is copied out before the entry is removed.
         if let Some(sent) = unsafe { RTT_PENDING.get(&*tk) }.copied() {
@@ -434,8 +438,7 @@ fn sample(r: &mut FlowRtt, us: u32) {
 }
 
 #[inline(always)]
-fn update(v: *mut FlowCounters, p: &Parsed, segs: u64, bytes: u64, now: u64) {
-    let d = dir_index(p);
+fn update(v: *mut FlowCounters, p: &Parsed, d: usize, segs: u64, bytes: u64, now: u64) {
     // SAFETY: `v` points at a live map value; concurrent CPUs only touch it atomically
     // (counters, flags) or with whole-word stores (last_seen).
     unsafe {

@@ -3,12 +3,13 @@
 //! loads them by default).
 //!
 //! Every run must return XDP_PASS / TC_ACT_UNSPEC (no verdict); the kernel may refuse only
-//! the frames its test run refuses before any program runs (see `refused`). The programs' counts are checked
-//! against the host parser (`shared::parse`, the same code) over a model of the programs'
-//! reads, batch by batch: each stat's packets and bytes, and each flow's counters per
-//! direction and TCP flags. So a frame counted twice (as a flow and as a parse failure, or
-//! under two stats) or not at all fails the test, as does the kernel and host parser
-//! disagreeing about any frame. A failing batch is replayed frame by frame to name the frame.
+//! the frames its test run refuses before any program runs (see `refused`). The programs'
+//! counts are checked against the host parser (`shared::parse`, the same code) over a model
+//! of the programs' reads, batch by batch: each stat's packets and bytes, and each flow's
+//! counters per direction and TCP flags. So a frame counted twice (as a flow and as a parse
+//! failure, or under two stats) or not at all fails the test, as does the kernel and host
+//! parser disagreeing about any frame. A failing batch is replayed frame by frame to name the
+//! frame.
 //!
 //! `EDGEFLOW_FUZZ_FRAMES` (default 100,000 per hook) and `EDGEFLOW_FUZZ_SEED` reproduce or
 //! extend a run.
