@@ -12,7 +12,7 @@
 //! can hold its key — in a small map built for that span.
 
 use crate::{table::Span, window::Counts};
-use shared::{FlowCounters, FlowKey};
+use shared::FlowKey;
 use std::collections::HashMap;
 
 /// foldhash instead of SipHash: the keys are our own table's.
@@ -68,14 +68,14 @@ impl Baseline {
         self.span = None;
     }
 
-    /// Records the entry `key` read in `span` with counters `now`, and returns what it had at
+    /// Records the entry `key` read in `span` with counts `now`, and returns what it had at
     /// the last walk (zero for an entry new since).
-    pub fn step(&mut self, span: Span, key: &FlowKey, now: &FlowCounters) -> Counts {
+    pub fn step(&mut self, span: Span, key: &FlowKey, now: Counts) -> Counts {
         if self.span != Some(span) {
             self.enter(span);
         }
         let before = self.find(key);
-        self.next.push(span, key, Counts::of(now));
+        self.next.push(span, key, now);
         before
     }
 
@@ -153,8 +153,8 @@ mod tests {
         }
     }
 
-    fn counters(n: u64) -> FlowCounters {
-        FlowCounters::counted([n, 1], [100 * n, 10])
+    fn counters(n: u64) -> Counts {
+        Counts::of(&shared::FlowCounters::counted([n, 1], [100 * n, 10]))
     }
 
     fn span(table: u8, start: u32, end: u32) -> Span {
@@ -167,7 +167,7 @@ mod tests {
         b.start();
         let got = entries
             .iter()
-            .map(|&(s, k, n)| b.step(s, &key(k), &counters(n)).packets[0])
+            .map(|&(s, k, n)| b.step(s, &key(k), counters(n)).packets[0])
             .collect();
         b.finish();
         got
@@ -234,9 +234,9 @@ mod tests {
         let mut b = Baseline::default();
         let s = span(0, 0, 16);
         b.start();
-        b.step(s, &key(1), &counters(10));
+        b.step(s, &key(1), counters(10));
         let at = b.recorded();
-        b.step(s, &key(2), &counters(20));
+        b.step(s, &key(2), counters(20));
         b.finish();
         b.forget(at);
         assert_eq!(walk(&mut b, &[(s, 1, 11), (s, 2, 3)]), [10, 0]);

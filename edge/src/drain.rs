@@ -50,9 +50,8 @@ impl Drainer {
     /// counters, and a packet counted between the two would stay in one and not the other.
     pub fn new(table: FlowTable, expiry: Expiry) -> Result<Drainer, TableError> {
         let mut baseline = Baseline::default();
-        baseline.start();
         table.for_each_flow(&mut |span, k, v| {
-            baseline.step(span, k, v);
+            baseline.step(span, k, Counts::of(v));
         })?;
         baseline.finish();
         let prev_stats = table.read_stats()?;
@@ -82,7 +81,6 @@ impl Drainer {
         let mut expired = std::mem::take(&mut self.expired);
         expired.clear();
         let mut in_flows = Counter::default();
-        let mut live = 0usize;
         let baseline = &mut self.baseline;
         baseline.start();
         // Flows first, then the counters: a packet counted between the two reads is in the
@@ -90,10 +88,9 @@ impl Drainer {
         // every window conserves exactly) and the kernel counter checks them through
         // `unsettled`, which such packets raise for one window only.
         self.table.for_each_flow(&mut |span, key, cur| {
-            live += 1;
             let at = baseline.recorded();
-            let before = baseline.step(span, key, cur);
-            let delta = Counts::of(cur).since(&before);
+            let now = Counts::of(cur);
+            let delta = now.since(&baseline.step(span, key, now));
             if delta.packets != [0, 0] {
                 in_flows.add(&Counter {
                     packets: delta.packets[0].wrapping_add(delta.packets[1]),
@@ -150,7 +147,7 @@ impl Drainer {
             overflow,
             unsettled: self.unsettled,
             stats: stats_map(&delta),
-            active_flows: (live as u32).saturating_sub(removed),
+            active_flows: (self.baseline.entries() as u32).saturating_sub(removed),
             expired_flows: removed,
             flows,
             rtt_hist,
