@@ -58,20 +58,19 @@ pub struct Baseline {
     /// Key → position in `candidates`, built at the span's first entry out of order.
     index: FastMap<FlowKey, usize>,
     indexed: bool,
-    span: Option<Span>,
 }
 
 impl Baseline {
     /// Begins a walk (what an unfinished one recorded is dropped).
     pub fn start(&mut self) {
         self.next.clear();
-        self.span = None;
     }
 
     /// Records the entry `key` read in `span` with counts `now`, and returns what it had at
     /// the last walk (zero for an entry new since).
     pub fn step(&mut self, span: Span, key: &FlowKey, now: Counts) -> Counts {
-        if self.span != Some(span) {
+        // A new read: the walk's record has no span yet or another one last.
+        if self.next.spans.last().is_none_or(|(s, _)| *s != span) {
             self.enter(span);
         }
         let before = self.find(key);
@@ -106,7 +105,6 @@ impl Baseline {
     }
 
     fn enter(&mut self, span: Span) {
-        self.span = Some(span);
         self.candidates.clear();
         for (s, r) in &self.last.spans {
             if s.overlaps(&span) {
