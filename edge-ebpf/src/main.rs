@@ -14,7 +14,7 @@
 #![feature(core_intrinsics)]
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::{xdp_action, BPF_F_MMAPABLE, BPF_NOEXIST, TC_ACT_UNSPEC},
     helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray},
@@ -22,25 +22,24 @@ use aya_ebpf::{
     EbpfContext,
 };
 use aya_log_ebpf::warn;
-use core::{
-    intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed},
-    mem::MaybeUninit,
+use core::intrinsics::{
+    atomic_cxchg, atomic_or, atomic_xadd, atomic_xchg,
+    AtomicOrdering::{Relaxed, SeqCst},
 };
 use shared::{
-    cpu::{CpuSlot, DEFAULT_CPUS},
+    cpu::{CpuSlot, Settings, DEFAULT_CPUS},
     flow::{tcp, zero_pad, DirCounters, DEFAULT_MAX_FLOWS},
     parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP},
     rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, RTT_BUCKETS},
     stats::STATS_LEN,
-    FlowCounters, FlowKey, FlowKey4, Stat,
+    table::{self, FlowSlot, BUSY, EMPTY, LIVE, PROBES},
+    FlowCounters, Stat,
 };
 
-/// The flow tables, IPv4 and IPv6 (`shared::flow::FLOWS4_MAP`: why two). Their size is set by
-/// the loader (`--max-flows`, each); this is only the default.
-#[map(name = "FLOWS4")]
-static FLOWS4: HashMap<FlowKey4, FlowCounters> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
-#[map(name = "FLOWS6")]
-static FLOWS6: HashMap<FlowKey, FlowCounters> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+/// The flow table (`shared::table`: its layout and why an array). Its size is set by the
+/// loader (`--max-flows`); this is only the default. Mappable: the agent reads it as memory.
+#[map(name = "FLOWS")]
+static FLOWS: Array<FlowSlot> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS, BPF_F_MMAPABLE);
 
 /// Per CPU: the programs' counters and scratch room (`shared::cpu`: why a plain array).
 #[map(name = "CPU_SLOTS")]
@@ -252,8 +251,7 @@ fn account<C: EbpfContext>(
         return;
     }
     // SAFETY: this CPU's slot, ours for this run; disjoint from the stats `bump` writes.
-    let (p, init, ts_key) =
-        unsafe { (&mut (*slot).parsed, &mut (*slot).init, &mut (*slot).ts_key) };
+    let (p, ts_key) = unsafe { (&mut (*slot).parsed, &mut (*slot).ts_key) };
     let bytes = p.wire_bytes(segs);
     // SAFETY: this CPU's slot; the loader wrote the settings before attaching us.
     let settings = unsafe { (*slot).settings };
@@ -272,15 +270,7 @@ fn account<C: EbpfContext>(
     let now = unsafe { bpf_jiffies64() };
     // Read once (a volatile load, see there) for the entry's and the RTT state's direction.
     let d = dir_index(p);
-    let v = if p.ipv4 {
-        // On the stack, whose lines are warm, not in the slot: the slot's per-packet part
-        // stays within two lines.
-        let mut key4 = MaybeUninit::uninit();
-        let key4 = FlowKey4::init_from(&mut key4, &p.key);
-        entry(ctx, &FLOWS4, key4, p, d, init, segs64, bytes, now)
-    } else {
-        entry(ctx, &FLOWS6, &p.key, p, d, init, segs64, bytes, now)
-    };
+    let v = entry(ctx, p, d, &settings, segs64, bytes, now);
     let Some(v) = v else {
         return;
     };
@@ -294,70 +284,114 @@ fn account<C: EbpfContext>(
             r,
             dc,
             egress,
-            settings.rtt_interval_ns,
+            settings.rtt_interval_us,
             segs64,
             bytes,
         );
     }
 }
 
-/// Zeroes a new entry's value word by word: assigning zeroed fields becomes a `memset` call,
-/// a byte loop in BPF (80 bytes of it on every new flow).
+/// Zeroes a claimed slot's counters word by word: assigning zeroed fields becomes a `memset`
+/// call, a byte loop in BPF.
 #[inline(always)]
-fn zero(v: &mut FlowCounters) {
+fn zero(v: *mut FlowCounters) {
     const WORDS: usize = core::mem::size_of::<FlowCounters>() / 8;
-    let w = v as *mut FlowCounters as *mut u64;
+    let w = v as *mut u64;
     for i in 0..WORDS {
-        // SAFETY: FlowCounters is 8-aligned and a whole number of u64 words.
+        // SAFETY: FlowCounters is 64-aligned and a whole number of u64 words.
         unsafe { core::ptr::write_volatile(w.add(i), 0) };
     }
 }
 
-/// The packet's flow entry in `table`, updated with the packet (direction `d`), or a new
-/// one; `None` when the table is full (counted as overflow).
+/// Rounds of the claim: a round that meets a slot being claimed (maybe for this flow) or loses
+/// the race for a free one looks again from the start.
+const CLAIM_ROUNDS: u32 = 3;
+
+/// The packet's flow slot, updated with the packet (direction `d`), or a slot claimed for it
+/// (`shared::table`: the probing and the slot states); `None` when no slot on the key's
+/// probe sequence is free (counted as overflow).
+///
+/// The loops keep little state from one slot to the next (the verifier walks every
+/// iteration): a lookup, then, for a new flow, claim rounds that take the first free slot.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn entry<C: EbpfContext, K>(
+fn entry<C: EbpfContext>(
     ctx: &C,
-    table: &HashMap<K, FlowCounters>,
-    key: &K,
     p: &Parsed,
     d: usize,
-    init: &mut FlowCounters,
+    settings: &Settings,
     segs64: u64,
     bytes: u64,
     now: u64,
 ) -> Option<*mut FlowCounters> {
-    if let Some(v) = table.get_ptr_mut(key) {
-        update(v, p, d, segs64, bytes, now);
-        return Some(v);
+    let home = table::hash(&p.key, settings.hash_seed);
+    let mask = settings.slot_mask;
+    let mut room = false;
+    for i in 0..PROBES {
+        let s = FLOWS.get_ptr_mut(home.wrapping_add(i) & mask)?;
+        // SAFETY (here and in the claim): a live array slot; its state word only changes
+        // atomically, and a LIVE slot's key does not change.
+        let st = unsafe { core::ptr::read_volatile(&raw const (*s).state) };
+        if st == LIVE && table::same_key(unsafe { &(*s).key }, &p.key) {
+            let v = unsafe { &raw mut (*s).counters };
+            update(v, p, d, segs64, bytes, now);
+            return Some(v);
+        }
+        if st == EMPTY {
+            room = true;
+            break;
+        }
+        room |= st != LIVE;
     }
-    zero(init);
-    init.dir[d].packets = segs64;
-    init.dir[d].bytes = bytes;
-    init.dir[d].last_seen = now;
-    init.first_seen = now;
-    init.tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
-    init.initiator = p.initiator as u32;
-    match table.insert(key, &*init, BPF_NOEXIST as u64) {
-        // Removed again in between (the agent expiring it): the packet is counted.
-        Ok(()) => table.get_ptr_mut(key),
-        // Another CPU inserted it first: add to its entry.
-        Err(e) if e as i64 == -EEXIST => match table.get_ptr_mut(key) {
-            Some(v) => {
-                update(v, p, d, segs64, bytes, now);
-                Some(v)
+    // A new flow. A full sequence (every slot held, none being claimed) is overflow at once:
+    // a full table costs its packets one pass, not one per round.
+    let mut again = room;
+    for _ in 0..CLAIM_ROUNDS {
+        if !again {
+            break;
+        }
+        again = false;
+        for i in 0..PROBES {
+            let s = FLOWS.get_ptr_mut(home.wrapping_add(i) & mask)?;
+            let st = unsafe { core::ptr::read_volatile(&raw const (*s).state) };
+            if st == LIVE {
+                if table::same_key(unsafe { &(*s).key }, &p.key) {
+                    // Another CPU added it meanwhile.
+                    let v = unsafe { &raw mut (*s).counters };
+                    update(v, p, d, segs64, bytes, now);
+                    return Some(v);
+                }
+                continue;
             }
-            None => {
-                overflow(ctx, segs64, bytes, now);
-                None
+            if st == BUSY
+                || !unsafe {
+                    atomic_cxchg::<u32, { SeqCst }, { SeqCst }>(&raw mut (*s).state, st, BUSY).1
+                }
+            {
+                // Being claimed, perhaps for this flow, or just taken: look again.
+                again = true;
+                break;
             }
-        },
-        Err(_) => {
-            overflow(ctx, segs64, bytes, now);
-            None
+            // SAFETY: claimed: ours until published.
+            unsafe {
+                (&raw mut (*s).key).write(p.key);
+                let v = &raw mut (*s).counters;
+                zero(v);
+                let dc = &raw mut (*v).dir[d];
+                (*dc).packets = segs64;
+                (*dc).bytes = bytes;
+                (*dc).last_seen = now;
+                (*v).first_seen = now;
+                (*v).tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
+                (*v).initiator = p.initiator as u32;
+                // A full barrier: a CPU that sees LIVE sees the key.
+                atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).state, LIVE);
+                return Some(v);
+            }
         }
     }
+    overflow(ctx, segs64, bytes, now);
+    None
 }
 
 /// The fine clock, for the two ends of an RTT sample.
@@ -379,7 +413,7 @@ fn rtt(
     r: &mut FlowRtt,
     dc: &mut DirCounters,
     egress: bool,
-    interval_ns: u64,
+    interval_us: u32,
     segs: u64,
     bytes: u64,
 ) {
@@ -389,7 +423,7 @@ fn rtt(
             r.syn_sent(p.seq, fine_now());
         } else if p.has_ts && p.tsval != dc.ts_last_val {
             let now = fine_now();
-            if !r.arm_tsval(&mut dc.ts_last_val, p.tsval, now, interval_ns) {
+            if !r.arm_tsval(&mut dc.ts_last_val, p.tsval, now, interval_us) {
                 return;
             }
             // SYNs are left to the handshake sample, or it would be counted twice.

@@ -8,8 +8,9 @@ use aya::{
 use aya_log::EbpfLogger;
 use shared::{
     cpu::{Settings, SlotBytes, CPU_SLOTS_MAP},
-    flow::{FLOWS4_MAP, FLOWS6_MAP},
+    flow::FLOWS_MAP,
     rtt::PENDING_MAP,
+    table::TableShape,
 };
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ pub const CLOCK_PROG: &str = "edgeflow_clock";
 /// Settings fixed at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
-    /// Entries in the flow table.
+    /// Flows the table is sized for (`shared::table::TableShape::for_flows`).
     pub max_flows: u32,
     /// 1-in-N packet sampling (1: every packet).
     pub sample_every: u32,
@@ -105,16 +106,23 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
     if object.is_empty() {
         return Err(LoadError::NoObject);
     }
+    let shape = TableShape::for_flows(opts.max_flows, random_seed());
     let settings = Settings {
-        rtt_interval_ns: opts.rtt.unwrap_or_default().interval.as_nanos() as u64,
+        rtt_interval_us: opts
+            .rtt
+            .unwrap_or_default()
+            .interval
+            .as_micros()
+            .min(u32::MAX as u128) as u32,
         sample_every: opts.sample_every.max(1),
         rtt_on: opts.rtt.is_some() as u32,
+        hash_seed: shape.seed,
+        slot_mask: shape.mask(),
     };
     let cpus = aya::util::nr_cpus().map_err(|(path, source)| LoadError::Cpus { path, source })?;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(CPU_SLOTS_MAP, cpus as u32)
-        .map_max_entries(FLOWS4_MAP, opts.max_flows)
-        .map_max_entries(FLOWS6_MAP, opts.max_flows)
+        .map_max_entries(FLOWS_MAP, shape.slots)
         // One pending timestamp per flow is the common case.
         .map_max_entries(PENDING_MAP, opts.max_flows)
         .load(object)?;
@@ -135,6 +143,12 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
         load_program::<Xdp>(&mut ebpf, CLOCK_PROG)?;
     }
     Ok(Loaded { ebpf, logger })
+}
+
+/// A seed for the table's hash from the OS's randomness (std seeds each `RandomState` so).
+fn random_seed() -> u32 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0u8) as u32
 }
 
 /// Writes `settings` into every CPU's slot, the rest zeroed: before any program is attached,

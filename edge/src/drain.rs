@@ -1,12 +1,11 @@
 //! Each interval: read the table, turn cumulative counters into deltas, expire what is done.
 
 use crate::{
-    baseline::Baseline,
     clock::ClockPair,
     table::{FlowTable, RttHist, Stats, TableError},
     window::{stats_map, Counts, FlowRecord, Window},
 };
-use shared::{flow::tcp, Counter, Direction, FlowCounters, FlowKey, Stat};
+use shared::{flow::tcp, Counter, Direction, FlowCounters, Stat};
 use std::time::Duration;
 
 /// When entries leave the kernel table.
@@ -30,16 +29,19 @@ impl Default for Expiry {
     }
 }
 
-/// Keeps the last counters of every entry, to report deltas.
+/// Keeps the last counters of every slot, to report deltas.
 pub struct Drainer {
     pub table: FlowTable,
     expiry: Expiry,
-    baseline: Baseline,
+    /// Per slot: its flow's counts at the last drain (zero for a slot freed since).
+    baseline: Vec<Counts>,
+    /// Flows in the table at the last drain.
+    active: usize,
     prev_stats: Stats,
     prev_hist: RttHist,
     last: ClockPair,
-    /// Entries to remove: key, packets when read, position in the walk.
-    expired: Vec<(FlowKey, [u64; 2], usize)>,
+    /// Flows to free: slot, packets when read.
+    expired: Vec<(u32, [u64; 2])>,
     /// Kernel `parsed` minus reported totals, summed since the start (see `Window::unsettled`).
     unsettled: Counter,
 }
@@ -49,15 +51,19 @@ impl Drainer {
     /// it before the programs are attached: the baseline reads the flows and then the
     /// counters, and a packet counted between the two would stay in one and not the other.
     pub fn new(table: FlowTable, expiry: Expiry) -> Result<Drainer, TableError> {
-        let mut baseline = Baseline::default();
-        table.for_each_flow(&mut |span, k, v| {
-            baseline.step(span, k, Counts::of(v));
-        })?;
-        baseline.finish();
+        let view = table.view()?;
+        let mut baseline = vec![Counts::default(); view.shape().slots as usize];
+        let mut active = 0;
+        view.for_each_flow(&mut |i, _, v| {
+            baseline[i as usize] = Counts::of(v);
+            active += 1;
+        });
+        drop(view);
         let prev_stats = table.read_stats()?;
         let prev_hist = table.read_rtt_hist()?;
         Ok(Drainer {
             baseline,
+            active,
             table,
             expiry,
             prev_stats,
@@ -68,7 +74,7 @@ impl Drainer {
         })
     }
 
-    /// Ends the current window and starts the next. The table is walked once, in chunks,
+    /// Ends the current window and starts the next. The table is read once, as memory,
     /// straight into the deltas: no copy of the whole table is held.
     pub fn drain(&mut self) -> Result<Window, TableError> {
         let now = ClockPair::now();
@@ -76,21 +82,22 @@ impl Drainer {
         // Tick stamps to wall-clock ms, through the monotonic clock.
         let to_ms = |t: u64| now.to_unix_ms(ticks.to_mono_ns(t));
         let expiry = self.expiry;
-        // Sized once from the last walk: growing by doubling would briefly hold 3x as much.
-        let mut flows = Vec::with_capacity(self.baseline.entries());
+        // Sized once from the last drain: growing by doubling would briefly hold 3x as much.
+        let mut flows = Vec::with_capacity(self.active);
         let mut expired = std::mem::take(&mut self.expired);
         expired.clear();
         let mut in_flows = Counter::default();
+        let mut active = 0;
         let baseline = &mut self.baseline;
-        baseline.start();
+        let view = self.table.view()?;
         // Flows first, then the counters: a packet counted between the two reads is in the
         // kernel's `parsed` but not yet in a flow delta. Totals are taken from the flows (so
         // every window conserves exactly) and the kernel counter checks them through
         // `unsettled`, which such packets raise for one window only.
-        self.table.for_each_flow(&mut |span, key, cur| {
-            let at = baseline.recorded();
+        view.for_each_flow(&mut |i, key, cur| {
+            active += 1;
             let now = Counts::of(cur);
-            let delta = now.since(&baseline.step(span, key, now));
+            let delta = now.since(&std::mem::replace(&mut baseline[i as usize], now));
             if delta.packets != [0, 0] {
                 in_flows.add(&Counter {
                     packets: delta.packets[0].wrapping_add(delta.packets[1]),
@@ -104,23 +111,23 @@ impl Drainer {
                     .saturating_sub(ticks.to_mono_ns(cur.last_seen())),
             );
             if idle >= expiry.inactive || (finished(cur) && idle >= expiry.finished) {
-                expired.push((*key, cur.packets(), at));
+                expired.push((i, cur.packets()));
             }
-        })?;
-        // Entries of the last walk not in this one (removed by someone else) are forgotten.
-        self.baseline.finish();
+        });
         let stats = self.table.read_stats()?;
         let hist = self.table.read_rtt_hist()?;
         let mut removed = 0u32;
-        for (key, packets, at) in &expired {
-            // A packet that came since the read keeps the entry for the next window. Compared
+        for &(i, packets) in &expired {
+            // A packet that came since the read keeps the flow for the next window. Compared
             // by count, not by last_seen: that has tick resolution.
-            if self.table.get(key).is_some_and(|c| c.packets() == *packets) {
-                self.table.remove(key)?;
-                self.baseline.forget(*at);
+            if view.free(i, Some(packets)) {
+                // A flow that comes back counts from zero.
+                baseline[i as usize] = Counts::default();
                 removed += 1;
             }
         }
+        view.tidy();
+        drop(view);
         self.expired = expired;
 
         let delta: Vec<Counter> = stats
@@ -147,12 +154,13 @@ impl Drainer {
             overflow,
             unsettled: self.unsettled,
             stats: stats_map(&delta),
-            active_flows: (self.baseline.entries() as u32).saturating_sub(removed),
+            active_flows: (active as u32).saturating_sub(removed),
             expired_flows: removed,
             flows,
             rtt_hist,
         };
         self.last = now;
+        self.active = active;
         Ok(w)
     }
 }

@@ -3,7 +3,6 @@
 //! `main.rs` only wires these modules to the command line.
 
 pub mod attach;
-pub mod baseline;
 pub mod bpf;
 pub mod caps;
 pub mod clock;

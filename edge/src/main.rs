@@ -55,7 +55,7 @@ struct RunCmd {
     /// seconds per window (default 10; fractions allowed)
     #[argh(option)]
     interval: Option<f64>,
-    /// flows each table holds, IPv4 and IPv6 (default 16384)
+    /// flows the table is sized for, IPv4 and IPv6 together: twice as many slots (default 16384)
     #[argh(option)]
     max_flows: Option<u32>,
     /// flow records per summary, largest first; the rest is folded into "other" (default 1024)
@@ -190,7 +190,7 @@ struct WatchCmd {
     /// one JSON object per window on stdout
     #[argh(switch)]
     json: bool,
-    /// flows each table holds, IPv4 and IPv6 (default 16384)
+    /// flows the table is sized for, IPv4 and IPv6 together: twice as many slots (default 16384)
     #[argh(option, default = "shared::flow::DEFAULT_MAX_FLOWS")]
     max_flows: u32,
     /// ingress hook: auto, xdp or tc (default auto: chosen per interface)

@@ -77,7 +77,7 @@ fn udp_ipv4_exact_from_outside_the_namespace() {
     let line = got
         .stderr
         .lines()
-        .find(|l| l.contains("flow tables of 16384 entries each (IPv4, IPv6)"))
+        .find(|l| l.contains("flow table of 32768 slots for 16384 flows (IPv4 and IPv6)"))
         .unwrap_or_else(|| panic!("no table line in:\n{}", got.stderr));
     assert!(line.ends_with("MiB of kernel memory"), "{line}");
 }

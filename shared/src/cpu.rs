@@ -9,7 +9,7 @@
 //! (huge pages). The programs index it with `bpf_get_smp_processor_id()`, which the verifier
 //! inlines; they cannot nest on one CPU, as with a per-CPU map.
 
-use crate::{parse::Parsed, rtt::TsKey, stats::Stats, FlowCounters};
+use crate::{parse::Parsed, rtt::TsKey, stats::Stats};
 
 /// Map name of the CPU slots; the loader sizes it to the machine's possible CPUs.
 pub const CPU_SLOTS_MAP: &str = "CPU_SLOTS";
@@ -22,18 +22,20 @@ pub const DEFAULT_CPUS: u32 = 64;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// At most one timestamp RTT sample per flow per this many ns.
-    pub rtt_interval_ns: u64,
+    /// At most one timestamp RTT sample per flow per this many µs.
+    pub rtt_interval_us: u32,
     /// 1-in-N packet sampling; 0 and 1 count every packet.
     pub sample_every: u32,
     /// TCP RTT tracking: 1 on, 0 off.
     pub rtt_on: u32,
+    /// The flow table's hash seed and slot mask ([`crate::table::TableShape`]).
+    pub hash_seed: u32,
+    pub slot_mask: u32,
 }
 
 /// One CPU's slot. What every packet touches comes first and together — the parsed packet,
 /// the settings, then the stats block, whose first two counters (`Seen`, `Parsed`) every
-/// packet bumps: 128 bytes, two cache lines (the IPv4 key is built on the stack). The
-/// new-entry value and the RTT key (written rarely) come last. Line-aligned, so no two CPUs'
+/// packet bumps: 128 bytes, two cache lines. The RTT key (written rarely) comes last. Line-aligned, so no two CPUs'
 /// slots share a line.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
@@ -43,8 +45,6 @@ pub struct CpuSlot {
     pub settings: Settings,
     /// This CPU's counters, indexed by [`crate::Stat`]; the agent sums them over slots.
     pub stats: Stats,
-    /// A new entry's value, built here and copied by the insert.
-    pub init: FlowCounters,
     /// The pending map's key of a TSval.
     pub ts_key: TsKey,
 }
@@ -69,6 +69,13 @@ impl SlotBytes {
             core::ptr::write_unaligned(b.0.as_mut_ptr().add(at).cast::<Settings>(), settings)
         };
         b
+    }
+
+    /// The settings the loader wrote.
+    pub fn settings(&self) -> Settings {
+        let at = core::mem::offset_of!(CpuSlot, settings);
+        // SAFETY: `Settings` (integers: any bit pattern is one) lies at its offset inside.
+        unsafe { core::ptr::read_unaligned(self.0.as_ptr().add(at).cast::<Settings>()) }
     }
 
     /// The slot's stats block.
@@ -97,7 +104,7 @@ mod tests {
         assert_eq!(size_of::<CpuSlot>() % 64, 0);
         // Up to 56 CPUs' slots and the map's header stay within what the kernel allocates
         // with kmalloc for an array (32 KiB); more CPUs still work, in vmalloc'd pages.
-        assert_eq!(size_of::<CpuSlot>(), 576);
+        assert_eq!(size_of::<CpuSlot>(), 384);
     }
 
     /// The agent's byte view puts the settings and reads the stats where the programs'
@@ -106,7 +113,9 @@ mod tests {
     #[test]
     fn bytes_match_the_slot_layout() {
         let settings = Settings {
-            rtt_interval_ns: 100_000_000,
+            rtt_interval_us: 100_000,
+            hash_seed: 5,
+            slot_mask: 1023,
             sample_every: 7,
             rtt_on: 1,
         };
@@ -114,6 +123,7 @@ mod tests {
         // SAFETY: all-zero bytes are a valid `CpuSlot` (enums' first variants are 0).
         let slot: CpuSlot = unsafe { core::ptr::read(b.0.as_ptr().cast()) };
         assert_eq!(slot.settings, settings);
+        assert_eq!(b.settings(), settings);
         assert_eq!(slot.stats, Stats::default());
         let mut slot = slot;
         slot.stats[crate::Stat::Parsed as usize] = crate::Counter {

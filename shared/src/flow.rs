@@ -5,19 +5,16 @@
 //! value keeps its counters per [`Direction`].
 
 use crate::rtt::FlowRtt;
-use core::mem::MaybeUninit;
 
-/// Map names of the flow tables in the eBPF object: IPv4 flows ([`FlowKey4`]) and IPv6 flows
-/// ([`FlowKey`]). Two tables because the kernel hashes and compares the whole key on every
-/// packet: IPv4's 24-byte key costs 5–10 ns less per packet than the 48-byte one
-/// (bench/RESULTS.md).
-pub const FLOWS4_MAP: &str = "FLOWS4";
-pub const FLOWS6_MAP: &str = "FLOWS6";
+/// Map name of the flow table in the eBPF object: an array of [`crate::table::FlowSlot`]
+/// (see [`crate::table`] for why not a hash map).
+pub const FLOWS_MAP: &str = "FLOWS";
 /// Map name of the two-slot array where the `edgeflow_clock` program (run by the agent with
 /// BPF_PROG_TEST_RUN) leaves the tick counter (slot 0) and CLOCK_MONOTONIC in ns (slot 1),
 /// read at one moment.
 pub const TICK_CLOCK_MAP: &str = "TICK_CLOCK";
-/// Default number of entries in the flow table.
+/// Default number of flows the flow table is sized for (it has twice as many slots:
+/// [`crate::table::TableShape`]).
 pub const DEFAULT_MAX_FLOWS: u32 = 16_384;
 /// Smallest and largest table the agent accepts.
 pub const MIN_MAX_FLOWS: u32 = 16;
@@ -49,25 +46,8 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// [`FlowKey`] of an IPv4 flow as the IPv4 table keys it: the same fields, 4-byte addresses.
-/// 8-aligned (its size is 24 either way) so the programs' copy on the stack is: the verifier
-/// rejects a misaligned stack access, and LLVM copies the key in words.
-#[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey4 {
-    pub addr_a: [u8; 4],
-    pub addr_b: [u8; 4],
-    pub port_a: u16,
-    pub port_b: u16,
-    pub vlan_outer: u16,
-    pub vlan_inner: u16,
-    pub ifindex: u32,
-    pub proto: u8,
-    pub _pad: [u8; 3],
-}
-
 /// Zeroes a key's padding bytes one volatile store at a time: `[0; 3]` or a plain loop
-/// becomes a `memset` call, a byte loop in BPF. The kernel hashes the padding with the key.
+/// becomes a `memset` call, a byte loop in BPF. The table's hash and compare cover the padding.
 #[inline(always)]
 pub fn zero_pad(pad: &mut [u8; 3]) {
     for b in pad.iter_mut() {
@@ -82,65 +62,6 @@ pub fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
     // One 128-bit value, stored as words: an array literal becomes a memset call, a byte loop
     // in BPF.
     ((0xffff_u128 << 32) | u32::from_be_bytes(a) as u128).to_be_bytes()
-}
-
-/// The last four bytes of an address: the IPv4 address, if it is IPv4-mapped.
-#[inline(always)]
-fn v4_part(a: &[u8; 16]) -> [u8; 4] {
-    [a[12], a[13], a[14], a[15]]
-}
-
-impl FlowKey4 {
-    /// Writes `k`'s fields into `out`, with the IPv4 part of its (IPv4-mapped) addresses, and
-    /// returns it. In place and field by field: a value returned and moved, or a struct
-    /// literal, lets LLVM copy the padding's three bytes with a misaligned store (the
-    /// verifier rejects it on the stack), and a struct copy can become a `memcpy` call (a
-    /// byte loop in BPF).
-    #[inline(always)]
-    pub fn init_from<'a>(out: &'a mut MaybeUninit<FlowKey4>, k: &FlowKey) -> &'a FlowKey4 {
-        let o = out.as_mut_ptr();
-        // SAFETY: every field of `out` is written before it is handed out.
-        unsafe {
-            (&raw mut (*o).addr_a).write(v4_part(&k.addr_a));
-            (&raw mut (*o).addr_b).write(v4_part(&k.addr_b));
-            (&raw mut (*o).port_a).write(k.port_a);
-            (&raw mut (*o).port_b).write(k.port_b);
-            (&raw mut (*o).vlan_outer).write(k.vlan_outer);
-            (&raw mut (*o).vlan_inner).write(k.vlan_inner);
-            (&raw mut (*o).ifindex).write(k.ifindex);
-            (&raw mut (*o).proto).write(k.proto);
-            for i in 0..3 {
-                core::ptr::write_volatile((&raw mut (*o)._pad).cast::<u8>().add(i), 0);
-            }
-            out.assume_init_ref()
-        }
-    }
-
-    /// The flow's identity in the common form: addresses IPv4-mapped.
-    pub fn to_key(&self) -> FlowKey {
-        FlowKey {
-            addr_a: v4_mapped(self.addr_a),
-            addr_b: v4_mapped(self.addr_b),
-            port_a: self.port_a,
-            port_b: self.port_b,
-            vlan_outer: self.vlan_outer,
-            vlan_inner: self.vlan_inner,
-            ifindex: self.ifindex,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
-    }
-}
-
-impl FlowKey {
-    /// The IPv4 table's key of this flow, when both addresses are IPv4-mapped.
-    pub fn to_v4(&self) -> Option<FlowKey4> {
-        let is_mapped = |a: &[u8; 16]| v4_mapped(v4_part(a)) == *a;
-        if !is_mapped(&self.addr_a) || !is_mapped(&self.addr_b) {
-            return None;
-        }
-        Some(*FlowKey4::init_from(&mut MaybeUninit::uninit(), self))
-    }
 }
 
 /// Which way a packet went, relative to the key's canonical order.
@@ -168,14 +89,14 @@ pub enum Initiator {
     B = 1,
 }
 
-/// One direction's per-packet fields, alone in a cache line of an IPv4 element.
+/// One direction's per-packet fields, alone in a cache line of a table slot.
 ///
 /// On a monitored interface a flow's two directions are its two hooks (packets a→b arrive,
 /// b→a leave, or the reverse), run by different CPUs: the receiver's ACKs leave from the CPU
 /// of the process reading while the data arrives in the sender's softirq. Each hook writes only
 /// its own direction's line, so the two CPUs do not take a line from each other on every
 /// packet (bench/RESULTS.md, session 7).
-#[repr(C)]
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DirCounters {
     /// Packets, counted as on the wire.
@@ -195,13 +116,10 @@ pub struct DirCounters {
 
 /// Counters of one conversation. Updated with atomic adds by every CPU that sees it.
 ///
-/// The kernel's hash map puts a 48-byte header and the key before the value, so in the IPv4
-/// table (24-byte key) the value starts at byte 72 of the element, in the key's second line.
-/// That line holds what packets read but seldom write (first seen, flags, the RTT state that
-/// changes once per sample), and each direction's per-packet fields ([`DirCounters`]) have a
-/// line of their own: a 256-byte element, starting on a line. IPv6 elements (48-byte key)
-/// are 280 bytes and do not keep to lines.
-#[repr(C)]
+/// A line of what packets read but seldom write (first seen, flags, the RTT state that
+/// changes once per sample), then each direction's per-packet fields ([`DirCounters`]) in a
+/// line of their own.
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCounters {
     /// The tick counter at the first packet (as [`DirCounters::last_seen`]).
@@ -213,7 +131,8 @@ pub struct FlowCounters {
     pub initiator: u32,
     /// TCP round-trip times measured at this interface (see [`crate::rtt`]).
     pub rtt: FlowRtt,
-    pub _pad: u32,
+    /// Fills the line.
+    pub _pad: [u32; 3],
     /// Per [`Direction`] (index 0: a→b, 1: b→a).
     pub dir: [DirCounters; 2],
 }
@@ -275,7 +194,6 @@ mod pod {
     // SAFETY: both are repr(C), Copy, with explicit padding and no pointers: any byte
     // pattern is a valid value, which is what aya::Pod requires.
     unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowCounters {}
     unsafe impl aya::Pod for super::DirCounters {}
 }
@@ -289,35 +207,20 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 2 + 2 + 4 + 1 + 3);
         assert_eq!(align_of::<FlowKey>(), 4);
-        assert_eq!(size_of::<FlowKey4>(), 4 + 4 + 2 + 2 + 2 + 2 + 4 + 1 + 3);
-        assert_eq!(align_of::<FlowKey4>(), 8);
         assert_eq!(size_of::<DirCounters>(), 8 * 3 + 4 + 4 + 4 * 8);
         assert_eq!(
             size_of::<FlowCounters>(),
-            8 + 4 + 4 + size_of::<FlowRtt>() + 4 + 2 * size_of::<DirCounters>()
+            8 + 4 + 4 + size_of::<FlowRtt>() + 12 + 2 * size_of::<DirCounters>()
         );
-        assert_eq!(align_of::<FlowCounters>(), 8);
-    }
-
-    /// The kernel's hash-map element: a 48-byte header (`struct htab_elem`), the key and the
-    /// value, each rounded up to 8 bytes.
-    fn element(key: usize) -> usize {
-        48 + key.next_multiple_of(8) + size_of::<FlowCounters>()
     }
 
     #[test]
-    fn each_direction_writes_a_line_of_its_own_in_an_ipv4_element() {
-        let key = size_of::<FlowKey4>();
-        assert_eq!(element(key) % 64, 0, "elements start on a line");
-        // The line the key ends in holds the value's read-mostly part, up to the first
-        // direction's fields.
-        let value = 48 + key;
-        assert_eq!(value / 64, 1);
-        let dir = |d: usize| value + offset_of!(FlowCounters, dir) + d * size_of::<DirCounters>();
-        assert_eq!((dir(0), dir(1)), (128, 192));
+    fn each_direction_has_a_line_of_its_own() {
+        assert_eq!(align_of::<FlowCounters>(), 64);
+        assert_eq!(offset_of!(FlowCounters, dir), 64);
+        assert_eq!(size_of::<DirCounters>(), 64);
         // What a packet writes fits in its direction's line.
         assert!(offset_of!(DirCounters, _pad) <= 64);
-        assert_eq!(size_of::<DirCounters>(), 64);
     }
 
     #[test]
@@ -329,49 +232,6 @@ mod tests {
             (c.packets(), c.bytes(), c.last_seen()),
             ([3, 4], [300, 400], 9)
         );
-    }
-
-    #[test]
-    fn ipv4_keys_convert_both_ways() {
-        let k = FlowKey {
-            addr_a: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1],
-            addr_b: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2],
-            port_a: 1234,
-            port_b: 53,
-            vlan_outer: 100,
-            vlan_inner: 7,
-            ifindex: 3,
-            proto: 17,
-            _pad: [0; 3],
-        };
-        let k4 = k.to_v4().unwrap();
-        assert_eq!(
-            (k4.addr_a, k4.addr_b, k4.port_a, k4.port_b),
-            ([10, 0, 0, 1], [10, 0, 0, 2], 1234, 53)
-        );
-        assert_eq!(
-            (k4.vlan_outer, k4.vlan_inner, k4.ifindex, k4.proto),
-            (100, 7, 3, 17)
-        );
-        assert_eq!(k4.to_key(), k);
-        // Padding is zero: the kernel hashes it.
-        assert_eq!(k4._pad, [0; 3]);
-    }
-
-    #[test]
-    fn ipv6_keys_have_no_ipv4_form() {
-        let v6 = FlowKey {
-            addr_a: [0x20, 0x01, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-            addr_b: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2],
-            ..FlowKey::default()
-        };
-        assert_eq!(v6.to_v4(), None);
-        let swapped = FlowKey {
-            addr_a: v6.addr_b,
-            addr_b: v6.addr_a,
-            ..v6
-        };
-        assert_eq!(swapped.to_v4(), None);
     }
 
     #[test]

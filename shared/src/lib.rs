@@ -17,9 +17,10 @@ pub mod flow;
 pub mod parse;
 pub mod rtt;
 pub mod stats;
+pub mod table;
 #[cfg(feature = "wire")]
 pub mod wire;
 
-pub use flow::{Direction, FlowCounters, FlowKey, FlowKey4, Initiator};
+pub use flow::{Direction, FlowCounters, FlowKey, Initiator};
 pub use parse::{parse, Frame, Parsed};
 pub use stats::{Counter, Stat};

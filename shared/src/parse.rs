@@ -90,18 +90,15 @@ pub struct Parsed {
     pub dir: Direction,
     /// Who started the conversation, should this packet be its first.
     pub initiator: Initiator,
+    /// IP + L4 header bytes, repeated in every segment of an aggregate.
+    pub hdr_len: u16,
     /// IP total length of this packet (of the whole aggregate for a GSO/GRO skb).
     pub ip_len: u32,
-    /// IP + L4 header bytes, repeated in every segment of an aggregate.
-    pub hdr_len: u32,
     /// TCP flags byte, 0 for other protocols.
     pub tcp_flags: u8,
     /// Whether a TCP timestamp option is present (then `tsval`/`tsecr` hold it).
     pub has_ts: bool,
-    /// An IPv4 packet: its flow goes to the IPv4 table (`FlowKey4`); the key's addresses
-    /// are IPv4-mapped.
-    pub ipv4: bool,
-    pub _pad: u8,
+    pub _pad: u16,
     /// TCP sequence and acknowledgement numbers; 0 for other protocols.
     pub seq: u32,
     pub ack: u32,
@@ -116,11 +113,10 @@ impl Default for Parsed {
             key: FlowKey::default(),
             dir: Direction::AToB,
             initiator: Initiator::A,
-            ip_len: 0,
             hdr_len: 0,
+            ip_len: 0,
             tcp_flags: 0,
             has_ts: false,
-            ipv4: false,
             _pad: 0,
             seq: 0,
             ack: 0,
@@ -208,7 +204,6 @@ pub fn parse_into<F: Frame + ?Sized>(
 
     match ethertype {
         ETH_P_IPV4 => {
-            out.ipv4 = true;
             // The fixed header in one read first: a later, larger check must not make
             // LLVM drop the checks of these fields (the verifier would not follow).
             let h = f.load::<20>(l3).ok_or(Stat::ErrIpv4)?;
@@ -241,7 +236,6 @@ pub fn parse_into<F: Frame + ?Sized>(
             l4 = l3 + ihl;
         }
         ETH_P_IPV6 => {
-            out.ipv4 = false;
             let h = f.load::<8>(l3).ok_or(Stat::ErrIpv6)?;
             if h[0] >> 4 != 6 {
                 return Err(Stat::ErrIpv6);
@@ -376,7 +370,7 @@ pub fn parse_into<F: Frame + ?Sized>(
         _ => Initiator::B,
     };
     out.ip_len = ip_len;
-    out.hdr_len = (l4 - l3 + l4_hdr) as u32;
+    out.hdr_len = (l4 - l3 + l4_hdr) as u16;
     Ok(())
 }
 

@@ -157,21 +157,21 @@ impl FlowRtt {
     /// A segment with TSval `tsval` left at `now`, its direction's last TSval being
     /// `last_val`: whether to remember it in the pending map. Only the first segment carrying
     /// a TSval counts (later ones with the same value left later than what the echo
-    /// answers), and at most one per `interval_ns`.
+    /// answers), and at most one per `interval_us`.
     #[inline(always)]
     pub fn arm_tsval(
         &mut self,
         last_val: &mut u32,
         tsval: u32,
         now: u64,
-        interval_ns: u64,
+        interval_us: u32,
     ) -> bool {
         if tsval == *last_val {
             return false;
         }
         *last_val = tsval;
         let now = stamp_us(now);
-        if (now.wrapping_sub(self.ts_armed_us) as u64) * 1000 < interval_ns {
+        if now.wrapping_sub(self.ts_armed_us) < interval_us {
             return false;
         }
         self.ts_armed_us = now;
@@ -303,38 +303,40 @@ mod tests {
     fn tsvals_are_armed_once_and_rate_limited() {
         let (mut r, mut last) = (FlowRtt::default(), 0);
         let ms = 1_000_000;
-        assert!(r.arm_tsval(&mut last, 10, 1000 * ms, 100 * ms));
+        let interval = 100_000;
+        assert!(r.arm_tsval(&mut last, 10, 1000 * ms, interval));
         assert!(
-            !r.arm_tsval(&mut last, 10, 1200 * ms, 100 * ms),
+            !r.arm_tsval(&mut last, 10, 1200 * ms, interval),
             "same TSval again"
         );
         assert!(
-            !r.arm_tsval(&mut last, 11, 1050 * ms, 100 * ms),
+            !r.arm_tsval(&mut last, 11, 1050 * ms, interval),
             "within the interval"
         );
         assert!(
-            !r.arm_tsval(&mut last, 11, 1150 * ms, 100 * ms),
+            !r.arm_tsval(&mut last, 11, 1150 * ms, interval),
             "not new any more"
         );
-        assert!(r.arm_tsval(&mut last, 12, 1150 * ms, 100 * ms));
+        assert!(r.arm_tsval(&mut last, 12, 1150 * ms, interval));
     }
 
     #[test]
     fn only_the_first_echo_of_the_armed_tsval_is_looked_up() {
         let (mut r, mut val, mut ecr) = (FlowRtt::default(), 0, 0);
         let ms = 1_000_000;
-        assert!(r.arm_tsval(&mut val, 7, 1000 * ms, 100 * ms));
+        let interval = 100_000;
+        assert!(r.arm_tsval(&mut val, 7, 1000 * ms, interval));
         assert!(!r.new_echo(&mut ecr, 0), "a SYN echoes nothing");
         assert!(!r.new_echo(&mut ecr, 6), "not armed");
         assert!(r.new_echo(&mut ecr, 7));
         assert!(!r.new_echo(&mut ecr, 7), "not the first echo");
         assert!(!r.new_echo(&mut ecr, 8), "not armed");
         assert!(
-            !r.arm_tsval(&mut val, 9, 1050 * ms, 100 * ms),
+            !r.arm_tsval(&mut val, 9, 1050 * ms, interval),
             "within the interval"
         );
         assert!(!r.new_echo(&mut ecr, 9), "seen leaving, not armed");
-        assert!(r.arm_tsval(&mut val, 10, 1100 * ms, 100 * ms));
+        assert!(r.arm_tsval(&mut val, 10, 1100 * ms, interval));
         assert!(r.new_echo(&mut ecr, 10));
     }
 }

@@ -1,0 +1,194 @@
+//! The flow table's layout: an array of [`FlowSlot`]s with open addressing, shared by the
+//! programs (which find, claim and count into slots) and the agent (which reads them and
+//! frees the idle ones).
+//!
+//! Why not the kernel's BPF hash map: its lookup is a call that hashes the key with jhash,
+//! reads the bucket's line, then the element's header line and the key, and only then the
+//! value. In an array the lookup is inlined by the verifier into an index computation; a
+//! slot's first line holds its state and the whole key, so a packet of a known flow reads
+//! that line, the line of what packets seldom write, and writes its direction's line. On
+//! bulk TCP this took the program from 1.4–1.7× the bare hash-map counter to about its cost
+//! (bench/RESULTS.md, session 8). The array is also mappable, so the agent reads the table
+//! as memory instead of through a syscall per batch of entries.
+//!
+//! Probing is linear from the key's home slot ([`hash`] masked by [`TableShape::mask`]) for
+//! at most [`PROBES`] slots. A slot's [`FlowSlot::state`] moves:
+//! - `EMPTY → BUSY → LIVE`: a program claims a free slot with a compare-and-swap, writes the
+//!   key and the first packet's counters, then publishes it. A program that finds a slot
+//!   `BUSY` looks again (the claimer may be adding the very flow it carries).
+//! - `LIVE → GONE`: the agent frees an idle flow's slot with a compare-and-swap. A lookup
+//!   goes on past `GONE` slots (the flow it looks for may sit further on); a claim takes the
+//!   first `GONE` or `EMPTY` slot of the probe sequence (`GONE → BUSY`).
+//! - `GONE → EMPTY`: the agent, when the next slot is `EMPTY` (no probe sequence can then
+//!   pass through it), so runs of freed slots do not lengthen lookups for ever.
+//!
+//! The table has twice as many slots as the flows it is sized for
+//! ([`TableShape::for_flows`]): at that load a probe sequence is a few slots long, and a new
+//! flow finds no free slot in [`PROBES`] only when the table is nearly full. A packet whose
+//! flow finds no slot is counted as overflow.
+
+use crate::{FlowCounters, FlowKey};
+
+/// Never used: a lookup stops here, a claim may take it.
+pub const EMPTY: u32 = 0;
+/// Holds a flow.
+pub const LIVE: u32 = 1;
+/// Being claimed by a program (for a few instructions).
+pub const BUSY: u32 = 2;
+/// Freed by the agent: a lookup goes on, a claim may take it.
+pub const GONE: u32 = 3;
+
+/// Slots a lookup or claim looks at, from the key's home slot on.
+pub const PROBES: u32 = 64;
+
+/// One flow table slot: state and key in the first line, then the counters.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    /// [`EMPTY`], [`LIVE`], [`BUSY`] or [`GONE`].
+    pub state: u32,
+    pub _pad: u32,
+    pub key: FlowKey,
+    pub _pad2: u64,
+    pub counters: FlowCounters,
+}
+
+/// How big the table is and how keys are spread over it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableShape {
+    /// Number of slots, a power of two.
+    pub slots: u32,
+    /// Mixed into every key's hash, chosen at random by the agent when it loads the programs:
+    /// flows cannot be crafted to pile up on one probe sequence without knowing it.
+    pub seed: u32,
+}
+
+impl TableShape {
+    /// The table for `max_flows` flows: twice as many slots, rounded up to a power of two.
+    pub fn for_flows(max_flows: u32, seed: u32) -> TableShape {
+        TableShape {
+            slots: max_flows.saturating_mul(2).next_power_of_two(),
+            seed,
+        }
+    }
+
+    pub fn mask(&self) -> u32 {
+        self.slots - 1
+    }
+
+    /// The slots a lookup of `key` looks at, in order.
+    pub fn probe_sequence(&self, key: &FlowKey) -> impl Iterator<Item = u32> {
+        let (home, mask) = (hash(key, self.seed), self.mask());
+        (0..PROBES.min(self.slots)).map(move |i| home.wrapping_add(i) & mask)
+    }
+}
+
+/// The key's hash (its home slot, masked). Six multiply-xorshift rounds over the key's
+/// 8-byte words: a few dozen instructions where jhash over 48 bytes is over a hundred.
+#[inline(always)]
+pub fn hash(key: &FlowKey, seed: u32) -> u32 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let w = key as *const FlowKey as *const u64;
+    let mut h = seed as u64 ^ K;
+    for i in 0..WORDS {
+        // SAFETY: a FlowKey is WORDS whole words; read unaligned (it is 4-aligned).
+        let x = unsafe { core::ptr::read_unaligned(w.add(i)) };
+        h = (h ^ x).wrapping_mul(K);
+        h ^= h >> 32;
+    }
+    h as u32
+}
+
+/// Whether the slot's key is `key`, word by word.
+#[inline(always)]
+pub fn same_key(slot: &FlowKey, key: &FlowKey) -> bool {
+    let (a, b) = (
+        slot as *const FlowKey as *const u64,
+        key as *const FlowKey as *const u64,
+    );
+    for i in 0..WORDS {
+        // SAFETY: both are WORDS whole words.
+        if unsafe { core::ptr::read_unaligned(a.add(i)) != core::ptr::read_unaligned(b.add(i)) } {
+            return false;
+        }
+    }
+    true
+}
+
+const WORDS: usize = core::mem::size_of::<FlowKey>() / 8;
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), Copy, explicit padding, no pointers: any byte pattern is a valid value.
+unsafe impl aya::Pod for FlowSlot {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn state_and_key_share_the_first_line_and_directions_have_their_own() {
+        assert_eq!(size_of::<FlowKey>() % 8, 0);
+        assert!(offset_of!(FlowSlot, key) + size_of::<FlowKey>() <= 64);
+        assert_eq!(offset_of!(FlowSlot, counters), 64);
+        let dir = offset_of!(FlowSlot, counters) + offset_of!(FlowCounters, dir);
+        assert_eq!((dir, size_of::<FlowSlot>()), (128, 256));
+    }
+
+    #[test]
+    fn twice_the_flows_in_a_power_of_two() {
+        assert_eq!(TableShape::for_flows(16_384, 0).slots, 32_768);
+        assert_eq!(TableShape::for_flows(1000, 0).slots, 2048);
+        assert_eq!(TableShape::for_flows(16, 0).mask(), 31);
+    }
+
+    fn key(n: u32) -> FlowKey {
+        let mut k = FlowKey {
+            port_a: n as u16,
+            port_b: (n >> 16) as u16,
+            proto: 17,
+            ..FlowKey::default()
+        };
+        k.addr_a[15] = 1;
+        k
+    }
+
+    #[test]
+    fn the_seed_and_every_key_word_move_the_hash() {
+        let k = key(7);
+        assert_ne!(hash(&k, 1), hash(&k, 2));
+        let bytes = size_of::<FlowKey>() - 3;
+        for i in 0..bytes {
+            let mut other = k;
+            // SAFETY: flipping a byte of a plain-integer struct.
+            unsafe { *(&raw mut other).cast::<u8>().add(i) ^= 1 };
+            assert_ne!(hash(&k, 1), hash(&other, 1), "byte {i}");
+            assert!(!same_key(&k, &other), "byte {i}");
+        }
+        assert!(same_key(&k, &key(7)));
+    }
+
+    #[test]
+    fn keys_spread_evenly_over_the_slots() {
+        // 16k sequential ports (a scan) into 32k slots: no home slot takes more than a few.
+        let shape = TableShape::for_flows(16_384, 99);
+        let mut homes = alloc::vec![0u8; shape.slots as usize];
+        for n in 0..16_384 {
+            homes[(hash(&key(n), shape.seed) & shape.mask()) as usize] += 1;
+        }
+        assert!(*homes.iter().max().unwrap() <= 8);
+        let used = homes.iter().filter(|&&c| c > 0).count();
+        // Random placement fills 1 - e^-0.5 = 39 % of the slots.
+        assert!((12_000..14_000).contains(&used), "{used}");
+    }
+
+    #[test]
+    fn probe_sequences_wrap_and_stay_within_small_tables() {
+        let shape = TableShape::for_flows(16, 3);
+        let seq: alloc::vec::Vec<u32> = shape.probe_sequence(&key(1)).collect();
+        assert_eq!(seq.len(), 32);
+        let mut sorted = seq.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..32).collect::<alloc::vec::Vec<_>>());
+    }
+}
