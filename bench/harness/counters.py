@@ -78,6 +78,29 @@ def vm_kib(pids, field):
     return tot
 
 
+def bpf_mapped_kib(pids):
+    """Resident pages of BPF maps mapped into these processes (edgeflow's flow table): the
+    kernel's memory, counted in the BPF map column, not the process's own."""
+    tot = 0
+    for p in pids:
+        try:
+            smaps = read(f"/proc/{p}/smaps")
+        except OSError:
+            continue
+        mapped = False
+        for line in smaps.splitlines():
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                mapped = line.endswith("anon_inode:bpf-map")
+            elif mapped and line.startswith("Rss:"):
+                tot += int(line.split()[1])
+    return tot
+
+
+def own_kib(pids, field):
+    """`vm_kib` without the BPF maps mapped into the processes."""
+    return vm_kib(pids, field) - bpf_mapped_kib(pids)
+
+
 def bpf_fds(pids):
     """BPF programs and maps held by these processes, from fdinfo:
     ({prog_id: {run_time_ns, run_cnt, type}}, {map_id: memlock})."""

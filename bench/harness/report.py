@@ -148,7 +148,8 @@ bpf ns/run: the monitor's BPF programs, run_time_ns / run_cnt with kernel.bpf_st
   shows edgeflow's programs, its target line the ratio to the other's within each run; its
   other columns mix the two monitors.
 RSS, peak: resident memory of the monitor's processes at the end of the traffic (VmRSS) and
-  their high-water mark (VmHWM); BPF map: memlock of the maps the monitor holds.
+  their high-water mark (VmHWM), less the BPF maps mapped into them (edgeflow's flow table:
+  kernel memory, in the next column); BPF map: memlock of the maps the monitor holds.
 lost: what the monitor reports it lost (tcpdump/pcap kernel drops, softflowd's libpcap drops,
   edgeflow's overflow record, the bare counter's map-full count).
 coverage, missing: packets the monitor accounted for (captured, in exported flows, in its

@@ -63,7 +63,7 @@ class Run:
             s1 = self.snapshot()
             self.rec.update(window(s0, s1, self.traffic.kind, a))
             mon_pids = self.groups.pids("mon")
-            self.rec["mon_rss_kib"] = c.vm_kib(mon_pids, "VmRSS") or None
+            self.rec["mon_rss_kib"] = c.own_kib(mon_pids, "VmRSS") or None
             if mon.bpf:
                 self.rec.update(self.bpf_runtime(mon_pids, a.stats_window))
             self.rec.update(self.traffic.finish(self, seconds))
@@ -72,8 +72,8 @@ class Run:
             # Resident at the end of the traffic (after several drains); and the peak.
             mon_pids = self.groups.pids("mon")
             self.rec["mon_rss_kib"] = max(self.rec["mon_rss_kib"] or 0,
-                                          c.vm_kib(mon_pids, "VmRSS")) or None
-            self.rec["mon_hwm_kib"] = c.vm_kib(mon_pids, "VmHWM") or None
+                                          c.own_kib(mon_pids, "VmRSS")) or None
+            self.rec["mon_hwm_kib"] = c.own_kib(mon_pids, "VmHWM") or None
             l1 = self.snapshot()
             self.rec.update({k: v for k, v in mon.stop(self).items() if v is not None})
             self.rec.update(lifetime(l0, l1, self.traffic.kind, mon))

@@ -40,6 +40,9 @@ use shared::{
 /// loader (`--max-flows`); this is only the default. Mappable: the agent reads it as memory.
 #[map(name = "FLOWS")]
 static FLOWS: Array<FlowSlot> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS, BPF_F_MMAPABLE);
+/// A bit per slot of FLOWS, set when a slot is claimed (`shared::table`: why).
+#[map(name = "FLOWS_HELD")]
+static FLOWS_HELD: Array<u64> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS / 64, BPF_F_MMAPABLE);
 
 /// Per CPU: the programs' counters and scratch room (`shared::cpu`: why a plain array).
 #[map(name = "CPU_SLOTS")]
@@ -352,7 +355,8 @@ fn entry<C: EbpfContext>(
         }
         again = false;
         for i in 0..PROBES {
-            let s = FLOWS.get_ptr_mut(home.wrapping_add(i) & mask)?;
+            let at = home.wrapping_add(i) & mask;
+            let s = FLOWS.get_ptr_mut(at)?;
             let st = unsafe { core::ptr::read_volatile(&raw const (*s).state) };
             if st == LIVE {
                 if table::same_key(unsafe { &(*s).key }, &p.key) {
@@ -386,6 +390,10 @@ fn entry<C: EbpfContext>(
                 (*v).initiator = p.initiator as u32;
                 // A full barrier: a CPU that sees LIVE sees the key.
                 atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).state, LIVE);
+                let (word, bit) = table::held_bit(at);
+                if let Some(w) = FLOWS_HELD.get_ptr_mut(word) {
+                    atomic_or::<u64, u64, { Relaxed }>(w, bit);
+                }
                 return Some(v);
             }
         }

@@ -8,7 +8,7 @@ use aya::{
 use aya_log::EbpfLogger;
 use shared::{
     cpu::{Settings, SlotBytes, CPU_SLOTS_MAP},
-    flow::FLOWS_MAP,
+    flow::{FLOWS_MAP, HELD_MAP},
     rtt::PENDING_MAP,
     table::TableShape,
 };
@@ -123,6 +123,7 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(CPU_SLOTS_MAP, cpus as u32)
         .map_max_entries(FLOWS_MAP, shape.slots)
+        .map_max_entries(HELD_MAP, shape.bitmap_words())
         // One pending timestamp per flow is the common case.
         .map_max_entries(PENDING_MAP, opts.max_flows)
         .load(object)?;

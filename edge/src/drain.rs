@@ -51,14 +51,13 @@ impl Drainer {
     /// it before the programs are attached: the baseline reads the flows and then the
     /// counters, and a packet counted between the two would stay in one and not the other.
     pub fn new(table: FlowTable, expiry: Expiry) -> Result<Drainer, TableError> {
-        let view = table.view()?;
+        let view = table.slots();
         let mut baseline = vec![Counts::default(); view.shape().slots as usize];
         let mut active = 0;
         view.for_each_flow(&mut |i, _, v| {
             baseline[i as usize] = Counts::of(v);
             active += 1;
         });
-        drop(view);
         let prev_stats = table.read_stats()?;
         let prev_hist = table.read_rtt_hist()?;
         Ok(Drainer {
@@ -89,7 +88,7 @@ impl Drainer {
         let mut in_flows = Counter::default();
         let mut active = 0;
         let baseline = &mut self.baseline;
-        let view = self.table.view()?;
+        let view = self.table.slots();
         // Flows first, then the counters: a packet counted between the two reads is in the
         // kernel's `parsed` but not yet in a flow delta. Totals are taken from the flows (so
         // every window conserves exactly) and the kernel counter checks them through
@@ -124,10 +123,9 @@ impl Drainer {
                 // A flow that comes back counts from zero.
                 baseline[i as usize] = Counts::default();
                 removed += 1;
+                view.tidy_from(i);
             }
         }
-        view.tidy();
-        drop(view);
         self.expired = expired;
 
         let delta: Vec<Counter> = stats

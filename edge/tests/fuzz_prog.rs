@@ -322,9 +322,9 @@ impl Progs {
         }
         stats0.copy_from_slice(&s1[..]);
         let mut flows = Vec::new();
-        self.table.read_flows(&mut flows).unwrap();
+        self.table.read_flows(&mut flows);
         for (k, v) in flows {
-            self.table.remove(&k).unwrap();
+            self.table.remove(&k);
             let e = t.flows.entry(FlowKey { ifindex: 0, ..k }).or_default();
             for d in 0..2 {
                 e.0[d] += v.packets()[d];

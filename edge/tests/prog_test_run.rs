@@ -106,7 +106,7 @@ impl Progs {
 
     fn flows(&self) -> HashMap<FlowKey, FlowCounters> {
         let mut v = Vec::new();
-        self.table.read_flows(&mut v).unwrap();
+        self.table.read_flows(&mut v);
         v.into_iter().collect()
     }
 
@@ -569,14 +569,14 @@ fn both_directions_share_an_entry() {
     let mut before = None;
     for hook in HOOKS {
         let k1 = p.expect_flow(hook, &fwd, 38, "request");
-        before.get_or_insert_with(|| p.table.get(&k1).unwrap().unwrap());
+        before.get_or_insert_with(|| p.table.get(&k1).unwrap());
         let k2 = p.expect_flow(hook, &rev, 118, "reply");
         keys.extend([k1, k2]);
     }
     // XDP and TC run on the same device in a test run, so all four runs share one entry:
     // the request was its first packet, the three after it each add one.
     assert!(keys.windows(2).all(|w| w[0] == w[1]), "{keys:?}");
-    let (first, now) = (before.unwrap(), p.table.get(&keys[0]).unwrap().unwrap());
+    let (first, now) = (before.unwrap(), p.table.get(&keys[0]).unwrap());
     let added = |i: usize| {
         (
             now.packets()[i] - first.packets()[i],
@@ -608,12 +608,7 @@ fn handshake(p: &mut Progs, cport: u16) -> u32 {
     p.run_raw(Hook::Tc, &syn_ack, None).unwrap();
     let mut key = shared::parse(&syn[..], None).unwrap().key;
     key.ifindex = 1; // test runs of TC programs happen on the loopback device
-    p.table
-        .get(&key)
-        .unwrap()
-        .expect("the handshake's flow")
-        .rtt
-        .samples
+    p.table.get(&key).expect("the handshake's flow").rtt.samples
 }
 
 /// The loader's settings reach the programs (they live in each CPU's slot, written before

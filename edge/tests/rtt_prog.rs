@@ -108,7 +108,7 @@ impl Progs {
     /// The RTT state of the flow `frame` belongs to (as the programs keyed it).
     fn rtt(&self, frame: &[u8]) -> FlowRtt {
         let key = self.key(frame);
-        self.table.get(&key).unwrap().expect("a flow entry").rtt
+        self.table.get(&key).expect("a flow entry").rtt
     }
 
     fn key(&self, frame: &[u8]) -> FlowKey {
@@ -124,7 +124,7 @@ impl Progs {
 
     fn remove(&mut self, frame: &[u8]) {
         let key = self.key(frame);
-        self.table.remove(&key).unwrap();
+        self.table.remove(&key);
     }
 }
 

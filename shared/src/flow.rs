@@ -9,6 +9,8 @@ use crate::rtt::FlowRtt;
 /// Map name of the flow table in the eBPF object: an array of [`crate::table::FlowSlot`]
 /// (see [`crate::table`] for why not a hash map).
 pub const FLOWS_MAP: &str = "FLOWS";
+/// Map name of the held-slots bitmap beside it ([`crate::table::TableShape::bitmap_words`]).
+pub const HELD_MAP: &str = "FLOWS_HELD";
 /// Map name of the two-slot array where the `edgeflow_clock` program (run by the agent with
 /// BPF_PROG_TEST_RUN) leaves the tick counter (slot 0) and CLOCK_MONOTONIC in ns (slot 1),
 /// read at one moment.
