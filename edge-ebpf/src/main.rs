@@ -331,7 +331,7 @@ fn entry<C: EbpfContext>(
     let mask = settings.slot_mask;
     let mut room = false;
     for i in 0..PROBES {
-        let s = FLOWS.get_ptr_mut(home.wrapping_add(i) & mask)?;
+        let s = FLOWS.get_ptr_mut(table::probe(home, i, mask))?;
         // SAFETY (here and in the claim): a live array slot; its state word only changes
         // atomically, and a LIVE slot's key does not change.
         let st = unsafe { core::ptr::read_volatile(&raw const (*s).state) };
@@ -355,7 +355,7 @@ fn entry<C: EbpfContext>(
         }
         again = false;
         for i in 0..PROBES {
-            let at = home.wrapping_add(i) & mask;
+            let at = table::probe(home, i, mask);
             let s = FLOWS.get_ptr_mut(at)?;
             let st = unsafe { core::ptr::read_volatile(&raw const (*s).state) };
             if st == LIVE {

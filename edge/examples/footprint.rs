@@ -7,7 +7,7 @@
 //!    QoS 1 subscriber receives them.
 //!
 //! Usage: footprint EDGEFLOW_BIN [FLOWS] [WINDOWS] [TABLE]  (defaults: 16000 flows, 5 windows,
-//! the default table of 16384 entries)
+//! the default table, sized for 16384 flows)
 
 use edge::{
     attach::{self, AttachMode},
@@ -269,7 +269,7 @@ fn main() {
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "edgeflow footprint: {flows} active flows, table {table_size} entries, {INTERVAL_SECS} s windows, {} CPUs, load average {}",
+        "edgeflow footprint: {flows} active flows, table sized for {table_size} flows, {INTERVAL_SECS} s windows, {} CPUs, load average {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );

@@ -236,8 +236,8 @@ pub fn tc_egress(ebpf: &mut Ebpf) -> &mut SchedClassifier {
 }
 
 /// bpf(2) with one of the attribute structs of `union bpf_attr`, for the commands the agent
-/// issues itself (batch lookup, test run, and the split-walk check's scratch map): aya offers
-/// them only on handles it owns. Returns the call's result (a new fd for a create).
+/// issues itself (the tick clock's test run): aya offers them only on handles it owns.
+/// Returns the call's result.
 ///
 /// # Safety
 /// `attr` must have the layout `cmd` reads, and every pointer in it must be valid for the call.

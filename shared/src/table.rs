@@ -89,8 +89,14 @@ impl TableShape {
     /// The slots a lookup of `key` looks at, in order.
     pub fn probe_sequence(&self, key: &FlowKey) -> impl Iterator<Item = u32> {
         let (home, mask) = (hash(key, self.seed), self.mask());
-        (0..PROBES.min(self.slots)).map(move |i| home.wrapping_add(i) & mask)
+        (0..PROBES.min(self.slots)).map(move |i| probe(home, i, mask))
     }
+}
+
+/// The `i`th slot looked at from home slot `home` in a table of slot mask `mask`.
+#[inline(always)]
+pub fn probe(home: u32, i: u32, mask: u32) -> u32 {
+    home.wrapping_add(i) & mask
 }
 
 /// Slot `i`'s word and bit in the held-slots bitmap.
