@@ -27,6 +27,12 @@
 //! the flows, not the table's size (a slot is a line of its own; reading every slot's state
 //! of a default table is 2 MiB of cache misses).
 //!
+//! Limit: a program reads a slot's state and then its key with plain loads. On a weakly
+//! ordered CPU (arm64) the key may be read before the state, so a program that meets a slot
+//! another CPU publishes at that moment for the same new flow can miss it and claim a second
+//! slot for the flow; both are counted and drained (two records of one flow in that window).
+//! x86 keeps loads in order; BPF load-acquire (Linux 6.15) would close it on arm64.
+//!
 //! The table has twice as many slots as the flows it is sized for
 //! ([`TableShape::for_flows`]): at that load a probe sequence is a few slots long, and a new
 //! flow finds no free slot in [`PROBES`] only when the table is nearly full. A packet whose
