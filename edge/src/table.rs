@@ -445,8 +445,12 @@ unsafe fn read_words<T: Copy>(src: *const T) -> T {
     let words = size_of::<T>() / 8;
     let (s, d) = (src as *const u64, out.as_mut_ptr() as *mut u64);
     for w in 0..words {
-        // SAFETY: in bounds of both; atomic loads of words others update atomically.
-        unsafe { *d.add(w) = AtomicU64::from_ptr(s.add(w) as *mut u64).load(Ordering::Relaxed) };
+        // SAFETY: in bounds of both; atomic loads of words others update atomically. The
+        // copy may be less aligned than its source (a FlowKey is 4-aligned: armv7 traps).
+        unsafe {
+            d.add(w)
+                .write_unaligned(AtomicU64::from_ptr(s.add(w) as *mut u64).load(Ordering::Relaxed))
+        };
     }
     // SAFETY: every word written.
     unsafe { out.assume_init() }
