@@ -51,10 +51,10 @@ impl Drainer {
     /// it before the programs are attached: the baseline reads the flows and then the
     /// counters, and a packet counted between the two would stay in one and not the other.
     pub fn new(table: FlowTable, expiry: Expiry) -> Result<Drainer, TableError> {
-        let view = table.slots();
-        let mut baseline = vec![Counts::default(); view.shape().slots as usize];
+        let slots = table.slots();
+        let mut baseline = vec![Counts::default(); slots.shape().slots as usize];
         let mut active = 0;
-        view.for_each_flow(&mut |i, _, v| {
+        slots.for_each_flow(&mut |i, _, v| {
             baseline[i as usize] = Counts::of(v);
             active += 1;
         });
@@ -88,12 +88,12 @@ impl Drainer {
         let mut in_flows = Counter::default();
         let mut active = 0;
         let baseline = &mut self.baseline;
-        let view = self.table.slots();
+        let slots = self.table.slots();
         // Flows first, then the counters: a packet counted between the two reads is in the
         // kernel's `parsed` but not yet in a flow delta. Totals are taken from the flows (so
         // every window conserves exactly) and the kernel counter checks them through
         // `unsettled`, which such packets raise for one window only.
-        view.for_each_flow(&mut |i, key, cur| {
+        slots.for_each_flow(&mut |i, key, cur| {
             active += 1;
             let now = Counts::of(cur);
             let delta = now.since(&std::mem::replace(&mut baseline[i as usize], now));
@@ -119,11 +119,11 @@ impl Drainer {
         for &(i, packets) in &expired {
             // A packet that came since the read keeps the flow for the next window. Compared
             // by count, not by last_seen: that has tick resolution.
-            if view.free(i, Some(packets)) {
+            if slots.free(i, Some(packets)) {
                 // A flow that comes back counts from zero.
                 baseline[i as usize] = Counts::default();
                 removed += 1;
-                view.tidy_from(i);
+                slots.tidy_from(i);
             }
         }
         self.expired = expired;
