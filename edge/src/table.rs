@@ -68,8 +68,7 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> TableError {
 pub struct FlowTable {
     /// Points into `_mapped`, which lives as long as the table.
     slots_mem: Slots<'static>,
-    _mapped: [Mapping; 2],
-    _maps: [Mappable; 2],
+    _mapped: [Mapped; 2],
     shape: TableShape,
     slots: Array<MapData, SlotBytes>,
     pending: HashMap<MapData, TsKey, u64>,
@@ -108,8 +107,8 @@ impl FlowTable {
             slots: settings.slot_mask.wrapping_add(1),
             seed: settings.hash_seed,
         };
-        let flows = Mappable::take(ebpf, FLOWS_MAP, shape.slots, size_of::<FlowSlot>())?;
-        let held = Mappable::take(ebpf, HELD_MAP, shape.bitmap_words(), 8)?;
+        let flows = Mapped::take(ebpf, FLOWS_MAP, shape.slots, size_of::<FlowSlot>())?;
+        let held = Mapped::take(ebpf, HELD_MAP, shape.bitmap_words(), 8)?;
         let memory_bytes = memlock(flows.fd).zip(memlock(held.fd)).map(|(a, b)| a + b);
         let pending = ebpf
             .take_map(PENDING_MAP)
@@ -120,14 +119,12 @@ impl FlowTable {
             .ok_or(TableError::MissingMap(HIST_MAP))?;
         let hist = PerCpuArray::try_from(hist).map_err(map_err(HIST_MAP))?;
         let ticks = TickClock::take(ebpf)?;
-        let mapped = [flows.map()?, held.map()?];
         // SAFETY: the mappings hold the table's slots and bitmap words, and the table keeps
         // them for as long as it hands out the slots.
-        let slots_mem = unsafe { Slots::new(mapped[0].base.cast(), mapped[1].base.cast(), shape) };
+        let slots_mem = unsafe { Slots::new(flows.base.cast(), held.base.cast(), shape) };
         Ok(FlowTable {
             slots_mem,
-            _mapped: mapped,
-            _maps: [flows, held],
+            _mapped: [flows, held],
             shape,
             slots,
             pending,
@@ -215,23 +212,27 @@ impl FlowTable {
     }
 }
 
-/// An array map of the object that the agent maps into memory: its fd (owned by the map)
-/// and size.
-struct Mappable {
+/// An array map of the object, mapped into the agent's memory for as long as this lives
+/// (unmapped, then the map's fd closed, when dropped).
+struct Mapped {
     _map: Map,
     fd: RawFd,
-    name: &'static str,
+    base: *mut libc::c_void,
     bytes: usize,
 }
 
-impl Mappable {
-    /// The map `name`, checked to be an array of `entries` values of `size` bytes.
+// SAFETY: an address range of this process, unmapped once; nothing in it is thread-bound.
+unsafe impl Send for Mapped {}
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    /// The map `name`, checked to be an array of `entries` values of `size` bytes, mapped.
     fn take(
         ebpf: &mut Ebpf,
         name: &'static str,
         entries: u32,
         size: usize,
-    ) -> Result<Mappable, TableError> {
+    ) -> Result<Mapped, TableError> {
         let map = ebpf.take_map(name).ok_or(TableError::MissingMap(name))?;
         let fd = match &map {
             Map::Array(data)
@@ -249,53 +250,38 @@ impl Mappable {
                 })
             }
         };
-        Ok(Mappable {
-            _map: map,
-            fd,
-            name,
-            bytes: entries as usize * size,
-        })
-    }
-
-    fn map(&self) -> Result<Mapping, TableError> {
+        let bytes = entries as usize * size;
         // SAFETY: maps the array's value area (page-aligned for mappable arrays) shared and
-        // writable; unmapped by Mapping's drop.
-        let p = unsafe {
+        // writable; unmapped by drop.
+        let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                self.bytes,
+                bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                self.fd,
+                fd,
                 0,
             )
         };
-        if p == libc::MAP_FAILED {
+        if base == libc::MAP_FAILED {
             return Err(TableError::Mmap {
-                name: self.name,
-                bytes: self.bytes,
+                name,
+                bytes,
                 source: std::io::Error::last_os_error(),
             });
         }
-        Ok(Mapping {
-            base: p,
-            bytes: self.bytes,
+        Ok(Mapped {
+            _map: map,
+            fd,
+            base,
+            bytes,
         })
     }
 }
 
-struct Mapping {
-    base: *mut libc::c_void,
-    bytes: usize,
-}
-
-// SAFETY: an address range of this process, unmapped once; nothing in it is thread-bound.
-unsafe impl Send for Mapping {}
-unsafe impl Sync for Mapping {}
-
-impl Drop for Mapping {
+impl Drop for Mapped {
     fn drop(&mut self) {
-        // SAFETY: a mapping made by Mappable::map; its table hands out no slots past it.
+        // SAFETY: the mapping made by take; its table hands out no slots past it.
         unsafe { libc::munmap(self.base, self.bytes) };
     }
 }
