@@ -336,15 +336,12 @@ fn entry<C: EbpfContext>(
         // atomically, and a LIVE slot's key does not change.
         let st = unsafe { core::ptr::read_volatile(&raw const (*s).state) };
         if st == LIVE && table::same_key(unsafe { &(*s).key }, &p.key) {
-            let v = unsafe { &raw mut (*s).counters };
-            update(v, p, d, segs64, bytes, now);
-            return Some(v);
-        }
-        if st == EMPTY {
-            room = true;
-            break;
+            return Some(count_into(s, p, d, segs64, bytes, now));
         }
         room |= st != LIVE;
+        if st == EMPTY {
+            break;
+        }
     }
     // A new flow. A full sequence (every slot held, none being claimed) is overflow at once:
     // a full table costs its packets one pass, not one per round.
@@ -361,9 +358,7 @@ fn entry<C: EbpfContext>(
             if st == LIVE {
                 if table::same_key(unsafe { &(*s).key }, &p.key) {
                     // Another CPU added it meanwhile.
-                    let v = unsafe { &raw mut (*s).counters };
-                    update(v, p, d, segs64, bytes, now);
-                    return Some(v);
+                    return Some(count_into(s, p, d, segs64, bytes, now));
                 }
                 continue;
             }
@@ -400,6 +395,22 @@ fn entry<C: EbpfContext>(
     }
     overflow(ctx, segs64, bytes, now);
     None
+}
+
+/// Counts the packet into the flow of LIVE slot `s`; its counters.
+#[inline(always)]
+fn count_into(
+    s: *mut FlowSlot,
+    p: &Parsed,
+    d: usize,
+    segs: u64,
+    bytes: u64,
+    now: u64,
+) -> *mut FlowCounters {
+    // SAFETY: a live array slot.
+    let v = unsafe { &raw mut (*s).counters };
+    update(v, p, d, segs, bytes, now);
+    v
 }
 
 /// The fine clock, for the two ends of an RTT sample.
