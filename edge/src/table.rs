@@ -347,6 +347,15 @@ impl Slots<'_> {
         unsafe { AtomicU64::from_ptr(self.held.add(w as usize)) }
     }
 
+    /// The slot's packets per direction, two word loads (not the whole slot).
+    fn packets(&self, i: u32) -> [u64; 2] {
+        // SAFETY: slot `i` is in the table; its counters are only updated atomically.
+        [0, 1].map(|d| unsafe {
+            let c = &raw mut (*self.base.add(i as usize)).counters.dir[d].packets;
+            AtomicU64::from_ptr(c).load(Ordering::Relaxed)
+        })
+    }
+
     /// Calls `f` with each held flow's slot index, key and counters, in slot order: the slots
     /// the bitmap marks (a slot claimed during the pass may come in the next one).
     pub fn for_each_flow(&self, f: &mut dyn FnMut(u32, &FlowKey, &FlowCounters)) {
@@ -379,7 +388,7 @@ impl Slots<'_> {
     /// since they were read keeps the flow); whether it did. A packet a program counts
     /// between the check and the swap is lost with the slot, as with a hash map's delete.
     pub fn free(&self, i: u32, packets: Option<[u64; 2]>) -> bool {
-        if self.state(i) != LIVE || packets.is_some_and(|p| self.read(i).1.packets() != p) {
+        if self.state(i) != LIVE || packets.is_some_and(|p| self.packets(i) != p) {
             return false;
         }
         // The bit first: once the slot is GONE a program may claim it and set the bit again.
