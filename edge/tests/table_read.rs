@@ -172,9 +172,10 @@ fn tick_stamps_convert_to_the_time_the_packet_passed() {
     attach::cleanup_all(&attached, Some(&net.ns_b));
 }
 
-/// Thousands of flows over four drains: each window reports every flow with exactly the packets it carried in that window — flows that
-/// go on, new ones, quiet ones (absent), and flows expired by a drain that come back (counted
-/// from zero again, not against what they had before).
+/// Thousands of flows over four drains: each window reports every flow with exactly the
+/// packets it carried in that window — flows that go on, new ones, quiet ones (absent), and
+/// flows expired by a drain that come back (counted from zero again, not against what they
+/// had before).
 #[test]
 fn drains_give_every_flow_exactly_its_packets_of_the_window() {
     let net = TestNet::new();

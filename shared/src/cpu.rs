@@ -35,8 +35,8 @@ pub struct Settings {
 
 /// One CPU's slot. What every packet touches comes first and together — the parsed packet,
 /// the settings, then the stats block, whose first two counters (`Seen`, `Parsed`) every
-/// packet bumps: 128 bytes, two cache lines. The RTT key (written rarely) comes last. Line-aligned, so no two CPUs'
-/// slots share a line.
+/// packet bumps: 128 bytes, two cache lines. The RTT key (written rarely) comes last.
+/// Line-aligned, so no two CPUs' slots share a line.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 pub struct CpuSlot {
