@@ -2,7 +2,7 @@
 # Installs the cross-compiling toolchain (idempotent): Debian's rustc-web/cargo-web 1.96 with the
 # library source (build-std), qemu-user-static to run the results, and zig + cargo-zigbuild from
 # PyPI in a private venv (zig supplies musl, crt objects and libunwind for the link).
-# See ../../shared/TOOLCHAIN.md, "Cross-compiling".
+# See docs/toolchain.md, "Cross-compiling".
 set -euo pipefail
 [ "$(id -u)" -eq 0 ] || { echo "cross/setup.sh: run as root" >&2; exit 2; }
 HERE=$(cd "$(dirname "$0")" && pwd)

@@ -3,7 +3,7 @@
 //! (`DEP_EDGEFLOW_BPF_BARE`), so one build serves both.
 //!
 //! aya-build cannot be used here: it runs `rustup run <toolchain> cargo` and strips RUSTC,
-//! while the BPF crate must build with Debian's rustc-web (see ../shared/TOOLCHAIN.md and
+//! while the BPF crate must build with Debian's rustc-web (see docs/toolchain.md and
 //! edge-ebpf/.cargo/config.toml). Set EDGEFLOW_SKIP_BPF=1 to embed an empty object (for
 //! clippy or doc runs that do not need the programs).
 use std::{env, fs, path::PathBuf, process::Command};

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything edgeflow needs on a fresh Debian (bookworm) machine. Idempotent:
 # each step checks first and does nothing when its piece is already there.
-# See ../shared/TOOLCHAIN.md for why the eBPF toolchain is Debian's rustc-web + bpf-linker.
+# See docs/toolchain.md for why the eBPF toolchain is Debian's rustc-web + bpf-linker.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -3,7 +3,7 @@
 //! Egress is always the TC program (TCX where the kernel has it, clsact otherwise). Ingress is
 //! native XDP or the same TC program, chosen per interface:
 //! - veth: TC. Native XDP on a veth turns TSO off on its peer, so bulk TCP crossed as 1.5 KB
-//!   packets at 0.25x the throughput in ../shared/bench, while TC with a map update cost
+//!   packets at 0.25x the throughput (docs/veth-baseline.md), while TC with a map update cost
 //!   nothing measurable (0.96x), and TC sees GRO/GSO aggregates whole and counts their
 //!   segments.
 //! - other drivers: native XDP, which runs before any skb exists; if the driver has no native
