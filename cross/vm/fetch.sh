@@ -19,6 +19,14 @@ case $arch in
   *) echo "fetch.sh: unknown arch $arch (x86_64|aarch64|armv7)" >&2; exit 2 ;;
 esac
 
+# What a fetch resolved is reused for a day (apt-cache on three architectures is slow); after
+# that the package versions are looked up again, so a newer kernel is picked up.
+resolved="$VM/resolved-$arch-$series.env"
+if [ -n "$(find "$resolved" -mtime -1 2>/dev/null)" ]; then
+  # shellcheck disable=SC1090
+  (source "$resolved" && [ -f "$VMLINUZ" ] && [ -f "$USERLAND/.done" ]) && { cat "$resolved"; exit 0; }
+fi
+
 apt_opts=()
 case $series in
   6.1) ;;
@@ -52,21 +60,23 @@ kver=${kpkg#linux-image-}
 
 debs="$VM/debs/$debarch"
 mkdir -p "$debs"
-# Downloads PKG:debarch into the cache unless that exact version is already there.
+# get PKG [APT-OPTIONS]: downloads PKG:debarch into the cache unless that exact version is
+# already there; prints the file.
 get() {
   local pkg=$1 ver file
-  ver=$(apt-cache "${apt_opts[@]}" policy "$pkg:$debarch" | awk '/Candidate:/ {print $2}')
+  shift
+  local opts=("$@")
+  ver=$(apt-cache "${opts[@]}" policy "$pkg:$debarch" | awk '/Candidate:/ {print $2}')
   [ -n "$ver" ] && [ "$ver" != "(none)" ] || { echo "fetch.sh: no candidate for $pkg:$debarch" >&2; exit 1; }
   file=$(ls "$debs/${pkg}_${ver//:/%3a}_"*.deb 2>/dev/null | head -1 || true)
   if [ -z "$file" ]; then
-    (cd "$debs" && apt-get -qq "${apt_opts[@]}" download "$pkg:$debarch" >&2 2>/dev/null) \
-      || (cd "$debs" && apt-get -qq "${apt_opts[@]}" download "$pkg:$debarch" >&2)
+    (cd "$debs" && apt-get -qq "${opts[@]}" download "$pkg:$debarch" >&2)
     file=$(ls "$debs/${pkg}_${ver//:/%3a}_"*.deb | head -1)
   fi
   echo "$file"
 }
 
-kdeb=$(get "$kpkg")
+kdeb=$(get "$kpkg" "${apt_opts[@]}")
 kroot="$VM/kernel/$(basename "$kdeb" .deb)"
 if [ ! -f "$kroot/.done" ]; then
   rm -rf "$kroot"; mkdir -p "$kroot"
@@ -74,7 +84,8 @@ if [ ! -f "$kroot/.done" ]; then
   touch "$kroot/.done"
 fi
 
-# The guest's userland: busybox, iproute2's ip and tc and the libraries they link.
+# The guest's userland (bookworm's, whatever the kernel): busybox, iproute2's ip and tc and the
+# libraries they link.
 user_pkgs=(busybox-static iproute2 libc6 libmnl0 libelf1 libbpf1 libcap2 libbsd0 libmd0 zlib1g
            libxtables12 libselinux1 libpcre2-8-0 libtirpc3 libdb5.3)
 user_debs=()
@@ -89,7 +100,6 @@ if [ ! -f "$uroot/.done" ]; then
   touch "$uroot/.done"
 fi
 
-echo "KVER=$kver"
-echo "VMLINUZ=$kroot/boot/vmlinuz-$kver"
-echo "MODROOT=$kroot"
-echo "USERLAND=$uroot"
+printf 'KVER=%s\nVMLINUZ=%s\nMODROOT=%s\nUSERLAND=%s\n' \
+  "$kver" "$kroot/boot/vmlinuz-$kver" "$kroot" "$uroot" > "$resolved"
+cat "$resolved"

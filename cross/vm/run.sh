@@ -57,10 +57,13 @@ if [ -z "$bin" ]; then
   "$ROOT/cross/build.sh" "$arch" >&2
 fi
 [ -x "$bin" ] || { echo "run.sh: no edgeflow binary at $bin" >&2; exit 2; }
+# The traffic helper: built when missing or older than its source.
 traffic="$cross_out/eftraffic"
-(source "$ROOT/cross/env.sh" && cd "$ROOT" && cargo --config "$ROOT/cross/config.toml" zigbuild \
-   --locked --profile edge-release -Z build-std=std,panic_abort --target "$triple" \
-   -p edgeflow-vm-traffic --quiet) >&2
+if [ ! -x "$traffic" ] || [ -n "$(find "$HERE/traffic" -newer "$traffic" -type f -print -quit)" ]; then
+  (source "$ROOT/cross/env.sh" && cd "$ROOT" && cargo --config "$ROOT/cross/config.toml" zigbuild \
+     --locked --profile edge-release -Z build-std=std,panic_abort --target "$triple" \
+     -p edgeflow-vm-traffic --quiet) >&2
+fi
 
 eval "$("$HERE/fetch.sh" "$arch" "$series")"   # KVER VMLINUZ MODROOT USERLAND
 

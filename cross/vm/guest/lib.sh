@@ -82,11 +82,11 @@ agent_stop() {
 # What is attached to NS's DEV: `ingress=N egress=N xdp=N` (bpf filters per clsact hook,
 # XDP programs); the tc filter lines go to the console (stderr) as `EFVM hook ...`.
 hooks() {
-  ing=$($TC -n "$1" filter show dev "$2" ingress 2>/dev/null | grep -c ' bpf ')
-  egr=$($TC -n "$1" filter show dev "$2" egress 2>/dev/null | grep -c ' bpf ')
+  ing=$($TC -n "$1" filter show dev "$2" ingress 2>/dev/null | grep -c ' bpf .* tag ')
+  egr=$($TC -n "$1" filter show dev "$2" egress 2>/dev/null | grep -c ' bpf .* tag ')
   xdp=$($IP -n "$1" -d link show dev "$2" | grep -c 'prog/xdp')
-  $TC -n "$1" filter show dev "$2" ingress 2>/dev/null | grep ' bpf ' | sed 's/^/EFVM hook ingress /' >&2
-  $TC -n "$1" filter show dev "$2" egress 2>/dev/null | grep ' bpf ' | sed 's/^/EFVM hook egress /' >&2
+  $TC -n "$1" filter show dev "$2" ingress 2>/dev/null | grep ' bpf .* tag ' | sed 's/^/EFVM hook ingress /' >&2
+  $TC -n "$1" filter show dev "$2" egress 2>/dev/null | grep ' bpf .* tag ' | sed 's/^/EFVM hook egress /' >&2
   echo "ingress=$ing egress=$egr xdp=$xdp"
 }
 
