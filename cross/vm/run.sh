@@ -5,7 +5,8 @@
 #                   [--broker-port PORT] [--timeout SECS] CHECK [KEY=value ...]
 # CHECK is a script in cross/vm/guest/checks/ (by name) or a path to one; KEY=value words go to
 # the guest's kernel command line and reach the check as environment variables. --bin defaults
-# to cross/build.sh's static binary for the arch (built when missing). --broker-port gives the
+# to cross/build.sh's static binary for the arch, brought up to date first unless
+# EDGEFLOW_VM_NO_BUILD=1 (then the last build is used as it is). --broker-port gives the
 # guest QEMU user networking, where the host's 127.0.0.1:PORT is 10.0.2.2:PORT (EFVM_BROKER).
 # Output: the guest's `EFVM key value...` lines as `key value...`, then `host ...` timings.
 # Exit 0 when the check reported `status ok`, 1 when it failed, 124 on the time limit (the VM
@@ -54,7 +55,7 @@ esac
 cross_out="$BASE/cross/$triple/edge-release"
 if [ -z "$bin" ]; then
   bin="$cross_out/edgeflow"
-  "$ROOT/cross/build.sh" "$arch" >&2
+  [ "${EDGEFLOW_VM_NO_BUILD:-0}" = 1 ] || "$ROOT/cross/build.sh" "$arch" >&2
 fi
 [ -x "$bin" ] || { echo "run.sh: no edgeflow binary at $bin" >&2; exit 2; }
 # The traffic helper: built when missing or older than its source.
