@@ -16,6 +16,11 @@ pub struct Kernel {
     pub mmapable_arrays: bool,
     /// BPF_ATOMIC or/xchg/compare-and-exchange (5.12): how programs claim a table slot.
     pub atomics: bool,
+    /// Programs with those atomics load with the JIT as it is set: false where the JIT cannot
+    /// compile them and the kernel does not fall back to the interpreter (32-bit ARM's JIT
+    /// has no atomics; Debian's 6.1 armmp refuses such a program with ENOTSUPP when
+    /// `net.core.bpf_jit_enable=1`).
+    pub atomics_jit: bool,
     /// TCX links (6.6); without, TC programs are clsact filters set through netlink.
     pub tcx: bool,
     /// XDP links (5.9); without, the XDP program is set through netlink.
@@ -28,6 +33,8 @@ pub enum Needed {
     Btf,
     MmapableArrays,
     Atomics,
+    /// The JIT is on and cannot compile the atomics: not a kernel version but a setting.
+    AtomicsJit,
 }
 
 impl Needed {
@@ -38,7 +45,7 @@ impl Needed {
             Needed::MmapableArrays => {
                 "mmapable BPF arrays (BPF_F_MMAPABLE: the agent reads the flow table as memory)"
             }
-            Needed::Atomics => {
+            Needed::Atomics | Needed::AtomicsJit => {
                 "BPF atomic instructions with compare-and-exchange (BPF_ATOMIC: the programs \
                  claim flow table slots with them)"
             }
@@ -50,12 +57,21 @@ impl Needed {
         match self {
             Needed::Btf => "4.18",
             Needed::MmapableArrays => "5.5",
-            Needed::Atomics => "5.12",
+            Needed::Atomics | Needed::AtomicsJit => "5.12",
         }
     }
 
     /// The one line the agent stops with.
     pub fn message(self, release: &str) -> String {
+        if self == Needed::AtomicsJit {
+            return format!(
+                "this kernel's BPF JIT ({release}, {}) cannot compile BPF atomic instructions \
+                 (BPF_ATOMIC: the programs count and claim flow table slots with them) and does \
+                 not fall back to the interpreter while it is on: set net.core.bpf_jit_enable=0 \
+                 (sysctl -w net.core.bpf_jit_enable=0; the interpreter runs them)",
+                std::env::consts::ARCH
+            );
+        }
         format!(
             "this kernel ({release}) has no {}; edgeflow needs Linux {} or later",
             self.what(),
@@ -71,6 +87,7 @@ impl Kernel {
             (self.btf, Needed::Btf),
             (self.mmapable_arrays, Needed::MmapableArrays),
             (self.atomics, Needed::Atomics),
+            (self.atomics_jit, Needed::AtomicsJit),
         ]
         .into_iter()
         .find(|(has, _)| !has)
@@ -92,10 +109,14 @@ impl Kernel {
 
 /// Probes the running kernel.
 pub fn probe() -> Kernel {
+    let atomics = load(PROG_SCHED_CLS, &atomics_prog());
+    // ENOTSUPP (524): verified, then refused by the JIT step; an older verifier says EINVAL.
+    let jit_refused = matches!(&atomics, Err(e) if e.raw_os_error() == Some(ENOTSUPP));
     Kernel {
         btf: probe_btf(),
         mmapable_arrays: probe_mmapable(),
-        atomics: load(PROG_SCHED_CLS, &atomics_prog()).is_ok(),
+        atomics: atomics.is_ok() || jit_refused,
+        atomics_jit: !jit_refused,
         tcx: probe_link(PROG_SCHED_CLS, BPF_TCX_INGRESS, 0, 0, libc::ENODEV),
         // On loopback, which has no native XDP: a kernel with XDP links looks the device up
         // and refuses the driver mode (nothing is attached); one without refuses the link.
@@ -119,6 +140,8 @@ pub fn release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The kernel's internal "operation not supported" (not in libc: userspace never should see it).
+const ENOTSUPP: i32 = 524;
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_BTF_LOAD: libc::c_long = 18;
@@ -250,6 +273,7 @@ mod tests {
         btf: true,
         mmapable_arrays: true,
         atomics: true,
+        atomics_jit: true,
         tcx: true,
         xdp_link: true,
     };
@@ -287,7 +311,23 @@ mod tests {
         let btf = Kernel { btf: false, ..ALL };
         assert_eq!(btf.missing(), Some(Needed::Btf));
         assert!(Needed::Btf.message("4.14").contains("Linux 4.18 or later"));
-        for n in [Needed::Btf, Needed::MmapableArrays, Needed::Atomics] {
+        let jit = Kernel {
+            atomics_jit: false,
+            ..ALL
+        };
+        assert_eq!(jit.missing(), Some(Needed::AtomicsJit));
+        let m = Needed::AtomicsJit.message("6.1.0-57-armmp");
+        assert!(
+            m.starts_with("this kernel's BPF JIT (6.1.0-57-armmp, "),
+            "{m}"
+        );
+        assert!(m.contains("set net.core.bpf_jit_enable=0"), "{m}");
+        for n in [
+            Needed::Btf,
+            Needed::MmapableArrays,
+            Needed::Atomics,
+            Needed::AtomicsJit,
+        ] {
             assert!(!n.message("x").contains('\n'));
         }
         assert_eq!(ALL.missing(), None);

@@ -101,6 +101,7 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
         sample_every: cfg.sample_every,
         rtt: cfg.rtt,
     })?;
+    eprintln!("edgeflow: {}", loaded.report);
     let table = FlowTable::take(&mut loaded.ebpf)?;
     let capacity = table.capacity;
     eprintln!("edgeflow: {}", table.describe());

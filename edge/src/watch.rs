@@ -77,6 +77,7 @@ pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
         sample_every: opts.sample_every,
         rtt: opts.rtt,
     })?;
+    eprintln!("edgeflow: {}", loaded.report);
     let table = FlowTable::take(&mut loaded.ebpf)?;
     eprintln!("edgeflow: {}", table.describe());
     let mut attached: Vec<Attachment> = Vec::new();
