@@ -266,6 +266,11 @@ fn attach_xdp(
     }
     let fd = prog.fd()?.try_clone()?;
     let mode = netlink::XDP_FLAGS_DRV_MODE;
+    // A leftover in another mode cannot be replaced by this one: it goes first.
+    if let Some((x, old)) = found.xdp.as_ref().filter(|(x, _)| x.mode != mode) {
+        netlink::xdp_set(ifindex, None, Some(old.as_fd().as_raw_fd()), x.mode)?;
+        found.xdp = None;
+    }
     let expected = found
         .xdp
         .as_ref()
@@ -282,7 +287,15 @@ fn attach_xdp(
         Err(e)
             if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EEXIST) =>
         {
-            anyhow::bail!("another XDP program is attached to {iface} (not an edgeflow's): {e}")
+            let theirs: Vec<String> = netlink::xdp_progs(ifindex)
+                .unwrap_or_default()
+                .iter()
+                .map(|x| format!("{} (id {})", leftover::prog_name(x.id), x.id))
+                .collect();
+            anyhow::bail!(
+                "another XDP program is attached to {iface}, not an edgeflow's: {} ({e})",
+                theirs.join(", ")
+            )
         }
         Err(e) => Err(anyhow::anyhow!("netlink: {e}")),
     }

@@ -121,6 +121,15 @@ pub fn find(iface: &str, ifindex: u32) -> anyhow::Result<Found> {
     Ok(found)
 }
 
+/// The name of program `id` ("?" when it cannot be read).
+pub fn prog_name(id: u32) -> String {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(String::from))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// An fd of program `id` if it is an edgeflow XDP program: its name and a map of ours.
 fn our_xdp(id: u32) -> Option<ProgramFd> {
     let info = aya::programs::loaded_programs()

@@ -353,7 +353,10 @@ fn a_foreign_xdp_program_is_left_alone() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("another XDP program is attached") && err.contains("try --attach tc"),
+        err.contains(&format!(
+            "another XDP program is attached to {dev}, not an edgeflow's: foreign_xdp (id {})",
+            foreign.xdp_id
+        )) && err.contains("try --attach tc"),
         "{err}"
     );
     let end = hooks(&net);
