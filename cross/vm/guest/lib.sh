@@ -51,7 +51,9 @@ tcp_out() { echo $(( $(snmp "$1" Tcp OutSegs) + $(snmp "$1" Tcp RetransSegs) ));
 agent_start() {
   name=$1; shift
   t0=$(uptime_ms)
-  edgeflow "$@" >/tmp/$name.out 2>/tmp/$name.err &
+  # Emptied here, not by the redirection: the background shell may open it after the first look.
+  : >/tmp/$name.out; : >/tmp/$name.err
+  edgeflow "$@" >>/tmp/$name.out 2>>/tmp/$name.err &
   eval "${name}_pid=$!"
   i=0
   until grep -q 'edgeflow: ready' /tmp/$name.err; do
