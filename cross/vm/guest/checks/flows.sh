@@ -14,7 +14,8 @@ bad=0
 # serve NS CMD...: starts an eftraffic server in NS and waits for its ready line.
 serve() {
   ns=$1; shift
-  $IP netns exec "$ns" eftraffic "$@" >/tmp/serve.out 2>&1 &
+  : >/tmp/serve.out   # not by the redirection: the wait below may look before it happens
+  $IP netns exec "$ns" eftraffic "$@" >>/tmp/serve.out 2>&1 &
   serve_pid=$!
   i=0
   until grep -q ready /tmp/serve.out; do

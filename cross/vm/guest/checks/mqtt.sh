@@ -7,7 +7,8 @@
 netpair quiet
 agent_start run run --netns efa --iface va --broker "mqtt://$EFVM_BROKER" \
   --device "vm-$EFVM_ARCH" --site vm --interval 2
-$IP netns exec efb eftraffic udp-echo $B4 5000 6 >/tmp/serve.out 2>&1 &
+: >/tmp/serve.out
+$IP netns exec efb eftraffic udp-echo $B4 5000 6 >>/tmp/serve.out 2>&1 &
 sp=$!
 i=0; until grep -q ready /tmp/serve.out; do i=$((i + 1)); [ $i -lt 200 ] || fail "echo"; sleep 0.05; done
 out=$($IP netns exec efa eftraffic udp-send $B4 5000 6 100) || fail "udp send"
