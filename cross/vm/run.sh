@@ -45,7 +45,8 @@ case $arch in
   aarch64) triple=aarch64-unknown-linux-musl console=ttyAMA0
           qemu=(qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 1024) ;;
   armv7) triple=armv7-unknown-linux-musleabihf console=ttyAMA0
-          qemu=(qemu-system-arm -M virt -cpu cortex-a15 -smp 2 -m 1024) ;;
+          # highmem=off: a 32-bit kernel cannot claim the PCI ECAM window above 4 GiB.
+          qemu=(qemu-system-arm -M virt,highmem=off -cpu cortex-a15 -smp 2 -m 1024) ;;
   *) echo "run.sh: unknown arch $arch (x86_64|aarch64|armv7)" >&2; exit 2 ;;
 esac
 
