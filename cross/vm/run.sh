@@ -70,13 +70,23 @@ fi
 eval "$("$HERE/fetch.sh" "$arch" "$series")"   # KVER VMLINUZ MODROOT USERLAND
 
 mkdir -p "$VM/tmp" "$VM/logs"
+# Left only by a run that was itself SIGKILLed; none runs for hours.
+find "$VM/tmp" -mindepth 1 -maxdepth 1 -mmin +600 -exec rm -rf {} + 2>/dev/null || true
 tmp=$(mktemp -d "$VM/tmp/run.XXXXXX")
 qpid=
+# Stops QEMU: through `timeout`, which passes the signal on (and kills it by itself at the
+# limit should this script be killed first).
+stop_vm() {
+  [ -n "$qpid" ] || return 0
+  kill -TERM "$qpid" 2>/dev/null || true
+  for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$qpid" 2>/dev/null || break; sleep 0.2; done
+  pkill -KILL -P "$qpid" 2>/dev/null || true
+  kill -KILL "$qpid" 2>/dev/null || true
+  wait "$qpid" 2>/dev/null || true
+  qpid=
+}
 cleanup() {
-  if [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null; then
-    kill -KILL "$qpid" 2>/dev/null || true
-    wait "$qpid" 2>/dev/null || true
-  fi
+  stop_vm
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -127,8 +137,8 @@ rm -rf "$root"
 # --- boot ---
 log="$VM/logs/$arch-$series-$check_name.log"
 start=$(date +%s%N)
-"${qemu[@]}" -kernel "$VMLINUZ" -initrd "$tmp/initrd.gz" \
-  -append "console=$console panic=-1 quiet loglevel=3 EFVM_ARCH=$arch EFVM_CHECK=$check_name ${params[*]}" \
+timeout -s KILL $((limit + 15)) "${qemu[@]}" -kernel "$VMLINUZ" -initrd "$tmp/initrd.gz" \
+  -append "console=$console panic=-1 quiet loglevel=3 EFVM_ARCH=$arch EFVM_CHECK=$check_name EFVM_CHECK_TIMEOUT=$((limit * 9 / 10)) ${params[*]}" \
   -display none -monitor none -serial stdio -no-reboot "${netargs[@]}" \
   </dev/null >"$tmp/console" 2>&1 &
 qpid=$!
@@ -136,12 +146,12 @@ timed_out=0
 while kill -0 "$qpid" 2>/dev/null; do
   if [ $(( ($(date +%s%N) - start) / 1000000000 )) -ge "$limit" ]; then
     timed_out=1
-    kill -KILL "$qpid" 2>/dev/null || true
+    stop_vm
     break
   fi
   sleep 0.5
 done
-wait "$qpid" 2>/dev/null || true
+[ -z "$qpid" ] || wait "$qpid" 2>/dev/null || true
 qpid=
 wall_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 tr -d '\r' < "$tmp/console" > "$log"
