@@ -1,5 +1,6 @@
 # Exact per-flow counts between two namespaces on a veth pair, read by `edgeflow watch --json`
-# at va (efa's end; TC ingress + egress, the table read through its mapped array):
+# at va (efa's end; TC ingress + egress, or XDP ingress with EFVM_ATTACH=xdp; the table read
+# through its mapped array):
 # UDP v4 and v6 (5 datagrams echoed), TCP both ways (handshake, data, close; the senders'
 # own segment counters are the truth), ICMP v4 and v6 echo; RTT samples on the TCP flows;
 # the window totals conserve and nothing is left unsettled; nothing attached after exit.
@@ -7,7 +8,8 @@
 netpair
 # IPv6 needs its neighbours once (ND is its own ICMPv6 flows, which the check ignores).
 $IP netns exec efa ping -c 1 -w 5 -q $B6 >/dev/null || fail "v6 not reachable"
-agent_start watch watch --json --netns efa --iface va --interval 60
+# EFVM_ATTACH: the agent's --attach (auto: TC both ways on a veth; xdp: XDP ingress).
+agent_start watch watch --json --netns efa --iface va --attach "${EFVM_ATTACH:-auto}" --interval 60
 say "attached $(hooks efa va)"
 
 bad=0
