@@ -101,12 +101,18 @@ fn flows_and_crash(arch: &str, extra: &[&str]) {
         eprintln!("skipped: EDGEFLOW_TEST_VM=1 runs the {arch} VM tests");
         return;
     }
-    let r = vm(arch, "6.1", "flows", extra);
-    r.assert_ok("flows");
-    // Every expected flow was checked: 2 UDP, 2 ICMP, 2 TCP; both TCP flows had RTT.
-    assert_eq!(r.values("flow-ok").len(), 6, "{:#?}", r.lines);
-    assert_eq!(r.values("tcp-ok").len(), 2, "{:#?}", r.lines);
-    assert_eq!(r.field("unsettled", "packets").as_deref(), Some("0"));
+    // auto: TC ingress and egress on a veth; xdp: native XDP ingress, TC egress.
+    for attach in ["auto", "xdp"] {
+        let mode = format!("EFVM_ATTACH={attach}");
+        let mut args = extra.to_vec();
+        args.push(&mode);
+        let r = vm(arch, "6.1", "flows", &args);
+        r.assert_ok(&format!("flows --attach {attach}"));
+        // Every expected flow was checked: 2 UDP, 2 ICMP, 2 TCP; both TCP flows had RTT.
+        assert_eq!(r.values("flow-ok").len(), 6, "{:#?}", r.lines);
+        assert_eq!(r.values("tcp-ok").len(), 2, "{:#?}", r.lines);
+        assert_eq!(r.field("unsettled", "packets").as_deref(), Some("0"));
+    }
 
     let r = vm(arch, "6.1", "crash", extra);
     r.assert_ok("crash");
