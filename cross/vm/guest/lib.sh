@@ -84,8 +84,9 @@ agent_stop() {
 # What is attached to NS's DEV: `ingress=N egress=N xdp=N` (bpf filters per clsact hook,
 # XDP programs); the tc filter lines go to the console (stderr) as `EFVM hook ...`.
 hooks() {
-  ing=$($TC -n "$1" filter show dev "$2" ingress 2>/dev/null | grep -c ' bpf .* tag ')
-  egr=$($TC -n "$1" filter show dev "$2" egress 2>/dev/null | grep -c ' bpf .* tag ')
+  # A filter's lines carry its handle; `tc` also prints a line per pref (the chain head).
+  ing=$($TC -n "$1" filter show dev "$2" ingress 2>/dev/null | grep ' bpf ' | grep -c ' handle ')
+  egr=$($TC -n "$1" filter show dev "$2" egress 2>/dev/null | grep ' bpf ' | grep -c ' handle ')
   xdp=$($IP -n "$1" -d link show dev "$2" | grep -c 'prog/xdp')
   $TC -n "$1" filter show dev "$2" ingress 2>/dev/null | grep ' bpf .* tag ' | sed 's/^/EFVM hook ingress /' >&2
   $TC -n "$1" filter show dev "$2" egress 2>/dev/null | grep ' bpf .* tag ' | sed 's/^/EFVM hook egress /' >&2
