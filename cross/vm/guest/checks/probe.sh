@@ -1,6 +1,5 @@
-# A kernel the programs cannot run on as it is set (bullseye's 5.10: no BPF compare-and-swap;
-# armv7 with its JIT on, where i18b's probe finds the JIT cannot compile the atomics): the
-# agent says so in one line and exits 2, before any verifier dump, and attaches nothing.
+# A kernel the programs cannot run on (bullseye's 5.10: no BPF compare-and-swap): the agent
+# says so in one line and exits 2, before any verifier dump, and attaches nothing.
 # EFVM_EXPECT: a grep pattern that line must match (no spaces: use . for them).
 . /checks/lib.sh
 netpair quiet
