@@ -75,10 +75,17 @@ fn vm(arch: &str, kernel: &str, check: &str, extra: &[&str]) -> VmRun {
     args.extend_from_slice(extra);
     args.push(check);
     let started = Instant::now();
-    let out = Command::new(RUN)
-        .args(&args)
-        .output()
-        .expect("running cross/vm/run.sh");
+    let mut cmd = Command::new(RUN);
+    // run.sh's cross build is a cargo of its own: it must see the environment a shell would,
+    // not the one cargo gives this test (its CARGO_*, RUSTC*, library path).
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        let keep = k == "CARGO_TARGET_DIR" || k == "CARGO_HOME";
+        if !keep && (k.starts_with("CARGO") || k.starts_with("RUSTC") || k == "LD_LIBRARY_PATH") {
+            cmd.env_remove(&k);
+        }
+    }
+    let out = cmd.args(&args).output().expect("running cross/vm/run.sh");
     let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
