@@ -285,6 +285,21 @@ mod tests {
         assert!(check().is_ok());
     }
 
+    /// The probe's loader tells a refused program from a loaded one: an atomic with an
+    /// operation no kernel knows is refused (EINVAL) as 5.10 refuses compare-and-exchange.
+    #[test]
+    fn an_unknown_atomic_fails_the_probe_load() {
+        let mut p = Vec::new();
+        p.extend(insn(0xb7, 1, 0, 0, 1));
+        p.extend(insn(0x7b, 10, 1, -8, 0));
+        p.extend(insn(0xdb, 10, 1, -8, 0x7f));
+        p.extend(insn(0xb7, 0, 0, 0, 0));
+        p.extend(insn(0x95, 0, 0, 0, 0));
+        let e = load(PROG_SCHED_CLS, &p).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        assert!(load(PROG_SCHED_CLS, &atomics_prog()).is_ok());
+    }
+
     #[test]
     fn each_missing_feature_is_one_line_with_its_version() {
         let atomics = Kernel {
