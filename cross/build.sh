@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds static (musl) edgeflow binaries for the edge boxes, with the eBPF object embedded:
-#   sudo cross/build.sh [aarch64|armv7|all]      (default: all)
+#   sudo cross/build.sh [x86_64|aarch64|armv7|all]      (default: all)
 # Results: $CARGO_TARGET_DIR/<triple>/edge-release/edgeflow (stripped), sizes printed.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -10,10 +10,11 @@ source "$HERE/env.sh"
 
 which=${1:-all}
 case $which in
+  x86_64) targets=(x86_64-unknown-linux-musl) ;;
   aarch64) targets=(aarch64-unknown-linux-musl) ;;
   armv7) targets=(armv7-unknown-linux-musleabihf) ;;
-  all) targets=(aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf) ;;
-  *) echo "usage: cross/build.sh [aarch64|armv7|all]" >&2; exit 2 ;;
+  all) targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf) ;;
+  *) echo "usage: cross/build.sh [x86_64|aarch64|armv7|all]" >&2; exit 2 ;;
 esac
 
 cd "$ROOT"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds both edge targets and proves them under qemu-user: `edgeflow --version`, a usage error
-# with its exit code, `edgeflow decode` of the golden V1 payload, and the unit tests of `shared`
-# and `edge` that need no kernel features beyond plain syscalls.
+# Builds the three static targets and proves them (the ARM ones under qemu-user): `edgeflow
+# --version`, a usage error with its exit code, `edgeflow decode` of the golden V1 payload, and
+# the unit tests of `shared` and `edge` that need no kernel features beyond plain syscalls.
 #   sudo cross/test.sh
 # Not part of scripts/test.sh by default (a first run rebuilds std twice per target, ~25 min on
 # 2 cores); set EDGEFLOW_TEST_CROSS=1 to make scripts/test.sh run it.
@@ -14,8 +14,8 @@ cd "$ROOT"
 
 golden_hex=$(tr -d '\n' < shared/src/wire/golden_v1.hex)
 fail=0
-for t in aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf; do
-  case $t in aarch64*) q=qemu-aarch64-static ;; *) q=qemu-arm-static ;; esac
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf; do
+  case $t in x86_64*) q=env ;; aarch64*) q=qemu-aarch64-static ;; *) q=qemu-arm-static ;; esac
   bin="$CARGO_TARGET_DIR/$t/edge-release/edgeflow"
   echo "== $t"
   $q "$bin" --version | grep -q '^edgeflow ' || { echo "FAIL: --version" >&2; fail=1; }

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/edgeflow-target}"
 source scripts/env.sh
 
+# QEMU and the foreign architectures for the VM tests (edge/tests/vm.rs, cross/vm/).
+[ "${EDGEFLOW_TEST_VM:-}" = 0 ] || cross/vm/setup.sh
+
 cargo fmt --all -- --check
 (cd edge-ebpf && cargo fmt -- --check)
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -354,7 +354,11 @@ fn entry<C: EbpfContext>(
         for i in 0..PROBES {
             let at = table::probe(home, i, mask);
             let s = FLOWS.get_ptr_mut(at)?;
-            let st = unsafe { core::ptr::read_volatile(&raw const (*s).state) };
+            // The state read as an atomic or-with-0, which changes nothing but orders: the key
+            // is then read after it, so a slot another CPU published LIVE is seen with its key
+            // (a plain load may be ordered after the key's on arm64: `shared::table`). Only a
+            // new flow's packets get here.
+            let st = unsafe { atomic_or::<u32, u32, { SeqCst }>(&raw mut (*s).state, 0) };
             if st == LIVE {
                 if table::same_key(unsafe { &(*s).key }, &p.key) {
                     // Another CPU added it meanwhile.

@@ -139,12 +139,14 @@ fn main() {
         })
         .expect("loading the programs (run as root)");
         let table = FlowTable::take(&mut loaded.ebpf).unwrap();
+        let kernel = edge::kernel::probe();
         let mut attached = Vec::new();
         attach::attach_all(
             &mut loaded.ebpf,
             std::slice::from_ref(&net.veth_b),
             Some(&net.ns_b),
             AttachMode::Tc,
+            attach::Hooks::new(kernel.tcx, kernel.xdp_link),
             &mut attached,
         )
         .unwrap();
@@ -183,8 +185,7 @@ fn main() {
                 drained = w.flows.len();
             }
         }
-        drop(loaded);
-        attach::cleanup_all(&attached, Some(&net.ns_b));
+        attach::detach_all(loaded, &attached, Some(&net.ns_b));
         drop(scratch);
         (d, b, r, c, drained)
     };

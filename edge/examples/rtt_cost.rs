@@ -14,7 +14,6 @@ use aya::{
 use edge::{
     attach::{self, AttachMode},
     bpf::{self, LoadOptions, RttOptions},
-    netdev,
 };
 use std::{
     io::{Read, Write},
@@ -90,7 +89,17 @@ fn measure(attach: &'static str, mode: AttachMode, rtt: bool) -> anyhow::Result<
         rtt: rtt.then(RttOptions::default),
     })?;
     let ebpf = &mut loaded.ebpf;
-    let att = netdev::in_netns(Some(&net.ns_a), || attach::attach(ebpf, &net.veth_a, mode))??;
+    let k = edge::kernel::probe();
+    let mut atts = Vec::new();
+    attach::attach_all(
+        ebpf,
+        std::slice::from_ref(&net.veth_a),
+        Some(&net.ns_a),
+        mode,
+        attach::Hooks::new(k.tcx, k.xdp_link),
+        &mut atts,
+    )?;
+    let xdp = atts[0].ingress == attach::Ingress::XdpNative;
     let t = Instant::now();
     traffic(&net);
     let took = t.elapsed();
@@ -98,12 +107,11 @@ fn measure(attach: &'static str, mode: AttachMode, rtt: bool) -> anyhow::Result<
         ("tc egress", bpf::tc_egress(ebpf).info()?),
         ("tc ingress", bpf::tc(ebpf).info()?),
     ];
-    if att.ingress == attach::Ingress::XdpNative {
+    if xdp {
         progs.push(("xdp", bpf::xdp(ebpf).info()?));
     }
     eprintln!("{attach} rtt {rtt}: traffic took {took:.1?}");
-    drop(loaded);
-    attach::cleanup(&att);
+    attach::detach_all(loaded, &atts, Some(&net.ns_a));
     Ok(progs
         .into_iter()
         .filter(|(_, i)| i.run_count() > 0)

@@ -85,6 +85,29 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     /// Forwards the programs' aya-log records to the `log` crate; `flush` it now and then.
     pub logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    /// What loading took.
+    pub report: LoadReport,
+}
+
+/// What loading the programs took: time, the verifier's work, JIT or interpreter.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    pub elapsed: Duration,
+    /// Per attachable program: name, instructions the verifier processed (Linux 5.16+),
+    /// bytes of JIT-compiled code (0: the interpreter runs it).
+    pub programs: Vec<(&'static str, Option<u32>, u32)>,
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "programs loaded in {:.1} s", self.elapsed.as_secs_f64())?;
+        for (name, verified, jited) in &self.programs {
+            let v = verified.map_or("?".to_string(), |v| v.to_string());
+            let how = if *jited > 0 { "JIT" } else { "interpreter" };
+            write!(f, "; {name}: {v} instructions verified, {how}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Loaded {
@@ -119,6 +142,7 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
         hash_seed: shape.seed,
         slot_mask: shape.mask(),
     };
+    let started = std::time::Instant::now();
     let cpus = aya::util::nr_cpus().map_err(|(path, source)| LoadError::Cpus { path, source })?;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(CPU_SLOTS_MAP, cpus as u32)
@@ -143,7 +167,22 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
     if ebpf.program(CLOCK_PROG).is_some() {
         load_program::<Xdp>(&mut ebpf, CLOCK_PROG)?;
     }
-    Ok(Loaded { ebpf, logger })
+    let mut report = LoadReport {
+        elapsed: started.elapsed(),
+        programs: Vec::new(),
+    };
+    for name in [XDP_PROG, TC_PROG, TC_EGRESS_PROG] {
+        if let Some(info) = ebpf.program(name).and_then(|p| p.info().ok()) {
+            report
+                .programs
+                .push((name, info.verified_instruction_count(), info.size_jitted()));
+        }
+    }
+    Ok(Loaded {
+        ebpf,
+        logger,
+        report,
+    })
 }
 
 /// A seed for the table's hash from the OS's randomness (std seeds each `RandomState` so).

@@ -11,8 +11,11 @@ pub mod decode;
 pub mod drain;
 pub mod health;
 pub mod ifstate;
+pub mod kernel;
+pub mod leftover;
 pub mod mqtt;
 pub mod netdev;
+pub mod netlink;
 pub mod run;
 pub mod spool;
 pub mod summary;
@@ -32,4 +35,7 @@ pub enum UsageError {
     TableSize { got: u32, min: u32, max: u32 },
     #[error("{0}")]
     Invalid(String),
+    /// The kernel lacks something the programs need (`kernel::Needed::message`).
+    #[error("{0}")]
+    Kernel(String),
 }

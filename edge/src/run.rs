@@ -79,7 +79,7 @@ pub fn open_spool(cfg: &Config) -> anyhow::Result<Spool> {
 }
 
 pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
-    watch::validate(cfg.max_flows, &cfg.interfaces, cfg.netns.as_deref())?;
+    let kernel = watch::validate(cfg.max_flows, &cfg.interfaces, cfg.netns.as_deref())?;
     let ident = Identity {
         device: Id::try_from(cfg.device.as_str())
             .map_err(|_| UsageError::Invalid("device id too long".into()))?,
@@ -101,6 +101,7 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
         sample_every: cfg.sample_every,
         rtt: cfg.rtt,
     })?;
+    eprintln!("edgeflow: {}", loaded.report);
     let table = FlowTable::take(&mut loaded.ebpf)?;
     let capacity = table.capacity;
     eprintln!("edgeflow: {}", table.describe());
@@ -119,6 +120,7 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
             &cfg.interfaces,
             cfg.netns.as_deref(),
             cfg.attach,
+            attach::Hooks::new(kernel.tcx, kernel.xdp_link),
             &mut attached,
         )?;
         let ifaces = IfaceStates::new(&attached, cfg.netns.as_deref());
@@ -146,8 +148,7 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
         ))
     })();
     loaded.flush_log();
-    drop(loaded); // detaches every link
-    attach::cleanup_all(&attached, cfg.netns.as_deref());
+    attach::detach_all(loaded, &attached, cfg.netns.as_deref());
     eprintln!("edgeflow: detached");
     result
 }

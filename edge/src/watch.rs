@@ -6,6 +6,7 @@ use crate::{
     caps,
     drain::{Drainer, Expiry},
     ifstate::IfaceStates,
+    kernel::{self, Kernel},
     table::FlowTable,
     UsageError,
 };
@@ -36,8 +37,12 @@ pub struct WatchOptions {
     pub expiry: Expiry,
 }
 
-/// Checks what the user can fix before anything is loaded.
-pub fn validate(max_flows: u32, ifaces: &[String], netns: Option<&str>) -> Result<(), UsageError> {
+/// Checks what the user can fix before anything is loaded, the kernel last: what it offers.
+pub fn validate(
+    max_flows: u32,
+    ifaces: &[String],
+    netns: Option<&str>,
+) -> Result<Kernel, UsageError> {
     if !(MIN_MAX_FLOWS..=MAX_MAX_FLOWS).contains(&max_flows) {
         return Err(UsageError::TableSize {
             got: max_flows,
@@ -46,7 +51,12 @@ pub fn validate(max_flows: u32, ifaces: &[String], netns: Option<&str>) -> Resul
         });
     }
     crate::netdev::in_netns(netns, || attach::check_interfaces(ifaces))??;
-    caps::check()
+    caps::check()?;
+    let k = kernel::check()?;
+    if let Some(f) = k.fallbacks() {
+        eprintln!("edgeflow: kernel {}: {f}", kernel::release());
+    }
+    Ok(k)
 }
 
 /// A flag raised by SIGINT or SIGTERM.
@@ -60,13 +70,14 @@ pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 
 /// Loads, attaches, and prints windows until `count` or a signal; detaches before returning.
 pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
-    validate(opts.max_flows, &opts.ifaces, opts.netns.as_deref())?;
+    let kernel = validate(opts.max_flows, &opts.ifaces, opts.netns.as_deref())?;
     let stop = stop_flag()?;
     let mut loaded = bpf::load(LoadOptions {
         max_flows: opts.max_flows,
         sample_every: opts.sample_every,
         rtt: opts.rtt,
     })?;
+    eprintln!("edgeflow: {}", loaded.report);
     let table = FlowTable::take(&mut loaded.ebpf)?;
     eprintln!("edgeflow: {}", table.describe());
     let mut attached: Vec<Attachment> = Vec::new();
@@ -80,6 +91,7 @@ pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
             &opts.ifaces,
             opts.netns.as_deref(),
             opts.attach,
+            attach::Hooks::new(kernel.tcx, kernel.xdp_link),
             &mut attached,
         )?;
         let mut ifaces = IfaceStates::new(&attached, opts.netns.as_deref());
@@ -106,8 +118,7 @@ pub fn run(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
         }
     })();
     loaded.flush_log();
-    drop(loaded); // detaches every link
-    attach::cleanup_all(&attached, opts.netns.as_deref());
+    attach::detach_all(loaded, &attached, opts.netns.as_deref());
     eprintln!("edgeflow: detached");
     result
 }

@@ -48,12 +48,14 @@ fn load_on(net: &TestNet, max_flows: u32) -> (Loaded, FlowTable, Vec<Attachment>
     })
     .unwrap();
     let table = FlowTable::take(&mut loaded.ebpf).unwrap();
+    let kernel = edge::kernel::probe();
     let mut attached = Vec::new();
     attach::attach_all(
         &mut loaded.ebpf,
         std::slice::from_ref(&net.veth_b),
         Some(&net.ns_b),
         AttachMode::Tc,
+        attach::Hooks::new(kernel.tcx, kernel.xdp_link),
         &mut attached,
     )
     .unwrap();
@@ -121,8 +123,7 @@ fn every_flow_once_with_its_packets_and_found_by_key() {
     send(&net, false, port..port + 1, 1);
     let back = table.get(&v4[0]).expect("back in the table");
     assert_eq!(back.packets()[0] + back.packets()[1], 1);
-    drop(loaded);
-    attach::cleanup_all(&attached, Some(&net.ns_b));
+    attach::detach_all(loaded, &attached, Some(&net.ns_b));
 }
 
 /// A packet sent at a known monotonic time gets first/last-seen stamps that the agent's
@@ -168,8 +169,7 @@ fn tick_stamps_convert_to_the_time_the_packet_passed() {
             "{what}: stamp {got} ns, sent at {at} ns (tick {tick_ns} ns)"
         );
     }
-    drop(loaded);
-    attach::cleanup_all(&attached, Some(&net.ns_b));
+    attach::detach_all(loaded, &attached, Some(&net.ns_b));
 }
 
 /// Thousands of flows over four drains: each window reports every flow with exactly the
@@ -250,6 +250,5 @@ fn drains_give_every_flow_exactly_its_packets_of_the_window() {
         &[(false, 20_000..20_700, 1), (true, 30_000..30_100, 2)],
     );
     drop(drainer);
-    drop(loaded);
-    attach::cleanup_all(&attached, Some(&net.ns_b));
+    attach::detach_all(loaded, &attached, Some(&net.ns_b));
 }

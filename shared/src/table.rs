@@ -27,11 +27,16 @@
 //! the flows, not the table's size (a slot is a line of its own; reading every slot's state
 //! of a default table is 2 MiB of cache misses).
 //!
-//! Limit: a program reads a slot's state and then its key with plain loads. On a weakly
-//! ordered CPU (arm64) the key may be read before the state, so a program that meets a slot
-//! another CPU publishes at that moment for the same new flow can miss it and claim a second
-//! slot for the flow; both are counted and drained (two records of one flow in that window).
-//! x86 keeps loads in order; BPF load-acquire (Linux 6.15) would close it on arm64.
+//! Ordering: a lookup reads a slot's state and then its key with plain loads, which a weakly
+//! ordered CPU (arm64) may perform key first. A lookup that meets a slot another CPU publishes
+//! at that moment for the same new flow can then see LIVE with the key not yet written and
+//! miss it. So a lookup that misses is not trusted: the claim that follows reads each state
+//! with an atomic or-with-0 (BPF_OR | BPF_FETCH), which the arm64 JIT emits with acquire and
+//! release order (LDSETAL, or an exclusive loop and a barrier), and the publishing exchange is
+//! ordered after the key's stores, so a slot seen LIVE there is seen with its key and the
+//! packet is counted into it: one slot per flow. Only a new flow's packets pay for it (a locked
+//! instruction per slot looked at on x86); a known flow's lookup stays plain loads. BPF
+//! load-acquire (Linux 6.15) would do it with a load.
 //!
 //! The table has twice as many slots as the flows it is sized for
 //! ([`TableShape::for_flows`]): at that load a probe sequence is a few slots long, and a new

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod bpfobj;
 pub mod capture;
 pub mod delay;
+pub mod foreign;
 pub mod mosquitto;
 pub mod raw;
 pub mod ready;
