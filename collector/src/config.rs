@@ -3,6 +3,7 @@
 use crate::UsageError;
 use argh::FromArgs;
 use serde::Deserialize;
+use shared::broker::{Broker, BrokerUrl};
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -84,67 +85,11 @@ struct File {
     client_key: Option<PathBuf>,
 }
 
-/// Where the broker is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::str::FromStr for BrokerUrl {
-    type Err = UsageError;
-    fn from_str(url: &str) -> Result<BrokerUrl, UsageError> {
-        let bad = |why: &str| UsageError(format!("broker URL {url:?}: {why}"));
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"))?;
-        let tls = match scheme {
-            "mqtt" | "tcp" => false,
-            "mqtts" | "ssl" => true,
-            _ => return Err(bad("scheme must be mqtt or mqtts")),
-        };
-        let rest = rest.trim_end_matches('/');
-        let default_port = if tls { 8883 } else { 1883 };
-        // [v6]:port, host:port, or host.
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
-            match after.strip_prefix(':') {
-                Some(p) => (h, Some(p)),
-                None if after.is_empty() => (h, None),
-                None => return Err(bad("junk after ]")),
-            }
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (rest, None),
-            }
-        };
-        if host.is_empty() || host.contains('/') {
-            return Err(bad("no host"));
-        }
-        let port = match port {
-            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
-            None => default_port,
-        };
-        Ok(BrokerUrl {
-            tls,
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
 /// How the subscriber reaches its broker.
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
-    pub url: BrokerUrl,
+    pub broker: Broker,
     pub client_id: String,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub ca: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
 }
 
 /// Everything the collector runs with.
@@ -177,7 +122,7 @@ impl Config {
         }
         let embedded_broker = cli.embedded_broker.or(file.embedded_broker);
         let broker = cli.broker.or(file.broker);
-        let url = match (embedded_broker, &broker) {
+        let url: BrokerUrl = match (embedded_broker, &broker) {
             (Some(_), Some(_)) => {
                 return Err(UsageError(
                     "--broker and --embedded-broker exclude each other".into(),
@@ -188,11 +133,20 @@ impl Config {
                 host: connect_ip(addr).to_string(),
                 port: addr.port(),
             },
-            (None, Some(url)) => url.parse()?,
-            (None, None) => DEFAULT_BROKER.parse()?,
+            (None, Some(url)) => url.parse().map_err(|e| UsageError(format!("{e}")))?,
+            (None, None) => DEFAULT_BROKER.parse().expect("valid default"),
         };
         if embedded_broker.is_some_and(|a| a.port() == 0) {
             return Err(UsageError("--embedded-broker needs a port".into()));
+        }
+        if embedded_broker.is_some_and(|a| !a.ip().is_loopback()) {
+            // rumqttd has no per-device ACL or TLS here: anyone who reaches it could speak
+            // for any device. Mosquitto with configs/mosquitto.conf is the fleet broker.
+            return Err(UsageError(
+                "--embedded-broker listens on loopback only (it has no per-device ACL or TLS); \
+                 for devices on the network run Mosquitto with configs/mosquitto.conf"
+                    .into(),
+            ));
         }
         let client_id = cli
             .client_id
@@ -201,11 +155,15 @@ impl Config {
         if client_id.is_empty() || client_id.len() > 128 {
             return Err(UsageError("client_id must be 1 to 128 bytes".into()));
         }
-        let username = cli.username.or(file.username);
-        let password = cli.password.or(file.password).or_else(|| env(ENV_PASSWORD));
-        if password.is_some() && username.is_none() {
-            return Err(UsageError("a password needs a username".into()));
-        }
+        let broker = Broker::new(
+            url,
+            cli.username.or(file.username),
+            cli.password.or(file.password).or_else(|| env(ENV_PASSWORD)),
+            cli.ca.or(file.ca),
+            cli.client_cert.or(file.client_cert),
+            cli.client_key.or(file.client_key),
+        )
+        .map_err(|e| UsageError(e.0))?;
         let token = cli
             .token
             .or(file.token)
@@ -223,15 +181,7 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("valid default")),
             token,
             embedded_broker,
-            mqtt: MqttConfig {
-                url,
-                client_id,
-                username,
-                password,
-                ca: cli.ca.or(file.ca),
-                client_cert: cli.client_cert.or(file.client_cert),
-                client_key: cli.client_key.or(file.client_key),
-            },
+            mqtt: MqttConfig { broker, client_id },
         })
     }
 }
@@ -261,32 +211,10 @@ mod tests {
     }
 
     #[test]
-    fn broker_urls() {
-        let u: BrokerUrl = "mqtt://broker.lan".parse().unwrap();
-        assert_eq!(
-            (u.tls, u.host.as_str(), u.port),
-            (false, "broker.lan", 1883)
-        );
-        let u: BrokerUrl = "mqtts://10.0.0.5:9000/".parse().unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "10.0.0.5", 9000));
-        let u: BrokerUrl = "mqtts://[fd00::1]".parse().unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "fd00::1", 8883));
-        for bad in [
-            "broker",
-            "http://x",
-            "mqtt://",
-            "mqtt://h:port",
-            "mqtt://[::1",
-        ] {
-            assert!(bad.parse::<BrokerUrl>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn defaults() {
         let c = Config::resolve(Cli::default(), no_env).unwrap();
         assert_eq!(c.http.to_string(), DEFAULT_HTTP);
-        assert_eq!(c.mqtt.url.port, 1883);
+        assert_eq!(c.mqtt.broker.url.port, 1883);
         assert_eq!(c.mqtt.client_id, DEFAULT_CLIENT_ID);
         assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
         assert!(c.token.is_none() && c.embedded_broker.is_none());
@@ -305,7 +233,7 @@ mod tests {
         let cli = Cli {
             config: Some(path.clone()),
             http: Some("127.0.0.1:9001".parse().unwrap()),
-            embedded_broker: Some("0.0.0.0:1999".parse().unwrap()),
+            embedded_broker: Some("127.0.0.1:1999".parse().unwrap()),
             ..Cli::default()
         };
         let env = |k: &str| (k == ENV_PASSWORD || k == ENV_TOKEN).then(|| format!("{k}-v"));
@@ -313,9 +241,9 @@ mod tests {
         assert_eq!(c.db, PathBuf::from("/tmp/x.db"));
         assert_eq!(c.retention, Duration::from_secs(2 * 86_400));
         assert_eq!(c.http.port(), 9001);
-        assert_eq!(c.mqtt.url.host, "127.0.0.1", "unspecified means loopback");
-        assert_eq!(c.mqtt.url.port, 1999);
-        assert_eq!(c.mqtt.password.as_deref(), Some("EDGEFLOW_MQTT_PASSWORD-v"));
+        assert_eq!(c.mqtt.broker.url.host, "127.0.0.1");
+        assert_eq!(c.mqtt.broker.url.port, 1999);
+        assert_eq!(c.mqtt.broker.password.as_deref(), Some("EDGEFLOW_MQTT_PASSWORD-v"));
         assert_eq!(c.token.as_deref(), Some("EDGEFLOW_COLLECTOR_TOKEN-v"));
         std::fs::write(&path, "colour = 3\n").unwrap();
         let cli = Cli {
@@ -347,5 +275,13 @@ mod tests {
             ..Cli::default()
         };
         assert!(Config::resolve(pw_only, no_env).is_err());
+        let open = Cli {
+            embedded_broker: Some("0.0.0.0:1883".parse().unwrap()),
+            ..Cli::default()
+        };
+        assert!(
+            Config::resolve(open, no_env).is_err(),
+            "the embedded broker stays on loopback"
+        );
     }
 }

@@ -52,13 +52,19 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let stats = Arc::new(IngestStats::default());
     let rates = Arc::new(RateTracker::default());
     if let Some(addr) = cfg.embedded_broker {
-        let auth = cfg
-            .mqtt
+        let b = &cfg.mqtt.broker;
+        let auth = b
             .username
             .clone()
-            .map(|u| (u, cfg.mqtt.password.clone().unwrap_or_default()));
+            .map(|u| (u, b.password.clone().unwrap_or_default()));
         broker::start(addr, auth).map_err(|e| UsageError(e.to_string()))?;
         println!("edgeflow-collector: embedded MQTT broker on mqtt://{addr}");
+        log::warn!(
+            "the embedded broker (rumqttd) acknowledges a publish once it is in its memory: a \
+             collector crash loses what it acknowledged and had not stored yet, and it has no \
+             per-device ACL. Use Mosquitto (configs/mosquitto.conf, as scripts/demo.sh does) \
+             where that matters."
+        );
     }
     let opts = mqtt::options(&cfg.mqtt)?;
     let listener = tokio::net::TcpListener::bind(cfg.http)
@@ -66,11 +72,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .map_err(|e| UsageError(format!("cannot listen on {}: {e}", cfg.http)))?;
     let local = listener.local_addr()?;
     println!(
-        "edgeflow-collector: storing in {}, reading {}://{}:{} as {}",
+        "edgeflow-collector: storing in {}, reading {} as {}",
         cfg.db.display(),
-        if cfg.mqtt.url.tls { "mqtts" } else { "mqtt" },
-        cfg.mqtt.url.host,
-        cfg.mqtt.url.port,
+        cfg.mqtt.broker.url,
         cfg.mqtt.client_id
     );
     println!("edgeflow-collector: dashboard http://{local}/");

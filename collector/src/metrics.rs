@@ -5,15 +5,7 @@ use crate::{ingest::IngestStats, query::Device, rate::Rates};
 use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
 
 /// Every rejection reason, so each series exists (at 0) before its first occurrence.
-pub const REASONS: [&str; 7] = [
-    "empty",
-    "unknown_version",
-    "malformed",
-    "invalid",
-    "topic_mismatch",
-    "unknown_topic",
-    "bad_status",
-];
+pub const REASONS: [&str; 8] = shared::identity::Reject::REASONS;
 
 /// A label value with `\`, `"` and newlines escaped.
 fn label(v: &str) -> String {
@@ -103,7 +95,7 @@ pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device]) -> String 
         let _ = writeln!(o, "{name} {v}");
     }
     type Get = fn(&Device) -> Option<f64>;
-    let per_device: [(&str, &str, &str, Get); 9] = [
+    let per_device: [(&str, &str, &str, Get); 11] = [
         (
             "edgeflow_device_up",
             "gauge",
@@ -151,6 +143,18 @@ pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device]) -> String 
             "gauge",
             "Packets that went to the overflow record in the latest window.",
             |d| d.latest.as_ref().map(|l| l.health.table_full as f64),
+        ),
+        (
+            "edgeflow_device_missing_windows",
+            "gauge",
+            "Windows the device numbered that the collector does not have (gaps), all runs stored.",
+            |d| Some(d.gaps as f64),
+        ),
+        (
+            "edgeflow_device_spool_dropped",
+            "gauge",
+            "Windows the device's spool dropped since the agent started (its own count).",
+            |d| d.latest.as_ref().map(|l| l.health.spool_dropped as f64),
         ),
         (
             "edgeflow_device_cpu_percent",

@@ -11,14 +11,12 @@
 //! broker bounds how many unacknowledged QoS 1 messages it sends us, which bounds the channel.
 
 use crate::{
-    config::{BrokerUrl, MqttConfig},
+    config::MqttConfig,
     ingest::{Incoming, Ingest},
-    topic, UsageError,
+    UsageError,
 };
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration,
-    Transport,
-};
+use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS};
+use shared::identity::FILTERS;
 use std::{
     sync::{atomic::Ordering::Relaxed, mpsc},
     time::{Duration, Instant},
@@ -31,44 +29,15 @@ const MAX_BATCH: usize = 512;
 
 /// Client options from the configuration.
 pub fn options(cfg: &MqttConfig) -> Result<MqttOptions, UsageError> {
-    let BrokerUrl { tls, host, port } = &cfg.url;
-    let mut o = MqttOptions::new(cfg.client_id.clone(), host.clone(), *port);
+    let mut o = cfg
+        .broker
+        .options(&cfg.client_id)
+        .map_err(|e| UsageError(e.0))?;
     o.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_request_channel_capacity(4096);
-    if let Some(user) = &cfg.username {
-        o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
-    }
-    if *tls {
-        let read = |p: &std::path::PathBuf| {
-            std::fs::read(p).map_err(|e| UsageError(format!("{}: {e}", p.display())))
-        };
-        let client_auth = match (&cfg.client_cert, &cfg.client_key) {
-            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-            (None, None) => None,
-            _ => {
-                return Err(UsageError(
-                    "--client-cert and --client-key go together".into(),
-                ))
-            }
-        };
-        let tls = match &cfg.ca {
-            Some(ca) => TlsConfiguration::Simple {
-                ca: read(ca)?,
-                alpn: None,
-                client_auth,
-            },
-            None if client_auth.is_none() => TlsConfiguration::default(),
-            None => {
-                return Err(UsageError(
-                    "a client certificate needs --ca for the broker's CA".into(),
-                ))
-            }
-        };
-        o.set_transport(Transport::tls_with_config(tls));
-    }
     Ok(o)
 }
 
@@ -101,7 +70,7 @@ pub async fn run(opts: MqttOptions, ingest: Ingest) {
                 backoff = Duration::from_millis(100);
                 // Subscribing again on every connect is harmless and covers a broker that
                 // lost the session.
-                let filters = topic::FILTERS
+                let filters = FILTERS
                     .map(|f| rumqttc::SubscribeFilter::new(f.into(), QoS::AtLeastOnce));
                 if let Err(e) = client.try_subscribe_many(filters) {
                     log::error!("subscribing: {e}");

@@ -42,6 +42,8 @@ fn total(v: f64) -> u64 {
 /// A device: its latest report, its own presence message, and its totals in the range.
 #[derive(Debug, Clone, Serialize)]
 pub struct Device {
+    /// `site/device`: the identity (a device name alone may repeat across sites).
+    pub id: String,
     pub device: String,
     pub site: String,
     /// `online`, `offline` (it said so, or its Last Will did), or `silent` (no summary for
@@ -55,6 +57,30 @@ pub struct Device {
     pub overflow: Count,
     pub windows: u64,
     pub flow_records: u64,
+    /// Windows the device numbered (`seq`) that are not stored, or not all their parts,
+    /// over all its runs stored (not limited to the range): loss anywhere on the way.
+    pub gaps: u64,
+    /// Agent runs (boot ids) seen.
+    pub boots: u64,
+}
+
+impl Device {
+    fn new(site: String, device: String) -> Device {
+        Device {
+            id: format!("{site}/{device}"),
+            device,
+            site,
+            state: "online",
+            reported: None,
+            latest: None,
+            totals: Count::default(),
+            overflow: Count::default(),
+            windows: 0,
+            flow_records: 0,
+            gaps: 0,
+            boots: 0,
+        }
+    }
 }
 
 /// A device's most recent window (part 0).
@@ -96,14 +122,14 @@ fn silent_after_ms(window_len_ms: i64) -> i64 {
 }
 
 pub fn devices(conn: &Connection, range: Range, now_ms: i64) -> Result<Vec<Device>> {
-    let mut out: BTreeMap<String, Device> = BTreeMap::new();
+    let mut out: BTreeMap<(String, String), Device> = BTreeMap::new();
     let mut latest = conn.prepare_cached(
         "SELECT s.device, s.site, s.boot_id, s.seq, s.window_start_ms, s.window_len_ms,
                 s.received_ms, s.sample_every, s.packets, s.bytes, s.packets_seen, s.active_flows,
                 s.table_capacity, s.table_full, s.parse_errors, s.fragments, s.non_ip, s.cpu_ms,
                 s.rss_kib, s.spool_depth, s.spool_dropped
          FROM summaries s
-         JOIN (SELECT MAX(id) AS id FROM summaries WHERE part = 0 GROUP BY device) l
+         JOIN (SELECT MAX(id) AS id FROM summaries WHERE part = 0 GROUP BY site, device) l
            ON s.id = l.id",
     )?;
     let rows = latest.query_map([], |r| {
@@ -147,46 +173,35 @@ pub fn devices(conn: &Connection, range: Range, now_ms: i64) -> Result<Vec<Devic
     })?;
     for row in rows {
         let (device, site, latest) = row?;
-        out.insert(
-            device.clone(),
-            Device {
-                device,
-                site,
-                state: "online",
-                reported: None,
-                latest: Some(latest),
-                totals: Count::default(),
-                overflow: Count::default(),
-                windows: 0,
-                flow_records: 0,
-            },
-        );
+        let mut d = Device::new(site.clone(), device.clone());
+        d.latest = Some(latest);
+        out.insert((site, device), d);
     }
     let mut sums = conn.prepare_cached(
-        "SELECT device, TOTAL(packets * sample_every), TOTAL(bytes * sample_every),
+        "SELECT site, device, TOTAL(packets * sample_every), TOTAL(bytes * sample_every),
                 TOTAL(overflow_packets * sample_every), TOTAL(overflow_bytes * sample_every),
                 SUM(part = 0), TOTAL(flow_count)
          FROM summaries WHERE window_start_ms >= ?1 AND window_start_ms < ?2
-         GROUP BY device",
+         GROUP BY site, device",
     )?;
     let rows = sums.query_map([range.from, range.to], |r| {
         Ok((
-            r.get::<_, String>(0)?,
+            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
             Count {
-                packets: total(r.get(1)?),
-                bytes: total(r.get(2)?),
+                packets: total(r.get(2)?),
+                bytes: total(r.get(3)?),
             },
             Count {
-                packets: total(r.get(3)?),
-                bytes: total(r.get(4)?),
+                packets: total(r.get(4)?),
+                bytes: total(r.get(5)?),
             },
-            r.get::<_, i64>(5)? as u64,
-            total(r.get(6)?),
+            r.get::<_, i64>(6)? as u64,
+            total(r.get(7)?),
         ))
     })?;
     for row in rows {
-        let (device, totals, overflow, windows, flow_records) = row?;
-        if let Some(d) = out.get_mut(&device) {
+        let (key, totals, overflow, windows, flow_records) = row?;
+        if let Some(d) = out.get_mut(&key) {
             d.totals = totals;
             d.overflow = overflow;
             d.windows = windows;
@@ -206,25 +221,38 @@ pub fn devices(conn: &Connection, range: Range, now_ms: i64) -> Result<Vec<Devic
     let mut reported_at = BTreeMap::new();
     for row in rows {
         let (site, device, state, at) = row?;
-        let d = out.entry(device.clone()).or_insert_with(|| Device {
-            device: device.clone(),
-            site,
-            state: "online",
-            reported: None,
-            latest: None,
-            totals: Count::default(),
-            overflow: Count::default(),
-            windows: 0,
-            flow_records: 0,
-        });
+        let key = (site, device);
+        let d = out
+            .entry(key.clone())
+            .or_insert_with(|| Device::new(key.0.clone(), key.1.clone()));
         d.reported = Some(state);
-        reported_at.insert(device, at);
+        reported_at.insert(key, at);
     }
-    for d in out.values_mut() {
+    let mut gaps = conn.prepare_cached(
+        "SELECT site, device, TOTAL(max_seq + 1 - base_seq - complete), COUNT(*)
+         FROM boots GROUP BY site, device",
+    )?;
+    let rows = gaps.query_map([], |r| {
+        Ok((
+            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+            total(r.get(2)?),
+            r.get::<_, i64>(3)? as u64,
+        ))
+    })?;
+    for row in rows {
+        let (key, gaps, boots) = row?;
+        if let Some(d) = out.get_mut(&key) {
+            d.gaps = gaps;
+            d.boots = boots;
+        }
+    }
+    for ((site, device), d) in out.iter_mut() {
+        let at = reported_at
+            .get(&(site.clone(), device.clone()))
+            .copied()
+            .unwrap_or(0);
         let said_offline_last = d.reported.as_deref() == Some("offline")
-            && d.latest
-                .as_ref()
-                .is_none_or(|l| reported_at.get(&d.device).copied().unwrap_or(0) >= l.received_ms);
+            && d.latest.as_ref().is_none_or(|l| at >= l.received_ms);
         d.state = if said_offline_last {
             "offline"
         } else {
@@ -250,6 +278,9 @@ pub struct Series {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceSeries {
+    /// `site/device`.
+    pub id: String,
+    pub site: String,
     pub device: String,
     /// `None` where no window of the device covers the bucket (not reported, or not yet).
     pub bytes_per_s: Vec<Option<f64>>,
@@ -273,22 +304,22 @@ pub fn series(
     device: Option<&str>,
 ) -> Result<Series> {
     let mut stmt = conn.prepare_cached(
-        "SELECT device, window_start_ms, window_len_ms, packets * sample_every,
+        "SELECT site, device, window_start_ms, window_len_ms, packets * sample_every,
                 bytes * sample_every
          FROM summaries
          WHERE part = 0 AND window_start_ms >= ?1 AND window_start_ms < ?2
-           AND (?3 IS NULL OR device = ?3)",
+           AND (?3 IS NULL OR device = ?3 OR site || '/' || device = ?3)",
     )?;
-    let rows: Vec<(String, i64, i64, f64, f64)> = stmt
+    let rows: Vec<((String, String), i64, i64, f64, f64)> = stmt
         .query_map(
             params![range.from.saturating_sub(MAX_WINDOW_MS), range.to, device],
             |r| {
                 Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get::<_, i64>(2)?.max(1),
-                    r.get(3)?,
+                    (r.get(0)?, r.get(1)?),
+                    r.get(2)?,
+                    r.get::<_, i64>(3)?.max(1),
                     r.get(4)?,
+                    r.get(5)?,
                 ))
             },
         )?
@@ -301,7 +332,7 @@ pub fn series(
         .max((span + MAX_BUCKETS - 1) / MAX_BUCKETS);
     let n = ((span + step - 1) / step) as usize;
     // Per device and bucket: bytes, packets, milliseconds covered.
-    let mut per: BTreeMap<String, Vec<[f64; 3]>> = BTreeMap::new();
+    let mut per: BTreeMap<(String, String), Vec<[f64; 3]>> = BTreeMap::new();
     for (dev, start, len, packets, bytes) in rows {
         let buckets = per.entry(dev).or_insert_with(|| vec![[0.0; 3]; n]);
         let end = start + len;
@@ -327,7 +358,9 @@ pub fn series(
         t: (0..n as i64).map(|i| range.from + i * step).collect(),
         devices: per
             .into_iter()
-            .map(|(device, b)| DeviceSeries {
+            .map(|((site, device), b)| DeviceSeries {
+                id: format!("{site}/{device}"),
+                site,
                 device,
                 bytes_per_s: b.iter().map(|x| rate(x[0], x[2])).collect(),
                 packets_per_s: b.iter().map(|x| rate(x[1], x[2])).collect(),
@@ -347,7 +380,7 @@ pub struct Talker {
 
 /// The flow records of the windows in `[?1, ?2)`, of device ?3 if not NULL.
 const FLOWS_IN_RANGE: &str = "summaries s JOIN flows f ON f.summary_id = s.id
-    WHERE s.window_start_ms >= ?1 AND s.window_start_ms < ?2 AND (?3 IS NULL OR s.device = ?3)";
+    WHERE s.window_start_ms >= ?1 AND s.window_start_ms < ?2 AND (?3 IS NULL OR s.device = ?3 OR s.site || '/' || s.device = ?3)";
 
 pub fn top_talkers(
     conn: &Connection,
@@ -409,7 +442,7 @@ pub fn top_conversations(
                 TOTAL(f.fwd_bytes * s.sample_every), TOTAL(f.rev_packets * s.sample_every),
                 TOTAL(f.rev_bytes * s.sample_every),
                 COUNT(DISTINCT f.proto || ' ' || f.src_port || ' ' || f.dst_port || ' ' || f.vlan
-                               || ' ' || f.vlan_inner || ' ' || f.ifindex || ' ' || s.device)
+                               || ' ' || f.vlan_inner || ' ' || f.ifindex || ' ' || s.site || '/' || s.device)
          FROM {FLOWS_IN_RANGE}
          GROUP BY f.src, f.dst
          ORDER BY TOTAL((f.fwd_bytes + f.rev_bytes) * s.sample_every) DESC, f.src, f.dst
@@ -451,6 +484,7 @@ pub struct FlowFilter {
 /// One flow (a conversation's 5-tuple plus VLANs and interface) summed over the range.
 #[derive(Debug, Clone, Serialize)]
 pub struct Flow {
+    /// `site/device` that reported it.
     pub device: String,
     pub proto: u8,
     pub src: String,
@@ -490,8 +524,8 @@ pub struct Flows {
 const FLOW_FILTER: &str = "AND (?4 IS NULL OR instr(f.src, ?4) > 0 OR instr(f.dst, ?4) > 0)
     AND (?5 IS NULL OR f.src_port = ?5 OR f.dst_port = ?5)
     AND (?6 IS NULL OR f.proto = ?6)";
-const FLOW_KEY: &str =
-    "s.device, f.proto, f.src, f.src_port, f.dst, f.dst_port, f.vlan, f.vlan_inner, f.ifindex";
+const FLOW_KEY: &str = "s.site || '/' || s.device, f.proto, f.src, f.src_port, f.dst, f.dst_port,
+    f.vlan, f.vlan_inner, f.ifindex";
 
 pub fn flows(conn: &Connection, range: Range, f: &FlowFilter) -> Result<Flows> {
     let args = params![range.from, range.to, f.device, f.addr, f.port, f.proto, f.limit];
@@ -580,7 +614,7 @@ pub fn rtt(conn: &Connection, range: Range, device: Option<&str>) -> Result<RttD
     let mut counts = [0u64; N];
     let mut stmt = conn.prepare_cached(
         "SELECT rtt_hist FROM summaries
-         WHERE window_start_ms >= ?1 AND window_start_ms < ?2 AND (?3 IS NULL OR device = ?3)
+         WHERE window_start_ms >= ?1 AND window_start_ms < ?2 AND (?3 IS NULL OR device = ?3 OR site || '/' || device = ?3)
            AND rtt_hist IS NOT NULL",
     )?;
     let rows = stmt.query_map(params![range.from, range.to, device], |r| {
@@ -916,6 +950,40 @@ mod tests {
             (Some(32), Some(32), Some(64))
         );
         assert_eq!(rtt(&c, Range { from: 1, to: 2 }, None).unwrap().samples, 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn one_name_in_two_sites_is_two_devices() {
+        let mut other = summary("d", 0, 0, 10_000, 500, vec![flow(0, 1, 5, 5)]);
+        other.site = "t".try_into().unwrap();
+        let (c, dir) = db(&[
+            summary("d", 0, 0, 10_000, 1_000, vec![flow(0, 1, 7, 7)]),
+            summary("d", 2, 10_000, 10_000, 1_000, vec![]),
+            other,
+        ]);
+        let d = devices(&c, Range::ALL, 0).unwrap();
+        let got: Vec<_> = d
+            .iter()
+            .map(|d| (d.id.as_str(), d.totals.bytes, d.windows, d.gaps))
+            .collect();
+        assert_eq!(got, vec![("s/d", 2_000, 2, 1), ("t/d", 500, 1, 0)]);
+        let s = series(&c, Range { from: 0, to: 20_000 }, 10_000, None).unwrap();
+        let ids: Vec<_> = s.devices.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["s/d", "t/d"]);
+        let one = series(&c, Range { from: 0, to: 20_000 }, 10_000, Some("t/d")).unwrap();
+        assert_eq!(one.devices.len(), 1);
+        let f = flows(
+            &c,
+            Range::ALL,
+            &FlowFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let who: Vec<_> = f.flows.iter().map(|f| f.device.as_str()).collect();
+        assert_eq!(who, ["s/d", "t/d"], "the same flow in two sites stays apart");
         let _ = std::fs::remove_dir_all(dir);
     }
 

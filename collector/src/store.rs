@@ -1,11 +1,13 @@
 //! SQLite storage: one row per summary message, one per flow record.
 //!
 //! WAL mode so the dashboard reads while ingest writes. Counts are stored as counted (see
-//! `sample_every`); queries scale them. Dedup is the UNIQUE (device, boot_id, seq, part)
-//! constraint, so it holds across collector restarts. `u64` fields that may exceed `i64`
+//! `sample_every`); queries scale them. Dedup is the UNIQUE (site, device, boot_id, seq, part)
+//! constraint, so it holds across collector restarts. The `boots` table follows each agent
+//! run's `seq` as summaries are stored (same transaction), so the windows a device numbered
+//! and the collector never got (gaps) are counted without scanning the summaries. `u64` fields that may exceed `i64`
 //! (the random boot id) are stored bit-cast; counters are clamped to `i64::MAX`.
 
-use crate::topic::Presence;
+use shared::identity::Presence;
 use rusqlite::{params, Connection, OpenFlags, Transaction};
 use shared::wire::{Addr, Summary};
 use std::{net::IpAddr, path::Path};
@@ -51,7 +53,7 @@ CREATE TABLE IF NOT EXISTS summaries (
     spool_dropped INTEGER NOT NULL,
     flow_count INTEGER NOT NULL,
     rtt_hist TEXT,
-    UNIQUE (device, boot_id, seq, part)
+    UNIQUE (site, device, boot_id, seq, part)
 );
 CREATE INDEX IF NOT EXISTS summaries_time ON summaries (window_start_ms);
 -- Clustered by (summary, record): inserts append, a time range reaches its records through
@@ -80,6 +82,19 @@ CREATE TABLE IF NOT EXISTS flows (
     rtt_samples INTEGER,
     PRIMARY KEY (summary_id, n)
 ) WITHOUT ROWID;
+-- One row per agent run (boot): windows are numbered from base_seq (0 for a run first seen
+-- by this schema) up to max_seq; complete counts windows with every part stored.
+CREATE TABLE IF NOT EXISTS boots (
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    boot_id INTEGER NOT NULL,
+    base_seq INTEGER NOT NULL,
+    max_seq INTEGER NOT NULL,
+    complete INTEGER NOT NULL,
+    first_received_ms INTEGER NOT NULL,
+    last_received_ms INTEGER NOT NULL,
+    PRIMARY KEY (site, device, boot_id)
+);
 CREATE TABLE IF NOT EXISTS presence (
     site TEXT NOT NULL,
     device TEXT NOT NULL,
@@ -104,8 +119,29 @@ const INSERT_FLOW: &str = "INSERT INTO flows (
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
             ?19, ?20, ?21)";
 
-/// `PRAGMA user_version` of this schema; a database of another version is refused.
-const SCHEMA_VERSION: i64 = 1;
+/// `PRAGMA user_version` of this schema; version 1 is migrated (see [`migrate_v1`]), any
+/// other version is refused.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 1 keyed summaries by (device, boot, seq, part) without the site and had no
+/// `boots`. Its rows are kept (ids too, the flow records point at them): the table is rebuilt
+/// with the new key, and `boots` is filled from what is stored, each run counted from its
+/// lowest stored seq (older windows may have been pruned; they are not gaps).
+const MIGRATE_V1: &str = "
+ALTER TABLE summaries RENAME TO summaries_v1;
+DROP INDEX IF EXISTS summaries_time;
+";
+const MIGRATE_V1_FILL: &str = "
+INSERT INTO summaries SELECT * FROM summaries_v1;
+DROP TABLE summaries_v1;
+INSERT INTO boots (site, device, boot_id, base_seq, max_seq, complete, first_received_ms,
+                   last_received_ms)
+SELECT site, device, boot_id, MIN(seq), MAX(seq), SUM(done), MIN(first), MAX(last) FROM (
+    SELECT site, device, boot_id, seq, COUNT(*) >= MAX(parts) AS done,
+           MIN(received_ms) AS first, MAX(received_ms) AS last
+    FROM summaries GROUP BY site, device, boot_id, seq)
+GROUP BY site, device, boot_id;
+";
 
 /// A counter as SQLite stores it (signed 64-bit).
 fn n(v: u64) -> i64 {
@@ -145,11 +181,19 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
-        if tables > 0 && version != SCHEMA_VERSION {
+        let mut conn = conn;
+        if tables > 0 && version == 1 {
+            migrate_v1(&mut conn)?;
+        } else if tables > 0 && version != SCHEMA_VERSION {
             return Err(StoreError::Version(version));
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        if tables == 0 {
+            conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        // An existing database is only read here: a collector restarted while another
+        // connection holds the write lock (a backup, a stalled disk) starts, and its writer
+        // waits for the lock like every other batch.
         Ok(Store { conn })
     }
 
@@ -172,9 +216,23 @@ impl Store {
             "DELETE FROM summaries WHERE window_start_ms < ?1",
             [before_ms],
         )?;
+        // Runs that sent nothing since: their gap count goes with their data.
+        tx.execute("DELETE FROM boots WHERE last_received_ms < ?1", [before_ms])?;
         tx.commit()?;
         Ok((summaries, flows))
     }
+}
+
+/// Rebuilds a version 1 database in place, in one transaction (all or nothing).
+fn migrate_v1(conn: &mut Connection) -> Result<(), StoreError> {
+    log::info!("database: migrating schema 1 to {SCHEMA_VERSION} (site joins the dedup key)");
+    let tx = conn.transaction()?;
+    tx.execute_batch(MIGRATE_V1)?;
+    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(MIGRATE_V1_FILL)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// A read-only connection for queries (the HTTP side).
@@ -193,7 +251,7 @@ pub struct Batch<'c> {
 }
 
 impl Batch<'_> {
-    /// Stores a summary and its flow records; `false` if (device, boot, seq, part) was
+    /// Stores a summary and its flow records; `false` if (site, device, boot, seq, part) was
     /// already stored (a duplicate delivery), in which case nothing changes.
     pub fn insert_summary(&mut self, s: &Summary, received_ms: i64) -> Result<bool, StoreError> {
         let h = &s.health;
@@ -240,6 +298,7 @@ impl Batch<'_> {
             return Ok(false);
         }
         let id = self.tx.last_insert_rowid();
+        self.track_seq(s, received_ms)?;
         let addrs: Vec<String> = s.addrs.iter().map(addr_text).collect();
         let mut stmt = self.tx.prepare_cached(INSERT_FLOW)?;
         for (i, f) in s.flows.iter().enumerate() {
@@ -269,6 +328,31 @@ impl Batch<'_> {
             ])?;
         }
         Ok(true)
+    }
+
+    /// Moves the run's `boots` row: its highest seq, and one more complete window once every
+    /// part of this window is stored.
+    fn track_seq(&mut self, s: &Summary, received_ms: i64) -> Result<(), StoreError> {
+        let (site, device, boot, seq) = (s.site.as_str(), s.device.as_str(), s.boot_id as i64, n(s.seq));
+        let parts: i64 = self
+            .tx
+            .prepare_cached(
+                "SELECT COUNT(*) FROM summaries
+                 WHERE site = ?1 AND device = ?2 AND boot_id = ?3 AND seq = ?4",
+            )?
+            .query_row(params![site, device, boot, seq], |r| r.get(0))?;
+        let complete = i64::from(parts == i64::from(s.parts));
+        self.tx
+            .prepare_cached(
+                "INSERT INTO boots (site, device, boot_id, base_seq, max_seq, complete,
+                                    first_received_ms, last_received_ms)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?6)
+                 ON CONFLICT (site, device, boot_id) DO UPDATE SET
+                    max_seq = MAX(max_seq, ?4), complete = complete + ?5,
+                    last_received_ms = MAX(last_received_ms, ?6)",
+            )?
+            .execute(params![site, device, boot, seq, complete, received_ms])?;
+        Ok(())
     }
 
     /// Records a device's own online/offline report.
@@ -359,6 +443,102 @@ mod tests {
         let mut store = Store::open(&path).unwrap();
         let mut b = store.batch().unwrap();
         assert!(!b.insert_summary(&summary(1, 2_000), 0).unwrap());
+        b.commit().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn the_site_is_part_of_the_key_and_gaps_are_tracked() {
+        let path = temp("identity");
+        let mut store = Store::open(&path).unwrap();
+        let mut b = store.batch().unwrap();
+        let mut other_site = summary(0, 1_000);
+        other_site.site = "t".try_into().unwrap();
+        assert!(b.insert_summary(&summary(0, 1_000), 0).unwrap());
+        assert!(
+            b.insert_summary(&other_site, 0).unwrap(),
+            "same device name, boot and seq in another site is another message"
+        );
+        // seq 1 and 3 of s/d, not 2: one gap; seq 4 in two parts, one missing: another.
+        assert!(b.insert_summary(&summary(1, 2_000), 0).unwrap());
+        assert!(b.insert_summary(&summary(3, 4_000), 0).unwrap());
+        let mut part = summary(4, 5_000);
+        part.parts = 2;
+        assert!(b.insert_summary(&part, 0).unwrap());
+        assert!(!b.insert_summary(&summary(3, 4_000), 0).unwrap());
+        b.commit().unwrap();
+        let gaps = |store: &Store, site: &str| -> i64 {
+            store
+                .conn
+                .query_row(
+                    "SELECT max_seq + 1 - base_seq - complete FROM boots WHERE site = ?1",
+                    [site],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(gaps(&store, "s"), 2);
+        assert_eq!(gaps(&store, "t"), 0);
+        let mut b = store.batch().unwrap();
+        part.part = 1;
+        assert!(b.insert_summary(&part, 0).unwrap());
+        assert!(b.insert_summary(&summary(2, 3_000), 0).unwrap());
+        b.commit().unwrap();
+        assert_eq!(gaps(&store, "s"), 0, "late arrivals close the gaps");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn migrates_a_version_1_database() {
+        let path = temp("v1");
+        {
+            // Version 1's summaries table: the same columns, keyed without the site.
+            let conn = Connection::open(&path).unwrap();
+            let v2 = SCHEMA.split("CREATE INDEX").next().unwrap();
+            let v1 = v2.replace(
+                "UNIQUE (site, device, boot_id, seq, part)",
+                "UNIQUE (device, boot_id, seq, part)",
+            );
+            conn.execute_batch(&v1).unwrap();
+            conn.execute_batch(
+                "CREATE INDEX summaries_time ON summaries (window_start_ms);
+                 CREATE TABLE flows (summary_id INTEGER NOT NULL, n INTEGER NOT NULL,
+                   PRIMARY KEY (summary_id, n)) WITHOUT ROWID;",
+            )
+            .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            for seq in [5i64, 6, 8] {
+                conn.execute(
+                    "INSERT INTO summaries (device, site, boot_id, seq, part, parts,
+                       window_start_ms, window_len_ms, sample_every, received_ms, packets, bytes,
+                       overflow_packets, overflow_bytes, other_packets, other_bytes, other_flows,
+                       packets_seen, active_flows, table_capacity, table_full, parse_errors,
+                       fragments, non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count)
+                     VALUES ('d', 's', -1, ?1, 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                             0, 0, 0, 0, 0, 0, 0, 0)",
+                    [seq],
+                )
+                .unwrap();
+            }
+        }
+        let mut store = Store::open(&path).unwrap();
+        let (version, rows, gaps): (i64, i64, i64) = store
+            .conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), COUNT(*),
+                        (SELECT max_seq + 1 - base_seq - complete FROM boots)
+                 FROM summaries",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (version, rows, gaps),
+            (SCHEMA_VERSION, 3, 1),
+            "rows kept, counted from the lowest stored seq: seq 7 is the gap"
+        );
+        let mut b = store.batch().unwrap();
+        assert!(!b.insert_summary(&summary(5, 0), 0).unwrap(), "still deduplicated");
         b.commit().unwrap();
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }

@@ -267,6 +267,7 @@ const REASONS: &[&str] = &[
     "invalid",
     "topic_mismatch",
     "unknown_topic",
+    "bad_id",
     "bad_status",
 ];
 
