@@ -122,6 +122,7 @@ fn stored_once(c: &Collector) -> (i64, i64) {
 #[test]
 fn collector_killed_again_and_again_also_while_its_store_stalls_loses_nothing() {
     const DEVICES: usize = 4;
+    const WINDOWS: u64 = 100;
     let broker = provisioned_broker(&[]);
     let dir = broker.dir().to_path_buf();
     provision(&["bulk", dir.to_str().unwrap(), "sim", "dev", &DEVICES.to_string()]);
@@ -129,7 +130,7 @@ fn collector_killed_again_and_again_also_while_its_store_stalls_loses_nothing() 
     let mut c = secured_collector(&broker);
     c.wait_subscribed();
 
-    let mut load = Loadgen::start(&broker, &dir.join("loadgen-sim.txt"), 60, 200);
+    let mut load = Loadgen::start(&broker, &dir.join("loadgen-sim.txt"), WINDOWS, 200);
     let mut kills = 0;
     let db_path = c.dir.join("collector.db");
     for round in 0..4 {
@@ -165,7 +166,7 @@ fn collector_killed_again_and_again_also_while_its_store_stalls_loses_nothing() 
     std::thread::sleep(Duration::from_millis(500));
     let got = devices(&c);
     for (id, &(windows, packets, bytes, records)) in &acked {
-        assert_eq!(windows, 60, "{id}: every window acknowledged");
+        assert_eq!(windows, WINDOWS, "{id}: every window acknowledged");
         let d = &got[id];
         assert_eq!(d["windows"], windows, "{id}");
         assert_eq!(d["totals"]["packets"], packets, "{id}");
@@ -225,6 +226,7 @@ fn what_a_killed_broker_loses_shows_as_gaps() {
         assert_eq!(stored + gaps, windows, "{id}: every window stored or counted missing");
         lost += gaps;
     }
+    eprintln!("broker SIGKILL: {lost} of {want} acknowledged windows lost, all shown as gaps");
     assert!(lost > 0, "the broker's loss shows as gaps: {got:?}");
     let (rows, distinct) = stored_once(&c);
     assert_eq!(rows, distinct, "nothing stored twice");
