@@ -5,11 +5,13 @@
 # only the collector reads everyone's) and a ready mosquitto.conf. Needs openssl and
 # mosquitto_passwd (both installed by scripts/setup.sh).
 #
-#   provision.sh init DIR [--port 8883] [--bind 127.0.0.1] [--host NAME]...
+#   provision.sh init DIR [--port 8883] [--cert-port PORT+1] [--bind 127.0.0.1] [--host NAME]...
 #       CA, broker certificate (SAN: localhost, 127.0.0.1, ::1 and each --host), ACL, empty
-#       password file, DIR/mosquitto.conf, and the collector's login (DIR/collector.toml).
-#   provision.sh device DIR SITE DEVICE [--url mqtts://HOST:PORT]
-#       A random password for SITE/DEVICE in DIR/passwd, and the agent's settings in
+#       password file, DIR/mosquitto.conf (devices with a password on --port, with a client
+#       certificate on --cert-port), and the collector's login (DIR/collector.toml).
+#   provision.sh device DIR SITE DEVICE [--cert] [--url mqtts://HOST:PORT]
+#       A random password for SITE/DEVICE in DIR/passwd, or with --cert a client certificate
+#       (CN = SITE/DEVICE) signed by the CA, and the agent's settings in
 #       DIR/devices/SITE/DEVICE/edgeflow.toml (with a copy of the CA certificate).
 #   provision.sh bulk DIR SITE PREFIX COUNT
 #       COUNT devices SITE/PREFIX0..: passwords in DIR/passwd, and DIR/loadgen-SITE.txt with
@@ -34,15 +36,17 @@ shift 2
 
 case "$cmd" in
 init)
-  port=8883 bind=127.0.0.1 hosts=()
+  port=8883 bind=127.0.0.1 hosts=() cert_port=
   while [ $# -gt 0 ]; do
     case "$1" in
       --port) port=$2; shift 2 ;;
+      --cert-port) cert_port=$2; shift 2 ;;
       --bind) bind=$2; shift 2 ;;
       --host) hosts+=("$2"); shift 2 ;;
       *) die "init: unknown option $1" ;;
     esac
   done
+  cert_port=${cert_port:-$((port + 1))}
   mkdir -p "$dir/persist" "$dir/devices"
   dir=$(cd "$dir" && pwd)
   if getent passwd mosquitto >/dev/null; then chown mosquitto "$dir/persist"; fi
@@ -69,7 +73,8 @@ init)
   secret_file "$dir/passwd"
   # The shipped config with this directory's paths and the chosen listener.
   sed -e "s#/etc/edgeflow/broker/#$dir/#g" -e "s#/var/lib/edgeflow/mosquitto/#$dir/persist/#" \
-    -e "s#^listener 8883\$#listener $port $bind#" "$HERE/configs/mosquitto.conf" >"$dir/mosquitto.conf"
+    -e "s#^listener 8883\$#listener $port $bind#" -e "s#^listener 8884\$#listener $cert_port $bind#" \
+    "$HERE/configs/mosquitto.conf" >"$dir/mosquitto.conf"
   # The collector's own login.
   if [ ! -f "$dir/collector.toml" ]; then
     pass=$(openssl rand -hex 24)
@@ -97,18 +102,50 @@ device)
   [ -f "$dir/ca.crt" ] || die "$dir has no CA: run provision.sh init $dir first"
   dir=$(cd "$dir" && pwd)
   url=$(sed -n 's/^broker = "\(.*\)"$/\1/p' "$dir/collector.toml")
+  cert= url_given=
   while [ $# -gt 0 ]; do
     case "$1" in
-      --url) url=$2; shift 2 ;;
+      --url) url=$2; url_given=1; shift 2 ;;
+      --cert) cert=1; shift ;;
       *) die "device: unknown option $1" ;;
     esac
   done
-  pass=$(openssl rand -hex 24)
-  # Replaces an earlier password of the same device (mosquitto_passwd updates in place).
-  mosquitto_passwd -b "$dir/passwd" "$site/$device" "$pass"
   out="$dir/devices/$site/$device"
   mkdir -p "$out"
   cp "$dir/ca.crt" "$out/ca.crt"
+  if [ -n "$cert" ]; then
+    # The certificate listener (the second one) unless --url says otherwise.
+    if [ -z "$url_given" ]; then
+      cport=$(sed -n 's/^listener \([0-9]*\) .*/\1/p' "$dir/mosquitto.conf" | sed -n 2p)
+      url="${url%:*}:$cport"
+    fi
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -subj "/CN=$site\/$device" -keyout "$out/device.key" -out "$out/device.csr" 2>/dev/null
+    openssl x509 -req -in "$out/device.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+      -CAcreateserial -days 3650 -out "$out/device.crt" \
+      -extfile <(printf 'extendedKeyUsage=clientAuth\n') 2>/dev/null
+    rm -f "$out/device.csr"
+    chmod 0600 "$out/device.key"
+    cat >"$out/edgeflow.toml" <<EOF
+# edgeflow run --config $out/edgeflow.toml --iface IFACE
+# (copy this folder to the device; the three paths must point at its copies)
+site = "$site"
+device = "$device"
+
+[mqtt]
+url = "$url"
+require_tls = true
+ca_file = "$out/ca.crt"
+cert_file = "$out/device.crt"
+key_file = "$out/device.key"
+EOF
+    chmod 0600 "$out/edgeflow.toml"
+    echo "provision: $site/$device: certificate CN=$site/$device, $out/edgeflow.toml"
+    exit 0
+  fi
+  pass=$(openssl rand -hex 24)
+  # Replaces an earlier password of the same device (mosquitto_passwd updates in place).
+  mosquitto_passwd -b "$dir/passwd" "$site/$device" "$pass"
   cat >"$out/edgeflow.toml" <<EOF
 # edgeflow run --config $out/edgeflow.toml --iface IFACE
 # (copy this folder to the device; ca_file must point at its copy of ca.crt)

@@ -204,4 +204,61 @@ fn a_device_speaks_only_for_itself() {
     c.wait_for("/api/ingest", Duration::from_secs(10), |v| {
         v["summaries"] == 3 && v["broker_connected"] == true
     });
+
+    // A device with a client certificate (CN = lab/c) instead of a password: the same rule.
+    provision(&["device", dir.to_str().unwrap(), "lab", "c", "--cert"]);
+    let conf = dir.join("devices/lab/c/edgeflow.toml");
+    let url = toml_value(&conf, "url");
+    assert!(!url.ends_with(&format!(":{}", broker.port)), "its own listener");
+    let b = Broker::new(
+        url.parse().unwrap(),
+        None,
+        None,
+        Some(toml_value(&conf, "ca_file").into()),
+        Some(toml_value(&conf, "cert_file").into()),
+        Some(toml_value(&conf, "key_file").into()),
+    )
+    .unwrap();
+    let (cc, crx) = connect(b.options("anything").unwrap());
+    assert!(matches!(first(&crx), Seen::Connected));
+    let own_c = summary("lab", "c", 3, 0, base, &[], (7, 700));
+    let as_b = summary("lab", "b", 2, 9, base, &[], (7, 77_777));
+    cc.publish(
+        "edgeflow/v1/lab/b/flows",
+        QoS::AtLeastOnce,
+        false,
+        wire::encode_vec(&Message::V1(as_b)),
+    )
+    .unwrap();
+    cc.publish(
+        "edgeflow/v1/lab/c/flows",
+        QoS::AtLeastOnce,
+        false,
+        wire::encode_vec(&Message::V1(own_c)),
+    )
+    .unwrap();
+    wait_acked(&crx, 2);
+    c.wait_for("/api/ingest", Duration::from_secs(10), |v| v["summaries"] == 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let devices = c.json("/api/devices");
+    let got: Vec<_> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["id"].as_str().unwrap(), d["totals"]["bytes"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(got, [("lab/a", 500), ("lab/b", 2_000), ("lab/c", 700)]);
+    assert!(broker.log().contains("Denied PUBLISH from lab/c"));
+    // Without a certificate that listener refuses.
+    let no_cert = Broker::new(
+        url.parse().unwrap(),
+        None,
+        None,
+        Some(toml_value(&conf, "ca_file").into()),
+        None,
+        None,
+    )
+    .unwrap();
+    let (_n, nrx) = connect(no_cert.options("x").unwrap());
+    assert!(matches!(first(&nrx), Seen::Refused(_)), "no certificate, no login");
 }

@@ -419,7 +419,15 @@ pub fn provisioned_broker(devices: &[(&str, &str)]) -> testkit::mosquitto::Mosqu
     let dir = std::env::temp_dir().join(testkit::unique("efprov"));
     let port = testkit::mosquitto::free_port();
     let d = dir.to_str().unwrap();
-    provision(&["init", d, "--port", &port.to_string()]);
+    let cert_port = testkit::mosquitto::free_port();
+    provision(&[
+        "init",
+        d,
+        "--port",
+        &port.to_string(),
+        "--cert-port",
+        &cert_port.to_string(),
+    ]);
     for (site, device) in devices {
         provision(&["device", d, site, device]);
     }
