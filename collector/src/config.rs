@@ -243,7 +243,10 @@ mod tests {
         assert_eq!(c.http.port(), 9001);
         assert_eq!(c.mqtt.broker.url.host, "127.0.0.1");
         assert_eq!(c.mqtt.broker.url.port, 1999);
-        assert_eq!(c.mqtt.broker.password.as_deref(), Some("EDGEFLOW_MQTT_PASSWORD-v"));
+        assert_eq!(
+            c.mqtt.broker.password.as_deref(),
+            Some("EDGEFLOW_MQTT_PASSWORD-v")
+        );
         assert_eq!(c.token.as_deref(), Some("EDGEFLOW_COLLECTOR_TOKEN-v"));
         std::fs::write(&path, "colour = 3\n").unwrap();
         let cli = Cli {

@@ -130,7 +130,11 @@ pub fn window(
                 proto,
                 src: 0,
                 dst: 0,
-                src_port: if proto == 1 { 8 << 8 } else { 32_768 + (i % 28_000) as u16 },
+                src_port: if proto == 1 {
+                    8 << 8
+                } else {
+                    32_768 + (i % 28_000) as u16
+                },
                 dst_port: if proto == 1 {
                     0
                 } else {
@@ -404,7 +408,11 @@ mod tests {
             let mut n = 0;
             let (mut v4, mut v6) = (false, false);
             for (i, bytes) in parts.iter().enumerate() {
-                assert!(bytes.len() <= p.max_message, "part {i}: {} bytes", bytes.len());
+                assert!(
+                    bytes.len() <= p.max_message,
+                    "part {i}: {} bytes",
+                    bytes.len()
+                );
                 let Message::V1(s) = wire::decode(bytes).unwrap();
                 assert_eq!((s.part as usize, s.parts as usize), (i, parts.len()));
                 assert_eq!((s.seq, s.boot_id, s.device.as_str()), (4, 9, "d0"));

@@ -70,8 +70,8 @@ pub async fn run(opts: MqttOptions, ingest: Ingest) {
                 backoff = Duration::from_millis(100);
                 // Subscribing again on every connect is harmless and covers a broker that
                 // lost the session.
-                let filters = FILTERS
-                    .map(|f| rumqttc::SubscribeFilter::new(f.into(), QoS::AtLeastOnce));
+                let filters =
+                    FILTERS.map(|f| rumqttc::SubscribeFilter::new(f.into(), QoS::AtLeastOnce));
                 if let Err(e) = client.try_subscribe_many(filters) {
                     log::error!("subscribing: {e}");
                 }

@@ -968,10 +968,28 @@ mod tests {
             .map(|d| (d.id.as_str(), d.totals.bytes, d.windows, d.gaps))
             .collect();
         assert_eq!(got, vec![("s/d", 2_000, 2, 1), ("t/d", 500, 1, 0)]);
-        let s = series(&c, Range { from: 0, to: 20_000 }, 10_000, None).unwrap();
+        let s = series(
+            &c,
+            Range {
+                from: 0,
+                to: 20_000,
+            },
+            10_000,
+            None,
+        )
+        .unwrap();
         let ids: Vec<_> = s.devices.iter().map(|d| d.id.as_str()).collect();
         assert_eq!(ids, ["s/d", "t/d"]);
-        let one = series(&c, Range { from: 0, to: 20_000 }, 10_000, Some("t/d")).unwrap();
+        let one = series(
+            &c,
+            Range {
+                from: 0,
+                to: 20_000,
+            },
+            10_000,
+            Some("t/d"),
+        )
+        .unwrap();
         assert_eq!(one.devices.len(), 1);
         let f = flows(
             &c,
@@ -983,7 +1001,11 @@ mod tests {
         )
         .unwrap();
         let who: Vec<_> = f.flows.iter().map(|f| f.device.as_str()).collect();
-        assert_eq!(who, ["s/d", "t/d"], "the same flow in two sites stays apart");
+        assert_eq!(
+            who,
+            ["s/d", "t/d"],
+            "the same flow in two sites stays apart"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

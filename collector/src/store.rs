@@ -7,8 +7,8 @@
 //! and the collector never got (gaps) are counted without scanning the summaries. `u64` fields that may exceed `i64`
 //! (the random boot id) are stored bit-cast; counters are clamped to `i64::MAX`.
 
-use shared::identity::Presence;
 use rusqlite::{params, Connection, OpenFlags, Transaction};
+use shared::identity::Presence;
 use shared::wire::{Addr, Summary};
 use std::{net::IpAddr, path::Path};
 
@@ -333,7 +333,12 @@ impl Batch<'_> {
     /// Moves the run's `boots` row: its highest seq, and one more complete window once every
     /// part of this window is stored.
     fn track_seq(&mut self, s: &Summary, received_ms: i64) -> Result<(), StoreError> {
-        let (site, device, boot, seq) = (s.site.as_str(), s.device.as_str(), s.boot_id as i64, n(s.seq));
+        let (site, device, boot, seq) = (
+            s.site.as_str(),
+            s.device.as_str(),
+            s.boot_id as i64,
+            n(s.seq),
+        );
         let parts: i64 = self
             .tx
             .prepare_cached(
@@ -538,7 +543,10 @@ mod tests {
             "rows kept, counted from the lowest stored seq: seq 7 is the gap"
         );
         let mut b = store.batch().unwrap();
-        assert!(!b.insert_summary(&summary(5, 0), 0).unwrap(), "still deduplicated");
+        assert!(
+            !b.insert_summary(&summary(5, 0), 0).unwrap(),
+            "still deduplicated"
+        );
         b.commit().unwrap();
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }

@@ -26,7 +26,12 @@ type Acked = BTreeMap<String, (u64, u64, u64, u64)>;
 struct Loadgen(Option<Child>);
 
 impl Loadgen {
-    fn start(broker: &testkit::mosquitto::Mosquitto, creds: &Path, windows: u64, interval_ms: u64) -> Loadgen {
+    fn start(
+        broker: &testkit::mosquitto::Mosquitto,
+        creds: &Path,
+        windows: u64,
+        interval_ms: u64,
+    ) -> Loadgen {
         let child = Command::new(env!("CARGO_BIN_EXE_edgeflow-loadgen"))
             .args([
                 "--broker",
@@ -125,7 +130,13 @@ fn collector_killed_again_and_again_also_while_its_store_stalls_loses_nothing() 
     const WINDOWS: u64 = 100;
     let broker = provisioned_broker(&[]);
     let dir = broker.dir().to_path_buf();
-    provision(&["bulk", dir.to_str().unwrap(), "sim", "dev", &DEVICES.to_string()]);
+    provision(&[
+        "bulk",
+        dir.to_str().unwrap(),
+        "sim",
+        "dev",
+        &DEVICES.to_string(),
+    ]);
     broker.reload();
     let mut c = secured_collector(&broker);
     c.wait_subscribed();
@@ -152,16 +163,22 @@ fn collector_killed_again_and_again_also_while_its_store_stalls_loses_nothing() 
             c.restart();
         }
         kills += 1;
-        assert!(load.running(), "kill {kills} happened while devices published");
+        assert!(
+            load.running(),
+            "kill {kills} happened while devices published"
+        );
     }
     let acked = load.finish(Duration::from_secs(120));
     assert_eq!(acked.len(), DEVICES);
 
     let want_windows: u64 = acked.values().map(|a| a.0).sum();
     c.wait_for("/api/devices", Duration::from_secs(60), |v| {
-        v["devices"]
-            .as_array()
-            .is_some_and(|d| d.iter().map(|d| d["windows"].as_u64().unwrap()).sum::<u64>() == want_windows)
+        v["devices"].as_array().is_some_and(|d| {
+            d.iter()
+                .map(|d| d["windows"].as_u64().unwrap())
+                .sum::<u64>()
+                == want_windows
+        })
     });
     std::thread::sleep(Duration::from_millis(500));
     let got = devices(&c);
@@ -188,7 +205,13 @@ fn what_a_killed_broker_loses_shows_as_gaps() {
     const DEVICES: usize = 3;
     let mut broker = provisioned_broker(&[]);
     let dir = broker.dir().to_path_buf();
-    provision(&["bulk", dir.to_str().unwrap(), "sim", "dev", &DEVICES.to_string()]);
+    provision(&[
+        "bulk",
+        dir.to_str().unwrap(),
+        "sim",
+        "dev",
+        &DEVICES.to_string(),
+    ]);
     broker.reload();
     let mut c = secured_collector(&broker);
     c.wait_subscribed();
@@ -223,7 +246,11 @@ fn what_a_killed_broker_loses_shows_as_gaps() {
     for (id, &(windows, ..)) in &acked {
         let d = &got[id];
         let (stored, gaps) = (d["windows"].as_u64().unwrap(), d["gaps"].as_u64().unwrap());
-        assert_eq!(stored + gaps, windows, "{id}: every window stored or counted missing");
+        assert_eq!(
+            stored + gaps,
+            windows,
+            "{id}: every window stored or counted missing"
+        );
         lost += gaps;
     }
     eprintln!("broker SIGKILL: {lost} of {want} acknowledged windows lost, all shown as gaps");

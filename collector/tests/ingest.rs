@@ -223,7 +223,10 @@ fn totals_are_exact_duplicates_stored_once_and_bad_payloads_counted() {
     // Sorted by identity, site first.
     assert_eq!(list[0]["id"], "branch/gw-2");
     let gw1 = &list[1];
-    assert_eq!((&gw1["id"], &gw1["device"]), (&"lab/gw-1".into(), &"gw-1".into()));
+    assert_eq!(
+        (&gw1["id"], &gw1["device"]),
+        (&"lab/gw-1".into(), &"gw-1".into())
+    );
     assert_eq!(gw1["gaps"], 0, "{gw1}");
     assert_eq!(gw1["reported"], "online");
     assert_eq!(gw1["latest"]["boot_id"], "f00d000000000001");

@@ -22,7 +22,9 @@ use testkit::mosquitto::Mosquitto;
 /// Client options for `user` with `password`, over TLS to the provisioned broker.
 fn login(broker: &Mosquitto, user: Option<&str>, password: Option<&str>, id: &str) -> MqttOptions {
     let b = Broker::new(
-        format!("mqtts://127.0.0.1:{}", broker.port).parse().unwrap(),
+        format!("mqtts://127.0.0.1:{}", broker.port)
+            .parse()
+            .unwrap(),
         user.map(Into::into),
         password.map(Into::into),
         Some(broker.dir().join("ca.crt")),
@@ -140,10 +142,20 @@ fn a_device_speaks_only_for_itself() {
     // that claims to be B (the collector's topic check).
     let forged = summary("lab", "b", 666, 1, base, &[], (1, 999_999));
     let forged = wire::encode_vec(&Message::V1(forged));
-    a.publish("edgeflow/v1/lab/b/flows", QoS::AtLeastOnce, false, forged.clone())
-        .unwrap();
-    a.publish("edgeflow/v1/lab/b/status", QoS::AtLeastOnce, true, "offline")
-        .unwrap();
+    a.publish(
+        "edgeflow/v1/lab/b/flows",
+        QoS::AtLeastOnce,
+        false,
+        forged.clone(),
+    )
+    .unwrap();
+    a.publish(
+        "edgeflow/v1/lab/b/status",
+        QoS::AtLeastOnce,
+        true,
+        "offline",
+    )
+    .unwrap();
     a.publish("edgeflow/v1/lab/a/flows", QoS::AtLeastOnce, false, forged)
         .unwrap();
     let own_a = summary("lab", "a", 1, 0, base, &[], (5, 500));
@@ -165,9 +177,18 @@ fn a_device_speaks_only_for_itself() {
     let list = devices["devices"].as_array().unwrap();
     let got: Vec<_> = list
         .iter()
-        .map(|d| (d["id"].as_str().unwrap(), d["totals"]["bytes"].as_u64().unwrap()))
+        .map(|d| {
+            (
+                d["id"].as_str().unwrap(),
+                d["totals"]["bytes"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(got, [("lab/a", 500), ("lab/b", 1_000)], "{devices}\n{ingest}");
+    assert_eq!(
+        got,
+        [("lab/a", 500), ("lab/b", 1_000)],
+        "{devices}\n{ingest}"
+    );
     assert!(list[1]["reported"].is_null(), "B's presence was not forged");
     // A saw nothing of B's (nor its own: the ACL gives devices no read).
     read.extend(arx.try_iter().filter_map(|s| match s {
@@ -184,7 +205,12 @@ fn a_device_speaks_only_for_itself() {
     // A asks for the collector's client id: the broker gives it its own (its username),
     // so the collector's session stays where it is and it keeps ingesting.
     a.disconnect().unwrap();
-    let (_thief, trx) = connect(login(&broker, Some("lab/a"), Some(&pa), "edgeflow-collector"));
+    let (_thief, trx) = connect(login(
+        &broker,
+        Some("lab/a"),
+        Some(&pa),
+        "edgeflow-collector",
+    ));
     assert!(matches!(first(&trx), Seen::Connected));
     std::thread::sleep(Duration::from_millis(500));
     let log = broker.log();
@@ -209,7 +235,10 @@ fn a_device_speaks_only_for_itself() {
     provision(&["device", dir.to_str().unwrap(), "lab", "c", "--cert"]);
     let conf = dir.join("devices/lab/c/edgeflow.toml");
     let url = toml_value(&conf, "url");
-    assert!(!url.ends_with(&format!(":{}", broker.port)), "its own listener");
+    assert!(
+        !url.ends_with(&format!(":{}", broker.port)),
+        "its own listener"
+    );
     let b = Broker::new(
         url.parse().unwrap(),
         None,
@@ -238,14 +267,21 @@ fn a_device_speaks_only_for_itself() {
     )
     .unwrap();
     wait_acked(&crx, 2);
-    c.wait_for("/api/ingest", Duration::from_secs(10), |v| v["summaries"] == 4);
+    c.wait_for("/api/ingest", Duration::from_secs(10), |v| {
+        v["summaries"] == 4
+    });
     std::thread::sleep(Duration::from_millis(300));
     let devices = c.json("/api/devices");
     let got: Vec<_> = devices["devices"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["id"].as_str().unwrap(), d["totals"]["bytes"].as_u64().unwrap()))
+        .map(|d| {
+            (
+                d["id"].as_str().unwrap(),
+                d["totals"]["bytes"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(got, [("lab/a", 500), ("lab/b", 2_000), ("lab/c", 700)]);
     assert!(broker.log().contains("Denied PUBLISH from lab/c"));
@@ -260,5 +296,8 @@ fn a_device_speaks_only_for_itself() {
     )
     .unwrap();
     let (_n, nrx) = connect(no_cert.options("x").unwrap());
-    assert!(matches!(first(&nrx), Seen::Refused(_)), "no certificate, no login");
+    assert!(
+        matches!(first(&nrx), Seen::Refused(_)),
+        "no certificate, no login"
+    );
 }

@@ -146,7 +146,8 @@ impl Config {
         }
         let device = f.device.unwrap_or_else(hostname);
         let site = f.site.unwrap_or_else(|| "default".into());
-        let id = DeviceId::new(&site, &device).map_err(|e| usage(format!("{e}: {site}/{device}")))?;
+        let id =
+            DeviceId::new(&site, &device).map_err(|e| usage(format!("{e}: {site}/{device}")))?;
         let interval = match f.interval_secs {
             Some(s) => positive_secs("interval", s)?,
             None => DEFAULT_INTERVAL,

@@ -187,7 +187,10 @@ mod tests {
     #[test]
     fn urls() {
         let u: BrokerUrl = "mqtt://broker.lan".parse().unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port), (false, "broker.lan", 1883));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port),
+            (false, "broker.lan", 1883)
+        );
         let u: BrokerUrl = "mqtts://10.0.0.5:9000/".parse().unwrap();
         assert_eq!((u.tls, u.host.as_str(), u.port), (true, "10.0.0.5", 9000));
         let u: BrokerUrl = "mqtts://[fd00::1]".parse().unwrap();
