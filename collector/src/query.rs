@@ -310,7 +310,9 @@ pub fn series(
          WHERE part = 0 AND window_start_ms >= ?1 AND window_start_ms < ?2
            AND (?3 IS NULL OR device = ?3 OR site || '/' || device = ?3)",
     )?;
-    let rows: Vec<((String, String), i64, i64, f64, f64)> = stmt
+    // ((site, device), window start, length, packets, bytes)
+    type Row = ((String, String), i64, i64, f64, f64);
+    let rows: Vec<Row> = stmt
         .query_map(
             params![range.from.saturating_sub(MAX_WINDOW_MS), range.to, device],
             |r| {
