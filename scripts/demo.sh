@@ -27,6 +27,8 @@ MQTT="${EDGEFLOW_DEMO_MQTT:-127.0.0.1:$(free_port 18830)}"
 
 A=efdemo-a B=efdemo-b
 WORK=$(mktemp -d /tmp/edgeflow-demo.XXXXXX)
+# Mosquitto drops to its own user and must reach its files under here.
+chmod 711 "$WORK"
 AGENTS=() OTHERS=()
 
 cleanup() {

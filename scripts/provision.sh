@@ -92,6 +92,12 @@ password = "$pass"
 EOF
     chmod 0600 "$dir/collector.toml"
   fi
+  # Mosquitto started as root drops to its own user: it must reach these files.
+  if getent passwd mosquitto >/dev/null && command -v runuser >/dev/null &&
+    ! runuser -u mosquitto -- test -r "$dir/passwd"; then
+    echo "provision: warning: user mosquitto cannot read $dir/passwd (a parent folder's" \
+      "permissions?); the broker will not start" >&2
+  fi
   echo "provision: broker files in $dir; start it with: mosquitto -c $dir/mosquitto.conf"
   ;;
 device)
