@@ -127,7 +127,7 @@ fn stored_once(c: &Collector) -> (i64, i64) {
 #[test]
 fn collector_killed_again_and_again_also_while_its_store_stalls_loses_nothing() {
     const DEVICES: usize = 4;
-    const WINDOWS: u64 = 100;
+    const WINDOWS: u64 = 150;
     let broker = provisioned_broker(&[]);
     let dir = broker.dir().to_path_buf();
     provision(&[
@@ -216,10 +216,10 @@ fn what_a_killed_broker_loses_shows_as_gaps() {
     let mut c = secured_collector(&broker);
     c.wait_subscribed();
 
-    // 40 windows a device, 5 a second. The collector stops for a while, so the broker
+    // 60 windows a device, 5 a second. The collector stops for a while, so the broker
     // queues for its session; the broker is then killed (its last autosave may hold some of
     // the queue, the rest is gone) and restarted with the collector; the devices carry on.
-    let mut load = Loadgen::start(&broker, &dir.join("loadgen-sim.txt"), 40, 200);
+    let mut load = Loadgen::start(&broker, &dir.join("loadgen-sim.txt"), 60, 200);
     std::thread::sleep(Duration::from_millis(1_500));
     c.kill();
     std::thread::sleep(Duration::from_millis(2_500));
