@@ -119,8 +119,8 @@ pub fn window(
                 Addr::V4([198, 18 + (r & 1) as u8, (r >> 8) as u8, (r >> 16) as u8])
             };
             let me = if v6 { me6 } else { me4 };
-            // Heavy-tailed sizes: most flows small, a few large.
-            let scale = 1u64 << rng.below(16);
+            // Heavy-tailed sizes: most flows a few packets, a few up to tens of thousands.
+            let scale = 1u64 << rng.below(13);
             let fwd_p = 1 + rng.below(4 * scale);
             let rev_p = rng.below(4 * scale);
             let proto = [6u8, 6, 6, 17, 17, 1][rng.below(6) as usize];
