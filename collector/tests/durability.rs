@@ -147,15 +147,16 @@ fn collector_killed_again_and_again_also_while_its_store_stalls_loses_nothing() 
     for round in 0..4 {
         std::thread::sleep(Duration::from_millis(1_500));
         if round == 2 {
-            // Stall the store: another connection holds SQLite's write lock for 6 s; the
+            // Stall the store: another connection holds SQLite's write lock for 12 s (longer
+            // than the writer's 10 s busy timeout, so its batch fails and is retried); the
             // collector is killed in the middle and restarted while the lock is still held.
             let locker = rusqlite::Connection::open(&db_path).unwrap();
             locker.execute_batch("BEGIN IMMEDIATE").unwrap();
-            std::thread::sleep(Duration::from_millis(2_000));
+            std::thread::sleep(Duration::from_millis(4_000));
             c.kill();
             std::thread::sleep(Duration::from_millis(500));
             c.restart();
-            std::thread::sleep(Duration::from_millis(3_500));
+            std::thread::sleep(Duration::from_millis(7_500));
             locker.execute_batch("ROLLBACK").unwrap();
         } else {
             c.kill();
