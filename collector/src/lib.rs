@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod query;
 pub mod rate;
+pub mod server;
 pub mod store;
 pub mod topic;
 
