@@ -9,6 +9,7 @@ use crate::{
     query::{self, FlowFilter, Range},
     rate::RateTracker,
 };
+use axum::extract::rejection::QueryRejection;
 use axum::{
     extract::{Query, Request, State},
     http::{header, HeaderValue, StatusCode},
@@ -19,7 +20,6 @@ use axum::{
 };
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
-use axum::extract::rejection::QueryRejection;
 use std::{
     path::PathBuf,
     sync::{
@@ -50,7 +50,7 @@ struct Readers {
     db: PathBuf,
     /// Opened on first use (the writer creates the file and schema first).
     idle: Mutex<Vec<Reader>>,
-    permits: tokio::sync::Semaphore,
+    permits: Arc<tokio::sync::Semaphore>,
     timeout: Duration,
 }
 
@@ -89,7 +89,7 @@ impl App {
             readers: Readers {
                 db,
                 idle: Mutex::new(Vec::new()),
-                permits: tokio::sync::Semaphore::new(limits.http_readers),
+                permits: Arc::new(tokio::sync::Semaphore::new(limits.http_readers)),
                 timeout: limits.query_timeout,
             },
             stats,
@@ -105,14 +105,17 @@ impl App {
         self: &Arc<Self>,
         f: impl FnOnce(&Connection) -> query::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _permit = self
+        // Held by the query itself: a client that goes away does not free it early.
+        let permit = self
             .readers
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(ApiError::internal)?;
         let app = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let r = &app.readers;
             let taken = r.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let reader = match taken {
@@ -246,7 +249,7 @@ pub fn host_allowed(host: &str, names: &[String]) -> bool {
     name.parse::<std::net::Ipv4Addr>().is_ok()
         || name == "localhost"
         || name.ends_with(".localhost")
-        || names.iter().any(|n| *n == name)
+        || names.contains(&name)
 }
 
 async fn asset(body: &'static str, kind: &'static str) -> Response {
@@ -398,7 +401,9 @@ async fn series(
     let range = range_of(p.from, to, DEFAULT_SERIES_MS)?;
     let step = p.step.unwrap_or(0);
     if step < 0 {
-        return Err(ApiError::bad("step is a bucket width in ms: 0 (automatic) or more"));
+        return Err(ApiError::bad(
+            "step is a bucket width in ms: 0 (automatic) or more",
+        ));
     }
     let device = p.device();
     Ok(Json(

@@ -456,7 +456,10 @@ mod tests {
             .conn
             .query_row("SELECT window_start_ms FROM summaries", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(left, 2_000, "the far-future window went, the 1970 one stayed");
+        assert_eq!(
+            left, 2_000,
+            "the far-future window went, the 1970 one stayed"
+        );
         assert_eq!(running_totals(&store.conn), scanned_totals(&store.conn));
         assert_eq!(count(&store.conn, "summaries"), 1);
         assert_eq!(count(&store.conn, "flows"), 3);
