@@ -444,6 +444,52 @@ mod tests {
     }
 
     #[test]
+    fn limits_from_flags_and_file() {
+        let c = Config::resolve(Cli::default(), no_env).unwrap();
+        assert_eq!(c.limits.query_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.ingest_queue_bytes, 64 << 20);
+        assert!(c.limits.http_hosts.is_empty());
+        let dir = std::env::temp_dir().join(format!("efc-lim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "query_timeout_ms = 250\nhttp_readers = 2\nhttp_max_connections = 9\n\
+             http_header_timeout_ms = 1500\nhttp_host = [\"Flows.LAN.\"]\ningest_queue_mib = 3\n",
+        )
+        .unwrap();
+        let cli = Cli {
+            config: Some(path.clone()),
+            http_readers: Some(3),
+            ..Cli::default()
+        };
+        let l = Config::resolve(cli, no_env).unwrap().limits;
+        assert_eq!(l.query_timeout, Duration::from_millis(250));
+        assert_eq!(l.http_readers, 3, "the flag wins");
+        assert_eq!(l.http_max_connections, 9);
+        assert_eq!(l.http_header_timeout, Duration::from_millis(1500));
+        assert_eq!(l.http_hosts, ["flows.lan"]);
+        assert_eq!(l.ingest_queue_bytes, 3 << 20);
+        for bad in [
+            Cli {
+                http_max_connections: Some(0),
+                ..Cli::default()
+            },
+            Cli {
+                query_timeout_ms: Some(1),
+                ..Cli::default()
+            },
+            Cli {
+                http_host: vec!["flows.lan:8080".into()],
+                ..Cli::default()
+            },
+        ] {
+            assert!(Config::resolve(bad, no_env).is_err());
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn usage_errors() {
         let both = Cli {
             broker: Some("mqtt://x".into()),

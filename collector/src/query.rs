@@ -99,16 +99,28 @@ fn silent_after_ms(window_len_ms: i64) -> i64 {
     (3 * window_len_ms).max(30_000)
 }
 
+/// Each device's latest window, through the running totals (as many rows as devices).
+const LATEST: &str = "SELECT s.device, s.site, s.boot_id, s.seq, s.window_start_ms,
+        s.window_len_ms, s.received_ms, s.sample_every, s.packets, s.bytes, s.packets_seen,
+        s.active_flows, s.table_capacity, s.table_full, s.parse_errors, s.fragments, s.non_ip,
+        s.cpu_ms, s.rss_kib, s.spool_depth, s.spool_dropped
+    FROM device_totals t JOIN summaries s ON s.id = t.latest_id
+    ORDER BY s.id";
+
+/// Each device's totals over everything stored: the running totals.
+const TOTALS_ALL: &str = "SELECT device, packets, bytes, overflow_packets, overflow_bytes,
+        windows, flow_records
+    FROM device_totals WHERE ?1 <= 0 AND ?2 > 0";
+
+/// What the store holds: the running totals and two index lookups.
+const STORED: &str = "SELECT (SELECT TOTAL(summaries) FROM device_totals),
+        (SELECT TOTAL(flow_records) FROM device_totals),
+        (SELECT MIN(window_start_ms) FROM summaries),
+        (SELECT MAX(window_start_ms) FROM summaries)";
+
 pub fn devices(conn: &Connection, range: Range, now_ms: i64) -> Result<Vec<Device>> {
     let mut out: BTreeMap<String, Device> = BTreeMap::new();
-    let mut latest = conn.prepare_cached(
-        "SELECT s.device, s.site, s.boot_id, s.seq, s.window_start_ms, s.window_len_ms,
-                s.received_ms, s.sample_every, s.packets, s.bytes, s.packets_seen, s.active_flows,
-                s.table_capacity, s.table_full, s.parse_errors, s.fragments, s.non_ip, s.cpu_ms,
-                s.rss_kib, s.spool_depth, s.spool_dropped
-         FROM device_totals t JOIN summaries s ON s.id = t.latest_id
-         ORDER BY s.id",
-    )?;
+    let mut latest = conn.prepare_cached(LATEST)?;
     let rows = latest.query_map([], |r| {
         let len: i64 = r.get(5)?;
         let secs = (len.max(1)) as f64 / 1000.0;
@@ -170,11 +182,7 @@ pub fn devices(conn: &Connection, range: Range, now_ms: i64) -> Result<Vec<Devic
     // Over everything stored: the running totals (as many rows as devices); otherwise the
     // windows in the range.
     let mut sums = if range.from <= 0 && range.to == i64::MAX {
-        conn.prepare_cached(
-            "SELECT device, packets, bytes, overflow_packets, overflow_bytes, windows,
-                    flow_records
-             FROM device_totals WHERE ?1 <= 0 AND ?2 > 0",
-        )?
+        conn.prepare_cached(TOTALS_ALL)?
     } else {
         conn.prepare_cached(
             "SELECT device, TOTAL(packets * sample_every), TOTAL(bytes * sample_every),
@@ -660,13 +668,7 @@ pub struct Stored {
 
 pub fn stored(conn: &Connection) -> Result<Stored> {
     // The running totals and two index lookups: cheap at any size.
-    conn.prepare_cached(
-        "SELECT (SELECT TOTAL(summaries) FROM device_totals),
-                (SELECT TOTAL(flow_records) FROM device_totals),
-                (SELECT MIN(window_start_ms) FROM summaries),
-                (SELECT MAX(window_start_ms) FROM summaries)",
-    )?
-    .query_row([], |r| {
+    conn.prepare_cached(STORED)?.query_row([], |r| {
         Ok(Stored {
             summaries: total(r.get(0)?),
             flow_records: total(r.get(1)?),
@@ -939,6 +941,44 @@ mod tests {
             (Some(32), Some(32), Some(64))
         );
         assert_eq!(rtt(&c, Range { from: 1, to: 2 }, None).unwrap().samples, 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn metrics_and_ingest_queries_do_not_scan_the_history() {
+        // What /metrics (devices over everything) and /api/ingest (stored) run: their cost
+        // must follow the number of devices, not of stored windows.
+        let (c, dir) = db(&[
+            summary("d", 0, 0, 10_000, 1_000, vec![]),
+            summary("e", 0, 0, 10_000, 2_000, vec![]),
+        ]);
+        let d = devices(&c, Range::ALL, 0).unwrap();
+        assert_eq!(
+            d.iter().map(|d| d.totals.bytes).collect::<Vec<_>>(),
+            [1_000, 2_000]
+        );
+        let mut plans = String::new();
+        for sql in [LATEST, TOTALS_ALL, STORED] {
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let n = st.parameter_count();
+            let rows = st
+                .query_map(rusqlite::params_from_iter(vec![0i64; n]), |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap();
+            for r in rows {
+                plans.push_str(&r.unwrap());
+                plans.push('\n');
+            }
+        }
+        // Only the per-device table is walked; summaries are reached by id or index ends.
+        for line in plans.lines().filter(|l| l.contains("SCAN")) {
+            assert!(
+                ["SCAN t", "SCAN device_totals", "SCAN CONSTANT ROW"].contains(&line),
+                "{line:?} in\n{plans}"
+            );
+        }
+        assert!(plans.contains("SCAN t"), "{plans}");
         let _ = std::fs::remove_dir_all(dir);
     }
 
