@@ -51,7 +51,8 @@ pub struct Cli {
     /// most HTTP connections open at once (default 256); further ones wait to be accepted
     #[argh(option)]
     pub http_max_connections: Option<usize>,
-    /// time a client has to send a request's headers, ms (default 10000), then it is cut
+    /// time a client has to send a request's headers (or to take any of an answer), ms
+    /// (default 10000), then it is cut
     #[argh(option)]
     pub http_header_timeout_ms: Option<u64>,
     /// a host name the collector is reached by (besides IP addresses and localhost); repeatable

@@ -349,6 +349,31 @@ fn http_cuts_slow_and_idle_clients_caps_connections_and_checks_the_host() {
     );
     drop(idle);
 
+    // A client that asks for 2,000 copies of the script (34 MB, pipelined) and reads none of
+    // them is cut once a write has made no progress for the timeout.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        let one = format!("GET /assets/app.js HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        let _ = s.write_all(one.repeat(2_000).as_bytes());
+        std::thread::sleep(Duration::from_millis(3_000));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let end = s.read_to_end(&mut got);
+        if let Err(e) = &end {
+            assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "still open after {} bytes",
+                got.len()
+            );
+        }
+        assert!(got.len() < 2_000 * 17_000, "all {} bytes came", got.len());
+    }
+
     // Host: IP literals, localhost and the configured name pass; another name gets 421.
     for (host, want) in [
         (addr.to_string(), "200"),
