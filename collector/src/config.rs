@@ -15,6 +15,11 @@ pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
 pub const DEFAULT_CLIENT_ID: &str = "edgeflow-collector";
 pub const DEFAULT_DB: &str = "edgeflow.db";
 pub const DEFAULT_RETENTION_DAYS: f64 = 7.0;
+pub const DEFAULT_QUERY_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_HTTP_READERS: usize = 4;
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 256;
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_INGEST_QUEUE_MIB: u64 = 64;
 /// Secrets may come from the environment rather than the command line (visible in `ps`).
 pub const ENV_TOKEN: &str = "EDGEFLOW_COLLECTOR_TOKEN";
 pub const ENV_PASSWORD: &str = "EDGEFLOW_MQTT_PASSWORD";
@@ -38,6 +43,26 @@ pub struct Cli {
     /// bearer token the API and /metrics require (or env EDGEFLOW_COLLECTOR_TOKEN)
     #[argh(option)]
     pub token: Option<String>,
+    /// longest an API query may run, ms (default 5000); a longer one is stopped and answers 400
+    #[argh(option)]
+    pub query_timeout_ms: Option<u64>,
+    /// database connections answering API queries at once (default 4); more requests wait
+    #[argh(option)]
+    pub http_readers: Option<usize>,
+    /// most HTTP connections open at once (default 256); further ones wait to be accepted
+    #[argh(option)]
+    pub http_max_connections: Option<usize>,
+    /// time a client has to send a request's headers (or to take any of an answer), ms
+    /// (default 10000), then it is cut
+    #[argh(option)]
+    pub http_header_timeout_ms: Option<u64>,
+    /// a host name the collector is reached by (besides IP addresses and localhost); repeatable
+    #[argh(option)]
+    pub http_host: Vec<String>,
+    /// memory for received messages not yet stored, MiB (default 64); when it is full the
+    /// collector stops reading from the broker until the store catches up
+    #[argh(option)]
+    pub ingest_queue_mib: Option<u64>,
     /// external broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (default mqtt://127.0.0.1:1883)
     #[argh(option)]
     pub broker: Option<String>,
@@ -75,6 +100,12 @@ struct File {
     retention_days: Option<f64>,
     http: Option<SocketAddr>,
     token: Option<String>,
+    query_timeout_ms: Option<u64>,
+    http_readers: Option<usize>,
+    http_max_connections: Option<usize>,
+    http_header_timeout_ms: Option<u64>,
+    http_host: Option<Vec<String>>,
+    ingest_queue_mib: Option<u64>,
     broker: Option<String>,
     embedded_broker: Option<SocketAddr>,
     client_id: Option<String>,
@@ -92,6 +123,87 @@ pub struct MqttConfig {
     pub client_id: String,
 }
 
+/// The collector's own resource limits (HTTP, queries, ingest).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub query_timeout: Duration,
+    pub http_readers: usize,
+    pub http_max_connections: usize,
+    pub http_header_timeout: Duration,
+    /// Host names accepted in the `Host` header besides IP addresses and `localhost`.
+    pub http_hosts: Vec<String>,
+    pub ingest_queue_bytes: usize,
+}
+
+impl Limits {
+    fn resolve(cli: &Cli, file: &File) -> Result<Limits, UsageError> {
+        fn within<T: PartialOrd + Copy + std::fmt::Display>(
+            name: &str,
+            v: Option<T>,
+            default: T,
+            lo: T,
+            hi: T,
+        ) -> Result<T, UsageError> {
+            let v = v.unwrap_or(default);
+            if v < lo || v > hi {
+                return Err(UsageError(format!("{name} {v} must be {lo} to {hi}")));
+            }
+            Ok(v)
+        }
+        let mut hosts = cli.http_host.clone();
+        if hosts.is_empty() {
+            hosts = file.http_host.clone().unwrap_or_default();
+        }
+        for h in &mut hosts {
+            *h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+            if h.is_empty() || h.contains([':', '/', ' ']) {
+                return Err(UsageError(format!(
+                    "http_host {h:?}: a host name without port"
+                )));
+            }
+        }
+        Ok(Limits {
+            query_timeout: Duration::from_millis(within(
+                "query_timeout_ms",
+                cli.query_timeout_ms.or(file.query_timeout_ms),
+                DEFAULT_QUERY_TIMEOUT_MS,
+                10,
+                3_600_000,
+            )?),
+            http_readers: within(
+                "http_readers",
+                cli.http_readers.or(file.http_readers),
+                DEFAULT_HTTP_READERS,
+                1,
+                64,
+            )?,
+            http_max_connections: within(
+                "http_max_connections",
+                cli.http_max_connections.or(file.http_max_connections),
+                DEFAULT_HTTP_MAX_CONNECTIONS,
+                1,
+                65_536,
+            )?,
+            http_header_timeout: Duration::from_millis(within(
+                "http_header_timeout_ms",
+                cli.http_header_timeout_ms.or(file.http_header_timeout_ms),
+                DEFAULT_HTTP_HEADER_TIMEOUT_MS,
+                100,
+                600_000,
+            )?),
+            http_hosts: hosts,
+            ingest_queue_bytes: within(
+                "ingest_queue_mib",
+                cli.ingest_queue_mib.or(file.ingest_queue_mib),
+                DEFAULT_INGEST_QUEUE_MIB,
+                1,
+                65_536,
+            )? as usize
+                * (1 << 20),
+        })
+    }
+}
+
 /// Everything the collector runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -102,6 +214,7 @@ pub struct Config {
     /// Listen address of the in-process broker, if any; `mqtt` then points at it.
     pub embedded_broker: Option<SocketAddr>,
     pub mqtt: MqttConfig,
+    pub limits: Limits,
 }
 
 impl Config {
@@ -120,6 +233,7 @@ impl Config {
                 "retention_days {retention_days} must be a positive number of days"
             )));
         }
+        let limits = Limits::resolve(&cli, &file)?;
         let embedded_broker = cli.embedded_broker.or(file.embedded_broker);
         let broker = cli.broker.or(file.broker);
         let url: BrokerUrl = match (embedded_broker, &broker) {
@@ -182,6 +296,7 @@ impl Config {
             token,
             embedded_broker,
             mqtt: MqttConfig { broker, client_id },
+            limits,
         })
     }
 }
@@ -257,6 +372,52 @@ mod tests {
             Config::resolve(cli, no_env).is_err(),
             "unknown keys are errors"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn limits_from_flags_and_file() {
+        let c = Config::resolve(Cli::default(), no_env).unwrap();
+        assert_eq!(c.limits.query_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.ingest_queue_bytes, 64 << 20);
+        assert!(c.limits.http_hosts.is_empty());
+        let dir = std::env::temp_dir().join(format!("efc-lim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "query_timeout_ms = 250\nhttp_readers = 2\nhttp_max_connections = 9\n\
+             http_header_timeout_ms = 1500\nhttp_host = [\"Flows.LAN.\"]\ningest_queue_mib = 3\n",
+        )
+        .unwrap();
+        let cli = Cli {
+            config: Some(path.clone()),
+            http_readers: Some(3),
+            ..Cli::default()
+        };
+        let l = Config::resolve(cli, no_env).unwrap().limits;
+        assert_eq!(l.query_timeout, Duration::from_millis(250));
+        assert_eq!(l.http_readers, 3, "the flag wins");
+        assert_eq!(l.http_max_connections, 9);
+        assert_eq!(l.http_header_timeout, Duration::from_millis(1500));
+        assert_eq!(l.http_hosts, ["flows.lan"]);
+        assert_eq!(l.ingest_queue_bytes, 3 << 20);
+        for bad in [
+            Cli {
+                http_max_connections: Some(0),
+                ..Cli::default()
+            },
+            Cli {
+                query_timeout_ms: Some(1),
+                ..Cli::default()
+            },
+            Cli {
+                http_host: vec!["flows.lan:8080".into()],
+                ..Cli::default()
+            },
+        ] {
+            assert!(Config::resolve(bad, no_env).is_err());
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 

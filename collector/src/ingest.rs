@@ -86,6 +86,12 @@ pub struct IngestStats {
     pub presence: AtomicU64,
     /// Subscribed to the broker right now.
     pub connected: AtomicBool,
+    /// Failed attempts to store a batch (each retried until it succeeds).
+    pub store_errors: AtomicU64,
+    /// Times the subscriber stopped reading from the broker because the queue was full.
+    pub backpressure: AtomicU64,
+    /// Received messages waiting to be stored, KiB (of the `--ingest-queue-mib` room).
+    pub queued_kib: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -100,6 +106,16 @@ impl IngestStats {
 
     pub fn rejected_total(&self) -> u64 {
         self.rejected().values().sum()
+    }
+
+    /// Counts a message refused before it reached the writer.
+    pub fn refuse(&self, payload_len: usize, why: &Reject) {
+        let msg = Incoming {
+            topic: "",
+            payload: &[],
+        };
+        self.count(&msg, &Outcome::Rejected(why.clone()));
+        self.payload_bytes.fetch_add(payload_len as u64, Relaxed);
     }
 
     fn count(&self, msg: &Incoming, outcome: &Outcome) {
@@ -137,7 +153,7 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Keeps windows that started within `retention` of now (see [`Ingest::prune`]).
+    /// Keeps windows received within `retention` of now (see [`Ingest::prune`]).
     pub fn new(store: Store, stats: Arc<IngestStats>, retention: Duration) -> Ingest {
         Ingest {
             store,
@@ -154,6 +170,12 @@ impl Ingest {
             Ok((s, f)) => log::info!("retention: deleted {s} summaries and {f} flow records"),
             Err(e) => log::error!("retention: {e}"),
         }
+    }
+
+    /// How often [`Ingest::prune`] should run: hourly, or four times per retention when
+    /// that is shorter, so nothing outlives its retention by more than a quarter of it.
+    pub fn prune_every(&self) -> Duration {
+        (self.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))
     }
 
     pub fn stats(&self) -> &Arc<IngestStats> {

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod query;
 pub mod rate;
+pub mod server;
 pub mod store;
 
 /// An error that is the user's to fix (exit code 2), as opposed to a runtime failure (1).

@@ -8,6 +8,7 @@ use collector::{
     ingest::{Ingest, IngestStats},
     mqtt,
     rate::RateTracker,
+    server,
     store::Store,
     UsageError,
 };
@@ -92,17 +93,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let subscriber = tokio::spawn(mqtt::run(
         opts,
         Ingest::new(store, stats.clone(), cfg.retention),
+        cfg.limits.ingest_queue_bytes,
     ));
     let app = Arc::new(http::App::new(
         cfg.db.clone(),
         stats,
         rates,
         cfg.token.clone(),
+        &cfg.limits,
     ));
-    axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("serving HTTP")?;
+    server::run(listener, http::router(app), &cfg.limits, shutdown()).await;
     // Unacknowledged messages stay with the broker (persistent session) for the next start.
     subscriber.abort();
     sampler.abort();

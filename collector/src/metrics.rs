@@ -5,7 +5,7 @@ use crate::{ingest::IngestStats, query::Device, rate::Rates};
 use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
 
 /// Every rejection reason, so each series exists (at 0) before its first occurrence.
-pub const REASONS: [&str; 8] = shared::identity::Reject::REASONS;
+pub const REASONS: [&str; 9] = shared::identity::Reject::REASONS;
 
 /// A label value with `\`, `"` and newlines escaped.
 fn label(v: &str) -> String {
@@ -68,6 +68,32 @@ pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device]) -> String 
         head(&mut o, name, "counter", help);
         let _ = writeln!(o, "{name} {v}");
     }
+    for (name, help, v) in [
+        (
+            "edgeflow_collector_store_errors_total",
+            "Failed attempts to store a batch (each retried until it succeeds).",
+            stats.store_errors.load(Relaxed),
+        ),
+        (
+            "edgeflow_collector_ingest_backpressure_total",
+            "Times the collector stopped reading from the broker because its queue was full.",
+            stats.backpressure.load(Relaxed),
+        ),
+    ] {
+        head(&mut o, name, "counter", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    head(
+        &mut o,
+        "edgeflow_collector_ingest_queue_bytes",
+        "gauge",
+        "Received messages waiting to be stored (room counted in KiB).",
+    );
+    let _ = writeln!(
+        o,
+        "edgeflow_collector_ingest_queue_bytes {}",
+        stats.queued_kib.load(Relaxed) * 1024
+    );
     head(
         &mut o,
         "edgeflow_collector_broker_connected",
@@ -95,7 +121,7 @@ pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device]) -> String 
         let _ = writeln!(o, "{name} {v}");
     }
     type Get = fn(&Device) -> Option<f64>;
-    let per_device: [(&str, &str, &str, Get); 11] = [
+    let per_device: [(&str, &str, &str, Get); 12] = [
         (
             "edgeflow_device_up",
             "gauge",
@@ -131,6 +157,12 @@ pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device]) -> String 
             "gauge",
             "When the collector received the device's latest summary (Unix time).",
             |d| d.latest.as_ref().map(|l| l.received_ms as f64 / 1000.0),
+        ),
+        (
+            "edgeflow_device_clock_skew_seconds",
+            "gauge",
+            "The latest window's end by the device's clock minus its receive time by the collector's.",
+            |d| d.latest.as_ref().map(|l| l.clock_skew_ms as f64 / 1000.0),
         ),
         (
             "edgeflow_device_table_fill_ratio",

@@ -7,20 +7,25 @@
 //! stores nothing twice.
 //!
 //! rumqttc's event loop runs on tokio and must keep being polled (acks travel through it), so
-//! it never waits for storage: publishes go to a writer thread over an unbounded channel. The
-//! broker bounds how many unacknowledged QoS 1 messages it sends us, which bounds the channel.
+//! it does not wait for storage: publishes go to a writer thread. What waits there is bounded
+//! in bytes (`--ingest-queue-mib`): when the queue is full the event loop stops polling, so it
+//! stops reading the broker's socket and TCP pushes back to the broker, which keeps the
+//! messages (nothing is dropped; a stall longer than 1.5 keep-alives ends the connection and
+//! the broker redelivers on the next). QoS 0 publishes on a flows topic are refused and
+//! counted (`qos0`): they bypass the broker's in-flight bound and could not be redelivered.
 
 use crate::{
     config::MqttConfig,
-    ingest::{Incoming, Ingest},
+    ingest::{Incoming, Ingest, IngestStats},
     UsageError,
 };
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS};
-use shared::identity::FILTERS;
+use shared::identity::{Kind, Reject, Topic, FILTERS};
 use std::{
-    sync::{atomic::Ordering::Relaxed, mpsc},
+    sync::{atomic::Ordering::Relaxed, mpsc, Arc},
     time::{Duration, Instant},
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Largest MQTT packet accepted (a summary is at most 64 KiB by default; parts above that).
 pub const MAX_PACKET: usize = 4 << 20;
@@ -41,12 +46,23 @@ pub fn options(cfg: &MqttConfig) -> Result<MqttOptions, UsageError> {
     Ok(o)
 }
 
+/// A message's share of the ingest queue, KiB: its payload and topic plus what holding it costs.
+fn cost_kib(p: &Publish) -> usize {
+    (p.payload.len() + p.topic.len() + 256).div_ceil(1024)
+}
+
+/// A received message and its room in the queue (given back once it is stored).
+type Queued = (Publish, OwnedSemaphorePermit);
+
 /// Runs the subscriber until the task is dropped. The writer thread stores and acknowledges;
-/// it ends (after finishing its batch) when this future is dropped.
-pub async fn run(opts: MqttOptions, ingest: Ingest) {
+/// it ends (after finishing its batch) when this future is dropped. At most `queue_bytes`
+/// of received messages wait for the writer.
+pub async fn run(opts: MqttOptions, ingest: Ingest, queue_bytes: usize) {
     let stats = ingest.stats().clone();
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
-    let (tx, rx) = mpsc::channel::<Publish>();
+    let (tx, rx) = mpsc::channel::<Queued>();
+    let room_kib = (queue_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
+    let room = Arc::new(Semaphore::new(room_kib));
     let handle = tokio::runtime::Handle::current();
     let acker = client.clone();
     std::thread::Builder::new()
@@ -57,7 +73,24 @@ pub async fn run(opts: MqttOptions, ingest: Ingest) {
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send(p).is_err() {
+                if let Some(why) = refuse(&p) {
+                    stats.refuse(p.payload.len(), &why);
+                    continue;
+                }
+                let kib = cost_kib(&p).min(room_kib) as u32;
+                let permit = match room.clone().try_acquire_many_owned(kib) {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        // The writer is behind: stop reading from the broker until it catches up.
+                        stats.backpressure.fetch_add(1, Relaxed);
+                        room.clone()
+                            .acquire_many_owned(kib)
+                            .await
+                            .expect("the semaphore is never closed")
+                    }
+                };
+                stats.queued_kib.fetch_add(u64::from(kib), Relaxed);
+                if tx.send((p, permit)).is_err() {
                     log::error!("ingest thread is gone; stopping the subscriber");
                     return;
                 }
@@ -98,35 +131,44 @@ pub async fn run(opts: MqttOptions, ingest: Ingest) {
     }
 }
 
+/// A publish refused before it is queued: QoS 0 on a flows topic (the broker neither bounds
+/// how many it sends unacknowledged nor keeps them for a redelivery).
+fn refuse(p: &Publish) -> Option<Reject> {
+    (p.qos == QoS::AtMostOnce
+        && matches!(Topic::parse(&p.topic), Ok(Topic { kind: Kind::Flows, .. })))
+    .then_some(Reject::Qos0)
+}
+
 fn log_connection_error(e: &ConnectionError) {
     log::warn!("broker connection: {e}; retrying");
 }
 
 /// Stores batches and acknowledges them once committed. Retries a batch that failed to
-/// store (a full disk, a locked database) rather than dropping it.
+/// store (a full disk, a locked database) rather than dropping it, counting each failure;
+/// meanwhile the queue fills and the event loop stops reading.
 fn writer(
     mut ingest: Ingest,
-    rx: mpsc::Receiver<Publish>,
+    rx: mpsc::Receiver<Queued>,
     client: AsyncClient,
     rt: tokio::runtime::Handle,
 ) {
+    let stats: Arc<IngestStats> = ingest.stats().clone();
     let mut batch: Vec<Publish> = Vec::with_capacity(MAX_BATCH);
+    let mut room: Vec<OwnedSemaphorePermit> = Vec::with_capacity(MAX_BATCH);
     let mut next_prune = Instant::now();
     loop {
         if Instant::now() >= next_prune {
             ingest.prune();
-            next_prune = Instant::now() + PRUNE_EVERY;
+            next_prune = Instant::now() + ingest.prune_every();
         }
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(p) => batch.push(p),
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(q) => q,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
+        };
+        for (p, permit) in std::iter::once(first).chain(rx.try_iter().take(MAX_BATCH - 1)) {
+            batch.push(p);
+            room.push(permit);
         }
         let msgs: Vec<Incoming> = batch
             .iter()
@@ -137,11 +179,18 @@ fn writer(
             .collect();
         let mut delay = Duration::from_millis(100);
         while let Err(e) = ingest.handle(&msgs) {
+            stats.store_errors.fetch_add(1, Relaxed);
             log::error!("storing {} messages: {e}; retrying", msgs.len());
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(10));
         }
         drop(msgs);
+        // Room back first: the event loop must run to pass the acks on.
+        for permit in room.drain(..) {
+            stats
+                .queued_kib
+                .fetch_sub(u64::from(permit.num_permits() as u32), Relaxed);
+        }
         for p in batch.drain(..) {
             if p.qos != QoS::AtMostOnce {
                 // Fails only when the event loop is gone (shutdown): the broker redelivers.
@@ -150,6 +199,3 @@ fn writer(
         }
     }
 }
-
-/// How often old rows are deleted.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);

@@ -221,11 +221,14 @@ pub enum Reject {
     BadId,
     /// A status payload that is neither `online` nor `offline`.
     BadStatus,
+    /// A summary published with QoS 0: it bypasses the broker's in-flight bound and could not
+    /// be redelivered, so a collector refuses it before queueing it.
+    Qos0,
 }
 
 impl Reject {
     /// Every reason [`Reject::reason`] can return, so counters can exist at 0.
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 9] = [
         "empty",
         "unknown_version",
         "malformed",
@@ -234,6 +237,7 @@ impl Reject {
         "unknown_topic",
         "bad_id",
         "bad_status",
+        "qos0",
     ];
 
     /// Short stable name for counting.
@@ -244,6 +248,7 @@ impl Reject {
             Reject::UnknownTopic => "unknown_topic",
             Reject::BadId => "bad_id",
             Reject::BadStatus => "bad_status",
+            Reject::Qos0 => "qos0",
         }
     }
 }
@@ -321,6 +326,7 @@ mod tests {
             Reject::UnknownTopic,
             Reject::BadId,
             Reject::BadStatus,
+            Reject::Qos0,
         ] {
             assert!(Reject::REASONS.contains(&r.reason()), "{r:?}");
         }

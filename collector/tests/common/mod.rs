@@ -90,6 +90,11 @@ impl Collector {
         self.http = addr.parse().unwrap();
     }
 
+    /// The running collector's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The collector's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default()
