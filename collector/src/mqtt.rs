@@ -135,7 +135,13 @@ pub async fn run(opts: MqttOptions, ingest: Ingest, queue_bytes: usize) {
 /// how many it sends unacknowledged nor keeps them for a redelivery).
 fn refuse(p: &Publish) -> Option<Reject> {
     (p.qos == QoS::AtMostOnce
-        && matches!(Topic::parse(&p.topic), Ok(Topic { kind: Kind::Flows, .. })))
+        && matches!(
+            Topic::parse(&p.topic),
+            Ok(Topic {
+                kind: Kind::Flows,
+                ..
+            })
+        ))
     .then_some(Reject::Qos0)
 }
 

@@ -371,7 +371,9 @@ pub fn series(
         if lo >= hi {
             continue;
         }
-        let buckets = per.entry((r.get(0)?, r.get(1)?)).or_insert_with(|| vec![[0.0; 3]; n]);
+        let buckets = per
+            .entry((r.get(0)?, r.get(1)?))
+            .or_insert_with(|| vec![[0.0; 3]; n]);
         // The buckets this window overlaps, no more (a window never spans more than 21).
         for i in (lo - from) / step..=(hi - 1 - from) / step {
             let b_lo = (from + i * step).max(lo);

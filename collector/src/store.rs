@@ -302,7 +302,10 @@ fn migrate_v1(conn: &mut Connection) -> Result<(), StoreError> {
     tx.execute_batch(SCHEMA)?;
     tx.execute_batch(MIGRATE_V1_FILL)?;
     tx.execute(
-        &format!("INSERT INTO device_totals {}", SUM_TOTALS.replace("{}", "1")),
+        &format!(
+            "INSERT INTO device_totals {}",
+            SUM_TOTALS.replace("{}", "1")
+        ),
         [],
     )?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
