@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The main job: installs what is missing, builds, starts the collector with its embedded MQTT
-# broker on loopback, creates a demo namespace pair with traffic running and an agent on each
-# side, and prints the dashboard URL. Ctrl-C stops and removes everything it created.
+# The main job: installs what is missing, builds, provisions and starts the broker (Debian's
+# Mosquitto set up by scripts/provision.sh: TLS, a password per device, the ACL, persistence
+# for the collector's session), starts the collector, creates a demo namespace pair with
+# traffic running and an agent on each side, and prints the dashboard URL. Ctrl-C stops and
+# removes everything it created.
 #
 # Ports: EDGEFLOW_DEMO_HTTP (default 127.0.0.1:8080) and EDGEFLOW_DEMO_MQTT (default
-# 127.0.0.1:18830, not 1883: Debian's mosquitto service may hold that); a busy default moves
-# to the next free port.
+# 127.0.0.1:18830, not 1883/8883: Debian's mosquitto service may hold those); a busy default
+# moves to the next free port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -25,6 +27,8 @@ MQTT="${EDGEFLOW_DEMO_MQTT:-127.0.0.1:$(free_port 18830)}"
 
 A=efdemo-a B=efdemo-b
 WORK=$(mktemp -d /tmp/edgeflow-demo.XXXXXX)
+# Mosquitto drops to its own user and must reach its files under here.
+chmod 711 "$WORK"
 AGENTS=() OTHERS=()
 
 cleanup() {
@@ -38,6 +42,11 @@ cleanup() {
     kill -KILL "$p" 2>/dev/null || true
   done
   for p in "${OTHERS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  # The broker last: it saves the collector's session on the way out.
+  for p in "${OTHERS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  done
+  [ -n "${BROKER:-}" ] && kill -TERM "$BROKER" 2>/dev/null || true
   wait 2>/dev/null || true
   ip netns del "$A" 2>/dev/null || true
   ip netns del "$B" 2>/dev/null || true
@@ -51,9 +60,18 @@ trap 'exit 130' INT TERM
 ip netns del "$A" 2>/dev/null || true
 ip netns del "$B" 2>/dev/null || true
 
-say "collector: dashboard on http://$HTTP/, embedded MQTT broker on $MQTT, data in $WORK"
-"$BIN/edgeflow-collector" --embedded-broker "$MQTT" --http "$HTTP" --db "$WORK/collector.db" \
-  --retention-days 1 >"$WORK/collector.out" 2>"$WORK/collector.log" &
+say "broker: Mosquitto on mqtts://$MQTT (TLS, a login per device, ACL), files in $WORK/broker"
+./scripts/provision.sh init "$WORK/broker" --port "${MQTT##*:}" --bind "${MQTT%:*}" >/dev/null
+./scripts/provision.sh device "$WORK/broker" lab demo-edge-a >/dev/null
+./scripts/provision.sh device "$WORK/broker" branch demo-edge-b >/dev/null
+mosquitto -c "$WORK/broker/mosquitto.conf" 2>"$WORK/mosquitto.log" &
+BROKER=$!
+for _ in $(seq 100); do ss -Hltn "sport = :${MQTT##*:}" | grep -q . && break; sleep 0.1; done
+kill -0 "$BROKER" 2>/dev/null || { cat "$WORK/mosquitto.log" >&2; exit 1; }
+
+say "collector: dashboard on http://$HTTP/, data in $WORK"
+"$BIN/edgeflow-collector" --config "$WORK/broker/collector.toml" --http "$HTTP" \
+  --db "$WORK/collector.db" --retention-days 1 >"$WORK/collector.out" 2>"$WORK/collector.log" &
 OTHERS+=($!)
 for _ in $(seq 100); do grep -q 'dashboard http' "$WORK/collector.out" 2>/dev/null && break; sleep 0.1; done
 grep -q 'dashboard http' "$WORK/collector.out" || { cat "$WORK/collector.log" >&2; exit 1; }
@@ -74,8 +92,8 @@ ip -n "$B" link set efdemo1 up
 # with the programs attached inside the demo namespaces.
 for side in a:"$A":efdemo0:lab b:"$B":efdemo1:branch; do
   IFS=: read -r name ns dev site <<<"$side"
-  "$BIN/edgeflow" run --iface "$dev" --netns "$ns" --device "demo-edge-$name" --site "$site" \
-    --interval 2 --broker "mqtt://$MQTT" 2>"$WORK/agent-$name.log" &
+  "$BIN/edgeflow" run --config "$WORK/broker/devices/$site/demo-edge-$name/edgeflow.toml" \
+    --iface "$dev" --netns "$ns" --interval 2 2>"$WORK/agent-$name.log" &
   AGENTS+=($!)
 done
 for name in a b; do
@@ -112,6 +130,6 @@ OTHERS+=($!)
 echo
 say "dashboard:  http://$HTTP/"
 say "API:        http://$HTTP/api/devices   metrics: http://$HTTP/metrics"
-say "logs:       $WORK/{collector,agent-a,agent-b}.log"
+say "logs:       $WORK/{collector,agent-a,agent-b,mosquitto}.log"
 say "Ctrl-C stops everything and removes what the demo created"
 wait "${OTHERS[0]}"

@@ -14,8 +14,8 @@ fi
 # Debian packages: the eBPF toolchain, the test broker, traffic and inspection tools, the browser.
 PKGS=(
   rustc-web rust-web-src llvm-22-dev   # eBPF build (route A)
-  mosquitto mosquitto-clients          # real MQTT broker for tests
-  openssl                              # certificates for the agent's MQTT-over-TLS test
+  mosquitto mosquitto-clients          # the MQTT broker (demo, scripts/provision.sh, tests)
+  openssl                              # certificates: scripts/provision.sh and the TLS tests
   iproute2 ethtool iputils-ping tcpdump bpftool   # namespaces, offloads, captures, nstat, listing
   chromium                              # dashboard browser test
   libcap2-bin util-linux                # capsh / setpriv for capability tests

@@ -95,7 +95,7 @@ async function refresh() {
 
 function renderDevices(d) {
   const sel = $("device");
-  const names = d.devices.map((x) => x.device);
+  const names = d.devices.map((x) => x.id);
   const have = [...sel.options].slice(1).map((o) => o.value);
   if (names.join("\n") !== have.join("\n")) {
     sel.innerHTML = `<option value="">all devices</option>` + names.map((n) => `<option>${esc(n)}</option>`).join("");
@@ -105,33 +105,36 @@ function renderDevices(d) {
     const l = x.latest, h = l && l.health;
     const fill = h ? h.table_fill : null;
     const fillCls = fill == null ? "" : fill > 0.9 ? "bad" : fill > 0.7 ? "warn" : "";
-    const drops = h ? h.table_full + h.spool_dropped : null;
-    return `<tr data-device="${esc(x.device)}">
-      <td><span class="dot" style="color:${colorOf(x.device)}">■</span> <b>${esc(x.device)}</b></td>
+    const drops = h ? h.table_full : null;
+    return `<tr data-device="${esc(x.id)}">
+      <td><span class="dot" style="color:${colorOf(x.id)}">■</span> <b>${esc(x.device)}</b></td>
       <td class="dim">${esc(x.site)}</td>
       <td><span class="state ${x.state}">${x.state}</span></td>
       <td title="${l ? new Date(l.received_ms).toISOString() : ""}">${l ? ago(l.received_ms) : "–"}</td>
       <td class="num" data-bps="${l ? l.bytes_per_s : ""}">${l ? rate(l.bytes_per_s) : "–"}</td>
       <td class="num" data-pps="${l ? l.packets_per_s : ""}">${l ? prate(l.packets_per_s) : "–"}</td>
       <td>${h ? `<span class="fill ${fillCls}" title="${count(h.active_flows)} of ${count(h.table_capacity)} entries"><span class="track"><i style="width:${Math.min(100, fill * 100).toFixed(1)}%"></i></span>${(fill * 100).toFixed(1)}%</span>` : "–"}</td>
-      <td class="num ${drops ? "warn-text" : ""}" title="table full: ${h ? h.table_full : "–"}, spool dropped: ${h ? h.spool_dropped : "–"}">${h ? count(drops) : "–"}</td>
+      <td class="num ${drops ? "warn-text" : ""}" title="packets that found the flow table full">${h ? count(drops) : "–"}</td>
+      <td class="num ${x.gaps ? "warn-text" : ""}" data-gaps="${x.gaps}" title="windows the device numbered that were never stored, over ${x.boots} run(s)">${count(x.gaps)}</td>
+      <td class="num ${h && h.spool_dropped ? "warn-text" : ""}" title="windows the device's spool dropped (its own count, this run)">${h ? count(h.spool_dropped) : "–"}</td>
       <td class="num">${h ? h.cpu_pct.toFixed(1) + " %" : "–"}</td>
       <td class="num">${h ? bytes(h.rss_kib * 1024) : "–"}</td>
       <td class="num">${h ? count(h.spool_depth) : "–"}</td>
       <td class="num" data-bytes="${x.totals.bytes}">${bytes(x.totals.bytes)}</td></tr>`;
   });
-  $("devices").tBodies[0].innerHTML = rows.length ? rows.join("") : `<tr class="empty"><td colspan="12">no device has reported yet</td></tr>`;
+  $("devices").tBodies[0].innerHTML = rows.length ? rows.join("") : `<tr class="empty"><td colspan="14">no device has reported yet</td></tr>`;
 }
 
 function renderKpis(d, ing) {
   const online = d.devices.filter((x) => x.state === "online").length;
   $("k-online").textContent = `${online} / ${d.devices.length}`;
   const silent = d.devices.filter((x) => x.state === "silent").length, offline = d.devices.filter((x) => x.state === "offline").length;
-  $("k-devices").textContent = `${offline} offline · ${silent} silent`;
+  const gaps = d.devices.reduce((a, x) => a + x.gaps, 0);
+  $("k-devices").textContent = `${offline} offline · ${silent} silent · ${count(gaps)} windows missing`;
   const live = d.devices.filter((x) => x.state === "online" && x.latest);
   $("k-bps").textContent = rate(live.reduce((a, x) => a + x.latest.bytes_per_s, 0));
   $("k-pps").textContent = prate(live.reduce((a, x) => a + x.latest.packets_per_s, 0));
-  const sel = d.devices.filter((x) => !state.device || x.device === state.device);
+  const sel = d.devices.filter((x) => !state.device || x.id === state.device);
   $("k-bytes").textContent = bytes(sel.reduce((a, x) => a + x.totals.bytes, 0));
   $("k-packets").textContent = `${count(sel.reduce((a, x) => a + x.totals.packets, 0))} packets · ${count(sel.reduce((a, x) => a + x.windows, 0))} windows`;
   $("k-ingest").textContent = `${si(ing.rates.flow_records_per_s, "flows/s")}`;
@@ -177,7 +180,7 @@ function renderChart(s) {
   g += `</g>`;
   let lines = "";
   for (const d of s.devices) {
-    const c = colorOf(d.device);
+    const c = colorOf(d.id);
     // Runs of buckets with data; a gap (no window reported) breaks the line.
     const runs = [];
     let run = [];
@@ -199,7 +202,7 @@ function renderChart(s) {
     const i = Math.floor((((px - L) / (W - L - R)) * (s.to - s.from)) / s.step_ms);
     if (i < 0 || i >= s.t.length) return;
     cur.setAttribute("x1", mid(i)); cur.setAttribute("x2", mid(i)); cur.setAttribute("visibility", "visible");
-    tip.innerHTML = `<div class="dim">${clock(s.t[i])}</div>` + s.devices.map((d) => `<div><span style="color:${colorOf(d.device)}">■</span> ${esc(d.device)} <b>${d[key][i] == null ? "–" : fmt(d[key][i])}</b></div>`).join("");
+    tip.innerHTML = `<div class="dim">${clock(s.t[i])}</div>` + s.devices.map((d) => `<div><span style="color:${colorOf(d.id)}">■</span> ${esc(d.id)} <b>${d[key][i] == null ? "–" : fmt(d[key][i])}</b></div>`).join("");
     tip.style.display = "block";
     tip.style.left = Math.min(ev.clientX - r.left + 14, r.width - tip.offsetWidth - 4) + "px";
     tip.style.top = "8px";
@@ -207,7 +210,7 @@ function renderChart(s) {
   svg.onmouseleave = () => { tip.style.display = "none"; cur.setAttribute("visibility", "hidden"); };
   $("legend").innerHTML = s.devices.map((d) => {
     const last = d[key].filter((v) => v != null).pop();
-    return `<span><i style="background:${colorOf(d.device)}"></i>${esc(d.device)} <b>${last == null ? "–" : fmt(last)}</b></span>`;
+    return `<span><i style="background:${colorOf(d.id)}"></i>${esc(d.id)} <b>${last == null ? "–" : fmt(last)}</b></span>`;
   }).join("");
 }
 

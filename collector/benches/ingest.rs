@@ -3,7 +3,8 @@
 //!
 //! Workload: summaries of 500 flow records each (a busy edge box's top-K), IPv4 and IPv6
 //! peers, RTT on TCP flows, spread over 20 devices, stored into a fresh SQLite file in WAL
-//! mode in transactions of 16 messages (what the MQTT writer batches when messages queue).
+//! mode with synchronous=FULL (as the collector runs) in transactions of 16 messages (what the
+//! MQTT writer batches when messages queue).
 
 use collector::{
     ingest::{parse, Incoming, Ingest, IngestStats},
@@ -173,7 +174,7 @@ fn main() {
     };
     let secs = pass();
     row(
-        &format!("decode + store (SQLite WAL, {BATCH}/tx)"),
+        &format!("decode + store (WAL, FULL, {BATCH}/tx)"),
         secs,
         SUMMARIES,
         bytes,

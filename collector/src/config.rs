@@ -3,6 +3,7 @@
 use crate::UsageError;
 use argh::FromArgs;
 use serde::Deserialize;
+use shared::broker::{Broker, BrokerUrl};
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -14,6 +15,11 @@ pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
 pub const DEFAULT_CLIENT_ID: &str = "edgeflow-collector";
 pub const DEFAULT_DB: &str = "edgeflow.db";
 pub const DEFAULT_RETENTION_DAYS: f64 = 7.0;
+pub const DEFAULT_QUERY_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_HTTP_READERS: usize = 4;
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 256;
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_INGEST_QUEUE_MIB: u64 = 64;
 /// Secrets may come from the environment rather than the command line (visible in `ps`).
 pub const ENV_TOKEN: &str = "EDGEFLOW_COLLECTOR_TOKEN";
 pub const ENV_PASSWORD: &str = "EDGEFLOW_MQTT_PASSWORD";
@@ -37,6 +43,26 @@ pub struct Cli {
     /// bearer token the API and /metrics require (or env EDGEFLOW_COLLECTOR_TOKEN)
     #[argh(option)]
     pub token: Option<String>,
+    /// longest an API query may run, ms (default 5000); a longer one is stopped and answers 400
+    #[argh(option)]
+    pub query_timeout_ms: Option<u64>,
+    /// database connections answering API queries at once (default 4); more requests wait
+    #[argh(option)]
+    pub http_readers: Option<usize>,
+    /// most HTTP connections open at once (default 256); further ones wait to be accepted
+    #[argh(option)]
+    pub http_max_connections: Option<usize>,
+    /// time a client has to send a request's headers (or to take any of an answer), ms
+    /// (default 10000), then it is cut
+    #[argh(option)]
+    pub http_header_timeout_ms: Option<u64>,
+    /// a host name the collector is reached by (besides IP addresses and localhost); repeatable
+    #[argh(option)]
+    pub http_host: Vec<String>,
+    /// memory for received messages not yet stored, MiB (default 64); when it is full the
+    /// collector stops reading from the broker until the store catches up
+    #[argh(option)]
+    pub ingest_queue_mib: Option<u64>,
     /// external broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (default mqtt://127.0.0.1:1883)
     #[argh(option)]
     pub broker: Option<String>,
@@ -74,6 +100,12 @@ struct File {
     retention_days: Option<f64>,
     http: Option<SocketAddr>,
     token: Option<String>,
+    query_timeout_ms: Option<u64>,
+    http_readers: Option<usize>,
+    http_max_connections: Option<usize>,
+    http_header_timeout_ms: Option<u64>,
+    http_host: Option<Vec<String>>,
+    ingest_queue_mib: Option<u64>,
     broker: Option<String>,
     embedded_broker: Option<SocketAddr>,
     client_id: Option<String>,
@@ -84,67 +116,92 @@ struct File {
     client_key: Option<PathBuf>,
 }
 
-/// Where the broker is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::str::FromStr for BrokerUrl {
-    type Err = UsageError;
-    fn from_str(url: &str) -> Result<BrokerUrl, UsageError> {
-        let bad = |why: &str| UsageError(format!("broker URL {url:?}: {why}"));
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"))?;
-        let tls = match scheme {
-            "mqtt" | "tcp" => false,
-            "mqtts" | "ssl" => true,
-            _ => return Err(bad("scheme must be mqtt or mqtts")),
-        };
-        let rest = rest.trim_end_matches('/');
-        let default_port = if tls { 8883 } else { 1883 };
-        // [v6]:port, host:port, or host.
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
-            match after.strip_prefix(':') {
-                Some(p) => (h, Some(p)),
-                None if after.is_empty() => (h, None),
-                None => return Err(bad("junk after ]")),
-            }
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (rest, None),
-            }
-        };
-        if host.is_empty() || host.contains('/') {
-            return Err(bad("no host"));
-        }
-        let port = match port {
-            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
-            None => default_port,
-        };
-        Ok(BrokerUrl {
-            tls,
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
 /// How the subscriber reaches its broker.
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
-    pub url: BrokerUrl,
+    pub broker: Broker,
     pub client_id: String,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub ca: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
+}
+
+/// The collector's own resource limits (HTTP, queries, ingest).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub query_timeout: Duration,
+    pub http_readers: usize,
+    pub http_max_connections: usize,
+    pub http_header_timeout: Duration,
+    /// Host names accepted in the `Host` header besides IP addresses and `localhost`.
+    pub http_hosts: Vec<String>,
+    pub ingest_queue_bytes: usize,
+}
+
+impl Limits {
+    fn resolve(cli: &Cli, file: &File) -> Result<Limits, UsageError> {
+        fn within<T: PartialOrd + Copy + std::fmt::Display>(
+            name: &str,
+            v: Option<T>,
+            default: T,
+            lo: T,
+            hi: T,
+        ) -> Result<T, UsageError> {
+            let v = v.unwrap_or(default);
+            if v < lo || v > hi {
+                return Err(UsageError(format!("{name} {v} must be {lo} to {hi}")));
+            }
+            Ok(v)
+        }
+        let mut hosts = cli.http_host.clone();
+        if hosts.is_empty() {
+            hosts = file.http_host.clone().unwrap_or_default();
+        }
+        for h in &mut hosts {
+            *h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+            if h.is_empty() || h.contains([':', '/', ' ']) {
+                return Err(UsageError(format!(
+                    "http_host {h:?}: a host name without port"
+                )));
+            }
+        }
+        Ok(Limits {
+            query_timeout: Duration::from_millis(within(
+                "query_timeout_ms",
+                cli.query_timeout_ms.or(file.query_timeout_ms),
+                DEFAULT_QUERY_TIMEOUT_MS,
+                10,
+                3_600_000,
+            )?),
+            http_readers: within(
+                "http_readers",
+                cli.http_readers.or(file.http_readers),
+                DEFAULT_HTTP_READERS,
+                1,
+                64,
+            )?,
+            http_max_connections: within(
+                "http_max_connections",
+                cli.http_max_connections.or(file.http_max_connections),
+                DEFAULT_HTTP_MAX_CONNECTIONS,
+                1,
+                65_536,
+            )?,
+            http_header_timeout: Duration::from_millis(within(
+                "http_header_timeout_ms",
+                cli.http_header_timeout_ms.or(file.http_header_timeout_ms),
+                DEFAULT_HTTP_HEADER_TIMEOUT_MS,
+                100,
+                600_000,
+            )?),
+            http_hosts: hosts,
+            ingest_queue_bytes: within(
+                "ingest_queue_mib",
+                cli.ingest_queue_mib.or(file.ingest_queue_mib),
+                DEFAULT_INGEST_QUEUE_MIB,
+                1,
+                65_536,
+            )? as usize
+                * (1 << 20),
+        })
+    }
 }
 
 /// Everything the collector runs with.
@@ -157,6 +214,7 @@ pub struct Config {
     /// Listen address of the in-process broker, if any; `mqtt` then points at it.
     pub embedded_broker: Option<SocketAddr>,
     pub mqtt: MqttConfig,
+    pub limits: Limits,
 }
 
 impl Config {
@@ -175,9 +233,10 @@ impl Config {
                 "retention_days {retention_days} must be a positive number of days"
             )));
         }
+        let limits = Limits::resolve(&cli, &file)?;
         let embedded_broker = cli.embedded_broker.or(file.embedded_broker);
         let broker = cli.broker.or(file.broker);
-        let url = match (embedded_broker, &broker) {
+        let url: BrokerUrl = match (embedded_broker, &broker) {
             (Some(_), Some(_)) => {
                 return Err(UsageError(
                     "--broker and --embedded-broker exclude each other".into(),
@@ -188,11 +247,20 @@ impl Config {
                 host: connect_ip(addr).to_string(),
                 port: addr.port(),
             },
-            (None, Some(url)) => url.parse()?,
-            (None, None) => DEFAULT_BROKER.parse()?,
+            (None, Some(url)) => url.parse().map_err(|e| UsageError(format!("{e}")))?,
+            (None, None) => DEFAULT_BROKER.parse().expect("valid default"),
         };
         if embedded_broker.is_some_and(|a| a.port() == 0) {
             return Err(UsageError("--embedded-broker needs a port".into()));
+        }
+        if embedded_broker.is_some_and(|a| !a.ip().is_loopback()) {
+            // rumqttd has no per-device ACL or TLS here: anyone who reaches it could speak
+            // for any device. Mosquitto with configs/mosquitto.conf is the fleet broker.
+            return Err(UsageError(
+                "--embedded-broker listens on loopback only (it has no per-device ACL or TLS); \
+                 for devices on the network run Mosquitto with configs/mosquitto.conf"
+                    .into(),
+            ));
         }
         let client_id = cli
             .client_id
@@ -201,11 +269,15 @@ impl Config {
         if client_id.is_empty() || client_id.len() > 128 {
             return Err(UsageError("client_id must be 1 to 128 bytes".into()));
         }
-        let username = cli.username.or(file.username);
-        let password = cli.password.or(file.password).or_else(|| env(ENV_PASSWORD));
-        if password.is_some() && username.is_none() {
-            return Err(UsageError("a password needs a username".into()));
-        }
+        let broker = Broker::new(
+            url,
+            cli.username.or(file.username),
+            cli.password.or(file.password).or_else(|| env(ENV_PASSWORD)),
+            cli.ca.or(file.ca),
+            cli.client_cert.or(file.client_cert),
+            cli.client_key.or(file.client_key),
+        )
+        .map_err(|e| UsageError(e.0))?;
         let token = cli
             .token
             .or(file.token)
@@ -223,15 +295,8 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("valid default")),
             token,
             embedded_broker,
-            mqtt: MqttConfig {
-                url,
-                client_id,
-                username,
-                password,
-                ca: cli.ca.or(file.ca),
-                client_cert: cli.client_cert.or(file.client_cert),
-                client_key: cli.client_key.or(file.client_key),
-            },
+            mqtt: MqttConfig { broker, client_id },
+            limits,
         })
     }
 }
@@ -261,32 +326,10 @@ mod tests {
     }
 
     #[test]
-    fn broker_urls() {
-        let u: BrokerUrl = "mqtt://broker.lan".parse().unwrap();
-        assert_eq!(
-            (u.tls, u.host.as_str(), u.port),
-            (false, "broker.lan", 1883)
-        );
-        let u: BrokerUrl = "mqtts://10.0.0.5:9000/".parse().unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "10.0.0.5", 9000));
-        let u: BrokerUrl = "mqtts://[fd00::1]".parse().unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "fd00::1", 8883));
-        for bad in [
-            "broker",
-            "http://x",
-            "mqtt://",
-            "mqtt://h:port",
-            "mqtt://[::1",
-        ] {
-            assert!(bad.parse::<BrokerUrl>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn defaults() {
         let c = Config::resolve(Cli::default(), no_env).unwrap();
         assert_eq!(c.http.to_string(), DEFAULT_HTTP);
-        assert_eq!(c.mqtt.url.port, 1883);
+        assert_eq!(c.mqtt.broker.url.port, 1883);
         assert_eq!(c.mqtt.client_id, DEFAULT_CLIENT_ID);
         assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
         assert!(c.token.is_none() && c.embedded_broker.is_none());
@@ -305,7 +348,7 @@ mod tests {
         let cli = Cli {
             config: Some(path.clone()),
             http: Some("127.0.0.1:9001".parse().unwrap()),
-            embedded_broker: Some("0.0.0.0:1999".parse().unwrap()),
+            embedded_broker: Some("127.0.0.1:1999".parse().unwrap()),
             ..Cli::default()
         };
         let env = |k: &str| (k == ENV_PASSWORD || k == ENV_TOKEN).then(|| format!("{k}-v"));
@@ -313,9 +356,12 @@ mod tests {
         assert_eq!(c.db, PathBuf::from("/tmp/x.db"));
         assert_eq!(c.retention, Duration::from_secs(2 * 86_400));
         assert_eq!(c.http.port(), 9001);
-        assert_eq!(c.mqtt.url.host, "127.0.0.1", "unspecified means loopback");
-        assert_eq!(c.mqtt.url.port, 1999);
-        assert_eq!(c.mqtt.password.as_deref(), Some("EDGEFLOW_MQTT_PASSWORD-v"));
+        assert_eq!(c.mqtt.broker.url.host, "127.0.0.1");
+        assert_eq!(c.mqtt.broker.url.port, 1999);
+        assert_eq!(
+            c.mqtt.broker.password.as_deref(),
+            Some("EDGEFLOW_MQTT_PASSWORD-v")
+        );
         assert_eq!(c.token.as_deref(), Some("EDGEFLOW_COLLECTOR_TOKEN-v"));
         std::fs::write(&path, "colour = 3\n").unwrap();
         let cli = Cli {
@@ -326,6 +372,52 @@ mod tests {
             Config::resolve(cli, no_env).is_err(),
             "unknown keys are errors"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn limits_from_flags_and_file() {
+        let c = Config::resolve(Cli::default(), no_env).unwrap();
+        assert_eq!(c.limits.query_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.ingest_queue_bytes, 64 << 20);
+        assert!(c.limits.http_hosts.is_empty());
+        let dir = std::env::temp_dir().join(format!("efc-lim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "query_timeout_ms = 250\nhttp_readers = 2\nhttp_max_connections = 9\n\
+             http_header_timeout_ms = 1500\nhttp_host = [\"Flows.LAN.\"]\ningest_queue_mib = 3\n",
+        )
+        .unwrap();
+        let cli = Cli {
+            config: Some(path.clone()),
+            http_readers: Some(3),
+            ..Cli::default()
+        };
+        let l = Config::resolve(cli, no_env).unwrap().limits;
+        assert_eq!(l.query_timeout, Duration::from_millis(250));
+        assert_eq!(l.http_readers, 3, "the flag wins");
+        assert_eq!(l.http_max_connections, 9);
+        assert_eq!(l.http_header_timeout, Duration::from_millis(1500));
+        assert_eq!(l.http_hosts, ["flows.lan"]);
+        assert_eq!(l.ingest_queue_bytes, 3 << 20);
+        for bad in [
+            Cli {
+                http_max_connections: Some(0),
+                ..Cli::default()
+            },
+            Cli {
+                query_timeout_ms: Some(1),
+                ..Cli::default()
+            },
+            Cli {
+                http_host: vec!["flows.lan:8080".into()],
+                ..Cli::default()
+            },
+        ] {
+            assert!(Config::resolve(bad, no_env).is_err());
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -347,5 +439,13 @@ mod tests {
             ..Cli::default()
         };
         assert!(Config::resolve(pw_only, no_env).is_err());
+        let open = Cli {
+            embedded_broker: Some("0.0.0.0:1883".parse().unwrap()),
+            ..Cli::default()
+        };
+        assert!(
+            Config::resolve(open, no_env).is_err(),
+            "the embedded broker stays on loopback"
+        );
     }
 }

@@ -3,11 +3,13 @@
 //! `Authorization: Bearer <token>`; the static files hold no data and stay open.
 
 use crate::{
+    config::Limits,
     ingest::{now_ms, IngestStats},
     metrics,
     query::{self, FlowFilter, Range},
     rate::RateTracker,
 };
+use axum::extract::rejection::QueryRejection;
 use axum::{
     extract::{Query, Request, State},
     http::{header, HeaderValue, StatusCode},
@@ -20,7 +22,11 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use std::{
     path::PathBuf,
-    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, OnceLock,
+    },
+    time::{Duration, Instant},
 };
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -29,13 +35,46 @@ const APP_CSS: &str = include_str!("../assets/app.css");
 
 /// What the handlers share.
 pub struct App {
-    db: PathBuf,
-    /// Opened on first use (the writer creates the file and schema first).
-    reader: Mutex<Option<Connection>>,
+    readers: Readers,
     pub stats: Arc<IngestStats>,
     pub rates: Arc<RateTracker>,
     token: Option<String>,
+    /// Names accepted in `Host` besides IP addresses and localhost.
+    hosts: Vec<String>,
     started_ms: i64,
+}
+
+/// A pool of read-only connections: at most `permits` queries at once, each stopped by
+/// SQLite's progress handler once it has run longer than `timeout`.
+struct Readers {
+    db: PathBuf,
+    /// Opened on first use (the writer creates the file and schema first).
+    idle: Mutex<Vec<Reader>>,
+    permits: Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
+}
+
+struct Reader {
+    conn: Connection,
+    /// Milliseconds since [`clock`]'s start after which the running statement is interrupted.
+    deadline: Arc<AtomicU64>,
+}
+
+/// Milliseconds on a monotonic clock (deadlines are compared in the progress handler).
+fn clock() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Reader {
+    fn open(db: &std::path::Path) -> Result<Reader, crate::store::StoreError> {
+        let mut conn = crate::store::open_reader(db)?;
+        let deadline = Arc::new(AtomicU64::new(u64::MAX));
+        let d = deadline.clone();
+        // Every ~10,000 virtual machine instructions (well under a millisecond).
+        conn.progress_handler(10_000, Some(move || clock() > d.load(Relaxed)))?;
+        Ok(Reader { conn, deadline })
+    }
 }
 
 impl App {
@@ -44,30 +83,63 @@ impl App {
         stats: Arc<IngestStats>,
         rates: Arc<RateTracker>,
         token: Option<String>,
+        limits: &Limits,
     ) -> App {
         App {
-            db,
-            reader: Mutex::new(None),
+            readers: Readers {
+                db,
+                idle: Mutex::new(Vec::new()),
+                permits: Arc::new(tokio::sync::Semaphore::new(limits.http_readers)),
+                timeout: limits.query_timeout,
+            },
             stats,
             rates,
             token,
+            hosts: limits.http_hosts.clone(),
             started_ms: now_ms(),
         }
     }
 
-    /// Runs a query on the reader connection, off the async threads.
+    /// Runs a query on a pooled reader, off the async threads, within the time limit.
     async fn read<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Connection) -> query::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
+        // Held by the query itself: a client that goes away does not free it early.
+        let permit = self
+            .readers
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)?;
         let app = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = app.reader.lock().unwrap_or_else(|e| e.into_inner());
-            if guard.is_none() {
-                *guard = Some(crate::store::open_reader(&app.db).map_err(ApiError::internal)?);
-            }
-            let conn = guard.as_ref().expect("opened above");
-            f(conn).map_err(ApiError::internal)
+            let _permit = permit;
+            let r = &app.readers;
+            let taken = r.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let reader = match taken {
+                Some(reader) => reader,
+                None => Reader::open(&r.db).map_err(ApiError::internal)?,
+            };
+            let limit = r.timeout.as_millis() as u64;
+            reader.deadline.store(clock() + limit, Relaxed);
+            let result = f(&reader.conn);
+            reader.deadline.store(u64::MAX, Relaxed);
+            r.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(reader);
+            result.map_err(|e| {
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) {
+                    ApiError::bad(format!(
+                        "the query ran longer than {limit} ms (--query-timeout-ms) and was \
+                         stopped; narrow the range (from, to) or pick a device"
+                    ))
+                } else {
+                    ApiError::internal(e)
+                }
+            })
         })
         .await
         .map_err(ApiError::internal)?
@@ -117,7 +189,67 @@ pub fn router(app: Arc<App>) -> Router {
             get(|| asset(APP_CSS, "text/css; charset=utf-8")),
         )
         .merge(protected)
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
+}
+
+/// Before any route: the `Host` must be this collector's (DNS rebinding: a page on another
+/// site whose name an attacker points at this address would otherwise read the API with the
+/// browser's help when no token is set), and a request has no body (the API only reads).
+async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("?"));
+    if let Some(host) = host {
+        if !host_allowed(host, &app.hosts) {
+            return ApiError(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "Host {host:?} is not a name of this collector: use its IP address or \
+                     localhost, or start it with --http-host NAME"
+                ),
+            )
+            .into_response();
+        }
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    if declared {
+        // Not read: the connection closes after this answer.
+        let mut r = ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "requests carry no body here".into(),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    next.run(req).await
+}
+
+/// An IP address (any: a page cannot rebind a literal address), `localhost` or a name under
+/// it, or one of `names`; with or without a port.
+pub fn host_allowed(host: &str, names: &[String]) -> bool {
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6
+            .split_once(']')
+            .is_some_and(|(a, _)| a.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+        Some(_) => return false,
+        None => host,
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || names.contains(&name)
 }
 
 async fn asset(body: &'static str, kind: &'static str) -> Response {
@@ -177,16 +309,38 @@ fn nonempty(v: &Option<String>) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Default range of the API's windows when neither `from` nor `to` is given: the last day.
+pub const DEFAULT_RANGE_MS: i64 = 24 * 3_600_000;
+
+/// The query string, or a JSON 400 saying what is wrong with it.
+fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> {
+    q.map(|Query(p)| p)
+        .map_err(|e| ApiError::bad(e.body_text()))
+}
+
+/// `[from, to)` from the parameters: both milliseconds since the epoch (0 or more), from
+/// before to; an absent `to` is open-ended, an absent `from` is `default_ms` before now (or
+/// before `to` if that is earlier).
+fn range_of(from: Option<i64>, to: Option<i64>, default_ms: i64) -> Result<Range, ApiError> {
+    let to_or_now = to.unwrap_or(i64::MAX).min(now_ms());
+    let r = Range {
+        from: from.unwrap_or_else(|| to_or_now.saturating_sub(default_ms).max(0)),
+        to: to.unwrap_or(i64::MAX),
+    };
+    if r.from < 0 || r.to < 0 {
+        return Err(ApiError::bad(
+            "from and to are milliseconds since the Unix epoch: 0 or more",
+        ));
+    }
+    if r.from >= r.to {
+        return Err(ApiError::bad("from must be before to"));
+    }
+    Ok(r)
+}
+
 impl Params {
     fn range(&self) -> Result<Range, ApiError> {
-        let r = Range {
-            from: self.from.unwrap_or(Range::ALL.from),
-            to: self.to.unwrap_or(Range::ALL.to),
-        };
-        if r.from >= r.to {
-            return Err(ApiError::bad("from must be before to"));
-        }
-        Ok(r)
+        range_of(self.from, self.to, DEFAULT_RANGE_MS)
     }
 
     fn device(&self) -> Option<String> {
@@ -221,8 +375,9 @@ struct DevicesAnswer {
 
 async fn devices(
     State(app): State<Arc<App>>,
-    Query(p): Query<Params>,
+    q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<DevicesAnswer>, ApiError> {
+    let p = params(q)?;
     let range = p.range()?;
     let now = now_ms();
     let devices = app.read(move |c| query::devices(c, range, now)).await?;
@@ -238,15 +393,18 @@ const DEFAULT_SERIES_MS: i64 = 15 * 60 * 1000;
 
 async fn series(
     State(app): State<Arc<App>>,
-    Query(p): Query<Params>,
+    q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<query::Series>, ApiError> {
-    let to = p.to.unwrap_or_else(now_ms);
-    let from = p.from.unwrap_or(to - DEFAULT_SERIES_MS);
-    if from >= to {
-        return Err(ApiError::bad("from must be before to"));
-    }
-    let range = Range { from, to };
+    let p = params(q)?;
+    // Default: the last 15 minutes (up to now, or up to `to`).
+    let to = Some(p.to.unwrap_or_else(now_ms));
+    let range = range_of(p.from, to, DEFAULT_SERIES_MS)?;
     let step = p.step.unwrap_or(0);
+    if step < 0 {
+        return Err(ApiError::bad(
+            "step is a bucket width in ms: 0 (automatic) or more",
+        ));
+    }
     let device = p.device();
     Ok(Json(
         app.read(move |c| query::series(c, range, step, device.as_deref()))
@@ -256,8 +414,9 @@ async fn series(
 
 async fn talkers(
     State(app): State<Arc<App>>,
-    Query(p): Query<Params>,
+    q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<Vec<query::Talker>>, ApiError> {
+    let p = params(q)?;
     let (range, device, limit) = (p.range()?, p.device(), p.limit(10));
     Ok(Json(
         app.read(move |c| query::top_talkers(c, range, device.as_deref(), limit))
@@ -267,8 +426,9 @@ async fn talkers(
 
 async fn conversations(
     State(app): State<Arc<App>>,
-    Query(p): Query<Params>,
+    q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<Vec<query::Conversation>>, ApiError> {
+    let p = params(q)?;
     let (range, device, limit) = (p.range()?, p.device(), p.limit(10));
     Ok(Json(
         app.read(move |c| query::top_conversations(c, range, device.as_deref(), limit))
@@ -278,8 +438,9 @@ async fn conversations(
 
 async fn flows(
     State(app): State<Arc<App>>,
-    Query(p): Query<Params>,
+    q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<query::Flows>, ApiError> {
+    let p = params(q)?;
     let range = p.range()?;
     let port = match nonempty(&p.port) {
         Some(s) => Some(
@@ -306,8 +467,9 @@ async fn flows(
 
 async fn rtt(
     State(app): State<Arc<App>>,
-    Query(p): Query<Params>,
+    q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<query::RttDistribution>, ApiError> {
+    let p = params(q)?;
     let (range, device) = (p.range()?, p.device());
     Ok(Json(
         app.read(move |c| query::rtt(c, range, device.as_deref()))
@@ -326,6 +488,9 @@ struct IngestAnswer {
     presence: u64,
     payload_bytes: u64,
     rejected: std::collections::BTreeMap<&'static str, u64>,
+    store_errors: u64,
+    backpressure: u64,
+    queued_bytes: u64,
     rates: crate::rate::Rates,
     stored: query::Stored,
 }
@@ -343,6 +508,9 @@ async fn ingest(State(app): State<Arc<App>>) -> Result<Json<IngestAnswer>, ApiEr
         presence: s.presence.load(Relaxed),
         payload_bytes: s.payload_bytes.load(Relaxed),
         rejected: s.rejected(),
+        store_errors: s.store_errors.load(Relaxed),
+        backpressure: s.backpressure.load(Relaxed),
+        queued_bytes: s.queued_kib.load(Relaxed) * 1024,
         rates: app.rates.rates(),
         stored,
     }))
@@ -375,6 +543,35 @@ mod tests {
         assert_eq!(proto("47"), Some(47));
         assert_eq!(proto("bogus"), None);
         assert_eq!(proto("300"), None);
+    }
+
+    #[test]
+    fn hosts() {
+        let names = vec!["flows.example.net".to_string()];
+        for ok in [
+            "127.0.0.1:8080",
+            "10.1.2.3",
+            "[::1]:8080",
+            "[fd00::5]",
+            "localhost:8080",
+            "LocalHost.",
+            "dash.localhost",
+            "flows.example.net:8080",
+            "FLOWS.example.net.",
+        ] {
+            assert!(host_allowed(ok, &names), "{ok}");
+        }
+        for bad in [
+            "evil.example.com:8080",
+            "example.net",
+            "127.0.0.1.evil.com",
+            "[::1",
+            "localhost:80x",
+            "flows.example.net.evil.com",
+            "",
+        ] {
+            assert!(!host_allowed(bad, &names), "{bad}");
+        }
     }
 
     #[test]

@@ -4,11 +4,12 @@
 //! nothing here panics on untrusted input. Counters move only after the batch's transaction
 //! committed, so a batch that failed to store (and will be retried) is not counted twice.
 
-use crate::{
-    store::{Store, StoreError},
-    topic::{Presence, Topic},
+use crate::store::{Store, StoreError};
+pub use shared::identity::Reject;
+use shared::{
+    identity::{Kind, Presence, Topic},
+    wire::{self, Message, Summary},
 };
-use shared::wire::{self, DecodeError, Message, Summary};
 use std::{
     collections::BTreeMap,
     sync::{
@@ -32,31 +33,6 @@ pub struct Incoming<'a> {
     pub payload: &'a [u8],
 }
 
-/// Why a payload was dropped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reject {
-    /// Not a summary: see [`DecodeError::reason`].
-    Decode(DecodeError),
-    /// A summary whose site or device differs from its topic's.
-    TopicMismatch,
-    /// A topic that is not `edgeflow/v1/<site>/<device>/{flows,status}`.
-    UnknownTopic,
-    /// A status payload that is neither `online` nor `offline`.
-    BadStatus,
-}
-
-impl Reject {
-    /// Short stable name for counting.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Reject::Decode(e) => e.reason(),
-            Reject::TopicMismatch => "topic_mismatch",
-            Reject::UnknownTopic => "unknown_topic",
-            Reject::BadStatus => "bad_status",
-        }
-    }
-}
-
 /// A payload that passed every check.
 #[derive(Debug)]
 pub enum Parsed<'a> {
@@ -70,15 +46,16 @@ pub enum Parsed<'a> {
 
 /// Decodes and validates one message (no storage).
 pub fn parse<'a>(msg: Incoming<'a>) -> Result<Parsed<'a>, Reject> {
-    match Topic::parse(msg.topic).ok_or(Reject::UnknownTopic)? {
-        Topic::Flows { site, device } => {
+    let Topic { site, device, kind } = Topic::parse(msg.topic)?;
+    match kind {
+        Kind::Flows => {
             let Message::V1(s) = wire::decode(msg.payload).map_err(Reject::Decode)?;
             if s.site.as_str() != site || s.device.as_str() != device {
                 return Err(Reject::TopicMismatch);
             }
             Ok(Parsed::Summary(Box::new(s)))
         }
-        Topic::Status { site, device } => {
+        Kind::Status => {
             let state = Presence::parse(msg.payload).ok_or(Reject::BadStatus)?;
             Ok(Parsed::Presence {
                 site,
@@ -109,6 +86,12 @@ pub struct IngestStats {
     pub presence: AtomicU64,
     /// Subscribed to the broker right now.
     pub connected: AtomicBool,
+    /// Failed attempts to store a batch (each retried until it succeeds).
+    pub store_errors: AtomicU64,
+    /// Times the subscriber stopped reading from the broker because the queue was full.
+    pub backpressure: AtomicU64,
+    /// Received messages waiting to be stored, KiB (of the `--ingest-queue-mib` room).
+    pub queued_kib: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -123,6 +106,16 @@ impl IngestStats {
 
     pub fn rejected_total(&self) -> u64 {
         self.rejected().values().sum()
+    }
+
+    /// Counts a message refused before it reached the writer.
+    pub fn refuse(&self, payload_len: usize, why: &Reject) {
+        let msg = Incoming {
+            topic: "",
+            payload: &[],
+        };
+        self.count(&msg, &Outcome::Rejected(why.clone()));
+        self.payload_bytes.fetch_add(payload_len as u64, Relaxed);
     }
 
     fn count(&self, msg: &Incoming, outcome: &Outcome) {
@@ -160,7 +153,7 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Keeps windows that started within `retention` of now (see [`Ingest::prune`]).
+    /// Keeps windows received within `retention` of now (see [`Ingest::prune`]).
     pub fn new(store: Store, stats: Arc<IngestStats>, retention: Duration) -> Ingest {
         Ingest {
             store,
@@ -177,6 +170,12 @@ impl Ingest {
             Ok((s, f)) => log::info!("retention: deleted {s} summaries and {f} flow records"),
             Err(e) => log::error!("retention: {e}"),
         }
+    }
+
+    /// How often [`Ingest::prune`] should run: hourly, or four times per retention when
+    /// that is shorter, so nothing outlives its retention by more than a quarter of it.
+    pub fn prune_every(&self) -> Duration {
+        (self.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))
     }
 
     pub fn stats(&self) -> &Arc<IngestStats> {

@@ -9,12 +9,13 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod loadgen;
 pub mod metrics;
 pub mod mqtt;
 pub mod query;
 pub mod rate;
+pub mod server;
 pub mod store;
-pub mod topic;
 
 /// An error that is the user's to fix (exit code 2), as opposed to a runtime failure (1).
 #[derive(Debug, thiserror::Error)]

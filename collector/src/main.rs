@@ -8,6 +8,7 @@ use collector::{
     ingest::{Ingest, IngestStats},
     mqtt,
     rate::RateTracker,
+    server,
     store::Store,
     UsageError,
 };
@@ -52,13 +53,19 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let stats = Arc::new(IngestStats::default());
     let rates = Arc::new(RateTracker::default());
     if let Some(addr) = cfg.embedded_broker {
-        let auth = cfg
-            .mqtt
+        let b = &cfg.mqtt.broker;
+        let auth = b
             .username
             .clone()
-            .map(|u| (u, cfg.mqtt.password.clone().unwrap_or_default()));
+            .map(|u| (u, b.password.clone().unwrap_or_default()));
         broker::start(addr, auth).map_err(|e| UsageError(e.to_string()))?;
         println!("edgeflow-collector: embedded MQTT broker on mqtt://{addr}");
+        log::warn!(
+            "the embedded broker (rumqttd) acknowledges a publish once it is in its memory: a \
+             collector crash loses what it acknowledged and had not stored yet, and it has no \
+             per-device ACL. Use Mosquitto (configs/mosquitto.conf, as scripts/demo.sh does) \
+             where that matters."
+        );
     }
     let opts = mqtt::options(&cfg.mqtt)?;
     let listener = tokio::net::TcpListener::bind(cfg.http)
@@ -66,11 +73,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .map_err(|e| UsageError(format!("cannot listen on {}: {e}", cfg.http)))?;
     let local = listener.local_addr()?;
     println!(
-        "edgeflow-collector: storing in {}, reading {}://{}:{} as {}",
+        "edgeflow-collector: storing in {}, reading {} as {}",
         cfg.db.display(),
-        if cfg.mqtt.url.tls { "mqtts" } else { "mqtt" },
-        cfg.mqtt.url.host,
-        cfg.mqtt.url.port,
+        cfg.mqtt.broker.url,
         cfg.mqtt.client_id
     );
     println!("edgeflow-collector: dashboard http://{local}/");
@@ -88,17 +93,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let subscriber = tokio::spawn(mqtt::run(
         opts,
         Ingest::new(store, stats.clone(), cfg.retention),
+        cfg.limits.ingest_queue_bytes,
     ));
     let app = Arc::new(http::App::new(
         cfg.db.clone(),
         stats,
         rates,
         cfg.token.clone(),
+        &cfg.limits,
     ));
-    axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("serving HTTP")?;
+    server::run(listener, http::router(app), &cfg.limits, shutdown()).await;
     // Unacknowledged messages stay with the broker (persistent session) for the next start.
     subscriber.abort();
     sampler.abort();

@@ -5,15 +5,7 @@ use crate::{ingest::IngestStats, query::Device, rate::Rates};
 use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
 
 /// Every rejection reason, so each series exists (at 0) before its first occurrence.
-pub const REASONS: [&str; 7] = [
-    "empty",
-    "unknown_version",
-    "malformed",
-    "invalid",
-    "topic_mismatch",
-    "unknown_topic",
-    "bad_status",
-];
+pub const REASONS: [&str; 9] = shared::identity::Reject::REASONS;
 
 /// A label value with `\`, `"` and newlines escaped.
 fn label(v: &str) -> String {
@@ -76,6 +68,32 @@ pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device]) -> String 
         head(&mut o, name, "counter", help);
         let _ = writeln!(o, "{name} {v}");
     }
+    for (name, help, v) in [
+        (
+            "edgeflow_collector_store_errors_total",
+            "Failed attempts to store a batch (each retried until it succeeds).",
+            stats.store_errors.load(Relaxed),
+        ),
+        (
+            "edgeflow_collector_ingest_backpressure_total",
+            "Times the collector stopped reading from the broker because its queue was full.",
+            stats.backpressure.load(Relaxed),
+        ),
+    ] {
+        head(&mut o, name, "counter", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    head(
+        &mut o,
+        "edgeflow_collector_ingest_queue_bytes",
+        "gauge",
+        "Received messages waiting to be stored (room counted in KiB).",
+    );
+    let _ = writeln!(
+        o,
+        "edgeflow_collector_ingest_queue_bytes {}",
+        stats.queued_kib.load(Relaxed) * 1024
+    );
     head(
         &mut o,
         "edgeflow_collector_broker_connected",
@@ -103,7 +121,7 @@ pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device]) -> String 
         let _ = writeln!(o, "{name} {v}");
     }
     type Get = fn(&Device) -> Option<f64>;
-    let per_device: [(&str, &str, &str, Get); 9] = [
+    let per_device: [(&str, &str, &str, Get); 12] = [
         (
             "edgeflow_device_up",
             "gauge",
@@ -141,6 +159,12 @@ pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device]) -> String 
             |d| d.latest.as_ref().map(|l| l.received_ms as f64 / 1000.0),
         ),
         (
+            "edgeflow_device_clock_skew_seconds",
+            "gauge",
+            "The latest window's end by the device's clock minus its receive time by the collector's.",
+            |d| d.latest.as_ref().map(|l| l.clock_skew_ms as f64 / 1000.0),
+        ),
+        (
             "edgeflow_device_table_fill_ratio",
             "gauge",
             "Active flows over flow-table capacity in the latest window.",
@@ -151,6 +175,18 @@ pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device]) -> String 
             "gauge",
             "Packets that went to the overflow record in the latest window.",
             |d| d.latest.as_ref().map(|l| l.health.table_full as f64),
+        ),
+        (
+            "edgeflow_device_missing_windows",
+            "gauge",
+            "Windows the device numbered that the collector does not have (gaps), all runs stored.",
+            |d| Some(d.gaps as f64),
+        ),
+        (
+            "edgeflow_device_spool_dropped",
+            "gauge",
+            "Windows the device's spool dropped since the agent started (its own count).",
+            |d| d.latest.as_ref().map(|l| l.health.spool_dropped as f64),
         ),
         (
             "edgeflow_device_cpu_percent",

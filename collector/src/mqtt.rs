@@ -7,22 +7,25 @@
 //! stores nothing twice.
 //!
 //! rumqttc's event loop runs on tokio and must keep being polled (acks travel through it), so
-//! it never waits for storage: publishes go to a writer thread over an unbounded channel. The
-//! broker bounds how many unacknowledged QoS 1 messages it sends us, which bounds the channel.
+//! it does not wait for storage: publishes go to a writer thread. What waits there is bounded
+//! in bytes (`--ingest-queue-mib`): when the queue is full the event loop stops polling, so it
+//! stops reading the broker's socket and TCP pushes back to the broker, which keeps the
+//! messages (nothing is dropped; a stall longer than 1.5 keep-alives ends the connection and
+//! the broker redelivers on the next). QoS 0 publishes on a flows topic are refused and
+//! counted (`qos0`): they bypass the broker's in-flight bound and could not be redelivered.
 
 use crate::{
-    config::{BrokerUrl, MqttConfig},
-    ingest::{Incoming, Ingest},
-    topic, UsageError,
+    config::MqttConfig,
+    ingest::{Incoming, Ingest, IngestStats},
+    UsageError,
 };
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration,
-    Transport,
-};
+use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS};
+use shared::identity::{Kind, Reject, Topic, FILTERS};
 use std::{
-    sync::{atomic::Ordering::Relaxed, mpsc},
+    sync::{atomic::Ordering::Relaxed, mpsc, Arc},
     time::{Duration, Instant},
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Largest MQTT packet accepted (a summary is at most 64 KiB by default; parts above that).
 pub const MAX_PACKET: usize = 4 << 20;
@@ -31,53 +34,35 @@ const MAX_BATCH: usize = 512;
 
 /// Client options from the configuration.
 pub fn options(cfg: &MqttConfig) -> Result<MqttOptions, UsageError> {
-    let BrokerUrl { tls, host, port } = &cfg.url;
-    let mut o = MqttOptions::new(cfg.client_id.clone(), host.clone(), *port);
+    let mut o = cfg
+        .broker
+        .options(&cfg.client_id)
+        .map_err(|e| UsageError(e.0))?;
     o.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_request_channel_capacity(4096);
-    if let Some(user) = &cfg.username {
-        o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
-    }
-    if *tls {
-        let read = |p: &std::path::PathBuf| {
-            std::fs::read(p).map_err(|e| UsageError(format!("{}: {e}", p.display())))
-        };
-        let client_auth = match (&cfg.client_cert, &cfg.client_key) {
-            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-            (None, None) => None,
-            _ => {
-                return Err(UsageError(
-                    "--client-cert and --client-key go together".into(),
-                ))
-            }
-        };
-        let tls = match &cfg.ca {
-            Some(ca) => TlsConfiguration::Simple {
-                ca: read(ca)?,
-                alpn: None,
-                client_auth,
-            },
-            None if client_auth.is_none() => TlsConfiguration::default(),
-            None => {
-                return Err(UsageError(
-                    "a client certificate needs --ca for the broker's CA".into(),
-                ))
-            }
-        };
-        o.set_transport(Transport::tls_with_config(tls));
-    }
     Ok(o)
 }
 
+/// A message's share of the ingest queue, KiB: its payload and topic plus what holding it costs.
+fn cost_kib(p: &Publish) -> usize {
+    (p.payload.len() + p.topic.len() + 256).div_ceil(1024)
+}
+
+/// A received message and its room in the queue (given back once it is stored).
+type Queued = (Publish, OwnedSemaphorePermit);
+
 /// Runs the subscriber until the task is dropped. The writer thread stores and acknowledges;
-/// it ends (after finishing its batch) when this future is dropped.
-pub async fn run(opts: MqttOptions, ingest: Ingest) {
+/// it ends (after finishing its batch) when this future is dropped. At most `queue_bytes`
+/// of received messages wait for the writer.
+pub async fn run(opts: MqttOptions, ingest: Ingest, queue_bytes: usize) {
     let stats = ingest.stats().clone();
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
-    let (tx, rx) = mpsc::channel::<Publish>();
+    let (tx, rx) = mpsc::channel::<Queued>();
+    let room_kib = (queue_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
+    let room = Arc::new(Semaphore::new(room_kib));
     let handle = tokio::runtime::Handle::current();
     let acker = client.clone();
     std::thread::Builder::new()
@@ -88,7 +73,24 @@ pub async fn run(opts: MqttOptions, ingest: Ingest) {
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send(p).is_err() {
+                if let Some(why) = refuse(&p) {
+                    stats.refuse(p.payload.len(), &why);
+                    continue;
+                }
+                let kib = cost_kib(&p).min(room_kib) as u32;
+                let permit = match room.clone().try_acquire_many_owned(kib) {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        // The writer is behind: stop reading from the broker until it catches up.
+                        stats.backpressure.fetch_add(1, Relaxed);
+                        room.clone()
+                            .acquire_many_owned(kib)
+                            .await
+                            .expect("the semaphore is never closed")
+                    }
+                };
+                stats.queued_kib.fetch_add(u64::from(kib), Relaxed);
+                if tx.send((p, permit)).is_err() {
                     log::error!("ingest thread is gone; stopping the subscriber");
                     return;
                 }
@@ -101,8 +103,8 @@ pub async fn run(opts: MqttOptions, ingest: Ingest) {
                 backoff = Duration::from_millis(100);
                 // Subscribing again on every connect is harmless and covers a broker that
                 // lost the session.
-                let filters = topic::FILTERS
-                    .map(|f| rumqttc::SubscribeFilter::new(f.into(), QoS::AtLeastOnce));
+                let filters =
+                    FILTERS.map(|f| rumqttc::SubscribeFilter::new(f.into(), QoS::AtLeastOnce));
                 if let Err(e) = client.try_subscribe_many(filters) {
                     log::error!("subscribing: {e}");
                 }
@@ -129,35 +131,50 @@ pub async fn run(opts: MqttOptions, ingest: Ingest) {
     }
 }
 
+/// A publish refused before it is queued: QoS 0 on a flows topic (the broker neither bounds
+/// how many it sends unacknowledged nor keeps them for a redelivery).
+fn refuse(p: &Publish) -> Option<Reject> {
+    (p.qos == QoS::AtMostOnce
+        && matches!(
+            Topic::parse(&p.topic),
+            Ok(Topic {
+                kind: Kind::Flows,
+                ..
+            })
+        ))
+    .then_some(Reject::Qos0)
+}
+
 fn log_connection_error(e: &ConnectionError) {
     log::warn!("broker connection: {e}; retrying");
 }
 
 /// Stores batches and acknowledges them once committed. Retries a batch that failed to
-/// store (a full disk, a locked database) rather than dropping it.
+/// store (a full disk, a locked database) rather than dropping it, counting each failure;
+/// meanwhile the queue fills and the event loop stops reading.
 fn writer(
     mut ingest: Ingest,
-    rx: mpsc::Receiver<Publish>,
+    rx: mpsc::Receiver<Queued>,
     client: AsyncClient,
     rt: tokio::runtime::Handle,
 ) {
+    let stats: Arc<IngestStats> = ingest.stats().clone();
     let mut batch: Vec<Publish> = Vec::with_capacity(MAX_BATCH);
+    let mut room: Vec<OwnedSemaphorePermit> = Vec::with_capacity(MAX_BATCH);
     let mut next_prune = Instant::now();
     loop {
         if Instant::now() >= next_prune {
             ingest.prune();
-            next_prune = Instant::now() + PRUNE_EVERY;
+            next_prune = Instant::now() + ingest.prune_every();
         }
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(p) => batch.push(p),
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(q) => q,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
+        };
+        for (p, permit) in std::iter::once(first).chain(rx.try_iter().take(MAX_BATCH - 1)) {
+            batch.push(p);
+            room.push(permit);
         }
         let msgs: Vec<Incoming> = batch
             .iter()
@@ -168,11 +185,18 @@ fn writer(
             .collect();
         let mut delay = Duration::from_millis(100);
         while let Err(e) = ingest.handle(&msgs) {
+            stats.store_errors.fetch_add(1, Relaxed);
             log::error!("storing {} messages: {e}; retrying", msgs.len());
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(10));
         }
         drop(msgs);
+        // Room back first: the event loop must run to pass the acks on.
+        for permit in room.drain(..) {
+            stats
+                .queued_kib
+                .fetch_sub(u64::from(permit.num_permits() as u32), Relaxed);
+        }
         for p in batch.drain(..) {
             if p.qos != QoS::AtMostOnce {
                 // Fails only when the event loop is gone (shutdown): the broker redelivers.
@@ -181,6 +205,3 @@ fn writer(
         }
     }
 }
-
-/// How often old rows are deleted.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);

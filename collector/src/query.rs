@@ -4,7 +4,7 @@
 //! `sample_every` (1 unless the agent samples). Sums use SQLite's `TOTAL` (a float that never
 //! overflows, exact below 2^53) so one absurd record cannot break a query.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -42,6 +42,8 @@ fn total(v: f64) -> u64 {
 /// A device: its latest report, its own presence message, and its totals in the range.
 #[derive(Debug, Clone, Serialize)]
 pub struct Device {
+    /// `site/device`: the identity (a device name alone may repeat across sites).
+    pub id: String,
     pub device: String,
     pub site: String,
     /// `online`, `offline` (it said so, or its Last Will did), or `silent` (no summary for
@@ -55,6 +57,30 @@ pub struct Device {
     pub overflow: Count,
     pub windows: u64,
     pub flow_records: u64,
+    /// Windows the device numbered (`seq`) that are not stored, or not all their parts,
+    /// over all its runs stored (not limited to the range): loss anywhere on the way.
+    pub gaps: u64,
+    /// Agent runs (boot ids) seen.
+    pub boots: u64,
+}
+
+impl Device {
+    fn new(site: String, device: String) -> Device {
+        Device {
+            id: format!("{site}/{device}"),
+            device,
+            site,
+            state: "online",
+            reported: None,
+            latest: None,
+            totals: Count::default(),
+            overflow: Count::default(),
+            windows: 0,
+            flow_records: 0,
+            gaps: 0,
+            boots: 0,
+        }
+    }
 }
 
 /// A device's most recent window (part 0).
@@ -66,6 +92,10 @@ pub struct Latest {
     pub window_start_ms: i64,
     pub window_len_ms: i64,
     pub received_ms: i64,
+    /// The window's end by the agent's clock minus when the collector received it (by its
+    /// own): about 0 for a live device with a good clock; negative when the agent's clock is
+    /// behind or the window came late (a spool replay), positive when its clock is ahead.
+    pub clock_skew_ms: i64,
     pub sample_every: u32,
     pub bytes_per_s: f64,
     pub packets_per_s: f64,
@@ -95,17 +125,28 @@ fn silent_after_ms(window_len_ms: i64) -> i64 {
     (3 * window_len_ms).max(30_000)
 }
 
+/// Each device's latest window, through the running totals (as many rows as devices).
+const LATEST: &str = "SELECT s.device, s.site, s.boot_id, s.seq, s.window_start_ms,
+        s.window_len_ms, s.received_ms, s.sample_every, s.packets, s.bytes, s.packets_seen,
+        s.active_flows, s.table_capacity, s.table_full, s.parse_errors, s.fragments, s.non_ip,
+        s.cpu_ms, s.rss_kib, s.spool_depth, s.spool_dropped
+    FROM device_totals t JOIN summaries s ON s.id = t.latest_id
+    ORDER BY s.id";
+
+/// Each device's totals over everything stored: the running totals.
+const TOTALS_ALL: &str = "SELECT site, device, packets, bytes, overflow_packets, overflow_bytes,
+        windows, flow_records
+    FROM device_totals WHERE ?1 <= 0 AND ?2 > 0";
+
+/// What the store holds: the running totals and two index lookups.
+const STORED: &str = "SELECT (SELECT TOTAL(summaries) FROM device_totals),
+        (SELECT TOTAL(flow_records) FROM device_totals),
+        (SELECT MIN(window_start_ms) FROM summaries),
+        (SELECT MAX(window_start_ms) FROM summaries)";
+
 pub fn devices(conn: &Connection, range: Range, now_ms: i64) -> Result<Vec<Device>> {
-    let mut out: BTreeMap<String, Device> = BTreeMap::new();
-    let mut latest = conn.prepare_cached(
-        "SELECT s.device, s.site, s.boot_id, s.seq, s.window_start_ms, s.window_len_ms,
-                s.received_ms, s.sample_every, s.packets, s.bytes, s.packets_seen, s.active_flows,
-                s.table_capacity, s.table_full, s.parse_errors, s.fragments, s.non_ip, s.cpu_ms,
-                s.rss_kib, s.spool_depth, s.spool_dropped
-         FROM summaries s
-         JOIN (SELECT MAX(id) AS id FROM summaries WHERE part = 0 GROUP BY device) l
-           ON s.id = l.id",
-    )?;
+    let mut out: BTreeMap<(String, String), Device> = BTreeMap::new();
+    let mut latest = conn.prepare_cached(LATEST)?;
     let rows = latest.query_map([], |r| {
         let len: i64 = r.get(5)?;
         let secs = (len.max(1)) as f64 / 1000.0;
@@ -115,12 +156,14 @@ pub fn devices(conn: &Connection, range: Range, now_ms: i64) -> Result<Vec<Devic
         let active: i64 = r.get(11)?;
         let capacity: i64 = r.get(12)?;
         let cpu_ms: i64 = r.get(17)?;
+        let (start, received): (i64, i64) = (r.get(4)?, r.get(6)?);
         let latest = Latest {
             boot_id: format!("{:016x}", r.get::<_, i64>(2)? as u64),
             seq: r.get::<_, i64>(3)? as u64,
-            window_start_ms: r.get(4)?,
+            window_start_ms: start,
             window_len_ms: len,
-            received_ms: r.get(6)?,
+            received_ms: received,
+            clock_skew_ms: start.saturating_add(len).saturating_sub(received),
             sample_every: every as u32,
             bytes_per_s: bytes as f64 * scale / secs,
             packets_per_s: packets as f64 * scale / secs,
@@ -147,46 +190,41 @@ pub fn devices(conn: &Connection, range: Range, now_ms: i64) -> Result<Vec<Devic
     })?;
     for row in rows {
         let (device, site, latest) = row?;
-        out.insert(
-            device.clone(),
-            Device {
-                device,
-                site,
-                state: "online",
-                reported: None,
-                latest: Some(latest),
-                totals: Count::default(),
-                overflow: Count::default(),
-                windows: 0,
-                flow_records: 0,
-            },
-        );
+        let mut d = Device::new(site.clone(), device.clone());
+        d.latest = Some(latest);
+        out.insert((site, device), d);
     }
-    let mut sums = conn.prepare_cached(
-        "SELECT device, TOTAL(packets * sample_every), TOTAL(bytes * sample_every),
-                TOTAL(overflow_packets * sample_every), TOTAL(overflow_bytes * sample_every),
-                SUM(part = 0), TOTAL(flow_count)
-         FROM summaries WHERE window_start_ms >= ?1 AND window_start_ms < ?2
-         GROUP BY device",
-    )?;
+    // Over everything stored: the running totals (as many rows as devices); otherwise the
+    // windows in the range.
+    let mut sums = if range.from <= 0 && range.to == i64::MAX {
+        conn.prepare_cached(TOTALS_ALL)?
+    } else {
+        conn.prepare_cached(
+            "SELECT site, device, TOTAL(packets * sample_every), TOTAL(bytes * sample_every),
+                    TOTAL(overflow_packets * sample_every), TOTAL(overflow_bytes * sample_every),
+                    SUM(part = 0), TOTAL(flow_count)
+             FROM summaries WHERE window_start_ms >= ?1 AND window_start_ms < ?2
+             GROUP BY site, device",
+        )?
+    };
     let rows = sums.query_map([range.from, range.to], |r| {
         Ok((
-            r.get::<_, String>(0)?,
+            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
             Count {
-                packets: total(r.get(1)?),
-                bytes: total(r.get(2)?),
+                packets: total(r.get(2)?),
+                bytes: total(r.get(3)?),
             },
             Count {
-                packets: total(r.get(3)?),
-                bytes: total(r.get(4)?),
+                packets: total(r.get(4)?),
+                bytes: total(r.get(5)?),
             },
-            r.get::<_, i64>(5)? as u64,
-            total(r.get(6)?),
+            r.get::<_, i64>(6)? as u64,
+            total(r.get(7)?),
         ))
     })?;
     for row in rows {
-        let (device, totals, overflow, windows, flow_records) = row?;
-        if let Some(d) = out.get_mut(&device) {
+        let (key, totals, overflow, windows, flow_records) = row?;
+        if let Some(d) = out.get_mut(&key) {
             d.totals = totals;
             d.overflow = overflow;
             d.windows = windows;
@@ -206,25 +244,38 @@ pub fn devices(conn: &Connection, range: Range, now_ms: i64) -> Result<Vec<Devic
     let mut reported_at = BTreeMap::new();
     for row in rows {
         let (site, device, state, at) = row?;
-        let d = out.entry(device.clone()).or_insert_with(|| Device {
-            device: device.clone(),
-            site,
-            state: "online",
-            reported: None,
-            latest: None,
-            totals: Count::default(),
-            overflow: Count::default(),
-            windows: 0,
-            flow_records: 0,
-        });
+        let key = (site, device);
+        let d = out
+            .entry(key.clone())
+            .or_insert_with(|| Device::new(key.0.clone(), key.1.clone()));
         d.reported = Some(state);
-        reported_at.insert(device, at);
+        reported_at.insert(key, at);
     }
-    for d in out.values_mut() {
+    let mut gaps = conn.prepare_cached(
+        "SELECT site, device, TOTAL(max_seq + 1 - base_seq - complete), COUNT(*)
+         FROM boots GROUP BY site, device",
+    )?;
+    let rows = gaps.query_map([], |r| {
+        Ok((
+            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+            total(r.get(2)?),
+            r.get::<_, i64>(3)? as u64,
+        ))
+    })?;
+    for row in rows {
+        let (key, gaps, boots) = row?;
+        if let Some(d) = out.get_mut(&key) {
+            d.gaps = gaps;
+            d.boots = boots;
+        }
+    }
+    for ((site, device), d) in out.iter_mut() {
+        let at = reported_at
+            .get(&(site.clone(), device.clone()))
+            .copied()
+            .unwrap_or(0);
         let said_offline_last = d.reported.as_deref() == Some("offline")
-            && d.latest
-                .as_ref()
-                .is_none_or(|l| reported_at.get(&d.device).copied().unwrap_or(0) >= l.received_ms);
+            && d.latest.as_ref().is_none_or(|l| at >= l.received_ms);
         d.state = if said_offline_last {
             "offline"
         } else {
@@ -250,6 +301,9 @@ pub struct Series {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceSeries {
+    /// `site/device`.
+    pub id: String,
+    pub site: String,
     pub device: String,
     /// `None` where no window of the device covers the bucket (not reported, or not yet).
     pub bytes_per_s: Vec<Option<f64>>,
@@ -258,6 +312,8 @@ pub struct DeviceSeries {
 
 /// Most buckets a series has; a longer range gets a wider step.
 pub const MAX_BUCKETS: i64 = 1000;
+/// Most points (devices × buckets) one series answer holds; more devices get fewer buckets.
+pub const MAX_SERIES_POINTS: i64 = 100_000;
 /// Longest window a series looks back for (one that started before the range may reach into it).
 const MAX_WINDOW_MS: i64 = 3_600_000;
 
@@ -265,69 +321,82 @@ const MAX_WINDOW_MS: i64 = 3_600_000;
 /// overlap, and a bucket's rate is its counts over the time its windows cover, so a bucket
 /// only half covered yet (the current one) is not shown as a drop. The step is at least the
 /// longest window seen (finer buckets would only repeat a window's average), capped so the
-/// range keeps 20 buckets.
+/// range keeps 20 buckets, and wide enough for [`MAX_BUCKETS`] and [`MAX_SERIES_POINTS`].
+/// `range` must have `0 <= from < to`; `step_ms` must be `>= 0` (0: automatic).
 pub fn series(
     conn: &Connection,
     range: Range,
     step_ms: i64,
     device: Option<&str>,
 ) -> Result<Series> {
+    if range.from < 0 || range.from >= range.to || step_ms < 0 {
+        return Err(rusqlite::Error::ToSqlConversionFailure(
+            "a series needs 0 <= from < to and a step >= 0".into(),
+        ));
+    }
+    let since = range.from.saturating_sub(MAX_WINDOW_MS);
+    let (longest, devices): (Option<i64>, i64) = conn
+        .prepare_cached(
+            "SELECT MAX(window_len_ms), COUNT(DISTINCT site || '/' || device) FROM summaries
+             WHERE part = 0 AND window_start_ms >= ?1 AND window_start_ms < ?2
+               AND (?3 IS NULL OR device = ?3 OR site || '/' || device = ?3)",
+        )?
+        .query_row(params![since, range.to, device], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    // Bucket arithmetic in i128: the range may be as wide as i64 allows.
+    let (from, span) = (i128::from(range.from), i128::from(range.to - range.from));
+    let buckets = (MAX_SERIES_POINTS / devices.max(1)).clamp(1, MAX_BUCKETS) as i128;
+    let longest = i128::from(longest.unwrap_or(1).max(1)).min(span / 20);
+    let step = i128::from(step_ms)
+        .max(longest)
+        .max(1)
+        .max((span + buckets - 1) / buckets);
+    let n = ((span + step - 1) / step) as usize;
+    // Per device and bucket: bytes, packets, milliseconds covered.
+    let mut per: BTreeMap<(String, String), Vec<[f64; 3]>> = BTreeMap::new();
     let mut stmt = conn.prepare_cached(
-        "SELECT device, window_start_ms, window_len_ms, packets * sample_every,
+        "SELECT site, device, window_start_ms, window_len_ms, packets * sample_every,
                 bytes * sample_every
          FROM summaries
          WHERE part = 0 AND window_start_ms >= ?1 AND window_start_ms < ?2
-           AND (?3 IS NULL OR device = ?3)",
+           AND (?3 IS NULL OR device = ?3 OR site || '/' || device = ?3)",
     )?;
-    let rows: Vec<(String, i64, i64, f64, f64)> = stmt
-        .query_map(
-            params![range.from.saturating_sub(MAX_WINDOW_MS), range.to, device],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get::<_, i64>(2)?.max(1),
-                    r.get(3)?,
-                    r.get(4)?,
-                ))
-            },
-        )?
-        .collect::<Result<_>>()?;
-    let span = (range.to - range.from).max(1);
-    let longest = rows.iter().map(|r| r.2).max().unwrap_or(1).min(span / 20);
-    let step = step_ms
-        .max(longest)
-        .max(1)
-        .max((span + MAX_BUCKETS - 1) / MAX_BUCKETS);
-    let n = ((span + step - 1) / step) as usize;
-    // Per device and bucket: bytes, packets, milliseconds covered.
-    let mut per: BTreeMap<String, Vec<[f64; 3]>> = BTreeMap::new();
-    for (dev, start, len, packets, bytes) in rows {
-        let buckets = per.entry(dev).or_insert_with(|| vec![[0.0; 3]; n]);
-        let end = start + len;
-        let (lo, hi) = (start.max(range.from), end.min(range.to));
-        let mut t = lo;
-        while t < hi {
-            let i = ((t - range.from) / step) as usize;
-            let bucket_end = (range.from + (i as i64 + 1) * step).min(hi);
-            let share = (bucket_end - t) as f64 / len as f64;
-            if let Some(b) = buckets.get_mut(i) {
+    let mut rows = stmt.query(params![since, range.to, device])?;
+    while let Some(r) = rows.next()? {
+        let (start, len): (i64, i64) = (r.get(2)?, r.get(3)?);
+        let (packets, bytes): (f64, f64) = (r.get(4)?, r.get(5)?);
+        let (start, len) = (i128::from(start), i128::from(len.max(1)));
+        let (lo, hi) = (start.max(from), (start + len).min(from + span));
+        if lo >= hi {
+            continue;
+        }
+        let buckets = per
+            .entry((r.get(0)?, r.get(1)?))
+            .or_insert_with(|| vec![[0.0; 3]; n]);
+        // The buckets this window overlaps, no more (a window never spans more than 21).
+        for i in (lo - from) / step..=(hi - 1 - from) / step {
+            let b_lo = (from + i * step).max(lo);
+            let b_hi = (from + (i + 1) * step).min(hi);
+            let share = (b_hi - b_lo) as f64 / len as f64;
+            if let Some(b) = buckets.get_mut(i as usize) {
                 b[0] += bytes * share;
                 b[1] += packets * share;
-                b[2] += (bucket_end - t) as f64;
+                b[2] += (b_hi - b_lo) as f64;
             }
-            t = bucket_end;
         }
     }
     let rate = |v: f64, covered: f64| (covered > 0.0).then(|| v / (covered / 1000.0));
     Ok(Series {
         from: range.from,
         to: range.to,
-        step_ms: step,
-        t: (0..n as i64).map(|i| range.from + i * step).collect(),
+        step_ms: step as i64,
+        t: (0..n as i128).map(|i| (from + i * step) as i64).collect(),
         devices: per
             .into_iter()
-            .map(|(device, b)| DeviceSeries {
+            .map(|((site, device), b)| DeviceSeries {
+                id: format!("{site}/{device}"),
+                site,
                 device,
                 bytes_per_s: b.iter().map(|x| rate(x[0], x[2])).collect(),
                 packets_per_s: b.iter().map(|x| rate(x[1], x[2])).collect(),
@@ -347,7 +416,7 @@ pub struct Talker {
 
 /// The flow records of the windows in `[?1, ?2)`, of device ?3 if not NULL.
 const FLOWS_IN_RANGE: &str = "summaries s JOIN flows f ON f.summary_id = s.id
-    WHERE s.window_start_ms >= ?1 AND s.window_start_ms < ?2 AND (?3 IS NULL OR s.device = ?3)";
+    WHERE s.window_start_ms >= ?1 AND s.window_start_ms < ?2 AND (?3 IS NULL OR s.device = ?3 OR s.site || '/' || s.device = ?3)";
 
 pub fn top_talkers(
     conn: &Connection,
@@ -409,7 +478,7 @@ pub fn top_conversations(
                 TOTAL(f.fwd_bytes * s.sample_every), TOTAL(f.rev_packets * s.sample_every),
                 TOTAL(f.rev_bytes * s.sample_every),
                 COUNT(DISTINCT f.proto || ' ' || f.src_port || ' ' || f.dst_port || ' ' || f.vlan
-                               || ' ' || f.vlan_inner || ' ' || f.ifindex || ' ' || s.device)
+                               || ' ' || f.vlan_inner || ' ' || f.ifindex || ' ' || s.site || '/' || s.device)
          FROM {FLOWS_IN_RANGE}
          GROUP BY f.src, f.dst
          ORDER BY TOTAL((f.fwd_bytes + f.rev_bytes) * s.sample_every) DESC, f.src, f.dst
@@ -451,6 +520,7 @@ pub struct FlowFilter {
 /// One flow (a conversation's 5-tuple plus VLANs and interface) summed over the range.
 #[derive(Debug, Clone, Serialize)]
 pub struct Flow {
+    /// `site/device` that reported it.
     pub device: String,
     pub proto: u8,
     pub src: String,
@@ -490,8 +560,8 @@ pub struct Flows {
 const FLOW_FILTER: &str = "AND (?4 IS NULL OR instr(f.src, ?4) > 0 OR instr(f.dst, ?4) > 0)
     AND (?5 IS NULL OR f.src_port = ?5 OR f.dst_port = ?5)
     AND (?6 IS NULL OR f.proto = ?6)";
-const FLOW_KEY: &str =
-    "s.device, f.proto, f.src, f.src_port, f.dst, f.dst_port, f.vlan, f.vlan_inner, f.ifindex";
+const FLOW_KEY: &str = "s.site || '/' || s.device, f.proto, f.src, f.src_port, f.dst, f.dst_port,
+    f.vlan, f.vlan_inner, f.ifindex";
 
 pub fn flows(conn: &Connection, range: Range, f: &FlowFilter) -> Result<Flows> {
     let args = params![range.from, range.to, f.device, f.addr, f.port, f.proto, f.limit];
@@ -580,7 +650,7 @@ pub fn rtt(conn: &Connection, range: Range, device: Option<&str>) -> Result<RttD
     let mut counts = [0u64; N];
     let mut stmt = conn.prepare_cached(
         "SELECT rtt_hist FROM summaries
-         WHERE window_start_ms >= ?1 AND window_start_ms < ?2 AND (?3 IS NULL OR device = ?3)
+         WHERE window_start_ms >= ?1 AND window_start_ms < ?2 AND (?3 IS NULL OR device = ?3 OR site || '/' || device = ?3)
            AND rtt_hist IS NOT NULL",
     )?;
     let rows = stmt.query_map(params![range.from, range.to, device], |r| {
@@ -630,25 +700,13 @@ pub struct Stored {
 }
 
 pub fn stored(conn: &Connection) -> Result<Stored> {
-    conn.prepare_cached(
-        "SELECT COUNT(*), TOTAL(flow_count), MIN(window_start_ms), MAX(window_start_ms)
-         FROM summaries",
-    )?
-    .query_row([], |r| {
+    // The running totals and two index lookups: cheap at any size.
+    conn.prepare_cached(STORED)?.query_row([], |r| {
         Ok(Stored {
-            summaries: r.get::<_, i64>(0)? as u64,
+            summaries: total(r.get(0)?),
             flow_records: total(r.get(1)?),
             oldest_window_ms: r.get(2)?,
             newest_window_ms: r.get(3)?,
-        })
-    })
-    .optional()
-    .map(|o| {
-        o.unwrap_or(Stored {
-            summaries: 0,
-            flow_records: 0,
-            oldest_window_ms: None,
-            newest_window_ms: None,
         })
     })
 }
@@ -916,6 +974,100 @@ mod tests {
             (Some(32), Some(32), Some(64))
         );
         assert_eq!(rtt(&c, Range { from: 1, to: 2 }, None).unwrap().samples, 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn one_name_in_two_sites_is_two_devices() {
+        let mut other = summary("d", 0, 0, 10_000, 500, vec![flow(0, 1, 5, 5)]);
+        other.site = "t".try_into().unwrap();
+        let (c, dir) = db(&[
+            summary("d", 0, 0, 10_000, 1_000, vec![flow(0, 1, 7, 7)]),
+            summary("d", 2, 10_000, 10_000, 1_000, vec![]),
+            other,
+        ]);
+        let d = devices(&c, Range::ALL, 0).unwrap();
+        let got: Vec<_> = d
+            .iter()
+            .map(|d| (d.id.as_str(), d.totals.bytes, d.windows, d.gaps))
+            .collect();
+        assert_eq!(got, vec![("s/d", 2_000, 2, 1), ("t/d", 500, 1, 0)]);
+        let s = series(
+            &c,
+            Range {
+                from: 0,
+                to: 20_000,
+            },
+            10_000,
+            None,
+        )
+        .unwrap();
+        let ids: Vec<_> = s.devices.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["s/d", "t/d"]);
+        let one = series(
+            &c,
+            Range {
+                from: 0,
+                to: 20_000,
+            },
+            10_000,
+            Some("t/d"),
+        )
+        .unwrap();
+        assert_eq!(one.devices.len(), 1);
+        let f = flows(
+            &c,
+            Range::ALL,
+            &FlowFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let who: Vec<_> = f.flows.iter().map(|f| f.device.as_str()).collect();
+        assert_eq!(
+            who,
+            ["s/d", "t/d"],
+            "the same flow in two sites stays apart"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn metrics_and_ingest_queries_do_not_scan_the_history() {
+        // What /metrics (devices over everything) and /api/ingest (stored) run: their cost
+        // must follow the number of devices, not of stored windows.
+        let (c, dir) = db(&[
+            summary("d", 0, 0, 10_000, 1_000, vec![]),
+            summary("e", 0, 0, 10_000, 2_000, vec![]),
+        ]);
+        let d = devices(&c, Range::ALL, 0).unwrap();
+        assert_eq!(
+            d.iter().map(|d| d.totals.bytes).collect::<Vec<_>>(),
+            [1_000, 2_000]
+        );
+        let mut plans = String::new();
+        for sql in [LATEST, TOTALS_ALL, STORED] {
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let n = st.parameter_count();
+            let rows = st
+                .query_map(rusqlite::params_from_iter(vec![0i64; n]), |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap();
+            for r in rows {
+                plans.push_str(&r.unwrap());
+                plans.push('\n');
+            }
+        }
+        // Only the per-device table is walked; summaries are reached by id or index ends.
+        for line in plans.lines().filter(|l| l.contains("SCAN")) {
+            assert!(
+                ["SCAN t", "SCAN device_totals", "SCAN CONSTANT ROW"].contains(&line),
+                "{line:?} in\n{plans}"
+            );
+        }
+        assert!(plans.contains("SCAN t"), "{plans}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -1,12 +1,14 @@
 //! SQLite storage: one row per summary message, one per flow record.
 //!
 //! WAL mode so the dashboard reads while ingest writes. Counts are stored as counted (see
-//! `sample_every`); queries scale them. Dedup is the UNIQUE (device, boot_id, seq, part)
-//! constraint, so it holds across collector restarts. `u64` fields that may exceed `i64`
+//! `sample_every`); queries scale them. Dedup is the UNIQUE (site, device, boot_id, seq, part)
+//! constraint, so it holds across collector restarts. The `boots` table follows each agent
+//! run's `seq` as summaries are stored (same transaction), so the windows a device numbered
+//! and the collector never got (gaps) are counted without scanning the summaries. `u64` fields that may exceed `i64`
 //! (the random boot id) are stored bit-cast; counters are clamped to `i64::MAX`.
 
-use crate::topic::Presence;
 use rusqlite::{params, Connection, OpenFlags, Transaction};
+use shared::identity::Presence;
 use shared::wire::{Addr, Summary};
 use std::{net::IpAddr, path::Path};
 
@@ -51,9 +53,11 @@ CREATE TABLE IF NOT EXISTS summaries (
     spool_dropped INTEGER NOT NULL,
     flow_count INTEGER NOT NULL,
     rtt_hist TEXT,
-    UNIQUE (device, boot_id, seq, part)
+    UNIQUE (site, device, boot_id, seq, part)
 );
 CREATE INDEX IF NOT EXISTS summaries_time ON summaries (window_start_ms);
+-- Retention goes by the collector's receive time (the agent's clock may be wrong).
+CREATE INDEX IF NOT EXISTS summaries_received ON summaries (received_ms);
 -- Clustered by (summary, record): inserts append, a time range reaches its records through
 -- the summaries' time index, and there is no second index to keep up to date.
 CREATE TABLE IF NOT EXISTS flows (
@@ -80,6 +84,35 @@ CREATE TABLE IF NOT EXISTS flows (
     rtt_samples INTEGER,
     PRIMARY KEY (summary_id, n)
 ) WITHOUT ROWID;
+-- One row per agent run (boot): windows are numbered from base_seq (0 for a run first seen
+-- by this schema) up to max_seq; complete counts windows with every part stored.
+CREATE TABLE IF NOT EXISTS boots (
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    boot_id INTEGER NOT NULL,
+    base_seq INTEGER NOT NULL,
+    max_seq INTEGER NOT NULL,
+    complete INTEGER NOT NULL,
+    first_received_ms INTEGER NOT NULL,
+    last_received_ms INTEGER NOT NULL,
+    PRIMARY KEY (site, device, boot_id)
+);
+-- Running totals per device over the stored windows (kept by inserts and retention), so
+-- /metrics and the default device list cost the number of devices, not the stored history.
+CREATE TABLE IF NOT EXISTS device_totals (
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    packets REAL NOT NULL,
+    bytes REAL NOT NULL,
+    overflow_packets REAL NOT NULL,
+    overflow_bytes REAL NOT NULL,
+    windows INTEGER NOT NULL,
+    summaries INTEGER NOT NULL,
+    flow_records INTEGER NOT NULL,
+    -- The device's latest window (part 0): the highest summaries.id.
+    latest_id INTEGER,
+    PRIMARY KEY (site, device)
+);
 CREATE TABLE IF NOT EXISTS presence (
     site TEXT NOT NULL,
     device TEXT NOT NULL,
@@ -104,8 +137,50 @@ const INSERT_FLOW: &str = "INSERT INTO flows (
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
             ?19, ?20, ?21)";
 
-/// `PRAGMA user_version` of this schema; a database of another version is refused.
-const SCHEMA_VERSION: i64 = 1;
+/// `PRAGMA user_version` of this schema; version 1 is migrated (see [`migrate_v1`]), any
+/// other version is refused.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 1 keyed summaries by (device, boot, seq, part) without the site and had no
+/// `boots`. Its rows are kept (ids too, the flow records point at them): the table is rebuilt
+/// with the new key, and `boots` is filled from what is stored, each run counted from its
+/// lowest stored seq (older windows may have been pruned; they are not gaps).
+const MIGRATE_V1: &str = "
+ALTER TABLE summaries RENAME TO summaries_v1;
+DROP INDEX IF EXISTS summaries_time;
+";
+const MIGRATE_V1_FILL: &str = "
+INSERT INTO summaries SELECT * FROM summaries_v1;
+DROP TABLE summaries_v1;
+INSERT INTO boots (site, device, boot_id, base_seq, max_seq, complete, first_received_ms,
+                   last_received_ms)
+SELECT site, device, boot_id, MIN(seq), MAX(seq), SUM(done), MIN(first), MAX(last) FROM (
+    SELECT site, device, boot_id, seq, COUNT(*) >= MAX(parts) AS done,
+           MIN(received_ms) AS first, MAX(received_ms) AS last
+    FROM summaries GROUP BY site, device, boot_id, seq)
+GROUP BY site, device, boot_id;
+";
+
+/// Adds one stored summary (`?1`..`?8`) to its device's running totals.
+const ADD_TOTALS: &str = "INSERT INTO device_totals (site, device, packets, bytes,
+    overflow_packets, overflow_bytes, windows, summaries, flow_records, latest_id)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9)
+    ON CONFLICT (site, device) DO UPDATE SET packets = packets + ?3, bytes = bytes + ?4,
+        overflow_packets = overflow_packets + ?5, overflow_bytes = overflow_bytes + ?6,
+        windows = windows + ?7, summaries = summaries + 1, flow_records = flow_records + ?8,
+        latest_id = MAX(COALESCE(latest_id, 0), COALESCE(?9, 0))";
+
+/// The running totals of the summaries selected by `{}` (a WHERE clause), by device.
+const SUM_TOTALS: &str = "SELECT site, device, TOTAL(packets * sample_every) AS p,
+    TOTAL(bytes * sample_every) AS b, TOTAL(overflow_packets * sample_every) AS op,
+    TOTAL(overflow_bytes * sample_every) AS ob, SUM(part = 0) AS w, COUNT(*) AS n,
+    SUM(flow_count) AS f,
+    MAX(CASE WHEN part = 0 THEN id END) AS l
+    FROM summaries WHERE {} GROUP BY site, device";
+
+/// How long a write waits for a lock another connection holds before the batch fails (and
+/// is retried, counted as a store error).
+pub const WRITE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A counter as SQLite stores it (signed 64-bit).
 fn n(v: u64) -> i64 {
@@ -137,19 +212,28 @@ impl Store {
         // 16 KiB pages: fewer b-tree splits per record, about 20% faster ingest here (takes
         // effect on a new database only).
         conn.pragma_update(None, "page_size", 16384)?;
-        // WAL: readers do not block the writer. NORMAL: a power cut may lose the last
-        // transactions but never corrupts; those messages were not yet acknowledged anyway
-        // only if the OS crashed too, which the agent's spool covers.
+        // WAL: readers do not block the writer. FULL: a commit returns only after the WAL is
+        // fsynced, because the broker is acknowledged right after the commit and then forgets
+        // the message; NORMAL would let a power cut or kernel crash roll back committed (and
+        // acknowledged) transactions. One fsync per batch of up to 512 messages.
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(WRITE_BUSY_TIMEOUT)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
-        if tables > 0 && version != SCHEMA_VERSION {
+        let mut conn = conn;
+        if tables > 0 && version == 1 {
+            migrate_v1(&mut conn)?;
+        } else if tables > 0 && version != SCHEMA_VERSION {
             return Err(StoreError::Version(version));
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        if tables == 0 {
+            conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        // An existing database is only read here: a collector restarted while another
+        // connection holds the write lock (a backup, a stalled disk) starts, and its writer
+        // waits for the lock like every other batch.
         Ok(Store { conn })
     }
 
@@ -160,21 +244,73 @@ impl Store {
         })
     }
 
-    /// Deletes summaries and flows whose window started before `before_ms`.
+    /// Deletes summaries and flows the collector received before `before_ms` (its own
+    /// clock: a window stamped in 1970 by a box without a real-time clock stays its full
+    /// retention, one stamped in the far future goes when its time is up).
     pub fn prune(&mut self, before_ms: i64) -> Result<(usize, usize), StoreError> {
         let tx = self.conn.transaction()?;
+        // What goes comes off the running totals, in the same transaction.
+        tx.execute(
+            &format!(
+                "UPDATE device_totals SET packets = device_totals.packets - d.p,
+                    bytes = device_totals.bytes - d.b,
+                    overflow_packets = device_totals.overflow_packets - d.op,
+                    overflow_bytes = device_totals.overflow_bytes - d.ob,
+                    windows = device_totals.windows - d.w,
+                    summaries = device_totals.summaries - d.n,
+                    flow_records = device_totals.flow_records - d.f
+                 FROM ({}) AS d
+                 WHERE device_totals.site = d.site AND device_totals.device = d.device",
+                SUM_TOTALS.replace("{}", "received_ms < ?1")
+            ),
+            [before_ms],
+        )?;
         let flows = tx.execute(
             "DELETE FROM flows WHERE summary_id IN
-               (SELECT id FROM summaries WHERE window_start_ms < ?1)",
+               (SELECT id FROM summaries WHERE received_ms < ?1)",
             [before_ms],
         )?;
-        let summaries = tx.execute(
-            "DELETE FROM summaries WHERE window_start_ms < ?1",
-            [before_ms],
-        )?;
+        let summaries = tx.execute("DELETE FROM summaries WHERE received_ms < ?1", [before_ms])?;
+        if summaries > 0 {
+            // A device whose windows all went has no totals; one whose latest went (only
+            // when all its windows went: the latest is the last received) has none either.
+            tx.execute(
+                "DELETE FROM device_totals WHERE NOT EXISTS (SELECT 1 FROM summaries s
+                    WHERE s.device = device_totals.device AND s.site = device_totals.site)",
+                [],
+            )?;
+            tx.execute(
+                "UPDATE device_totals SET latest_id = (SELECT MAX(id) FROM summaries s
+                    WHERE s.part = 0 AND s.device = device_totals.device
+                      AND s.site = device_totals.site)
+                 WHERE NOT EXISTS (SELECT 1 FROM summaries WHERE id = device_totals.latest_id)",
+                [],
+            )?;
+        }
+        // Runs that sent nothing since: their gap count goes with their data.
+        tx.execute("DELETE FROM boots WHERE last_received_ms < ?1", [before_ms])?;
         tx.commit()?;
         Ok((summaries, flows))
     }
+}
+
+/// Rebuilds a version 1 database in place, in one transaction (all or nothing).
+fn migrate_v1(conn: &mut Connection) -> Result<(), StoreError> {
+    log::info!("database: migrating schema 1 to {SCHEMA_VERSION} (site joins the dedup key)");
+    let tx = conn.transaction()?;
+    tx.execute_batch(MIGRATE_V1)?;
+    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(MIGRATE_V1_FILL)?;
+    tx.execute(
+        &format!(
+            "INSERT INTO device_totals {}",
+            SUM_TOTALS.replace("{}", "1")
+        ),
+        [],
+    )?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// A read-only connection for queries (the HTTP side).
@@ -193,7 +329,7 @@ pub struct Batch<'c> {
 }
 
 impl Batch<'_> {
-    /// Stores a summary and its flow records; `false` if (device, boot, seq, part) was
+    /// Stores a summary and its flow records; `false` if (site, device, boot, seq, part) was
     /// already stored (a duplicate delivery), in which case nothing changes.
     pub fn insert_summary(&mut self, s: &Summary, received_ms: i64) -> Result<bool, StoreError> {
         let h = &s.health;
@@ -240,6 +376,19 @@ impl Batch<'_> {
             return Ok(false);
         }
         let id = self.tx.last_insert_rowid();
+        self.track_seq(s, received_ms)?;
+        let scaled = |v: u64| n(v) as f64 * f64::from(s.sample_every);
+        self.tx.prepare_cached(ADD_TOTALS)?.execute(params![
+            s.site.as_str(),
+            s.device.as_str(),
+            scaled(s.totals.packets),
+            scaled(s.totals.bytes),
+            scaled(s.overflow.packets),
+            scaled(s.overflow.bytes),
+            i64::from(s.part == 0),
+            s.flows.len() as i64,
+            (s.part == 0).then_some(id),
+        ])?;
         let addrs: Vec<String> = s.addrs.iter().map(addr_text).collect();
         let mut stmt = self.tx.prepare_cached(INSERT_FLOW)?;
         for (i, f) in s.flows.iter().enumerate() {
@@ -269,6 +418,36 @@ impl Batch<'_> {
             ])?;
         }
         Ok(true)
+    }
+
+    /// Moves the run's `boots` row: its highest seq, and one more complete window once every
+    /// part of this window is stored.
+    fn track_seq(&mut self, s: &Summary, received_ms: i64) -> Result<(), StoreError> {
+        let (site, device, boot, seq) = (
+            s.site.as_str(),
+            s.device.as_str(),
+            s.boot_id as i64,
+            n(s.seq),
+        );
+        let parts: i64 = self
+            .tx
+            .prepare_cached(
+                "SELECT COUNT(*) FROM summaries
+                 WHERE site = ?1 AND device = ?2 AND boot_id = ?3 AND seq = ?4",
+            )?
+            .query_row(params![site, device, boot, seq], |r| r.get(0))?;
+        let complete = i64::from(parts == i64::from(s.parts));
+        self.tx
+            .prepare_cached(
+                "INSERT INTO boots (site, device, boot_id, base_seq, max_seq, complete,
+                                    first_received_ms, last_received_ms)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?6)
+                 ON CONFLICT (site, device, boot_id) DO UPDATE SET
+                    max_seq = MAX(max_seq, ?4), complete = complete + ?5,
+                    last_received_ms = MAX(last_received_ms, ?6)",
+            )?
+            .execute(params![site, device, boot, seq, complete, received_ms])?;
+        Ok(())
     }
 
     /// Records a device's own online/offline report.
@@ -340,18 +519,29 @@ mod tests {
     }
 
     #[test]
-    fn dedups_and_prunes_by_window_start() {
+    fn dedups_and_prunes_by_receive_time() {
         let path = temp("prune");
         let mut store = Store::open(&path).unwrap();
         let mut b = store.batch().unwrap();
-        assert!(b.insert_summary(&summary(0, 1_000), 0).unwrap());
-        assert!(b.insert_summary(&summary(1, 2_000), 0).unwrap());
+        // Stamped far in the future but received long ago; stamped in 1970 (no real-time
+        // clock) but received recently.
+        assert!(b.insert_summary(&summary(0, 1 << 62), 1_000).unwrap());
+        assert!(b.insert_summary(&summary(1, 2_000), 2_000).unwrap());
         assert!(
-            !b.insert_summary(&summary(1, 2_000), 0).unwrap(),
+            !b.insert_summary(&summary(1, 2_000), 2_000).unwrap(),
             "a duplicate"
         );
         b.commit().unwrap();
         assert_eq!(store.prune(1_500).unwrap(), (1, 3));
+        let left: i64 = store
+            .conn
+            .query_row("SELECT window_start_ms FROM summaries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            left, 2_000,
+            "the far-future window went, the 1970 one stayed"
+        );
+        assert_eq!(running_totals(&store.conn), scanned_totals(&store.conn));
         assert_eq!(count(&store.conn, "summaries"), 1);
         assert_eq!(count(&store.conn, "flows"), 3);
         // Still deduplicated after a reopen (the key is in the database, not in memory).
@@ -359,6 +549,184 @@ mod tests {
         let mut store = Store::open(&path).unwrap();
         let mut b = store.batch().unwrap();
         assert!(!b.insert_summary(&summary(1, 2_000), 0).unwrap());
+        b.commit().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    type Totals = Vec<(String, String, f64, f64, i64, i64, i64, Option<i64>)>;
+
+    fn running_totals(conn: &Connection) -> Totals {
+        let mut st = conn
+            .prepare(
+                "SELECT site, device, packets, bytes, windows, summaries, flow_records, latest_id
+                 FROM device_totals ORDER BY site, device",
+            )
+            .unwrap();
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        });
+        rows.unwrap().map(Result::unwrap).collect()
+    }
+
+    fn scanned_totals(conn: &Connection) -> Totals {
+        let sql = SUM_TOTALS.replace("{}", "1");
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT site, device, p, b, w, n, f, l FROM ({sql}) ORDER BY site, device"
+            ))
+            .unwrap();
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        });
+        rows.unwrap().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn running_totals_follow_inserts_parts_and_retention() {
+        let path = temp("totals");
+        let mut store = Store::open(&path).unwrap();
+        let mut b = store.batch().unwrap();
+        for seq in 0..20u64 {
+            let mut s = summary(seq, seq * 10_000);
+            s.totals.packets = seq + 1;
+            s.totals.bytes = 1_000 * seq;
+            s.sample_every = 1 + (seq % 3) as u32;
+            s.device = if seq % 2 == 0 { "a" } else { "b" }.try_into().unwrap();
+            assert!(b.insert_summary(&s, seq as i64).unwrap());
+            // A second part of the same window: not a window of its own.
+            s.part = 1;
+            s.parts = 2;
+            assert!(b.insert_summary(&s, seq as i64).unwrap());
+        }
+        b.commit().unwrap();
+        let before = running_totals(&store.conn);
+        assert_eq!(before, scanned_totals(&store.conn));
+        assert_eq!((before[0].4, before[0].5, before[0].6), (10, 20, 60));
+        assert_eq!(store.prune(7).unwrap().0, 14);
+        assert_eq!(running_totals(&store.conn), scanned_totals(&store.conn));
+        assert_eq!(store.prune(19).unwrap().0, 24);
+        let left = running_totals(&store.conn);
+        assert_eq!(left, scanned_totals(&store.conn));
+        assert_eq!(left.len(), 1, "device a's windows all went: {left:?}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn the_site_is_part_of_the_key_and_gaps_are_tracked() {
+        let path = temp("identity");
+        let mut store = Store::open(&path).unwrap();
+        let mut b = store.batch().unwrap();
+        let mut other_site = summary(0, 1_000);
+        other_site.site = "t".try_into().unwrap();
+        assert!(b.insert_summary(&summary(0, 1_000), 0).unwrap());
+        assert!(
+            b.insert_summary(&other_site, 0).unwrap(),
+            "same device name, boot and seq in another site is another message"
+        );
+        // seq 1 and 3 of s/d, not 2: one gap; seq 4 in two parts, one missing: another.
+        assert!(b.insert_summary(&summary(1, 2_000), 0).unwrap());
+        assert!(b.insert_summary(&summary(3, 4_000), 0).unwrap());
+        let mut part = summary(4, 5_000);
+        part.parts = 2;
+        assert!(b.insert_summary(&part, 0).unwrap());
+        assert!(!b.insert_summary(&summary(3, 4_000), 0).unwrap());
+        b.commit().unwrap();
+        let gaps = |store: &Store, site: &str| -> i64 {
+            store
+                .conn
+                .query_row(
+                    "SELECT max_seq + 1 - base_seq - complete FROM boots WHERE site = ?1",
+                    [site],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(gaps(&store, "s"), 2);
+        assert_eq!(gaps(&store, "t"), 0);
+        let mut b = store.batch().unwrap();
+        part.part = 1;
+        assert!(b.insert_summary(&part, 0).unwrap());
+        assert!(b.insert_summary(&summary(2, 3_000), 0).unwrap());
+        b.commit().unwrap();
+        assert_eq!(gaps(&store, "s"), 0, "late arrivals close the gaps");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn migrates_a_version_1_database() {
+        let path = temp("v1");
+        {
+            // Version 1's summaries table: the same columns, keyed without the site.
+            let conn = Connection::open(&path).unwrap();
+            let v2 = SCHEMA.split("CREATE INDEX").next().unwrap();
+            let v1 = v2.replace(
+                "UNIQUE (site, device, boot_id, seq, part)",
+                "UNIQUE (device, boot_id, seq, part)",
+            );
+            conn.execute_batch(&v1).unwrap();
+            conn.execute_batch(
+                "CREATE INDEX summaries_time ON summaries (window_start_ms);
+                 CREATE TABLE flows (summary_id INTEGER NOT NULL, n INTEGER NOT NULL,
+                   PRIMARY KEY (summary_id, n)) WITHOUT ROWID;",
+            )
+            .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            for seq in [5i64, 6, 8] {
+                conn.execute(
+                    "INSERT INTO summaries (device, site, boot_id, seq, part, parts,
+                       window_start_ms, window_len_ms, sample_every, received_ms, packets, bytes,
+                       overflow_packets, overflow_bytes, other_packets, other_bytes, other_flows,
+                       packets_seen, active_flows, table_capacity, table_full, parse_errors,
+                       fragments, non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count)
+                     VALUES ('d', 's', -1, ?1, 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                             0, 0, 0, 0, 0, 0, 0, 0)",
+                    [seq],
+                )
+                .unwrap();
+            }
+        }
+        let mut store = Store::open(&path).unwrap();
+        let (version, rows, gaps): (i64, i64, i64) = store
+            .conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), COUNT(*),
+                        (SELECT max_seq + 1 - base_seq - complete FROM boots)
+                 FROM summaries",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (version, rows, gaps),
+            (SCHEMA_VERSION, 3, 1),
+            "rows kept, counted from the lowest stored seq: seq 7 is the gap"
+        );
+        let totals = running_totals(&store.conn);
+        assert_eq!(totals.len(), 1, "the migration fills the running totals");
+        assert_eq!(totals, scanned_totals(&store.conn));
+        let mut b = store.batch().unwrap();
+        assert!(
+            !b.insert_summary(&summary(5, 0), 0).unwrap(),
+            "still deduplicated"
+        );
         b.commit().unwrap();
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }

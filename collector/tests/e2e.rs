@@ -1,5 +1,6 @@
 //! End to end with the real agent: known UDP traffic between two test namespaces →
-//! `edgeflow run` (root namespace, `--netns`) → Mosquitto → collector → JSON API. Totals per
+//! `edgeflow run` (root namespace, `--netns`, its provisioned login over TLS) → Mosquitto (as
+//! scripts/provision.sh sets it up) → collector → JSON API. Totals per
 //! device and per flow equal what was sent; a collector killed mid-run loses nothing and
 //! stores nothing twice.
 
@@ -13,7 +14,7 @@ use std::{
     process::Command,
     time::{Duration, Instant},
 };
-use testkit::{agent::Agent, mosquitto::Mosquitto, TestNet, A4, B4};
+use testkit::{agent::Agent, TestNet, A4, B4};
 
 /// IPv4 + UDP headers.
 const HDR: u64 = 28;
@@ -57,23 +58,20 @@ fn known_traffic_through_agent_broker_and_collector() {
     let net = TestNet::new();
     net.static_neighbours();
     net.ipv4_only();
-    let broker = Mosquitto::with_config("max_queued_messages 100000\n");
-    let mut c = Collector::start(&broker.url());
+    // The broker as shipped: TLS, the device's own login, the ACL, persistence.
+    let broker = provisioned_broker(&[("lab", "e2e-1")]);
+    let mut c = secured_collector(&broker);
     c.wait_subscribed();
-    let url = broker.url();
+    let conf = broker.dir().join("devices/lab/e2e-1/edgeflow.toml");
     let agent = Agent::start(
         bin.to_str().unwrap(),
         &[
+            "--config",
+            conf.to_str().unwrap(),
             "--iface",
             &net.veth_b,
             "--netns",
             &net.ns_b,
-            "--broker",
-            &url,
-            "--device",
-            "e2e-1",
-            "--site",
-            "lab",
             "--interval",
             "1",
         ],
@@ -127,7 +125,8 @@ fn known_traffic_through_agent_broker_and_collector() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let d = &c.json("/api/devices")["devices"][0];
-    assert_eq!(d["device"], "e2e-1");
+    assert_eq!(d["id"], "lab/e2e-1");
+    assert_eq!(d["gaps"], 0, "{d}");
     assert_eq!(d["totals"]["packets"], packets, "{devices}");
     assert_eq!(d["totals"]["bytes"], bytes);
 

@@ -60,7 +60,7 @@ fn peak_bound(input: usize) -> usize {
     256 * input + (64 << 10)
 }
 
-const DEVICES: &[&str] = &["gw-1", "gw-2", "edge-α", "x"];
+const DEVICES: &[&str] = &["gw-1", "gw-2", "edge.a_1", "x"];
 const SITES: &[&str] = &["lab", "branch"];
 
 fn summary(r: &mut Rng) -> Summary {
@@ -267,6 +267,7 @@ const REASONS: &[&str] = &[
     "invalid",
     "topic_mismatch",
     "unknown_topic",
+    "bad_id",
     "bad_status",
 ];
 

@@ -219,8 +219,15 @@ fn totals_are_exact_duplicates_stored_once_and_bad_payloads_counted() {
     expect.check(&c);
 
     let devices = c.json("/api/devices");
-    let gw1 = &devices["devices"].as_array().unwrap()[0];
-    assert_eq!(gw1["device"], "gw-1");
+    let list = devices["devices"].as_array().unwrap();
+    // Sorted by identity, site first.
+    assert_eq!(list[0]["id"], "branch/gw-2");
+    let gw1 = &list[1];
+    assert_eq!(
+        (&gw1["id"], &gw1["device"]),
+        (&"lab/gw-1".into(), &"gw-1".into())
+    );
+    assert_eq!(gw1["gaps"], 0, "{gw1}");
     assert_eq!(gw1["reported"], "online");
     assert_eq!(gw1["latest"]["boot_id"], "f00d000000000001");
     assert_eq!(gw1["latest"]["seq"], 29);

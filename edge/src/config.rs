@@ -5,8 +5,10 @@
 use crate::{attach::AttachMode, bpf::RttOptions, UsageError};
 use serde::Deserialize;
 use shared::{
+    broker::{Broker, BrokerUrl},
     flow::{DEFAULT_MAX_FLOWS, MAX_MAX_FLOWS, MIN_MAX_FLOWS},
-    wire::{DEFAULT_MAX_MESSAGE, MAX_FLOWS_PER_MESSAGE, MAX_ID_LEN},
+    identity::DeviceId,
+    wire::{DEFAULT_MAX_MESSAGE, MAX_FLOWS_PER_MESSAGE},
 };
 use std::{path::PathBuf, time::Duration};
 
@@ -59,8 +61,6 @@ pub const DEFAULT_TOP_K: u32 = 1024;
 pub const DEFAULT_INACTIVE: Duration = Duration::from_secs(60);
 pub const DEFAULT_SPOOL_BYTES: u64 = 4 << 20;
 pub const DEFAULT_URL: &str = "mqtt://127.0.0.1:1883";
-/// Where `mqtts://` finds CAs when `ca_file` is not set (Debian's ca-certificates bundle).
-pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Smallest message size accepted: a header and a handful of records must fit.
 pub const MIN_MESSAGE: usize = 1024;
 
@@ -69,8 +69,8 @@ pub const MIN_MESSAGE: usize = 1024;
 pub struct Config {
     pub interfaces: Vec<String>,
     pub netns: Option<String>,
-    pub device: String,
-    pub site: String,
+    /// `(site, device)`: topics, client id and MQTT username derive from it.
+    pub id: DeviceId,
     pub interval: Duration,
     pub max_flows: u32,
     pub top_k: u32,
@@ -80,27 +80,11 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// TCP RTT tracking; `None`: off.
     pub rtt: Option<RttOptions>,
+    /// Where and how to reach the MQTT broker.
     pub broker: Broker,
+    pub keep_alive: Duration,
     pub spool_max_bytes: u64,
     pub spool_file: Option<PathBuf>,
-}
-
-/// Where and how to reach the MQTT broker.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Broker {
-    pub host: String,
-    pub port: u16,
-    pub tls: Option<Tls>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub keep_alive: Duration,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tls {
-    pub ca_file: PathBuf,
-    /// Client certificate and key (PEM), for brokers that authenticate clients by certificate.
-    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 fn usage(msg: impl Into<String>) -> UsageError {
@@ -146,63 +130,11 @@ pub fn rtt_options(on: bool, interval_ms: Option<f64>) -> Result<Option<RttOptio
     }
 }
 
-/// A device or site name: goes into MQTT topics, so no `/`, `+`, `#`, and bounded.
-pub fn check_id(what: &str, s: &str) -> Result<(), UsageError> {
-    let ok = !s.is_empty()
-        && s.len() <= MAX_ID_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(usage(format!(
-            "{what} {s:?} must be 1..={MAX_ID_LEN} characters of A-Z a-z 0-9 . _ -"
-        )))
-    }
-}
-
 /// This machine's host name (the default device id).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-/// Parses `mqtt://host[:port]` or `mqtts://host[:port]`.
-pub fn parse_url(url: &str) -> Result<(String, u16, bool), UsageError> {
-    let bad = || {
-        usage(format!(
-            "broker URL {url:?}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
-        ))
-    };
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("mqtt://") {
-        (false, r)
-    } else {
-        return Err(bad());
-    };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let default_port = if tls { 8883 } else { 1883 };
-    // [v6addr]:port, host:port, host
-    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
-        let (h, after) = r.split_once(']').ok_or_else(bad)?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None if after.is_empty() => default_port,
-            None => return Err(bad()),
-        };
-        (h.to_string(), port)
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
-            None => (rest.to_string(), default_port),
-        }
-    };
-    if host.is_empty() || host.contains('/') || port == 0 {
-        return Err(bad());
-    }
-    Ok((host, port, tls))
 }
 
 impl Config {
@@ -213,9 +145,9 @@ impl Config {
             return Err(usage("no interfaces: set `interfaces` or pass --iface"));
         }
         let device = f.device.unwrap_or_else(hostname);
-        check_id("device", &device)?;
         let site = f.site.unwrap_or_else(|| "default".into());
-        check_id("site", &site)?;
+        let id =
+            DeviceId::new(&site, &device).map_err(|e| usage(format!("{e}: {site}/{device}")))?;
         let interval = match f.interval_secs {
             Some(s) => positive_secs("interval", s)?,
             None => DEFAULT_INTERVAL,
@@ -253,34 +185,23 @@ impl Config {
         let rtt = rtt_options(f.rtt.unwrap_or(true), f.rtt_interval_ms)?;
         let m = f.mqtt;
         let url = m.url.as_deref().unwrap_or(DEFAULT_URL);
-        let (host, port, tls) = parse_url(url)?;
-        if m.require_tls == Some(true) && !tls {
+        let parsed: BrokerUrl = url.parse().map_err(|e| usage(format!("mqtt: {e}")))?;
+        if m.require_tls == Some(true) && !parsed.tls {
             // Checked after flags are applied: a --broker override cannot turn TLS off.
             return Err(usage(format!(
                 "mqtt: require_tls is set, but the broker URL {url:?} is plaintext; \
                  use mqtts://"
             )));
         }
-        let client = match (m.cert_file, m.key_file) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            _ => return Err(usage("mqtt: cert_file and key_file go together")),
-        };
-        let tls = if tls {
-            Some(Tls {
-                ca_file: m.ca_file.unwrap_or_else(|| SYSTEM_CA_FILE.into()),
-                client,
-            })
-        } else if client.is_some() || m.ca_file.is_some() {
-            return Err(usage(
-                "mqtt: ca_file/cert_file/key_file need an mqtts:// URL",
-            ));
-        } else {
-            None
-        };
-        if m.password.is_some() && m.username.is_none() {
-            return Err(usage("mqtt: a password needs a username"));
-        }
+        let broker = Broker::new(
+            parsed,
+            m.username,
+            m.password,
+            m.ca_file,
+            m.cert_file,
+            m.key_file,
+        )
+        .map_err(|e| usage(format!("mqtt: {e}")))?;
         let spool_max_bytes = f.spool.max_bytes.unwrap_or(DEFAULT_SPOOL_BYTES);
         if spool_max_bytes < max_message_bytes as u64 {
             return Err(usage(format!(
@@ -290,8 +211,7 @@ impl Config {
         Ok(Config {
             interfaces,
             netns: f.netns,
-            device,
-            site,
+            id,
             interval,
             max_flows,
             top_k,
@@ -300,27 +220,11 @@ impl Config {
             attach,
             max_message_bytes,
             rtt,
-            broker: Broker {
-                host,
-                port,
-                tls,
-                username: m.username,
-                password: m.password,
-                keep_alive: Duration::from_secs(m.keep_alive_secs.unwrap_or(30).max(5)),
-            },
+            broker,
+            keep_alive: Duration::from_secs(m.keep_alive_secs.unwrap_or(30).max(5)),
             spool_max_bytes,
             spool_file: f.spool.file,
         })
-    }
-
-    /// `edgeflow/v1/<site>/<device>/flows`
-    pub fn flows_topic(&self) -> String {
-        format!("edgeflow/v1/{}/{}/flows", self.site, self.device)
-    }
-
-    /// `edgeflow/v1/<site>/<device>/status` (retained "online"; Last Will "offline")
-    pub fn status_topic(&self) -> String {
-        format!("edgeflow/v1/{}/{}/status", self.site, self.device)
     }
 }
 
@@ -334,7 +238,7 @@ mod tests {
     fn the_shipped_example_parses() {
         let c = Config::resolve(File::parse(EXAMPLE).unwrap()).unwrap();
         assert_eq!(c.interval, DEFAULT_INTERVAL);
-        assert_eq!(c.site, "default");
+        assert_eq!(c.id.site(), "default");
         assert!(!c.interfaces.is_empty());
     }
 
@@ -342,16 +246,17 @@ mod tests {
     fn defaults() {
         let f = File::parse("interfaces = [\"veth0\"]\ndevice = \"box-1\"\n").unwrap();
         let c = Config::resolve(f).unwrap();
-        assert_eq!(c.device, "box-1");
-        assert_eq!(c.site, "default");
+        assert_eq!((c.id.site(), c.id.device()), ("default", "box-1"));
         assert_eq!(c.interval, Duration::from_secs(10));
         assert_eq!(c.max_message_bytes, 64 * 1024);
         assert_eq!(c.sample_every, 1);
         assert_eq!(c.rtt, Some(RttOptions::default()));
-        assert_eq!((c.broker.host.as_str(), c.broker.port), ("127.0.0.1", 1883));
-        assert!(c.broker.tls.is_none() && c.spool_file.is_none());
-        assert_eq!(c.flows_topic(), "edgeflow/v1/default/box-1/flows");
-        assert_eq!(c.status_topic(), "edgeflow/v1/default/box-1/status");
+        assert_eq!(
+            (c.broker.url.host.as_str(), c.broker.url.port),
+            ("127.0.0.1", 1883)
+        );
+        assert!(!c.broker.url.tls && c.spool_file.is_none());
+        assert_eq!(c.id.flows_topic(), "edgeflow/v1/default/box-1/flows");
     }
 
     #[test]
@@ -388,9 +293,9 @@ mod tests {
         assert_eq!(c.interval, Duration::from_millis(2500));
         assert_eq!(c.attach, AttachMode::Tc);
         assert_eq!(c.rtt.unwrap().interval, Duration::from_millis(250));
-        assert_eq!(c.broker.port, 9999);
-        let tls = c.broker.tls.unwrap();
-        assert_eq!(tls.ca_file, PathBuf::from("/ca.pem"));
+        assert_eq!(c.broker.url.port, 9999);
+        let tls = c.broker.tls;
+        assert_eq!(tls.ca, Some(PathBuf::from("/ca.pem")));
         assert_eq!(tls.client.unwrap().1, PathBuf::from("/k.pem"));
         assert_eq!(
             c.spool_file.unwrap(),
@@ -427,32 +332,12 @@ mod tests {
         let f =
             File::parse("interfaces = [\"a\"]\n[mqtt]\nrequire_tls = true\nurl = \"mqtts://h\"")
                 .unwrap();
-        assert!(Config::resolve(f).unwrap().broker.tls.is_some());
+        assert!(Config::resolve(f).unwrap().broker.url.tls);
     }
 
     #[test]
     fn rtt_can_be_turned_off() {
         let f = File::parse("interfaces = [\"a\"]\nrtt = false\nrtt_interval_ms = 5").unwrap();
         assert_eq!(Config::resolve(f).unwrap().rtt, None);
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(parse_url("mqtt://h").unwrap(), ("h".into(), 1883, false));
-        assert_eq!(parse_url("mqtts://h").unwrap(), ("h".into(), 8883, true));
-        assert_eq!(parse_url("mqtt://h:1/").unwrap(), ("h".into(), 1, false));
-        assert_eq!(
-            parse_url("mqtt://[::1]:5").unwrap(),
-            ("::1".into(), 5, false)
-        );
-        for bad in [
-            "tcp://h",
-            "mqtt://",
-            "mqtt://h:x",
-            "mqtt://h:0",
-            "mqtt://[::1",
-        ] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
     }
 }

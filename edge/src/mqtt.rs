@@ -19,14 +19,12 @@
 //!   list, so nothing submitted just before the error can surface after the next CONNACK.
 
 use crate::{
-    config::{Broker, Config},
+    config::Config,
     spool::{self, Spool},
     UsageError,
 };
-use rumqttc::{
-    Client, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    TlsConfiguration, Transport,
-};
+use rumqttc::{Client, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS};
+use shared::identity::{OFFLINE, ONLINE};
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
@@ -95,43 +93,25 @@ pub struct Publisher {
     pub events: smol::channel::Receiver<LinkEvent>,
 }
 
-/// rumqttc options from the configuration (TLS files are read here).
+/// rumqttc options from the configuration (TLS files are read here). The client id is the
+/// device's principal (`site/device`): unambiguous, and what a broker that sets
+/// `use_username_as_clientid` would make it anyway.
 pub fn options(cfg: &Config) -> Result<MqttOptions, UsageError> {
-    let b: &Broker = &cfg.broker;
-    let client_id = format!("edgeflow-{}-{}", cfg.site, cfg.device);
-    let mut o = MqttOptions::new(client_id, b.host.clone(), b.port);
-    o.set_keep_alive(b.keep_alive)
+    let mut o = cfg
+        .broker
+        .options(&cfg.id.principal())
+        .map_err(|e| UsageError::Invalid(format!("mqtt: {e}")))?;
+    o.set_keep_alive(cfg.keep_alive)
         .set_clean_session(true)
         .set_inflight((WINDOW as u16) * 2)
         // A summary up to max_message_bytes plus the topic and MQTT header.
         .set_max_packet_size(64 * 1024, cfg.max_message_bytes + 1024)
         .set_last_will(LastWill::new(
-            cfg.status_topic(),
-            "offline",
+            cfg.id.status_topic(),
+            OFFLINE,
             QoS::AtLeastOnce,
             true,
         ));
-    if let Some(user) = &b.username {
-        o.set_credentials(user.clone(), b.password.clone().unwrap_or_default());
-    }
-    if let Some(tls) = &b.tls {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p)
-                .map_err(|e| UsageError::Invalid(format!("mqtt TLS {}: {e}", p.display())))
-        };
-        let ca = read(&tls.ca_file)?;
-        let client_auth = match &tls.client {
-            Some((c, k)) => Some((read(c)?, read(k)?)),
-            None => None,
-        };
-        // rumqttc builds its rustls config with the process-wide provider: ring here.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth,
-        }));
-    }
     Ok(o)
 }
 
@@ -149,13 +129,13 @@ impl Publisher {
                 sent: HashMap::new(),
                 cursor: None,
                 inflight: 0,
-                status: Some("online"),
+                status: Some(ONLINE),
                 stopping: false,
             }),
             client,
             topics: Topics {
-                flows: cfg.flows_topic(),
-                status: cfg.status_topic(),
+                flows: cfg.id.flows_topic(),
+                status: cfg.id.status_topic(),
             },
             events: tx,
         });
@@ -208,7 +188,7 @@ impl Publisher {
         {
             let mut st = self.inner.lock();
             st.stopping = true;
-            st.status = Some("offline");
+            st.status = Some(OFFLINE);
             self.inner.pump(&mut st);
         }
         // Wait (bounded) for the status to be written and acknowledged.
@@ -326,7 +306,7 @@ fn poll_loop(inner: &Inner, connection: &mut rumqttc::Connection, stop: &AtomicB
                 st.submitted.clear();
                 st.sent.clear();
                 if !st.stopping {
-                    st.status = Some("online");
+                    st.status = Some(ONLINE);
                 }
                 inner.pump(&mut st);
                 drop(st);

@@ -81,9 +81,9 @@ pub fn open_spool(cfg: &Config) -> anyhow::Result<Spool> {
 pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
     let kernel = watch::validate(cfg.max_flows, &cfg.interfaces, cfg.netns.as_deref())?;
     let ident = Identity {
-        device: Id::try_from(cfg.device.as_str())
+        device: Id::try_from(cfg.id.device())
             .map_err(|_| UsageError::Invalid("device id too long".into()))?,
-        site: Id::try_from(cfg.site.as_str())
+        site: Id::try_from(cfg.id.site())
             .map_err(|_| UsageError::Invalid("site too long".into()))?,
         boot_id: summary::boot_id().context("reading /dev/urandom")?,
         sample_every: cfg.sample_every,
@@ -127,13 +127,13 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
         let publisher = Publisher::start(cfg, spool)?;
         eprintln!(
             "edgeflow: ready: device {} site {} boot {:016x}, a window every {:?} to {}:{} ({})",
-            cfg.device,
-            cfg.site,
+            cfg.id.device(),
+            cfg.id.site(),
             ident.boot_id,
             cfg.interval,
-            cfg.broker.host,
-            cfg.broker.port,
-            cfg.flows_topic()
+            cfg.broker.url.host,
+            cfg.broker.url.port,
+            cfg.id.flows_topic()
         );
         smol::block_on(agent_loop(
             cfg,

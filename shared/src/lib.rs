@@ -8,12 +8,18 @@
 
 #[cfg(any(test, feature = "craft", feature = "wire"))]
 extern crate alloc;
+#[cfg(feature = "broker")]
+extern crate std;
 
 #[cfg(any(test, feature = "craft"))]
 pub mod craft;
 
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod cpu;
 pub mod flow;
+#[cfg(feature = "wire")]
+pub mod identity;
 pub mod parse;
 pub mod rtt;
 pub mod stats;

@@ -90,6 +90,11 @@ impl Collector {
         self.http = addr.parse().unwrap();
     }
 
+    /// The running collector's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The collector's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default()
@@ -396,4 +401,56 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// `scripts/provision.sh` of this repository.
+pub fn provision(args: &[&str]) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/provision.sh");
+    let out = Command::new(script)
+        .args(args)
+        .output()
+        .expect("running scripts/provision.sh");
+    assert!(
+        out.status.success(),
+        "provision.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Mosquitto as `scripts/provision.sh init` configures it (TLS, a password per device, the
+/// ACL, persistence), on a free loopback port; `devices` are provisioned before it starts.
+/// The broker owns the folder (removed on drop).
+pub fn provisioned_broker(devices: &[(&str, &str)]) -> testkit::mosquitto::Mosquitto {
+    let dir = std::env::temp_dir().join(testkit::unique("efprov"));
+    let port = testkit::mosquitto::free_port();
+    let d = dir.to_str().unwrap();
+    let cert_port = testkit::mosquitto::free_port();
+    provision(&[
+        "init",
+        d,
+        "--port",
+        &port.to_string(),
+        "--cert-port",
+        &cert_port.to_string(),
+    ]);
+    for (site, device) in devices {
+        provision(&["device", d, site, device]);
+    }
+    testkit::mosquitto::Mosquitto::with_conf_file(dir, port)
+}
+
+/// A `key = "value"` line of a TOML file provision.sh wrote.
+pub fn toml_value(path: &std::path::Path, key: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} = \"")))
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{key} missing in {}", path.display()))
+        .to_string()
+}
+
+/// The collector with the login provision.sh wrote for it.
+pub fn secured_collector(broker: &testkit::mosquitto::Mosquitto) -> Collector {
+    let conf = broker.dir().join("collector.toml");
+    Collector::with_args(&["--config", conf.to_str().unwrap()])
 }

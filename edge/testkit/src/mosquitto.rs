@@ -15,6 +15,8 @@ pub struct Mosquitto {
     child: Option<Child>,
     /// Extra lines for mosquitto.conf (TLS, auth...).
     extra: String,
+    /// A complete configuration written elsewhere (`scripts/provision.sh init`), used as is.
+    conf: Option<PathBuf>,
 }
 
 /// A loopback port that was free a moment ago.
@@ -40,9 +42,37 @@ impl Mosquitto {
             dir,
             child: None,
             extra: extra.to_string(),
+            conf: None,
         };
         m.resume();
         m
+    }
+
+    /// Runs `dir/mosquitto.conf` as written (its listener must be 127.0.0.1:`port`); the
+    /// broker's log goes to `dir/mosquitto.log`. `dir` is removed on drop.
+    pub fn with_conf_file(dir: PathBuf, port: u16) -> Mosquitto {
+        let mut m = Mosquitto {
+            port,
+            conf: Some(dir.join("mosquitto.conf")),
+            dir,
+            child: None,
+            extra: String::new(),
+        };
+        m.resume();
+        m
+    }
+
+    /// What the broker logged so far (only with [`Mosquitto::with_conf_file`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// SIGHUP: the broker reads its password and ACL files again.
+    pub fn reload(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGHUP) };
+        }
     }
 
     pub fn url(&self) -> String {
@@ -64,19 +94,32 @@ impl Mosquitto {
 
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "broker already running");
-        let conf = self.dir.join("mosquitto.conf");
-        let mut text = format!("listener {} 127.0.0.1\npersistence false\n", self.port);
-        if !self.extra.contains("allow_anonymous") {
-            text.push_str("allow_anonymous true\n");
-        }
-        text.push_str(&self.extra);
-        std::fs::write(&conf, text).unwrap();
+        let (conf, log) = match &self.conf {
+            Some(c) => {
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join("mosquitto.log"))
+                    .unwrap();
+                (c.clone(), Stdio::from(log))
+            }
+            None => {
+                let conf = self.dir.join("mosquitto.conf");
+                let mut text = format!("listener {} 127.0.0.1\npersistence false\n", self.port);
+                if !self.extra.contains("allow_anonymous") {
+                    text.push_str("allow_anonymous true\n");
+                }
+                text.push_str(&self.extra);
+                std::fs::write(&conf, text).unwrap();
+                (conf, Stdio::null())
+            }
+        };
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("starting mosquitto (apt-get install mosquitto; scripts/setup.sh does)");
         self.child = Some(child);

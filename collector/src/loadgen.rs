@@ -1,0 +1,444 @@
+//! A fleet in one process: N simulated devices, each with its own MQTT connection and
+//! login (`site/device`), its own random boot id and a gapless `seq`, publishing real
+//! [`Message::V1`] summaries with QoS 1 the way the agent does: a window leaves a device only
+//! once the broker acknowledged every part of it, and after a lost connection the unacked
+//! window is sent again (the collector drops the duplicate).
+//!
+//! Summaries look like an edge box's: 50..2,000 flows a window (configurable), IPv4 and IPv6,
+//! the top K as records and the rest folded into `other`, split into parts below the
+//! message limit like the agent splits them. What was acknowledged is counted per device, so a
+//! test can compare it with what the collector's API reports.
+
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use serde::Serialize;
+use shared::{
+    broker::Broker,
+    identity::DeviceId,
+    wire::{self, Addr, Count, FlowRecord, Health, Message, Summary},
+};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// One simulated device: who it is and how it logs in.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: DeviceId,
+    pub password: Option<String>,
+}
+
+/// What the fleet does.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub broker: Broker,
+    pub devices: Vec<Device>,
+    /// Windows per device.
+    pub windows: u64,
+    /// Time between a device's windows (also the windows' stamped length).
+    pub interval: Duration,
+    /// Flows per window, drawn uniformly from this range.
+    pub flows: (u32, u32),
+    /// Records per window at most; the rest are folded into `other`.
+    pub top_k: u32,
+    /// Largest encoded part, as the agent's `max_message_bytes`.
+    pub max_message: usize,
+    /// Seed for the flows (each device derives its own).
+    pub seed: u64,
+}
+
+/// What one device got acknowledged.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Acked {
+    pub id: String,
+    pub boot_id: String,
+    pub windows: u64,
+    pub parts: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub flow_records: u64,
+    /// Connections lost and made again.
+    pub reconnects: u64,
+}
+
+/// A small, fast PRNG (xorshift64*): realistic shapes, not secrets.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A random boot id: from the clock and the device, different on every run.
+fn boot_id(dev: u64) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    Rng::new(t ^ dev.rotate_left(32) ^ u64::from(std::process::id())).next()
+}
+
+/// The window `seq` of a device, as encoded parts, and what it adds up to.
+pub fn window(
+    id: &DeviceId,
+    dev: u64,
+    boot: u64,
+    seq: u64,
+    start_ms: u64,
+    plan: &Plan,
+) -> (Vec<Vec<u8>>, Count, u64) {
+    let mut rng = Rng::new(plan.seed ^ dev.wrapping_mul(0x1000_0001) ^ seq.rotate_left(17));
+    let (lo, hi) = plan.flows;
+    let n = lo + rng.below(u64::from(hi.saturating_sub(lo)) + 1) as u32;
+    let me4 = Addr::V4([10, (dev >> 8) as u8, dev as u8, 1]);
+    let mut me6 = [0u8; 16];
+    me6[..2].copy_from_slice(&[0xfd, 0x42]);
+    me6[8..16].copy_from_slice(&dev.to_be_bytes());
+    let me6 = Addr::V6(me6);
+    // Records sorted by bytes, descending, as the agent's top-K.
+    let mut flows: Vec<(Addr, Addr, FlowRecord)> = (0..n)
+        .map(|i| {
+            let v6 = rng.below(4) == 0;
+            let remote = if v6 {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+                a[8..].copy_from_slice(&rng.next().to_be_bytes());
+                Addr::V6(a)
+            } else {
+                let r = rng.next();
+                Addr::V4([198, 18 + (r & 1) as u8, (r >> 8) as u8, (r >> 16) as u8])
+            };
+            let me = if v6 { me6 } else { me4 };
+            // Heavy-tailed sizes: most flows a few packets, a few up to tens of thousands.
+            let scale = 1u64 << rng.below(13);
+            let fwd_p = 1 + rng.below(4 * scale);
+            let rev_p = rng.below(4 * scale);
+            let proto = [6u8, 6, 6, 17, 17, 1][rng.below(6) as usize];
+            let outbound = rng.below(3) != 0;
+            let (src, dst) = if outbound { (me, remote) } else { (remote, me) };
+            let rec = FlowRecord {
+                proto,
+                src: 0,
+                dst: 0,
+                src_port: if proto == 1 {
+                    8 << 8
+                } else {
+                    32_768 + (i % 28_000) as u16
+                },
+                dst_port: if proto == 1 {
+                    0
+                } else {
+                    [443, 80, 53, 123, 22, 8883][rng.below(6) as usize]
+                },
+                vlan: 0,
+                vlan_inner: 0,
+                ifindex: 2,
+                fwd: Count {
+                    packets: fwd_p,
+                    bytes: fwd_p * (60 + rng.below(1400)),
+                },
+                rev: Count {
+                    packets: rev_p,
+                    bytes: rev_p * (60 + rng.below(1400)),
+                },
+                tcp_flags: if proto == 6 { 0x1b } else { 0 },
+                first_seen_ms: -(rng.below(60_000) as i64),
+                last_seen_ms: rng.below(plan.interval.as_millis() as u64) as i64,
+                rtt: None,
+            };
+            (src, dst, rec)
+        })
+        .collect();
+    flows.sort_by_key(|f| std::cmp::Reverse(f.2.fwd.bytes + f.2.rev.bytes));
+    let k = (plan.top_k as usize).min(flows.len());
+    let mut other = Count::default();
+    for f in &flows[k..] {
+        other.add(&f.2.fwd);
+        other.add(&f.2.rev);
+    }
+    let mut totals = other;
+    for f in &flows[..k] {
+        totals.add(&f.2.fwd);
+        totals.add(&f.2.rev);
+    }
+    let top = &flows[..k];
+    // Parts below the message limit: about 40 bytes a record with its addresses.
+    let per_part = (plan.max_message / 48).max(1);
+    let chunks: Vec<&[(Addr, Addr, FlowRecord)]> = if top.is_empty() {
+        vec![&[]]
+    } else {
+        top.chunks(per_part).collect()
+    };
+    let parts = chunks.len() as u16;
+    let mut encoded = Vec::with_capacity(chunks.len());
+    for (p, chunk) in chunks.iter().enumerate() {
+        let mut addrs: Vec<Addr> = Vec::new();
+        let mut index: BTreeMap<Addr, u32> = BTreeMap::new();
+        let mut at = |a: Addr, addrs: &mut Vec<Addr>| -> u32 {
+            *index.entry(a).or_insert_with(|| {
+                addrs.push(a);
+                addrs.len() as u32 - 1
+            })
+        };
+        let records: Vec<FlowRecord> = chunk
+            .iter()
+            .map(|(s, d, r)| FlowRecord {
+                src: at(*s, &mut addrs),
+                dst: at(*d, &mut addrs),
+                ..*r
+            })
+            .collect();
+        let first = p == 0;
+        let s = Summary {
+            device: id.device().try_into().expect("a valid id fits"),
+            site: id.site().try_into().expect("a valid id fits"),
+            boot_id: boot,
+            seq,
+            part: p as u16,
+            parts,
+            window_start_ms: start_ms,
+            window_len_ms: plan.interval.as_millis() as u32,
+            sample_every: 1,
+            totals: if first { totals } else { Count::default() },
+            overflow: Count::default(),
+            other: if first { other } else { Count::default() },
+            other_flows: if first { (flows.len() - k) as u32 } else { 0 },
+            health: if first {
+                Health {
+                    packets_seen: totals.packets,
+                    active_flows: n,
+                    table_capacity: 16_384,
+                    cpu_ms: 5,
+                    rss_kib: 6_000,
+                    ..Health::default()
+                }
+            } else {
+                Health::default()
+            },
+            addrs,
+            flows: records,
+            rtt_hist: heapless::Vec::new(),
+        };
+        encoded.push(wire::encode_vec(&Message::V1(s)));
+    }
+    (encoded, totals, k as u64)
+}
+
+/// Runs one device to the end of its plan; returns what the broker acknowledged.
+async fn run_device(plan: Arc<Plan>, dev: u64, me: Device, start_ms: u64) -> Acked {
+    let boot = boot_id(dev);
+    let principal = me.id.principal();
+    let mut acked = Acked {
+        id: principal.clone(),
+        boot_id: format!("{boot:016x}"),
+        ..Acked::default()
+    };
+    let mut broker = plan.broker.clone();
+    broker.username = Some(principal.clone());
+    broker.password = me.password.clone();
+    let mut opts = match broker.options(&principal) {
+        Ok(o) => o,
+        Err(e) => {
+            log::error!("{principal}: {e}");
+            return acked;
+        }
+    };
+    opts.set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(64 * 1024, plan.max_message + 1024);
+    let (client, mut el) = AsyncClient::new(opts, 64);
+    let flows_topic = me.id.flows_topic();
+    let started = Instant::now();
+    let mut connected = false;
+    for seq in 0..plan.windows {
+        // Pace: window `seq` is due at start + seq * interval.
+        let due = started + plan.interval * seq as u32;
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep(due - now).await;
+        }
+        let (parts, totals, records) = window(
+            &me.id,
+            dev,
+            boot,
+            seq,
+            start_ms + seq * plan.interval.as_millis() as u64,
+            &plan,
+        );
+        // Until every part is acknowledged on one connection.
+        'send: loop {
+            if !connected {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => connected = true,
+                    Ok(_) => {}
+                    Err(e) => {
+                        log::debug!("{principal}: {e}");
+                        el.clean();
+                        el.pending.clear();
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                continue;
+            }
+            for p in &parts {
+                if client
+                    .publish(flows_topic.clone(), QoS::AtLeastOnce, false, p.clone())
+                    .await
+                    .is_err()
+                {
+                    return acked;
+                }
+            }
+            let mut acks = 0;
+            while acks < parts.len() {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => acks += 1,
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return acked,
+                    Ok(_) => {}
+                    Err(e) => {
+                        log::debug!("{principal}: {e}; sending window {seq} again");
+                        el.clean();
+                        el.pending.clear();
+                        connected = false;
+                        acked.reconnects += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue 'send;
+                    }
+                }
+            }
+            break;
+        }
+        acked.windows += 1;
+        acked.parts += parts.len() as u64;
+        acked.packets += totals.packets;
+        acked.bytes += totals.bytes;
+        acked.flow_records += records;
+    }
+    let _ = client.disconnect().await;
+    // Let the DISCONNECT go out.
+    let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
+    acked
+}
+
+/// Runs the whole fleet on the current tokio runtime; one result per device, in order.
+pub async fn run(plan: Plan) -> Vec<Acked> {
+    let plan = Arc::new(plan);
+    let start_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let tasks: Vec<_> = plan
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let (plan, d) = (plan.clone(), d.clone());
+            tokio::spawn(async move {
+                // Spread the connects and the windows over the interval.
+                let n = plan.devices.len().max(1) as u32;
+                tokio::time::sleep(plan.interval / n * i as u32).await;
+                run_device(plan, i as u64, d, start_ms).await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.unwrap_or_default());
+    }
+    out
+}
+
+/// Reads `site/device password` lines (what `scripts/provision.sh bulk` writes).
+pub fn read_credentials(text: &str) -> Result<Vec<Device>, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (who, pass) = l.split_once(' ').unwrap_or((l, ""));
+            let id = DeviceId::from_principal(who).map_err(|e| format!("{who:?}: {e}"))?;
+            Ok(Device {
+                id,
+                password: (!pass.is_empty()).then(|| pass.trim().to_string()),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(flows: (u32, u32), top_k: u32) -> Plan {
+        Plan {
+            broker: Broker::new(
+                "mqtt://127.0.0.1".parse().unwrap(),
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
+            .unwrap(),
+            devices: vec![],
+            windows: 1,
+            interval: Duration::from_secs(1),
+            flows,
+            top_k,
+            max_message: 64 * 1024,
+            seed: 7,
+        }
+    }
+
+    #[test]
+    fn windows_decode_and_add_up() {
+        let id = DeviceId::new("sim", "d0").unwrap();
+        for (flows, top_k) in [((50, 50), 1024), ((2000, 2000), 1024), ((2000, 2000), 4000)] {
+            let p = plan(flows, top_k);
+            let (parts, totals, records) = window(&id, 3, 9, 4, 1_000, &p);
+            let mut sum = Count::default();
+            let mut n = 0;
+            let (mut v4, mut v6) = (false, false);
+            for (i, bytes) in parts.iter().enumerate() {
+                assert!(
+                    bytes.len() <= p.max_message,
+                    "part {i}: {} bytes",
+                    bytes.len()
+                );
+                let Message::V1(s) = wire::decode(bytes).unwrap();
+                assert_eq!((s.part as usize, s.parts as usize), (i, parts.len()));
+                assert_eq!((s.seq, s.boot_id, s.device.as_str()), (4, 9, "d0"));
+                for f in &s.flows {
+                    sum.add(&f.fwd);
+                    sum.add(&f.rev);
+                }
+                sum.add(&s.other);
+                n += s.flows.len() as u64;
+                v4 |= s.addrs.iter().any(|a| matches!(a, Addr::V4(_)));
+                v6 |= s.addrs.iter().any(|a| matches!(a, Addr::V6(_)));
+            }
+            assert_eq!(sum, totals, "records + other = totals");
+            assert_eq!(n, records);
+            assert_eq!(records, u64::from(flows.0.min(top_k)));
+            assert!(v4 && v6, "both address families");
+        }
+    }
+
+    #[test]
+    fn credentials() {
+        let d = read_credentials("# fleet\nsim/d0 pw0\n\nsim/d1\n").unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].id.principal(), "sim/d0");
+        assert_eq!(d[0].password.as_deref(), Some("pw0"));
+        assert_eq!(d[1].password, None);
+        assert!(read_credentials("nosite pw").is_err());
+    }
+}
