@@ -16,14 +16,17 @@ cargo build --release --locked -p edgeflow -p edgeflow-collector
 BIN="${CARGO_TARGET_DIR:-target}/release"
 
 say() { printf '\033[1mdemo:\033[0m %s\n' "$*"; }
-# First free loopback port from $1 on.
+# First loopback port from $1 on with it and the next $2 (default 0) free.
 free_port() {
-  local p=$1
-  while ss -Hltn "sport = :$p" | grep -q .; do p=$((p + 1)); done
+  local p=$1 i
+  for ((i = 0; i <= ${2:-0}; i++)); do
+    if ss -Hltn "sport = :$((p + i))" | grep -q .; then p=$((p + i + 1)) i=-1; fi
+  done
   echo "$p"
 }
 HTTP="${EDGEFLOW_DEMO_HTTP:-127.0.0.1:$(free_port 8080)}"
-MQTT="${EDGEFLOW_DEMO_MQTT:-127.0.0.1:$(free_port 18830)}"
+# The broker listens on two ports: passwords on this one, client certificates on the next.
+MQTT="${EDGEFLOW_DEMO_MQTT:-127.0.0.1:$(free_port 18830 1)}"
 
 A=efdemo-a B=efdemo-b
 WORK=$(mktemp -d /tmp/edgeflow-demo.XXXXXX)
