@@ -16,14 +16,17 @@ cargo build --release --locked -p edgeflow -p edgeflow-collector
 BIN="${CARGO_TARGET_DIR:-target}/release"
 
 say() { printf '\033[1mdemo:\033[0m %s\n' "$*"; }
-# First free loopback port from $1 on.
+# First loopback port from $1 on with it and the next $2 (default 0) free.
 free_port() {
-  local p=$1
-  while ss -Hltn "sport = :$p" | grep -q .; do p=$((p + 1)); done
+  local p=$1 i
+  for ((i = 0; i <= ${2:-0}; i++)); do
+    if ss -Hltn "sport = :$((p + i))" | grep -q .; then p=$((p + i + 1)) i=-1; fi
+  done
   echo "$p"
 }
 HTTP="${EDGEFLOW_DEMO_HTTP:-127.0.0.1:$(free_port 8080)}"
-MQTT="${EDGEFLOW_DEMO_MQTT:-127.0.0.1:$(free_port 18830)}"
+# The broker listens on two ports: passwords on this one, client certificates on the next.
+MQTT="${EDGEFLOW_DEMO_MQTT:-127.0.0.1:$(free_port 18830 1)}"
 
 A=efdemo-a B=efdemo-b
 WORK=$(mktemp -d /tmp/edgeflow-demo.XXXXXX)
@@ -41,6 +44,8 @@ cleanup() {
     for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
   done
+  # Their last windows and "offline" reach the collector before it stops.
+  if [ ${#AGENTS[@]} -gt 0 ]; then sleep 1; fi
   for p in "${OTHERS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   # The broker last: it saves the collector's session on the way out.
   for p in "${OTHERS[@]}"; do
@@ -64,13 +69,15 @@ say "broker: Mosquitto on mqtts://$MQTT (TLS, a login per device, ACL), files in
 ./scripts/provision.sh init "$WORK/broker" --port "${MQTT##*:}" --bind "${MQTT%:*}" >/dev/null
 ./scripts/provision.sh device "$WORK/broker" lab demo-edge-a >/dev/null
 ./scripts/provision.sh device "$WORK/broker" branch demo-edge-b >/dev/null
-mosquitto -c "$WORK/broker/mosquitto.conf" 2>"$WORK/mosquitto.log" &
+# The broker and the collector in sessions of their own: Ctrl-C in the terminal reaches the
+# script, the agents and the traffic, and cleanup stops these two after the agents' last words.
+setsid mosquitto -c "$WORK/broker/mosquitto.conf" 2>"$WORK/mosquitto.log" &
 BROKER=$!
 for _ in $(seq 100); do ss -Hltn "sport = :${MQTT##*:}" | grep -q . && break; sleep 0.1; done
 kill -0 "$BROKER" 2>/dev/null || { cat "$WORK/mosquitto.log" >&2; exit 1; }
 
 say "collector: dashboard on http://$HTTP/, data in $WORK"
-"$BIN/edgeflow-collector" --config "$WORK/broker/collector.toml" --http "$HTTP" \
+setsid "$BIN/edgeflow-collector" --config "$WORK/broker/collector.toml" --http "$HTTP" \
   --db "$WORK/collector.db" --retention-days 1 >"$WORK/collector.out" 2>"$WORK/collector.log" &
 OTHERS+=($!)
 for _ in $(seq 100); do grep -q 'dashboard http' "$WORK/collector.out" 2>/dev/null && break; sleep 0.1; done

@@ -130,7 +130,7 @@ function renderKpis(d, ing) {
   $("k-online").textContent = `${online} / ${d.devices.length}`;
   const silent = d.devices.filter((x) => x.state === "silent").length, offline = d.devices.filter((x) => x.state === "offline").length;
   const gaps = d.devices.reduce((a, x) => a + x.gaps, 0);
-  $("k-devices").textContent = `${offline} offline · ${silent} silent · ${count(gaps)} windows missing`;
+  $("k-devices").textContent = `${count(gaps)} windows missing · ${offline} offline · ${silent} silent`;
   const live = d.devices.filter((x) => x.state === "online" && x.latest);
   $("k-bps").textContent = rate(live.reduce((a, x) => a + x.latest.bytes_per_s, 0));
   $("k-pps").textContent = prate(live.reduce((a, x) => a + x.latest.packets_per_s, 0));
@@ -191,7 +191,10 @@ function renderChart(s) {
     for (const r of runs) {
       const pts = r.map((i) => `${mid(i)},${y(d[key][i]).toFixed(1)}`);
       lines += `<path class="area" fill="${c}" d="M${mid(r[0])},${y(0)} L${pts.join(" L")} L${mid(r[r.length - 1])},${y(0)} Z"/>`;
-      lines += `<polyline class="line" stroke="${c}" points="${r.length > 1 ? pts.join(" ") : pts[0] + " " + pts[0]}"/>`;
+      // A lone bucket (a device that reported briefly) would be a zero-length line: a dot.
+      lines += r.length > 1
+        ? `<polyline class="line" stroke="${c}" points="${pts.join(" ")}"/>`
+        : `<circle fill="${c}" r="3" cx="${mid(r[0])}" cy="${y(d[key][r[0]]).toFixed(1)}"/>`;
     }
   }
   el.innerHTML = `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${g}${lines}<line class="cursor" id="cursor" y1="${T}" y2="${H - B}" visibility="hidden"/></svg><div class="tip" id="tip"></div>`;

@@ -380,7 +380,10 @@ async fn devices(
     let p = params(q)?;
     let range = p.range()?;
     let now = now_ms();
-    let devices = app.read(move |c| query::devices(c, range, now)).await?;
+    let device = p.device();
+    let devices = app
+        .read(move |c| query::devices(c, range, now, device.as_deref()))
+        .await?;
     Ok(Json(DevicesAnswer {
         now_ms: now,
         range,
@@ -519,7 +522,7 @@ async fn ingest(State(app): State<Arc<App>>) -> Result<Json<IngestAnswer>, ApiEr
 async fn prometheus(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let now = now_ms();
     let devices = app
-        .read(move |c| query::devices(c, Range::ALL, now))
+        .read(move |c| query::devices(c, Range::ALL, now, None))
         .await?;
     let body = metrics::render(&app.stats, &app.rates.rates(), &devices);
     Ok((

@@ -144,7 +144,14 @@ const STORED: &str = "SELECT (SELECT TOTAL(summaries) FROM device_totals),
         (SELECT MIN(window_start_ms) FROM summaries),
         (SELECT MAX(window_start_ms) FROM summaries)";
 
-pub fn devices(conn: &Connection, range: Range, now_ms: i64) -> Result<Vec<Device>> {
+/// Every device, or with `device` only the one it names (`site/device`, or a bare device name
+/// for that name in every site), as the other endpoints narrow.
+pub fn devices(
+    conn: &Connection,
+    range: Range,
+    now_ms: i64,
+    device: Option<&str>,
+) -> Result<Vec<Device>> {
     let mut out: BTreeMap<(String, String), Device> = BTreeMap::new();
     let mut latest = conn.prepare_cached(LATEST)?;
     let rows = latest.query_map([], |r| {
@@ -285,7 +292,10 @@ pub fn devices(conn: &Connection, range: Range, now_ms: i64) -> Result<Vec<Devic
             }
         };
     }
-    Ok(out.into_values().collect())
+    Ok(out
+        .into_values()
+        .filter(|d| device.is_none_or(|n| d.device == n || d.id == n))
+        .collect())
 }
 
 /// Bytes/s and packets/s per device over time.
@@ -986,12 +996,23 @@ mod tests {
             summary("d", 2, 10_000, 10_000, 1_000, vec![]),
             other,
         ]);
-        let d = devices(&c, Range::ALL, 0).unwrap();
+        let d = devices(&c, Range::ALL, 0, None).unwrap();
         let got: Vec<_> = d
             .iter()
             .map(|d| (d.id.as_str(), d.totals.bytes, d.windows, d.gaps))
             .collect();
         assert_eq!(got, vec![("s/d", 2_000, 2, 1), ("t/d", 500, 1, 0)]);
+        // `device` narrows as on the other endpoints: a bare name in every site, or one device.
+        let ids = |n| -> Vec<String> {
+            devices(&c, Range::ALL, 0, Some(n))
+                .unwrap()
+                .into_iter()
+                .map(|d| d.id)
+                .collect()
+        };
+        assert_eq!(ids("d"), ["s/d", "t/d"]);
+        assert_eq!(ids("t/d"), ["t/d"]);
+        assert!(ids("e").is_empty() && ids("s").is_empty());
         let s = series(
             &c,
             Range {
@@ -1041,7 +1062,7 @@ mod tests {
             summary("d", 0, 0, 10_000, 1_000, vec![]),
             summary("e", 0, 0, 10_000, 2_000, vec![]),
         ]);
-        let d = devices(&c, Range::ALL, 0).unwrap();
+        let d = devices(&c, Range::ALL, 0, None).unwrap();
         assert_eq!(
             d.iter().map(|d| d.totals.bytes).collect::<Vec<_>>(),
             [1_000, 2_000]
@@ -1076,9 +1097,12 @@ mod tests {
         let now = 1_000_000_000;
         let (c, dir) = db(&[summary("d", 0, 0, 10_000, 1_000, vec![])]);
         // Received at 0: long ago, and no presence message: silent.
-        let d = devices(&c, Range::ALL, now).unwrap();
+        let d = devices(&c, Range::ALL, now, None).unwrap();
         assert_eq!((d[0].state, d[0].totals.bytes), ("silent", 1_000));
-        assert_eq!(devices(&c, Range::ALL, 5_000).unwrap()[0].state, "online");
+        assert_eq!(
+            devices(&c, Range::ALL, 5_000, None).unwrap()[0].state,
+            "online"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }
