@@ -555,13 +555,10 @@ mod tests {
 
     type Totals = Vec<(String, String, f64, f64, i64, i64, i64, Option<i64>)>;
 
-    fn running_totals(conn: &Connection) -> Totals {
-        let mut st = conn
-            .prepare(
-                "SELECT site, device, packets, bytes, windows, summaries, flow_records, latest_id
-                 FROM device_totals ORDER BY site, device",
-            )
-            .unwrap();
+    /// The rows of `sql` (site, device, packets, bytes, windows, summaries, flow records,
+    /// latest id), in order.
+    fn totals_of(conn: &Connection, sql: &str) -> Totals {
+        let mut st = conn.prepare(sql).unwrap();
         let rows = st.query_map([], |r| {
             Ok((
                 r.get(0)?,
@@ -577,26 +574,20 @@ mod tests {
         rows.unwrap().map(Result::unwrap).collect()
     }
 
+    fn running_totals(conn: &Connection) -> Totals {
+        totals_of(
+            conn,
+            "SELECT site, device, packets, bytes, windows, summaries, flow_records, latest_id
+             FROM device_totals ORDER BY site, device",
+        )
+    }
+
     fn scanned_totals(conn: &Connection) -> Totals {
         let sql = SUM_TOTALS.replace("{}", "1");
-        let mut st = conn
-            .prepare(&format!(
-                "SELECT site, device, p, b, w, n, f, l FROM ({sql}) ORDER BY site, device"
-            ))
-            .unwrap();
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        });
-        rows.unwrap().map(Result::unwrap).collect()
+        totals_of(
+            conn,
+            &format!("SELECT site, device, p, b, w, n, f, l FROM ({sql}) ORDER BY site, device"),
+        )
     }
 
     #[test]
