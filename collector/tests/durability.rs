@@ -124,22 +124,24 @@ fn stored_once(c: &Collector) -> (i64, i64) {
     .unwrap()
 }
 
+/// Provisions `n` simulated devices (site `sim`, `dev-*`; logins in `loadgen-sim.txt`), has the
+/// broker load them, and starts a collector subscribed with its own login.
+fn sim_devices_and_collector(broker: &testkit::mosquitto::Mosquitto, n: usize) -> Collector {
+    let dir = broker.dir();
+    provision(&["bulk", dir.to_str().unwrap(), "sim", "dev", &n.to_string()]);
+    broker.reload();
+    let c = secured_collector(broker);
+    c.wait_subscribed();
+    c
+}
+
 #[test]
 fn collector_killed_again_and_again_also_while_its_store_stalls_loses_nothing() {
     const DEVICES: usize = 4;
     const WINDOWS: u64 = 150;
     let broker = provisioned_broker(&[]);
     let dir = broker.dir().to_path_buf();
-    provision(&[
-        "bulk",
-        dir.to_str().unwrap(),
-        "sim",
-        "dev",
-        &DEVICES.to_string(),
-    ]);
-    broker.reload();
-    let mut c = secured_collector(&broker);
-    c.wait_subscribed();
+    let mut c = sim_devices_and_collector(&broker, DEVICES);
 
     let mut load = Loadgen::start(&broker, &dir.join("loadgen-sim.txt"), WINDOWS, 200);
     let mut kills = 0;
@@ -206,16 +208,7 @@ fn what_a_killed_broker_loses_shows_as_gaps() {
     const DEVICES: usize = 3;
     let mut broker = provisioned_broker(&[]);
     let dir = broker.dir().to_path_buf();
-    provision(&[
-        "bulk",
-        dir.to_str().unwrap(),
-        "sim",
-        "dev",
-        &DEVICES.to_string(),
-    ]);
-    broker.reload();
-    let mut c = secured_collector(&broker);
-    c.wait_subscribed();
+    let mut c = sim_devices_and_collector(&broker, DEVICES);
 
     // 60 windows a device, 5 a second. The collector stops for a while, so the broker
     // queues for its session; the broker is then killed (its last autosave may hold some of
