@@ -7,10 +7,8 @@
 //! retained status) are skipped and the topic is copied into the output. A V1 payload starts
 //! with byte 0, which is never a hex digit, so the two forms cannot be confused.
 
-use crate::window::{FlowRecord as Flow, RttUs};
 use serde::Serialize;
-use shared::wire::{self, Addr, Count, DecodeError, Health, Message, Summary};
-use std::net::IpAddr;
+use shared::wire::{self, Count, DecodeError, Flow, Health, Message, Summary};
 
 /// One decoded message, as printed.
 #[derive(Debug, Serialize)]
@@ -36,46 +34,9 @@ pub struct Decoded {
     pub rtt_hist: Vec<u32>,
 }
 
-fn ip(a: Addr) -> IpAddr {
-    match a {
-        Addr::V4(b) => IpAddr::from(b),
-        Addr::V6(b) => IpAddr::from(b),
-    }
-}
-
 impl Decoded {
     pub fn new(s: Summary, topic: Option<String>) -> Decoded {
-        let start = s.window_start_ms as i64;
-        let abs = |rel: i64| (start + rel).max(0) as u64;
-        let flows = s
-            .flows
-            .iter()
-            .map(|f| Flow {
-                proto: f.proto,
-                src: ip(s.addrs[f.src as usize]),
-                src_port: f.src_port,
-                dst: ip(s.addrs[f.dst as usize]),
-                dst_port: f.dst_port,
-                vlan: f.vlan,
-                vlan_inner: f.vlan_inner,
-                ifindex: f.ifindex,
-                packets_fwd: f.fwd.packets,
-                bytes_fwd: f.fwd.bytes,
-                packets_rev: f.rev.packets,
-                bytes_rev: f.rev.bytes,
-                tcp_flags: f.tcp_flags,
-                first_seen_ms: abs(f.first_seen_ms),
-                last_seen_ms: abs(f.last_seen_ms),
-                // The wire carries no handshake RTT of its own.
-                rtt_us: f.rtt.map(|r| RttUs {
-                    min: r.min_us,
-                    avg: r.avg_us,
-                    max: r.max_us,
-                    samples: r.samples,
-                    handshake: None,
-                }),
-            })
-            .collect();
+        let flows = s.flows().collect();
         Decoded {
             topic,
             device: s.device.to_string(),
@@ -169,7 +130,7 @@ pub fn decode_input(input: &[u8]) -> Vec<(String, Result<Decoded, LineError>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::wire::{FlowRecord, Id};
+    use shared::wire::{Addr, FlowRecord, Id};
 
     fn sample() -> Vec<u8> {
         wire::encode_vec(&Message::V1(Summary {

@@ -3,9 +3,9 @@
 use crate::{
     clock::ClockPair,
     table::{FlowTable, RttHist, Stats, TableError},
-    window::{stats_map, Counts, FlowRecord, Window},
+    window::{self, Counts, Window},
 };
-use shared::{flow::tcp, Counter, Direction, FlowCounters, Stat};
+use shared::{flow::tcp, Count, Direction, FlowCounters, Stat};
 use std::time::Duration;
 
 /// When entries leave the kernel table.
@@ -43,7 +43,7 @@ pub struct Drainer {
     /// Flows to free: slot, packets when read.
     expired: Vec<(u32, [u64; 2])>,
     /// Kernel `parsed` minus reported totals, summed since the start (see `Window::unsettled`).
-    unsettled: Counter,
+    unsettled: Count,
 }
 
 impl Drainer {
@@ -69,7 +69,7 @@ impl Drainer {
             prev_hist,
             last: ClockPair::now(),
             expired: Vec::new(),
-            unsettled: Counter::default(),
+            unsettled: Count::default(),
         })
     }
 
@@ -85,7 +85,7 @@ impl Drainer {
         let mut flows = Vec::with_capacity(self.active);
         let mut expired = std::mem::take(&mut self.expired);
         expired.clear();
-        let mut in_flows = Counter::default();
+        let mut in_flows = Count::default();
         let mut active = 0;
         let baseline = &mut self.baseline;
         let slots = self.table.slots();
@@ -97,12 +97,9 @@ impl Drainer {
             active += 1;
             let now = Counts::of(cur);
             let delta = now.since(&std::mem::replace(&mut baseline[i as usize], now));
-            if delta.packets != [0, 0] {
-                in_flows.add(&Counter {
-                    packets: delta.packets[0].wrapping_add(delta.packets[1]),
-                    bytes: delta.bytes[0].wrapping_add(delta.bytes[1]),
-                });
-                flows.push(FlowRecord::new(key, cur, &delta, to_ms));
+            if delta.any_packets() {
+                in_flows.add(&delta.total());
+                flows.push(window::flow(key, cur, &delta, to_ms));
             }
             let idle = Duration::from_nanos(
                 ticks
@@ -128,11 +125,7 @@ impl Drainer {
         }
         self.expired = expired;
 
-        let delta: Vec<Counter> = stats
-            .iter()
-            .zip(self.prev_stats.iter())
-            .map(|(n, p)| n.delta_since(p))
-            .collect();
+        let delta: Stats = std::array::from_fn(|i| stats[i].delta_since(&self.prev_stats[i]));
         self.prev_stats = stats;
         let rtt_hist = hist_delta(&hist, &self.prev_hist);
         self.prev_hist = hist;
@@ -151,7 +144,7 @@ impl Drainer {
             totals,
             overflow,
             unsettled: self.unsettled,
-            stats: stats_map(&delta),
+            stats: delta,
             active_flows: (active as u32).saturating_sub(removed),
             expired_flows: removed,
             flows,

@@ -1,5 +1,52 @@
-//! The agent's own footprint, for the summaries' health: CPU time per window and resident
-//! memory, read from /proc/self.
+//! The summaries' `Health`, assembled here and only here: the window's own counters (packets
+//! seen, parse errors, table use) beside the agent's footprint (CPU time per window, resident
+//! memory from /proc/self) and its spool.
+
+use crate::window::Window;
+use shared::{wire::Health, Stat};
+
+/// Assembles each window's [`Health`]; keeps the CPU clock between windows.
+pub struct HealthMeter {
+    table_capacity: u32,
+    cpu: CpuMeter,
+}
+
+impl HealthMeter {
+    /// Starts the CPU clock of the first window.
+    pub fn start(table_capacity: u32) -> HealthMeter {
+        HealthMeter {
+            table_capacity,
+            cpu: CpuMeter::start(),
+        }
+    }
+
+    /// The health of the window just drained, with the spool's depth and drops now; starts
+    /// the next window's CPU clock.
+    pub fn window(&mut self, w: &Window, spool_depth: u32, spool_dropped: u64) -> Health {
+        Health {
+            cpu_ms: self.cpu.lap_ms(),
+            rss_kib: rss_kib(),
+            spool_depth,
+            spool_dropped,
+            ..window_health(w, self.table_capacity)
+        }
+    }
+}
+
+/// What the window's own counters say; CPU, memory and spool are zero.
+fn window_health(w: &Window, table_capacity: u32) -> Health {
+    let stat = |s: Stat| w.stats[s as usize].packets;
+    Health {
+        packets_seen: stat(Stat::Seen),
+        active_flows: w.active_flows,
+        table_capacity,
+        table_full: w.overflow.packets,
+        parse_errors: Stat::PARSE_ERRORS.iter().map(|s| stat(*s)).sum(),
+        fragments: stat(Stat::Fragment),
+        non_ip: stat(Stat::NonIp),
+        ..Health::default()
+    }
+}
 
 /// Resident set size of this process in KiB (`/proc/self/statm`, second field, in pages).
 pub fn rss_kib() -> u32 {
@@ -51,6 +98,36 @@ impl CpuMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn window_counters_become_health() {
+        let mut w = Window {
+            active_flows: 7,
+            ..Window::default()
+        };
+        let mut set = |s: Stat, packets: u64| w.stats[s as usize].packets = packets;
+        set(Stat::Seen, 100);
+        set(Stat::Parsed, 90);
+        set(Stat::Fragment, 2);
+        set(Stat::NonIp, 3);
+        set(Stat::ErrEthernet, 1);
+        set(Stat::ErrL4, 4);
+        set(Stat::Unsampled, 50);
+        w.overflow.packets = 5;
+        let h = HealthMeter::start(1024).window(&w, 2, 9);
+        assert_eq!(
+            (
+                h.packets_seen,
+                h.active_flows,
+                h.table_capacity,
+                h.table_full
+            ),
+            (100, 7, 1024, 5)
+        );
+        assert_eq!((h.parse_errors, h.fragments, h.non_ip), (5, 2, 3));
+        assert_eq!((h.spool_depth, h.spool_dropped), (2, 9));
+        assert!(h.rss_kib > 100);
+    }
 
     #[test]
     fn statm_second_field_is_resident_pages() {

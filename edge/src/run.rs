@@ -9,7 +9,7 @@ use crate::{
     bpf::{self, LoadOptions},
     config::Config,
     drain::{Drainer, Expiry},
-    health::{self, CpuMeter},
+    health::HealthMeter,
     ifstate::IfaceStates,
     mqtt::{LinkEvent, Publisher},
     spool::Spool,
@@ -165,7 +165,7 @@ async fn agent_loop(
     loaded: &mut bpf::Loaded,
     mut ifaces: IfaceStates,
 ) -> anyhow::Result<()> {
-    let mut cpu = CpuMeter::start();
+    let mut meter = HealthMeter::start(capacity);
     let mut seq = 0u64;
     let mut next = Instant::now() + cfg.interval;
     let none_left = loop {
@@ -198,11 +198,7 @@ async fn agent_loop(
         loaded.flush_log();
         let w = drainer.drain()?;
         let (depth, dropped) = publisher.spool_stats();
-        let mut health = summary::window_health(&w, capacity);
-        health.cpu_ms = cpu.lap_ms();
-        health.rss_kib = health::rss_kib();
-        health.spool_depth = depth as u32;
-        health.spool_dropped = dropped;
+        let health = meter.window(&w, depth as u32, dropped);
         let s = summary::summarize(ident, seq, &w, health, cfg.top_k as usize);
         drop(w);
         let parts = summary::encode_parts(s, cfg.max_message_bytes)?;

@@ -5,12 +5,11 @@
 //! Conservation: `totals == sum(flow records of all parts) + other + overflow`, in packets and
 //! bytes, exactly as the drained window had `totals == sum(flows) + overflow`.
 
-use crate::window::{FlowRecord as WindowFlow, Window};
-use shared::{
-    wire::{self, Addr, Count, FlowRecord, Health, Id, Message, Rtt, Summary, RTT_BUCKETS},
-    Counter,
+use crate::window::Window;
+use shared::wire::{
+    self, Addr, Count, Flow, FlowRecord, Health, Id, Message, Summary, RTT_BUCKETS,
 };
-use std::{collections::HashMap, net::IpAddr};
+use std::collections::HashMap;
 
 /// What stays the same for every summary of one agent run.
 #[derive(Clone, Debug)]
@@ -34,49 +33,14 @@ pub fn boot_id() -> std::io::Result<u64> {
 #[error("a single flow record does not fit in {0} bytes")]
 pub struct TooSmall(pub usize);
 
-fn count(c: &Counter) -> Count {
-    Count {
-        packets: c.packets,
-        bytes: c.bytes,
-    }
-}
-
-fn wire_addr(a: IpAddr) -> Addr {
-    match a {
-        IpAddr::V4(v4) => Addr::V4(v4.octets()),
-        IpAddr::V6(v6) => Addr::V6(v6.octets()),
-    }
-}
-
-/// Health counters that come from the window itself; the caller adds CPU, RSS and spool.
-pub fn window_health(w: &Window, table_capacity: u32) -> Health {
-    let stat = |name: &str| w.stats.get(name).map(|c| c.packets).unwrap_or(0);
-    Health {
-        packets_seen: stat("seen"),
-        active_flows: w.active_flows,
-        table_capacity,
-        table_full: w.overflow.packets,
-        parse_errors: w
-            .stats
-            .iter()
-            .filter(|(k, _)| k.starts_with("err_"))
-            .map(|(_, c)| c.packets)
-            .sum(),
-        fragments: stat("fragment"),
-        non_ip: stat("non_ip"),
-        ..Health::default()
-    }
-}
-
 /// One whole window as a single (unsplit) summary: the `top_k` largest flows by bytes as
 /// records, the others folded into `other`.
 pub fn summarize(id: &Identity, seq: u64, w: &Window, health: Health, top_k: usize) -> Summary {
-    let mut order: Vec<&WindowFlow> = w.flows.iter().collect();
-    // Largest first; ties broken by key fields so the choice is deterministic.
-    let by_size = |a: &&WindowFlow, b: &&WindowFlow| {
-        b.bytes()
-            .cmp(&a.bytes())
-            .then(b.packets().cmp(&a.packets()))
+    let mut order: Vec<&Flow> = w.flows.iter().collect();
+    // Largest first: by bytes, then by packets.
+    let by_size = |a: &&Flow, b: &&Flow| {
+        let (a, b) = (a.total(), b.total());
+        b.bytes.cmp(&a.bytes).then(b.packets.cmp(&a.packets))
     };
     if order.len() > top_k {
         order.select_nth_unstable_by(top_k, by_size);
@@ -85,42 +49,12 @@ pub fn summarize(id: &Identity, seq: u64, w: &Window, health: Health, top_k: usi
     top.sort_by(by_size);
     let mut other = Count::default();
     for f in rest.iter() {
-        other.add(&Count {
-            packets: f.packets(),
-            bytes: f.bytes(),
-        });
+        other.add(&f.total());
     }
-    let start = w.window_start_ms as i64;
     let mut addrs = AddrTable::default();
     let flows = top
         .iter()
-        .map(|f| FlowRecord {
-            proto: f.proto,
-            src: addrs.index(wire_addr(f.src)),
-            dst: addrs.index(wire_addr(f.dst)),
-            src_port: f.src_port,
-            dst_port: f.dst_port,
-            vlan: f.vlan,
-            vlan_inner: f.vlan_inner,
-            ifindex: f.ifindex,
-            fwd: Count {
-                packets: f.packets_fwd,
-                bytes: f.bytes_fwd,
-            },
-            rev: Count {
-                packets: f.packets_rev,
-                bytes: f.bytes_rev,
-            },
-            tcp_flags: f.tcp_flags,
-            first_seen_ms: f.first_seen_ms as i64 - start,
-            last_seen_ms: f.last_seen_ms as i64 - start,
-            rtt: f.rtt_us.map(|r| Rtt {
-                min_us: r.min,
-                avg_us: r.avg,
-                max_us: r.max,
-                samples: r.samples,
-            }),
-        })
+        .map(|f| f.to_record(w.window_start_ms, |a| addrs.index(a)))
         .collect();
     let rtt_hist = w
         .rtt_hist
@@ -138,8 +72,8 @@ pub fn summarize(id: &Identity, seq: u64, w: &Window, health: Health, top_k: usi
         window_start_ms: w.window_start_ms,
         window_len_ms: w.window_end_ms.saturating_sub(w.window_start_ms) as u32,
         sample_every: id.sample_every,
-        totals: count(&w.totals),
-        overflow: count(&w.overflow),
+        totals: w.totals,
+        overflow: w.overflow,
         other,
         other_flows: rest.len() as u32,
         health,
@@ -239,44 +173,44 @@ fn part(s: &Summary, i: u16, parts: u16, flows: &[FlowRecord]) -> Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
 
-    fn flow(i: u32, bytes: u64) -> WindowFlow {
-        WindowFlow {
+    fn flow(i: u32, bytes: u64) -> Flow {
+        Flow {
             proto: 17,
-            src: IpAddr::V4(Ipv4Addr::new(10, 0, (i >> 8) as u8, i as u8)),
+            src: Addr::V4([10, 0, (i >> 8) as u8, i as u8]),
             src_port: 1000 + i as u16,
-            dst: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            dst: Addr::V4([192, 0, 2, 1]),
             dst_port: 53,
             vlan: 0,
             vlan_inner: 0,
             ifindex: 2,
-            packets_fwd: 2,
-            bytes_fwd: bytes,
-            packets_rev: 1,
-            bytes_rev: 7,
+            fwd: Count { packets: 2, bytes },
+            rev: Count {
+                packets: 1,
+                bytes: 7,
+            },
             tcp_flags: 0,
             first_seen_ms: 1_000_100,
             last_seen_ms: 1_000_900,
-            rtt_us: None,
+            rtt: None,
+            handshake_us: None,
         }
     }
 
     fn window(n: u32) -> Window {
-        let flows: Vec<WindowFlow> = (0..n).map(|i| flow(i, 100 + i as u64)).collect();
-        let mut totals = Counter {
+        let flows: Vec<Flow> = (0..n).map(|i| flow(i, 100 + i as u64)).collect();
+        let mut totals = Count {
             packets: 5,
             bytes: 500,
         };
         for f in &flows {
-            totals.packets += f.packets();
-            totals.bytes += f.bytes();
+            totals.add(&f.total());
         }
         Window {
             window_start_ms: 1_000_000,
             window_end_ms: 1_010_000,
             totals,
-            overflow: Counter {
+            overflow: Count {
                 packets: 5,
                 bytes: 500,
             },

@@ -1,12 +1,16 @@
 //! One interval's report: the flows active in it (deltas), totals, overflow and stats, as
 //! JSON (`watch --json`, one object per line) or as a table for people.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use shared::{
-    flow::tcp, parse::IPPROTO_ICMP, parse::IPPROTO_ICMPV6, rtt::FlowRtt, Counter, Direction,
-    FlowCounters, FlowKey, Initiator, Stat,
+    flow::tcp,
+    parse::IPPROTO_ICMP,
+    parse::IPPROTO_ICMPV6,
+    stats::Stats,
+    wire::{Addr, Flow, Rtt},
+    Count, Direction, FlowCounters, FlowKey, Initiator, Stat,
 };
-use std::{collections::BTreeMap, fmt::Write, net::IpAddr};
+use std::{collections::BTreeMap, fmt::Write};
 
 /// What one interval saw.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -14,95 +18,57 @@ pub struct Window {
     pub window_start_ms: u64,
     pub window_end_ms: u64,
     /// Packets attributed to conversations in this window: `sum(flows) + overflow`.
-    pub totals: Counter,
+    pub totals: Count,
     /// Packets whose flow could not be inserted: the table was full.
-    pub overflow: Counter,
+    pub overflow: Count,
     /// The kernel's own `parsed` counter minus all reported totals, since the agent started:
     /// packets counted while this drain read the table, which the next window reports. It
     /// returns to 0 when traffic pauses; if it stays above 0, packets were lost (a packet
     /// landing on an expired entry between its last read and its removal).
-    pub unsettled: Counter,
-    /// Every program counter's delta for the window, by name.
-    pub stats: BTreeMap<&'static str, Counter>,
+    pub unsettled: Count,
+    /// Every program counter's delta for the window, indexed by [`Stat`]; JSON names them by
+    /// label.
+    #[serde(serialize_with = "by_label")]
+    pub stats: Stats,
     /// Entries in the kernel table after this drain.
     pub active_flows: u32,
     /// Entries removed by this drain (idle, or TCP finished).
     pub expired_flows: u32,
-    pub flows: Vec<FlowRecord>,
+    pub flows: Vec<Flow>,
     /// The window's TCP RTT samples per log2 bucket: index i counts samples in
     /// [2^i, 2^(i+1)) µs (`shared::rtt::rtt_bucket`); trailing empty buckets are cut.
     pub rtt_hist: Vec<u64>,
 }
 
-/// One conversation's activity in the window, oriented initiator → responder.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FlowRecord {
-    pub proto: u8,
-    /// The initiator.
-    pub src: IpAddr,
-    /// For ICMP and ICMPv6: the (request) type.
-    pub src_port: u16,
-    /// The responder.
-    pub dst: IpAddr,
-    /// For ICMP and ICMPv6: the code.
-    pub dst_port: u16,
-    pub vlan: u16,
-    pub vlan_inner: u16,
-    pub ifindex: u32,
-    pub packets_fwd: u64,
-    pub bytes_fwd: u64,
-    pub packets_rev: u64,
-    pub bytes_rev: u64,
-    /// OR of the TCP flags seen in both directions since the flow started.
-    pub tcp_flags: u8,
-    pub first_seen_ms: u64,
-    pub last_seen_ms: u64,
-    /// TCP round-trip time; absent while the flow has no sample.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rtt_us: Option<RttUs>,
+/// The stats as a JSON object, label → count, labels sorted.
+fn by_label<S: Serializer>(stats: &Stats, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(labelled(stats))
 }
 
-/// A flow's round-trip time in microseconds, as seen from the monitored interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct RttUs {
-    /// Smallest and largest sample since the flow began.
-    pub min: u32,
-    /// Smoothed (EWMA, gain 1/8) at the end of the window.
-    pub avg: u32,
-    pub max: u32,
-    /// Samples taken in this window (handshake and timestamp echoes).
-    pub samples: u32,
-    /// The handshake's RTT (SYN → SYN-ACK or SYN-ACK → ACK), if this interface saw it.
-    pub handshake: Option<u32>,
-}
-
-impl RttUs {
-    /// From the entry now, with `window_samples` taken in the window; `None` without samples.
-    pub fn new(r: &FlowRtt, window_samples: u32) -> Option<RttUs> {
-        (r.samples > 0).then(|| RttUs {
-            min: r.min_us,
-            avg: r.srtt_us(),
-            max: r.max_us,
-            samples: window_samples,
-            handshake: (r.handshake_us != 0).then_some(r.handshake_us),
-        })
-    }
+/// `(label, count)` of every stat, sorted by label.
+fn labelled(stats: &Stats) -> BTreeMap<&'static str, Count> {
+    Stat::ALL
+        .iter()
+        .map(|s| (s.label(), stats[*s as usize]))
+        .collect()
 }
 
 /// A flow's packets and bytes per [`Direction`] and its RTT samples: what a drain keeps of an
 /// entry, and what the entry grew by in a window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    pub packets: [u64; 2],
-    pub bytes: [u64; 2],
+    pub dir: [Count; 2],
     pub rtt_samples: u32,
 }
 
 impl Counts {
     pub fn of(c: &FlowCounters) -> Counts {
+        let (packets, bytes) = (c.packets(), c.bytes());
         Counts {
-            packets: c.packets(),
-            bytes: c.bytes(),
+            dir: [0, 1].map(|i| Count {
+                packets: packets[i],
+                bytes: bytes[i],
+            }),
             rtt_samples: c.rtt.samples,
         }
     }
@@ -110,77 +76,61 @@ impl Counts {
     /// What grew since `before` (the kernel's counters wrap).
     pub fn since(&self, before: &Counts) -> Counts {
         Counts {
-            packets: [0, 1].map(|i| self.packets[i].wrapping_sub(before.packets[i])),
-            bytes: [0, 1].map(|i| self.bytes[i].wrapping_sub(before.bytes[i])),
+            dir: [0, 1].map(|i| self.dir[i].delta_since(&before.dir[i])),
             rtt_samples: self.rtt_samples.wrapping_sub(before.rtt_samples),
         }
     }
-}
 
-impl FlowRecord {
-    /// A record from the key, the entry now and what changed since the last drain. `to_ms`
-    /// turns the entry's tick stamps into wall-clock milliseconds.
-    pub fn new(
-        key: &FlowKey,
-        now: &FlowCounters,
-        delta: &Counts,
-        to_ms: impl Fn(u64) -> u64,
-    ) -> FlowRecord {
-        let a = (addr(&key.addr_a), key.port_a);
-        let b = (addr(&key.addr_b), key.port_b);
-        let (src, dst, fwd, rev) = match now.initiator() {
-            Initiator::A => (a, b, Direction::AToB, Direction::BToA),
-            Initiator::B => (b, a, Direction::BToA, Direction::AToB),
-        };
-        let (src_port, dst_port) = if key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6 {
-            (key.port_a >> 8, key.port_a & 0xff)
-        } else {
-            (src.1, dst.1)
-        };
-        FlowRecord {
-            proto: key.proto,
-            src: src.0,
-            src_port,
-            dst: dst.0,
-            dst_port,
-            vlan: key.vlan_outer,
-            vlan_inner: key.vlan_inner,
-            ifindex: key.ifindex,
-            packets_fwd: delta.packets[fwd.index()],
-            bytes_fwd: delta.bytes[fwd.index()],
-            packets_rev: delta.packets[rev.index()],
-            bytes_rev: delta.bytes[rev.index()],
-            tcp_flags: now.flags(Direction::AToB) | now.flags(Direction::BToA),
-            first_seen_ms: to_ms(now.first_seen),
-            last_seen_ms: to_ms(now.last_seen()),
-            rtt_us: RttUs::new(&now.rtt, delta.rtt_samples),
-        }
+    /// Whether a packet came in either direction.
+    pub fn any_packets(&self) -> bool {
+        self.dir.iter().any(|c| c.packets != 0)
     }
 
-    pub fn packets(&self) -> u64 {
-        self.packets_fwd + self.packets_rev
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.bytes_fwd + self.bytes_rev
+    /// Both directions together.
+    pub fn total(&self) -> Count {
+        self.dir[0].plus(&self.dir[1])
     }
 }
 
-/// An address as people write it: IPv4-mapped addresses as IPv4.
-pub fn addr(a: &[u8; 16]) -> IpAddr {
-    let v6 = std::net::Ipv6Addr::from(*a);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
+/// A flow of the window from the table's key, the entry now and what changed since the last
+/// drain. `to_ms` turns the entry's tick stamps into wall-clock milliseconds.
+pub fn flow(key: &FlowKey, now: &FlowCounters, delta: &Counts, to_ms: impl Fn(u64) -> u64) -> Flow {
+    let a = (Addr::from(key.addr_a), key.port_a);
+    let b = (Addr::from(key.addr_b), key.port_b);
+    let (src, dst, fwd, rev) = match now.initiator() {
+        Initiator::A => (a, b, Direction::AToB, Direction::BToA),
+        Initiator::B => (b, a, Direction::BToA, Direction::AToB),
+    };
+    let (src_port, dst_port) = if key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6 {
+        (key.port_a >> 8, key.port_a & 0xff)
+    } else {
+        (src.1, dst.1)
+    };
+    // Reported only with samples: min/max/avg of an entry without any are zeros, not times.
+    let r = &now.rtt;
+    let rtt = (r.samples > 0).then(|| Rtt {
+        min_us: r.min_us,
+        avg_us: r.srtt_us(),
+        max_us: r.max_us,
+        samples: delta.rtt_samples,
+    });
+    Flow {
+        proto: key.proto,
+        src: src.0,
+        src_port,
+        dst: dst.0,
+        dst_port,
+        vlan: key.vlan_outer,
+        vlan_inner: key.vlan_inner,
+        ifindex: key.ifindex,
+        fwd: delta.dir[fwd.index()],
+        rev: delta.dir[rev.index()],
+        tcp_flags: now.flags(Direction::AToB) | now.flags(Direction::BToA),
+        first_seen_ms: to_ms(now.first_seen),
+        last_seen_ms: to_ms(now.last_seen()),
+        rtt,
+        handshake_us: rtt.and(Some(r.handshake_us)).filter(|&us| us != 0),
     }
-}
-
-/// Names of the stats, in the order of the array.
-pub fn stats_map(delta: &[Counter]) -> BTreeMap<&'static str, Counter> {
-    Stat::ALL
-        .iter()
-        .map(|s| (s.label(), delta[*s as usize]))
-        .collect()
 }
 
 impl Window {
@@ -188,10 +138,7 @@ impl Window {
     pub fn is_conserved(&self) -> bool {
         let mut sum = self.overflow;
         for f in &self.flows {
-            sum.add(&Counter {
-                packets: f.packets(),
-                bytes: f.bytes(),
-            });
+            sum.add(&f.total());
         }
         sum == self.totals
     }
@@ -202,8 +149,8 @@ impl Window {
 
     /// A table for people, largest flows first.
     pub fn render_table(&self, max_rows: usize) -> String {
-        let mut flows: Vec<&FlowRecord> = self.flows.iter().collect();
-        flows.sort_by_key(|f| std::cmp::Reverse(f.bytes()));
+        let mut flows: Vec<&Flow> = self.flows.iter().collect();
+        flows.sort_by_key(|f| std::cmp::Reverse(f.total().bytes));
         let secs = self.window_end_ms.saturating_sub(self.window_start_ms) as f64 / 1000.0;
         let mut s = String::new();
         let _ = writeln!(
@@ -217,8 +164,7 @@ impl Window {
             self.active_flows,
             self.expired_flows,
         );
-        let noisy: Vec<String> = self
-            .stats
+        let noisy: Vec<String> = labelled(&self.stats)
             .iter()
             .filter(|(k, v)| !matches!(**k, "seen" | "parsed" | "overflow") && v.packets > 0)
             .map(|(k, v)| format!("{k} {}", v.packets))
@@ -251,12 +197,12 @@ impl Window {
                 f.dst.to_string(),
                 f.dst_port,
                 f.vlan,
-                f.packets_fwd,
-                f.bytes_fwd,
-                f.packets_rev,
-                f.bytes_rev,
-                f.rtt_us
-                    .map(|r| format!("{:.2}", r.avg as f64 / 1000.0))
+                f.fwd.packets,
+                f.fwd.bytes,
+                f.rev.packets,
+                f.rev.bytes,
+                f.rtt
+                    .map(|r| format!("{:.2}", r.avg_us as f64 / 1000.0))
                     .unwrap_or_else(|| "-".into()),
                 flags_text(f.tcp_flags),
             );
@@ -298,7 +244,7 @@ pub fn flags_text(f: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     fn key(a: [u8; 4], pa: u16, b: [u8; 4], pb: u16, proto: u8) -> FlowKey {
         let m = |x: [u8; 4]| {
@@ -318,6 +264,16 @@ mod tests {
         }
     }
 
+    fn counts(packets: [u64; 2], bytes: [u64; 2]) -> Counts {
+        Counts {
+            dir: [0, 1].map(|i| Count {
+                packets: packets[i],
+                bytes: bytes[i],
+            }),
+            rtt_samples: 0,
+        }
+    }
+
     #[test]
     fn record_is_oriented_by_initiator() {
         let k = key([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000, 6);
@@ -329,17 +285,13 @@ mod tests {
         };
         now.dir[0].last_seen = 3_000_000;
         now.dir[1].last_seen = 2_000_000;
-        let delta = Counts {
-            packets: [2, 3],
-            bytes: [200, 300],
-            rtt_samples: 0,
-        };
-        let r = FlowRecord::new(&k, &now, &delta, |ns| ns / 1_000_000);
-        assert_eq!(r.src, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
+        let delta = counts([2, 3], [200, 300]);
+        let r = flow(&k, &now, &delta, |ns| ns / 1_000_000);
+        assert_eq!(IpAddr::from(r.src), IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
         assert_eq!((r.src_port, r.dst_port), (40000, 80));
         // fwd is b→a here.
         assert_eq!(
-            (r.packets_fwd, r.bytes_fwd, r.packets_rev, r.bytes_rev),
+            (r.fwd.packets, r.fwd.bytes, r.rev.packets, r.rev.bytes),
             (3, 300, 2, 200)
         );
         assert_eq!(r.tcp_flags, 0x12);
@@ -349,7 +301,7 @@ mod tests {
     #[test]
     fn icmp_ports_are_type_and_code() {
         let k = key([10, 0, 0, 1], 8 << 8, [10, 0, 0, 2], 8 << 8, 1);
-        let r = FlowRecord::new(&k, &FlowCounters::default(), &Counts::default(), |n| n);
+        let r = flow(&k, &FlowCounters::default(), &Counts::default(), |n| n);
         assert_eq!((r.src_port, r.dst_port), (8, 0));
     }
 
@@ -357,21 +309,17 @@ mod tests {
     fn conservation_check_and_json_shape() {
         let k = key([10, 0, 0, 1], 1, [10, 0, 0, 2], 2, 17);
         let now = FlowCounters::counted([1, 0], [100, 0]);
-        let delta = Counts {
-            packets: [1, 0],
-            bytes: [100, 0],
-            rtt_samples: 0,
-        };
+        let delta = counts([1, 0], [100, 0]);
         let mut w = Window {
-            totals: Counter {
+            totals: Count {
                 packets: 3,
                 bytes: 300,
             },
-            overflow: Counter {
+            overflow: Count {
                 packets: 2,
                 bytes: 200,
             },
-            flows: vec![FlowRecord::new(&k, &now, &delta, |n| n)],
+            flows: vec![flow(&k, &now, &delta, |n| n)],
             ..Default::default()
         };
         assert!(w.is_conserved());
@@ -410,17 +358,108 @@ mod tests {
         assert!(w.render_table(10).contains("10.0.0.1"));
     }
 
+    /// `watch --json` byte for byte, as the window's serde derive printed it before `Flow`
+    /// and the typed stats (`before` was printed by that code): scripts parse these lines.
+    #[test]
+    fn json_lines_keep_their_bytes() {
+        let c = |i: u64| Count {
+            packets: i,
+            bytes: i * 100 + 1,
+        };
+        let f = |i: u64, rtt: Option<Rtt>, handshake_us: Option<u32>, v6: bool| Flow {
+            proto: 6,
+            src: if v6 {
+                Addr::V6(fd(1))
+            } else {
+                Addr::V4([10, 0, 0, 1])
+            },
+            src_port: 40000 + i as u16,
+            dst: if v6 {
+                Addr::V6(fd(2))
+            } else {
+                Addr::V4([192, 0, 2, 7])
+            },
+            dst_port: 443,
+            vlan: 100,
+            vlan_inner: 7,
+            ifindex: 3,
+            fwd: Count {
+                packets: 11 + i,
+                bytes: 1100 + i,
+            },
+            rev: Count {
+                packets: 12,
+                bytes: 1200,
+            },
+            tcp_flags: 0x1b,
+            first_seen_ms: 1_000_100,
+            last_seen_ms: 1_009_000,
+            rtt,
+            handshake_us,
+        };
+        let rtt = Some(Rtt {
+            min_us: 900,
+            avg_us: 1100,
+            max_us: 4000,
+            samples: 3,
+        });
+        let w = Window {
+            window_start_ms: 1_000_000,
+            window_end_ms: 1_010_000,
+            totals: c(50),
+            overflow: c(2),
+            unsettled: c(0),
+            stats: std::array::from_fn(|i| c(i as u64 + 1)),
+            active_flows: 9,
+            expired_flows: 1,
+            flows: vec![
+                f(0, None, None, false),
+                f(1, rtt, None, true),
+                f(2, rtt, Some(800), false),
+            ],
+            rtt_hist: vec![0, 2, 5],
+        };
+        let before = concat!(
+            r#"{"window_start_ms":1000000,"window_end_ms":1010000,"totals":{"packets":50,"bytes":5001}"#,
+            r#","overflow":{"packets":2,"bytes":201},"unsettled":{"packets":0,"bytes":1}"#,
+            r#","stats":{"err_ethernet":{"packets":6,"bytes":601},"err_ipv4":{"packets":8,"bytes":801}"#,
+            r#","err_ipv6":{"packets":9,"bytes":901},"err_ipv6_ext":{"packets":10,"bytes":1001}"#,
+            r#","err_l4":{"packets":11,"bytes":1101},"err_vlan":{"packets":7,"bytes":701}"#,
+            r#","fragment":{"packets":5,"bytes":501},"non_ip":{"packets":4,"bytes":401}"#,
+            r#","overflow":{"packets":3,"bytes":301},"parsed":{"packets":2,"bytes":201}"#,
+            r#","rtt_pending_full":{"packets":13,"bytes":1301},"seen":{"packets":1,"bytes":101}"#,
+            r#","unsampled":{"packets":12,"bytes":1201}},"active_flows":9,"expired_flows":1"#,
+            r#","flows":[{"proto":6,"src":"10.0.0.1","src_port":40000,"dst":"192.0.2.7","dst_port":443"#,
+            r#","vlan":100,"vlan_inner":7,"ifindex":3,"packets_fwd":11,"bytes_fwd":1100"#,
+            r#","packets_rev":12,"bytes_rev":1200,"tcp_flags":27,"first_seen_ms":1000100"#,
+            r#","last_seen_ms":1009000},{"proto":6,"src":"fd00::1","src_port":40001,"dst":"fd00::2""#,
+            r#","dst_port":443,"vlan":100,"vlan_inner":7,"ifindex":3,"packets_fwd":12,"bytes_fwd":1101"#,
+            r#","packets_rev":12,"bytes_rev":1200,"tcp_flags":27,"first_seen_ms":1000100"#,
+            r#","last_seen_ms":1009000,"rtt_us":{"min":900,"avg":1100,"max":4000,"samples":3"#,
+            r#","handshake":null}},{"proto":6,"src":"10.0.0.1","src_port":40002,"dst":"192.0.2.7""#,
+            r#","dst_port":443,"vlan":100,"vlan_inner":7,"ifindex":3,"packets_fwd":13,"bytes_fwd":1102"#,
+            r#","packets_rev":12,"bytes_rev":1200,"tcp_flags":27,"first_seen_ms":1000100"#,
+            r#","last_seen_ms":1009000,"rtt_us":{"min":900,"avg":1100,"max":4000,"samples":3"#,
+            r#","handshake":800}}],"rtt_hist":[0,2,5]}"#,
+        );
+        assert_eq!(w.to_json(), before);
+    }
+
+    fn fd(last: u8) -> [u8; 16] {
+        let mut a = [0u8; 16];
+        a[0] = 0xfd;
+        a[15] = last;
+        a
+    }
+
     #[test]
     fn rtt_is_reported_only_with_samples() {
         let k = key([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000, 6);
         let mut now = FlowCounters::counted([1, 1], [0, 0]);
-        let delta = Counts {
-            packets: [1, 1],
-            ..Counts::default()
-        };
-        let r = FlowRecord::new(&k, &now, &delta, |n| n);
-        assert_eq!(r.rtt_us, None);
-        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        let delta = counts([1, 1], [0, 0]);
+        let r = flow(&k, &now, &delta, |n| n);
+        assert_eq!(r.rtt, None);
+        let v: serde_json::Value = serde_json::to_value(r).unwrap();
         assert!(v.get("rtt_us").is_none());
 
         now.rtt.syn_sent(7, 1_000_000);
@@ -431,8 +470,8 @@ mod tests {
             rtt_samples: 1,
             ..delta
         };
-        let r = FlowRecord::new(&k, &now, &delta, |n| n);
-        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        let r = flow(&k, &now, &delta, |n| n);
+        let v: serde_json::Value = serde_json::to_value(r).unwrap();
         assert_eq!(
             v["rtt_us"],
             serde_json::json!({"min": 20000, "avg": 20250, "max": 22000, "samples": 1,
@@ -453,7 +492,7 @@ mod tests {
         let now = Counts::of(&FlowCounters::counted([10, 4], [1000, 400]));
         let before = Counts::of(&FlowCounters::counted([7, 4], [700, 400]));
         let d = now.since(&before);
-        assert_eq!((d.packets, d.bytes), ([3, 0], [300, 0]));
+        assert_eq!(d, counts([3, 0], [300, 0]));
     }
 
     #[test]
