@@ -10,7 +10,7 @@ use shared::{
     wire::{Addr, Flow, Rtt},
     Count, Direction, FlowCounters, FlowKey, Initiator, Stat,
 };
-use std::{collections::BTreeMap, fmt::Write};
+use std::{collections::BTreeMap, fmt::Write, num::NonZeroU32};
 
 /// What one interval saw.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -129,7 +129,7 @@ pub fn flow(key: &FlowKey, now: &FlowCounters, delta: &Counts, to_ms: impl Fn(u6
         first_seen_ms: to_ms(now.first_seen),
         last_seen_ms: to_ms(now.last_seen()),
         rtt,
-        handshake_us: rtt.and(Some(r.handshake_us)).filter(|&us| us != 0),
+        handshake_us: rtt.and(NonZeroU32::new(r.handshake_us)),
     }
 }
 
@@ -366,7 +366,7 @@ mod tests {
             packets: i,
             bytes: i * 100 + 1,
         };
-        let f = |i: u64, rtt: Option<Rtt>, handshake_us: Option<u32>, v6: bool| Flow {
+        let f = |i: u64, rtt: Option<Rtt>, handshake_us: Option<NonZeroU32>, v6: bool| Flow {
             proto: 6,
             src: if v6 {
                 Addr::V6(fd(1))
@@ -415,7 +415,7 @@ mod tests {
             flows: vec![
                 f(0, None, None, false),
                 f(1, rtt, None, true),
-                f(2, rtt, Some(800), false),
+                f(2, rtt, NonZeroU32::new(800), false),
             ],
             rtt_hist: vec![0, 2, 5],
         };

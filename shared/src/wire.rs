@@ -1,4 +1,7 @@
-//! The summary wire format: what an agent publishes each interval and a collector decodes.
+//! The summary wire format: what an agent publishes each interval and a collector decodes,
+//! and the vocabulary both sides (and `watch --json`) speak: one address type ([`Addr`]), one
+//! packets+bytes pair ([`Count`]), one flow record ([`Flow`], carried in a summary as a
+//! [`FlowRecord`], with the one conversion pair between the two beside them).
 //!
 //! `postcard` over serde. The top-level type is the versioned [`Message`] enum; postcard writes
 //! the variant index as the first byte, so a collector reads the version before anything else

@@ -8,6 +8,7 @@
 //! between the two; the agent's summary, the decoder and the collector all go through them.
 
 use super::{Addr, Count, FlowRecord, Rtt, Summary};
+use core::num::NonZeroU32;
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 
 /// One conversation's activity in a window, oriented initiator → responder.
@@ -38,7 +39,8 @@ pub struct Flow {
     pub rtt: Option<Rtt>,
     /// The handshake's RTT (SYN → SYN-ACK or SYN-ACK → ACK) in µs, if the agent's interface
     /// saw it. Local to the agent: summaries do not carry it, so a decoded flow has `None`.
-    pub handshake_us: Option<u32>,
+    /// (`NonZeroU32`: a seen handshake is at least 1 µs, and the record stays 120 bytes.)
+    pub handshake_us: Option<NonZeroU32>,
 }
 
 impl Flow {
@@ -167,7 +169,7 @@ struct RttUs {
     max: u32,
     /// Samples taken in this window (handshake and timestamp echoes).
     samples: u32,
-    handshake: Option<u32>,
+    handshake: Option<NonZeroU32>,
 }
 
 #[cfg(test)]
@@ -227,9 +229,15 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_is_no_bigger_than_before_it_held_typed_counts() {
+        // 64k flows in a window: the drain's transient memory.
+        assert_eq!(core::mem::size_of::<Flow>(), 120);
+    }
+
+    #[test]
     fn the_handshake_stays_with_the_agent() {
         let f = Flow {
-            handshake_us: Some(800),
+            handshake_us: NonZeroU32::new(800),
             ..flow()
         };
         let addrs = [f.src, f.dst];
