@@ -36,7 +36,7 @@ pub struct Decoded {
 
 impl Decoded {
     pub fn new(s: Summary, topic: Option<String>) -> Decoded {
-        let flows = s.flows().collect();
+        let flows = s.to_flows().collect();
         Decoded {
             topic,
             device: s.device.to_string(),

@@ -5,7 +5,8 @@
 //! the same record travels as a [`FlowRecord`]: addresses by index into the summary's table
 //! (an edge box's flows share their local address) and times relative to the window start
 //! (small varints). [`Flow::to_record`] and [`FlowRecord::to_flow`] are the only conversions
-//! between the two; the agent's summary, the decoder and the collector all go through them.
+//! between the two: the agent's summary and `decode` go through them, and so should anything
+//! else that reads a summary's records.
 
 use super::{Addr, Count, FlowRecord, Rtt, Summary};
 use core::num::NonZeroU32;
@@ -105,7 +106,7 @@ impl FlowRecord {
 
 impl Summary {
     /// The summary's records as flows (see [`FlowRecord::to_flow`]).
-    pub fn flows(&self) -> impl Iterator<Item = Flow> + '_ {
+    pub fn to_flows(&self) -> impl Iterator<Item = Flow> + '_ {
         self.flows
             .iter()
             .map(|f| f.to_flow(&self.addrs, self.window_start_ms))
@@ -265,7 +266,7 @@ mod tests {
     #[test]
     fn summary_flows_resolve_their_addresses() {
         let Message::V1(s) = super::super::decode(&super::super::encode_vec(&one_flow())).unwrap();
-        let flows: Vec<Flow> = s.flows().collect();
+        let flows: Vec<Flow> = s.to_flows().collect();
         assert_eq!(flows.len(), 1);
         assert_eq!((flows[0].src, flows[0].dst), (s.addrs[1], s.addrs[0]));
         assert_eq!(flows[0].first_seen_ms, s.window_start_ms - 20);
