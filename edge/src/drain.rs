@@ -1,8 +1,14 @@
 //! Each interval: read the table, turn cumulative counters into deltas, expire what is done.
+//!
+//! The drain reads the kernel through [`Source`]: [`Maps`] in the agent, memory in the unit
+//! tests below, so its bookkeeping (deltas, expiry, conservation) is tested on the host; the
+//! kernel tests (`tests/table_read.rs`) drain the real table.
 
 use crate::{
     clock::ClockPair,
-    table::{FlowTable, RttHist, Stats, TableError},
+    maps::{Maps, RttHist, Stats},
+    table::{Slots, TableError},
+    ticks::TickNow,
     window::{stats_map, Counts, FlowRecord, Window},
 };
 use shared::{flow::tcp, Counter, Direction, FlowCounters, Stat};
@@ -29,9 +35,41 @@ impl Default for Expiry {
     }
 }
 
+/// What a drain reads, where the kernel ends.
+pub trait Source {
+    /// The flow table's slots.
+    fn slots(&self) -> Slots<'_>;
+    /// The programs' counters, summed over CPUs (cumulative).
+    fn stats(&self) -> Result<Stats, TableError>;
+    /// The RTT histogram, summed over CPUs (cumulative).
+    fn rtt_hist(&self) -> Result<RttHist, TableError>;
+    /// The tick counter and the monotonic clock now.
+    fn ticks(&self) -> Result<TickNow, TableError>;
+    /// Drops RTT timestamps still waiting for their echo that left before `before_ns`.
+    fn sweep_pending(&mut self, before_ns: u64) -> Result<u32, TableError>;
+}
+
+impl Source for Maps {
+    fn slots(&self) -> Slots<'_> {
+        self.table.slots()
+    }
+    fn stats(&self) -> Result<Stats, TableError> {
+        self.stats.read()
+    }
+    fn rtt_hist(&self) -> Result<RttHist, TableError> {
+        self.rtt.hist()
+    }
+    fn ticks(&self) -> Result<TickNow, TableError> {
+        Ok(self.ticks.now()?)
+    }
+    fn sweep_pending(&mut self, before_ns: u64) -> Result<u32, TableError> {
+        self.rtt.sweep_pending(before_ns)
+    }
+}
+
 /// Keeps the last counters of every slot, to report deltas.
-pub struct Drainer {
-    pub table: FlowTable,
+pub struct Drainer<S = Maps> {
+    source: S,
     expiry: Expiry,
     /// Per slot: its flow's counts at the last drain (zero for a slot freed since).
     baseline: Vec<Counts>,
@@ -46,24 +84,24 @@ pub struct Drainer {
     unsettled: Counter,
 }
 
-impl Drainer {
+impl<S: Source> Drainer<S> {
     /// Starts the first window now; what the table already holds counts as the baseline. Make
     /// it before the programs are attached: the baseline reads the flows and then the
     /// counters, and a packet counted between the two would stay in one and not the other.
-    pub fn new(table: FlowTable, expiry: Expiry) -> Result<Drainer, TableError> {
-        let slots = table.slots();
+    pub fn new(source: S, expiry: Expiry) -> Result<Drainer<S>, TableError> {
+        let slots = source.slots();
         let mut baseline = vec![Counts::default(); slots.shape().slots as usize];
         let mut active = 0;
         slots.for_each_flow(&mut |i, _, v| {
             baseline[i as usize] = Counts::of(v);
             active += 1;
         });
-        let prev_stats = table.read_stats()?;
-        let prev_hist = table.read_rtt_hist()?;
+        let prev_stats = source.stats()?;
+        let prev_hist = source.rtt_hist()?;
         Ok(Drainer {
             baseline,
             active,
-            table,
+            source,
             expiry,
             prev_stats,
             prev_hist,
@@ -73,11 +111,16 @@ impl Drainer {
         })
     }
 
+    /// What the drain reads (the agent: the programs' maps).
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
     /// Ends the current window and starts the next. The table is read once, as memory,
     /// straight into the deltas: no copy of the whole table is held.
     pub fn drain(&mut self) -> Result<Window, TableError> {
         let now = ClockPair::now();
-        let ticks = self.table.ticks.now()?;
+        let ticks = self.source.ticks()?;
         // Tick stamps to wall-clock ms, through the monotonic clock.
         let to_ms = |t: u64| now.to_unix_ms(ticks.to_mono_ns(t));
         let expiry = self.expiry;
@@ -88,7 +131,7 @@ impl Drainer {
         let mut in_flows = Counter::default();
         let mut active = 0;
         let baseline = &mut self.baseline;
-        let slots = self.table.slots();
+        let slots = self.source.slots();
         // Flows first, then the counters: a packet counted between the two reads is in the
         // kernel's `parsed` but not yet in a flow delta. Totals are taken from the flows (so
         // every window conserves exactly) and the kernel counter checks them through
@@ -113,8 +156,8 @@ impl Drainer {
                 expired.push((i, cur.packets()));
             }
         });
-        let stats = self.table.read_stats()?;
-        let hist = self.table.read_rtt_hist()?;
+        let stats = self.source.stats()?;
+        let hist = self.source.rtt_hist()?;
         let mut removed = 0u32;
         for &(i, packets) in &expired {
             // A packet that came since the read keeps the flow for the next window. Compared
@@ -136,7 +179,7 @@ impl Drainer {
         self.prev_stats = stats;
         let rtt_hist = hist_delta(&hist, &self.prev_hist);
         self.prev_hist = hist;
-        self.table.sweep_pending(
+        self.source.sweep_pending(
             now.mono_ns
                 .saturating_sub(self.expiry.rtt_pending.as_nanos() as u64),
         )?;
@@ -186,6 +229,217 @@ fn finished(c: &FlowCounters) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::{
+        stats::STATS_LEN,
+        table::{held_bit, FlowSlot, TableShape, LIVE},
+        FlowKey,
+    };
+    use std::{
+        cell::{Cell, UnsafeCell},
+        collections::BTreeMap,
+    };
+
+    /// Ticks per second of the host source's clock (HZ 1000).
+    const HZ: u64 = 1000;
+
+    /// The kernel's side in ordinary memory: a table the test counts packets into as the
+    /// programs would (the parsed counter with them), and a tick clock it sets.
+    struct Host {
+        slots: Box<[UnsafeCell<FlowSlot>]>,
+        held: Box<[UnsafeCell<u64>]>,
+        shape: TableShape,
+        stats: Cell<Stats>,
+        now: Cell<TickNow>,
+        /// A packet the programs count while the drain reads the counters (after the flows).
+        meanwhile: Cell<Option<FlowKey>>,
+        swept_before: Cell<Option<u64>>,
+    }
+
+    impl Host {
+        fn new(slots: u32) -> Host {
+            let shape = TableShape { slots, seed: 3 };
+            Host {
+                slots: (0..slots).map(|_| Default::default()).collect(),
+                held: (0..shape.bitmap_words())
+                    .map(|_| Default::default())
+                    .collect(),
+                shape,
+                stats: Cell::new([Counter::default(); STATS_LEN as usize]),
+                now: Cell::new(TickNow {
+                    ticks: 100_000,
+                    mono_ns: 5_000_000_000_000,
+                    tick_ns: 1_000_000_000 / HZ,
+                }),
+                meanwhile: Cell::new(None),
+                swept_before: Cell::new(None),
+            }
+        }
+
+        fn stat(&self, s: Stat, packets: u64) {
+            let mut all = self.stats.get();
+            all[s as usize].add(&Counter {
+                packets,
+                bytes: packets * 100,
+            });
+            self.stats.set(all);
+        }
+
+        /// `packets` of 100 bytes a→b on `key`, the last `ago` seconds back, with `flags`
+        /// (a→b in the low byte, b→a in the next).
+        fn count(&self, key: FlowKey, packets: u64, ago: u64, flags: u32) {
+            let seq: Vec<u32> = self.shape.probe_sequence(&key).collect();
+            // SAFETY: only this test's thread touches the memory, through no live reference.
+            let slot = |i: u32| unsafe { &mut *self.slots[i as usize].get() };
+            let at = seq
+                .iter()
+                .copied()
+                .find(|&i| slot(i).state == LIVE && slot(i).key == key)
+                .or_else(|| seq.iter().copied().find(|&i| slot(i).state != LIVE))
+                .expect("a free slot");
+            let s = slot(at);
+            if s.state != LIVE {
+                *s = FlowSlot {
+                    state: LIVE,
+                    key,
+                    ..FlowSlot::default()
+                };
+                let (w, bit) = held_bit(at);
+                // SAFETY: as above.
+                unsafe { *self.held[w as usize].get() |= bit };
+            }
+            let c = &mut s.counters;
+            c.dir[0].packets += packets;
+            c.dir[0].bytes += packets * 100;
+            c.dir[0].last_seen = self.now.get().ticks - ago * HZ;
+            c.tcp_flags |= flags;
+            self.stat(Stat::Parsed, packets);
+        }
+    }
+
+    impl Source for Host {
+        fn slots(&self) -> Slots<'_> {
+            // SAFETY: the boxes hold the shape's slots and words for as long as `self`, and
+            // UnsafeCell lets the slots change through them.
+            unsafe {
+                Slots::new(
+                    UnsafeCell::raw_get(self.slots.as_ptr()),
+                    UnsafeCell::raw_get(self.held.as_ptr()),
+                    self.shape,
+                )
+            }
+        }
+        fn stats(&self) -> Result<Stats, TableError> {
+            if let Some(k) = self.meanwhile.take() {
+                self.count(k, 1, 0, 0);
+            }
+            Ok(self.stats.get())
+        }
+        fn rtt_hist(&self) -> Result<RttHist, TableError> {
+            Ok([0; shared::rtt::RTT_BUCKETS])
+        }
+        fn ticks(&self) -> Result<TickNow, TableError> {
+            Ok(self.now.get())
+        }
+        fn sweep_pending(&mut self, before_ns: u64) -> Result<u32, TableError> {
+            self.swept_before.set(Some(before_ns));
+            Ok(0)
+        }
+    }
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            port_a: 40_000,
+            port_b: port,
+            proto: 17,
+            ..FlowKey::default()
+        }
+    }
+
+    /// The window's packets by destination port.
+    fn by_port(w: &Window) -> BTreeMap<u16, u64> {
+        w.flows.iter().map(|f| (f.dst_port, f.packets())).collect()
+    }
+
+    #[test]
+    fn each_window_reports_only_its_own_packets() {
+        let host = Host::new(64);
+        // In the table before the drainer starts: the baseline, not news.
+        host.count(key(1), 3, 0, 0);
+        host.count(key(2), 2, 0, 0);
+        let mut d = Drainer::new(host, Expiry::default()).unwrap();
+        d.source.count(key(1), 2, 0, 0);
+        d.source.count(key(3), 1, 0, 0);
+        let w = d.drain().unwrap();
+        assert_eq!(by_port(&w), BTreeMap::from([(1, 2), (3, 1)]));
+        assert_eq!((w.totals.packets, w.totals.bytes), (3, 300));
+        assert!(w.is_conserved());
+        assert_eq!(w.stats["parsed"].packets, 3);
+        assert_eq!((w.active_flows, w.expired_flows), (3, 0));
+        assert_eq!(w.unsettled, Counter::default());
+        assert!(d.source.swept_before.get().is_some(), "pending swept");
+        // Nothing counted: an empty window, the flows still in the table.
+        let w = d.drain().unwrap();
+        assert!(w.flows.is_empty() && w.totals == Counter::default());
+        assert_eq!(w.active_flows, 3);
+        // Packets the table had no room for are in the totals as overflow.
+        d.source.count(key(2), 4, 0, 0);
+        d.source.stat(Stat::Parsed, 5);
+        d.source.stat(Stat::Overflow, 5);
+        let w = d.drain().unwrap();
+        assert_eq!(by_port(&w), BTreeMap::from([(2, 4)]));
+        assert_eq!((w.totals.packets, w.overflow.packets), (9, 5));
+        assert!(w.is_conserved());
+    }
+
+    #[test]
+    fn idle_and_finished_flows_expire_and_come_back_from_zero() {
+        let expiry = Expiry {
+            inactive: Duration::from_secs(10),
+            finished: Duration::from_secs(1),
+            ..Expiry::default()
+        };
+        let mut d = Drainer::new(Host::new(64), expiry).unwrap();
+        let both_fins = (tcp::FIN as u32) | (tcp::FIN as u32) << 8;
+        d.source.count(key(1), 1, 0, 0);
+        d.source.count(key(2), 1, 11, 0);
+        d.source.count(key(3), 1, 2, both_fins);
+        d.source.count(key(4), 1, 2, tcp::FIN as u32);
+        d.source.count(key(5), 1, 2, (tcp::RST as u32) << 8);
+        let w = d.drain().unwrap();
+        // Reported in their last window, then gone: idle past 10 s, or over and idle 1 s.
+        assert_eq!(by_port(&w).len(), 5);
+        assert_eq!((w.active_flows, w.expired_flows), (2, 3));
+        let slots = d.source.slots();
+        let left: Vec<bool> = (1..=5).map(|p| slots.find(&key(p)).is_some()).collect();
+        assert_eq!(left, [true, false, false, true, false]);
+        // A flow that comes back counts from zero, not against what it had.
+        d.source.count(key(2), 1, 0, 0);
+        let w = d.drain().unwrap();
+        assert_eq!(by_port(&w), BTreeMap::from([(2, 1)]));
+        assert_eq!((w.active_flows, w.expired_flows), (3, 0));
+    }
+
+    #[test]
+    fn a_packet_during_the_drain_keeps_its_flow_and_is_settled_next_window() {
+        let expiry = Expiry {
+            inactive: Duration::from_secs(10),
+            ..Expiry::default()
+        };
+        let mut d = Drainer::new(Host::new(64), expiry).unwrap();
+        d.source.count(key(1), 2, 11, 0);
+        d.source.meanwhile.set(Some(key(1)));
+        let w = d.drain().unwrap();
+        // Read idle, but a packet came before the free: kept. The kernel counted it after
+        // the flows were read: in `parsed`, not yet in a flow, so unsettled by one.
+        assert_eq!(by_port(&w), BTreeMap::from([(1, 2)]));
+        assert_eq!(w.expired_flows, 0);
+        assert_eq!(w.stats["parsed"].packets, 3);
+        assert_eq!(w.unsettled.packets, 1);
+        assert!(w.is_conserved());
+        let w = d.drain().unwrap();
+        assert_eq!(by_port(&w), BTreeMap::from([(1, 1)]));
+        assert_eq!(w.unsettled, Counter::default());
+    }
 
     #[test]
     fn histogram_delta_drops_trailing_empty_buckets() {

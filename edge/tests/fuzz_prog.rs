@@ -17,7 +17,7 @@
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use edge::{
     bpf::{self, LoadOptions, Loaded},
-    table::FlowTable,
+    maps::Maps,
 };
 use shared::{
     craft::{ext_body, frag_body, Ip, Packet, L4, TPID_8021AD, TPID_8021Q},
@@ -289,7 +289,7 @@ impl Tally {
 
 struct Progs {
     loaded: Loaded,
-    table: FlowTable,
+    maps: Maps,
 }
 
 impl Progs {
@@ -312,7 +312,7 @@ impl Progs {
     /// entries (removed, so the next batch starts from an empty table).
     fn take(&mut self, stats0: &mut [Counter]) -> Tally {
         let mut t = Tally::default();
-        let s1 = self.table.read_stats().unwrap();
+        let s1 = self.maps.stats.read().unwrap();
         for s in Stat::ALL {
             let d = s1[*s as usize].delta_since(&stats0[*s as usize]);
             // Not a verdict on the frame: TSvals the full pending map could not take.
@@ -322,9 +322,9 @@ impl Progs {
         }
         stats0.copy_from_slice(&s1[..]);
         let mut flows = Vec::new();
-        self.table.read_flows(&mut flows);
+        self.maps.table.read_flows(&mut flows);
         for (k, v) in flows {
-            self.table.remove(&k);
+            self.maps.table.remove(&k);
             let e = t.flows.entry(FlowKey { ifindex: 0, ..k }).or_default();
             for d in 0..2 {
                 e.0[d] += v.packets()[d];
@@ -369,11 +369,11 @@ fn generated_and_mutated_frames_pass_and_add_up() {
         rtt: Some(Default::default()),
     })
     .expect("the verifier accepts the programs");
-    let table = FlowTable::take(&mut loaded.ebpf).unwrap();
-    let mut p = Progs { loaded, table };
+    let maps = Maps::take(&mut loaded.ebpf).unwrap();
+    let mut p = Progs { loaded, maps };
     let load_time = t0.elapsed();
 
-    let mut stats0 = p.table.read_stats().unwrap().to_vec();
+    let mut stats0 = p.maps.stats.read().unwrap().to_vec();
     p.take(&mut stats0);
     let mut r = Rng(seed);
     let mut runs = 0u64;
