@@ -10,10 +10,8 @@
 //! the default table, sized for 16384 flows)
 
 use edge::{
-    attach::AttachMode,
-    drain::Expiry,
-    probe::{ProbeOptions, Session},
-    summary::{self, Identity},
+    probe::{attach::AttachMode, drain::Expiry, ProbeOptions, Session},
+    report::summary::{self, Identity},
 };
 use shared::wire::{self, Health, Id, Message};
 use std::{

@@ -3,13 +3,13 @@
 use anyhow::Context;
 use argh::FromArgs;
 use edge::{
-    attach::AttachMode,
-    config::{self, Config},
-    decode,
-    drain::Expiry,
-    probe::ProbeOptions,
-    run::{self, RunOptions},
-    watch::{self, WatchOptions},
+    cmd::{
+        config::{self, Config},
+        run::{self, RunOptions},
+        watch::{self, WatchOptions},
+    },
+    probe::{attach::AttachMode, drain::Expiry, ProbeOptions},
+    report::decode,
     UsageError,
 };
 use std::{io::Read, path::PathBuf, process::ExitCode};

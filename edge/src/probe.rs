@@ -5,19 +5,36 @@
 //! the order that keeps the counts exact is written once: the drainer's baseline is read
 //! before the programs are attached (a packet counted between its two reads would stay in one
 //! and not the other), and whatever was attached is detached, in the interfaces' namespace.
+//!
+//! The kernel side lives in the modules below: loading ([`bpf`]), the maps ([`table`],
+//! [`maps`], [`ticks`], [`clock`]), the drain ([`drain`]), hooking in ([`attach`], [`netlink`],
+//! [`netdev`], [`leftover`], [`ifstate`]), and what the machine must offer ([`kernel`],
+//! [`caps`]).
 
-use crate::{
-    attach::{self, AttachMode, Attachment},
-    bpf::{self, LoadOptions, Loaded, RttOptions},
-    caps,
+pub mod attach;
+pub mod bpf;
+pub mod caps;
+pub mod clock;
+pub mod drain;
+pub mod ifstate;
+pub mod kernel;
+pub mod leftover;
+pub mod maps;
+pub mod netdev;
+pub mod netlink;
+pub mod table;
+pub mod ticks;
+
+use self::{
+    attach::{AttachMode, Attachment},
+    bpf::{LoadOptions, Loaded, RttOptions},
     drain::{Drainer, Expiry},
     ifstate::{IfaceStates, NoneLeft},
-    kernel::{self, Kernel},
+    kernel::Kernel,
     maps::Maps,
     table::TableError,
-    window::Window,
-    UsageError,
 };
+use crate::{report::window::Window, UsageError};
 
 /// What a session loads and where it attaches.
 #[derive(Clone, Debug)]
@@ -42,7 +59,7 @@ pub struct Checked<'a> {
 
 /// Checks what the user can fix before anything is loaded, the kernel last: what it offers.
 pub fn check(opts: &ProbeOptions) -> Result<Checked<'_>, UsageError> {
-    crate::netdev::in_netns(opts.netns.as_deref(), || {
+    netdev::in_netns(opts.netns.as_deref(), || {
         attach::check_interfaces(&opts.ifaces)
     })??;
     caps::check()?;

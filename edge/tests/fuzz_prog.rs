@@ -15,7 +15,7 @@
 //! extend a run.
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
-use edge::{
+use edge::probe::{
     bpf::{self, LoadOptions, Loaded},
     maps::Maps,
 };

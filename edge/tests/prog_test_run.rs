@@ -6,7 +6,7 @@
 //! slices; these prove the compiled programs (verifier, bounds checks, TC's skb fields) agree.
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
-use edge::{
+use edge::probe::{
     bpf::{self, LoadOptions, Loaded},
     maps::{Maps, Stats},
 };

@@ -5,7 +5,7 @@
 //! `rtt.rs`; here the samples are microseconds of the test run.
 
 use aya::programs::{TestRun, TestRunOptions};
-use edge::{
+use edge::probe::{
     bpf::{self, LoadOptions, Loaded, RttOptions},
     maps::Maps,
 };

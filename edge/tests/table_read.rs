@@ -3,12 +3,7 @@
 //! entries' tick stamps convert back to the time their packets passed; and drains over such
 //! a table give every flow exactly its packets of the window, as flows come, go and return.
 
-use edge::{
-    attach::AttachMode,
-    clock::monotonic_ns,
-    drain::Expiry,
-    probe::{ProbeOptions, Session},
-};
+use edge::probe::{attach::AttachMode, clock::monotonic_ns, drain::Expiry, ProbeOptions, Session};
 use shared::FlowKey;
 use std::{
     collections::BTreeMap,

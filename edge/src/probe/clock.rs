@@ -1,6 +1,6 @@
 //! The agent's two clocks, read together: CLOCK_MONOTONIC and wall-clock time.
 //!
-//! Flow entries are stamped in kernel ticks, not with a clock helper ([`crate::ticks`] turns
+//! Flow entries are stamped in kernel ticks, not with a clock helper ([`crate::probe::ticks`] turns
 //! ticks into monotonic nanoseconds); [`ClockPair`] then turns monotonic time into wall-clock
 //! milliseconds for the windows. CLOCK_MONOTONIC is also what the programs' RTT timestamps
 //! (`bpf_ktime_get_ns`) are in, so the pending-timestamp sweep compares against it directly.

@@ -8,7 +8,7 @@
 //! than a drain of a thousand flows. Its pages are the kernel's (the map's memory), and they
 //! count in the agent's resident memory as mapped shared pages (RssFile).
 
-use crate::ticks::TickError;
+use crate::probe::ticks::TickError;
 use aya::{
     maps::{Array, Map, MapData, MapError},
     Ebpf,

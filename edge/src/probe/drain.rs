@@ -5,11 +5,13 @@
 //! kernel tests (`tests/table_read.rs`) drain the real table.
 
 use crate::{
-    clock::ClockPair,
-    maps::{Maps, RttHist, Stats},
-    table::{Slots, TableError},
-    ticks::TickNow,
-    window::{stats_map, Counts, FlowRecord, Window},
+    probe::{
+        clock::ClockPair,
+        maps::{Maps, RttHist, Stats},
+        table::{Slots, TableError},
+        ticks::TickNow,
+    },
+    report::window::{stats_map, Counts, FlowRecord, Window},
 };
 use shared::{flow::tcp, Counter, Direction, FlowCounters, Stat};
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! retained status) are skipped and the topic is copied into the output. A V1 payload starts
 //! with byte 0, which is never a hex digit, so the two forms cannot be confused.
 
-use crate::window::{FlowRecord as Flow, RttUs};
+use crate::report::window::{FlowRecord as Flow, RttUs};
 use serde::Serialize;
 use shared::wire::{self, Addr, Count, DecodeError, Health, Message, Summary};
 use std::net::IpAddr;

@@ -5,7 +5,7 @@
 //! Conservation: `totals == sum(flow records of all parts) + other + overflow`, in packets and
 //! bytes, exactly as the drained window had `totals == sum(flows) + overflow`.
 
-use crate::window::{FlowRecord as WindowFlow, Window};
+use crate::report::window::{FlowRecord as WindowFlow, Window};
 use shared::{
     wire::{self, Addr, Count, FlowRecord, Health, Id, Message, Rtt, Summary, RTT_BUCKETS},
     Counter,

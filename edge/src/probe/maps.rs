@@ -2,7 +2,7 @@
 //! ([`CpuStats`]), the RTT maps ([`RttMaps`]), and [`Maps`], everything a drain reads taken
 //! out of one loaded object.
 
-use crate::{
+use crate::probe::{
     table::{map_err, FlowTable, TableError},
     ticks::TickClock,
 };

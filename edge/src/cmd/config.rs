@@ -2,7 +2,10 @@
 //! top. Everything the agent sizes (table, top-K, message, spool) is fixed here, so its memory
 //! depends on the configuration and not on the traffic.
 
-use crate::{attach::AttachMode, bpf::RttOptions, drain::Expiry, probe::ProbeOptions, UsageError};
+use crate::{
+    probe::{attach::AttachMode, bpf::RttOptions, drain::Expiry, ProbeOptions},
+    UsageError,
+};
 use serde::Deserialize;
 use shared::{
     broker::{Broker, BrokerUrl},
@@ -262,7 +265,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../configs/edgeflow.toml");
+    const EXAMPLE: &str = include_str!("../../../configs/edgeflow.toml");
 
     #[test]
     fn the_shipped_example_parses() {

@@ -19,8 +19,8 @@
 //!   list, so nothing submitted just before the error can surface after the next CONNACK.
 
 use crate::{
-    config::Config,
-    spool::{self, Spool},
+    cmd::config::Config,
+    link::spool::{self, Spool},
     UsageError,
 };
 use rumqttc::{Client, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS};

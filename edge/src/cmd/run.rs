@@ -2,15 +2,19 @@
 //! let the MQTT link publish it. SIGTERM/SIGINT: one last window, flush (bounded), detach, exit.
 //!
 //! smol drives this loop (the interval timer, the signals, the link's wake-ups); the MQTT
-//! connection is polled on its own thread (see [`crate::mqtt`]).
+//! connection is polled on its own thread (see [`crate::link::mqtt`]).
 
 use crate::{
-    config::Config,
-    health::{self, CpuMeter},
-    mqtt::{self, LinkEvent, Publisher},
+    cmd::config::Config,
+    link::{
+        mqtt::{self, LinkEvent, Publisher},
+        spool::Spool,
+    },
     probe::{self, Session},
-    spool::Spool,
-    summary::{self, Identity},
+    report::{
+        health::{self, CpuMeter},
+        summary::{self, Identity},
+    },
 };
 use anyhow::Context;
 use smol::{future::FutureExt, Async, Timer};
