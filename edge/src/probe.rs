@@ -1,10 +1,11 @@
 //! One probe session: the programs loaded, the table taken, attached to the interfaces, drained
 //! window by window, and detached when the session is dropped (also on an error or a panic).
 //!
-//! `run`, `watch`, the footprint benchmark and the kernel tests all go through [`Session`], so
-//! the order that keeps the counts exact is written once: the drainer's baseline is read
-//! before the programs are attached (a packet counted between its two reads would stay in one
-//! and not the other), and whatever was attached is detached, in the interfaces' namespace.
+//! `run`, `watch`, the footprint benchmark and the kernel tests that attach all go through
+//! [`Session`], so the order that keeps the counts exact is written once: the drainer's
+//! baseline is read before the programs are attached (a packet counted between its two reads
+//! would stay in one and not the other), and whatever was attached is detached, in the
+//! interfaces' namespace.
 //!
 //! The kernel side lives in the modules below: loading ([`bpf`]), the maps ([`table`],
 //! [`maps`], [`ticks`], [`clock`]), the drain ([`drain`]), hooking in ([`attach`], [`netlink`],
@@ -140,11 +141,6 @@ impl Session {
     /// The programs' maps (the flow table among them).
     pub fn maps(&self) -> &Maps {
         self.drainer.source()
-    }
-
-    /// Where the programs are attached.
-    pub fn attached(&self) -> &[Attachment] {
-        &self.hooked.list
     }
 }
 
