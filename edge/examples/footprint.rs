@@ -10,11 +10,8 @@
 //! the default table, sized for 16384 flows)
 
 use edge::{
-    attach::{self, AttachMode},
-    bpf::{self, LoadOptions},
-    drain::{Drainer, Expiry},
-    summary::{self, Identity},
-    table::FlowTable,
+    probe::{attach::AttachMode, drain::Expiry, ProbeOptions, Session},
+    report::summary::{self, Identity},
 };
 use shared::wire::{self, Health, Id, Message};
 use std::{
@@ -132,25 +129,16 @@ fn main() {
 
     // 1. Drain and encode, in this process.
     let (drain_ms, build_ms, read_ms, drain_cpu_ms, drained) = {
-        let mut loaded = bpf::load(LoadOptions {
+        let mut session = Session::start(&ProbeOptions {
+            ifaces: vec![net.veth_b.clone()],
+            netns: Some(net.ns_b.clone()),
             max_flows: table_size,
+            attach: AttachMode::Tc,
             sample_every: 1,
             rtt: None,
+            expiry: Expiry::default(),
         })
-        .expect("loading the programs (run as root)");
-        let table = FlowTable::take(&mut loaded.ebpf).unwrap();
-        let kernel = edge::kernel::probe();
-        let mut attached = Vec::new();
-        attach::attach_all(
-            &mut loaded.ebpf,
-            std::slice::from_ref(&net.veth_b),
-            Some(&net.ns_b),
-            AttachMode::Tc,
-            attach::Hooks::new(kernel.tcx, kernel.xdp_link),
-            &mut attached,
-        )
-        .unwrap();
-        let mut drainer = Drainer::new(table, Expiry::default()).unwrap();
+        .expect("loading and attaching the programs (run as root)");
         let ident = Identity {
             device: Id::try_from("bench").unwrap(),
             site: Id::try_from("lab").unwrap(),
@@ -164,11 +152,11 @@ fn main() {
             round(&socks, flows);
             std::thread::sleep(Duration::from_millis(200));
             let t = Instant::now();
-            drainer.table.read_flows(&mut scratch);
+            session.maps().table.read_flows(&mut scratch);
             let rt = t.elapsed();
             let t = Instant::now();
             let c0 = process_cpu_ms();
-            let w = drainer.drain().unwrap();
+            let w = session.next_window().unwrap();
             let ct = process_cpu_ms() - c0;
             let dt = t.elapsed();
             let t = Instant::now();
@@ -185,7 +173,7 @@ fn main() {
                 drained = w.flows.len();
             }
         }
-        attach::detach_all(loaded, &attached, Some(&net.ns_b));
+        drop(session);
         drop(scratch);
         (d, b, r, c, drained)
     };

@@ -11,7 +11,7 @@ use aya::{
     programs::ProgramInfo,
     sys::{enable_stats, Stats},
 };
-use edge::{
+use edge::probe::{
     attach::{self, AttachMode},
     bpf::{self, LoadOptions, RttOptions},
 };
@@ -89,7 +89,7 @@ fn measure(attach: &'static str, mode: AttachMode, rtt: bool) -> anyhow::Result<
         rtt: rtt.then(RttOptions::default),
     })?;
     let ebpf = &mut loaded.ebpf;
-    let k = edge::kernel::probe();
+    let k = edge::probe::kernel::probe();
     let mut atts = Vec::new();
     attach::attach_all(
         ebpf,

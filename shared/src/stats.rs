@@ -17,9 +17,6 @@ pub struct Count {
     pub bytes: u64,
 }
 
-/// The former name of [`Count`], kept while the kernel-side code and tests still use it.
-pub type Counter = Count;
-
 impl Count {
     pub fn add(&mut self, other: &Count) {
         self.packets = self.packets.wrapping_add(other.packets);

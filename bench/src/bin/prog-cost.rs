@@ -19,7 +19,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use edge::bpf::{self, LoadOptions, RttOptions};
+use edge::probe::bpf::{self, LoadOptions, RttOptions};
 use shared::craft::{Packet, L4};
 
 static BARE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bare.bpf.o"));

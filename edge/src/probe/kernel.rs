@@ -4,7 +4,7 @@
 //! backport. A missing feature the programs cannot do without stops the agent with one line
 //! naming it and the Linux version that brought it (exit 2), before a verifier log could.
 
-use crate::{bpf::sys_bpf, UsageError};
+use crate::{probe::bpf::sys_bpf, UsageError};
 use std::os::fd::{FromRawFd, OwnedFd};
 
 /// What the kernel offers.

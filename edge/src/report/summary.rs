@@ -5,7 +5,7 @@
 //! Conservation: `totals == sum(flow records of all parts) + other + overflow`, in packets and
 //! bytes, exactly as the drained window had `totals == sum(flows) + overflow`.
 
-use crate::window::Window;
+use crate::report::window::Window;
 use shared::wire::{
     self, Addr, Count, Flow, FlowRecord, Health, Id, Message, Summary, RTT_BUCKETS,
 };

@@ -23,7 +23,7 @@ pub const TC_PROG: &str = "edgeflow_tc";
 /// The TC program for egress: a separate entry point because RTT tracking needs to know
 /// which way a packet goes.
 pub const TC_EGRESS_PROG: &str = "edgeflow_tc_egress";
-/// Never attached: reads the kernel's tick counter for [`crate::ticks::TickClock`].
+/// Never attached: reads the kernel's tick counter for [`crate::probe::ticks::TickClock`].
 pub const CLOCK_PROG: &str = "edgeflow_clock";
 
 /// Settings fixed at load time.

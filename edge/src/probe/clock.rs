@@ -1,8 +1,13 @@
-//! Converts the programs' timestamps (CLOCK_MONOTONIC, `bpf_ktime_get_ns`) to wall-clock time.
+//! The agent's two clocks, read together: CLOCK_MONOTONIC and wall-clock time.
+//!
+//! Flow entries are stamped in kernel ticks, not with a clock helper ([`crate::probe::ticks`] turns
+//! ticks into monotonic nanoseconds); [`ClockPair`] then turns monotonic time into wall-clock
+//! milliseconds for the windows. CLOCK_MONOTONIC is also what the programs' RTT timestamps
+//! (`bpf_ktime_get_ns`) are in, so the pending-timestamp sweep compares against it directly.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Nanoseconds on CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads.
+/// Nanoseconds on CLOCK_MONOTONIC (what `bpf_ktime_get_ns` reads in the programs).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -20,7 +25,7 @@ pub fn unix_ms_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A pairing of the two clocks taken at one moment, to translate kernel timestamps.
+/// The two clocks read at one moment, to turn monotonic times into wall-clock ones.
 #[derive(Clone, Copy, Debug)]
 pub struct ClockPair {
     pub mono_ns: u64,

@@ -7,7 +7,7 @@
 //! watched. When every watched interface is gone there is nothing left to count, and the
 //! agent stops with an error (exit 1) instead of publishing empty windows forever.
 
-use crate::{attach::Attachment, netdev};
+use crate::probe::{attach::Attachment, netdev};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {

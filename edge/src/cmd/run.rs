@@ -2,23 +2,21 @@
 //! let the MQTT link publish it. SIGTERM/SIGINT: one last window, flush (bounded), detach, exit.
 //!
 //! smol drives this loop (the interval timer, the signals, the link's wake-ups); the MQTT
-//! connection is polled on its own thread (see [`crate::mqtt`]).
+//! connection is polled on its own thread (see [`crate::link::mqtt`]).
 
 use crate::{
-    attach::{self, Attachment},
-    bpf::{self, LoadOptions},
-    config::Config,
-    drain::{Drainer, Expiry},
-    health::HealthMeter,
-    ifstate::IfaceStates,
-    mqtt::{LinkEvent, Publisher},
-    spool::Spool,
-    summary::{self, Identity},
-    table::FlowTable,
-    watch, UsageError,
+    cmd::config::Config,
+    link::{
+        mqtt::{self, LinkEvent, Publisher},
+        spool::Spool,
+    },
+    probe::{self, Session},
+    report::{
+        health::HealthMeter,
+        summary::{self, Identity},
+    },
 };
 use anyhow::Context;
-use shared::wire::Id;
 use smol::{future::FutureExt, Async, Timer};
 use std::{
     os::unix::net::UnixStream,
@@ -79,12 +77,12 @@ pub fn open_spool(cfg: &Config) -> anyhow::Result<Spool> {
 }
 
 pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
-    let kernel = watch::validate(cfg.max_flows, &cfg.interfaces, cfg.netns.as_deref())?;
+    let probe_opts = cfg.probe();
+    let checked = probe::check(&probe_opts)?;
+    let mqtt_opts = mqtt::options(cfg)?;
     let ident = Identity {
-        device: Id::try_from(cfg.id.device())
-            .map_err(|_| UsageError::Invalid("device id too long".into()))?,
-        site: Id::try_from(cfg.id.site())
-            .map_err(|_| UsageError::Invalid("site too long".into()))?,
+        device: cfg.id.device_id().clone(),
+        site: cfg.id.site_id().clone(),
         boot_id: summary::boot_id().context("reading /dev/urandom")?,
         sample_every: cfg.sample_every,
     };
@@ -96,76 +94,38 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
     }
     let sig_rx = Async::new(sig_rx)?;
 
-    let mut loaded = bpf::load(LoadOptions {
-        max_flows: cfg.max_flows,
-        sample_every: cfg.sample_every,
-        rtt: cfg.rtt,
-    })?;
-    eprintln!("edgeflow: {}", loaded.report);
-    let table = FlowTable::take(&mut loaded.ebpf)?;
-    let capacity = table.capacity;
-    eprintln!("edgeflow: {}", table.describe());
-    let mut attached: Vec<Attachment> = Vec::new();
-    let result = (|| {
-        // Before attaching, as in `watch`: a baseline of zeros, no packet between its reads.
-        let drainer = Drainer::new(
-            table,
-            Expiry {
-                inactive: cfg.inactive_timeout,
-                ..Expiry::default()
-            },
-        )?;
-        attach::attach_all(
-            &mut loaded.ebpf,
-            &cfg.interfaces,
-            cfg.netns.as_deref(),
-            cfg.attach,
-            attach::Hooks::new(kernel.tcx, kernel.xdp_link),
-            &mut attached,
-        )?;
-        let ifaces = IfaceStates::new(&attached, cfg.netns.as_deref());
-        let publisher = Publisher::start(cfg, spool)?;
-        eprintln!(
-            "edgeflow: ready: device {} site {} boot {:016x}, a window every {:?} to {}:{} ({})",
-            cfg.id.device(),
-            cfg.id.site(),
-            ident.boot_id,
-            cfg.interval,
-            cfg.broker.url.host,
-            cfg.broker.url.port,
-            cfg.id.flows_topic()
-        );
-        smol::block_on(agent_loop(
-            cfg,
-            opts,
-            &ident,
-            capacity,
-            drainer,
-            publisher,
-            sig_rx,
-            &mut loaded,
-            ifaces,
-        ))
-    })();
-    loaded.flush_log();
-    attach::detach_all(loaded, &attached, cfg.netns.as_deref());
-    eprintln!("edgeflow: detached");
-    result
+    // Detached when dropped: on return, also with an error.
+    let mut session = checked.start()?;
+    let publisher = Publisher::start(cfg, mqtt_opts, spool).context("spawning the MQTT thread")?;
+    eprintln!(
+        "edgeflow: ready: device {} site {} boot {:016x}, a window every {:?} to {}:{} ({})",
+        cfg.id.device(),
+        cfg.id.site(),
+        ident.boot_id,
+        cfg.interval,
+        cfg.broker.url.host,
+        cfg.broker.url.port,
+        cfg.id.flows_topic()
+    );
+    smol::block_on(agent_loop(
+        cfg,
+        opts,
+        &ident,
+        &mut session,
+        publisher,
+        sig_rx,
+    ))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn agent_loop(
     cfg: &Config,
     opts: RunOptions,
     ident: &Identity,
-    capacity: u32,
-    mut drainer: Drainer,
+    session: &mut Session,
     publisher: Publisher,
     mut signals: Async<UnixStream>,
-    loaded: &mut bpf::Loaded,
-    mut ifaces: IfaceStates,
 ) -> anyhow::Result<()> {
-    let mut meter = HealthMeter::start(capacity);
+    let mut meter = HealthMeter::start(session.maps().table.capacity);
     let mut seq = 0u64;
     let mut next = Instant::now() + cfg.interval;
     let none_left = loop {
@@ -195,8 +155,7 @@ async fn agent_loop(
             Wake::Tick => false,
             Wake::Signal => true,
         };
-        loaded.flush_log();
-        let w = drainer.drain()?;
+        let w = session.next_window()?;
         let (depth, dropped) = publisher.spool_stats();
         let health = meter.window(&w, depth as u32, dropped);
         let s = summary::summarize(ident, seq, &w, health, cfg.top_k as usize);
@@ -218,7 +177,7 @@ async fn agent_loop(
             next = Instant::now() + cfg.interval;
         }
         // With no interface left, this was the last window: it is still sent.
-        let none_left = ifaces.check().err();
+        let none_left = session.check_ifaces().err();
         if last || none_left.is_some() || opts.count.is_some_and(|c| seq >= c) {
             break none_left;
         }

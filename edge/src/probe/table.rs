@@ -8,28 +8,22 @@
 //! than a drain of a thousand flows. Its pages are the kernel's (the map's memory), and they
 //! count in the agent's resident memory as mapped shared pages (RssFile).
 
-use crate::ticks::{TickClock, TickError};
+use crate::probe::ticks::TickError;
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, Map, MapData, MapError},
     Ebpf,
 };
 use shared::{
     cpu::{SlotBytes, CPU_SLOTS_MAP},
     flow::{FLOWS_MAP, HELD_MAP},
-    rtt::{TsKey, HIST_MAP, PENDING_MAP, RTT_BUCKETS},
-    stats::STATS_LEN,
     table::{held_bit, FlowSlot, TableShape, EMPTY, GONE, LIVE},
-    Counter, FlowCounters, FlowKey,
+    FlowCounters, FlowKey,
 };
 use std::{
     marker::PhantomData,
     os::fd::{AsFd, AsRawFd, RawFd},
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
-
-pub use shared::stats::Stats;
-/// RTT samples per log2 bucket, summed over CPUs (`shared::rtt::rtt_bucket`).
-pub type RttHist = [u64; RTT_BUCKETS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -60,21 +54,16 @@ pub enum TableError {
     Ticks(#[from] TickError),
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> TableError {
+pub(crate) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> TableError {
     move |source| TableError::Map { name, source }
 }
 
-/// The flow table and the programs' other maps, taken out of the loaded object.
+/// The flow table: its slots and held-slots bitmap, mapped into the agent's memory for as
+/// long as this lives. It lends them as [`Slots`].
 pub struct FlowTable {
-    /// Points into `_mapped`, which lives as long as the table.
-    slots_mem: Slots<'static>,
-    _mapped: [Mapped; 2],
+    flows: Mapped,
+    held: Mapped,
     shape: TableShape,
-    slots: Array<MapData, SlotBytes>,
-    pending: HashMap<MapData, TsKey, u64>,
-    hist: PerCpuArray<MapData, u64>,
-    /// Turns the entries' tick stamps into time.
-    pub ticks: TickClock,
     /// Flows the table is sized for (it has twice as many slots).
     pub capacity: u32,
     /// Kernel memory charged for the flow table (fdinfo `memlock`), when known.
@@ -95,14 +84,15 @@ impl FlowTable {
         )
     }
 
+    /// Takes the table's two maps out of the loaded object and maps them; their shape is the
+    /// one the loader wrote into the CPU slots' settings.
     pub fn take(ebpf: &mut Ebpf) -> Result<FlowTable, TableError> {
-        let slots = ebpf
-            .take_map(CPU_SLOTS_MAP)
+        let cpu = ebpf
+            .map(CPU_SLOTS_MAP)
             .ok_or(TableError::MissingMap(CPU_SLOTS_MAP))?;
-        let slots: Array<MapData, SlotBytes> =
-            Array::try_from(slots).map_err(map_err(CPU_SLOTS_MAP))?;
-        // The loader wrote the table's shape into every CPU's settings.
-        let settings = slots.get(&0, 0).map_err(map_err(CPU_SLOTS_MAP))?.settings();
+        let cpu: Array<&MapData, SlotBytes> =
+            Array::try_from(cpu).map_err(map_err(CPU_SLOTS_MAP))?;
+        let settings = cpu.get(&0, 0).map_err(map_err(CPU_SLOTS_MAP))?.settings();
         let shape = TableShape {
             slots: settings.slot_mask.wrapping_add(1),
             seed: settings.hash_seed,
@@ -110,34 +100,20 @@ impl FlowTable {
         let flows = Mapped::take(ebpf, FLOWS_MAP, shape.slots, size_of::<FlowSlot>())?;
         let held = Mapped::take(ebpf, HELD_MAP, shape.bitmap_words(), 8)?;
         let memory_bytes = memlock(flows.fd).zip(memlock(held.fd)).map(|(a, b)| a + b);
-        let pending = ebpf
-            .take_map(PENDING_MAP)
-            .ok_or(TableError::MissingMap(PENDING_MAP))?;
-        let pending = HashMap::try_from(pending).map_err(map_err(PENDING_MAP))?;
-        let hist = ebpf
-            .take_map(HIST_MAP)
-            .ok_or(TableError::MissingMap(HIST_MAP))?;
-        let hist = PerCpuArray::try_from(hist).map_err(map_err(HIST_MAP))?;
-        let ticks = TickClock::take(ebpf)?;
-        // SAFETY: the mappings hold the table's slots and bitmap words, and the table keeps
-        // them for as long as it hands out the slots.
-        let slots_mem = unsafe { Slots::new(flows.base.cast(), held.base.cast(), shape) };
         Ok(FlowTable {
-            slots_mem,
-            _mapped: [flows, held],
+            flows,
+            held,
             shape,
-            slots,
-            pending,
-            hist,
-            ticks,
             capacity: shape.slots / 2,
             memory_bytes,
         })
     }
 
-    /// The table's slots, as memory.
-    pub fn slots(&self) -> &Slots<'_> {
-        &self.slots_mem
+    /// The table's slots, as memory, for as long as the table is borrowed.
+    pub fn slots(&self) -> Slots<'_> {
+        // SAFETY: the mappings hold the shape's slots and bitmap words (checked by
+        // `Mapped::take`) and stay mapped while `self` is borrowed.
+        unsafe { Slots::new(self.flows.base.cast(), self.held.base.cast(), self.shape) }
     }
 
     /// All flows, into `out` (cleared first).
@@ -156,59 +132,6 @@ impl FlowTable {
     pub fn remove(&self, key: &FlowKey) -> bool {
         let s = self.slots();
         s.find(key).is_some_and(|i| s.free(i, None))
-    }
-
-    /// The programs' counters, summed over CPUs.
-    pub fn read_stats(&self) -> Result<Stats, TableError> {
-        let mut out = [Counter::default(); STATS_LEN as usize];
-        for cpu in 0..self.slots.len() {
-            let slot = self.slots.get(&cpu, 0).map_err(map_err(CPU_SLOTS_MAP))?;
-            for (o, c) in out.iter_mut().zip(slot.stats().iter()) {
-                o.add(c);
-            }
-        }
-        Ok(out)
-    }
-}
-
-impl FlowTable {
-    /// The RTT histogram, summed over CPUs (cumulative since load).
-    pub fn read_rtt_hist(&self) -> Result<RttHist, TableError> {
-        let mut out = [0u64; RTT_BUCKETS];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self.hist.get(&(i as u32), 0).map_err(map_err(HIST_MAP))?;
-            *slot = per_cpu.iter().fold(0u64, |a, c| a.wrapping_add(*c));
-        }
-        Ok(out)
-    }
-
-    /// Removes pending timestamps that left before `before_ns` (CLOCK_MONOTONIC): their echo
-    /// is not coming (the segment's TSval was never echoed, or the flow ended). Returns how
-    /// many went.
-    pub fn sweep_pending(&mut self, before_ns: u64) -> Result<u32, TableError> {
-        let mut stale = Vec::new();
-        for kv in self.pending.iter() {
-            match kv {
-                Ok((k, sent)) if sent < before_ns => stale.push(k),
-                Ok(_) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(PENDING_MAP)(e)),
-            }
-        }
-        let mut removed = 0;
-        for k in &stale {
-            match self.pending.remove(k) {
-                Ok(()) => removed += 1,
-                // Echoed meanwhile.
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(PENDING_MAP)(e)),
-            }
-        }
-        Ok(removed)
-    }
-
-    /// How many timestamps wait for their echo.
-    pub fn pending_count(&self) -> usize {
-        self.pending.keys().filter(Result::is_ok).count()
     }
 }
 
@@ -319,10 +242,23 @@ impl Slots<'_> {
         self.shape
     }
 
+    /// Slot `i`, checked to be in the table in every build: an index from outside (a caller
+    /// of these safe methods) must not reach memory past it. One compare per slot read costs
+    /// nothing measurable (bench/RESULTS.md, "Bounds-checked slots").
+    fn slot(&self, i: u32) -> *mut FlowSlot {
+        assert!(
+            i < self.shape.slots,
+            "slot {i} out of a table of {}",
+            self.shape.slots
+        );
+        // SAFETY: in bounds of the `shape.slots` slots `base` points at (`Slots::new`).
+        unsafe { self.base.add(i as usize) }
+    }
+
     fn state_word(&self, i: u32) -> &AtomicU32 {
-        debug_assert!(i < self.shape.slots);
+        let s = self.slot(i);
         // SAFETY: slot `i` is in the table; its state word is only accessed atomically.
-        unsafe { AtomicU32::from_ptr(&raw mut (*self.base.add(i as usize)).state) }
+        unsafe { AtomicU32::from_ptr(&raw mut (*s).state) }
     }
 
     pub fn state(&self, i: u32) -> u32 {
@@ -331,9 +267,9 @@ impl Slots<'_> {
 
     /// The slot's key and counters, each 8-byte word read whole (a counter is never torn).
     pub fn read(&self, i: u32) -> (FlowKey, FlowCounters) {
+        let s = self.slot(i);
         // SAFETY: slot `i` is in the table; both are plain-integer structs of whole words.
         unsafe {
-            let s = self.base.add(i as usize);
             (
                 read_words(&raw const (*s).key),
                 read_words(&raw const (*s).counters),
@@ -342,16 +278,20 @@ impl Slots<'_> {
     }
 
     fn held_word(&self, w: u32) -> &AtomicU64 {
-        debug_assert!(w < self.shape.bitmap_words());
+        assert!(
+            w < self.shape.bitmap_words(),
+            "bitmap word {w} out of range"
+        );
         // SAFETY: word `w` is in the bitmap; it is only accessed atomically.
         unsafe { AtomicU64::from_ptr(self.held.add(w as usize)) }
     }
 
     /// The slot's packets per direction, two word loads (not the whole slot).
     fn packets(&self, i: u32) -> [u64; 2] {
+        let s = self.slot(i);
         // SAFETY: slot `i` is in the table; its counters are only updated atomically.
         [0, 1].map(|d| unsafe {
-            let c = &raw mut (*self.base.add(i as usize)).counters.dir[d].packets;
+            let c = &raw mut (*s).counters.dir[d].packets;
             AtomicU64::from_ptr(c).load(Ordering::Relaxed)
         })
     }
@@ -580,6 +520,31 @@ mod tests {
         assert_eq!(v.tidy_from(1), 4);
         assert_eq!(v.state(13), BUSY, "not freed: stays");
         assert_eq!(v.state(3), GONE, "its next slot is held");
+    }
+
+    #[test]
+    fn a_slot_past_the_table_panics_in_every_build() {
+        let mut m = Mem::new(64);
+        let v = m.view();
+        let uses: [(&str, &dyn Fn()); 4] = [
+            ("state", &|| {
+                v.state(64);
+            }),
+            ("read", &|| {
+                v.read(64);
+            }),
+            ("free", &|| {
+                v.free(u32::MAX, None);
+            }),
+            ("tidy_from", &|| {
+                v.tidy_from(64);
+            }),
+        ];
+        for (what, f) in uses {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            assert!(r.is_err(), "{what} used an index past the table");
+        }
+        assert_eq!(v.state(63), EMPTY);
     }
 
     #[test]

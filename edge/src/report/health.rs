@@ -2,7 +2,7 @@
 //! seen, parse errors, table use) beside the agent's footprint (CPU time per window, resident
 //! memory from /proc/self) and its spool.
 
-use crate::window::Window;
+use crate::report::window::Window;
 use shared::{wire::Health, Stat};
 
 /// Assembles each window's [`Health`]; keeps the CPU clock between windows.

@@ -9,7 +9,10 @@
 //! - other drivers: native XDP, which runs before any skb exists; if the driver has no native
 //!   XDP, TC ingress (generic XDP would run after GRO without seeing `gso_segs`).
 
-use crate::{bpf, leftover, netdev, netlink, UsageError};
+use crate::{
+    probe::{bpf, leftover, netdev, netlink},
+    UsageError,
+};
 use aya::{
     programs::{
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
@@ -65,7 +68,7 @@ pub enum Egress {
 
 /// How this kernel lets the programs hook in: TCX links (Linux 6.6) or else clsact filters
 /// through netlink; XDP links (5.9) or else an XDP program set through netlink. Both old ways
-/// outlive the process, so a killed agent leaves them ([`crate::leftover`]).
+/// outlive the process, so a killed agent leaves them ([`crate::probe::leftover`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hooks {
     pub tcx: bool,
@@ -155,7 +158,7 @@ pub fn choose(iface: &str, mode: AttachMode) -> (Ingress, String) {
 }
 
 /// Attaches both programs to `iface`, replacing or removing what a stopped edgeflow left
-/// there ([`crate::leftover`]).
+/// there ([`crate::probe::leftover`]).
 pub fn attach(
     ebpf: &mut Ebpf,
     iface: &str,

@@ -428,7 +428,7 @@ mod tests {
 
     #[test]
     fn reads_loopback() {
-        let lo = crate::netdev::ifindex("lo").unwrap();
+        let lo = crate::probe::netdev::ifindex("lo").unwrap();
         assert!(xdp_progs(lo).is_ok());
         assert!(tc_filters(lo, PARENT_INGRESS).is_ok());
     }

@@ -2,7 +2,10 @@
 //! top. Everything the agent sizes (table, top-K, message, spool) is fixed here, so its memory
 //! depends on the configuration and not on the traffic.
 
-use crate::{attach::AttachMode, bpf::RttOptions, UsageError};
+use crate::{
+    probe::{attach::AttachMode, bpf::RttOptions, drain::Expiry, ProbeOptions},
+    UsageError,
+};
 use serde::Deserialize;
 use shared::{
     broker::{Broker, BrokerUrl},
@@ -103,7 +106,8 @@ impl File {
     }
 }
 
-fn positive_secs(name: &str, v: f64) -> Result<Duration, UsageError> {
+/// A duration the user gives in seconds (fractions allowed), `name` as they spelled it.
+pub fn positive_secs(name: &str, v: f64) -> Result<Duration, UsageError> {
     if v.is_finite() && v > 0.0 {
         Ok(Duration::from_secs_f64(v))
     } else {
@@ -111,6 +115,27 @@ fn positive_secs(name: &str, v: f64) -> Result<Duration, UsageError> {
             "{name} must be a positive number of seconds"
         )))
     }
+}
+
+/// Flows the table is sized for, checked against what the table supports.
+pub fn max_flows(n: u32) -> Result<u32, UsageError> {
+    if (MIN_MAX_FLOWS..=MAX_MAX_FLOWS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(UsageError::TableSize {
+            got: n,
+            min: MIN_MAX_FLOWS,
+            max: MAX_MAX_FLOWS,
+        })
+    }
+}
+
+/// 1-in-N packet sampling: N is at least 1.
+pub fn sample_every(n: u32, name: &str) -> Result<u32, UsageError> {
+    if n == 0 {
+        return Err(usage(format!("{name} must be at least 1")));
+    }
+    Ok(n)
 }
 
 /// RTT settings from `rtt` (on unless false) and `rtt_interval_ms` (default 100), as `watch`
@@ -156,22 +181,12 @@ impl Config {
             Some(s) => positive_secs("inactive timeout", s)?,
             None => DEFAULT_INACTIVE,
         };
-        let max_flows = f.max_flows.unwrap_or(DEFAULT_MAX_FLOWS);
-        if !(MIN_MAX_FLOWS..=MAX_MAX_FLOWS).contains(&max_flows) {
-            return Err(UsageError::TableSize {
-                got: max_flows,
-                min: MIN_MAX_FLOWS,
-                max: MAX_MAX_FLOWS,
-            });
-        }
+        let max_flows = max_flows(f.max_flows.unwrap_or(DEFAULT_MAX_FLOWS))?;
         let top_k = f.top_k.unwrap_or(DEFAULT_TOP_K);
         if top_k == 0 || top_k as usize > MAX_FLOWS_PER_MESSAGE * 64 {
             return Err(usage(format!("top_k {top_k} out of range (1..=1048576)")));
         }
-        let sample_every = f.sample_every.unwrap_or(1);
-        if sample_every == 0 {
-            return Err(usage("sample_every must be at least 1"));
-        }
+        let sample_every = sample_every(f.sample_every.unwrap_or(1), "sample_every")?;
         let attach = match f.attach {
             Some(a) => a.parse().map_err(usage)?,
             None => AttachMode::Auto,
@@ -228,11 +243,29 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What the probe session loads and where it attaches.
+    pub fn probe(&self) -> ProbeOptions {
+        ProbeOptions {
+            ifaces: self.interfaces.clone(),
+            netns: self.netns.clone(),
+            max_flows: self.max_flows,
+            attach: self.attach,
+            sample_every: self.sample_every,
+            rtt: self.rtt,
+            expiry: Expiry {
+                inactive: self.inactive_timeout,
+                ..Expiry::default()
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../configs/edgeflow.toml");
+    const EXAMPLE: &str = include_str!("../../../configs/edgeflow.toml");
 
     #[test]
     fn the_shipped_example_parses() {

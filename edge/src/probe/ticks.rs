@@ -13,7 +13,7 @@ use aya::{
 };
 use shared::flow::TICK_CLOCK_MAP;
 
-use crate::bpf::{sys_bpf, CLOCK_PROG};
+use crate::probe::bpf::{sys_bpf, CLOCK_PROG};
 
 /// Kernel tick rates Linux is built with (CONFIG_HZ).
 const KNOWN_HZ: [u64; 4] = [100, 250, 300, 1000];

@@ -19,8 +19,8 @@
 //!   list, so nothing submitted just before the error can surface after the next CONNACK.
 
 use crate::{
-    config::Config,
-    spool::{self, Spool},
+    cmd::config::Config,
+    link::spool::{self, Spool},
     UsageError,
 };
 use rumqttc::{Client, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS};
@@ -116,9 +116,10 @@ pub fn options(cfg: &Config) -> Result<MqttOptions, UsageError> {
 }
 
 impl Publisher {
-    /// Starts the link thread; it connects (and reconnects, with backoff) on its own.
-    pub fn start(cfg: &Config, spool: Spool) -> Result<Publisher, UsageError> {
-        let opts = options(cfg)?;
+    /// Starts the link thread with `opts` (from [`options`]); it connects (and reconnects,
+    /// with backoff) on its own. Fails only if the thread cannot be started: a runtime
+    /// failure, not the user's to fix.
+    pub fn start(cfg: &Config, opts: MqttOptions, spool: Spool) -> std::io::Result<Publisher> {
         let (client, mut connection) = Client::new(opts, WINDOW * 2 + 8);
         let (tx, rx) = smol::channel::bounded(64);
         let inner = Arc::new(Inner {
@@ -145,8 +146,7 @@ impl Publisher {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("mqtt".into())
-                .spawn(move || poll_loop(&inner, &mut connection, &stop))
-                .map_err(|e| UsageError::Invalid(format!("spawning the MQTT thread: {e}")))?
+                .spawn(move || poll_loop(&inner, &mut connection, &stop))?
         };
         Ok(Publisher {
             inner,

@@ -16,7 +16,7 @@
 //! way, and removed otherwise. Anything else on the hooks — another tool's filter or XDP
 //! program, or an edgeflow-named filter without our tag — is left alone.
 
-use crate::{
+use crate::probe::{
     bpf,
     netlink::{self, TcFilter, XdpProg, PARENT_EGRESS, PARENT_INGRESS},
 };
