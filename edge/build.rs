@@ -83,7 +83,7 @@ fn main() {
     // Both binaries of the crate: the agent's programs and the bare counter.
     let built = target_dir.join("bpfel-unknown-none/bpf");
     let mut watch = BTreeSet::from(["Cargo.toml".to_string(), "Cargo.lock".to_string()]);
-    for (bin, to) in [("edgeflow", &out), ("bare", &bare)] {
+    for (bin, to) in [("edgeflow-ebpf", &out), ("bare", &bare)] {
         let obj = built.join(bin);
         fs::copy(&obj, to).unwrap_or_else(|e| panic!("copying {}: {e}", obj.display()));
         sources(

@@ -1,4 +1,4 @@
-//! The agent's eBPF object (bin `edgeflow`; the programs are in `programs.rs`).
+//! The agent's eBPF object (bin `edgeflow-ebpf`; the programs are in `programs.rs`).
 //!
 //! This crate is a member of the root workspace so that it shares its lock file and its
 //! `shared` dependency with userspace, but it only means something for the BPF target:
