@@ -1,5 +1,5 @@
 //! Ingest benchmark (not a test): how many summaries and flow records per second this
-//! machine decodes and stores. Prints a table. Run: `scripts/bench-collector.sh`.
+//! machine decodes and stores. Prints a table. Run: `bench/bench ingest`.
 //!
 //! Workload: summaries of 500 flow records each (a busy edge box's top-K), IPv4 and IPv6
 //! peers, RTT on TCP flows, spread over 20 devices, stored into a fresh SQLite file in WAL

@@ -1,6 +1,6 @@
 //! The in-kernel cost of RTT tracking: the same bounded TCP traffic through the programs with
 //! RTT tracking off and on, and each program's run time per run (BPF_ENABLE_STATS, read back
-//! from the kernel's program info). Run by `scripts/rtt-cost.sh`; prints a table.
+//! from the kernel's program info). Run by `bench/bench rtt-cost`; prints a table.
 //!
 //! Traffic, between two test namespaces over a veth with offloads off (one packet per run):
 //! a request/response loop (every segment carries a new TSval or TSecr at most once per ms),

@@ -1,4 +1,4 @@
-//! Footprint benchmark (run by bench/footprint.sh, as root): the agent with N active flows.
+//! Footprint benchmark (run by `bench/bench footprint` through bench/footprint.sh, as root): the agent with N active flows.
 //!
 //! 1. In this process: the table filled with N real flows (UDP through a test veth), then the
 //!    time of `Drainer::drain` and of building + encoding the summary, over several windows.
