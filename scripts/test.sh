@@ -15,7 +15,7 @@ source scripts/env.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
-# Cross builds for the edge boxes, proven under qemu-user (long on a first run; see README).
+# Cross builds for the edge boxes, proven under qemu-user (long on a first run; see docs/install.md).
 if [ "${EDGEFLOW_TEST_CROSS:-0}" = 1 ]; then
   cross/test.sh
 fi
