@@ -2,7 +2,7 @@
 //!
 //! This crate is a member of the root workspace so that it shares its lock file and its
 //! `shared` dependency with userspace, but it only means something for the BPF target:
-//! edge/build.rs builds it for `bpfel-unknown-none` (docs/toolchain.md). Built for the host
+//! edge/build.rs builds it for `bpfel-unknown-none` (bpf-build/, docs/toolchain.md). Built for the host
 //! (`cargo clippy --workspace`, `cargo test --workspace`) it is an empty `main`, and its
 //! dependencies are BPF-target only, so the host build compiles nothing of it.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
