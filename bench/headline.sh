@@ -35,9 +35,10 @@ else
   fp_build=(-p edgeflow --example footprint) fp_bin="$otarget/release/examples/footprint"
 fi
 (cd "$src" && CARGO_TARGET_DIR="$otarget" cargo build --release --locked -p edgeflow --bin edgeflow "${fp_build[@]}")
-# Its eBPF object as its edge/build.rs left it (the `bpf` profile since issue 20, release before).
+# Its eBPF object as its build left it (bin edgeflow-ebpf of the `bpf` profile since issue 20,
+# bin edgeflow of the release profile before).
 obj=""
-for o in "$otarget/bpf/bpfel-unknown-none/bpf/edgeflow" "$otarget/bpf/bpfel-unknown-none/release/edgeflow"; do
+for o in "$otarget/bpf/bpfel-unknown-none/bpf/edgeflow-ebpf" "$otarget/bpf/bpfel-unknown-none/release/edgeflow"; do
   [ -f "$o" ] && { obj=$o; break; }
 done
 [ -n "$obj" ] || { echo "bench: no eBPF object found under $otarget/bpf" >&2; exit 1; }
