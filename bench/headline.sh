@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `bench/bench headline OLD [-n ROUNDS] [--skip prog-cost|tcp|footprint]...`: the headline
+# `bench/bench headline OLD [-n ROUNDS] [--skip prog-cost|tcp|footprint]... [--max-foreign CPUS]`: the headline
 # figures (in-kernel ns, bulk TCP ratio, 64k drain, RSS, bytes per flow record) of this
 # checkout's build beside the build of commit OLD, measured interleaved in one sitting
 # (docs/bench.md, "Headline"). As root. Builds both in release: this one in

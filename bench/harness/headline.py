@@ -73,6 +73,7 @@ def main():
     ap.add_argument("--old", required=True, help="JSON: the other build's binaries and object")
     ap.add_argument("--old-name", default="old")
     ap.add_argument("-n", "--rounds", type=int, default=3)
+    ap.add_argument("--max-foreign", help="passed to the harness (CPUs of other load a TCP run may see)")
     ap.add_argument("--skip", action="append", default=[], choices=("prog-cost", "tcp", "footprint"))
     args = ap.parse_args()
     new, old = json.loads(args.new), json.loads(args.old)
@@ -88,7 +89,7 @@ def main():
         configs = "none,bare-tc+edgeflow-tc,edgeflow-tc+bare-tc,bare-tc+edgeflow-tc@alt,edgeflow-tc@alt+bare-tc"
         run([sys.executable, os.path.join(HERE, "main.py"), "--bins", json.dumps(bins),
              "--alt-edgeflow", old["edgeflow"], "-t", "tcp", "-n", str(args.rounds), "-d", "4",
-             "-c", configs])
+             "-c", configs] + (["--max-foreign", args.max_foreign] if args.max_foreign else []))
 
     if "footprint" not in args.skip:
         print(f"# Footprint, {args.rounds} rounds, the builds alternating")
