@@ -1,7 +1,8 @@
 //! The fleet API (docs: the README's API section) through a real Mosquitto and the collector
 //! binary: a small fleet of hand-built devices, each with one thing wrong or nothing, must
 //! come out of /api/devices (search, site, sort, pages), /api/fleet, /api/series (top, fleet,
-//! others, site) and /api/health exactly.
+//! others, site) and /api/health exactly. Every test runs against both stores: `sqlite::NAME`
+//! and `postgres::NAME`.
 
 mod common;
 
@@ -9,6 +10,32 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 use testkit::mosquitto::Mosquitto;
+
+/// Where the collector stores and the API reads.
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    Sqlite,
+}
+
+/// Each test once per store.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Store::Sqlite)
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    devices_state_attention_search_sort_and_pages,
+    fleet_counts_states_reasons_sites_and_traffic,
+    series_top_devices_the_fleet_and_the_others,
+    health_of_one_device_over_time,
+    flows_talkers_conversations_rtt_stored_and_metrics,
+);
 
 /// A fleet of four devices in two sites, published once and stored.
 struct Fleet {
@@ -33,15 +60,19 @@ fn flows(bytes: u64) -> Vec<F> {
 /// s1/a healthy (3 windows of 30 kB); s1/b a gap (seq 1 missing) and a full table in its
 /// latest window (2 windows of 10 kB); s2/c a spool that dropped (2 windows of 20 kB);
 /// s2/d said offline after its one window (5 kB).
-fn start() -> Fleet {
+fn start(store: Store) -> Fleet {
     let broker = Mosquitto::start();
-    let c = Collector::start(&broker.url());
+    let c = match store {
+        Store::Sqlite => Collector::start(&broker.url()),
+    };
     c.wait_subscribed();
     let base = (now_ms() / 10_000 - 60) * 10_000;
     let w = |i: u64| base + i * WINDOW_MS as u64;
     let mut msgs = Vec::new();
     for seq in 0..3 {
-        msgs.push(summary("s1", "a", 1, seq, w(seq), &flows(30_000), (0, 0)));
+        let mut s = summary("s1", "a", 1, seq, w(seq), &flows(30_000), (0, 0));
+        s.rtt_hist = [0, 0, 0, 2, 1].into_iter().collect();
+        msgs.push(s);
     }
     msgs.push(summary("s1", "b", 2, 0, w(0), &flows(10_000), (0, 0)));
     msgs.push(summary("s1", "b", 2, 2, w(2), &flows(9_000), (1, 1_000)));
@@ -88,9 +119,8 @@ fn ids(c: &Collector, query: &str) -> (Vec<String>, u64) {
     (ids, total)
 }
 
-#[test]
-fn devices_state_attention_search_sort_and_pages() {
-    let f = start();
+fn devices_state_attention_search_sort_and_pages(store: Store) {
+    let f = start(store);
     let c = &f.c;
     let v = c.json("/api/devices");
     let by_id = |id: &str| -> Value {
@@ -140,9 +170,8 @@ fn devices_state_attention_search_sort_and_pages() {
     assert!(body.contains("attention, name, throughput"), "{body}");
 }
 
-#[test]
-fn fleet_counts_states_reasons_sites_and_traffic() {
-    let f = start();
+fn fleet_counts_states_reasons_sites_and_traffic(store: Store) {
+    let f = start(store);
     let v = f.c.json("/api/fleet");
     assert_eq!(v["devices"], 4, "{v}");
     assert_eq!(v["states"], json!({"online": 3, "silent": 0, "offline": 1}));
@@ -184,9 +213,8 @@ fn rates(v: &Value) -> Vec<Option<f64>> {
     v.as_array().unwrap().iter().map(Value::as_f64).collect()
 }
 
-#[test]
-fn series_top_devices_the_fleet_and_the_others() {
-    let f = start();
+fn series_top_devices_the_fleet_and_the_others(store: Store) {
+    let f = start(store);
     let range = format!("from={}&to={}&step=10000", f.base, f.base + 40_000);
     let v = f.c.json(&format!("/api/series?{range}&top=2"));
     assert_eq!(v["step_ms"], 10_000, "{v}");
@@ -232,9 +260,8 @@ fn series_top_devices_the_fleet_and_the_others() {
     }
 }
 
-#[test]
-fn health_of_one_device_over_time() {
-    let f = start();
+fn health_of_one_device_over_time(store: Store) {
+    let f = start(store);
     let range = format!("from={}&to={}&step=10000", f.base, f.base + 40_000);
     let v = f.c.json(&format!("/api/health?device=s1/b&{range}"));
     assert_eq!(v["id"], "s1/b");
@@ -262,4 +289,79 @@ fn health_of_one_device_over_time() {
     let (status, body) = f.c.get(&format!("/api/health?{range}"));
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("device"), "{body}");
+}
+
+fn flows_talkers_conversations_rtt_stored_and_metrics(store: Store) {
+    let f = start(store);
+    let c = &f.c;
+    // Every device's one flow 10.2.0.1:40000 -> 10.2.0.2:443: a 90 kB, c 40 kB, b 19 kB, d 5 kB.
+    let all = 90_000 + 40_000 + 19_000 + 5_000;
+    let t = c.json("/api/talkers?limit=10");
+    assert_eq!(t[0]["addr"], "10.2.0.1", "{t}");
+    assert_eq!(
+        (&t[0]["sent"]["bytes"], &t[0]["received"]["bytes"]),
+        (&json!(all), &json!(0))
+    );
+    assert_eq!(
+        (&t[1]["addr"], &t[1]["received"]["bytes"]),
+        (&json!("10.2.0.2"), &json!(all))
+    );
+    let conv = c.json("/api/conversations?limit=10");
+    assert_eq!(conv.as_array().unwrap().len(), 1, "{conv}");
+    assert_eq!(
+        (&conv[0]["fwd"]["bytes"], &conv[0]["flows"]),
+        (&json!(all), &json!(4))
+    );
+    let flows = c.json("/api/flows?limit=100");
+    assert_eq!(flows["matching"], 4, "{flows}");
+    let order: Vec<_> = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["device"].as_str().unwrap(), f["bytes"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("s1/a", 90_000),
+            ("s2/c", 40_000),
+            ("s1/b", 19_000),
+            ("s2/d", 5_000)
+        ]
+    );
+    let narrow = c.json("/api/flows?addr=2.0.2&port=443&proto=tcp&device=s2/c");
+    assert_eq!(narrow["matching"], 1, "{narrow}");
+    assert_eq!(
+        (
+            &narrow["flows"][0]["windows"],
+            &narrow["flows"][0]["fwd"]["packets"]
+        ),
+        (&json!(2), &json!(40))
+    );
+    assert_eq!(c.json("/api/flows?proto=udp")["matching"], 0);
+    assert_eq!(c.json("/api/flows?addr=10_2")["matching"], 0);
+    let rtt = c.json("/api/rtt");
+    assert_eq!(rtt["samples"], 9, "{rtt}");
+    assert_eq!(
+        (&rtt["p50_us"], &rtt["p90_us"], &rtt["p99_us"]),
+        (&json!(16), &json!(32), &json!(32))
+    );
+    assert_eq!(c.json("/api/rtt?device=s1/b")["samples"], 0);
+    let stored = &c.json("/api/ingest")["stored"];
+    assert_eq!(
+        (&stored["summaries"], &stored["flow_records"]),
+        (&json!(8), &json!(8))
+    );
+    assert_eq!(stored["oldest_window_ms"], f.base);
+    assert_eq!(stored["newest_window_ms"], f.base + 20_000);
+    let (status, metrics) = c.get("/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "edgeflow_device_up{site=\"s2\",device=\"d\"} 0\n",
+        "edgeflow_device_up{site=\"s1\",device=\"a\"} 1\n",
+        "edgeflow_device_bytes_total{site=\"s1\",device=\"a\"} 90000\n",
+        "edgeflow_device_missing_windows{site=\"s1\",device=\"b\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
+    }
 }

@@ -29,20 +29,21 @@ impl Collector {
         Collector::with_args(&["--broker", broker])
     }
 
-    /// Starts with these extra arguments (a fresh database, a unique client id, HTTP on a
-    /// free loopback port).
+    /// Starts with these extra arguments (a fresh database unless they name one with
+    /// `--db`, a unique client id, HTTP on a free loopback port).
     pub fn with_args(extra: &[&str]) -> Collector {
         let dir = std::env::temp_dir().join(testkit::unique("efcol"));
         std::fs::create_dir_all(&dir).unwrap();
         let db = dir.join("collector.db");
         let mut args: Vec<String> = vec![
-            "--db".into(),
-            db.to_string_lossy().into_owned(),
             "--http".into(),
             "127.0.0.1:0".into(),
             "--client-id".into(),
             testkit::unique("efc-test"),
         ];
+        if !extra.contains(&"--db") {
+            args.extend(["--db".into(), db.to_string_lossy().into_owned()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let token = extra
             .iter()
