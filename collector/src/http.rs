@@ -5,12 +5,13 @@
 use crate::{
     api::{
         self, conversations, devices, fleet, flows::FlowFilter, health, rtt, series, stored,
-        talkers, Backend, Range, Reader,
+        talkers, Range, Reader,
     },
     config::Limits,
     ingest::{now_ms, IngestStats},
     metrics,
     rate::RateTracker,
+    store::Db,
 };
 use axum::extract::rejection::QueryRejection;
 use axum::{
@@ -23,7 +24,6 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use std::{
-    path::PathBuf,
     sync::{atomic::Ordering::Relaxed, Arc, Mutex},
     time::Duration,
 };
@@ -46,7 +46,7 @@ pub struct App {
 /// A pool of read-only connections: at most `permits` queries at once, each stopped once it
 /// has run longer than `timeout`.
 struct Readers {
-    backend: Backend,
+    db: Db,
     /// Opened on first use (the writer creates the database and schema first).
     idle: Mutex<Vec<Box<dyn Reader>>>,
     permits: Arc<tokio::sync::Semaphore>,
@@ -55,7 +55,7 @@ struct Readers {
 
 impl App {
     pub fn new(
-        db: PathBuf,
+        db: Db,
         stats: Arc<IngestStats>,
         rates: Arc<RateTracker>,
         token: Option<String>,
@@ -63,7 +63,7 @@ impl App {
     ) -> App {
         App {
             readers: Readers {
-                backend: Backend::Sqlite(db),
+                db,
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(tokio::sync::Semaphore::new(limits.http_readers)),
                 timeout: limits.query_timeout,
@@ -96,7 +96,7 @@ impl App {
             let taken = r.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let mut reader = match taken {
                 Some(reader) => reader,
-                None => r.backend.open(r.timeout).map_err(ApiError::internal)?,
+                None => api::open(&r.db, r.timeout).map_err(ApiError::internal)?,
             };
             reader.busy();
             let result = f(reader.as_mut());

@@ -15,6 +15,8 @@ use testkit::mosquitto::Mosquitto;
 #[derive(Debug, Clone, Copy)]
 enum Store {
     Sqlite,
+    /// A database of its own on the binary's shared server.
+    Postgres,
 }
 
 /// Each test once per store.
@@ -24,6 +26,12 @@ macro_rules! on_every_store {
             $(#[test]
             fn $name() {
                 super::$name(super::Store::Sqlite)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Store::Postgres)
             })*
         }
     };
@@ -41,6 +49,8 @@ on_every_store!(
 struct Fleet {
     c: Collector,
     _broker: Mosquitto,
+    /// Held while the collector runs (declared after it: dropped after it stops).
+    _pg: Option<(std::sync::Arc<SharedPostgres>, String)>,
     /// The first window's start (windows are 10 s, aligned to 10 s).
     base: u64,
 }
@@ -62,8 +72,15 @@ fn flows(bytes: u64) -> Vec<F> {
 /// s2/d said offline after its one window (5 kB).
 fn start(store: Store) -> Fleet {
     let broker = Mosquitto::start();
-    let c = match store {
-        Store::Sqlite => Collector::start(&broker.url()),
+    let (c, pg) = match store {
+        Store::Sqlite => (Collector::start(&broker.url()), None),
+        Store::Postgres => {
+            let pg = SharedPostgres::get();
+            let name = testkit::unique("efapi");
+            let db = pg.pg.create_database(&name);
+            let c = Collector::with_args(&["--broker", &broker.url(), "--db", &db]);
+            (c, Some((pg, name)))
+        }
     };
     c.wait_subscribed();
     let base = (now_ms() / 10_000 - 60) * 10_000;
@@ -93,6 +110,7 @@ fn start(store: Store) -> Fleet {
     Fleet {
         c,
         _broker: broker,
+        _pg: pg,
         base,
     }
 }

@@ -11,6 +11,7 @@ pub mod devices;
 pub mod fleet;
 pub mod flows;
 pub mod health;
+pub mod postgres;
 pub mod rtt;
 pub mod series;
 mod sql;
@@ -20,7 +21,7 @@ pub mod talkers;
 
 use serde::Serialize;
 pub use sql::{Param, Reader, Row};
-use std::path::PathBuf;
+use std::time::Duration;
 
 /// Packets and bytes: the wire format's own pair.
 pub use shared::wire::Count;
@@ -29,6 +30,9 @@ pub use shared::wire::Count;
 pub enum Error {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// (From `postgres::Error` in [`postgres`]: a cancelled statement is a [`Error::Timeout`].)
+    #[error("database: {0}")]
+    Postgres(::postgres::Error),
     #[error("database: column {column}: {why}")]
     Column { column: String, why: String },
     /// The query ran longer than the reader's time limit and was stopped.
@@ -41,19 +45,14 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Where the readers connect.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    Sqlite(PathBuf),
-}
-
-impl Backend {
-    /// A new reader; every query on it is stopped after `timeout`.
-    pub fn open(&self, timeout: std::time::Duration) -> Result<Box<dyn Reader>> {
-        match self {
-            Backend::Sqlite(path) => Ok(Box::new(sqlite::Sqlite::open(path, timeout)?)),
-        }
-    }
+/// A new reader of the store `db` names; every query on it is stopped after `timeout`. The
+/// PostgreSQL client blocks: call this, and use the reader, on a blocking thread.
+pub fn open(db: &crate::store::Db, timeout: Duration) -> Result<Box<dyn Reader>> {
+    use crate::store::Db;
+    Ok(match db {
+        Db::Sqlite(path) => Box::new(sqlite::Sqlite::open(path, timeout)?),
+        Db::Postgres(url) => Box::new(postgres::Postgres::open(url, timeout)?),
+    })
 }
 
 /// A time range of window starts, `[from, to)` in ms since the epoch.

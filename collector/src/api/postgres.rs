@@ -1,0 +1,124 @@
+//! The PostgreSQL reader: one connection of the sync `postgres` client (it runs a small
+//! runtime of its own: use it from blocking threads only, never on a tokio worker), in
+//! read-only transactions, every statement stopped by the server's `statement_timeout`.
+//! Statements are prepared once per connection and kept by their SQL text.
+
+use super::{Error, Param, Reader, Result, Row};
+use postgres::{
+    error::SqlState,
+    fallible_iterator::FallibleIterator,
+    types::{ToSql, Type},
+    Client, NoTls, Statement,
+};
+use std::{collections::HashMap, time::Duration};
+
+pub struct Postgres {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl Postgres {
+    pub fn open(url: &str, timeout: Duration) -> Result<Postgres> {
+        let mut client = url.parse::<postgres::Config>()?.connect(NoTls)?;
+        client.batch_execute(&format!(
+            "SET default_transaction_read_only = on; SET statement_timeout = {}",
+            timeout.as_millis().max(1)
+        ))?;
+        Ok(Postgres {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Error {
+        if e.code() == Some(&SqlState::QUERY_CANCELED) {
+            Error::Timeout
+        } else {
+            Error::Postgres(e)
+        }
+    }
+}
+
+impl Reader for Postgres {
+    fn each(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        each: &mut dyn FnMut(&dyn Row) -> Result<()>,
+    ) -> Result<()> {
+        let st = self.statement(sql)?;
+        let values = params.iter().map(|p| match p {
+            Param::Int(v) => v as &(dyn ToSql + Sync),
+            Param::Text(v) => v as &(dyn ToSql + Sync),
+        });
+        let mut rows = self.client.query_raw(&st, values)?;
+        while let Some(r) = rows.next()? {
+            each(&PgRow(&r))?;
+        }
+        Ok(())
+    }
+
+    fn broken(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+struct PgRow<'a>(&'a postgres::Row);
+
+impl PgRow<'_> {
+    fn kind(&self, column: &str) -> Result<Type> {
+        self.0
+            .columns()
+            .iter()
+            .find(|c| c.name() == column)
+            .map(|c| c.type_().clone())
+            .ok_or_else(|| Error::Column {
+                column: column.into(),
+                why: "not in the answer".into(),
+            })
+    }
+
+    fn get<'a, T: postgres::types::FromSql<'a>>(&'a self, column: &str) -> Result<T> {
+        self.0.try_get(column).map_err(|e| Error::Column {
+            column: column.into(),
+            why: e.to_string(),
+        })
+    }
+}
+
+impl Row for PgRow<'_> {
+    fn opt_i64(&self, column: &str) -> Result<Option<i64>> {
+        match self.kind(column)? {
+            Type::INT8 => self.get::<Option<i64>>(column),
+            Type::INT4 => Ok(self.get::<Option<i32>>(column)?.map(i64::from)),
+            Type::INT2 => Ok(self.get::<Option<i16>>(column)?.map(i64::from)),
+            t => Err(Error::Column {
+                column: column.into(),
+                why: format!("{t} where an integer was expected"),
+            }),
+        }
+    }
+
+    fn opt_f64(&self, column: &str) -> Result<Option<f64>> {
+        match self.kind(column)? {
+            Type::FLOAT8 => self.get::<Option<f64>>(column),
+            Type::FLOAT4 => Ok(self.get::<Option<f32>>(column)?.map(f64::from)),
+            _ => Ok(self.opt_i64(column)?.map(|v| v as f64)),
+        }
+    }
+
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        self.get::<Option<String>>(column)
+    }
+}
