@@ -163,6 +163,8 @@ fn devices_state_attention_search_sort_and_pages(store: Store) {
             "{d}"
         );
     }
+    assert_eq!(by_id("s2/d")["reported"], "offline");
+    assert_eq!(by_id("s1/a")["reported"], Value::Null);
     let all = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
     // Most severe first, then more reasons, then the id.
     assert_eq!(ids(c, ""), (all(&["s2/d", "s1/b", "s2/c", "s1/a"]), 4));

@@ -5,8 +5,14 @@
 //! per device), so the cost follows the number of devices, not the stored history.
 
 use super::{Count, Error, Range, Reader, Result, Row};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+use shared::identity::Presence;
 use std::collections::BTreeMap;
+
+/// As the device said it: `online` or `offline`.
+fn presence<S: Serializer>(p: &Option<Presence>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    p.map(Presence::as_str).serialize(s)
+}
 
 /// Where a device is, as the collector sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,7 +61,8 @@ pub struct Device {
     /// What needs attention, most severe first; empty when healthy.
     pub attention: Vec<Attention>,
     /// The last presence message (`online`/`offline`), if any.
-    pub reported: Option<String>,
+    #[serde(serialize_with = "presence")]
+    pub reported: Option<Presence>,
     pub latest: Option<Latest>,
     /// Window totals in the range.
     pub totals: Count,
@@ -95,7 +102,7 @@ impl Device {
     }
 
     fn judge(&mut self, presence_ms: i64, now_ms: i64) {
-        let said_offline_last = self.reported.as_deref() == Some("offline")
+        let said_offline_last = self.reported == Some(Presence::Offline)
             && self
                 .latest
                 .as_ref()
@@ -283,7 +290,13 @@ pub fn devices(
         let d = out
             .entry(k.clone())
             .or_insert_with(|| Device::new(k.0.clone(), k.1.clone()));
-        d.reported = Some(r.text("state")?);
+        let state = r.text("state")?;
+        d.reported = Some(
+            Presence::parse(state.as_bytes()).ok_or_else(|| Error::Column {
+                column: "state".into(),
+                why: format!("{state:?} is not a presence (online, offline)"),
+            })?,
+        );
         reported_at.insert(k, r.i64("received_ms")?);
         Ok(())
     })?;

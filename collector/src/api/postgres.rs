@@ -122,3 +122,46 @@ impl Row for PgRow<'_> {
         self.get::<Option<String>>(column)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stops_slow_queries_reads_only_and_reads_columns_by_name() {
+        let pg = testkit::postgres::Postgres::start();
+        let mut reader = Postgres::open(&pg.url(), Duration::from_millis(100)).unwrap();
+        let r: &mut dyn Reader = &mut reader;
+        let slow = r.one("SELECT 1 AS x FROM pg_sleep(5)", &[], |r| r.i64("x"));
+        assert!(matches!(slow, Err(Error::Timeout)), "{slow:?}");
+        let write = r.rows("CREATE TABLE t (a BIGINT)", &[], |_| Ok(()));
+        match write {
+            Err(Error::Postgres(e)) => {
+                assert_eq!(e.code(), Some(&SqlState::READ_ONLY_SQL_TRANSACTION))
+            }
+            other => panic!("a write on a reader: {other:?}"),
+        }
+        // Still usable after both; the same statement twice (prepared once).
+        for _ in 0..2 {
+            r.one(
+                "SELECT CAST($1 AS BIGINT) + 2 AS n, CAST(1.5 AS DOUBLE PRECISION) AS f,
+                        CAST(7 AS INTEGER) AS small, CAST($2 AS TEXT) AS t,
+                        CAST(NULL AS BIGINT) AS z",
+                &[40.into(), "x".into()],
+                |row| {
+                    assert_eq!(row.i64("n")?, 42);
+                    assert_eq!(row.f64("n")?, 42.0, "an integer reads as a number");
+                    assert_eq!(row.f64("f")?, 1.5);
+                    assert!(row.i64("f").is_err(), "a float is not an integer");
+                    assert_eq!(row.u64("small")?, 7);
+                    assert_eq!(row.text("t")?, "x");
+                    assert_eq!((row.opt_i64("z")?, row.total("z")?), (None, 0));
+                    assert!(row.i64("z").is_err() && row.i64("nope").is_err());
+                    Ok(())
+                },
+            )
+            .unwrap();
+        }
+        assert!(!r.broken());
+    }
+}
