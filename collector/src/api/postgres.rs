@@ -20,8 +20,13 @@ pub struct Postgres {
 impl Postgres {
     pub fn open(url: &str, timeout: Duration) -> Result<Postgres> {
         let mut client = url.parse::<postgres::Config>()?.connect(NoTls)?;
+        // work_mem: the flow table groups every record of the range; at the default 4 MB a
+        // 450,000-record range (1,000 devices, 15 min) spills to disk: /api/flows took 2.0 s,
+        // with 32 MB 0.96 s (talkers 0.78 -> 0.41 s). Per sort or hash, per reader
+        // (--http-readers, 4 by default).
         client.batch_execute(&format!(
-            "SET default_transaction_read_only = on; SET statement_timeout = {}",
+            "SET default_transaction_read_only = on; SET work_mem = '32MB';
+             SET statement_timeout = {}",
             timeout.as_millis().max(1)
         ))?;
         Ok(Postgres {
