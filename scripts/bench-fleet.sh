@@ -34,8 +34,10 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=21883
+while ss -ltnH "sport = :$port" | grep -q .; do port=$((port + 1)); done
 cat >"$work/mosquitto.conf" <<EOF
 listener $port 127.0.0.1
 allow_anonymous true
@@ -48,6 +50,21 @@ EOF
 mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
 mq_pid=$!
 pids+=("$mq_pid")
+
+# CPU seconds a process used (with its waited-for children: PostgreSQL's ended backends).
+cpu_s() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); print ($12 + $13 + $14 + $15) / hz }' "/proc/$1/stat"
+}
+
+# PostgreSQL's CPU seconds: the postmaster with its ended backends, and its live processes.
+pg_cpu_s() {
+  local pm
+  pm=$(head -1 "$work/pg/data/postmaster.pid")
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" -v hz="$(getconf CLK_TCK)" '{
+      pid = $1; sub(/.*\) /, "")
+      if (pid == pm) t += $12 + $13 + $14 + $15; else if ($2 == pm) t += $12 + $13
+    } END { print t / hz }'
+}
 
 psql() { "$PGBIN/psql" -h "$work" -U edgeflow -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
 start_pg() {
@@ -80,7 +97,9 @@ run() {
   local cpids=()
   for i in $(seq 1 $n); do
     local share=()
-    [ "$n" -gt 1 ] && share=(--share-group bench)
+    # A group per run: the broker keeps the stopped collectors' sessions of an earlier run in
+    # their group and goes on handing them their share (queued until they come back).
+    [ "$n" -gt 1 ] && share=(--share-group "bench-$round")
     "$BIN/edgeflow-collector" --db "$db" --broker "mqtt://127.0.0.1:$port" --http 127.0.0.1:0 \
       --client-id "bench-$config-$round-$i" "${share[@]}" >"$work/c$i.out" 2>"$work/c$i.log" &
     cpids+=($!)
@@ -89,8 +108,10 @@ run() {
   for i in $(seq 1 $n); do
     for _ in $(seq 200); do grep -q "subscribed to" "$work/c$i.log" && break; sleep 0.1; done
   done
-  local load0
+  local load0 mq0 pg0=0
   load0=$(cut -d' ' -f1 /proc/loadavg)
+  mq0=$(cpu_s "$mq_pid")
+  [ -z "$pg_pid" ] || pg0=$(pg_cpu_s)
   "$BIN/edgeflow-loadgen" --broker "mqtt://127.0.0.1:$port" --devices "$DEVICES" \
     --site "b$round$config" --windows "$WINDOWS" --interval-ms "$INTERVAL_MS" \
     --flows-min "$FLOWS_MIN" --flows-max "$FLOWS_MAX" --top-k "$TOP_K" \
@@ -106,7 +127,13 @@ run() {
   done
   local load1
   load1=$(cut -d' ' -f1 /proc/loadavg)
+  local ccpu=0
+  for p in "${cpids[@]}"; do ccpu=$(awk -v a="$ccpu" -v b="$(cpu_s "$p")" 'BEGIN { print a + b }'); done
   for p in "${cpids[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
+  sleep 0.5
+  local mqcpu pgcpu=0
+  mqcpu=$(awk -v a="$(cpu_s "$mq_pid")" -v b="$mq0" 'BEGIN { print a - b }')
+  [ -z "$pg_pid" ] || pgcpu=$(awk -v a="$(pg_cpu_s)" -v b="$pg0" 'BEGIN { print a - b }')
   local stats="SELECT COUNT(*), MAX(received_ms) - MIN(received_ms) FROM flows f JOIN summaries s ON s.id = f.summary_id"
   local records span bytes
   if [ "$config" = sqlite ]; then
@@ -119,12 +146,15 @@ run() {
     bytes=$(($(psql -d "r${round}_$config" -c "SELECT pg_database_size(current_database())") - base))
   fi
   awk -v c="$config" -v r="$records" -v s="$span" -v b="$bytes" -v l0="$load0" -v l1="$load1" \
-    -v st="$stored" -v w="$want" 'BEGIN {
-      printf "%-7s %10d %8.1f %12.0f %10.1f   %s/%s windows, load %s..%s\n",
-        c, r, s / 1000, r / (s / 1000), b / r, st, w, l0, l1 }'
+    -v st="$stored" -v w="$want" -v cc="$ccpu" -v mc="$mqcpu" -v pc="$pgcpu" 'BEGIN {
+      printf "%-7s %10d %8.1f %12.0f %10.1f %9.1f %9.1f %9.1f   %s/%s windows, load %s..%s\n",
+        c, r, s / 1000, r / (s / 1000), b / r, cc * 1e6 / r, pc * 1e6 / r, mc * 1e6 / r,
+        st, w, l0, l1 }'
 }
 
-printf "%-7s %10s %8s %12s %10s\n" config records seconds records/s bytes/rec
+# CPU columns: microseconds of CPU per stored record, collectors (all) / PostgreSQL / Mosquitto.
+printf "%-7s %10s %8s %12s %10s %9s %9s %9s\n" config records seconds records/s bytes/rec \
+  col-us pg-us mq-us
 for round in $(seq 1 "$ROUNDS"); do
   for config in "${CONFIGS[@]}"; do run "$config" "$round"; done
 done

@@ -30,6 +30,14 @@ die() { echo "provision: $*" >&2; exit 2; }
 ID_RE='^[A-Za-z0-9._-]{1,64}$'
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 
+# The ACL lines of a collector's login: it reads every device's topics.
+acl_collector() {
+  if ! grep -qx "user $1" "$dir/acl"; then
+    printf '\nuser %s\ntopic read edgeflow/v1/+/+/flows\ntopic read edgeflow/v1/+/+/status\n' \
+      "$1" >>"$dir/acl"
+  fi
+}
+
 secret_file() {
   chmod 0640 "$1"
   if getent group mosquitto >/dev/null; then chgrp mosquitto "$1"; fi
@@ -74,6 +82,12 @@ init)
     secret_file "$dir/server.key"
   fi
   cp "$HERE/configs/mosquitto-acl" "$dir/acl"
+  # Collectors provisioned earlier (provision.sh collector) keep their read lines.
+  for f in "$dir"/collector-*.toml; do
+    [ -e "$f" ] || continue
+    name=${f##*/collector-}; name=${name%.toml}
+    acl_collector "$name"
+  done
   touch "$dir/passwd"
   secret_file "$dir/passwd"
   # The shipped config with this directory's paths and the chosen listener.
@@ -190,10 +204,7 @@ collector)
   [ -z "$group" ] || [[ $group =~ $ID_RE ]] || die "share group '$group' must be 1-64 characters of A-Z a-z 0-9 . _ -"
   pass=$(openssl rand -hex 24)
   mosquitto_passwd -b "$dir/passwd" "$name" "$pass"
-  if ! grep -qx "user $name" "$dir/acl"; then
-    printf '\nuser %s\ntopic read edgeflow/v1/+/+/flows\ntopic read edgeflow/v1/+/+/status\n' \
-      "$name" >>"$dir/acl"
-  fi
+  acl_collector "$name"
   out="$dir/collector-$name.toml"
   {
     echo "# edgeflow-collector --config $out --db postgres://..."
