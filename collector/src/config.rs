@@ -469,5 +469,43 @@ mod tests {
             Config::resolve(open, no_env).is_err(),
             "the embedded broker stays on loopback"
         );
+        let wildcard_group = Cli {
+            share_group: Some("a/b".into()),
+            ..Cli::default()
+        };
+        assert!(Config::resolve(wildcard_group, no_env).is_err());
+        let bad_url = Cli {
+            db: Some("postgres://h:port/db".into()),
+            ..Cli::default()
+        };
+        assert!(
+            Config::resolve(bad_url, no_env).is_err(),
+            "a bad URL is not taken for a file name"
+        );
+    }
+
+    #[test]
+    fn a_fleet_collector() {
+        let cli = Cli {
+            db: Some("postgres://edgeflow@/edgeflow?host=/run/postgresql".into()),
+            share_group: Some("fleet".into()),
+            ..Cli::default()
+        };
+        let c = Config::resolve(cli, no_env).unwrap();
+        assert!(matches!(c.db, Db::Postgres(_)));
+        assert_eq!(c.mqtt.share_group.as_deref(), Some("fleet"));
+        assert_eq!(
+            crate::mqtt::filters(&c.mqtt),
+            [
+                "$share/fleet/edgeflow/v1/+/+/flows",
+                "edgeflow/v1/+/+/status"
+            ],
+            "status stays a plain subscription (retained messages)"
+        );
+        let c = Config::resolve(Cli::default(), no_env).unwrap();
+        assert_eq!(
+            crate::mqtt::filters(&c.mqtt),
+            ["edgeflow/v1/+/+/flows", "edgeflow/v1/+/+/status"]
+        );
     }
 }

@@ -106,7 +106,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     ));
     let app = Arc::new(http::App::new(
         cfg.db.clone(),
-        stats,
+        stats.clone(),
         rates,
         cfg.token.clone(),
         &cfg.limits,
@@ -115,7 +115,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Unacknowledged messages stay with the broker (persistent session) for the next start.
     subscriber.abort();
     sampler.abort();
-    println!("edgeflow-collector: stopped");
+    println!(
+        "edgeflow-collector: stopped; stored {} summaries ({} duplicates dropped) since the start",
+        stats.summaries.load(std::sync::atomic::Ordering::Relaxed),
+        stats.duplicates.load(std::sync::atomic::Ordering::Relaxed)
+    );
     Ok(())
 }
 

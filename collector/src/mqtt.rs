@@ -132,7 +132,9 @@ pub async fn run(opts: MqttOptions, filters: Vec<String>, ingest: Ingest, queue_
                 {
                     log::error!("the broker refused a subscription: {:?}", ack.return_codes);
                 } else {
-                    stats.connected.store(true, Relaxed);
+                    if !stats.connected.swap(true, Relaxed) {
+                        log::info!("subscribed to {}", filters.join(", "));
+                    }
                 }
             }
             Ok(_) => {}

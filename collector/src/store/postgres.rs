@@ -1198,4 +1198,32 @@ mod tests {
             1
         );
     }
+
+    #[test]
+    fn a_lost_connection_is_made_again() {
+        let pg = Postgres::start();
+        let url = pg.create_database("reconnect");
+        let now = crate::ingest::now_ms() as u64;
+        let mut store = PgStore::open(&url).unwrap();
+        assert_eq!(write(&mut store, &[summary("d", 0, now)], 1), [true]);
+        // The server ends the collector's session (a restart, a failover, an admin).
+        pg.psql(
+            "reconnect",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = 'reconnect' AND pid <> pg_backend_pid()",
+        );
+        let items = [
+            Write::Summary(&summary("d", 0, now)),
+            Write::Summary(&summary("d", 1, now)),
+        ];
+        // The batch in flight fails (the caller keeps it and tries again); the next attempt
+        // reconnects.
+        let stored = match store.write(&items, 2) {
+            Ok(stored) => stored,
+            Err(_) => store.write(&items, 2).unwrap(),
+        };
+        assert_eq!(stored, [false, true]);
+        assert_eq!(scalar(&url, "SELECT COUNT(*) FROM summaries"), 2);
+        assert_totals_consistent(&url);
+    }
 }

@@ -6,6 +6,7 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use shared::wire::{self, Addr, Count, FlowRecord, Health, Message, Summary};
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
@@ -35,15 +36,16 @@ impl Collector {
         let dir = std::env::temp_dir().join(testkit::unique("efcol"));
         std::fs::create_dir_all(&dir).unwrap();
         let db = dir.join("collector.db");
-        let mut args: Vec<String> = vec![
+        let mut args: Vec<String> = Vec::new();
+        if !extra.contains(&"--db") {
+            args.extend(["--db".into(), db.to_string_lossy().into_owned()]);
+        }
+        args.extend([
             "--http".into(),
             "127.0.0.1:0".into(),
             "--client-id".into(),
             testkit::unique("efc-test"),
-        ];
-        if !extra.contains(&"--db") {
-            args.extend(["--db".into(), db.to_string_lossy().into_owned()]);
-        }
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let token = extra
             .iter()
@@ -77,8 +79,14 @@ impl Collector {
             .expect("starting edgeflow-collector");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("collector.log"))
+            .unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // The log gets stdout too (what a stopping collector reports).
+                let _ = writeln!(log, "{line}");
                 if let Some(url) = line.strip_prefix("edgeflow-collector: dashboard http://") {
                     let _ = tx.send(url.trim_end_matches('/').to_string());
                 }
@@ -160,6 +168,19 @@ impl Collector {
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting on {path}; last answer: {v}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the log holds `needle` (panics with the log after `timeout`).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -494,5 +515,97 @@ impl SharedPostgres {
         });
         *shared = Arc::downgrade(&s);
         s
+    }
+}
+
+/// What the load generator reported per device: (windows, packets, bytes, flow records).
+pub type Acked = BTreeMap<String, (u64, u64, u64, u64)>;
+
+/// `edgeflow-loadgen` publishing through a provisioned broker; killed on drop. Its report
+/// (a line per device) is read as it comes: a thousand devices' lines fill a pipe.
+pub struct Loadgen(Option<Child>, Option<std::thread::JoinHandle<String>>);
+
+impl Loadgen {
+    /// The devices of `creds` (`provision.sh bulk`), `windows` each, one every
+    /// `interval_ms`, with `flows` (fewest, most) flows a window.
+    pub fn start(
+        broker: &testkit::mosquitto::Mosquitto,
+        creds: &std::path::Path,
+        windows: u64,
+        interval_ms: u64,
+        flows: (u32, u32),
+    ) -> Loadgen {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edgeflow-loadgen"))
+            .args([
+                "--broker",
+                &format!("mqtts://127.0.0.1:{}", broker.port),
+                "--ca",
+                broker.dir().join("ca.crt").to_str().unwrap(),
+                "--credentials",
+                creds.to_str().unwrap(),
+                "--windows",
+                &windows.to_string(),
+                "--interval-ms",
+                &interval_ms.to_string(),
+                "--flows-min",
+                &flows.0.to_string(),
+                "--flows-max",
+                &flows.1.to_string(),
+                "--top-k",
+                "1500",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting edgeflow-loadgen");
+        let mut stdout = child.stdout.take().unwrap();
+        let report = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        Loadgen(Some(child), Some(report))
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Waits for the end; what each device got acknowledged.
+    pub fn finish(mut self, timeout: Duration) -> Acked {
+        let mut child = self.0.take().unwrap();
+        let deadline = Instant::now() + timeout;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the load generator did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(child.wait().unwrap().success());
+        let report = self.1.take().unwrap().join().unwrap();
+        report
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                let n = |k: &str| v[k].as_u64().unwrap();
+                (
+                    v["id"].as_str().unwrap().to_string(),
+                    (n("windows"), n("packets"), n("bytes"), n("flow_records")),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Loadgen {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
