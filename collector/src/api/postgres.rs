@@ -13,7 +13,8 @@ use postgres::{
 use std::{collections::HashMap, time::Duration};
 
 pub struct Postgres {
-    client: Client,
+    /// Always `Some` until dropped.
+    client: Option<Client>,
     statements: HashMap<String, Statement>,
 }
 
@@ -30,16 +31,20 @@ impl Postgres {
             timeout.as_millis().max(1)
         ))?;
         Ok(Postgres {
-            client,
+            client: Some(client),
             statements: HashMap::new(),
         })
+    }
+
+    fn client(&mut self) -> &mut Client {
+        self.client.as_mut().expect("a client until dropped")
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(sql)?;
+        let s = self.client().prepare(sql)?;
         self.statements.insert(sql.to_string(), s.clone());
         Ok(s)
     }
@@ -67,7 +72,7 @@ impl Reader for Postgres {
             Param::Int(v) => v as &(dyn ToSql + Sync),
             Param::Text(v) => v as &(dyn ToSql + Sync),
         });
-        let mut rows = self.client.query_raw(&st, values)?;
+        let mut rows = self.client().query_raw(&st, values)?;
         while let Some(r) = rows.next()? {
             each(&PgRow(&r))?;
         }
@@ -75,7 +80,22 @@ impl Reader for Postgres {
     }
 
     fn broken(&self) -> bool {
-        self.client.is_closed()
+        self.client.as_ref().is_none_or(Client::is_closed)
+    }
+}
+
+impl Drop for Postgres {
+    /// The client closes its connection by blocking on its own runtime, which panics on an
+    /// async thread (where the HTTP side's pool goes when the server stops): there, a
+    /// thread of its own closes it.
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new()
+                    .name("pg-reader-close".into())
+                    .spawn(move || drop(client));
+            }
+        }
     }
 }
 
