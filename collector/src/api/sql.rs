@@ -1,6 +1,19 @@
 //! The read interface both stores implement: run one SQL text with positional parameters
 //! (`$1`, `$2`… as PostgreSQL writes them; the SQLite reader renames them `?1`, `?2`…) and
 //! hand each row to the caller, who reads its columns by name.
+//!
+//! One SQL text serves both databases when it keeps to what they agree on:
+//! - sums as `SUM(CAST(x AS DOUBLE PRECISION) * …)`: SQLite's `SUM` of integers fails on
+//!   overflow and PostgreSQL's `SUM(bigint)` is `numeric`; a float is exact below 2^53 in both
+//!   (and `NULL` over no rows: [`Row::total`] reads it as 0);
+//! - conditional counts as `COUNT(CASE WHEN … THEN 1 END)`, not `SUM(a = b)` (no booleans to
+//!   add in PostgreSQL); no scalar `MAX(a, b)` (SQLite) or `GREATEST` (PostgreSQL);
+//! - an optional parameter as `(CAST($n AS TEXT) IS NULL OR col = $n)`: the cast gives
+//!   PostgreSQL its type; `LIMIT $n` and comparisons with BIGINT columns type themselves;
+//! - `LIKE … ESCAPE '\'` with the pattern escaped by the caller (SQLite's `instr` does not
+//!   exist in PostgreSQL), and lower-case data (PostgreSQL's LIKE minds case);
+//! - an alias on every subquery in `FROM`, and `AS` names on computed columns (they are read
+//!   by name).
 
 use super::{Error, Result};
 
