@@ -185,16 +185,22 @@ pub(crate) const TOTALS_ALL: &str = "SELECT site, device, packets, bytes, overfl
         overflow_bytes, windows, flow_records
     FROM device_totals";
 
-/// Each device's totals over the windows in `[$1, $2)`.
-const TOTALS_IN_RANGE: &str = "SELECT site, device,
-        SUM(CAST(packets AS DOUBLE PRECISION) * sample_every) AS packets,
-        SUM(CAST(bytes AS DOUBLE PRECISION) * sample_every) AS bytes,
-        SUM(CAST(overflow_packets AS DOUBLE PRECISION) * sample_every) AS overflow_packets,
-        SUM(CAST(overflow_bytes AS DOUBLE PRECISION) * sample_every) AS overflow_bytes,
-        COUNT(CASE WHEN part = 0 THEN 1 END) AS windows,
-        SUM(CAST(flow_count AS DOUBLE PRECISION)) AS flow_records
-    FROM summaries WHERE window_start_ms >= $1 AND window_start_ms < $2
-    GROUP BY site, device";
+/// Each device's totals over the windows in `[$1, $2)`, of the device `$3` names if not NULL
+/// (a device's page sums its own windows, not the fleet's).
+fn totals_in_range() -> String {
+    format!(
+        "SELECT site, device,
+            SUM(CAST(packets AS DOUBLE PRECISION) * sample_every) AS packets,
+            SUM(CAST(bytes AS DOUBLE PRECISION) * sample_every) AS bytes,
+            SUM(CAST(overflow_packets AS DOUBLE PRECISION) * sample_every) AS overflow_packets,
+            SUM(CAST(overflow_bytes AS DOUBLE PRECISION) * sample_every) AS overflow_bytes,
+            COUNT(CASE WHEN part = 0 THEN 1 END) AS windows,
+            SUM(CAST(flow_count AS DOUBLE PRECISION)) AS flow_records
+         FROM summaries WHERE window_start_ms >= $1 AND window_start_ms < $2 AND {}
+         GROUP BY site, device",
+        super::device_filter("", 3)
+    )
+}
 
 const PRESENCE: &str = "SELECT site, device, state, received_ms FROM presence";
 
@@ -265,11 +271,14 @@ pub fn devices(
         Ok(())
     })?;
     let (sql, params) = if range.is_all() {
-        (TOTALS_ALL, vec![])
+        (TOTALS_ALL.to_string(), vec![])
     } else {
-        (TOTALS_IN_RANGE, vec![range.from.into(), range.to.into()])
+        (
+            totals_in_range(),
+            vec![range.from.into(), range.to.into(), device.into()],
+        )
     };
-    db.each(sql, &params, &mut |r| {
+    db.each(&sql, &params, &mut |r| {
         if let Some(d) = out.get_mut(&key(r)?) {
             d.totals = Count {
                 packets: r.total("packets")?,
@@ -428,6 +437,9 @@ mod tests {
         let d = devices(t.db(), r, 0, None).unwrap();
         let got: Vec<_> = d.iter().map(|d| (d.totals.bytes, d.windows)).collect();
         assert_eq!(got, [(1_000, 1), (500, 1)]);
+        let one = devices(t.db(), r, 0, Some("t/d")).unwrap();
+        assert_eq!((one.len(), one[0].totals.bytes), (1, 500));
+        assert_eq!(devices(t.db(), r, 0, Some("d")).unwrap().len(), 2);
     }
 
     #[test]
