@@ -35,7 +35,7 @@ pub fn top_conversations(
          ORDER BY SUM((CAST(f.fwd_bytes AS DOUBLE PRECISION) + f.rev_bytes) * s.sample_every)
                   DESC, f.src, f.dst
          LIMIT $4",
-        flows_in_range()
+        flows_in_range(db.dialect())
     );
     let params = [
         range.from.into(),

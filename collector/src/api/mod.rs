@@ -20,7 +20,7 @@ pub mod stored;
 pub mod talkers;
 
 use serde::Serialize;
-pub use sql::{Param, Reader, Row};
+pub use sql::{Dialect, Param, Reader, Row};
 use std::time::Duration;
 
 /// Packets and bytes: the wire format's own pair.

@@ -3,7 +3,7 @@
 //! read-only transactions, every statement stopped by the server's `statement_timeout`.
 //! Statements are prepared once per connection and kept by their SQL text.
 
-use super::{Error, Param, Reader, Result, Row};
+use super::{Dialect, Error, Param, Reader, Result, Row};
 use postgres::{
     error::SqlState,
     fallible_iterator::FallibleIterator,
@@ -69,6 +69,10 @@ impl From<postgres::Error> for Error {
 }
 
 impl Reader for Postgres {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
     fn each(
         &mut self,
         sql: &str,
@@ -207,5 +211,52 @@ mod tests {
         );
         assert!(r.one("SELECT 1 AS x", &[], |r| r.i64("x")).is_err());
         assert!(r.broken());
+    }
+
+    #[test]
+    fn a_range_of_flows_reads_only_its_days() {
+        use crate::api::{flows::flows_in_range, testdb, Dialect};
+        use crate::store::{self, Storage, Write};
+        let pg = testkit::postgres::Postgres::start();
+        let url = pg.create_database("prune");
+        let now = crate::ingest::now_ms();
+        let day = 86_400_000;
+        let today = now - now % day;
+        let mut writer = store::postgres::PgStore::open(&url).unwrap();
+        let s = testdb::summary(
+            "d",
+            0,
+            today as u64,
+            10_000,
+            100,
+            vec![testdb::flow(0, 1, 5, 5)],
+        );
+        writer.write(&[Write::Summary(&s)], now).unwrap();
+        let mut reader = Postgres::open(&url, Duration::from_secs(10)).unwrap();
+        let r: &mut dyn Reader = &mut reader;
+        let mut flow_tables = |dialect| -> Vec<String> {
+            let sql = format!(
+                "EXPLAIN SELECT COUNT(*) AS n FROM {}",
+                flows_in_range(dialect)
+            );
+            let params = [today.into(), (today + day).into(), Param::Text(None)];
+            let plan = r.rows(&sql, &params, |row| row.text("QUERY PLAN")).unwrap();
+            let mut tables: Vec<String> = plan
+                .iter()
+                .flat_map(|l| l.split_whitespace())
+                .filter(|w| w.starts_with("flows_p") || *w == "flows_default")
+                .map(|w| w.trim_end_matches("_summary_id_idx"))
+                .map(String::from)
+                .collect();
+            tables.sort();
+            tables.dedup();
+            tables
+        };
+        let all = flow_tables(Dialect::Sqlite);
+        assert!(all.len() >= 3, "the join alone visits every day: {all:?}");
+        let pruned = flow_tables(Dialect::Postgres);
+        assert_eq!(pruned.len(), 1, "{pruned:?} of {all:?}");
+        assert!(pruned[0].starts_with("flows_p"), "{pruned:?}");
+        assert_eq!(r.dialect(), Dialect::Postgres);
     }
 }

@@ -86,8 +86,18 @@ fn null(column: &str) -> Error {
     }
 }
 
+/// Which database a reader reads, for the few places where the schemas differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    /// Its `flows` also carries the summary's `window_start_ms` (the partition key).
+    Postgres,
+}
+
 /// A read-only connection to the store.
 pub trait Reader: Send {
+    fn dialect(&self) -> Dialect;
+
     /// Runs `sql` with `params` and calls `each` on every row, in order.
     fn each(
         &mut self,

@@ -1,7 +1,7 @@
 //! The SQLite reader: a read-only connection (WAL: it never blocks the writer) whose running
 //! statement is interrupted by SQLite's progress handler once it passes its deadline.
 
-use super::{Error, Param, Reader, Result, Row};
+use super::{Dialect, Error, Param, Reader, Result, Row};
 use rusqlite::{types::ValueRef, Connection, OpenFlags};
 use std::{
     borrow::Cow,
@@ -80,6 +80,10 @@ impl rusqlite::ToSql for Param<'_> {
 }
 
 impl Reader for Sqlite {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
     fn each(
         &mut self,
         sql: &str,

@@ -18,7 +18,7 @@ pub fn top_talkers(
     device: Option<&str>,
     limit: u32,
 ) -> Result<Vec<Talker>> {
-    let flows = flows_in_range();
+    let flows = flows_in_range(db.dialect());
     let sql = format!(
         "SELECT addr, SUM(tx_p) AS tx_p, SUM(tx_b) AS tx_b, SUM(rx_p) AS rx_p,
                 SUM(rx_b) AS rx_b
