@@ -13,6 +13,11 @@
 #       A random password for SITE/DEVICE in DIR/passwd, or with --cert a client certificate
 #       (CN = SITE/DEVICE) signed by the CA, and the agent's settings in
 #       DIR/devices/SITE/DEVICE/edgeflow.toml (with a copy of the CA certificate).
+#   provision.sh collector DIR NAME [--share-group GROUP]
+#       Another collector's login (user NAME, which the broker also takes as its client id, so
+#       each collector keeps a session of its own), its read lines in the ACL, and
+#       DIR/collector-NAME.toml; with --share-group the collectors of GROUP share the devices'
+#       summaries (an MQTT shared subscription; give them one PostgreSQL --db).
 #   provision.sh bulk DIR SITE PREFIX COUNT
 #       COUNT devices SITE/PREFIX0..: passwords in DIR/passwd, and DIR/loadgen-SITE.txt with
 #       one `site/device password` line each (what `edgeflow-loadgen --credentials` reads).
@@ -25,13 +30,21 @@ die() { echo "provision: $*" >&2; exit 2; }
 ID_RE='^[A-Za-z0-9._-]{1,64}$'
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 
+# The ACL lines of a collector's login: it reads every device's topics.
+acl_collector() {
+  if ! grep -qx "user $1" "$dir/acl"; then
+    printf '\nuser %s\ntopic read edgeflow/v1/+/+/flows\ntopic read edgeflow/v1/+/+/status\n' \
+      "$1" >>"$dir/acl"
+  fi
+}
+
 secret_file() {
   chmod 0640 "$1"
   if getent group mosquitto >/dev/null; then chgrp mosquitto "$1"; fi
 }
 
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: provision.sh init|device|bulk DIR ... (see the script's header)"
+[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: provision.sh init|device|collector|bulk DIR ... (see the script's header)"
 shift 2
 
 case "$cmd" in
@@ -69,6 +82,12 @@ init)
     secret_file "$dir/server.key"
   fi
   cp "$HERE/configs/mosquitto-acl" "$dir/acl"
+  # Collectors provisioned earlier (provision.sh collector) keep their read lines.
+  for f in "$dir"/collector-*.toml; do
+    [ -e "$f" ] || continue
+    name=${f##*/collector-}; name=${name%.toml}
+    acl_collector "$name"
+  done
   touch "$dir/passwd"
   secret_file "$dir/passwd"
   # The shipped config with this directory's paths and the chosen listener.
@@ -168,6 +187,36 @@ EOF
   chmod 0600 "$out/edgeflow.toml"
   echo "provision: $site/$device: $out/edgeflow.toml (reload the broker to take the password)"
   ;;
+collector)
+  name=${1:-}
+  shift || die "collector: NAME missing"
+  # No '/': device logins are site/device, so a collector's can never be a device's.
+  [[ $name =~ $ID_RE ]] || die "collector name '$name' must be 1-64 characters of A-Z a-z 0-9 . _ -"
+  [ -f "$dir/collector.toml" ] || die "$dir has no collector login: run provision.sh init $dir first"
+  dir=$(cd "$dir" && pwd)
+  group=
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --share-group) group=$2; shift 2 ;;
+      *) die "collector: unknown option $1" ;;
+    esac
+  done
+  [ -z "$group" ] || [[ $group =~ $ID_RE ]] || die "share group '$group' must be 1-64 characters of A-Z a-z 0-9 . _ -"
+  pass=$(openssl rand -hex 24)
+  mosquitto_passwd -b "$dir/passwd" "$name" "$pass"
+  acl_collector "$name"
+  out="$dir/collector-$name.toml"
+  {
+    echo "# edgeflow-collector --config $out --db postgres://..."
+    grep -E '^(broker|ca) = ' "$dir/collector.toml"
+    echo "client_id = \"$name\""
+    echo "username = \"$name\""
+    echo "password = \"$pass\""
+    [ -z "$group" ] || echo "share_group = \"$group\""
+  } >"$out"
+  chmod 0600 "$out"
+  echo "provision: collector $name: $out (reload the broker to take the login)"
+  ;;
 bulk)
   site=${1:-}; prefix=${2:-}; count=${3:-}
   [[ $site =~ $ID_RE ]] || die "bulk: bad site '$site'"
@@ -189,5 +238,5 @@ bulk)
   chmod 0600 "$creds"
   echo "provision: $count devices $site/${prefix}0.. in $dir/passwd; credentials in $creds"
   ;;
-*) die "unknown command $cmd (init, device or bulk)" ;;
+*) die "unknown command $cmd (init, device, collector or bulk)" ;;
 esac

@@ -18,6 +18,7 @@ PKGS=(
   openssl                              # certificates: scripts/provision.sh and the TLS tests
   iproute2 ethtool iputils-ping tcpdump bpftool   # namespaces, offloads, captures, nstat, listing
   chromium                              # dashboard browser test
+  postgresql                            # the fleet store (--db postgres://), started by tests
   libcap2-bin util-linux                # capsh / setpriv for capability tests
   pkg-config build-essential sqlite3
   jq

@@ -1,6 +1,6 @@
 //! Command line and configuration file. Flags override the file; the file overrides defaults.
 
-use crate::UsageError;
+use crate::{store::Db, UsageError};
 use argh::FromArgs;
 use serde::Deserialize;
 use shared::broker::{Broker, BrokerUrl};
@@ -31,9 +31,10 @@ pub struct Cli {
     /// configuration file (TOML, same keys as the flags with underscores); flags override it
     #[argh(option)]
     pub config: Option<PathBuf>,
-    /// SQLite database file (default edgeflow.db)
+    /// where to store: a SQLite file (default edgeflow.db) or a PostgreSQL URL
+    /// (postgres://USER[:PASS]@HOST[:PORT]/DB, or postgres://USER@/DB?host=/socket/dir)
     #[argh(option)]
-    pub db: Option<PathBuf>,
+    pub db: Option<String>,
     /// days of data to keep (default 7; fractions allowed)
     #[argh(option)]
     pub retention_days: Option<f64>,
@@ -72,6 +73,10 @@ pub struct Cli {
     /// MQTT client id; the broker keeps this id's session across restarts (default edgeflow-collector)
     #[argh(option)]
     pub client_id: Option<String>,
+    /// share the devices' summaries with the other collectors of group NAME (an MQTT shared
+    /// subscription: each summary goes to one of them; use a PostgreSQL --db they all reach)
+    #[argh(option)]
+    pub share_group: Option<String>,
     /// MQTT username (the embedded broker then requires it from every client)
     #[argh(option)]
     pub username: Option<String>,
@@ -96,7 +101,7 @@ pub struct Cli {
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct File {
-    db: Option<PathBuf>,
+    db: Option<String>,
     retention_days: Option<f64>,
     http: Option<SocketAddr>,
     token: Option<String>,
@@ -109,6 +114,7 @@ struct File {
     broker: Option<String>,
     embedded_broker: Option<SocketAddr>,
     client_id: Option<String>,
+    share_group: Option<String>,
     username: Option<String>,
     password: Option<String>,
     ca: Option<PathBuf>,
@@ -121,6 +127,8 @@ struct File {
 pub struct MqttConfig {
     pub broker: Broker,
     pub client_id: String,
+    /// Shared-subscription group for the flows topics (`$share/GROUP/...`), if any.
+    pub share_group: Option<String>,
 }
 
 /// The collector's own resource limits (HTTP, queries, ingest).
@@ -207,7 +215,7 @@ impl Limits {
 /// Everything the collector runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub db: PathBuf,
+    pub db: Db,
     pub retention: Duration,
     pub http: SocketAddr,
     pub token: Option<String>,
@@ -269,6 +277,19 @@ impl Config {
         if client_id.is_empty() || client_id.len() > 128 {
             return Err(UsageError("client_id must be 1 to 128 bytes".into()));
         }
+        let share_group = cli.share_group.or(file.share_group);
+        if let Some(g) = &share_group {
+            // MQTT 5 / Mosquitto: a share name is one topic level without wildcards.
+            if g.is_empty() || g.len() > 64 || g.contains(['/', '+', '#', '\0']) {
+                return Err(UsageError(format!(
+                    "share_group {g:?}: 1 to 64 bytes, no '/', '+' or '#'"
+                )));
+            }
+        }
+        let db = match cli.db.or(file.db) {
+            Some(s) => Db::parse(&s).map_err(UsageError)?,
+            None => Db::Sqlite(PathBuf::from(DEFAULT_DB)),
+        };
         let broker = Broker::new(
             url,
             cli.username.or(file.username),
@@ -284,10 +305,7 @@ impl Config {
             .or_else(|| env(ENV_TOKEN))
             .filter(|t| !t.is_empty());
         Ok(Config {
-            db: cli
-                .db
-                .or(file.db)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DB)),
+            db,
             retention: Duration::from_secs_f64(retention_days * 86_400.0),
             http: cli
                 .http
@@ -295,7 +313,11 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("valid default")),
             token,
             embedded_broker,
-            mqtt: MqttConfig { broker, client_id },
+            mqtt: MqttConfig {
+                broker,
+                client_id,
+                share_group,
+            },
             limits,
         })
     }
@@ -353,7 +375,7 @@ mod tests {
         };
         let env = |k: &str| (k == ENV_PASSWORD || k == ENV_TOKEN).then(|| format!("{k}-v"));
         let c = Config::resolve(cli, env).unwrap();
-        assert_eq!(c.db, PathBuf::from("/tmp/x.db"));
+        assert_eq!(c.db, Db::Sqlite(PathBuf::from("/tmp/x.db")));
         assert_eq!(c.retention, Duration::from_secs(2 * 86_400));
         assert_eq!(c.http.port(), 9001);
         assert_eq!(c.mqtt.broker.url.host, "127.0.0.1");
@@ -446,6 +468,44 @@ mod tests {
         assert!(
             Config::resolve(open, no_env).is_err(),
             "the embedded broker stays on loopback"
+        );
+        let wildcard_group = Cli {
+            share_group: Some("a/b".into()),
+            ..Cli::default()
+        };
+        assert!(Config::resolve(wildcard_group, no_env).is_err());
+        let bad_url = Cli {
+            db: Some("postgres://h:port/db".into()),
+            ..Cli::default()
+        };
+        assert!(
+            Config::resolve(bad_url, no_env).is_err(),
+            "a bad URL is not taken for a file name"
+        );
+    }
+
+    #[test]
+    fn a_fleet_collector() {
+        let cli = Cli {
+            db: Some("postgres://edgeflow@/edgeflow?host=/run/postgresql".into()),
+            share_group: Some("fleet".into()),
+            ..Cli::default()
+        };
+        let c = Config::resolve(cli, no_env).unwrap();
+        assert!(matches!(c.db, Db::Postgres(_)));
+        assert_eq!(c.mqtt.share_group.as_deref(), Some("fleet"));
+        assert_eq!(
+            crate::mqtt::filters(&c.mqtt),
+            [
+                "$share/fleet/edgeflow/v1/+/+/flows",
+                "edgeflow/v1/+/+/status"
+            ],
+            "status stays a plain subscription (retained messages)"
+        );
+        let c = Config::resolve(Cli::default(), no_env).unwrap();
+        assert_eq!(
+            crate::mqtt::filters(&c.mqtt),
+            ["edgeflow/v1/+/+/flows", "edgeflow/v1/+/+/status"]
         );
     }
 }

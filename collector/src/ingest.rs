@@ -4,7 +4,7 @@
 //! nothing here panics on untrusted input. Counters move only after the batch's transaction
 //! committed, so a batch that failed to store (and will be retried) is not counted twice.
 
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, StoreError, Write};
 pub use shared::identity::Reject;
 use shared::{
     identity::{Kind, Presence, Topic},
@@ -147,16 +147,20 @@ impl IngestStats {
 
 /// Owns the write side of the store.
 pub struct Ingest {
-    store: Store,
+    store: Box<dyn Storage>,
     stats: Arc<IngestStats>,
     retention: Duration,
 }
 
 impl Ingest {
     /// Keeps windows received within `retention` of now (see [`Ingest::prune`]).
-    pub fn new(store: Store, stats: Arc<IngestStats>, retention: Duration) -> Ingest {
+    pub fn new(
+        store: impl Storage + 'static,
+        stats: Arc<IngestStats>,
+        retention: Duration,
+    ) -> Ingest {
         Ingest {
-            store,
+            store: Box::new(store),
             stats,
             retention,
         }
@@ -182,20 +186,37 @@ impl Ingest {
         &self.stats
     }
 
-    pub fn store(&mut self) -> &mut Store {
-        &mut self.store
+    pub fn store(&mut self) -> &mut dyn Storage {
+        &mut *self.store
     }
 
     /// Handles a batch in one transaction. On error nothing was stored or counted: the
     /// caller must not acknowledge the messages (the broker delivers them again).
     pub fn handle(&mut self, msgs: &[Incoming]) -> Result<Vec<Outcome>, StoreError> {
         let now = now_ms();
-        let mut batch = self.store.batch()?;
-        let mut outcomes = Vec::with_capacity(msgs.len());
-        for &msg in msgs {
-            let outcome = match parse(msg) {
+        let parsed: Vec<Result<Parsed, Reject>> = msgs.iter().map(|&m| parse(m)).collect();
+        let writes: Vec<Write> = parsed
+            .iter()
+            .filter_map(|p| match p {
+                Ok(Parsed::Summary(s)) => Some(Write::Summary(s)),
+                Ok(Parsed::Presence {
+                    site,
+                    device,
+                    state,
+                }) => Some(Write::Presence {
+                    site,
+                    device,
+                    state: *state,
+                }),
+                Err(_) => None,
+            })
+            .collect();
+        let mut stored = self.store.write(&writes, now)?.into_iter();
+        let outcomes: Vec<Outcome> = parsed
+            .into_iter()
+            .map(|p| match p {
                 Ok(Parsed::Summary(s)) => {
-                    if batch.insert_summary(&s, now)? {
+                    if stored.next() == Some(true) {
                         Outcome::Stored {
                             flows: s.flows.len(),
                         }
@@ -203,19 +224,13 @@ impl Ingest {
                         Outcome::Duplicate
                     }
                 }
-                Ok(Parsed::Presence {
-                    site,
-                    device,
-                    state,
-                }) => {
-                    batch.set_presence(site, device, state, now)?;
+                Ok(Parsed::Presence { .. }) => {
+                    stored.next();
                     Outcome::Presence
                 }
                 Err(r) => Outcome::Rejected(r),
-            };
-            outcomes.push(outcome);
-        }
-        batch.commit()?;
+            })
+            .collect();
         for (msg, o) in msgs.iter().zip(&outcomes) {
             self.stats.count(msg, o);
         }

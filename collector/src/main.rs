@@ -8,9 +8,7 @@ use collector::{
     ingest::{Ingest, IngestStats},
     mqtt,
     rate::RateTracker,
-    server,
-    store::Store,
-    UsageError,
+    server, store, UsageError,
 };
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
@@ -49,7 +47,12 @@ fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let store = Store::open(&cfg.db).with_context(|| format!("opening {}", cfg.db.display()))?;
+    // The PostgreSQL client runs a runtime of its own: not on a tokio worker.
+    let db = cfg.db.clone();
+    let store = tokio::task::spawn_blocking(move || store::open(&db))
+        .await
+        .context("opening the store")?
+        .with_context(|| format!("opening {}", cfg.db))?;
     let stats = Arc::new(IngestStats::default());
     let rates = Arc::new(RateTracker::default());
     if let Some(addr) = cfg.embedded_broker {
@@ -68,15 +71,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let opts = mqtt::options(&cfg.mqtt)?;
+    let filters = mqtt::filters(&cfg.mqtt);
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await
         .map_err(|e| UsageError(format!("cannot listen on {}: {e}", cfg.http)))?;
     let local = listener.local_addr()?;
     println!(
-        "edgeflow-collector: storing in {}, reading {} as {}",
-        cfg.db.display(),
+        "edgeflow-collector: storing in {}, reading {} as {}{}",
+        cfg.db,
         cfg.mqtt.broker.url,
-        cfg.mqtt.client_id
+        cfg.mqtt.client_id,
+        cfg.mqtt
+            .share_group
+            .as_ref()
+            .map_or(String::new(), |g| format!(" in share group {g}"))
     );
     println!("edgeflow-collector: dashboard http://{local}/");
 
@@ -92,12 +100,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let subscriber = tokio::spawn(mqtt::run(
         opts,
+        filters,
         Ingest::new(store, stats.clone(), cfg.retention),
         cfg.limits.ingest_queue_bytes,
     ));
     let app = Arc::new(http::App::new(
         cfg.db.clone(),
-        stats,
+        stats.clone(),
         rates,
         cfg.token.clone(),
         &cfg.limits,
@@ -106,7 +115,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Unacknowledged messages stay with the broker (persistent session) for the next start.
     subscriber.abort();
     sampler.abort();
-    println!("edgeflow-collector: stopped");
+    println!(
+        "edgeflow-collector: stopped; stored {} summaries ({} duplicates dropped) since the start",
+        stats.summaries.load(std::sync::atomic::Ordering::Relaxed),
+        stats.duplicates.load(std::sync::atomic::Ordering::Relaxed)
+    );
     Ok(())
 }
 

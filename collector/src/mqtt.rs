@@ -32,6 +32,20 @@ pub const MAX_PACKET: usize = 4 << 20;
 /// Messages stored per transaction at most.
 const MAX_BATCH: usize = 512;
 
+/// The topic filters this collector subscribes to. With a share group the flows go to one
+/// collector of the group each (`$share/GROUP/...`); the status topics stay a plain
+/// subscription on every collector, because the broker does not deliver retained messages
+/// (the devices' online/offline reports) to shared subscriptions.
+pub fn filters(cfg: &MqttConfig) -> Vec<String> {
+    FILTERS
+        .iter()
+        .map(|f| match &cfg.share_group {
+            Some(g) if f.ends_with("/flows") => format!("$share/{g}/{f}"),
+            _ => f.to_string(),
+        })
+        .collect()
+}
+
 /// Client options from the configuration.
 pub fn options(cfg: &MqttConfig) -> Result<MqttOptions, UsageError> {
     let mut o = cfg
@@ -57,7 +71,7 @@ type Queued = (Publish, OwnedSemaphorePermit);
 /// Runs the subscriber until the task is dropped. The writer thread stores and acknowledges;
 /// it ends (after finishing its batch) when this future is dropped. At most `queue_bytes`
 /// of received messages wait for the writer.
-pub async fn run(opts: MqttOptions, ingest: Ingest, queue_bytes: usize) {
+pub async fn run(opts: MqttOptions, filters: Vec<String>, ingest: Ingest, queue_bytes: usize) {
     let stats = ingest.stats().clone();
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
     let (tx, rx) = mpsc::channel::<Queued>();
@@ -103,8 +117,9 @@ pub async fn run(opts: MqttOptions, ingest: Ingest, queue_bytes: usize) {
                 backoff = Duration::from_millis(100);
                 // Subscribing again on every connect is harmless and covers a broker that
                 // lost the session.
-                let filters =
-                    FILTERS.map(|f| rumqttc::SubscribeFilter::new(f.into(), QoS::AtLeastOnce));
+                let filters = filters
+                    .iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
                 if let Err(e) = client.try_subscribe_many(filters) {
                     log::error!("subscribing: {e}");
                 }
@@ -117,7 +132,9 @@ pub async fn run(opts: MqttOptions, ingest: Ingest, queue_bytes: usize) {
                 {
                     log::error!("the broker refused a subscription: {:?}", ack.return_codes);
                 } else {
-                    stats.connected.store(true, Relaxed);
+                    if !stats.connected.swap(true, Relaxed) {
+                        log::info!("subscribed to {}", filters.join(", "));
+                    }
                 }
             }
             Ok(_) => {}

@@ -13,94 +13,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
-
-/// What the load generator reported per device: (windows, packets, bytes, flow records).
-type Acked = BTreeMap<String, (u64, u64, u64, u64)>;
-
-struct Loadgen(Option<Child>);
-
-impl Loadgen {
-    fn start(
-        broker: &testkit::mosquitto::Mosquitto,
-        creds: &Path,
-        windows: u64,
-        interval_ms: u64,
-    ) -> Loadgen {
-        let child = Command::new(env!("CARGO_BIN_EXE_edgeflow-loadgen"))
-            .args([
-                "--broker",
-                &format!("mqtts://127.0.0.1:{}", broker.port),
-                "--ca",
-                broker.dir().join("ca.crt").to_str().unwrap(),
-                "--credentials",
-                creds.to_str().unwrap(),
-                "--windows",
-                &windows.to_string(),
-                "--interval-ms",
-                &interval_ms.to_string(),
-                "--flows-min",
-                "50",
-                "--flows-max",
-                "2000",
-                "--top-k",
-                "1500",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting edgeflow-loadgen");
-        Loadgen(Some(child))
-    }
-
-    fn running(&mut self) -> bool {
-        self.0
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-
-    /// Waits for the end; what each device got acknowledged.
-    fn finish(mut self, timeout: Duration) -> Acked {
-        let mut child = self.0.take().unwrap();
-        let deadline = Instant::now() + timeout;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the load generator did not finish");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let v: Value = serde_json::from_str(l).unwrap();
-                let n = |k: &str| v[k].as_u64().unwrap();
-                (
-                    v["id"].as_str().unwrap().to_string(),
-                    (n("windows"), n("packets"), n("bytes"), n("flow_records")),
-                )
-            })
-            .collect()
-    }
-}
-
-impl Drop for Loadgen {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use std::{collections::BTreeMap, time::Duration};
 
 /// Devices by id from /api/devices.
 fn devices(c: &Collector) -> BTreeMap<String, Value> {
@@ -143,7 +56,13 @@ fn collector_killed_again_and_again_also_while_its_store_stalls_loses_nothing() 
     let dir = broker.dir().to_path_buf();
     let mut c = sim_devices_and_collector(&broker, DEVICES);
 
-    let mut load = Loadgen::start(&broker, &dir.join("loadgen-sim.txt"), WINDOWS, 200);
+    let mut load = Loadgen::start(
+        &broker,
+        &dir.join("loadgen-sim.txt"),
+        WINDOWS,
+        200,
+        (50, 2000),
+    );
     let mut kills = 0;
     let db_path = c.dir.join("collector.db");
     for round in 0..4 {
@@ -213,7 +132,7 @@ fn what_a_killed_broker_loses_shows_as_gaps() {
     // 60 windows a device, 5 a second. The collector stops for a while, so the broker
     // queues for its session; the broker is then killed (its last autosave may hold some of
     // the queue, the rest is gone) and restarted with the collector; the devices carry on.
-    let mut load = Loadgen::start(&broker, &dir.join("loadgen-sim.txt"), 60, 200);
+    let mut load = Loadgen::start(&broker, &dir.join("loadgen-sim.txt"), 60, 200, (50, 2000));
     std::thread::sleep(Duration::from_millis(1_500));
     c.kill();
     std::thread::sleep(Duration::from_millis(2_500));

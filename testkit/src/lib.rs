@@ -17,6 +17,7 @@ pub mod capture;
 pub mod delay;
 pub mod foreign;
 pub mod mosquitto;
+pub mod postgres;
 pub mod raw;
 pub mod ready;
 pub mod rng;

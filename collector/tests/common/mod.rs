@@ -6,6 +6,7 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use shared::wire::{self, Addr, Count, FlowRecord, Health, Message, Summary};
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
@@ -29,20 +30,22 @@ impl Collector {
         Collector::with_args(&["--broker", broker])
     }
 
-    /// Starts with these extra arguments (a fresh database, a unique client id, HTTP on a
-    /// free loopback port).
+    /// Starts with these extra arguments (a fresh database unless they name one with
+    /// `--db`, a unique client id, HTTP on a free loopback port).
     pub fn with_args(extra: &[&str]) -> Collector {
         let dir = std::env::temp_dir().join(testkit::unique("efcol"));
         std::fs::create_dir_all(&dir).unwrap();
         let db = dir.join("collector.db");
-        let mut args: Vec<String> = vec![
-            "--db".into(),
-            db.to_string_lossy().into_owned(),
+        let mut args: Vec<String> = Vec::new();
+        if !extra.contains(&"--db") {
+            args.extend(["--db".into(), db.to_string_lossy().into_owned()]);
+        }
+        args.extend([
             "--http".into(),
             "127.0.0.1:0".into(),
             "--client-id".into(),
             testkit::unique("efc-test"),
-        ];
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let token = extra
             .iter()
@@ -76,8 +79,14 @@ impl Collector {
             .expect("starting edgeflow-collector");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("collector.log"))
+            .unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // The log gets stdout too (what a stopping collector reports).
+                let _ = writeln!(log, "{line}");
                 if let Some(url) = line.strip_prefix("edgeflow-collector: dashboard http://") {
                     let _ = tx.send(url.trim_end_matches('/').to_string());
                 }
@@ -165,6 +174,19 @@ impl Collector {
         }
     }
 
+    /// Waits until the log holds `needle` (panics with the log after `timeout`).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until the subscriber is connected and subscribed.
     pub fn wait_subscribed(&self) {
         self.wait_for("/api/ingest", Duration::from_secs(20), |v| {
@@ -182,6 +204,12 @@ impl Drop for Collector {
 
 /// A minimal HTTP/1.1 GET (Connection: close): (status, body).
 pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let (status, _, body) = http_get_head(addr, path, token);
+    (status, body)
+}
+
+/// [`http_get`] with the response head (status line and headers) too.
+pub fn http_get_head(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let auth = token
@@ -209,7 +237,7 @@ pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Stri
     } else {
         body.to_string()
     };
-    (status, body)
+    (status, head.to_string(), body)
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -453,4 +481,131 @@ pub fn toml_value(path: &std::path::Path, key: &str) -> String {
 pub fn secured_collector(broker: &testkit::mosquitto::Mosquitto) -> Collector {
     let conf = broker.dir().join("collector.toml");
     Collector::with_args(&["--config", conf.to_str().unwrap()])
+}
+
+/// A PostgreSQL server shared by the tests of one binary that run at once: the first starts
+/// it, the last to let go stops it (one `initdb` per binary, not per test). Each test makes
+/// its own database on it (`pg.create_database`).
+pub struct SharedPostgres {
+    pub pg: testkit::postgres::Postgres,
+    /// Dropped after `pg`: the thread that started the server (its parent-death signal
+    /// follows that thread) ends once the server is stopped.
+    _holder: mpsc::Sender<()>,
+}
+
+impl SharedPostgres {
+    pub fn get() -> std::sync::Arc<SharedPostgres> {
+        use std::sync::{Arc, Mutex, Weak};
+        static SHARED: Mutex<Weak<SharedPostgres>> = Mutex::new(Weak::new());
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = shared.upgrade() {
+            return s;
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (holder, done) = mpsc::channel::<()>();
+            let _ = tx.send((testkit::postgres::Postgres::start(), holder));
+            // Until every sender (the SharedPostgres) is gone.
+            let _ = done.recv();
+        });
+        let (pg, holder) = rx.recv().expect("starting PostgreSQL failed");
+        let s = Arc::new(SharedPostgres {
+            pg,
+            _holder: holder,
+        });
+        *shared = Arc::downgrade(&s);
+        s
+    }
+}
+
+/// What the load generator reported per device: (windows, packets, bytes, flow records).
+pub type Acked = BTreeMap<String, (u64, u64, u64, u64)>;
+
+/// `edgeflow-loadgen` publishing through a provisioned broker; killed on drop. Its report
+/// (a line per device) is read as it comes: a thousand devices' lines fill a pipe.
+pub struct Loadgen(Option<Child>, Option<std::thread::JoinHandle<String>>);
+
+impl Loadgen {
+    /// The devices of `creds` (`provision.sh bulk`), `windows` each, one every
+    /// `interval_ms`, with `flows` (fewest, most) flows a window.
+    pub fn start(
+        broker: &testkit::mosquitto::Mosquitto,
+        creds: &std::path::Path,
+        windows: u64,
+        interval_ms: u64,
+        flows: (u32, u32),
+    ) -> Loadgen {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edgeflow-loadgen"))
+            .args([
+                "--broker",
+                &format!("mqtts://127.0.0.1:{}", broker.port),
+                "--ca",
+                broker.dir().join("ca.crt").to_str().unwrap(),
+                "--credentials",
+                creds.to_str().unwrap(),
+                "--windows",
+                &windows.to_string(),
+                "--interval-ms",
+                &interval_ms.to_string(),
+                "--flows-min",
+                &flows.0.to_string(),
+                "--flows-max",
+                &flows.1.to_string(),
+                "--top-k",
+                "1500",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting edgeflow-loadgen");
+        let mut stdout = child.stdout.take().unwrap();
+        let report = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        Loadgen(Some(child), Some(report))
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Waits for the end; what each device got acknowledged.
+    pub fn finish(mut self, timeout: Duration) -> Acked {
+        let mut child = self.0.take().unwrap();
+        let deadline = Instant::now() + timeout;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the load generator did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(child.wait().unwrap().success());
+        let report = self.1.take().unwrap().join().unwrap();
+        report
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                let n = |k: &str| v[k].as_u64().unwrap();
+                (
+                    v["id"].as_str().unwrap().to_string(),
+                    (n("windows"), n("packets"), n("bytes"), n("flow_records")),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Loadgen {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

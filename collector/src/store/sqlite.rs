@@ -7,18 +7,11 @@
 //! and the collector never got (gaps) are counted without scanning the summaries. `u64` fields that may exceed `i64`
 //! (the random boot id) are stored bit-cast; counters are clamped to `i64::MAX`.
 
+use super::{addr, addr_text, n, Storage, StoreError, Write};
 use rusqlite::{params, Connection, OpenFlags, Transaction};
 use shared::identity::Presence;
-use shared::wire::{Addr, Summary};
-use std::{net::IpAddr, path::Path};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("database schema version {0} is not this collector's ({SCHEMA_VERSION}); move the file away")]
-    Version(i64),
-}
+use shared::wire::Summary;
+use std::path::Path;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS summaries (
@@ -139,7 +132,7 @@ const INSERT_FLOW: &str = "INSERT INTO flows (
 
 /// `PRAGMA user_version` of this schema; version 1 is migrated (see [`migrate_v1`]), any
 /// other version is refused.
-const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// Version 1 keyed summaries by (device, boot, seq, part) without the site and had no
 /// `boots`. Its rows are kept (ids too, the flow records point at them): the table is rebuilt
@@ -181,24 +174,6 @@ const SUM_TOTALS: &str = "SELECT site, device, TOTAL(packets * sample_every) AS 
 /// How long a write waits for a lock another connection holds before the batch fails (and
 /// is retried, counted as a store error).
 pub const WRITE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A counter as SQLite stores it (signed 64-bit).
-fn n(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// An address as the API shows and searches it.
-pub fn addr_text(a: &Addr) -> String {
-    match *a {
-        Addr::V4(b) => IpAddr::from(b).to_string(),
-        Addr::V6(b) => IpAddr::from(b).to_string(),
-    }
-}
-
-/// A record's address by index; decoding already rejected out-of-range indices.
-fn addr(addrs: &[String], i: u32) -> &str {
-    addrs.get(i as usize).map_or("?", String::as_str)
-}
 
 /// The write side. One per database: SQLite allows one writer at a time.
 pub struct Store {
@@ -472,10 +447,36 @@ impl Batch<'_> {
     }
 }
 
+impl Storage for Store {
+    fn write(&mut self, items: &[Write<'_>], received_ms: i64) -> Result<Vec<bool>, StoreError> {
+        let mut batch = self.batch()?;
+        let mut stored = Vec::with_capacity(items.len());
+        for item in items {
+            stored.push(match *item {
+                Write::Summary(s) => batch.insert_summary(s, received_ms)?,
+                Write::Presence {
+                    site,
+                    device,
+                    state,
+                } => {
+                    batch.set_presence(site, device, state, received_ms)?;
+                    true
+                }
+            });
+        }
+        batch.commit()?;
+        Ok(stored)
+    }
+
+    fn prune(&mut self, before_ms: i64) -> Result<(usize, usize), StoreError> {
+        Store::prune(self, before_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::wire::{Count, FlowRecord, Health};
+    use shared::wire::{Addr, Count, FlowRecord, Health};
 
     fn summary(seq: u64, start: u64) -> Summary {
         Summary {

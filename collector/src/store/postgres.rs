@@ -1,0 +1,1229 @@
+//! PostgreSQL storage: the same tables and columns as SQLite's (see [`super::sqlite`]), for a
+//! fleet whose collectors share one database.
+//!
+//! - `summaries` and `flows` are partitioned by day of `window_start_ms` (declarative range
+//!   partitions `summaries_pYYYYMMDD`, `flows_pYYYYMMDD`); retention drops a day's two tables
+//!   instead of deleting rows. Partitions are made on demand for yesterday, today and tomorrow
+//!   (UTC); a window stamped outside that (a box without a real-time clock, one far in the
+//!   future, a backlog days old) goes to the `_default` partitions, which retention thins by
+//!   receive time like SQLite does.
+//! - A UNIQUE constraint on a partitioned table must hold the partition key, so the dedup key
+//!   is (site, device, boot_id, seq, part, window_start_ms): every copy of a message carries the
+//!   same window start, so copies meet in one partition and the key still dedups across
+//!   collectors. `flows` carries its summary's `window_start_ms` too (its partition key).
+//! - A batch is one transaction: summaries by one multi-row `INSERT … ON CONFLICT DO NOTHING
+//!   RETURNING`, their records by binary `COPY`, then the runs' gap bookkeeping (`boots`) and
+//!   the running totals (`device_totals`) for the rows actually inserted. Keys are sorted, so
+//!   collectors storing overlapping batches take row locks in one order; a deadlock or
+//!   serialization failure is retried. The `boots` upsert locks the run's row before the
+//!   stored parts of a multi-part window are counted, so of two collectors storing its last
+//!   two parts at once the second (which then sees the first's commit) completes it.
+//! - Integers are BIGINT, the running totals DOUBLE PRECISION, everything else TEXT: the read
+//!   side reads every integer as i64 in both databases.
+//!
+//! The `postgres` client runs its own small runtime: call this only from a plain thread (the
+//! ingest writer), never on a tokio worker.
+
+use super::{addr, addr_text, n, Storage, StoreError, Write};
+use postgres::{
+    binary_copy::BinaryCopyInWriter, error::SqlState, types::ToSql, types::Type, Client, NoTls,
+    Statement, Transaction,
+};
+use shared::wire::Summary;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+/// The schema version this collector writes (table `edgeflow_schema`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Key of the advisory lock that serializes schema and partition changes between collectors.
+const DDL_LOCK: i64 = 0x6564_6765_666c_6f77; // "edgeflow"
+
+/// Integer columns of `summaries` after device and site, in insert order.
+const SUMMARY_INTS: [&str; 27] = [
+    "boot_id",
+    "seq",
+    "part",
+    "parts",
+    "window_start_ms",
+    "window_len_ms",
+    "sample_every",
+    "received_ms",
+    "packets",
+    "bytes",
+    "overflow_packets",
+    "overflow_bytes",
+    "other_packets",
+    "other_bytes",
+    "other_flows",
+    "packets_seen",
+    "active_flows",
+    "table_capacity",
+    "table_full",
+    "parse_errors",
+    "fragments",
+    "non_ip",
+    "cpu_ms",
+    "rss_kib",
+    "spool_depth",
+    "spool_dropped",
+    "flow_count",
+];
+
+const SCHEMA: &str = "
+CREATE TABLE edgeflow_schema (version BIGINT NOT NULL);
+CREATE SEQUENCE summaries_id_seq AS BIGINT;
+CREATE TABLE summaries (
+    id BIGINT NOT NULL DEFAULT nextval('summaries_id_seq'),
+    device TEXT NOT NULL,
+    site TEXT NOT NULL,
+    boot_id BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    part BIGINT NOT NULL,
+    parts BIGINT NOT NULL,
+    window_start_ms BIGINT NOT NULL,
+    window_len_ms BIGINT NOT NULL,
+    sample_every BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    packets BIGINT NOT NULL,
+    bytes BIGINT NOT NULL,
+    overflow_packets BIGINT NOT NULL,
+    overflow_bytes BIGINT NOT NULL,
+    other_packets BIGINT NOT NULL,
+    other_bytes BIGINT NOT NULL,
+    other_flows BIGINT NOT NULL,
+    packets_seen BIGINT NOT NULL,
+    active_flows BIGINT NOT NULL,
+    table_capacity BIGINT NOT NULL,
+    table_full BIGINT NOT NULL,
+    parse_errors BIGINT NOT NULL,
+    fragments BIGINT NOT NULL,
+    non_ip BIGINT NOT NULL,
+    cpu_ms BIGINT NOT NULL,
+    rss_kib BIGINT NOT NULL,
+    spool_depth BIGINT NOT NULL,
+    spool_dropped BIGINT NOT NULL,
+    flow_count BIGINT NOT NULL,
+    rtt_hist TEXT,
+    UNIQUE (site, device, boot_id, seq, part, window_start_ms)
+) PARTITION BY RANGE (window_start_ms);
+ALTER SEQUENCE summaries_id_seq OWNED BY summaries.id;
+CREATE INDEX summaries_id ON summaries (id);
+CREATE INDEX summaries_time ON summaries (window_start_ms);
+CREATE INDEX summaries_received ON summaries (received_ms);
+CREATE TABLE summaries_default PARTITION OF summaries DEFAULT;
+-- No key of their own: a summary's records are written once, by the transaction that
+-- inserted the summary. The index on summary_id keeps one entry per summary (B-tree
+-- deduplication), so it costs little per record.
+CREATE TABLE flows (
+    summary_id BIGINT NOT NULL,
+    n BIGINT NOT NULL,
+    proto BIGINT NOT NULL,
+    src TEXT NOT NULL,
+    src_port BIGINT NOT NULL,
+    dst TEXT NOT NULL,
+    dst_port BIGINT NOT NULL,
+    vlan BIGINT NOT NULL,
+    vlan_inner BIGINT NOT NULL,
+    ifindex BIGINT NOT NULL,
+    fwd_packets BIGINT NOT NULL,
+    fwd_bytes BIGINT NOT NULL,
+    rev_packets BIGINT NOT NULL,
+    rev_bytes BIGINT NOT NULL,
+    tcp_flags BIGINT NOT NULL,
+    first_seen_ms BIGINT NOT NULL,
+    last_seen_ms BIGINT NOT NULL,
+    rtt_min_us BIGINT,
+    rtt_avg_us BIGINT,
+    rtt_max_us BIGINT,
+    rtt_samples BIGINT,
+    window_start_ms BIGINT NOT NULL
+) PARTITION BY RANGE (window_start_ms);
+CREATE INDEX flows_summary ON flows (summary_id);
+CREATE TABLE flows_default PARTITION OF flows DEFAULT;
+CREATE TABLE boots (
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    boot_id BIGINT NOT NULL,
+    base_seq BIGINT NOT NULL,
+    max_seq BIGINT NOT NULL,
+    complete BIGINT NOT NULL,
+    first_received_ms BIGINT NOT NULL,
+    last_received_ms BIGINT NOT NULL,
+    PRIMARY KEY (site, device, boot_id)
+);
+CREATE TABLE device_totals (
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    packets DOUBLE PRECISION NOT NULL,
+    bytes DOUBLE PRECISION NOT NULL,
+    overflow_packets DOUBLE PRECISION NOT NULL,
+    overflow_bytes DOUBLE PRECISION NOT NULL,
+    windows BIGINT NOT NULL,
+    summaries BIGINT NOT NULL,
+    flow_records BIGINT NOT NULL,
+    latest_id BIGINT,
+    PRIMARY KEY (site, device)
+);
+CREATE TABLE presence (
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    state TEXT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    PRIMARY KEY (site, device)
+);
+";
+
+/// The running totals of the summaries in table `{t}` selected by `{w}`, by device.
+const SUM_TOTALS: &str = "SELECT site, device,
+    COALESCE(SUM(packets::float8 * sample_every), 0) AS p,
+    COALESCE(SUM(bytes::float8 * sample_every), 0) AS b,
+    COALESCE(SUM(overflow_packets::float8 * sample_every), 0) AS op,
+    COALESCE(SUM(overflow_bytes::float8 * sample_every), 0) AS ob,
+    COUNT(*) FILTER (WHERE part = 0) AS w, COUNT(*) AS n, SUM(flow_count)::bigint AS f
+    FROM {t} WHERE {w} GROUP BY site, device";
+
+/// Takes what `SUM_TOTALS` selects off the running totals.
+const SUBTRACT_TOTALS: &str = "UPDATE device_totals SET packets = device_totals.packets - d.p,
+    bytes = device_totals.bytes - d.b,
+    overflow_packets = device_totals.overflow_packets - d.op,
+    overflow_bytes = device_totals.overflow_bytes - d.ob,
+    windows = device_totals.windows - d.w,
+    summaries = device_totals.summaries - d.n,
+    flow_records = device_totals.flow_records - d.f
+    FROM ({}) AS d
+    WHERE device_totals.site = d.site AND device_totals.device = d.device";
+
+/// Prepared statements of one connection.
+struct Statements {
+    summaries: Statement,
+    boots: Statement,
+    parts: Statement,
+    complete: Statement,
+    totals: Statement,
+    presence: Statement,
+}
+
+impl Statements {
+    fn prepare(c: &mut Client) -> Result<Statements, postgres::Error> {
+        let cols = SUMMARY_INTS.join(", ");
+        let ints: Vec<String> = (3..3 + SUMMARY_INTS.len())
+            .map(|i| format!("${i}::int8[]"))
+            .collect();
+        let summaries = format!(
+            "INSERT INTO summaries (device, site, {cols}, rtt_hist)
+             SELECT * FROM unnest($1::text[], $2::text[], {}, ${}::text[])
+             ON CONFLICT DO NOTHING
+             RETURNING id, site, device, boot_id, seq, part",
+            ints.join(", "),
+            3 + SUMMARY_INTS.len()
+        );
+        Ok(Statements {
+            summaries: c.prepare(&summaries)?,
+            boots: c.prepare(
+                "INSERT INTO boots (site, device, boot_id, base_seq, max_seq, complete,
+                                    first_received_ms, last_received_ms)
+                 SELECT s, d, b, 0, q, c, $6, $6
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
+                   AS u(s, d, b, q, c)
+                 ON CONFLICT (site, device, boot_id) DO UPDATE SET
+                    max_seq = GREATEST(boots.max_seq, EXCLUDED.max_seq),
+                    complete = boots.complete + EXCLUDED.complete,
+                    last_received_ms = GREATEST(boots.last_received_ms, EXCLUDED.last_received_ms)",
+            )?,
+            parts: c.prepare(
+                "SELECT (SELECT COUNT(*) FROM summaries x WHERE x.site = u.s AND x.device = u.d
+                           AND x.boot_id = u.b AND x.seq = u.q AND x.window_start_ms = u.w)
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
+                   WITH ORDINALITY AS u(s, d, b, q, w, i) ORDER BY i",
+            )?,
+            complete: c.prepare(
+                "UPDATE boots SET complete = complete + 1
+                 WHERE site = $1 AND device = $2 AND boot_id = $3",
+            )?,
+            totals: c.prepare(
+                "INSERT INTO device_totals (site, device, packets, bytes, overflow_packets,
+                    overflow_bytes, windows, summaries, flow_records, latest_id)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[],
+                    $5::float8[], $6::float8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[])
+                 ON CONFLICT (site, device) DO UPDATE SET
+                    packets = device_totals.packets + EXCLUDED.packets,
+                    bytes = device_totals.bytes + EXCLUDED.bytes,
+                    overflow_packets = device_totals.overflow_packets + EXCLUDED.overflow_packets,
+                    overflow_bytes = device_totals.overflow_bytes + EXCLUDED.overflow_bytes,
+                    windows = device_totals.windows + EXCLUDED.windows,
+                    summaries = device_totals.summaries + EXCLUDED.summaries,
+                    flow_records = device_totals.flow_records + EXCLUDED.flow_records,
+                    latest_id = GREATEST(device_totals.latest_id, EXCLUDED.latest_id)",
+            )?,
+            presence: c.prepare(
+                "INSERT INTO presence (site, device, state, received_ms)
+                 SELECT s, d, st, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(s, d, st)
+                 ON CONFLICT (site, device) DO UPDATE SET state = EXCLUDED.state,
+                    received_ms = EXCLUDED.received_ms",
+            )?,
+        })
+    }
+}
+
+/// The write side on a PostgreSQL database; one connection.
+pub struct PgStore {
+    url: String,
+    conn: Option<(Client, Statements)>,
+    /// Days (since the epoch, UTC) known to have their own partitions.
+    days: HashSet<i64>,
+    /// Days whose windows go to the default partition (it held some of them already).
+    default_days: HashSet<i64>,
+}
+
+/// Connects and creates the schema if the database has none (serialized between
+/// collectors starting at once by an advisory lock).
+fn connect(url: &str) -> Result<(Client, Statements), StoreError> {
+    let mut client = Client::connect(url, NoTls)?;
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('edgeflow_schema') IS NOT NULL", &[])?
+        .get(0);
+    if exists {
+        let version: i64 = tx
+            .query_one("SELECT version FROM edgeflow_schema", &[])?
+            .get(0);
+        if version != SCHEMA_VERSION {
+            return Err(StoreError::PgVersion(version));
+        }
+    } else {
+        log::info!("database: creating the edgeflow schema (version {SCHEMA_VERSION})");
+        tx.batch_execute(SCHEMA)?;
+        tx.execute(
+            "INSERT INTO edgeflow_schema (version) VALUES ($1)",
+            &[&SCHEMA_VERSION],
+        )?;
+    }
+    tx.commit()?;
+    let stmts = Statements::prepare(&mut client)?;
+    Ok((client, stmts))
+}
+
+/// A day's partition name suffix, `YYYYMMDD` (UTC).
+fn day_name(day: i64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = day + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}")
+}
+
+/// Whether a failed transaction is worth running again as is.
+fn retryable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Postgres(e)
+        if matches!(e.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                                      || *c == SqlState::T_R_DEADLOCK_DETECTED))
+}
+
+/// Per-run columns for an `unnest`: site, device, boot id and two integers.
+type RunCols<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<i64>, Vec<i64>, Vec<i64>);
+
+/// A summary's identity key.
+type Key<'a> = (&'a str, &'a str, i64, i64, i64);
+
+fn key(s: &Summary) -> Key<'_> {
+    (
+        s.site.as_str(),
+        s.device.as_str(),
+        s.boot_id as i64,
+        n(s.seq),
+        i64::from(s.part),
+    )
+}
+
+impl PgStore {
+    /// Connects to `url` (a `postgres://` URL) and creates the schema if needed.
+    pub fn open(url: &str) -> Result<PgStore, StoreError> {
+        let conn = connect(url)?;
+        let mut store = PgStore {
+            url: url.to_string(),
+            conn: Some(conn),
+            days: HashSet::new(),
+            default_days: HashSet::new(),
+        };
+        let today = crate::ingest::now_ms().div_euclid(DAY_MS);
+        store.ensure_days(&[today, today + 1].into_iter().collect())?;
+        Ok(store)
+    }
+
+    /// The connection, reconnecting once it was lost (the server restarted).
+    fn conn(&mut self) -> Result<&mut (Client, Statements), StoreError> {
+        if self.conn.as_ref().is_some_and(|(c, _)| c.is_closed()) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            self.conn = Some(connect(&self.url)?);
+        }
+        Ok(self.conn.as_mut().expect("just connected"))
+    }
+
+    /// Makes sure each of `days` has its partitions or is known to go to the default ones.
+    fn ensure_days(&mut self, days: &BTreeSet<i64>) -> Result<(), StoreError> {
+        let today = crate::ingest::now_ms().div_euclid(DAY_MS);
+        let wanted: Vec<i64> = days
+            .iter()
+            .copied()
+            .filter(|d| (today - 1..=today + 1).contains(d))
+            .filter(|d| !self.days.contains(d) && !self.default_days.contains(d))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let (client, _) = self.conn()?;
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])?;
+        let mut made = Vec::new();
+        let mut defaulted = Vec::new();
+        for day in wanted {
+            let name = day_name(day);
+            let (lo, hi) = (day * DAY_MS, (day + 1) * DAY_MS);
+            let exists: bool = tx
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&format!("summaries_p{name}")],
+                )?
+                .get(0);
+            if !exists {
+                // A new partition may not take rows the default one holds already: such a
+                // day stays in the default partition.
+                let held: bool = tx
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM summaries_default
+                                        WHERE window_start_ms >= $1 AND window_start_ms < $2)",
+                        &[&lo, &hi],
+                    )?
+                    .get(0);
+                if held {
+                    defaulted.push(day);
+                    continue;
+                }
+                tx.batch_execute(&format!(
+                    "CREATE TABLE summaries_p{name} PARTITION OF summaries
+                        FOR VALUES FROM ({lo}) TO ({hi});
+                     CREATE TABLE flows_p{name} PARTITION OF flows
+                        FOR VALUES FROM ({lo}) TO ({hi});"
+                ))?;
+                log::info!("database: partitions for {name} created");
+            }
+            made.push(day);
+        }
+        tx.commit()?;
+        self.days.extend(made);
+        self.default_days.extend(defaulted);
+        Ok(())
+    }
+
+    /// One attempt at [`Storage::write`].
+    fn try_write(&mut self, items: &[Write<'_>], now: i64) -> Result<Vec<bool>, StoreError> {
+        // Summaries in key order (a duplicate within the batch is stored once).
+        let mut order: Vec<(Key<'_>, usize)> = items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| match w {
+                Write::Summary(s) => Some((key(s), i)),
+                Write::Presence { .. } => None,
+            })
+            .collect();
+        order.sort();
+        order.dedup_by(|a, b| a.0 == b.0);
+        let summary = |i: usize| match items[i] {
+            Write::Summary(s) => s,
+            Write::Presence { .. } => unreachable!("only summaries are ordered"),
+        };
+        let mut stored = vec![false; items.len()];
+        for (i, w) in items.iter().enumerate() {
+            stored[i] = matches!(w, Write::Presence { .. });
+        }
+
+        let (client, st) = self.conn()?;
+        let mut tx = client.transaction()?;
+        let ids = insert_summaries(&mut tx, st, &order, &summary, now)?;
+        if !ids.is_empty() {
+            let inserted: Vec<(usize, i64)> = order
+                .iter()
+                .filter_map(|(k, i)| ids.get(k).map(|&id| (*i, id)))
+                .collect();
+            copy_flows(&mut tx, &inserted, &summary)?;
+            track_runs(&mut tx, st, &inserted, &summary, now)?;
+            add_totals(&mut tx, st, &inserted, &summary)?;
+            for (i, _) in &inserted {
+                stored[*i] = true;
+            }
+        }
+        set_presence(&mut tx, st, items, now)?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    /// Drops the day partitions older than `before_ms`, thins the default ones by receive
+    /// time; the running totals and runs follow in the same transaction.
+    fn try_prune(&mut self, before_ms: i64) -> Result<(usize, usize), StoreError> {
+        let (client, _) = self.conn()?;
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])?;
+        let parts: Vec<String> = tx
+            .query(
+                "SELECT c.relname FROM pg_inherits i
+                 JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = 'summaries'::regclass AND c.relname ~ '^summaries_p[0-9]{8}$'
+                 ORDER BY c.relname",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let (mut summaries, mut flows) = (0usize, 0usize);
+        let mut dropped = Vec::new();
+        for table in parts {
+            let day = &table["summaries_p".len()..];
+            // The partition's upper bound, from the catalog (not from its name).
+            let hi: i64 = tx
+                .query_one(
+                    "SELECT (regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                                         'TO \\(''?(-?[0-9]+)''?\\)'))[1]::bigint
+                     FROM pg_class c WHERE c.relname = $1",
+                    &[&table],
+                )?
+                .get(0);
+            if hi > before_ms {
+                continue;
+            }
+            let sum = SUM_TOTALS.replace("{t}", &table).replace("{w}", "true");
+            tx.execute(&SUBTRACT_TOTALS.replace("{}", &sum), &[])?;
+            let row = tx.query_one(
+                &format!("SELECT COUNT(*), COALESCE(SUM(flow_count), 0)::bigint FROM {table}"),
+                &[],
+            )?;
+            summaries += row.get::<_, i64>(0) as usize;
+            flows += row.get::<_, i64>(1) as usize;
+            tx.batch_execute(&format!("DROP TABLE {table}; DROP TABLE flows_p{day};"))?;
+            dropped.push(day.to_string());
+        }
+        let sum = SUM_TOTALS
+            .replace("{t}", "summaries_default")
+            .replace("{w}", "received_ms < $1");
+        tx.execute(&SUBTRACT_TOTALS.replace("{}", &sum), &[&before_ms])?;
+        flows += tx.execute(
+            "DELETE FROM flows_default WHERE summary_id IN
+               (SELECT id FROM summaries_default WHERE received_ms < $1)",
+            &[&before_ms],
+        )? as usize;
+        let thinned = tx.execute(
+            "DELETE FROM summaries_default WHERE received_ms < $1",
+            &[&before_ms],
+        )? as usize;
+        summaries += thinned;
+        if summaries > 0 {
+            tx.batch_execute(
+                "DELETE FROM device_totals WHERE NOT EXISTS (SELECT 1 FROM summaries s
+                    WHERE s.device = device_totals.device AND s.site = device_totals.site);
+                 UPDATE device_totals SET latest_id = (SELECT MAX(id) FROM summaries s
+                    WHERE s.part = 0 AND s.device = device_totals.device
+                      AND s.site = device_totals.site)
+                 WHERE NOT EXISTS (SELECT 1 FROM summaries WHERE id = device_totals.latest_id);",
+            )?;
+        }
+        tx.execute(
+            "DELETE FROM boots WHERE last_received_ms < $1",
+            &[&before_ms],
+        )?;
+        tx.commit()?;
+        for day in dropped {
+            log::info!("retention: dropped the partitions of {day}");
+        }
+        // Days whose partitions went are made again if a window of theirs still comes.
+        self.days.clear();
+        Ok((summaries, flows))
+    }
+}
+
+/// Inserts the summaries (in key order); the ids of those actually inserted, by key.
+fn insert_summaries<'a>(
+    tx: &mut Transaction<'_>,
+    st: &Statements,
+    order: &[(Key<'a>, usize)],
+    summary: &dyn Fn(usize) -> &'a Summary,
+    now: i64,
+) -> Result<BTreeMap<Key<'a>, i64>, StoreError> {
+    if order.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let mut devices = Vec::with_capacity(order.len());
+    let mut sites = Vec::with_capacity(order.len());
+    let mut ints: Vec<Vec<i64>> = vec![Vec::with_capacity(order.len()); SUMMARY_INTS.len()];
+    let mut hists: Vec<Option<String>> = Vec::with_capacity(order.len());
+    for &(_, i) in order {
+        let s = summary(i);
+        let h = &s.health;
+        devices.push(s.device.as_str());
+        sites.push(s.site.as_str());
+        let row: [i64; 27] = [
+            s.boot_id as i64,
+            n(s.seq),
+            i64::from(s.part),
+            i64::from(s.parts),
+            n(s.window_start_ms),
+            i64::from(s.window_len_ms),
+            i64::from(s.sample_every),
+            now,
+            n(s.totals.packets),
+            n(s.totals.bytes),
+            n(s.overflow.packets),
+            n(s.overflow.bytes),
+            n(s.other.packets),
+            n(s.other.bytes),
+            i64::from(s.other_flows),
+            n(h.packets_seen),
+            i64::from(h.active_flows),
+            i64::from(h.table_capacity),
+            n(h.table_full),
+            n(h.parse_errors),
+            n(h.fragments),
+            n(h.non_ip),
+            i64::from(h.cpu_ms),
+            i64::from(h.rss_kib),
+            i64::from(h.spool_depth),
+            n(h.spool_dropped),
+            s.flows.len() as i64,
+        ];
+        for (col, v) in ints.iter_mut().zip(row) {
+            col.push(v);
+        }
+        hists.push((!s.rtt_hist.is_empty()).then(|| {
+            let v: Vec<String> = s.rtt_hist.iter().map(|b| b.to_string()).collect();
+            v.join(",")
+        }));
+    }
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&devices, &sites];
+    for col in &ints {
+        params.push(col);
+    }
+    params.push(&hists);
+    let rows = tx.query(&st.summaries, &params)?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let (site, device): (&str, &str) = (r.get(1), r.get(2));
+            let k = (site, device, r.get(3), r.get(4), r.get(5));
+            // Back to the batch's own strings (the row's die with it).
+            let at = order.binary_search_by(|(o, _)| o.cmp(&k)).ok()?;
+            let (key, _) = order[at];
+            Some((key, r.get::<_, i64>(0)))
+        })
+        .collect())
+}
+
+/// The inserted summaries' flow records, by binary COPY.
+fn copy_flows<'a>(
+    tx: &mut Transaction<'_>,
+    inserted: &[(usize, i64)],
+    summary: &dyn Fn(usize) -> &'a Summary,
+) -> Result<(), StoreError> {
+    if inserted.iter().all(|&(i, _)| summary(i).flows.is_empty()) {
+        return Ok(());
+    }
+    let writer = tx.copy_in(
+        "COPY flows (summary_id, n, proto, src, src_port, dst, dst_port, vlan, vlan_inner,
+            ifindex, fwd_packets, fwd_bytes, rev_packets, rev_bytes, tcp_flags, first_seen_ms,
+            last_seen_ms, rtt_min_us, rtt_avg_us, rtt_max_us, rtt_samples, window_start_ms)
+         FROM STDIN BINARY",
+    )?;
+    let mut types = vec![Type::INT8; 22];
+    types[3] = Type::TEXT;
+    types[5] = Type::TEXT;
+    let mut w = BinaryCopyInWriter::new(writer, &types);
+    for &(i, id) in inserted {
+        let s = summary(i);
+        let start = n(s.window_start_ms);
+        let addrs: Vec<String> = s.addrs.iter().map(addr_text).collect();
+        for (k, f) in s.flows.iter().enumerate() {
+            let rtt = f.rtt;
+            let v: [i64; 15] = [
+                k as i64,
+                i64::from(f.proto),
+                i64::from(f.src_port),
+                i64::from(f.dst_port),
+                i64::from(f.vlan),
+                i64::from(f.vlan_inner),
+                i64::from(f.ifindex),
+                n(f.fwd.packets),
+                n(f.fwd.bytes),
+                n(f.rev.packets),
+                n(f.rev.bytes),
+                i64::from(f.tcp_flags),
+                start.saturating_add(f.first_seen_ms),
+                start.saturating_add(f.last_seen_ms),
+                start,
+            ];
+            let r: [Option<i64>; 4] = [
+                rtt.map(|r| i64::from(r.min_us)),
+                rtt.map(|r| i64::from(r.avg_us)),
+                rtt.map(|r| i64::from(r.max_us)),
+                rtt.map(|r| i64::from(r.samples)),
+            ];
+            w.write(&[
+                &id,
+                &v[0],
+                &v[1],
+                &addr(&addrs, f.src),
+                &v[2],
+                &addr(&addrs, f.dst),
+                &v[3],
+                &v[4],
+                &v[5],
+                &v[6],
+                &v[7],
+                &v[8],
+                &v[9],
+                &v[10],
+                &v[11],
+                &v[12],
+                &v[13],
+                &r[0],
+                &r[1],
+                &r[2],
+                &r[3],
+                &v[14],
+            ])?;
+        }
+    }
+    w.finish()?;
+    Ok(())
+}
+
+/// Moves the runs of the inserted summaries (`boots`): highest seq, complete windows.
+fn track_runs<'a>(
+    tx: &mut Transaction<'_>,
+    st: &Statements,
+    inserted: &[(usize, i64)],
+    summary: &dyn Fn(usize) -> &'a Summary,
+    now: i64,
+) -> Result<(), StoreError> {
+    // Per run: highest seq, and the single-part windows (complete as they are).
+    let mut runs: BTreeMap<(&str, &str, i64), (i64, i64)> = BTreeMap::new();
+    let mut multi = Vec::new();
+    for &(i, _) in inserted {
+        let s = summary(i);
+        let (site, device, boot, seq, _) = key(s);
+        let r = runs.entry((site, device, boot)).or_insert((seq, 0));
+        r.0 = r.0.max(seq);
+        if s.parts <= 1 {
+            r.1 += 1;
+        } else {
+            multi.push(s);
+        }
+    }
+    let mut cols: RunCols = Default::default();
+    for (&(site, device, boot), &(max_seq, complete)) in &runs {
+        cols.0.push(site);
+        cols.1.push(device);
+        cols.2.push(boot);
+        cols.3.push(max_seq);
+        cols.4.push(complete);
+    }
+    // This upsert holds the runs' rows until the commit: the parts counted below include
+    // every other collector's committed parts of the same windows.
+    tx.execute(
+        &st.boots,
+        &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &now],
+    )?;
+    if multi.is_empty() {
+        return Ok(());
+    }
+    // One completion per window, even if this batch holds several of its parts.
+    multi.sort_by_key(|s| (key(s), s.part));
+    multi.dedup_by_key(|s| {
+        let (a, b, c, d, _) = key(s);
+        (a, b, c, d)
+    });
+    let mut cols: RunCols = Default::default();
+    for s in &multi {
+        cols.0.push(s.site.as_str());
+        cols.1.push(s.device.as_str());
+        cols.2.push(s.boot_id as i64);
+        cols.3.push(n(s.seq));
+        cols.4.push(n(s.window_start_ms));
+    }
+    let counts = tx.query(&st.parts, &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4])?;
+    for (s, row) in multi.iter().zip(&counts) {
+        let stored: i64 = row.get(0);
+        if stored == i64::from(s.parts) {
+            tx.execute(
+                &st.complete,
+                &[&s.site.as_str(), &s.device.as_str(), &(s.boot_id as i64)],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds the inserted summaries to their devices' running totals.
+fn add_totals<'a>(
+    tx: &mut Transaction<'_>,
+    st: &Statements,
+    inserted: &[(usize, i64)],
+    summary: &dyn Fn(usize) -> &'a Summary,
+) -> Result<(), StoreError> {
+    #[derive(Default)]
+    struct T {
+        p: f64,
+        b: f64,
+        op: f64,
+        ob: f64,
+        windows: i64,
+        summaries: i64,
+        records: i64,
+        latest: Option<i64>,
+    }
+    let mut by_device: BTreeMap<(&str, &str), T> = BTreeMap::new();
+    for &(i, id) in inserted {
+        let s = summary(i);
+        let scaled = |v: u64| n(v) as f64 * f64::from(s.sample_every);
+        let t = by_device
+            .entry((s.site.as_str(), s.device.as_str()))
+            .or_default();
+        t.p += scaled(s.totals.packets);
+        t.b += scaled(s.totals.bytes);
+        t.op += scaled(s.overflow.packets);
+        t.ob += scaled(s.overflow.bytes);
+        t.windows += i64::from(s.part == 0);
+        t.summaries += 1;
+        t.records += s.flows.len() as i64;
+        if s.part == 0 {
+            t.latest = t.latest.max(Some(id));
+        }
+    }
+    #[allow(clippy::type_complexity)]
+    let mut c: (
+        Vec<&str>,
+        Vec<&str>,
+        [Vec<f64>; 4],
+        [Vec<i64>; 3],
+        Vec<Option<i64>>,
+    ) = Default::default();
+    for (&(site, device), t) in &by_device {
+        c.0.push(site);
+        c.1.push(device);
+        for (col, v) in c.2.iter_mut().zip([t.p, t.b, t.op, t.ob]) {
+            col.push(v);
+        }
+        for (col, v) in c.3.iter_mut().zip([t.windows, t.summaries, t.records]) {
+            col.push(v);
+        }
+        c.4.push(t.latest);
+    }
+    tx.execute(
+        &st.totals,
+        &[
+            &c.0, &c.1, &c.2[0], &c.2[1], &c.2[2], &c.2[3], &c.3[0], &c.3[1], &c.3[2], &c.4,
+        ],
+    )?;
+    Ok(())
+}
+
+/// The batch's presence reports, the last per device winning.
+fn set_presence(
+    tx: &mut Transaction<'_>,
+    st: &Statements,
+    items: &[Write<'_>],
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut last: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    for w in items {
+        if let Write::Presence {
+            site,
+            device,
+            state,
+        } = *w
+        {
+            last.insert((site, device), state.as_str());
+        }
+    }
+    if last.is_empty() {
+        return Ok(());
+    }
+    let mut c: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    for (&(site, device), &state) in &last {
+        c.0.push(site);
+        c.1.push(device);
+        c.2.push(state);
+    }
+    tx.execute(&st.presence, &[&c.0, &c.1, &c.2, &now])?;
+    Ok(())
+}
+
+impl Storage for PgStore {
+    fn write(&mut self, items: &[Write<'_>], received_ms: i64) -> Result<Vec<bool>, StoreError> {
+        let days: BTreeSet<i64> = items
+            .iter()
+            .filter_map(|w| match w {
+                Write::Summary(s) => Some(n(s.window_start_ms).div_euclid(DAY_MS)),
+                Write::Presence { .. } => None,
+            })
+            .collect();
+        self.ensure_days(&days)?;
+        let mut attempt = 0u32;
+        loop {
+            match self.try_write(items, received_ms) {
+                Err(e) if retryable(&e) && attempt < 8 => {
+                    attempt += 1;
+                    log::debug!("database: {e}; running the batch again");
+                    std::thread::sleep(std::time::Duration::from_millis(5 << attempt.min(6)));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn prune(&mut self, before_ms: i64) -> Result<(usize, usize), StoreError> {
+        let mut attempt = 0u32;
+        loop {
+            match self.try_prune(before_ms) {
+                Err(e) if retryable(&e) && attempt < 8 => attempt += 1,
+                r => return r,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::wire::{Addr, Count, FlowRecord, Health};
+    use testkit::postgres::Postgres;
+
+    #[test]
+    fn partition_names_are_utc_dates() {
+        assert_eq!(day_name(0), "19700101");
+        assert_eq!(day_name(20_429), "20251207");
+        assert_eq!(day_name(-1), "19691231");
+        assert_eq!(day_name(11_016), "20000229");
+    }
+
+    fn summary(device: &str, seq: u64, start: u64) -> Summary {
+        Summary {
+            device: device.try_into().unwrap(),
+            site: "s".try_into().unwrap(),
+            boot_id: u64::MAX,
+            seq,
+            part: 0,
+            parts: 1,
+            window_start_ms: start,
+            window_len_ms: 10_000,
+            sample_every: 1,
+            totals: Count {
+                packets: 10 + seq,
+                bytes: 1_000 * seq,
+            },
+            overflow: Count::default(),
+            other: Count::default(),
+            other_flows: 0,
+            health: Health::default(),
+            addrs: vec![Addr::V4([10, 0, 0, 1]), Addr::V6([0xfd; 16])],
+            flows: vec![
+                FlowRecord {
+                    src: 0,
+                    dst: 1,
+                    ..Default::default()
+                };
+                3
+            ],
+            rtt_hist: heapless::Vec::new(),
+        }
+    }
+
+    fn write(store: &mut PgStore, summaries: &[Summary], received_ms: i64) -> Vec<bool> {
+        let items: Vec<Write> = summaries.iter().map(Write::Summary).collect();
+        store.write(&items, received_ms).unwrap()
+    }
+
+    fn scalar(url: &str, sql: &str) -> i64 {
+        let mut c = Client::connect(url, NoTls).unwrap();
+        c.query_one(sql, &[]).unwrap().get(0)
+    }
+
+    /// Running totals equal what a scan of the stored summaries finds, device by device.
+    fn assert_totals_consistent(url: &str) {
+        let mut c = Client::connect(url, NoTls).unwrap();
+        let running = c
+            .query(
+                "SELECT site, device, packets, bytes, windows, summaries, flow_records, latest_id
+                 FROM device_totals ORDER BY site, device",
+                &[],
+            )
+            .unwrap();
+        let scanned = c
+            .query(
+                &format!(
+                    "SELECT site, device, p, b, w, n, f,
+                       (SELECT MAX(id) FROM summaries x WHERE x.part = 0 AND x.site = t.site
+                          AND x.device = t.device)
+                     FROM ({}) t ORDER BY site, device",
+                    SUM_TOTALS
+                        .replace("{t}", "summaries")
+                        .replace("{w}", "true")
+                ),
+                &[],
+            )
+            .unwrap();
+        let rows = |rows: &[postgres::Row]| -> Vec<String> {
+            rows.iter()
+                .map(|r| {
+                    format!(
+                        "{}/{} {} {} {} {} {} {:?}",
+                        r.get::<_, &str>(0),
+                        r.get::<_, &str>(1),
+                        r.get::<_, f64>(2),
+                        r.get::<_, f64>(3),
+                        r.get::<_, i64>(4),
+                        r.get::<_, i64>(5),
+                        r.get::<_, i64>(6),
+                        r.get::<_, Option<i64>>(7)
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(rows(&running), rows(&scanned));
+    }
+
+    #[test]
+    fn creates_the_schema_dedups_and_tracks_gaps() {
+        let pg = Postgres::start();
+        let url = pg.create_database("dedup");
+        let now = crate::ingest::now_ms() as u64;
+        let mut store = PgStore::open(&url).unwrap();
+        // A second collector on the same database finds the schema made.
+        let mut other = PgStore::open(&url).unwrap();
+        let mut other_site = summary("d", 0, now);
+        other_site.site = "t".try_into().unwrap();
+        let mut part = summary("d", 4, now);
+        part.parts = 2;
+        let stored = write(
+            &mut store,
+            &[
+                summary("d", 3, now),
+                summary("d", 0, now),
+                other_site,
+                summary("d", 1, now),
+                part.clone(),
+                summary("d", 0, now),
+            ],
+            1,
+        );
+        assert_eq!(stored, [true, true, true, true, true, false]);
+        assert_eq!(
+            write(&mut other, &[summary("d", 3, now)], 2),
+            [false],
+            "another collector's copy"
+        );
+        let gaps = |site: &str| {
+            scalar(
+                &url,
+                &format!(
+                    "SELECT max_seq + 1 - base_seq - complete FROM boots WHERE site = '{site}'"
+                ),
+            )
+        };
+        assert_eq!(gaps("s"), 2, "seq 2 and half of seq 4 missing");
+        assert_eq!(gaps("t"), 0);
+        part.part = 1;
+        assert_eq!(
+            write(&mut other, &[part, summary("d", 2, now)], 3),
+            [true, true]
+        );
+        assert_eq!(gaps("s"), 0, "late arrivals close the gaps");
+        assert_eq!(scalar(&url, "SELECT COUNT(*) FROM summaries"), 7);
+        assert_eq!(scalar(&url, "SELECT COUNT(*) FROM flows"), 21);
+        assert_eq!(
+            scalar(&url, "SELECT COUNT(*) FROM summaries_default"),
+            0,
+            "today's windows have their own partition"
+        );
+        let presence = [Write::Presence {
+            site: "s",
+            device: "d",
+            state: shared::identity::Presence::Online,
+        }];
+        assert_eq!(store.write(&presence, 4).unwrap(), [true]);
+        assert_eq!(scalar(&url, "SELECT COUNT(*) FROM presence"), 1);
+        assert_totals_consistent(&url);
+    }
+
+    #[test]
+    fn collectors_storing_the_same_messages_at_once_count_them_once() {
+        let pg = Postgres::start();
+        let url = pg.create_database("race");
+        let now = crate::ingest::now_ms() as u64;
+        // 4 devices x 60 windows, every third in two parts.
+        let mut all = Vec::new();
+        for d in 0..4 {
+            for seq in 0..60 {
+                let mut s = summary(&format!("d{d}"), seq, now + seq * 10_000);
+                if seq % 3 == 0 {
+                    s.parts = 2;
+                    let mut p1 = s.clone();
+                    p1.part = 1;
+                    all.push(p1);
+                }
+                all.push(s);
+            }
+        }
+        let stored: usize = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..3u64)
+                .map(|k| {
+                    let (url, all) = (&url, &all);
+                    scope.spawn(move || {
+                        let mut store = PgStore::open(url).unwrap();
+                        // Each collector in its own order, in batches of 37.
+                        let mut mine: Vec<&Summary> = all.iter().collect();
+                        mine.sort_by_key(|s| {
+                            (s.seq * 7919 + k * 104_729 + u64::from(s.part)) % 211
+                        });
+                        let mut n = 0;
+                        for chunk in mine.chunks(37) {
+                            let items: Vec<Write> =
+                                chunk.iter().map(|s| Write::Summary(s)).collect();
+                            n += store
+                                .write(&items, 5)
+                                .unwrap()
+                                .iter()
+                                .filter(|&&b| b)
+                                .count();
+                        }
+                        n
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        assert_eq!(
+            stored,
+            all.len(),
+            "each message stored by exactly one collector"
+        );
+        assert_eq!(
+            scalar(&url, "SELECT COUNT(*) FROM summaries"),
+            all.len() as i64
+        );
+        assert_eq!(
+            scalar(&url, "SELECT SUM(summaries)::bigint FROM device_totals"),
+            all.len() as i64
+        );
+        assert_eq!(
+            scalar(&url, "SELECT SUM(windows)::bigint FROM device_totals"),
+            240
+        );
+        assert_eq!(
+            scalar(
+                &url,
+                "SELECT SUM(max_seq + 1 - base_seq - complete)::bigint FROM boots"
+            ),
+            0,
+            "every window complete once"
+        );
+        assert_eq!(
+            scalar(&url, "SELECT COUNT(*) FROM flows"),
+            3 * all.len() as i64
+        );
+        assert_totals_consistent(&url);
+    }
+
+    #[test]
+    fn retention_drops_day_partitions_and_thins_the_default_one() {
+        let pg = Postgres::start();
+        let url = pg.create_database("prune");
+        let now = crate::ingest::now_ms();
+        let today = now.div_euclid(DAY_MS) * DAY_MS;
+        let mut store = PgStore::open(&url).unwrap();
+        // Yesterday's window (its own partition); one stamped in 1970 (a box without a
+        // real-time clock) received now; one stamped far ahead received long ago: both in
+        // the default partition, which goes by receive time.
+        let yesterday = summary("a", 0, (today - DAY_MS / 2) as u64);
+        write(&mut store, &[yesterday], now - DAY_MS / 2);
+        write(&mut store, &[summary("b", 0, 5_000)], now);
+        write(
+            &mut store,
+            &[summary("c", 0, (now + 30 * DAY_MS) as u64)],
+            1_000,
+        );
+        write(&mut store, &[summary("a", 1, now as u64)], now);
+        assert_eq!(scalar(&url, "SELECT COUNT(*) FROM summaries_default"), 2);
+        let yname = day_name(today / DAY_MS - 1);
+        assert_eq!(
+            scalar(&url, &format!("SELECT COUNT(*) FROM summaries_p{yname}")),
+            1
+        );
+        assert_eq!(store.prune(today).unwrap(), (2, 6));
+        assert_eq!(
+            scalar(
+                &url,
+                &format!("SELECT (to_regclass('summaries_p{yname}') IS NULL)::int::int8")
+            ),
+            1,
+            "yesterday's partition dropped"
+        );
+        assert_eq!(
+            scalar(
+                &url,
+                &format!("SELECT (to_regclass('flows_p{yname}') IS NULL)::int::int8")
+            ),
+            1
+        );
+        assert_eq!(scalar(&url, "SELECT COUNT(*) FROM summaries"), 2);
+        assert_eq!(scalar(&url, "SELECT COUNT(*) FROM flows"), 6);
+        assert_eq!(
+            scalar(&url, "SELECT COUNT(*) FROM summaries WHERE device = 'b'"),
+            1,
+            "the 1970 window received now stays"
+        );
+        assert_eq!(scalar(&url, "SELECT COUNT(*) FROM device_totals"), 2);
+        assert_totals_consistent(&url);
+        // A late window of the dropped day gets its partition again.
+        write(&mut store, &[summary("a", 2, (today - 1_000) as u64)], now);
+        assert_eq!(
+            scalar(&url, &format!("SELECT COUNT(*) FROM summaries_p{yname}")),
+            1
+        );
+    }
+
+    #[test]
+    fn a_lost_connection_is_made_again() {
+        let pg = Postgres::start();
+        let url = pg.create_database("reconnect");
+        let now = crate::ingest::now_ms() as u64;
+        let mut store = PgStore::open(&url).unwrap();
+        assert_eq!(write(&mut store, &[summary("d", 0, now)], 1), [true]);
+        // The server ends the collector's session (a restart, a failover, an admin).
+        pg.psql(
+            "reconnect",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = 'reconnect' AND pid <> pg_backend_pid()",
+        );
+        let items = [
+            Write::Summary(&summary("d", 0, now)),
+            Write::Summary(&summary("d", 1, now)),
+        ];
+        // The batch in flight fails (the caller keeps it and tries again); the next attempt
+        // reconnects.
+        let stored = match store.write(&items, 2) {
+            Ok(stored) => stored,
+            Err(_) => store.write(&items, 2).unwrap(),
+        };
+        assert_eq!(stored, [false, true]);
+        assert_eq!(scalar(&url, "SELECT COUNT(*) FROM summaries"), 2);
+        assert_totals_consistent(&url);
+    }
+}
