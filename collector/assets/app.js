@@ -637,6 +637,21 @@ $("q").oninput = () => {
   typing = setTimeout(() => { state.list.q = $("q").value.trim(); state.list.page = 0; refresh(); }, 200);
 };
 $("dev-filters").onsubmit = (e) => e.preventDefault();
+// The attention tile leads to the list, sorted by what needs attention.
+$("kpi-attention").onclick = () => {
+  state.list.sort = "attention";
+  state.list.page = 0;
+  for (const b of $("sort").children) b.classList.toggle("on", b.dataset.sort === "attention");
+  $("devices").scrollIntoView({ behavior: "smooth", block: "start" });
+  refresh();
+};
+// "/" jumps to the device search, as on most sites.
+document.addEventListener("keydown", (e) => {
+  if (e.key !== "/" || /^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement.tagName)) return;
+  if (state.route.device) location.hash = "#/";
+  e.preventDefault();
+  $("q").focus();
+});
 $("filters").oninput = () => {
   clearTimeout(typing);
   typing = setTimeout(() => {

@@ -24,6 +24,8 @@ pub struct Browser {
     next_id: u64,
     session: String,
     profile: PathBuf,
+    /// `Page.loadEventFired` seen so far.
+    loads: u64,
     /// What the page logged to its console, and uncaught exceptions.
     pub console: Arc<Mutex<Vec<String>>>,
 }
@@ -93,6 +95,7 @@ impl Browser {
             next_id: 0,
             session: String::new(),
             profile,
+            loads: 0,
             console: Arc::default(),
         };
         let target = br.send("Target.createTarget", json!({"url": "about:blank"}), false);
@@ -156,8 +159,12 @@ impl Browser {
         self.send(method, params, true)
     }
 
-    fn event(&self, v: &Value) {
+    fn event(&mut self, v: &Value) {
         let line = match v["method"].as_str() {
+            Some("Page.loadEventFired") => {
+                self.loads += 1;
+                return;
+            }
             Some("Runtime.consoleAPICalled") => {
                 let p = &v["params"];
                 let args: Vec<String> = p["args"]
@@ -189,14 +196,19 @@ impl Browser {
         self.console.lock().unwrap().push(line);
     }
 
-    /// Loads `url` and waits until the document is complete.
+    /// Loads `url` and waits for its load event.
     pub fn goto(&mut self, url: &str) {
+        let before = self.loads;
         self.call("Page.navigate", json!({"url": url}));
-        self.wait_for(
-            "the document to load",
-            "document.readyState === 'complete'",
-            Duration::from_secs(30),
-        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.loads == before {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self
+                .from
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("{url} did not load"));
+            self.event(&v);
+        }
     }
 
     /// Evaluates `js` in the page (a promise is awaited); its value as JSON.
