@@ -183,6 +183,12 @@ impl Drop for Collector {
 
 /// A minimal HTTP/1.1 GET (Connection: close): (status, body).
 pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let (status, _, body) = http_get_head(addr, path, token);
+    (status, body)
+}
+
+/// [`http_get`] with the response head (status line and headers) too.
+pub fn http_get_head(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let auth = token
@@ -210,7 +216,7 @@ pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Stri
     } else {
         body.to_string()
     };
-    (status, body)
+    (status, head.to_string(), body)
 }
 
 fn dechunk(mut body: &str) -> String {
