@@ -30,9 +30,6 @@ const state = {
   filters: { addr: "", port: "", proto: "" },
   sites: "",
   colors: {},
-  busy: false,
-  again: false,
-  perf: { refreshes: 0, first: 0, last: 0, max: 0 },
 };
 
 const $ = (id) => document.getElementById(id);
@@ -127,85 +124,101 @@ function route() {
 
 const viewKey = () => JSON.stringify([state.route, state.list.q, state.list.site, state.list.sort, state.list.page, state.filters, state.range, state.metric]);
 
-async function refresh() {
-  if (state.busy) { state.again = true; return; }
-  state.busy = true;
+// Two lanes, each at most one request round in flight: the view (summary, device list, charts,
+// health) and the traffic tables (talkers, conversations, flows, RTT: scans of every flow
+// record in the range, the slow part with a large fleet). The view never waits for the tables.
+const lanes = {
+  view: { load: () => (state.route.device ? loadDevice : loadFleet), busy: false, again: false, error: null, n: 0, first: 0, last: 0, max: 0, render: 0 },
+  traffic: { load: () => loadTraffic, busy: false, again: false, error: null, n: 0, first: 0, last: 0, max: 0, render: 0 },
+};
+
+function refresh() {
+  for (const name of Object.keys(lanes)) run(name);
+}
+
+async function run(name) {
+  const lane = lanes[name];
+  if (lane.busy) { lane.again = true; return; }
+  lane.busy = true;
   const key = viewKey();
   const t0 = performance.now();
   const to = Date.now();
   const from = to - state.range;
   try {
-    const render = state.route.device ? await loadDevice(from, to) : await loadFleet(from, to);
-    if (key !== viewKey()) { state.again = true; return; }
+    const render = await lane.load()(from, to);
+    if (key !== viewKey()) { lane.again = true; return; }
     const t1 = performance.now();
     render();
     const t2 = performance.now();
-    notePerf(t2 - t0, t2 - t1, t2);
-    $("live").className = "live ok";
-    $("live-text").textContent = `live · ${clock(Date.now())}`;
+    lane.error = null;
+    notePerf(lane, t2 - t0, t2 - t1, t2);
   } catch (e) {
-    $("live").className = "live err";
-    $("live-text").textContent = e.message;
+    lane.error = e.message;
   } finally {
-    state.busy = false;
-    if (state.again) { state.again = false; setTimeout(refresh, 0); }
+    lane.busy = false;
+    const err = lanes.view.error || lanes.traffic.error;
+    $("live").className = err ? "live err" : "live ok";
+    $("live-text").textContent = err || `live · ${clock(Date.now())}`;
+    if (lane.again) { lane.again = false; setTimeout(() => run(name), 0); }
   }
 }
 
-// What the page measured: the refresh (fetch + render), the render alone, and the first load
-// (from navigation start to the first complete render), in #perf for people and tests.
-function notePerf(total, render, now) {
-  const p = state.perf;
-  p.refreshes += 1;
-  if (!p.first) p.first = now;
-  p.last = total;
-  p.max = Math.max(p.max, total);
-  const el = $("perf");
-  Object.assign(el.dataset, { refreshes: p.refreshes, firstMs: p.first.toFixed(1), lastMs: total.toFixed(1), maxMs: p.max.toFixed(1), renderMs: render.toFixed(1) });
-  el.textContent = `${Math.round(total)} ms`;
-  el.title = `last refresh ${total.toFixed(0)} ms (render ${render.toFixed(1)} ms) · slowest ${p.max.toFixed(0)} ms · first load ${p.first.toFixed(0)} ms · every ${REFRESH_MS / 1000} s`;
+// What the page measured per lane: the refresh (fetch + render), the render alone, and the
+// first load (navigation start to the first complete render), in #perf for people and tests:
+// data-refreshes, -first-ms, -last-ms, -max-ms, -render-ms for the view; the same prefixed
+// with "traffic" for the tables.
+function notePerf(lane, total, render, now) {
+  lane.n += 1;
+  if (!lane.first) lane.first = now;
+  lane.last = total;
+  lane.render = render;
+  lane.max = Math.max(lane.max, total);
+  const v = lanes.view, t = lanes.traffic, el = $("perf");
+  Object.assign(el.dataset, {
+    refreshes: v.n, firstMs: v.first.toFixed(1), lastMs: v.last.toFixed(1), maxMs: v.max.toFixed(1), renderMs: v.render.toFixed(1),
+    trafficRefreshes: t.n, trafficFirstMs: t.first.toFixed(1), trafficLastMs: t.last.toFixed(1), trafficMaxMs: t.max.toFixed(1), trafficRenderMs: t.render.toFixed(1),
+  });
+  el.textContent = `${Math.round(v.last)} ms`;
+  el.title = `refresh every ${REFRESH_MS / 1000} s, fetch + render — view: last ${v.last.toFixed(0)} ms (render ${v.render.toFixed(1)} ms), slowest ${v.max.toFixed(0)} ms, first load ${v.first.toFixed(0)} ms; traffic tables: last ${t.last.toFixed(0)} ms, slowest ${t.max.toFixed(0)} ms`;
 }
 
 const step = () => Math.round(state.range / 180);
 
 async function loadFleet(from, to) {
   const { q, site, sort, page } = state.list;
-  const [fleet, devs, series, talkers, convs, flows, rtt, ingest] = await Promise.all([
+  const [fleet, devs, series, ingest] = await Promise.all([
     api("/api/fleet", { from, to, site }),
     api("/api/devices", { from, to, q, site, sort, limit: PAGE, offset: page * PAGE }, true),
     api("/api/series", { from, to, site, top: TOP, step: step() }),
-    api("/api/talkers", { from, to, limit: 10 }),
-    api("/api/conversations", { from, to, limit: 10 }),
-    api("/api/flows", { from, to, ...state.filters, limit: 100 }),
-    api("/api/rtt", { from, to }),
     api("/api/ingest"),
   ]);
+  // Windows missing over the fleet: the devices with gaps are among those needing attention,
+  // which sort first (only asked for when some device has gaps and the answer lacks the sum).
+  if (fleet.gaps == null) {
+    fleet.gaps = 0;
+    if (fleet.attention && fleet.attention.gaps) {
+      const a = await api("/api/devices", { from, to, site, sort: "attention", limit: fleet.attention.any });
+      fleet.gaps = a.devices.reduce((n, d) => n + d.gaps, 0);
+    }
+  }
   return () => {
     const list = Array.isArray(devs.body) ? devs.body : devs.body.devices;
     renderSummary(fleet, series, ingest);
     renderSites(fleet);
     renderDeviceList(list, devs.total == null ? list.length : devs.total);
     renderFleetChart(series);
-    renderTalkers(talkers);
-    renderConversations(convs);
-    renderFlows(flows);
-    renderRtt(rtt);
     renderIngest(ingest);
   };
 }
 
 async function loadDevice(from, to) {
   const device = state.route.device;
-  const [devs, health, talkers, convs, flows, rtt, ingest] = await Promise.all([
+  const [devs, health, ingest] = await Promise.all([
     api("/api/devices", { from, to, device }),
     api("/api/health", { device, from, to, step: step() }).catch((e) => {
       if (e.status === 404) return null;
       throw e;
     }),
-    api("/api/talkers", { from, to, device, limit: 10 }),
-    api("/api/conversations", { from, to, device, limit: 10 }),
-    api("/api/flows", { from, to, device, ...state.filters, limit: 100 }),
-    api("/api/rtt", { from, to, device }),
     api("/api/ingest"),
   ]);
   return () => {
@@ -214,11 +227,24 @@ async function loadDevice(from, to) {
     renderDeviceHead(device, d, health);
     renderHealth(device, health, from, to);
     renderDeviceChart(device, health, from, to);
+    renderIngest(ingest);
+  };
+}
+
+// The traffic tables, of the whole fleet or of the device shown.
+async function loadTraffic(from, to) {
+  const device = state.route.device;
+  const [talkers, convs, flows, rtt] = await Promise.all([
+    api("/api/talkers", { from, to, device, limit: 10 }),
+    api("/api/conversations", { from, to, device, limit: 10 }),
+    api("/api/flows", { from, to, device, ...state.filters, limit: 100 }),
+    api("/api/rtt", { from, to, device }),
+  ]);
+  return () => {
     renderTalkers(talkers);
     renderConversations(convs);
     renderFlows(flows);
     renderRtt(rtt);
-    renderIngest(ingest);
   };
 }
 
@@ -306,8 +332,7 @@ function renderSummary(f, series, ing) {
   $("s-attention").dataset.n = String(a.any || 0);
   $("kpi-attention").classList.toggle("alert", (a.any || 0) > 0);
   const reasons = Object.keys(REASONS).filter((k) => a[k]).map((k) => `${count(a[k])} ${REASONS[k]}`);
-  const missing = f.gaps != null ? `${count(f.gaps)} windows missing` : `${count(a.gaps || 0)} with gaps`;
-  setText("s-reasons", [missing, ...reasons.filter((r) => !r.endsWith(" gaps"))].join(" · "));
+  setText("s-reasons", [`${count(f.gaps)} windows missing`, ...reasons].join(" · "));
   // Throughput now: what online devices reported last, or the fleet's last bucket.
   let bps = f.now ? f.now.bytes_per_s : null, pps = f.now ? f.now.packets_per_s : null;
   if (bps == null && series.fleet) {
