@@ -331,7 +331,7 @@ function renderSummary(f, series, ing) {
   setText("s-attention", count(a.any || 0));
   $("s-attention").dataset.n = String(a.any || 0);
   $("kpi-attention").classList.toggle("alert", (a.any || 0) > 0);
-  const reasons = Object.keys(REASONS).filter((k) => a[k]).map((k) => `${count(a[k])} ${REASONS[k]}`);
+  const reasons = Object.keys(REASONS).filter((k) => a[k]).map((k) => `${count(a[k])} ${k === "gaps" ? "with gaps" : REASONS[k]}`);
   setText("s-reasons", [`${count(f.gaps)} windows missing`, ...reasons].join(" · "));
   // Throughput now: what online devices reported last, or the fleet's last bucket.
   let bps = f.now ? f.now.bytes_per_s : null, pps = f.now ? f.now.packets_per_s : null;
