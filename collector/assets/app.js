@@ -94,14 +94,32 @@ async function api(path, params = {}, withTotal = false) {
 
 // ---- routing ----
 
+// #/device/<site>/<device>, or the fleet with its list as asked: #/?q=..&site=..&sort=..&page=..
+// (kept in the address as it changes, so a view can be bookmarked, shared, and come back to).
 function parseRoute() {
   const m = location.hash.match(/^#\/device\/([^/]+)\/([^/?&]+)/);
-  return { device: m ? `${decodeURIComponent(m[1])}/${decodeURIComponent(m[2])}` : "" };
+  if (m) return { device: `${decodeURIComponent(m[1])}/${decodeURIComponent(m[2])}` };
+  const p = new URLSearchParams(location.hash.replace(/^#\/?\??/, ""));
+  const sort = ["attention", "name", "throughput"].includes(p.get("sort")) ? p.get("sort") : "attention";
+  return { device: "", list: { q: p.get("q") || "", site: p.get("site") || "", sort, page: Math.max(0, (Number(p.get("page")) || 1) - 1) } };
+}
+
+function saveList() {
+  const { q, site, sort, page } = state.list;
+  const p = new URLSearchParams();
+  if (q) p.set("q", q);
+  if (site) p.set("site", site);
+  if (sort !== "attention") p.set("sort", sort);
+  if (page) p.set("page", page + 1);
+  const h = `#/${[...p].length ? `?${p}` : ""}`;
+  $("back").href = h;
+  if (!state.route.device && location.hash !== h) history.replaceState(null, "", location.pathname + location.search + h);
 }
 
 function route() {
-  state.route = parseRoute();
-  const dev = state.route.device;
+  const r = parseRoute();
+  state.route = { device: r.device };
+  const dev = r.device;
   $("view-fleet").hidden = !!dev;
   $("view-device").hidden = !dev;
   document.title = dev ? `${dev} · edgeflow` : "edgeflow collector";
@@ -112,6 +130,12 @@ function route() {
     t.innerHTML = `<span class="dim">${esc(dev.split("/")[0])} /</span> ${esc(dev.split("/")[1])}`;
     $("health").innerHTML = "";
     $("health").dataset.device = "";
+  } else {
+    Object.assign(state.list, r.list);
+    if ($("q").value.trim() !== state.list.q) $("q").value = state.list.q;
+    for (const b of $("sort").children) b.classList.toggle("on", b.dataset.sort === state.list.sort);
+    showSite();
+    saveList();
   }
   // Old rows and charts belong to the other view.
   for (const id of ["flows", "talkers", "conversations"]) clearRows($(id));
@@ -352,6 +376,13 @@ function renderSummary(f, series, ing) {
   setText("k-rejected", count(rej));
   setText("k-rejected2", rej ? Object.entries(ing.rejected).map(([k, v]) => `${k} ${v}`).join(" · ") : "none since start");
   $("kpi-rejected").classList.toggle("alert", rej > 0);
+}
+
+// The site asked for, even before the unfiltered answer listed them all.
+function showSite() {
+  const sel = $("site"), site = state.list.site;
+  if (site && ![...sel.options].some((o) => o.value === site)) sel.add(new Option(site, site));
+  sel.value = site;
 }
 
 // Sites come from the unfiltered fleet answer (a filtered one only knows its own site).
@@ -646,34 +677,37 @@ $("metric").onclick = (e) => {
   for (const b of $("metric").children) b.classList.toggle("on", b === e.target);
   refresh();
 };
+function listChanged() {
+  for (const b of $("sort").children) b.classList.toggle("on", b.dataset.sort === state.list.sort);
+  saveList();
+  refresh();
+}
 $("sort").onclick = (e) => {
   if (!e.target.dataset.sort) return;
   state.list.sort = e.target.dataset.sort;
   state.list.page = 0;
-  for (const b of $("sort").children) b.classList.toggle("on", b === e.target);
-  refresh();
+  listChanged();
 };
-$("site").onchange = (e) => { state.list.site = e.target.value; state.list.page = 0; refresh(); };
-$("prev").onclick = () => { if (state.list.page > 0) { state.list.page -= 1; refresh(); } };
-$("next").onclick = () => { if ((state.list.page + 1) * PAGE < state.list.total) { state.list.page += 1; refresh(); } };
+$("site").onchange = (e) => { state.list.site = e.target.value; state.list.page = 0; listChanged(); };
+$("prev").onclick = () => { if (state.list.page > 0) { state.list.page -= 1; listChanged(); } };
+$("next").onclick = () => { if ((state.list.page + 1) * PAGE < state.list.total) { state.list.page += 1; listChanged(); } };
 let typing;
 $("q").oninput = () => {
   clearTimeout(typing);
-  typing = setTimeout(() => { state.list.q = $("q").value.trim(); state.list.page = 0; refresh(); }, 200);
+  typing = setTimeout(() => { state.list.q = $("q").value.trim(); state.list.page = 0; listChanged(); }, 200);
 };
 $("dev-filters").onsubmit = (e) => e.preventDefault();
 // The attention tile leads to the list, sorted by what needs attention.
 $("kpi-attention").onclick = () => {
   state.list.sort = "attention";
   state.list.page = 0;
-  for (const b of $("sort").children) b.classList.toggle("on", b.dataset.sort === "attention");
   $("devices").scrollIntoView({ behavior: "smooth", block: "start" });
-  refresh();
+  listChanged();
 };
 // "/" jumps to the device search, as on most sites.
 document.addEventListener("keydown", (e) => {
   if (e.key !== "/" || /^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement.tagName)) return;
-  if (state.route.device) location.hash = "#/";
+  if (state.route.device) location.hash = $("back").getAttribute("href");
   e.preventDefault();
   $("q").focus();
 });

@@ -322,9 +322,11 @@ fn dashboard_with_a_thousand_devices_searches_sorts_and_keeps_up() {
         "fleet, others and up to 8 devices: {chart}"
     );
 
-    // Live: later refreshes show more traffic, each within the refresh period.
+    // Live: later refreshes show more traffic, each within the refresh period, patching the
+    // rows in place (the same elements before and after) with one page of devices in the DOM.
     let (n0, ..) = perf(&mut b);
     let bytes0 = b.eval("Number(document.getElementById('s-bytes').dataset.n)");
+    b.eval("document.querySelectorAll('#devices tbody tr').forEach(r => { r.kept = true; })");
     b.wait_for(
         "two more refreshes",
         &format!(
@@ -339,8 +341,31 @@ fn dashboard_with_a_thousand_devices_searches_sorts_and_keeps_up() {
         Duration::from_secs(15),
     );
     eprintln!("traffic in range {bytes0} -> {bytes1} bytes");
+    let kept = b.eval(
+        "(() => { const r = [...document.querySelectorAll('#devices tbody tr')];
+                  return [r.length, r.filter(t => t.kept).length]; })()",
+    );
+    assert_eq!(
+        kept,
+        serde_json::json!([50, 50]),
+        "rows patched, not rebuilt"
+    );
+    let elements = b.eval("document.getElementsByTagName('*').length");
+    let elements = elements.as_u64().unwrap();
+    eprintln!("{elements} elements in the page");
+    assert!(
+        elements < 8_000,
+        "one page of devices in the DOM, not 1,000: {elements} elements"
+    );
 
-    // A device's page, through its link: its health over time and only its flows.
+    // A device's page, through its link in a searched list: its health over time and only its
+    // flows.
+    type_into(&mut b, "q", "zrh/");
+    b.wait_for(
+        "the three zrh devices",
+        &format!("{ROWS}.length === 3"),
+        Duration::from_secs(10),
+    );
     b.eval("document.querySelector('#devices a[href=\"#/device/zrh/gw-gapped\"]').click()");
     b.wait_for(
         "the device page",
@@ -392,11 +417,14 @@ fn dashboard_with_a_thousand_devices_searches_sorts_and_keeps_up() {
          && Number(document.querySelector('#health [data-metric=active_flows]')?.dataset.points) > 0",
         Duration::from_secs(10),
     );
-    // Back to the fleet.
+    // Back to the fleet: the list as it was left (the search is in the address).
     b.eval("document.querySelector('#view-device a.back').click()");
     b.wait_for(
-        "the fleet view again",
-        "!document.getElementById('view-fleet').hidden",
+        "the fleet view again, still searched",
+        &format!(
+            "!document.getElementById('view-fleet').hidden && location.hash === '#/?q=zrh%2F'
+             && document.getElementById('q').value === 'zrh/' && {ROWS}.length === 3"
+        ),
         Duration::from_secs(10),
     );
 
