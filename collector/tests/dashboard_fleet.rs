@@ -417,6 +417,15 @@ fn dashboard_with_a_thousand_devices_searches_sorts_and_keeps_up() {
          && Number(document.querySelector('#health [data-metric=active_flows]')?.dataset.points) > 0",
         Duration::from_secs(10),
     );
+    // A device that never reported: said so, and the page stays live.
+    b.eval("location.hash = '#/device/nowhere/none'");
+    b.wait_for(
+        "the unknown device's page",
+        "document.getElementById('d-facts').innerText.includes('no device nowhere/none has reported')
+         && document.getElementById('health').innerText.includes('no health reported')
+         && document.getElementById('live').className === 'live ok'",
+        Duration::from_secs(10),
+    );
     // Back to the fleet: the list as it was left (the search is in the address).
     b.eval("document.querySelector('#view-device a.back').click()");
     b.wait_for(
