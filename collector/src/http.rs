@@ -5,7 +5,7 @@
 use crate::{
     api::{
         self, conversations, devices, fleet, flows::FlowFilter, health, rtt, series, stored,
-        talkers, Backend, Db, Range,
+        talkers, Backend, Range, Reader,
     },
     config::Limits,
     ingest::{now_ms, IngestStats},
@@ -48,7 +48,7 @@ pub struct App {
 struct Readers {
     backend: Backend,
     /// Opened on first use (the writer creates the database and schema first).
-    idle: Mutex<Vec<Box<dyn Db>>>,
+    idle: Mutex<Vec<Box<dyn Reader>>>,
     permits: Arc<tokio::sync::Semaphore>,
     timeout: Duration,
 }
@@ -79,7 +79,7 @@ impl App {
     /// Runs a query on a pooled reader, off the async threads, within the time limit.
     async fn read<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&mut dyn Db) -> api::Result<T> + Send + 'static,
+        f: impl FnOnce(&mut dyn Reader) -> api::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
         // Held by the query itself: a client that goes away does not free it early.
         let permit = self

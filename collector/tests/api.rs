@@ -159,6 +159,11 @@ fn fleet_counts_states_reasons_sites_and_traffic() {
     let bytes = 3 * 30_000 + 10_000 + 10_000 + 2 * 20_000 + 5_000;
     let packets = 3 * 30 + 10 + (9 + 1) + 2 * 20 + 5;
     assert_eq!(v["totals"], json!({"packets": packets, "bytes": bytes}));
+    // The windows missing (b's seq 1), and the online devices' latest windows now: a 30 kB,
+    // b 10 kB, c 20 kB (d is offline), 10 s each.
+    assert_eq!(v["gaps"], 1);
+    assert_eq!(v["now"]["bytes_per_s"], 6_000.0);
+    assert_eq!(v["now"]["packets_per_s"], 6.0);
     let s1 = f.c.json("/api/fleet?site=s1");
     assert_eq!(
         (&s1["devices"], &s1["attention"]["any"]),

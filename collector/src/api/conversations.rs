@@ -1,6 +1,6 @@
 //! `/api/conversations`: address pairs (initiator → responder) over all their flows.
 
-use super::{flows::flows_in_range, Count, Db, Range, Result};
+use super::{flows::flows_in_range, Count, Range, Reader, Result};
 use serde::Serialize;
 
 /// Two addresses, initiator → responder, over all their flows.
@@ -16,7 +16,7 @@ pub struct Conversation {
 }
 
 pub fn top_conversations(
-    db: &mut dyn Db,
+    db: &mut dyn Reader,
     range: Range,
     device: Option<&str>,
     limit: u32,

@@ -4,7 +4,7 @@
 //! Over everything stored the totals come from the running totals (`device_totals`, a row
 //! per device), so the cost follows the number of devices, not the stored history.
 
-use super::{Count, Db, Error, Range, Result, Row};
+use super::{Count, Error, Range, Reader, Result, Row};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -244,7 +244,7 @@ fn key(r: &dyn Row) -> Result<(String, String)> {
 /// Every device, or with `device` only the one it names (`site/device`, or a bare device name
 /// for that name in every site), as the other endpoints narrow. Sorted by id.
 pub fn devices(
-    db: &mut dyn Db,
+    db: &mut dyn Reader,
     range: Range,
     now_ms: i64,
     device: Option<&str>,

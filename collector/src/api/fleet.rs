@@ -6,7 +6,7 @@ use super::Count;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Fleet {
     pub devices: u64,
     pub states: States,
@@ -15,6 +15,16 @@ pub struct Fleet {
     pub sites: Vec<Site>,
     /// Window totals in the range, all devices.
     pub totals: Count,
+    /// Windows missing, all devices (their `gaps` added up).
+    pub gaps: u64,
+    /// Throughput now: the online devices' latest windows added up.
+    pub now: Now,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Now {
+    pub bytes_per_s: f64,
+    pub packets_per_s: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -72,6 +82,11 @@ pub fn fleet(devices: &[Device]) -> Fleet {
         s.devices += 1;
         s.attention += needs;
         f.totals.add(&d.totals);
+        f.gaps += d.gaps;
+        if let (DeviceState::Online, Some(l)) = (d.state, &d.latest) {
+            f.now.bytes_per_s += l.bytes_per_s;
+            f.now.packets_per_s += l.packets_per_s;
+        }
     }
     f.sites = sites.into_values().collect();
     f
@@ -123,6 +138,9 @@ mod tests {
             .collect();
         assert_eq!(sites, [("s", 1, 1), ("t", 1, 1)]);
         assert_eq!(f.totals.bytes, 2_500);
+        assert_eq!(f.gaps, 1);
+        // Latest windows: 1,000 B of s/a, 500 B of t/b, 10 s each.
+        assert_eq!(f.now.bytes_per_s, 150.0);
         // Much later both are silent.
         let f = fleet(&devices(t.db(), Range::ALL, 1 << 40, None).unwrap());
         assert_eq!(

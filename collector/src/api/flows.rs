@@ -1,7 +1,7 @@
 //! `/api/flows`: the flow table, each flow (5-tuple, VLANs, interface, device) summed over
 //! the range, filtered by address, port and protocol.
 
-use super::{device_filter, Count, Db, Range, Result};
+use super::{device_filter, Count, Range, Reader, Result};
 use serde::Serialize;
 
 /// The flow records (`f`) of the windows (`s`) in `[$1, $2)`, of device `$3` if not NULL.
@@ -86,7 +86,7 @@ fn contains(part: &str) -> String {
     p
 }
 
-pub fn flows(db: &mut dyn Db, range: Range, f: &FlowFilter) -> Result<Flows> {
+pub fn flows(db: &mut dyn Reader, range: Range, f: &FlowFilter) -> Result<Flows> {
     let pattern = f.addr.as_deref().map(contains);
     let args = [
         range.from.into(),

@@ -7,7 +7,7 @@
 //! in the bucket. Rates are spread over the buckets as in [`super::series`].
 
 use super::series::{rate, Buckets, MAX_WINDOW_MS};
-use super::{Db, Range, Result};
+use super::{Range, Reader, Result};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -48,7 +48,7 @@ const LONGEST: &str = "SELECT MAX(window_len_ms) AS longest FROM summaries
 /// The device's health in `range`, bucketed as a series with `step_ms` (0: automatic).
 /// `gaps` and `boots` come from its device entry.
 pub fn health(
-    db: &mut dyn Db,
+    db: &mut dyn Reader,
     (site, device): (&str, &str),
     range: Range,
     step_ms: i64,

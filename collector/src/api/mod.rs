@@ -1,5 +1,5 @@
 //! The read side behind the JSON API, the dashboard and `/metrics`: one module per API
-//! resource, each reading rows by column name through [`Db`], so the same SQL text serves
+//! resource, each reading rows by column name through [`Reader`], so the same SQL text serves
 //! SQLite and PostgreSQL where the dialects agree.
 //!
 //! Counts are estimates of what crossed the wire: stored counts times the summary's
@@ -19,7 +19,7 @@ pub mod stored;
 pub mod talkers;
 
 use serde::Serialize;
-pub use sql::{Db, Param, Row};
+pub use sql::{Param, Reader, Row};
 use std::path::PathBuf;
 
 /// Packets and bytes: the wire format's own pair.
@@ -49,7 +49,7 @@ pub enum Backend {
 
 impl Backend {
     /// A new reader; every query on it is stopped after `timeout`.
-    pub fn open(&self, timeout: std::time::Duration) -> Result<Box<dyn Db>> {
+    pub fn open(&self, timeout: std::time::Duration) -> Result<Box<dyn Reader>> {
         match self {
             Backend::Sqlite(path) => Ok(Box::new(sqlite::Sqlite::open(path, timeout)?)),
         }

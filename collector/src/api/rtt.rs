@@ -1,6 +1,6 @@
 //! `/api/rtt`: the RTT distribution, the windows' log2 histograms added up.
 
-use super::{device_filter, Db, Range, Result};
+use super::{device_filter, Range, Reader, Result};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -21,7 +21,7 @@ pub struct RttBucket {
     pub count: u64,
 }
 
-pub fn rtt(db: &mut dyn Db, range: Range, device: Option<&str>) -> Result<RttDistribution> {
+pub fn rtt(db: &mut dyn Reader, range: Range, device: Option<&str>) -> Result<RttDistribution> {
     const N: usize = shared::wire::RTT_BUCKETS;
     let mut counts = [0u64; N];
     let sql = format!(

@@ -7,7 +7,7 @@
 //! longest window seen (finer buckets would only repeat a window's average), capped so the
 //! range keeps 20 buckets, and wide enough for [`MAX_BUCKETS`] and [`MAX_SERIES_POINTS`].
 
-use super::{device_filter, Db, Error, Range, Result};
+use super::{device_filter, Error, Range, Reader, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -155,7 +155,7 @@ fn windows_sql(select: &str) -> String {
 }
 
 /// `range` must have `0 <= from < to`; `step_ms` must be `>= 0` (0: automatic).
-pub fn series(db: &mut dyn Db, range: Range, q: &SeriesQuery) -> Result<Series> {
+pub fn series(db: &mut dyn Reader, range: Range, q: &SeriesQuery) -> Result<Series> {
     if range.from < 0 || range.from >= range.to || q.step_ms < 0 {
         return Err(Error::Bad(
             "a series needs 0 <= from < to and a step >= 0".into(),

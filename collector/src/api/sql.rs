@@ -74,7 +74,7 @@ fn null(column: &str) -> Error {
 }
 
 /// A read-only connection to the store.
-pub trait Db: Send {
+pub trait Reader: Send {
     /// Runs `sql` with `params` and calls `each` on every row, in order.
     fn each(
         &mut self,
@@ -83,7 +83,7 @@ pub trait Db: Send {
         each: &mut dyn FnMut(&dyn Row) -> Result<()>,
     ) -> Result<()>;
 
-    /// Starts the time limit of the next queries (until [`Db::idle`]).
+    /// Starts the time limit of the next queries (until [`Reader::idle`]).
     fn busy(&mut self) {}
 
     /// Ends the time limit: the reader waits in the pool.
@@ -95,7 +95,7 @@ pub trait Db: Send {
     }
 }
 
-impl dyn Db + '_ {
+impl dyn Reader + '_ {
     /// Every row, mapped.
     pub fn rows<T>(
         &mut self,

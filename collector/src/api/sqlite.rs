@@ -1,7 +1,7 @@
 //! The SQLite reader: a read-only connection (WAL: it never blocks the writer) whose running
 //! statement is interrupted by SQLite's progress handler once it passes its deadline.
 
-use super::{Db, Error, Param, Result, Row};
+use super::{Error, Param, Reader, Result, Row};
 use rusqlite::{types::ValueRef, Connection, OpenFlags};
 use std::{
     borrow::Cow,
@@ -79,7 +79,7 @@ impl rusqlite::ToSql for Param<'_> {
     }
 }
 
-impl Db for Sqlite {
+impl Reader for Sqlite {
     fn each(
         &mut self,
         sql: &str,

@@ -1,7 +1,7 @@
 //! What the store holds (`/api/ingest`'s `stored`): from the running totals and the two
 //! ends of the time index, cheap at any size.
 
-use super::{Db, Result};
+use super::{Reader, Result};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -18,7 +18,7 @@ pub(crate) const STORED: &str = "SELECT
         (SELECT MIN(window_start_ms) FROM summaries) AS oldest,
         (SELECT MAX(window_start_ms) FROM summaries) AS newest";
 
-pub fn stored(db: &mut dyn Db) -> Result<Stored> {
+pub fn stored(db: &mut dyn Reader) -> Result<Stored> {
     db.one(STORED, &[], |r| {
         Ok(Stored {
             summaries: r.total("summaries")?,

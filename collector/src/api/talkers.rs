@@ -1,6 +1,6 @@
 //! `/api/talkers`: addresses by what they sent and received, over every flow in the range.
 
-use super::{flows::flows_in_range, Count, Db, Range, Result};
+use super::{flows::flows_in_range, Count, Range, Reader, Result};
 use serde::Serialize;
 
 /// An address and what it sent and received.
@@ -13,7 +13,7 @@ pub struct Talker {
 }
 
 pub fn top_talkers(
-    db: &mut dyn Db,
+    db: &mut dyn Reader,
     range: Range,
     device: Option<&str>,
     limit: u32,

@@ -1,7 +1,7 @@
 //! Unit tests' store: summaries written by the real store into a temporary SQLite file, and
 //! a reader on it.
 
-use super::{sqlite::Sqlite, Db};
+use super::{sqlite::Sqlite, Reader};
 use crate::store::Store;
 use shared::wire::{Addr, Count, FlowRecord, Health, Summary};
 use std::{path::PathBuf, time::Duration};
@@ -32,7 +32,7 @@ impl TestDb {
         TestDb { reader, dir }
     }
 
-    pub fn db(&mut self) -> &mut dyn Db {
+    pub fn db(&mut self) -> &mut dyn Reader {
         &mut self.reader
     }
 
