@@ -88,8 +88,7 @@ async function api(path, params = {}, withTotal = false) {
   }
   const body = await r.json();
   if (!withTotal) return body;
-  const total = r.headers.get("X-Total-Count");
-  return { body, total: total == null ? null : Number(total) };
+  return { body, total: Number(r.headers.get("X-Total-Count")) };
 }
 
 // ---- routing ----
@@ -216,20 +215,11 @@ async function loadFleet(from, to) {
     api("/api/series", { from, to, site, top: TOP, step: step() }),
     api("/api/ingest"),
   ]);
-  // Windows missing over the fleet: the devices with gaps are among those needing attention,
-  // which sort first (only asked for when some device has gaps and the answer lacks the sum).
-  if (fleet.gaps == null) {
-    fleet.gaps = 0;
-    if (fleet.attention && fleet.attention.gaps) {
-      const a = await api("/api/devices", { from, to, site, sort: "attention", limit: fleet.attention.any });
-      fleet.gaps = a.devices.reduce((n, d) => n + d.gaps, 0);
-    }
-  }
   return () => {
-    const list = Array.isArray(devs.body) ? devs.body : devs.body.devices;
-    renderSummary(fleet, series, ingest);
+    const list = devs.body.devices;
+    renderSummary(fleet, ingest);
     renderSites(fleet);
-    renderDeviceList(list, devs.total == null ? list.length : devs.total);
+    renderDeviceList(list, devs.total);
     renderFleetChart(series);
     renderIngest(ingest);
   };
@@ -246,8 +236,7 @@ async function loadDevice(from, to) {
     api("/api/ingest"),
   ]);
   return () => {
-    const list = Array.isArray(devs) ? devs : devs.devices;
-    const d = list.find((x) => x.id === device);
+    const d = devs.devices.find((x) => x.id === device);
     renderDeviceHead(device, d, health);
     renderHealth(device, health, from, to);
     renderDeviceChart(device, health, from, to);
@@ -345,28 +334,22 @@ function renderDeviceList(list, total) {
 
 // ---- fleet summary ----
 
-function renderSummary(f, series, ing) {
-  const s = f.states || {};
+function renderSummary(f, ing) {
+  const s = f.states;
   const el = $("s-devices");
   el.dataset.n = String(f.devices);
   setText("s-devices", count(f.devices));
-  setText("s-states", `${count(s.online || 0)} online · ${count(s.silent || 0)} silent · ${count(s.offline || 0)} offline${state.list.site ? ` · site ${state.list.site}` : ""}`);
-  const a = f.attention || {};
-  setText("s-attention", count(a.any || 0));
-  $("s-attention").dataset.n = String(a.any || 0);
-  $("kpi-attention").classList.toggle("alert", (a.any || 0) > 0);
+  setText("s-states", `${count(s.online)} online · ${count(s.silent)} silent · ${count(s.offline)} offline${state.list.site ? ` · site ${state.list.site}` : ""}`);
+  const a = f.attention;
+  setText("s-attention", count(a.any));
+  $("s-attention").dataset.n = String(a.any);
+  $("kpi-attention").classList.toggle("alert", a.any > 0);
   const reasons = Object.keys(REASONS).filter((k) => a[k]).map((k) => `${count(a[k])} ${k === "gaps" ? "with gaps" : REASONS[k]}`);
   setText("s-reasons", [`${count(f.gaps)} windows missing`, ...reasons].join(" · "));
-  // Throughput now: what online devices reported last, or the fleet's last bucket.
-  let bps = f.now ? f.now.bytes_per_s : null, pps = f.now ? f.now.packets_per_s : null;
-  if (bps == null && series.fleet) {
-    const last = (v) => v.filter((x) => x != null).pop();
-    bps = last(series.fleet.bytes_per_s);
-    pps = last(series.fleet.packets_per_s);
-  }
-  setText("k-bps", rate(bps));
-  setText("k-pps", prate(pps));
-  const t = f.totals || { bytes: 0, packets: 0 };
+  // Throughput now: what the online devices reported last, added up.
+  setText("k-bps", rate(f.now.bytes_per_s));
+  setText("k-pps", prate(f.now.packets_per_s));
+  const t = f.totals;
   $("s-bytes").dataset.n = String(t.bytes);
   setText("s-bytes", bytes(t.bytes));
   setText("s-packets", `${count(t.packets)} packets`);
