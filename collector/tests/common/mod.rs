@@ -2,6 +2,7 @@
 //! a QoS 1 publisher, hand-built summaries with known totals, and a tiny HTTP client.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod browser;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use shared::wire::{self, Addr, Count, FlowRecord, Health, Message, Summary};
