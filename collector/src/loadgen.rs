@@ -1,6 +1,6 @@
 //! A fleet in one process: N simulated devices, each with its own MQTT connection and
 //! login (`site/device`), its own random boot id and a gapless `seq`, publishing real
-//! [`Message::V1`] summaries with QoS 1 the way the agent does: a window leaves a device only
+//! [`Message::V2`] summaries with QoS 1 the way the agent does: a window leaves a device only
 //! once the broker acknowledged every part of it, and after a lost connection the unacked
 //! window is sent again (the collector drops the duplicate).
 //!
@@ -155,6 +155,7 @@ pub fn window(
                 first_seen_ms: -(rng.below(60_000) as i64),
                 last_seen_ms: rng.below(plan.interval.as_millis() as u64) as i64,
                 rtt: None,
+                tcp: None,
             };
             (src, dst, rec)
         })
@@ -228,8 +229,9 @@ pub fn window(
             addrs,
             flows: records,
             rtt_hist: heapless::Vec::new(),
+            tcp_health: false,
         };
-        encoded.push(wire::encode_vec(&Message::V1(s)));
+        encoded.push(wire::encode_vec(&Message::V2(s)));
     }
     (encoded, totals, k as u64)
 }
@@ -413,7 +415,7 @@ mod tests {
                     "part {i}: {} bytes",
                     bytes.len()
                 );
-                let Message::V1(s) = wire::decode(bytes).unwrap();
+                let s = wire::decode_summary(bytes).unwrap();
                 assert_eq!((s.part as usize, s.parts as usize), (i, parts.len()));
                 assert_eq!((s.seq, s.boot_id, s.device.as_str()), (4, 9, "d0"));
                 for f in &s.flows {

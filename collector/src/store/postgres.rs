@@ -942,6 +942,7 @@ mod tests {
                 3
             ],
             rtt_hist: heapless::Vec::new(),
+            tcp_health: false,
         }
     }
 
