@@ -1,6 +1,7 @@
 //! edgeflow's kernel side: one XDP program (ingress) and two TC classifiers (egress, and
-//! ingress where XDP is not wanted) that key every packet to a bidirectional flow entry and
-//! take TCP round-trip samples (`shared::rtt`).
+//! ingress where XDP is not wanted) that key every packet to a bidirectional flow entry,
+//! take TCP round-trip samples (`shared::rtt`) and count what TCP connections did
+//! (`shared::conn`: retransmissions, RST, FIN, SYN).
 //!
 //! They only observe: every path returns XDP_PASS, or in TC no verdict (TC_ACT_UNSPEC, which
 //! TCX names TCX_NEXT): the next program on the hook runs and the packet goes on as if we were
@@ -21,6 +22,7 @@ use core::intrinsics::{
     AtomicOrdering::{Relaxed, SeqCst},
 };
 use shared::{
+    conn,
     cpu::{CpuSlot, Settings, DEFAULT_CPUS},
     flow::{tcp, zero_pad, DirCounters, DEFAULT_MAX_FLOWS},
     parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP},
@@ -271,7 +273,13 @@ fn account<C: EbpfContext>(
     let Some(v) = v else {
         return;
     };
-    if p.key.proto == IPPROTO_TCP && settings.rtt_on != 0 {
+    if p.key.proto != IPPROTO_TCP {
+        return;
+    }
+    if settings.tcp_health != 0 {
+        tcp_health(v, p, d, segs64);
+    }
+    if settings.rtt_on != 0 {
         // SAFETY: a live map value; CPUs racing on it can only lose a sample.
         let (r, dc) = unsafe { (&mut (*v).rtt, &mut (*v).dir[d]) };
         rtt(
@@ -285,6 +293,47 @@ fn account<C: EbpfContext>(
             segs64,
             bytes,
         );
+    }
+}
+
+/// TCP health of one segment in direction `d` (`shared::conn`): SYN, RST and FIN counts, and
+/// a data segment either raises the direction's sequence high mark or is a retransmission.
+/// Only this direction's line is written, and a segment without those flags or data reads
+/// nothing.
+#[inline(always)]
+fn tcp_health(v: *mut FlowCounters, p: &Parsed, d: usize, segs: u64) {
+    let flags = p.tcp_flags;
+    // SAFETY: a live map value; CPUs touch the counters atomically. The high mark is a plain
+    // word: two CPUs racing on one direction (rare: a direction is one hook's, and RSS keeps a
+    // flow on one queue) can only leave the lower of two ends, so a later segment may be
+    // counted as new, never a new one as retransmitted.
+    unsafe {
+        let dc = &raw mut (*v).dir[d];
+        if flags & (tcp::SYN | tcp::RST | tcp::FIN) != 0 {
+            if conn::is_syn(flags) {
+                atomic_xadd::<u32, u32, { Relaxed }>(&raw mut (*v).syns, 1);
+            }
+            if flags & tcp::RST != 0 {
+                atomic_xadd::<u32, u32, { Relaxed }>(&raw mut (*dc).rst, 1);
+            }
+            if flags & tcp::FIN != 0 {
+                atomic_xadd::<u32, u32, { Relaxed }>(&raw mut (*dc).fin, 1);
+            }
+        }
+        let Some((end, len)) = conn::data_end(p) else {
+            return;
+        };
+        let known = core::ptr::read_volatile(&raw const (*dc).seq_known);
+        let high = core::ptr::read_volatile(&raw const (*dc).seq_high);
+        if known != 0 && conn::is_retransmission(high, end) {
+            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*dc).retrans_segs, segs);
+            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*dc).retrans_bytes, len as u64);
+        } else {
+            core::ptr::write_volatile(&raw mut (*dc).seq_high, end);
+            if known == 0 {
+                core::ptr::write_volatile(&raw mut (*dc).seq_known, 1);
+            }
+        }
     }
 }
 

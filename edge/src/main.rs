@@ -92,6 +92,9 @@ struct RunCmd {
     /// do not measure TCP round-trip times
     #[argh(switch)]
     no_rtt: bool,
+    /// do not count TCP retransmissions, resets and connection outcomes
+    #[argh(switch)]
+    no_tcp_health: bool,
 }
 
 /// Print summary payloads as JSON: one raw payload, or hex lines as
@@ -136,6 +139,9 @@ impl RunCmd {
         );
         if self.no_rtt {
             f.rtt = Some(false);
+        }
+        if self.no_tcp_health {
+            f.tcp.health = Some(false);
         }
         Ok((Config::resolve(f)?, RunOptions { count: self.count }))
     }
@@ -209,6 +215,9 @@ struct WatchCmd {
     /// do not measure TCP round-trip times
     #[argh(switch)]
     no_rtt: bool,
+    /// do not count TCP retransmissions, resets and connection outcomes
+    #[argh(switch)]
+    no_tcp_health: bool,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -227,6 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     attach: w.attach,
                     sample_every: config::sample_every(w.sample, "--sample")?,
                     rtt: config::rtt_options(!w.no_rtt, Some(w.rtt_interval))?,
+                    tcp_health: !w.no_tcp_health,
                     expiry: Expiry {
                         inactive: config::positive_secs("--inactive-timeout", w.inactive_timeout)?,
                         ..Expiry::default()

@@ -49,6 +49,8 @@ pub struct ProbeOptions {
     pub sample_every: u32,
     /// TCP RTT tracking; `None`: off.
     pub rtt: Option<RttOptions>,
+    /// TCP health: retransmissions, resets, connection outcomes (docs/tcp.md).
+    pub tcp_health: bool,
     pub expiry: Expiry,
 }
 
@@ -79,6 +81,7 @@ impl Checked<'_> {
             max_flows: opts.max_flows,
             sample_every: opts.sample_every,
             rtt: opts.rtt,
+            tcp_health: opts.tcp_health,
         })?;
         eprintln!("edgeflow: {}", loaded.report);
         let maps = Maps::take(&mut loaded.ebpf)?;
@@ -89,7 +92,7 @@ impl Checked<'_> {
             netns: opts.netns.clone(),
         };
         // Before attaching: the baseline is then the empty table and zeroed counters.
-        let drainer = Drainer::new(maps, opts.expiry)?;
+        let drainer = Drainer::new(maps, opts.expiry, opts.tcp_health)?;
         // From here on a failure drops `hooked`, which undoes what was attached.
         let ebpf = &mut hooked.loaded.as_mut().expect("just loaded").ebpf;
         attach::attach_all(

@@ -98,6 +98,7 @@ impl Progs {
             max_flows: 1024,
             sample_every: 1,
             rtt: Some(Default::default()),
+            tcp_health: true,
         })
         .expect("loading the programs");
         let maps = Maps::take(&mut loaded.ebpf).unwrap();
@@ -628,6 +629,7 @@ fn settings_reach_the_programs() {
             max_flows: 64,
             sample_every,
             rtt: None,
+            tcp_health: false,
         })
         .expect("loading the programs");
         let maps = Maps::take(&mut loaded.ebpf).unwrap();

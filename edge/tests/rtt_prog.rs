@@ -44,6 +44,7 @@ fn progs() -> MutexGuard<'static, Progs> {
                 rtt: Some(RttOptions {
                     interval: Duration::ZERO,
                 }),
+                tcp_health: true,
             })
             .expect("loading the programs");
             let maps = Maps::take(&mut loaded.ebpf).unwrap();

@@ -43,6 +43,7 @@ fn load_on(net: &TestNet, max_flows: u32, expiry: Expiry) -> Session {
         sample_every: 1,
         rtt: None,
         expiry,
+        tcp_health: true,
     })
     .unwrap()
 }

@@ -27,7 +27,9 @@ pub struct Settings {
     /// 1-in-N packet sampling; 0 and 1 count every packet.
     pub sample_every: u32,
     /// TCP RTT tracking: 1 on, 0 off.
-    pub rtt_on: u32,
+    pub rtt_on: u16,
+    /// TCP health (retransmissions, RST/FIN/SYN counts: [`crate::conn`]): 1 on, 0 off.
+    pub tcp_health: u16,
     /// The flow table's hash seed and slot mask ([`crate::table::TableShape`]).
     pub hash_seed: u32,
     pub slot_mask: u32,
@@ -118,6 +120,7 @@ mod tests {
             slot_mask: 1023,
             sample_every: 7,
             rtt_on: 1,
+            tcp_health: 1,
         };
         let mut b = SlotBytes::with_settings(settings);
         // SAFETY: all-zero bytes are a valid `CpuSlot` (enums' first variants are 0).

@@ -112,8 +112,17 @@ pub struct DirCounters {
     /// this direction; only a new value is looked at.
     pub ts_last_ecr: u32,
     pub ts_last_val: u32,
-    /// Fills the line: the other direction's fields start on the next one.
-    pub _pad: [u64; 4],
+    /// TCP health (see [`crate::conn`]): the highest sequence end of a data segment seen
+    /// this way, valid once `seq_known` is 1; a data segment ending at or below it is a
+    /// retransmission.
+    pub seq_high: u32,
+    pub seq_known: u32,
+    /// Retransmitted data segments (an aggregate by its segments) and their payload bytes.
+    pub retrans_segs: u64,
+    pub retrans_bytes: u64,
+    /// RST and FIN segments.
+    pub rst: u32,
+    pub fin: u32,
 }
 
 /// Counters of one conversation. Updated with atomic adds by every CPU that sees it.
@@ -133,8 +142,11 @@ pub struct FlowCounters {
     pub initiator: u32,
     /// TCP round-trip times measured at this interface (see [`crate::rtt`]).
     pub rtt: FlowRtt,
+    /// Pure SYN segments (connection attempts, [`crate::conn::syn_retries`]); counted with TCP
+    /// health on.
+    pub syns: u32,
     /// Fills the line.
-    pub _pad: [u32; 3],
+    pub _pad: [u32; 2],
     /// Per [`Direction`] (index 0: a→b, 1: b→a).
     pub dir: [DirCounters; 2],
 }
@@ -209,10 +221,13 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 2 + 2 + 4 + 1 + 3);
         assert_eq!(align_of::<FlowKey>(), 4);
-        assert_eq!(size_of::<DirCounters>(), 8 * 3 + 4 + 4 + 4 * 8);
+        assert_eq!(
+            size_of::<DirCounters>(),
+            8 * 3 + 4 + 4 + 4 + 4 + 8 + 8 + 4 + 4
+        );
         assert_eq!(
             size_of::<FlowCounters>(),
-            8 + 4 + 4 + size_of::<FlowRtt>() + 12 + 2 * size_of::<DirCounters>()
+            8 + 4 + 4 + size_of::<FlowRtt>() + 4 + 8 + 2 * size_of::<DirCounters>()
         );
     }
 
@@ -222,7 +237,7 @@ mod tests {
         assert_eq!(offset_of!(FlowCounters, dir), 64);
         assert_eq!(size_of::<DirCounters>(), 64);
         // What a packet writes fits in its direction's line.
-        assert!(offset_of!(DirCounters, _pad) <= 64);
+        assert_eq!(offset_of!(DirCounters, fin) + 4, 64);
     }
 
     #[test]

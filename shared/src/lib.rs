@@ -16,6 +16,7 @@ pub mod craft;
 
 #[cfg(feature = "broker")]
 pub mod broker;
+pub mod conn;
 pub mod cpu;
 pub mod flow;
 #[cfg(feature = "wire")]

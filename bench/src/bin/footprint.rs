@@ -137,6 +137,7 @@ fn main() {
             sample_every: 1,
             rtt: None,
             expiry: Expiry::default(),
+            tcp_health: true,
         })
         .expect("loading and attaching the programs (run as root)");
         let ident = Identity {

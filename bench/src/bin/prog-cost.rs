@@ -69,19 +69,22 @@ fn main() -> anyhow::Result<()> {
         let t: &mut SchedClassifier = bare.program_mut("bare_tc").unwrap().try_into()?;
         t.load()?;
     }
-    let opts = |rtt: bool| LoadOptions {
+    let opts = |rtt: bool, tcp_health: bool| LoadOptions {
         max_flows: 16_384,
         sample_every: 1,
         rtt: rtt.then(RttOptions::default),
+        tcp_health,
     };
-    // The configurations compared with the bare counter, each one column.
+    // The configurations compared with the bare counter, each one column: RTT and TCP health
+    // off, RTT alone, everything on (the default).
     let mut configs: Vec<(String, Ebpf)> = vec![
-        ("edgeflow-nortt".into(), bpf::load(opts(false))?.ebpf),
-        ("edgeflow".into(), bpf::load(opts(true))?.ebpf),
+        ("edgeflow-nortt".into(), bpf::load(opts(false, false))?.ebpf),
+        ("edgeflow-notcp".into(), bpf::load(opts(true, false))?.ebpf),
+        ("edgeflow".into(), bpf::load(opts(true, true))?.ebpf),
     ];
     for (i, path) in args.against.iter().enumerate() {
         let object = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let other = bpf::load_object(&object, opts(true))
+        let other = bpf::load_object(&object, opts(true, true))
             .with_context(|| format!("loading {}", path.display()))?;
         configs.push((format!("against-{}", i + 1), other.ebpf));
     }

@@ -87,6 +87,7 @@ fn measure(attach: &'static str, mode: AttachMode, rtt: bool) -> anyhow::Result<
         max_flows: 16_384,
         sample_every: 1,
         rtt: rtt.then(RttOptions::default),
+        tcp_health: false,
     })?;
     let ebpf = &mut loaded.ebpf;
     let k = edge::probe::kernel::probe();

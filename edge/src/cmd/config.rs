@@ -36,6 +36,16 @@ pub struct File {
     pub mqtt: MqttFile,
     #[serde(default)]
     pub spool: SpoolFile,
+    #[serde(default)]
+    pub tcp: TcpFile,
+}
+
+/// `[tcp]`: what the agent measures of TCP connections besides the RTT.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpFile {
+    /// Retransmissions, RST/FIN counts and connection outcomes (docs/tcp.md); default on.
+    pub health: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -83,6 +93,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// TCP RTT tracking; `None`: off.
     pub rtt: Option<RttOptions>,
+    /// TCP health: retransmissions, resets, connection outcomes.
+    pub tcp_health: bool,
     /// Where and how to reach the MQTT broker.
     pub broker: Broker,
     pub keep_alive: Duration,
@@ -235,6 +247,7 @@ impl Config {
             attach,
             max_message_bytes,
             rtt,
+            tcp_health: f.tcp.health.unwrap_or(true),
             broker,
             keep_alive: Duration::from_secs(m.keep_alive_secs.unwrap_or(30).max(5)),
             spool_max_bytes,
@@ -253,6 +266,7 @@ impl Config {
             attach: self.attach,
             sample_every: self.sample_every,
             rtt: self.rtt,
+            tcp_health: self.tcp_health,
             expiry: Expiry {
                 inactive: self.inactive_timeout,
                 ..Expiry::default()
@@ -284,6 +298,7 @@ mod tests {
         assert_eq!(c.max_message_bytes, 64 * 1024);
         assert_eq!(c.sample_every, 1);
         assert_eq!(c.rtt, Some(RttOptions::default()));
+        assert!(c.tcp_health && c.probe().tcp_health);
         assert_eq!(
             (c.broker.url.host.as_str(), c.broker.url.port),
             ("127.0.0.1", 1883)

@@ -35,6 +35,9 @@ pub struct LoadOptions {
     pub sample_every: u32,
     /// TCP RTT tracking; `None` turns it off.
     pub rtt: Option<RttOptions>,
+    /// TCP health (retransmissions, RST/FIN/SYN counts: `shared::conn`); off costs one test of
+    /// a setting per TCP packet.
+    pub tcp_health: bool,
 }
 
 /// How TCP round-trip times are sampled.
@@ -138,7 +141,8 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
             .as_micros()
             .min(u32::MAX as u128) as u32,
         sample_every: opts.sample_every.max(1),
-        rtt_on: opts.rtt.is_some() as u32,
+        rtt_on: opts.rtt.is_some() as u16,
+        tcp_health: opts.tcp_health as u16,
         hash_seed: shape.seed,
         slot_mask: shape.mask(),
     };

@@ -13,7 +13,9 @@ use crate::{
     },
     report::window::{self, Counts, Window},
 };
-use shared::{flow::tcp, Count, Direction, FlowCounters, Stat};
+use shared::{
+    conn, flow::tcp, parse::IPPROTO_TCP, wire::Flow, Count, Direction, FlowCounters, Stat,
+};
 use std::time::Duration;
 
 /// When entries leave the kernel table.
@@ -69,6 +71,10 @@ impl Source for Maps {
     }
 }
 
+/// A flow to free: slot, packets when read, and the record to report if the freed flow's SYN
+/// was never answered (with whether the flow has a record in the window already).
+type Leaving = (u32, [u64; 2], Option<(Flow, bool)>);
+
 /// Keeps the last counters of every slot, to report deltas.
 pub struct Drainer<S = Maps> {
     source: S,
@@ -80,8 +86,10 @@ pub struct Drainer<S = Maps> {
     prev_stats: Stats,
     prev_hist: RttHist,
     last: ClockPair,
-    /// Flows to free: slot, packets when read.
-    expired: Vec<(u32, [u64; 2])>,
+    /// Flows to free.
+    expired: Vec<Leaving>,
+    /// Whether the programs count TCP health (`shared::conn`): flows then carry it.
+    tcp_health: bool,
     /// Kernel `parsed` minus reported totals, summed since the start (see `Window::unsettled`).
     unsettled: Count,
 }
@@ -90,7 +98,8 @@ impl<S: Source> Drainer<S> {
     /// Starts the first window now; what the table already holds counts as the baseline. Make
     /// it before the programs are attached: the baseline reads the flows and then the
     /// counters, and a packet counted between the two would stay in one and not the other.
-    pub fn new(source: S, expiry: Expiry) -> Result<Drainer<S>, TableError> {
+    /// `tcp_health`: the programs were loaded counting it.
+    pub fn new(source: S, expiry: Expiry, tcp_health: bool) -> Result<Drainer<S>, TableError> {
         let slots = source.slots();
         let mut baseline = vec![Counts::default(); slots.shape().slots as usize];
         let mut active = 0;
@@ -110,6 +119,7 @@ impl<S: Source> Drainer<S> {
             last: ClockPair::now(),
             expired: Vec::new(),
             unsettled: Count::default(),
+            tcp_health,
         })
     }
 
@@ -133,6 +143,7 @@ impl<S: Source> Drainer<S> {
         let mut in_flows = Count::default();
         let mut active = 0;
         let baseline = &mut self.baseline;
+        let tcp_health = self.tcp_health;
         let slots = self.source.slots();
         // Flows first, then the counters: a packet counted between the two reads is in the
         // kernel's `parsed` but not yet in a flow delta. Totals are taken from the flows (so
@@ -142,9 +153,10 @@ impl<S: Source> Drainer<S> {
             active += 1;
             let now = Counts::of(cur);
             let delta = now.since(&std::mem::replace(&mut baseline[i as usize], now));
-            if delta.any_packets() {
+            let had = delta.any_packets();
+            if had {
                 in_flows.add(&delta.total());
-                flows.push(window::flow(key, cur, &delta, to_ms));
+                flows.push(window::flow(key, cur, &delta, to_ms, tcp_health));
             }
             let idle = Duration::from_nanos(
                 ticks
@@ -152,13 +164,16 @@ impl<S: Source> Drainer<S> {
                     .saturating_sub(ticks.to_mono_ns(cur.last_seen())),
             );
             if idle >= expiry.inactive || (finished(cur) && idle >= expiry.finished) {
-                expired.push((i, cur.packets()));
+                // A SYN nobody answered is decided only now, when the flow leaves.
+                let unanswered = (tcp_health && key.proto == IPPROTO_TCP && conn::unanswered(cur))
+                    .then(|| (window::unanswered(key, cur, to_ms), had));
+                expired.push((i, cur.packets(), unanswered));
             }
         });
         let stats = self.source.stats()?;
         let hist = self.source.rtt_hist()?;
         let mut removed = 0u32;
-        for &(i, packets) in &expired {
+        for (i, packets, unanswered) in expired.drain(..) {
             // A packet that came since the read keeps the flow for the next window. Compared
             // by count, not by last_seen: that has tick resolution.
             if slots.free(i, Some(packets)) {
@@ -166,6 +181,9 @@ impl<S: Source> Drainer<S> {
                 baseline[i as usize] = Counts::default();
                 removed += 1;
                 slots.tidy_from(i);
+                if let Some((u, had)) = unanswered {
+                    report_unanswered(&mut flows, u, had);
+                }
             }
         }
         self.expired = expired;
@@ -194,10 +212,43 @@ impl<S: Source> Drainer<S> {
             expired_flows: removed,
             flows,
             rtt_hist,
+            tcp_health: self.tcp_health,
         };
         self.last = now;
         self.active = active;
         Ok(w)
+    }
+}
+
+/// Reports a flow that left with its SYN unanswered: on its record of this window if it has
+/// one (it had packets too), else on a record of its own with no packets.
+fn report_unanswered(flows: &mut Vec<Flow>, u: Flow, had: bool) {
+    let same = |f: &Flow| {
+        (
+            f.proto,
+            f.src,
+            f.src_port,
+            f.dst,
+            f.dst_port,
+            f.vlan,
+            f.vlan_inner,
+            f.ifindex,
+        ) == (
+            u.proto,
+            u.src,
+            u.src_port,
+            u.dst,
+            u.dst_port,
+            u.vlan,
+            u.vlan_inner,
+            u.ifindex,
+        )
+    };
+    // Searched only in the rare case it is there: idle for the whole inactive timeout yet
+    // with packets in the window (a timeout shorter than the interval).
+    match flows.iter_mut().rev().find(|f| had && same(f)) {
+        Some(f) => f.tcp = u.tcp,
+        None => flows.push(u),
     }
 }
 
@@ -364,7 +415,7 @@ mod tests {
         // In the table before the drainer starts: the baseline, not news.
         host.count(key(1), 3, 0, 0);
         host.count(key(2), 2, 0, 0);
-        let mut d = Drainer::new(host, Expiry::default()).unwrap();
+        let mut d = Drainer::new(host, Expiry::default(), true).unwrap();
         d.source.count(key(1), 2, 0, 0);
         d.source.count(key(3), 1, 0, 0);
         let w = d.drain().unwrap();
@@ -396,7 +447,7 @@ mod tests {
             finished: Duration::from_secs(1),
             ..Expiry::default()
         };
-        let mut d = Drainer::new(Host::new(64), expiry).unwrap();
+        let mut d = Drainer::new(Host::new(64), expiry, true).unwrap();
         let both_fins = (tcp::FIN as u32) | (tcp::FIN as u32) << 8;
         d.source.count(key(1), 1, 0, 0);
         d.source.count(key(2), 1, 11, 0);
@@ -423,7 +474,7 @@ mod tests {
             inactive: Duration::from_secs(10),
             ..Expiry::default()
         };
-        let mut d = Drainer::new(Host::new(64), expiry).unwrap();
+        let mut d = Drainer::new(Host::new(64), expiry, true).unwrap();
         d.source.count(key(1), 2, 11, 0);
         d.source.meanwhile.set(Some(key(1)));
         let w = d.drain().unwrap();

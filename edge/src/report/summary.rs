@@ -80,7 +80,7 @@ pub fn summarize(id: &Identity, seq: u64, w: &Window, health: Health, top_k: usi
         addrs: addrs.list,
         flows,
         rtt_hist,
-        tcp_health: false,
+        tcp_health: w.tcp_health,
     }
 }
 
@@ -170,7 +170,7 @@ fn part(s: &Summary, i: u16, parts: u16, flows: &[FlowRecord]) -> Summary {
         },
         addrs: addrs.list,
         flows,
-        tcp_health: false,
+        tcp_health: s.tcp_health,
     }
 }
 

@@ -3,11 +3,13 @@
 
 use serde::{Serialize, Serializer};
 use shared::{
+    conn::{self, Outcome},
     flow::tcp,
     parse::IPPROTO_ICMP,
     parse::IPPROTO_ICMPV6,
+    parse::IPPROTO_TCP,
     stats::Stats,
-    wire::{Addr, Flow, Rtt},
+    wire::{Addr, Flow, Rtt, Tcp, TcpDir},
     Count, Direction, FlowCounters, FlowKey, Initiator, Stat,
 };
 use std::{collections::BTreeMap, fmt::Write, num::NonZeroU32};
@@ -38,6 +40,10 @@ pub struct Window {
     /// The window's TCP RTT samples per log2 bucket: index i counts samples in
     /// [2^i, 2^(i+1)) µs (`shared::rtt::rtt_bucket`); trailing empty buckets are cut.
     pub rtt_hist: Vec<u64>,
+    /// TCP health was measured: every TCP flow has its `tcp` block (docs/tcp.md). In JSON only
+    /// when true, so output without it keeps its bytes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tcp_health: bool,
 }
 
 /// The stats as a JSON object, label → count, labels sorted.
@@ -53,12 +59,18 @@ fn labelled(stats: &Stats) -> BTreeMap<&'static str, Count> {
         .collect()
 }
 
-/// A flow's packets and bytes per [`Direction`] and its RTT samples: what a drain keeps of an
-/// entry, and what the entry grew by in a window.
+/// A flow's packets and bytes per [`Direction`], its RTT samples and its TCP health per
+/// [`Direction`]: what a drain keeps of an entry, and what the entry grew by in a window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub dir: [Count; 2],
     pub rtt_samples: u32,
+    /// Retransmissions, RST and FIN per [`Direction`] (zero for other protocols).
+    pub tcp: [TcpDir; 2],
+    /// The connection's outcome: a state, not a count ([`Counts::since`] keeps the later).
+    pub outcome: Outcome,
+    /// In a delta: the outcome was reached since the earlier counts.
+    pub decided: bool,
 }
 
 impl Counts {
@@ -70,6 +82,19 @@ impl Counts {
                 bytes: bytes[i],
             }),
             rtt_samples: c.rtt.samples,
+            tcp: [0, 1].map(|i| {
+                let d = &c.dir[i];
+                TcpDir {
+                    retrans: Count {
+                        packets: d.retrans_segs,
+                        bytes: d.retrans_bytes,
+                    },
+                    rst: d.rst,
+                    fin: d.fin,
+                }
+            }),
+            outcome: conn::outcome(c),
+            decided: false,
         }
     }
 
@@ -78,6 +103,16 @@ impl Counts {
         Counts {
             dir: [0, 1].map(|i| self.dir[i].delta_since(&before.dir[i])),
             rtt_samples: self.rtt_samples.wrapping_sub(before.rtt_samples),
+            tcp: [0, 1].map(|i| {
+                let (n, b) = (&self.tcp[i], &before.tcp[i]);
+                TcpDir {
+                    retrans: n.retrans.delta_since(&b.retrans),
+                    rst: n.rst.wrapping_sub(b.rst),
+                    fin: n.fin.wrapping_sub(b.fin),
+                }
+            }),
+            outcome: self.outcome,
+            decided: self.outcome != before.outcome && reached(self.outcome),
         }
     }
 
@@ -92,9 +127,21 @@ impl Counts {
     }
 }
 
+/// An outcome a connection reaches once ([`Tcp::decided`]): not "unknown" or "connecting".
+fn reached(o: Outcome) -> bool {
+    !matches!(o, Outcome::Unknown | Outcome::Connecting)
+}
+
 /// A flow of the window from the table's key, the entry now and what changed since the last
-/// drain. `to_ms` turns the entry's tick stamps into wall-clock milliseconds.
-pub fn flow(key: &FlowKey, now: &FlowCounters, delta: &Counts, to_ms: impl Fn(u64) -> u64) -> Flow {
+/// drain. `to_ms` turns the entry's tick stamps into wall-clock milliseconds; with
+/// `tcp_health` a TCP flow carries its [`Tcp`] block.
+pub fn flow(
+    key: &FlowKey,
+    now: &FlowCounters,
+    delta: &Counts,
+    to_ms: impl Fn(u64) -> u64,
+    tcp_health: bool,
+) -> Flow {
     let a = (Addr::from(key.addr_a), key.port_a);
     let b = (Addr::from(key.addr_b), key.port_b);
     let (src, dst, fwd, rev) = match now.initiator() {
@@ -130,8 +177,25 @@ pub fn flow(key: &FlowKey, now: &FlowCounters, delta: &Counts, to_ms: impl Fn(u6
         last_seen_ms: to_ms(now.last_seen()),
         rtt,
         handshake_us: rtt.and(NonZeroU32::new(r.handshake_us)),
-        tcp: None,
+        tcp: (tcp_health && key.proto == IPPROTO_TCP).then(|| Tcp {
+            outcome: delta.outcome,
+            decided: delta.decided,
+            syn_retries: conn::syn_retries(now),
+            fwd: delta.tcp[fwd.index()],
+            rev: delta.tcp[rev.index()],
+        }),
     }
+}
+
+/// The record of a flow leaving the table with its SYN unanswered ([`conn::unanswered`]): no
+/// packets (they were reported when they came), the outcome decided now.
+pub fn unanswered(key: &FlowKey, now: &FlowCounters, to_ms: impl Fn(u64) -> u64) -> Flow {
+    let mut f = flow(key, now, &Counts::default(), to_ms, true);
+    if let Some(t) = &mut f.tcp {
+        t.outcome = Outcome::Unanswered;
+        t.decided = true;
+    }
+    f
 }
 
 impl Window {
@@ -272,6 +336,7 @@ mod tests {
                 bytes: bytes[i],
             }),
             rtt_samples: 0,
+            ..Counts::default()
         }
     }
 
@@ -287,7 +352,7 @@ mod tests {
         now.dir[0].last_seen = 3_000_000;
         now.dir[1].last_seen = 2_000_000;
         let delta = counts([2, 3], [200, 300]);
-        let r = flow(&k, &now, &delta, |ns| ns / 1_000_000);
+        let r = flow(&k, &now, &delta, |ns| ns / 1_000_000, false);
         assert_eq!(IpAddr::from(r.src), IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
         assert_eq!((r.src_port, r.dst_port), (40000, 80));
         // fwd is b→a here.
@@ -302,7 +367,13 @@ mod tests {
     #[test]
     fn icmp_ports_are_type_and_code() {
         let k = key([10, 0, 0, 1], 8 << 8, [10, 0, 0, 2], 8 << 8, 1);
-        let r = flow(&k, &FlowCounters::default(), &Counts::default(), |n| n);
+        let r = flow(
+            &k,
+            &FlowCounters::default(),
+            &Counts::default(),
+            |n| n,
+            false,
+        );
         assert_eq!((r.src_port, r.dst_port), (8, 0));
     }
 
@@ -320,7 +391,7 @@ mod tests {
                 packets: 2,
                 bytes: 200,
             },
-            flows: vec![flow(&k, &now, &delta, |n| n)],
+            flows: vec![flow(&k, &now, &delta, |n| n, false)],
             ..Default::default()
         };
         assert!(w.is_conserved());
@@ -420,6 +491,7 @@ mod tests {
                 f(2, rtt, NonZeroU32::new(800), false),
             ],
             rtt_hist: vec![0, 2, 5],
+            tcp_health: false,
         };
         let before = concat!(
             r#"{"window_start_ms":1000000,"window_end_ms":1010000,"totals":{"packets":50,"bytes":5001}"#,
@@ -447,6 +519,62 @@ mod tests {
         assert_eq!(w.to_json(), before);
     }
 
+    #[test]
+    fn tcp_block_oriented_by_initiator_with_its_json() {
+        let k = key([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000, 6);
+        // b (10.0.0.2:40000) connected; a (the server) sent FIN and a retransmission.
+        let mut now = FlowCounters {
+            initiator: Initiator::B as u32,
+            tcp_flags: ((tcp::SYN | tcp::ACK | tcp::FIN) as u32) << 8
+                | (tcp::SYN | tcp::ACK | tcp::FIN) as u32,
+            syns: 2,
+            ..FlowCounters::counted([5, 7], [500, 700])
+        };
+        now.dir[0].retrans_segs = 1;
+        now.dir[0].retrans_bytes = 100;
+        now.dir[0].fin = 1;
+        now.dir[1].fin = 1;
+        let before = Counts {
+            outcome: Outcome::Established,
+            ..Counts::default()
+        };
+        let delta = Counts::of(&now).since(&before);
+        let f = flow(&k, &now, &delta, |n| n, true);
+        let t = f.tcp.expect("a TCP block");
+        assert_eq!(
+            (t.outcome, t.decided, t.syn_retries),
+            (Outcome::Closed, true, 1)
+        );
+        // fwd is b→a: the retransmission went a→b, the responder's way.
+        assert_eq!((t.fwd.fin, t.fwd.retrans.packets), (1, 0));
+        assert_eq!(
+            (t.rev.fin, t.rev.retrans),
+            (
+                1,
+                Count {
+                    packets: 1,
+                    bytes: 100
+                }
+            )
+        );
+        let again = Counts::of(&now).since(&Counts::of(&now));
+        assert!(!again.decided && again.tcp == [TcpDir::default(); 2]);
+        assert!(flow(&k, &now, &delta, |n| n, false).tcp.is_none());
+        let udp = key([10, 0, 0, 1], 53, [10, 0, 0, 2], 40000, 17);
+        assert!(flow(&udp, &now, &delta, |n| n, true).tcp.is_none());
+        let j = serde_json::to_string(&f).unwrap();
+        assert!(
+            j.ends_with(
+                r#","tcp":{"outcome":"closed","decided":true,"syn_retries":1,"fwd":{"retrans":{"packets":0,"bytes":0},"rst":0,"fin":1},"rev":{"retrans":{"packets":1,"bytes":100},"rst":0,"fin":1}}}"#
+            ),
+            "{j}"
+        );
+        let u = unanswered(&k, &now, |n| n);
+        let ut = u.tcp.unwrap();
+        assert_eq!((ut.outcome, ut.decided), (Outcome::Unanswered, true));
+        assert_eq!(u.total(), Count::default());
+    }
+
     fn fd(last: u8) -> [u8; 16] {
         let mut a = [0u8; 16];
         a[0] = 0xfd;
@@ -459,7 +587,7 @@ mod tests {
         let k = key([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000, 6);
         let mut now = FlowCounters::counted([1, 1], [0, 0]);
         let delta = counts([1, 1], [0, 0]);
-        let r = flow(&k, &now, &delta, |n| n);
+        let r = flow(&k, &now, &delta, |n| n, false);
         assert_eq!(r.rtt, None);
         let v: serde_json::Value = serde_json::to_value(r).unwrap();
         assert!(v.get("rtt_us").is_none());
@@ -472,7 +600,7 @@ mod tests {
             rtt_samples: 1,
             ..delta
         };
-        let r = flow(&k, &now, &delta, |n| n);
+        let r = flow(&k, &now, &delta, |n| n, false);
         let v: serde_json::Value = serde_json::to_value(r).unwrap();
         assert_eq!(
             v["rtt_us"],

@@ -11,70 +11,7 @@
 use super::Count;
 use serde::{Deserialize, Serialize};
 
-/// How a connection's handshake and end went, as far as the agent's interface saw it.
-#[repr(u8)]
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// No handshake seen (the flow began before the agent, or mid-stream on this path).
-    #[default]
-    Unknown = 0,
-    /// SYN seen, no SYN-ACK yet.
-    Connecting = 1,
-    /// SYN, SYN-ACK and the initiator's ACK seen.
-    Established = 2,
-    /// The SYN was answered by a RST (closed port, or a firewall's reject).
-    Refused = 3,
-    /// SYN (and its retries) with no SYN-ACK before the flow expired from the table.
-    Unanswered = 4,
-    /// A RST after the SYN-ACK, or on a flow whose handshake was not seen, before FIN both ways.
-    Reset = 5,
-    /// FIN seen in both directions with no RST before.
-    Closed = 6,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 7] = [
-        Outcome::Unknown,
-        Outcome::Connecting,
-        Outcome::Established,
-        Outcome::Refused,
-        Outcome::Unanswered,
-        Outcome::Reset,
-        Outcome::Closed,
-    ];
-
-    /// The value as the wire and the kernel state hold it; `None` beyond the last.
-    pub fn from_u8(v: u8) -> Option<Outcome> {
-        Outcome::ALL.get(v as usize).copied()
-    }
-
-    /// Lowercase name, as in JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::Unknown => "unknown",
-            Outcome::Connecting => "connecting",
-            Outcome::Established => "established",
-            Outcome::Refused => "refused",
-            Outcome::Unanswered => "unanswered",
-            Outcome::Reset => "reset",
-            Outcome::Closed => "closed",
-        }
-    }
-
-    /// Refused or unanswered: the connection never came up.
-    pub fn is_failed_connect(self) -> bool {
-        matches!(self, Outcome::Refused | Outcome::Unanswered)
-    }
-}
-
-impl core::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.pad(self.name())
-    }
-}
+pub use crate::conn::Outcome;
 
 /// One direction of a connection in a window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
