@@ -187,3 +187,40 @@ fn run_rejects_a_bad_config_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("broker URL"));
 }
+
+/// Both versions' golden payloads (shared/src/wire/golden_v*.hex) as hex lines: V1 prints
+/// without TCP, V2 with `tcp_health` and the TCP flow's block, named.
+#[test]
+fn version_1_and_version_2_payloads_both_decode() {
+    let input = format!(
+        "{}\n{}\n",
+        include_str!("../../shared/src/wire/golden_v1.hex").trim(),
+        include_str!("../../shared/src/wire/golden_v2.hex").trim()
+    );
+    let out = decode(&[], input.as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let (v1, v2) = (&lines[0], &lines[1]);
+    assert_eq!(
+        (&v1["device"], &v2["device"]),
+        (&"edge-01".into(), &"edge-01".into())
+    );
+    assert!(v1.get("tcp_health").is_none() && v1["flows"][0].get("tcp").is_none());
+    assert_eq!(v2["tcp_health"], true);
+    let t = &v2["flows"][0]["tcp"];
+    assert_eq!(
+        (&t["outcome"], &t["decided"]),
+        (&"closed".into(), &true.into())
+    );
+    assert_eq!(t["syn_retries"], 1);
+    assert_eq!(t["fwd"]["retrans"]["packets"], 3);
+    assert_eq!(t["fwd"]["retrans"]["bytes"], 4344);
+    assert_eq!(t["rev"]["rst"], 2);
+    // The ICMPv6 flow has none.
+    assert!(v2["flows"][1].get("tcp").is_none());
+    assert_eq!(v1["flows"][0]["bytes_rev"], v2["flows"][0]["bytes_rev"]);
+}

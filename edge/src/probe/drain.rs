@@ -276,6 +276,7 @@ fn finished(c: &FlowCounters) -> bool {
 mod tests {
     use super::*;
     use shared::{
+        conn::Outcome,
         stats::STATS_LEN,
         table::{held_bit, FlowSlot, TableShape, LIVE},
         FlowKey,
@@ -466,6 +467,62 @@ mod tests {
         let w = d.drain().unwrap();
         assert_eq!(by_port(&w), BTreeMap::from([(2, 1)]));
         assert_eq!((w.active_flows, w.expired_flows), (3, 0));
+    }
+
+    fn tcp_key(port: u16) -> FlowKey {
+        FlowKey {
+            proto: 6,
+            ..key(port)
+        }
+    }
+
+    /// A SYN nobody answered is reported unanswered once, when its flow leaves: on its own
+    /// record with no packets, or on the window's record if it had packets then too. A refused
+    /// SYN, or one with TCP health off, is not.
+    #[test]
+    fn unanswered_syns_are_decided_when_their_flow_leaves() {
+        let expiry = Expiry {
+            inactive: Duration::from_secs(10),
+            ..Expiry::default()
+        };
+        let syn = tcp::SYN as u32;
+        let refused = syn | ((tcp::RST | tcp::ACK) as u32) << 8;
+        let mut d = Drainer::new(Host::new(64), expiry, true).unwrap();
+        d.source.count(tcp_key(1), 3, 0, syn);
+        d.source.count(tcp_key(2), 1, 11, syn);
+        d.source.count(tcp_key(3), 2, 0, refused);
+        let w = d.drain().unwrap();
+        let tcp_of = |w: &Window, port: u16| {
+            let f: Vec<&Flow> = w.flows.iter().filter(|f| f.dst_port == port).collect();
+            assert_eq!(f.len(), 1, "one record for port {port}");
+            (f[0].total().packets, f[0].tcp.unwrap())
+        };
+        let (n, t) = tcp_of(&w, 1);
+        assert_eq!((n, t.outcome, t.decided), (3, Outcome::Connecting, false));
+        // Idle past the timeout in the window it was counted: one record, decided.
+        let (n, t) = tcp_of(&w, 2);
+        assert_eq!((n, t.outcome, t.decided), (1, Outcome::Unanswered, true));
+        let (_, t) = tcp_of(&w, 3);
+        assert_eq!((t.outcome, t.decided), (Outcome::Refused, true));
+        assert!(w.is_conserved());
+        // 20 s later the first leaves too: a record without packets.
+        let mut now = d.source.now.get();
+        now.ticks += 20 * HZ;
+        now.mono_ns += 20_000_000_000;
+        d.source.now.set(now);
+        let w = d.drain().unwrap();
+        assert_eq!(w.flows.len(), 1, "{:?}", w.flows);
+        let (n, t) = tcp_of(&w, 1);
+        assert_eq!((n, t.outcome, t.decided), (0, Outcome::Unanswered, true));
+        assert_eq!(w.totals, Count::default());
+        assert!(w.is_conserved());
+        assert_eq!(w.expired_flows, 2);
+
+        let mut off = Drainer::new(Host::new(64), expiry, false).unwrap();
+        off.source.count(tcp_key(1), 1, 11, syn);
+        let w = off.drain().unwrap();
+        assert_eq!(w.flows.len(), 1);
+        assert!(w.flows[0].tcp.is_none() && !w.tcp_health);
     }
 
     #[test]

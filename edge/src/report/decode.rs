@@ -4,8 +4,10 @@
 //! Input: either one raw payload (a file holding exactly the bytes of one message), or lines
 //! of hex, one payload per line, as `mosquitto_sub -F %x` prints them. A line may start with
 //! the topic (`mosquitto_sub -F '%t %x'`); then lines of other topics than `.../flows` (the
-//! retained status) are skipped and the topic is copied into the output. A V1 payload starts
-//! with byte 0, which is never a hex digit, so the two forms cannot be confused.
+//! retained status) are skipped and the topic is copied into the output. A payload starts with
+//! its version, byte 0 (V1) or 1 (V2), never a hex digit, so the two forms cannot be confused.
+//! Both versions print alike; a V2 summary with TCP health adds `tcp_health` and the flows'
+//! `tcp` blocks.
 
 use serde::Serialize;
 use shared::wire::{self, Count, DecodeError, Flow, Health, Summary};
@@ -32,6 +34,8 @@ pub struct Decoded {
     pub health: Health,
     pub flows: Vec<Flow>,
     pub rtt_hist: Vec<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tcp_health: bool,
 }
 
 impl Decoded {
@@ -55,6 +59,7 @@ impl Decoded {
             health: s.health,
             flows,
             rtt_hist: s.rtt_hist.to_vec(),
+            tcp_health: s.tcp_health,
         }
     }
 }

@@ -239,7 +239,7 @@ impl Window {
         }
         let _ = writeln!(
             s,
-            "{:<6} {:>39} {:>5}   {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} {:>9} flags",
+            "{:<6} {:>39} {:>5}   {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} {:>9} {:<22} flags",
             "proto",
             "initiator",
             "port",
@@ -251,11 +251,12 @@ impl Window {
             "pkts←",
             "bytes←",
             "rtt ms",
+            "tcp",
         );
         for f in flows.iter().take(max_rows) {
             let _ = writeln!(
                 s,
-                "{:<6} {:>39} {:>5} → {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} {:>9} {}",
+                "{:<6} {:>39} {:>5} → {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} {:>9} {:<22} {}",
                 proto_name(f.proto),
                 f.src.to_string(),
                 f.src_port,
@@ -269,6 +270,7 @@ impl Window {
                 f.rtt
                     .map(|r| format!("{:.2}", r.avg_us as f64 / 1000.0))
                     .unwrap_or_else(|| "-".into()),
+                tcp_text(f.tcp.as_ref()),
                 flags_text(f.tcp_flags),
             );
         }
@@ -277,6 +279,26 @@ impl Window {
         }
         s
     }
+}
+
+/// A flow's TCP block for people: the outcome (`*` when reached in this window), then only
+/// what happened: `rtx` retransmitted segments →/←, `rst` and `syn+` retries.
+pub fn tcp_text(t: Option<&Tcp>) -> String {
+    let Some(t) = t else {
+        return "-".into();
+    };
+    let mut s = format!("{}{}", t.outcome, if t.decided { "*" } else { "" });
+    let (rf, rr) = (t.fwd.retrans.packets, t.rev.retrans.packets);
+    if rf + rr > 0 {
+        let _ = write!(s, " rtx{rf}/{rr}");
+    }
+    if t.fwd.rst + t.rev.rst > 0 {
+        let _ = write!(s, " rst{}/{}", t.fwd.rst, t.rev.rst);
+    }
+    if t.syn_retries > 0 {
+        let _ = write!(s, " syn+{}", t.syn_retries);
+    }
+    s
 }
 
 pub fn proto_name(p: u8) -> String {
@@ -569,6 +591,17 @@ mod tests {
             ),
             "{j}"
         );
+        assert_eq!(tcp_text(Some(&t)), "closed* rtx0/1 syn+1");
+        assert_eq!(tcp_text(None), "-");
+        let mut w = Window {
+            flows: vec![f],
+            tcp_health: true,
+            ..Default::default()
+        };
+        assert!(w.render_table(5).contains("closed* rtx0/1 syn+1"));
+        assert!(w.to_json().ends_with(r#","tcp_health":true}"#));
+        w.tcp_health = false;
+        assert!(w.to_json().ends_with(r#"]}"#));
         let u = unanswered(&k, &now, |n| n);
         let ut = u.tcp.unwrap();
         assert_eq!((ut.outcome, ut.decided), (Outcome::Unanswered, true));
