@@ -40,10 +40,76 @@ pub struct RelayStats {
     /// Frames read from either interface.
     pub received: AtomicU64,
     pub relayed: AtomicU64,
-    /// Dropped: queue full, or the send failed (e.g. a frame larger than the MTU).
+    /// Dropped: queue full, the send failed (e.g. a frame larger than the MTU), or lost on
+    /// purpose ([`DropPlan`]).
     pub dropped: AtomicU64,
     /// Largest lateness of a frame past its due time, in µs.
     pub max_late_us: AtomicU64,
+}
+
+/// Chosen TCP data segments to lose, one way (`if_a` → `if_b` of a [`Relay`]): the n-th frames
+/// carrying TCP payload, counted from 1 since the plan was set. A retransmission is a later
+/// frame, so each chosen segment is lost once.
+#[derive(Debug, Default)]
+pub struct DropPlan {
+    ordinals: std::sync::Mutex<Vec<u64>>,
+    /// Frames with TCP payload seen since the plan was set.
+    pub data_frames: AtomicU64,
+    /// Frames dropped by the plan, and their TCP payload bytes.
+    pub dropped: AtomicU64,
+    pub dropped_bytes: AtomicU64,
+}
+
+impl DropPlan {
+    /// Loses the data frames with these ordinals (1-based) from now on.
+    pub fn set(&self, ordinals: &[u64]) {
+        let mut o = self.ordinals.lock().unwrap();
+        self.data_frames.store(0, Ordering::Relaxed);
+        *o = ordinals.to_vec();
+    }
+
+    /// Whether to lose this frame.
+    fn lose(&self, frame: &[u8]) -> bool {
+        let Some(len) = tcp_payload(frame).filter(|&n| n > 0) else {
+            return false;
+        };
+        let o = self.ordinals.lock().unwrap();
+        if o.is_empty() {
+            return false;
+        }
+        let n = self.data_frames.fetch_add(1, Ordering::Relaxed) + 1;
+        if o.contains(&n) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// TCP payload bytes of an untagged Ethernet frame holding IPv4 or IPv6 (no extension
+/// headers) and TCP; `None` for anything else.
+pub fn tcp_payload(f: &[u8]) -> Option<usize> {
+    let be16 = |i: usize| Some(u16::from_be_bytes([*f.get(i)?, *f.get(i + 1)?]) as usize);
+    let (ip_payload, l4) = match be16(12)? {
+        0x0800 => {
+            let ihl = (*f.get(14)? as usize & 0xf) * 4;
+            if *f.get(23)? != 6 {
+                return None;
+            }
+            (be16(16)?.checked_sub(ihl)?, 14 + ihl)
+        }
+        0x86dd => {
+            if *f.get(20)? != 6 {
+                return None;
+            }
+            (be16(18)?, 54)
+        }
+        _ => return None,
+    };
+    let doff = (*f.get(l4 + 12)? as usize >> 4) * 4;
+    ip_payload.checked_sub(doff)
 }
 
 /// Copies frames between two interfaces of a namespace, each after `delay`. Stops on drop.
@@ -51,6 +117,8 @@ pub struct Relay {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     pub stats: Arc<RelayStats>,
+    /// Segments to lose on the way `if_a` → `if_b` (none unless set).
+    pub drops: Arc<DropPlan>,
 }
 
 impl Relay {
@@ -67,17 +135,19 @@ impl Relay {
                 PacketSocket::open(if_b, false).expect("AF_PACKET socket"),
             )
         });
+        let drops = Arc::new(DropPlan::default());
         let mut threads = Vec::new();
-        for (rx, tx) in [(a_in, b_out), (b_in, a_out)] {
+        for (rx, tx, plan) in [(a_in, b_out, Some(drops.clone())), (b_in, a_out, None)] {
             let (stop, stats) = (stop.clone(), stats.clone());
             threads.push(std::thread::spawn(move || {
-                relay_loop(&rx, &tx, delay, &stop, &stats)
+                relay_loop(&rx, &tx, delay, &stop, &stats, plan.as_deref())
             }));
         }
         Relay {
             stop,
             threads,
             stats,
+            drops,
         }
     }
 }
@@ -131,6 +201,7 @@ fn relay_loop(
     delay: Duration,
     stop: &AtomicBool,
     stats: &RelayStats,
+    drops: Option<&DropPlan>,
 ) {
     realtime();
     let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
@@ -145,6 +216,10 @@ fn relay_loop(
         while let Some(n) = rx.recv(&mut buf) {
             stats.received.fetch_add(1, Ordering::Relaxed);
             if queue.len() >= MAX_QUEUE {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if drops.is_some_and(|d| d.lose(&buf[..n])) {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -385,6 +460,11 @@ impl DelayNet {
 
     pub fn relay_stats(&self) -> &RelayStats {
         &self.relay.as_ref().expect("relay runs").stats
+    }
+
+    /// The line's plan for losing client → server data segments ([`DropPlan::set`]).
+    pub fn client_drops(&self) -> &DropPlan {
+        &self.relay.as_ref().expect("relay runs").drops
     }
 
     /// Returns once the line has carried nothing for a while (see [`settle`]).

@@ -1,0 +1,128 @@
+//! Retransmissions counted exactly against the sender's own count: a client sends through the
+//! delay line (`testkit::delay`), which loses chosen data segments once; the agent on the
+//! client's interface (TC egress sees every segment it sends) reports as many retransmitted
+//! segments as the client's `nstat` TcpRetransSegs, and, when each lost segment went again
+//! once, their payload bytes; the agent on the server's side counts the retransmissions that
+//! fill a hole behind later data. IPv4 and IPv6.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::atomic::Ordering::Relaxed,
+    time::Duration,
+};
+use testkit::{
+    delay::{DelayNet, CLIENT4, CLIENT6, SERVER4, SERVER6},
+    nstat,
+    watch::Watch,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgeflow");
+const UP: usize = 300_000;
+
+fn retransmissions(v6: bool, attach: &str) {
+    let net = DelayNet::new(Duration::from_millis(2));
+    let (c, s): (IpAddr, IpAddr) = if v6 {
+        (CLIENT6.into(), SERVER6.into())
+    } else {
+        (CLIENT4.into(), SERVER4.into())
+    };
+    let listener = net.in_ns(&net.ns_server, || TcpListener::bind((s, 0)).unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let near = Watch::start(
+        BIN,
+        &net.ns_client,
+        &[
+            "--iface",
+            &net.veth_client,
+            "--interval",
+            "1",
+            "--attach",
+            attach,
+        ],
+    );
+    let far = Watch::start(
+        BIN,
+        &net.ns_server,
+        &[
+            "--iface",
+            &net.veth_server,
+            "--interval",
+            "1",
+            "--attach",
+            attach,
+        ],
+    );
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), UP);
+    });
+    // Lose the 5th and the 20th data segment: each has later segments behind it, so SACK
+    // or the RTO sends it again, once.
+    net.client_drops().set(&[5, 20]);
+    let r0 = nstat(&net.ns_client, "TcpRetransSegs");
+    let cport = net.in_ns(&net.ns_client, || {
+        let mut t = TcpStream::connect(SocketAddr::new(s, port)).unwrap();
+        t.write_all(&vec![3u8; UP]).unwrap();
+        t.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        t.read_to_end(&mut rest).unwrap();
+        t.local_addr().unwrap().port()
+    });
+    server.join().unwrap();
+    net.settle();
+    let sent = nstat(&net.ns_client, "TcpRetransSegs") - r0;
+    let (near, far) = (near.stop(), far.stop());
+    near.assert_conserved();
+    far.assert_conserved();
+    let drops = net.client_drops();
+    let (lost, lost_bytes) = (
+        drops.dropped.load(Relaxed),
+        drops.dropped_bytes.load(Relaxed),
+    );
+    assert_eq!(lost, 2, "the line lost its two segments");
+
+    let retrans = |w: &testkit::watch::Windows, dir: &str, what: &str| -> u64 {
+        w.flows()
+            .filter(|f| {
+                f["proto"] == 6
+                    && f["src"] == c.to_string()
+                    && f["src_port"] == cport
+                    && f["dst_port"] == port
+            })
+            .map(|f| f["tcp"][dir]["retrans"][what].as_u64().unwrap())
+            .sum()
+    };
+    let ctx = format!("v6 {v6} {attach}: client sent {sent} again, the line lost {lost}");
+    eprintln!("{ctx}");
+    assert!(sent >= lost, "{ctx}");
+    assert_eq!(
+        retrans(&near, "fwd", "packets"),
+        sent,
+        "sender's side: {ctx}"
+    );
+    assert_eq!(retrans(&near, "rev", "packets"), 0, "{ctx}");
+    if sent == lost {
+        assert_eq!(retrans(&near, "fwd", "bytes"), lost_bytes, "{ctx}");
+        // Behind later data at the receiver too.
+        assert_eq!(
+            retrans(&far, "fwd", "packets"),
+            lost,
+            "receiver's side: {ctx}"
+        );
+        assert_eq!(retrans(&far, "fwd", "bytes"), lost_bytes, "{ctx}");
+    }
+}
+
+#[test]
+fn retransmissions_ipv4_tc() {
+    retransmissions(false, "tc");
+}
+
+#[test]
+fn retransmissions_ipv6_xdp() {
+    retransmissions(true, "xdp");
+}
