@@ -3,7 +3,8 @@
 //! client's interface (TC egress sees every segment it sends) reports as many retransmitted
 //! segments as the client's `nstat` TcpRetransSegs, and, when each lost segment went again
 //! once, their payload bytes; the agent on the server's side counts the retransmissions that
-//! fill a hole behind later data. IPv4 and IPv6.
+//! fill a hole behind later data. IPv4 and IPv6. And a blackholed connect: unanswered once,
+//! with the SYN retries the client made.
 
 use std::{
     io::{Read, Write},
@@ -115,6 +116,70 @@ fn retransmissions(v6: bool, attach: &str) {
         );
         assert_eq!(retrans(&far, "fwd", "bytes"), lost_bytes, "{ctx}");
     }
+}
+
+/// A connect whose SYNs the line loses: the client gives up after its SYN and two retries,
+/// and once the flow leaves the table the agent reports it unanswered, once, with as many
+/// SYN retries as the client's `nstat` TcpRetransSegs (which counts resent SYNs).
+fn unanswered(v6: bool) {
+    let net = DelayNet::new(Duration::from_millis(1));
+    let s: IpAddr = if v6 { SERVER6.into() } else { SERVER4.into() };
+    let listener = net.in_ns(&net.ns_server, || TcpListener::bind((s, 0)).unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let w = Watch::start(
+        BIN,
+        &net.ns_client,
+        &[
+            "--iface",
+            &net.veth_client,
+            "--interval",
+            "1",
+            "--inactive-timeout",
+            "2",
+        ],
+    );
+    net.client_drops().syns.store(true, Relaxed);
+    let r0 = nstat(&net.ns_client, "TcpRetransSegs");
+    // SYNs leave at 0, 1 and 3 s (initial RTO 1 s, doubling); give up at 4 s.
+    let e = net.in_ns(&net.ns_client, || {
+        TcpStream::connect_timeout(&SocketAddr::new(s, port), Duration::from_millis(4000))
+    });
+    assert!(e.is_err(), "the SYNs were lost");
+    let resent = nstat(&net.ns_client, "TcpRetransSegs") - r0;
+    // Idle 2 s after the last SYN, then the next drain removes it.
+    std::thread::sleep(Duration::from_millis(3500));
+    let got = w.stop();
+    got.assert_conserved();
+    drop(listener);
+    let ours: Vec<&serde_json::Value> = got
+        .flows()
+        .filter(|f| f["proto"] == 6 && f["dst_port"] == port)
+        .collect();
+    let ctx = format!("v6 {v6}: {resent} SYNs resent: {ours:#?}");
+    let decided: Vec<&str> = ours
+        .iter()
+        .filter(|f| f["tcp"]["decided"] == true)
+        .map(|f| f["tcp"]["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(decided, ["unanswered"], "{ctx}");
+    let last = ours.last().unwrap();
+    assert_eq!(last["tcp"]["syn_retries"], resent, "{ctx}");
+    assert!(resent >= 2, "{ctx}");
+    let packets: u64 = ours
+        .iter()
+        .map(|f| f["packets_fwd"].as_u64().unwrap())
+        .sum();
+    assert_eq!(packets, resent + 1, "every SYN counted once: {ctx}");
+}
+
+#[test]
+fn unanswered_ipv4() {
+    unanswered(false);
+}
+
+#[test]
+fn unanswered_ipv6() {
+    unanswered(true);
 }
 
 #[test]

@@ -53,6 +53,8 @@ pub struct RelayStats {
 #[derive(Debug, Default)]
 pub struct DropPlan {
     ordinals: std::sync::Mutex<Vec<u64>>,
+    /// Lose every pure SYN (a blackholed connect) while set.
+    pub syns: AtomicBool,
     /// Frames with TCP payload seen since the plan was set.
     pub data_frames: AtomicU64,
     /// Frames dropped by the plan, and their TCP payload bytes.
@@ -70,6 +72,10 @@ impl DropPlan {
 
     /// Whether to lose this frame.
     fn lose(&self, frame: &[u8]) -> bool {
+        if self.syns.load(Ordering::Relaxed) && tcp_flags(frame).is_some_and(|f| f & 0x12 == 0x02) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
         let Some(len) = tcp_payload(frame).filter(|&n| n > 0) else {
             return false;
         };
@@ -86,6 +92,17 @@ impl DropPlan {
             false
         }
     }
+}
+
+/// TCP flags of an untagged Ethernet frame holding IPv4 or IPv6 (no extension headers) and
+/// TCP.
+fn tcp_flags(f: &[u8]) -> Option<u8> {
+    tcp_payload(f)?;
+    let l4 = match u16::from_be_bytes([f[12], f[13]]) {
+        0x0800 => 14 + (f[14] as usize & 0xf) * 4,
+        _ => 54,
+    };
+    f.get(l4 + 13).copied()
 }
 
 /// TCP payload bytes of an untagged Ethernet frame holding IPv4 or IPv6 (no extension
