@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 use testkit::{
-    delay::{DelayNet, CLIENT4, CLIENT6, SERVER4, SERVER6},
+    delay::{DelayNet, GatewayNet, CLIENT4, CLIENT6, GW_CLIENT4, GW_SERVER4, SERVER4, SERVER6},
     nstat,
     watch::Watch,
 };
@@ -170,6 +170,105 @@ fn unanswered(v6: bool) {
         .map(|f| f["packets_fwd"].as_u64().unwrap())
         .sum();
     assert_eq!(packets, resent + 1, "every SYN counted once: {ctx}");
+}
+
+/// Connections a gateway forwards: on each of its two interfaces (each its own flow) a
+/// connect to a closed port is refused once, and the two segments the client's line loses
+/// are counted as retransmitted once each, with their bytes (at the interface facing the
+/// client they fill a hole behind later data; the one facing the server sends them out).
+#[test]
+fn forwarded_refusals_and_retransmissions() {
+    let net = GatewayNet::new(Duration::from_millis(1), Duration::from_millis(1));
+    let listener = net.in_ns(&net.ns_server, || {
+        TcpListener::bind((GW_SERVER4, 0)).unwrap()
+    });
+    let port = listener.local_addr().unwrap().port();
+    let gone = net.in_ns(&net.ns_server, || {
+        TcpListener::bind((GW_SERVER4, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    });
+    let w = Watch::start(
+        BIN,
+        &net.ns_gw,
+        &[
+            "--iface",
+            &net.gw_client,
+            "--iface",
+            &net.gw_server,
+            "--interval",
+            "1",
+            "--attach",
+            "tc",
+        ],
+    );
+    let e = net.in_ns(&net.ns_client, || {
+        TcpStream::connect_timeout(
+            &SocketAddr::new(GW_SERVER4.into(), gone),
+            Duration::from_secs(5),
+        )
+    });
+    assert_eq!(e.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), UP);
+    });
+    net.client_drops().set(&[5, 20]);
+    let r0 = nstat(&net.ns_client, "TcpRetransSegs");
+    let cport = net.in_ns(&net.ns_client, || {
+        let mut t = TcpStream::connect(SocketAddr::new(GW_SERVER4.into(), port)).unwrap();
+        t.write_all(&vec![4u8; UP]).unwrap();
+        t.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        t.read_to_end(&mut rest).unwrap();
+        t.local_addr().unwrap().port()
+    });
+    server.join().unwrap();
+    net.settle();
+    let sent = nstat(&net.ns_client, "TcpRetransSegs") - r0;
+    let got = w.stop();
+    got.assert_conserved();
+    let drops = net.client_drops();
+    let (lost, lost_bytes) = (
+        drops.dropped.load(Relaxed),
+        drops.dropped_bytes.load(Relaxed),
+    );
+    let ifindex = |dev: &str| net.ifindex(&net.ns_gw, dev) as u64;
+    let ctx = format!("client resent {sent}, line lost {lost}\n{}", got.stderr);
+    assert_eq!(lost, 2, "{ctx}");
+    for dev in [&net.gw_client, &net.gw_server] {
+        let on = |f: &&serde_json::Value| {
+            f["proto"] == 6 && f["src"] == GW_CLIENT4.to_string() && f["ifindex"] == ifindex(dev)
+        };
+        let refused: Vec<&str> = got
+            .flows()
+            .filter(on)
+            .filter(|f| f["dst_port"] == gone && f["tcp"]["decided"] == true)
+            .map(|f| f["tcp"]["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(refused, ["refused"], "{dev}: {ctx}");
+        let rtx = |what: &str| -> u64 {
+            got.flows()
+                .filter(on)
+                .filter(|f| f["src_port"] == cport && f["dst_port"] == port)
+                .map(|f| f["tcp"]["fwd"]["retrans"][what].as_u64().unwrap())
+                .sum()
+        };
+        if sent == lost {
+            assert_eq!(
+                (rtx("packets"), rtx("bytes")),
+                (lost, lost_bytes),
+                "{dev}: {ctx}"
+            );
+        } else {
+            assert!(rtx("packets") >= lost, "{dev}: {ctx}");
+        }
+    }
 }
 
 #[test]

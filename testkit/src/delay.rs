@@ -638,6 +638,11 @@ impl GatewayNet {
         in_netns(ns, f)
     }
 
+    /// The plan for losing client → gateway data segments ([`DropPlan::set`]).
+    pub fn client_drops(&self) -> &DropPlan {
+        &self.relays[0].drops
+    }
+
     /// The most any frame was sent after its due time, over both relays, in µs.
     pub fn relays_late_us(&self) -> u64 {
         self.relays
