@@ -243,6 +243,45 @@ mod tests {
         c
     }
 
+    /// TCP health reaches every part of a split window, and the records keep their blocks;
+    /// records carrying one stay within issue 21's 32 bytes.
+    #[test]
+    fn tcp_blocks_travel_in_every_part() {
+        let mut w = window(3000);
+        w.tcp_health = true;
+        for (i, f) in w.flows.iter_mut().enumerate() {
+            f.proto = 6;
+            f.tcp = Some(shared::wire::Tcp {
+                outcome: shared::wire::Outcome::Closed,
+                decided: i % 2 == 0,
+                fwd: shared::wire::TcpDir {
+                    fin: 1,
+                    ..Default::default()
+                },
+                rev: shared::wire::TcpDir {
+                    fin: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+        }
+        let s = summarize(&ident(), 1, &w, Health::default(), 3000);
+        let parts = encode_parts(s.clone(), 8192).unwrap();
+        assert!(parts.len() > 1);
+        let mut back = Vec::new();
+        let mut bytes = 0;
+        for p in &parts {
+            let m = wire::decode_summary(p).unwrap();
+            assert!(m.tcp_health);
+            bytes += p.len();
+            back.extend(m.to_flows());
+        }
+        let want: Vec<_> = s.to_flows().map(|f| f.tcp).collect();
+        assert_eq!(back.iter().map(|f| f.tcp).collect::<Vec<_>>(), want);
+        let per_record = bytes as f64 / back.len() as f64;
+        assert!(per_record <= 32.0, "{per_record:.1} bytes per record");
+    }
+
     #[test]
     fn top_k_keeps_the_largest_and_folds_the_rest() {
         let w = window(50);
