@@ -22,7 +22,7 @@ use edge::probe::{
 use shared::{
     craft::{ext_body, frag_body, Ip, Packet, L4, TPID_8021AD, TPID_8021Q},
     parse::{parse, Bytes, Frame},
-    Count, FlowKey, Stat,
+    Count, FlowCounters, FlowKey, Stat,
 };
 use std::{collections::HashMap, time::Instant};
 use testkit::{
@@ -324,6 +324,7 @@ impl Progs {
         let mut flows = Vec::new();
         self.maps.table.read_flows(&mut flows);
         for (k, v) in flows {
+            check_tcp_health(&k, &v);
             self.maps.table.remove(&k);
             let e = t.flows.entry(FlowKey { ifindex: 0, ..k }).or_default();
             for d in 0..2 {
@@ -458,6 +459,33 @@ fn generated_and_mutated_frames_pass_and_add_up() {
             s.label()
         );
     }
+}
+
+/// TCP health (on in this run) stays within what the flow counted, whatever the frames: per
+/// direction no more retransmitted segments, RSTs or FINs than packets and no more
+/// retransmitted bytes than bytes, no more SYNs than packets; other protocols count none.
+fn check_tcp_health(k: &FlowKey, v: &FlowCounters) {
+    let (p, b) = (v.packets(), v.bytes());
+    if k.proto != 6 {
+        for d in &v.dir {
+            assert_eq!(
+                (d.retrans_segs, d.retrans_bytes, d.rst, d.fin, d.seq_known),
+                (0, 0, 0, 0, 0),
+                "{k:?}"
+            );
+        }
+        assert_eq!(v.syns, 0, "{k:?}");
+        return;
+    }
+    for i in 0..2 {
+        let d = &v.dir[i];
+        assert!(
+            d.retrans_segs <= p[i] && d.retrans_bytes <= b[i],
+            "{k:?}: {v:?}"
+        );
+        assert!(d.rst as u64 <= p[i] && d.fin as u64 <= p[i], "{k:?}: {v:?}");
+    }
+    assert!(v.syns as u64 <= p[0] + p[1], "{k:?}: {v:?}");
 }
 
 /// The programs' own invariant, whatever the host parser says: every frame seen is counted
