@@ -223,3 +223,31 @@ fn outcomes_ipv4_tc_made() {
 fn outcomes_ipv6_xdp_made() {
     outcomes(true, "xdp", true);
 }
+
+/// `--no-tcp-health`: TCP flows carry no block and windows do not claim it.
+#[test]
+fn off_on_the_command_line() {
+    let net = TestNet::new();
+    let gone = net.in_ns(&net.ns_b, || {
+        TcpListener::bind((B4, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    });
+    let w = Watch::start(
+        BIN,
+        &net.ns_b,
+        &["--iface", &net.veth_b, "--interval", "1", "--no-tcp-health"],
+    );
+    net.in_ns(&net.ns_a, || {
+        let e = TcpStream::connect_timeout(&(B4, gone).into(), Duration::from_secs(5));
+        assert_eq!(e.unwrap_err().kind(), ErrorKind::ConnectionRefused);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let got = w.stop();
+    let tcp: Vec<&Value> = got.flows().filter(|f| f["proto"] == 6).collect();
+    assert!(!tcp.is_empty(), "the refused connect was counted");
+    assert!(tcp.iter().all(|f| f.get("tcp").is_none()), "{tcp:?}");
+    assert!(got.windows.iter().all(|w| w.get("tcp_health").is_none()));
+}

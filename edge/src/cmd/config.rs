@@ -308,6 +308,14 @@ mod tests {
     }
 
     #[test]
+    fn tcp_health_switches_off_in_its_table() {
+        let f = File::parse("interfaces = [\"veth0\"]\n[tcp]\nhealth = false\n").unwrap();
+        let c = Config::resolve(f).unwrap();
+        assert!(!c.tcp_health && !c.probe().tcp_health);
+        assert!(File::parse("interfaces = [\"veth0\"]\n[tcp]\nhealthy = true\n").is_err());
+    }
+
+    #[test]
     fn full_file() {
         let f = File::parse(
             r#"
