@@ -4,12 +4,10 @@
 //! others, site) and /api/health exactly. Every test runs against both stores: `sqlite::NAME`
 //! and `postgres::NAME`.
 
-mod common;
-
-use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 use testkit::mosquitto::Mosquitto;
+use testkit::{collector::*, postgres::SharedPostgres, publisher::*, summary::*};
 
 /// Where the collector stores and the API reads.
 #[derive(Debug, Clone, Copy)]

@@ -2,24 +2,10 @@
 //! must show the device, its throughput and a known flow from live data; a screenshot is
 //! saved under `<target>/test-output/`.
 
-mod common;
-
-use common::*;
 use shared::wire::Rtt;
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-};
+use std::process::{Command, Stdio};
 use testkit::mosquitto::Mosquitto;
-
-fn output_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .join("test-output");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use testkit::{collector::*, output_dir, publisher::*, summary::*};
 
 /// Runs headless Chromium on `url` with a fresh profile; returns stdout.
 fn chromium(url: &str, extra: &[&str]) -> String {

@@ -4,9 +4,6 @@
 //! device and per flow equal what was sent; a collector killed mid-run loses nothing and
 //! stores nothing twice.
 
-mod common;
-
-use common::*;
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, UdpSocket},
@@ -15,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 use testkit::{agent::Agent, TestNet, A4, B4};
+use testkit::{collector::*, provision::*};
 
 /// IPv4 + UDP headers.
 const HDR: u64 = 28;

@@ -1,12 +1,10 @@
 //! The collector's own limits, through a real Mosquitto and the collector binary: retention by
 //! receive time, clock skew per device, API cost limits, HTTP server limits, bounded ingest.
 
-mod common;
-
-use common::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use testkit::mosquitto::Mosquitto;
+use testkit::{collector::*, publisher::*, summary::*};
 
 /// The device entry named `name` in `/api/devices`.
 fn device(c: &Collector, query: &str, name: &str) -> Option<Value> {
