@@ -35,7 +35,7 @@ use self::{
     maps::Maps,
     table::TableError,
 };
-use crate::{report::window::Window, UsageError};
+use crate::report::window::Window;
 
 /// What a session loads and where it attaches.
 #[derive(Clone, Debug)]
@@ -59,7 +59,7 @@ pub struct Checked<'a> {
 }
 
 /// Checks what the user can fix before anything is loaded, the kernel last: what it offers.
-pub fn check(opts: &ProbeOptions) -> Result<Checked<'_>, UsageError> {
+pub fn check(opts: &ProbeOptions) -> anyhow::Result<Checked<'_>> {
     netdev::in_netns(opts.netns.as_deref(), || {
         attach::check_interfaces(&opts.ifaces)
     })??;

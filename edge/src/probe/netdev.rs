@@ -1,6 +1,7 @@
 //! Network interfaces: name → index, and the driver behind one (for the attach choice).
 
 use crate::UsageError;
+use anyhow::Context;
 use std::ffi::CString;
 
 /// The index of interface `name` in this network namespace.
@@ -142,10 +143,12 @@ pub fn is_up(name: &str) -> std::io::Result<bool> {
 /// or on the calling thread when `netns` is `None`. Interface lookups and attach calls made
 /// by `f` happen in that namespace; links and map fds stay valid after the thread returns, so
 /// the agent can watch a namespace's interfaces while its own sockets stay where it runs.
-pub fn in_netns<T: Send>(
-    netns: Option<&str>,
-    f: impl FnOnce() -> T + Send,
-) -> Result<T, UsageError> {
+///
+/// A namespace that cannot be opened or entered is a [`UsageError`]; a thread that cannot be
+/// started (out of tasks or memory) is a runtime error, returned rather than panicking: this
+/// also runs while detaching, where a panic during an unwind would abort the agent with its
+/// programs still attached. `f` is then dropped without running.
+pub fn in_netns<T: Send>(netns: Option<&str>, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
     let Some(name) = netns else {
         return Ok(f());
     };
@@ -157,19 +160,21 @@ pub fn in_netns<T: Send>(
     let file = std::fs::File::open(&path)
         .map_err(|e| UsageError::Invalid(format!("network namespace {name:?} ({path}): {e}")))?;
     std::thread::scope(|s| {
-        s.spawn(|| {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a namespace fd; setns affects only this thread.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(UsageError::Invalid(format!(
-                    "entering network namespace {name:?}: {}",
-                    std::io::Error::last_os_error()
-                )));
-            }
-            Ok(f())
-        })
-        .join()
-        .expect("namespace thread panicked")
+        let thread = std::thread::Builder::new()
+            .spawn_scoped(s, || {
+                use std::os::fd::AsRawFd;
+                // SAFETY: a namespace fd; setns affects only this thread.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(UsageError::Invalid(format!(
+                        "entering network namespace {name:?}: {}",
+                        std::io::Error::last_os_error()
+                    ))
+                    .into());
+                }
+                Ok(f())
+            })
+            .with_context(|| format!("starting a thread to enter network namespace {name:?}"))?;
+        thread.join().expect("namespace thread panicked")
     })
 }
 
@@ -185,10 +190,11 @@ mod tests {
 
     #[test]
     fn unknown_namespace_is_a_usage_error() {
-        assert!(matches!(
-            in_netns(Some("no-such-ns-x"), || 1),
-            Err(UsageError::Invalid(_))
-        ));
+        let e = in_netns(Some("no-such-ns-x"), || 1).unwrap_err();
+        assert!(
+            matches!(e.downcast_ref(), Some(UsageError::Invalid(_))),
+            "{e:#}"
+        );
         assert_eq!(in_netns(None, || 7).unwrap(), 7);
     }
 
