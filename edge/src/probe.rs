@@ -36,6 +36,7 @@ use self::{
     table::TableError,
 };
 use crate::report::window::Window;
+use aya::programs::ProgramInfo;
 
 /// What a session loads and where it attaches.
 #[derive(Clone, Debug)]
@@ -136,6 +137,18 @@ impl Session {
     /// Looks at the attached interfaces again (down, up, deleted); fails when none is left.
     pub fn check_ifaces(&mut self) -> Result<(), NoneLeft> {
         self.ifaces.check()
+    }
+
+    /// Each program by its hook, with what the kernel knows of it: its runs and their run
+    /// time (counted while `BPF_ENABLE_STATS` is on), for measuring the in-kernel cost. A
+    /// program this session did not attach shows no runs.
+    pub fn program_stats(&mut self) -> anyhow::Result<[(&'static str, ProgramInfo); 3]> {
+        let ebpf = &mut self.hooked.loaded_mut().ebpf;
+        Ok([
+            ("xdp", bpf::xdp(ebpf).info()?),
+            ("tc ingress", bpf::tc(ebpf).info()?),
+            ("tc egress", bpf::tc_egress(ebpf).info()?),
+        ])
     }
 
     /// The programs' maps (the flow table among them).
