@@ -52,18 +52,15 @@ pub fn driver(name: &str) -> std::io::Result<String> {
         data: *mut DrvInfo,
         _pad: [u8; 16],
     }
-    if name.len() >= libc::IF_NAMESIZE {
-        return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
-    }
+    let name = ifr_name(name)?;
     // SAFETY: all-zero is a valid DrvInfo.
     let mut info: DrvInfo = unsafe { std::mem::zeroed() };
     info.cmd = ETHTOOL_GDRVINFO;
     let mut req = IfReq {
-        name: [0; libc::IF_NAMESIZE],
+        name,
         data: &mut info,
         _pad: [0; 16],
     };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: an ifreq whose data points at a live ethtool_drvinfo, as SIOCETHTOOL wants.
     unsafe { interface_ioctl(libc::SIOCETHTOOL, &mut req) }?;
     let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
@@ -78,18 +75,24 @@ pub fn mtu(name: &str) -> std::io::Result<u32> {
         mtu: libc::c_int,
         _pad: [u8; 20],
     }
-    if name.len() >= libc::IF_NAMESIZE {
-        return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
-    }
     let mut req = IfReqMtu {
-        name: [0; libc::IF_NAMESIZE],
+        name: ifr_name(name)?,
         mtu: 0,
         _pad: [0; 20],
     };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: an ifreq-sized buffer holding the name, as SIOCGIFMTU wants.
     unsafe { interface_ioctl(libc::SIOCGIFMTU, &mut req) }?;
     Ok(req.mtu as u32)
+}
+
+/// `name` as an `ifreq`'s NUL-padded name field; too long a name is no such device.
+fn ifr_name(name: &str) -> std::io::Result<[u8; libc::IF_NAMESIZE]> {
+    if name.len() >= libc::IF_NAMESIZE {
+        return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
+    }
+    let mut field = [0; libc::IF_NAMESIZE];
+    field[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(field)
 }
 
 /// An interface ioctl on a throwaway datagram socket.
@@ -124,15 +127,11 @@ pub fn is_up(name: &str) -> std::io::Result<bool> {
         flags: libc::c_short,
         _pad: [u8; 22],
     }
-    if name.len() >= libc::IF_NAMESIZE {
-        return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
-    }
     let mut req = IfReqFlags {
-        name: [0; libc::IF_NAMESIZE],
+        name: ifr_name(name)?,
         flags: 0,
         _pad: [0; 22],
     };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: an ifreq-sized buffer holding the name, as SIOCGIFFLAGS wants.
     unsafe { interface_ioctl(libc::SIOCGIFFLAGS, &mut req) }?;
     let want = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
