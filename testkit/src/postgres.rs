@@ -162,17 +162,24 @@ impl Postgres {
 
     /// Runs `sql` in database `db` with psql; its output (unaligned, tuples only).
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(Path::new(BIN).join("psql"))
-            .args(["-h", self.dir.to_str().unwrap(), "-U", USER, "-d", db])
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .stdin(Stdio::null())
-            .output()
-            .expect("running psql");
-        assert!(
-            out.status.success(),
-            "psql {sql:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let psql = format!("{BIN}/psql");
+        let out = crate::sh(&[
+            &psql,
+            "-h",
+            self.dir.to_str().unwrap(),
+            "-U",
+            USER,
+            "-d",
+            db,
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ]);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }

@@ -2,20 +2,11 @@
 //! per device, persistence).
 
 use crate::mosquitto::{free_port, Mosquitto};
-use std::process::Command;
 
-/// `scripts/provision.sh` of this repository.
+/// `scripts/provision.sh` of this repository (panics with its output if it fails).
 pub fn provision(args: &[&str]) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/provision.sh");
-    let out = Command::new(script)
-        .args(args)
-        .output()
-        .expect("running scripts/provision.sh");
-    assert!(
-        out.status.success(),
-        "provision.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/provision.sh");
+    crate::sh(&[&[script], args].concat());
 }
 
 /// Mosquitto as `scripts/provision.sh init` configures it (TLS, a password per device, the
