@@ -406,26 +406,6 @@ fn http_cuts_slow_and_idle_clients_caps_connections_and_checks_the_host() {
     assert!(status.contains("431") || status.is_empty(), "{status}");
 }
 
-/// Publishes with QoS 0 and returns once the client has sent everything.
-fn publish_qos0(port: u16, msgs: &[Msg]) {
-    use rumqttc::{Client, Event, MqttOptions, Outgoing, QoS};
-    let mut o = MqttOptions::new(testkit::unique("efq0"), "127.0.0.1", port);
-    o.set_max_packet_size(4 << 20, 4 << 20);
-    let (client, mut conn) = Client::new(o, 64);
-    for m in msgs {
-        client
-            .publish(m.topic.clone(), QoS::AtMostOnce, false, m.payload.clone())
-            .unwrap();
-    }
-    client.disconnect().unwrap();
-    for ev in conn.iter() {
-        match ev {
-            Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-}
-
 /// The collector's resident memory, bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -76,3 +76,22 @@ pub fn publish_all(broker_port: u16, msgs: &[Msg]) {
     let _ = client.disconnect();
     let _ = poller.join();
 }
+
+/// Publishes with QoS 0 and returns once the client has sent everything.
+pub fn publish_qos0(port: u16, msgs: &[Msg]) {
+    let mut o = MqttOptions::new(crate::unique("efq0"), "127.0.0.1", port);
+    o.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut conn) = Client::new(o, 64);
+    for m in msgs {
+        client
+            .publish(m.topic.clone(), QoS::AtMostOnce, false, m.payload.clone())
+            .unwrap();
+    }
+    client.disconnect().unwrap();
+    for ev in conn.iter() {
+        match ev {
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
