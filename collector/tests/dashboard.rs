@@ -271,6 +271,28 @@ fn dashboard_shows_device_throughput_and_flows_live() {
         );
     }
 
+    // The TCP panel on a device's page is that device's: lab-gw-1's failed connects, and for
+    // branch-7 (no TCP health) a note saying so.
+    let page = |device: &str| {
+        chromium(
+            &format!("{}/#/device/{device}?token=s3cret", c.base_url()),
+            &["--dump-dom"],
+        )
+    };
+    let lab = page("lab/lab-gw-1");
+    for want in [
+        "data-dest=\"192.0.2.99:8443\" data-failed=\"3\"",
+        "3 refused · 1 unanswered · 2 SYN retries",
+        "0.10 %",
+    ] {
+        assert!(lab.contains(want), "lab-gw-1's page lacks {want:?}");
+    }
+    let branch = page("branch/branch-7");
+    assert!(
+        branch.contains("no agent in this range measures TCP") && !branch.contains("data-dest="),
+        "branch-7's page shows another device's TCP figures"
+    );
+
     let shot = dir.join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
     chromium(&url, &[&format!("--screenshot={}", shot.display())]);
