@@ -71,6 +71,7 @@ fn start_fleet(broker: &Mosquitto, dir: &Path) -> Loadgen {
             "40",
             "--top-k",
             "40",
+            "--tcp-health",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
