@@ -93,9 +93,10 @@ fn workload() -> Vec<(String, Vec<u8>)> {
                 rtt_hist: [0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 40, 80, 12, 1]
                     .into_iter()
                     .collect(),
+                tcp_health: false,
             };
             let topic = format!("edgeflow/v1/bench/{}/flows", s.device);
-            (topic, wire::encode_vec(&Message::V1(s)))
+            (topic, wire::encode_vec(&Message::V2(s)))
         })
         .collect()
 }

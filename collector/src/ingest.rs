@@ -8,7 +8,7 @@ use crate::store::{Storage, StoreError, Write};
 pub use shared::identity::Reject;
 use shared::{
     identity::{Kind, Presence, Topic},
-    wire::{self, Message, Summary},
+    wire::{self, Summary},
 };
 use std::{
     collections::BTreeMap,
@@ -49,7 +49,7 @@ pub fn parse<'a>(msg: Incoming<'a>) -> Result<Parsed<'a>, Reject> {
     let Topic { site, device, kind } = Topic::parse(msg.topic)?;
     match kind {
         Kind::Flows => {
-            let Message::V1(s) = wire::decode(msg.payload).map_err(Reject::Decode)?;
+            let s = wire::decode_summary(msg.payload).map_err(Reject::Decode)?;
             if s.site.as_str() != site || s.device.as_str() != device {
                 return Err(Reject::TopicMismatch);
             }

@@ -1,6 +1,6 @@
 //! A fleet in one process: N simulated devices, each with its own MQTT connection and
 //! login (`site/device`), its own random boot id and a gapless `seq`, publishing real
-//! [`Message::V1`] summaries with QoS 1 the way the agent does: a window leaves a device only
+//! [`Message::V2`] summaries with QoS 1 the way the agent does: a window leaves a device only
 //! once the broker acknowledged every part of it, and after a lost connection the unacked
 //! window is sent again (the collector drops the duplicate).
 //!
@@ -46,6 +46,8 @@ pub struct Plan {
     pub max_message: usize,
     /// Seed for the flows (each device derives its own).
     pub seed: u64,
+    /// TCP flows carry a TCP block (summary `tcp_health`): outcomes, retransmissions, RSTs.
+    pub tcp_health: bool,
 }
 
 /// What one device got acknowledged.
@@ -155,6 +157,15 @@ pub fn window(
                 first_seen_ms: -(rng.below(60_000) as i64),
                 last_seen_ms: rng.below(plan.interval.as_millis() as u64) as i64,
                 rtt: None,
+                tcp: None,
+            };
+            let rec = if plan.tcp_health && proto == 6 {
+                FlowRecord {
+                    tcp: Some(tcp_block(&mut rng, rec.fwd)),
+                    ..rec
+                }
+            } else {
+                rec
             };
             (src, dst, rec)
         })
@@ -228,10 +239,44 @@ pub fn window(
             addrs,
             flows: records,
             rtt_hist: heapless::Vec::new(),
+            tcp_health: plan.tcp_health,
         };
-        encoded.push(wire::encode_vec(&Message::V1(s)));
+        encoded.push(wire::encode_vec(&Message::V2(s)));
     }
     (encoded, totals, k as u64)
+}
+
+/// A plausible TCP block: most connections established or closed, a few refused,
+/// unanswered or reset, one in eight retransmitting about 2 % of what it sent.
+fn tcp_block(rng: &mut Rng, fwd: Count) -> wire::Tcp {
+    use wire::Outcome::*;
+    let outcome = match rng.below(100) {
+        0..=4 => Refused,
+        5..=7 => Unanswered,
+        8..=9 => Reset,
+        10..=39 => Closed,
+        40..=44 => Unknown,
+        _ => Established,
+    };
+    let mut t = wire::Tcp {
+        outcome,
+        decided: outcome != Unknown && rng.below(2) == 0,
+        syn_retries: if outcome == Unanswered { 3 } else { 0 },
+        ..wire::Tcp::default()
+    };
+    match outcome {
+        Refused => t.rev.rst = 1,
+        Reset => t.fwd.rst = 1,
+        Closed => (t.fwd.fin, t.rev.fin) = (1, 1),
+        _ => {}
+    }
+    if rng.below(8) == 0 && fwd.packets >= 50 {
+        t.fwd.retrans = Count {
+            packets: fwd.packets / 50,
+            bytes: fwd.bytes / 50,
+        };
+    }
+    t
 }
 
 /// Runs one device to the end of its plan; returns what the broker acknowledged.
@@ -395,7 +440,26 @@ mod tests {
             top_k,
             max_message: 64 * 1024,
             seed: 7,
+            tcp_health: false,
         }
+    }
+
+    #[test]
+    fn with_tcp_health_every_tcp_flow_carries_a_block() {
+        let id = DeviceId::new("sim", "d0").unwrap();
+        let mut p = plan((200, 200), 1024);
+        p.tcp_health = true;
+        let (parts, _, _) = window(&id, 3, 9, 4, 1_000, &p);
+        let mut blocks = 0;
+        for bytes in &parts {
+            let s = wire::decode_summary(bytes).expect("the decoder takes it");
+            assert!(s.tcp_health);
+            for f in &s.flows {
+                assert_eq!(f.tcp.is_some(), f.proto == 6, "{f:?}");
+                blocks += usize::from(f.tcp.is_some());
+            }
+        }
+        assert!(blocks > 50, "{blocks} TCP blocks in 200 flows");
     }
 
     #[test]
@@ -413,7 +477,7 @@ mod tests {
                     "part {i}: {} bytes",
                     bytes.len()
                 );
-                let Message::V1(s) = wire::decode(bytes).unwrap();
+                let s = wire::decode_summary(bytes).unwrap();
                 assert_eq!((s.part as usize, s.parts as usize), (i, parts.len()));
                 assert_eq!((s.seq, s.boot_id, s.device.as_str()), (4, 9, "d0"));
                 for f in &s.flows {

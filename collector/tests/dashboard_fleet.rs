@@ -51,6 +51,7 @@ fn start_fleet(broker: &Mosquitto, dir: &Path) -> Loadgen {
         "40",
         "--top-k",
         "40",
+        "--tcp-health",
     ])
 }
 

@@ -94,6 +94,7 @@ fn summary(r: &mut Rng) -> Summary {
         addrs: Vec::new(),
         flows: Vec::new(),
         rtt_hist: heapless::Vec::new(),
+        tcp_health: false,
     };
     s.part = r.below(s.parts as usize) as u16;
     for _ in 0..1 + r.below(4) {
@@ -138,6 +139,7 @@ fn summary(r: &mut Rng) -> Summary {
                 max_us: 900,
                 samples: r.num() as u32,
             }),
+            tcp: None,
         });
     }
     for _ in 0..r.below(8) {
@@ -208,27 +210,27 @@ fn input(r: &mut Rng) -> (String, Vec<u8>) {
     let own = format!("edgeflow/v1/{}/{}/flows", s.site, s.device);
     match r.below(20) {
         // Valid.
-        0..=3 => (own, wire::encode_vec(&Message::V1(s))),
+        0..=3 => (own, wire::encode_vec(&Message::V2(s))),
         // Mutated, one to a few times.
         4..=14 => {
-            let mut b = wire::encode_vec(&Message::V1(s));
+            let mut b = wire::encode_vec(&Message::V2(s));
             for _ in 0..1 + r.below(3) {
                 mutate(r, &mut b);
             }
             (own, b)
         }
-        // Random bytes, half of them behind the V1 tag.
+        // Random bytes, half of them behind the V1 or the V2 tag.
         15..=16 => {
             let mut b: Vec<u8> = (0..r.below(300)).map(|_| r.byte()).collect();
             if r.chance(50) && !b.is_empty() {
-                b[0] = 0;
+                b[0] = r.below(2) as u8;
             }
             (own, b)
         }
         // Valid, on another device's topic.
         17 => (
             "edgeflow/v1/lab/other/flows".into(),
-            wire::encode_vec(&Message::V1(s)),
+            wire::encode_vec(&Message::V2(s)),
         ),
         // Status payloads, good and bad.
         18 => {
@@ -255,7 +257,7 @@ fn input(r: &mut Rng) -> (String, Vec<u8>) {
                 "",
                 "#",
             ][r.below(6)];
-            (t.into(), wire::encode_vec(&Message::V1(s)))
+            (t.into(), wire::encode_vec(&Message::V2(s)))
         }
     }
 }
@@ -300,7 +302,7 @@ fn hostile_payloads_are_refused_by_reason_in_bounded_memory() {
     s.addrs.clear();
     s.flows.clear();
     s.rtt_hist.clear();
-    let mut b = wire::encode_vec(&Message::V1(s.clone()));
+    let mut b = wire::encode_vec(&Message::V2(s.clone()));
     assert_eq!(
         b[b.len() - 3..],
         [0, 0, 0],
@@ -343,7 +345,7 @@ fn hostile_payloads_are_refused_by_reason_in_bounded_memory() {
             Ok(Parsed::Summary(s)) => {
                 // Accepted means well-formed: it encodes back to a message that decodes to
                 // the same summary.
-                let m = Message::V1(*s);
+                let m = Message::V2(*s);
                 let again = wire::decode(&wire::encode_vec(&m)).expect("re-encoded decodes");
                 assert_eq!(again, m, "re-encoded summary differs");
                 "accepted"

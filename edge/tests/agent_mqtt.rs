@@ -2,7 +2,7 @@
 //! namespaces: what a QoS 1 subscriber receives adds up exactly to what was sent, also across
 //! a broker outage and an agent restart with a spool file.
 
-use shared::wire::{self, Count, Message, Summary};
+use shared::wire::{self, Count, Summary};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::{SocketAddr, UdpSocket},
@@ -84,7 +84,7 @@ fn summaries(sub: &Subscriber) -> Vec<Summary> {
         if !m.topic.ends_with("/flows") {
             continue;
         }
-        let Message::V1(s) = wire::decode(&m.payload).expect("a valid summary");
+        let s = wire::decode_summary(&m.payload).expect("a valid summary");
         if seen.insert((s.device.clone(), s.boot_id, s.seq, s.part)) {
             out.push(s);
         }
@@ -539,9 +539,7 @@ fn mqtts_with_a_client_certificate_from_the_config_file() {
     let arrived = sub.wait_for(Duration::from_secs(15), |m| {
         let all: Vec<Summary> = m
             .iter()
-            .map(|r| match wire::decode(&r.payload).unwrap() {
-                Message::V1(s) => s,
-            })
+            .map(|r| wire::decode_summary(&r.payload).unwrap())
             .collect();
         add_up(&all).totals == flows.total()
     });
@@ -745,9 +743,7 @@ fn username_and_password_against_a_password_file() {
     let arrived = sub.wait_for(Duration::from_secs(15), |m| {
         let all: Vec<Summary> = m
             .iter()
-            .map(|r| match wire::decode(&r.payload).unwrap() {
-                Message::V1(s) => s,
-            })
+            .map(|r| wire::decode_summary(&r.payload).unwrap())
             .collect();
         add_up(&all).totals == flows.total()
     });

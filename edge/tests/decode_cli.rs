@@ -10,7 +10,7 @@ use std::{
 const BIN: &str = env!("CARGO_BIN_EXE_edgeflow");
 
 fn payload(seq: u64) -> Vec<u8> {
-    wire::encode_vec(&Message::V1(Summary {
+    wire::encode_vec(&Message::V2(Summary {
         device: Id::try_from("edge-7").unwrap(),
         site: Id::try_from("lab").unwrap(),
         boot_id: 0x1234,
@@ -52,6 +52,7 @@ fn payload(seq: u64) -> Vec<u8> {
             ..FlowRecord::default()
         }],
         rtt_hist: heapless::Vec::new(),
+        tcp_health: false,
     }))
 }
 
@@ -125,12 +126,12 @@ fn a_raw_payload_file() {
 #[test]
 fn bad_payloads_are_named_and_exit_1() {
     let mut newer = payload(1);
-    newer[0] = 1;
+    newer[0] = 2;
     let good = payload(1);
     let cases: [(&[u8], &str); 3] = [
         (
             &newer,
-            "unknown message version 2 (this build reads version 1)",
+            "unknown message version 3 (this build reads versions 1 and 2)",
         ),
         (&good[..good.len() - 3], "malformed summary: truncated"),
         (

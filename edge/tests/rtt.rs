@@ -11,7 +11,7 @@
 //! shared machine can still be disturbed by load, so a test whose figures miss the tolerance
 //! runs again (three attempts); structural failures fail at once.
 
-use shared::wire::{self, Addr, Message};
+use shared::wire::{self, Addr};
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
@@ -425,7 +425,7 @@ fn summaries_attempt() -> Result<(), String> {
     let mut seen = std::collections::HashSet::new();
     let (mut samples, mut hist, mut last) = (0u64, 0u64, None);
     for m in sub.messages() {
-        let Message::V1(s) = wire::decode(&m.payload).expect("a valid summary");
+        let s = wire::decode_summary(&m.payload).expect("a valid summary");
         if !seen.insert((s.boot_id, s.seq, s.part)) {
             continue;
         }

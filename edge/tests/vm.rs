@@ -7,7 +7,7 @@
 //! need `EDGEFLOW_TEST_VM=1` (their cross builds take minutes on a fresh machine);
 //! `EDGEFLOW_TEST_VM=0` skips them all. VMs run one at a time.
 
-use shared::wire::{self, Count, Message};
+use shared::wire::{self, Count};
 use std::{
     collections::{BTreeMap, HashSet},
     process::Command,
@@ -190,7 +190,7 @@ fn mqtt(arch: &str) {
         if !m.topic.ends_with("/flows") {
             continue;
         }
-        let Message::V1(s) = wire::decode(&m.payload).expect("a valid summary");
+        let s = wire::decode_summary(&m.payload).expect("a valid summary");
         assert_eq!(s.device.as_str(), device);
         if !seen.insert((s.boot_id, s.seq, s.part)) {
             continue;

@@ -1,12 +1,15 @@
 //! The summary wire format: what an agent publishes each interval and a collector decodes,
 //! and the vocabulary both sides (and `watch --json`) speak: one address type ([`Addr`]), one
 //! packets+bytes pair ([`Count`]), one flow record ([`Flow`], carried in a summary as a
-//! [`FlowRecord`], with the one conversion pair between the two beside them).
+//! [`FlowRecord`], with the one conversion pair between the two beside them), one TCP block
+//! ([`Tcp`]).
 //!
 //! `postcard` over serde. The top-level type is the versioned [`Message`] enum; postcard writes
 //! the variant index as the first byte, so a collector reads the version before anything else
-//! and rejects an unknown one with [`DecodeError::UnknownVersion`]. Golden byte vectors in the
-//! tests pin the format: changing a field's type or order breaks them on purpose.
+//! and rejects an unknown one with [`DecodeError::UnknownVersion`]. Agents write
+//! [`Message::V2`]; [`decode`] reads V1 too, and [`Message::into_summary`] gives either as the
+//! one current [`Summary`] (a V1 summary's flows have no TCP block). Golden byte vectors in the
+//! tests pin both versions: changing a field's type or order breaks them on purpose.
 //!
 //! Compactness: integers are varints, timestamps inside a summary are milliseconds relative to
 //! the window start, and each summary carries its endpoint addresses once in [`Summary::addrs`]
@@ -15,8 +18,10 @@
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
-/// Version byte of [`Message::V1`].
+/// Version byte of [`Message::V1`] (no TCP blocks).
 pub const V1: u8 = 0;
+/// Version byte of [`Message::V2`] (flows carry [`Tcp`]).
+pub const V2: u8 = 1;
 /// Default largest encoded message; bigger windows are split into parts.
 pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
 /// Bounds a decoder enforces on untrusted input.
@@ -27,17 +32,48 @@ pub use crate::rtt::{rtt_bucket, RTT_BUCKETS};
 pub use crate::stats::Count;
 pub use addr::Addr;
 pub use flow::Flow;
+pub use tcp::{Outcome, Tcp, TcpDir};
 
 mod addr;
 mod flow;
+mod tcp;
+pub mod v1;
 
 /// A device or site name, bounded.
 pub type Id = heapless::String<MAX_ID_LEN>;
 
-/// Everything an agent publishes on `edgeflow/v1/<site>/<device>/flows`.
+/// Everything an agent publishes on `edgeflow/v1/<site>/<device>/flows` (the topic keeps
+/// `v1`: the message's first byte carries its version).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    V1(Summary),
+    /// Agents before TCP health (issue 21); read, not written.
+    V1(v1::Summary),
+    V2(Summary),
+}
+
+impl Message {
+    /// The summary in the current form, whichever version carried it.
+    pub fn into_summary(self) -> Summary {
+        match self {
+            Message::V1(s) => s.into(),
+            Message::V2(s) => s,
+        }
+    }
+
+    /// The version number (1, 2), as people and metrics name it.
+    pub fn version(&self) -> u8 {
+        match self {
+            Message::V1(_) => V1 + 1,
+            Message::V2(_) => V2 + 1,
+        }
+    }
+}
+
+impl From<Summary> for Message {
+    /// The version agents write.
+    fn from(s: Summary) -> Message {
+        Message::V2(s)
+    }
 }
 
 /// One window of one device (or one part of it, see [`Summary::part`]).
@@ -71,6 +107,9 @@ pub struct Summary {
     pub flows: Vec<FlowRecord>,
     /// Log2-bucketed RTT samples of the window (see [`RTT_BUCKETS`]); empty when none.
     pub rtt_hist: heapless::Vec<u32, RTT_BUCKETS>,
+    /// The agent measured TCP health: every TCP flow carries a [`Tcp`] block. False when it
+    /// is switched off (or the summary came as V1): no flow has one.
+    pub tcp_health: bool,
 }
 
 /// The agent's own state, so the collector can tell when totals are off.
@@ -115,6 +154,9 @@ pub struct FlowRecord {
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     pub rtt: Option<Rtt>,
+    /// TCP flows, when [`Summary::tcp_health`]: what the connection did (1 byte when `None`).
+    #[serde(with = "tcp::compact")]
+    pub tcp: Option<Tcp>,
 }
 
 /// TCP round-trip time of a flow, microseconds.
@@ -156,7 +198,7 @@ impl core::fmt::Display for DecodeError {
             DecodeError::Empty => write!(f, "empty payload"),
             DecodeError::UnknownVersion(v) => write!(
                 f,
-                "unknown message version {} (this build reads version 1)",
+                "unknown message version {} (this build reads versions 1 and 2)",
                 v + 1
             ),
             DecodeError::Malformed(why) => write!(f, "malformed summary: {why}"),
@@ -188,8 +230,9 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     let Some(&first) = bytes.first() else {
         return Err(DecodeError::Empty);
     };
-    // The variant index is a varint; V1 is 0, so any other leading value is another version.
-    if first != V1 {
+    // The variant index is a varint; V1 is 0 and V2 1, so any other leading value is another
+    // version.
+    if first != V1 && first != V2 {
         let mut v: u64 = 0;
         for (i, b) in bytes.iter().take(10).enumerate() {
             v |= ((b & 0x7f) as u64) << (7 * i);
@@ -213,26 +256,60 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     if !rest.is_empty() {
         return Err(DecodeError::Malformed("trailing bytes"));
     }
-    let Message::V1(s) = &msg;
-    validate(s)?;
+    match &msg {
+        Message::V1(s) => v1::validate(s)?,
+        Message::V2(s) => validate(s)?,
+    }
     Ok(msg)
 }
 
+/// [`decode`], then [`Message::into_summary`].
+pub fn decode_summary(bytes: &[u8]) -> Result<Summary, DecodeError> {
+    decode(bytes).map(Message::into_summary)
+}
+
 fn validate(s: &Summary) -> Result<(), DecodeError> {
-    if s.device.is_empty() {
+    if s.flows.iter().any(|f| f.tcp.is_some() && f.proto != TCP) {
+        return Err(DecodeError::Invalid("TCP block on a flow that is not TCP"));
+    }
+    if !s.tcp_health && s.flows.iter().any(|f| f.tcp.is_some()) {
+        return Err(DecodeError::Invalid("TCP block with TCP health off"));
+    }
+    validate_common(
+        &s.device,
+        s.part,
+        s.parts,
+        s.sample_every,
+        s.addrs.len(),
+        s.flows.iter().map(|f| (f.src, f.dst)),
+    )
+}
+
+const TCP: u8 = 6;
+
+/// The rules both versions keep.
+pub(crate) fn validate_common(
+    device: &Id,
+    part: u16,
+    parts: u16,
+    sample_every: u32,
+    addrs: usize,
+    mut ends: impl ExactSizeIterator<Item = (u32, u32)>,
+) -> Result<(), DecodeError> {
+    if device.is_empty() {
         return Err(DecodeError::Invalid("empty device id"));
     }
-    if s.parts == 0 || s.part >= s.parts {
+    if parts == 0 || part >= parts {
         return Err(DecodeError::Invalid("part out of range"));
     }
-    if s.flows.len() > MAX_FLOWS_PER_MESSAGE || s.addrs.len() > MAX_ADDRS_PER_MESSAGE {
+    if ends.len() > MAX_FLOWS_PER_MESSAGE || addrs > MAX_ADDRS_PER_MESSAGE {
         return Err(DecodeError::Invalid("too many records"));
     }
-    let n = s.addrs.len() as u32;
-    if s.flows.iter().any(|f| f.src >= n || f.dst >= n) {
+    let n = addrs as u32;
+    if ends.any(|(src, dst)| src >= n || dst >= n) {
         return Err(DecodeError::Invalid("address index out of range"));
     }
-    if s.sample_every == 0 {
+    if sample_every == 0 {
         return Err(DecodeError::Invalid("sampling rate 0"));
     }
     Ok(())

@@ -99,6 +99,7 @@ pub fn summary(
         addrs,
         flows: records,
         rtt_hist: heapless::Vec::new(),
+        tcp_health: false,
     }
 }
 

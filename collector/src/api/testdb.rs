@@ -82,6 +82,7 @@ pub fn summary(
         ],
         flows,
         rtt_hist: heapless::Vec::new(),
+        tcp_health: false,
     }
 }
 

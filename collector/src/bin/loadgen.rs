@@ -7,7 +7,7 @@ use shared::{broker::Broker, identity::DeviceId};
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 /// edgeflow-loadgen: N simulated devices, each its own MQTT login, boot id and gapless seq,
-/// publishing Message::V1 summaries with QoS 1; prints per device what was acknowledged.
+/// publishing Message::V2 summaries with QoS 1; prints per device what was acknowledged.
 #[derive(FromArgs)]
 struct Cli {
     /// broker URL, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]
@@ -46,6 +46,9 @@ struct Cli {
     /// seed for the flows (default 1)
     #[argh(option, default = "1")]
     seed: u64,
+    /// TCP flows carry TCP health blocks (outcomes, retransmissions, resets)
+    #[argh(switch)]
+    tcp_health: bool,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         top_k: cli.top_k.max(1),
         max_message: shared::wire::DEFAULT_MAX_MESSAGE,
         seed: cli.seed,
+        tcp_health: cli.tcp_health,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -12,6 +12,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod tcp;
 
 pub use sqlite::{open_reader, Batch, Store, WRITE_BUSY_TIMEOUT};
 

@@ -8,7 +8,7 @@
 //! with byte 0, which is never a hex digit, so the two forms cannot be confused.
 
 use serde::Serialize;
-use shared::wire::{self, Count, DecodeError, Flow, Health, Message, Summary};
+use shared::wire::{self, Count, DecodeError, Flow, Health, Summary};
 
 /// One decoded message, as printed.
 #[derive(Debug, Serialize)]
@@ -70,7 +70,7 @@ pub enum LineError {
 
 /// Decodes one payload.
 pub fn decode_payload(bytes: &[u8], topic: Option<String>) -> Result<Decoded, LineError> {
-    let Message::V1(s) = wire::decode(bytes)?;
+    let s = wire::decode_summary(bytes)?;
     Ok(Decoded::new(s, topic))
 }
 
@@ -133,7 +133,7 @@ mod tests {
     use shared::wire::{Addr, FlowRecord, Id};
 
     fn sample() -> Vec<u8> {
-        wire::encode_vec(&Message::V1(Summary {
+        wire::encode_vec(&wire::Message::V2(Summary {
             device: Id::try_from("d1").unwrap(),
             site: Id::try_from("lab").unwrap(),
             boot_id: 0xabc,
@@ -171,6 +171,7 @@ mod tests {
                 ..Default::default()
             }],
             rtt_hist: heapless::Vec::new(),
+            tcp_health: false,
         }))
     }
 
@@ -217,9 +218,9 @@ mod tests {
     #[test]
     fn bad_input_names_the_reason() {
         let mut v = sample();
-        v[0] = 1;
+        v[0] = 2;
         let e = decode_input(&v).remove(0).1.unwrap_err();
-        assert!(e.to_string().contains("unknown message version 2"), "{e}");
+        assert!(e.to_string().contains("unknown message version 3"), "{e}");
         let s = sample();
         let e = decode_input(&s[..s.len() / 2]).remove(0).1.unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");

@@ -80,6 +80,7 @@ pub fn summarize(id: &Identity, seq: u64, w: &Window, health: Health, top_k: usi
         addrs: addrs.list,
         flows,
         rtt_hist,
+        tcp_health: false,
     }
 }
 
@@ -104,12 +105,14 @@ impl AddrTable {
 /// Parts are built one at a time, so beyond the summary itself at most one part's records are
 /// held at once.
 pub fn encode_parts(s: Summary, max_bytes: usize) -> Result<Vec<Vec<u8>>, TooSmall> {
-    let whole = Message::V1(s);
+    let whole = Message::V2(s);
     let len = wire::encoded_len(&whole);
     if len <= max_bytes {
         return Ok(vec![wire::encode_vec(&whole)]);
     }
-    let Message::V1(s) = whole;
+    let Message::V2(s) = whole else {
+        unreachable!("made as V2 above")
+    };
     let s = &s;
     let mut n = len.div_ceil(max_bytes).max(2);
     let mut buf = vec![0u8; max_bytes];
@@ -118,7 +121,7 @@ pub fn encode_parts(s: Summary, max_bytes: usize) -> Result<Vec<Vec<u8>>, TooSma
         let parts = s.flows.len().div_ceil(chunk);
         let mut out = Vec::with_capacity(parts);
         for (i, flows) in s.flows.chunks(chunk).enumerate() {
-            let m = Message::V1(part(s, i as u16, parts as u16, flows));
+            let m = Message::V2(part(s, i as u16, parts as u16, flows));
             match wire::encode(&m, &mut buf) {
                 Some(b) => out.push(b.to_vec()),
                 None => {
@@ -167,6 +170,7 @@ fn part(s: &Summary, i: u16, parts: u16, flows: &[FlowRecord]) -> Summary {
         },
         addrs: addrs.list,
         flows,
+        tcp_health: false,
     }
 }
 
@@ -194,6 +198,7 @@ mod tests {
             last_seen_ms: 1_000_900,
             rtt: None,
             handshake_us: None,
+            tcp: None,
         }
     }
 
@@ -273,7 +278,7 @@ mod tests {
         let mut records = 0;
         for (i, p) in parts.iter().enumerate() {
             assert!(p.len() <= 4096, "part {i} has {} bytes", p.len());
-            let Message::V1(m) = wire::decode(p).unwrap();
+            let m = wire::decode_summary(p).unwrap();
             assert_eq!((m.part as usize, m.parts as usize), (i, parts.len()));
             assert_eq!(m.seq, 1);
             if i > 0 {
@@ -291,6 +296,6 @@ mod tests {
         let s = summarize(&ident(), 1, &window(5), Health::default(), 10);
         let parts = encode_parts(s.clone(), 65536).unwrap();
         assert_eq!(parts.len(), 1);
-        assert_eq!(wire::decode(&parts[0]).unwrap(), Message::V1(s));
+        assert_eq!(wire::decode(&parts[0]).unwrap(), Message::V2(s));
     }
 }

@@ -130,6 +130,7 @@ pub fn flow(key: &FlowKey, now: &FlowCounters, delta: &Counts, to_ms: impl Fn(u6
         last_seen_ms: to_ms(now.last_seen()),
         rtt,
         handshake_us: rtt.and(NonZeroU32::new(r.handshake_us)),
+        tcp: None,
     }
 }
 
@@ -396,6 +397,7 @@ mod tests {
             last_seen_ms: 1_009_000,
             rtt,
             handshake_us,
+            tcp: None,
         };
         let rtt = Some(Rtt {
             min_us: 900,

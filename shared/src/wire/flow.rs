@@ -8,7 +8,7 @@
 //! between the two: the agent's summary and `decode` go through them, and so should anything
 //! else that reads a summary's records.
 
-use super::{Addr, Count, FlowRecord, Rtt, Summary};
+use super::{Addr, Count, FlowRecord, Rtt, Summary, Tcp};
 use core::num::NonZeroU32;
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 
@@ -42,6 +42,9 @@ pub struct Flow {
     /// saw it. Local to the agent: summaries do not carry it, so a decoded flow has `None`.
     /// (`NonZeroU32`: a seen handshake is at least 1 µs, and the record stays 120 bytes.)
     pub handshake_us: Option<NonZeroU32>,
+    /// What the TCP connection did (retransmissions, resets, outcome); `None` for other
+    /// protocols and when the agent does not measure it.
+    pub tcp: Option<Tcp>,
 }
 
 impl Flow {
@@ -73,6 +76,7 @@ impl Flow {
             first_seen_ms: rel(self.first_seen_ms),
             last_seen_ms: rel(self.last_seen_ms),
             rtt: self.rtt,
+            tcp: self.tcp,
         }
     }
 }
@@ -100,6 +104,7 @@ impl FlowRecord {
             last_seen_ms: abs(self.last_seen_ms),
             rtt: self.rtt,
             handshake_us: None,
+            tcp: self.tcp,
         }
     }
 }
@@ -115,10 +120,11 @@ impl Summary {
 
 /// The JSON shape of `watch --json` and `decode` (a flow never goes on the wire itself):
 /// addresses as text, counts as `packets_fwd`, `bytes_fwd`, `packets_rev`, `bytes_rev`, and
-/// `rtt_us` only while there is a sample. Tests in `edge` pin the field names and order.
+/// `rtt_us` only while there is a sample, `tcp` only for a flow with a TCP block ([`Tcp`]'s
+/// fields, the outcome by name). Tests in `edge` pin the field names and order.
 impl Serialize for Flow {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("Flow", 16)?;
+        let mut m = s.serialize_struct("Flow", 17)?;
         m.serialize_field("proto", &self.proto)?;
         m.serialize_field("src", &Text(&self.src))?;
         m.serialize_field("src_port", &self.src_port)?;
@@ -146,6 +152,10 @@ impl Serialize for Flow {
                 },
             )?,
             None => m.skip_field("rtt_us")?,
+        }
+        match &self.tcp {
+            Some(t) => m.serialize_field("tcp", t)?,
+            None => m.skip_field("tcp")?,
         }
         m.end()
     }
@@ -207,6 +217,23 @@ mod tests {
                 samples: 13,
             }),
             handshake_us: None,
+            tcp: Some(Tcp {
+                outcome: super::super::Outcome::Closed,
+                decided: true,
+                syn_retries: 1,
+                fwd: super::super::TcpDir {
+                    retrans: Count {
+                        packets: 2,
+                        bytes: 2800,
+                    },
+                    rst: 0,
+                    fin: 1,
+                },
+                rev: super::super::TcpDir {
+                    fin: 1,
+                    ..Default::default()
+                },
+            }),
         }
     }
 
@@ -220,9 +247,13 @@ mod tests {
         });
         assert_eq!((r.src, r.dst), (1, 2));
         assert_eq!((r.first_seen_ms, r.last_seen_ms), (-1500, 9_990));
-        assert_eq!((r.fwd, r.rev, r.rtt), (f.fwd, f.rev, f.rtt));
+        assert_eq!((r.fwd, r.rev, r.rtt, r.tcp), (f.fwd, f.rev, f.rtt, f.tcp));
         assert_eq!(r.to_flow(&addrs, 1_000_000), f);
-        let no_rtt = Flow { rtt: None, ..f };
+        let no_rtt = Flow {
+            rtt: None,
+            tcp: None,
+            ..f
+        };
         let r = no_rtt.to_record(1_000_000, |a| {
             addrs.iter().position(|x| *x == a).unwrap() as u32
         });
@@ -230,9 +261,12 @@ mod tests {
     }
 
     #[test]
-    fn a_flow_is_no_bigger_than_before_it_held_typed_counts() {
-        // 64k flows in a window: the drain's transient memory.
-        assert_eq!(core::mem::size_of::<Flow>(), 120);
+    fn a_flow_is_no_bigger_than_its_fields() {
+        // 64k flows in a window: the drain's transient memory. 120 bytes before the TCP block
+        // (issue 21), which adds its own 56 and no padding.
+        assert_eq!(core::mem::size_of::<Tcp>(), 56);
+        assert_eq!(core::mem::size_of::<Option<Tcp>>(), 56);
+        assert_eq!(core::mem::size_of::<Flow>(), 120 + 56);
     }
 
     #[test]
@@ -265,7 +299,7 @@ mod tests {
 
     #[test]
     fn summary_flows_resolve_their_addresses() {
-        let Message::V1(s) = super::super::decode(&super::super::encode_vec(&one_flow())).unwrap();
+        let s = super::super::decode_summary(&super::super::encode_vec(&one_flow())).unwrap();
         let flows: Vec<Flow> = s.to_flows().collect();
         assert_eq!(flows.len(), 1);
         assert_eq!((flows[0].src, flows[0].dst), (s.addrs[1], s.addrs[0]));
@@ -275,7 +309,7 @@ mod tests {
     use super::super::{Health, Id, Message};
 
     fn one_flow() -> Message {
-        Message::V1(Summary {
+        Message::V2(Summary {
             device: Id::try_from("d").unwrap(),
             site: Id::try_from("s").unwrap(),
             boot_id: 1,
@@ -298,6 +332,7 @@ mod tests {
                 ..FlowRecord::default()
             }],
             rtt_hist: heapless::Vec::new(),
+            tcp_health: false,
         })
     }
 }

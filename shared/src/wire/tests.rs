@@ -5,9 +5,9 @@ fn id(s: &str) -> Id {
     Id::try_from(s).unwrap()
 }
 
-/// A fixed summary whose bytes are pinned below.
+/// A fixed version-1 summary whose bytes are pinned below (as version 1 shipped).
 fn golden() -> Message {
-    Message::V1(Summary {
+    Message::V1(v1::Summary {
         device: id("edge-01"),
         site: id("lab"),
         boot_id: 0x0123_4567_89ab_cdef,
@@ -49,7 +49,7 @@ fn golden() -> Message {
             Addr::V6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
         ],
         flows: vec![
-            FlowRecord {
+            v1::FlowRecord {
                 proto: 6,
                 src: 0,
                 dst: 1,
@@ -76,7 +76,7 @@ fn golden() -> Message {
                     samples: 12,
                 }),
             },
-            FlowRecord {
+            v1::FlowRecord {
                 proto: 58,
                 src: 2,
                 dst: 2,
@@ -116,6 +116,102 @@ fn golden_bytes_are_pinned() {
     assert_eq!(decode(&bytes), Ok(golden()));
 }
 
+/// The version-2 summary: the V1 golden's content, upgraded, with TCP health on and the TCP
+/// flow carrying a block with every field set.
+fn golden_v2() -> Message {
+    let mut s = golden().into_summary();
+    s.tcp_health = true;
+    s.flows[0].tcp = Some(Tcp {
+        outcome: Outcome::Closed,
+        decided: true,
+        syn_retries: 1,
+        fwd: TcpDir {
+            retrans: Count {
+                packets: 3,
+                bytes: 4344,
+            },
+            rst: 1,
+            fin: 1,
+        },
+        rev: TcpDir {
+            retrans: Count {
+                packets: 1,
+                bytes: 1448,
+            },
+            rst: 2,
+            fin: 1,
+        },
+    });
+    Message::V2(s)
+}
+
+const GOLDEN_V2_HEX: &str = include_str!("golden_v2.hex");
+
+#[test]
+fn golden_v2_bytes_are_pinned() {
+    let bytes = encode_vec(&golden_v2());
+    assert_eq!(
+        hex(&bytes),
+        GOLDEN_V2_HEX.trim(),
+        "the V2 wire format changed"
+    );
+    assert_eq!(decode(&bytes), Ok(golden_v2()));
+    assert_eq!(bytes[0], V2);
+}
+
+#[test]
+fn version_1_reads_as_the_current_summary_without_tcp() {
+    let v1 = decode(&hex_bytes(GOLDEN_HEX.trim())).unwrap();
+    assert_eq!(v1.version(), 1);
+    let Message::V1(old) = v1.clone() else {
+        panic!("not V1")
+    };
+    let s = v1.into_summary();
+    assert!(!s.tcp_health);
+    assert!(s.flows.iter().all(|f| f.tcp.is_none()));
+    assert_eq!(s.flows.len(), old.flows.len());
+    assert_eq!(
+        (s.seq, s.totals, s.health),
+        (old.seq, old.totals, old.health)
+    );
+    assert_eq!(s.flows[0].rtt, old.flows[0].rtt);
+    // Apart from TCP health, V2 carries the same summary one byte per flow and one more.
+    let Message::V2(mut cur) = golden_v2() else {
+        unreachable!()
+    };
+    cur.tcp_health = false;
+    cur.flows[0].tcp = None;
+    assert_eq!(cur, s);
+    let (n1, n2) = (encoded_len(&golden()), encoded_len(&Message::V2(cur)));
+    assert_eq!(n2, n1 + s.flows.len() + 1);
+    assert_eq!(Message::from(s.clone()), Message::V2(s));
+}
+
+#[test]
+fn tcp_blocks_only_on_tcp_flows_with_tcp_health_on() {
+    let Message::V2(mut s) = golden_v2() else {
+        unreachable!()
+    };
+    s.flows[1].tcp = s.flows[0].tcp;
+    assert_eq!(
+        decode(&encode_vec(&Message::V2(s.clone()))),
+        Err(DecodeError::Invalid("TCP block on a flow that is not TCP"))
+    );
+    s.flows[1].tcp = None;
+    s.tcp_health = false;
+    assert_eq!(
+        decode(&encode_vec(&Message::V2(s))),
+        Err(DecodeError::Invalid("TCP block with TCP health off"))
+    );
+}
+
+fn hex_bytes(h: &str) -> alloc::vec::Vec<u8> {
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 #[test]
 fn encode_into_a_slice_matches_and_reports_too_small() {
     let v = encode_vec(&golden());
@@ -129,9 +225,9 @@ fn encode_into_a_slice_matches_and_reports_too_small() {
 #[test]
 fn unknown_version_is_named() {
     let mut b = encode_vec(&golden());
-    b[0] = 1;
-    assert_eq!(decode(&b), Err(DecodeError::UnknownVersion(1)));
-    assert!(alloc::format!("{}", decode(&b).unwrap_err()).contains("version 2"));
+    b[0] = 2;
+    assert_eq!(decode(&b), Err(DecodeError::UnknownVersion(2)));
+    assert!(alloc::format!("{}", decode(&b).unwrap_err()).contains("version 3"));
     assert_eq!(decode(&[0x80, 0x01]), Err(DecodeError::UnknownVersion(128)));
 }
 
@@ -145,6 +241,13 @@ fn empty_truncated_and_garbage_are_errors() {
             "cut at {cut}"
         );
     }
+    let b2 = encode_vec(&golden_v2());
+    for cut in 1..b2.len() {
+        assert!(
+            matches!(decode(&b2[..cut]), Err(DecodeError::Malformed(_))),
+            "V2 cut at {cut}"
+        );
+    }
     let mut trailing = b.clone();
     trailing.push(0);
     assert_eq!(
@@ -156,7 +259,9 @@ fn empty_truncated_and_garbage_are_errors() {
 
 #[test]
 fn rule_breaking_summaries_are_invalid() {
-    let Message::V1(mut s) = golden();
+    let Message::V1(mut s) = golden() else {
+        unreachable!()
+    };
     s.flows[0].dst = 99;
     assert_eq!(
         decode(&encode_vec(&Message::V1(s.clone()))),
