@@ -34,6 +34,8 @@ cleanup() {
     kill -QUIT "$(head -1 "$work/pg/data/postmaster.pid")" 2>/dev/null || true
   fi
   sleep 1
+  # The server's log outlives the run (a crash mid-run is otherwise unexplained).
+  if [ -f "$work/pg/log" ]; then cp "$work/pg/log" "${TMPDIR:-/tmp}/bench-fleet-postgres.log"; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
