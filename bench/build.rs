@@ -1,13 +1,6 @@
-//! Hands edge-ebpf's `bare` program (the reference floor, `edge-ebpf/src/bare.rs`) to the
-//! `bare-counter` loader and `prog-cost` to embed. edge/build.rs builds it with the agent's
-//! programs and passes its path as cargo `links` metadata.
-use std::{env, fs, path::PathBuf};
-
+//! Builds the bench's reference floor, the bare counter (`bench/ebpf/`, a member of the
+//! workspace gated on the BPF target), for `bare-counter` and `prog-cost` to embed, the same
+//! way edge/build.rs builds the agent's programs (`bpf-build/`).
 fn main() {
-    let from = env::var_os("DEP_EDGEFLOW_BPF_BARE")
-        .map(PathBuf::from)
-        .expect("edge/build.rs passes the bare object's path (links = \"edgeflow_bpf\")");
-    println!("cargo:rerun-if-changed={}", from.display());
-    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("bare.bpf.o");
-    fs::copy(&from, &out).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+    bpf_build::build("edgeflow-bench-ebpf", &[("bare", "bare.bpf.o")]);
 }

@@ -11,11 +11,11 @@ source scripts/env.sh
 # QEMU and the foreign architectures for the VM tests (edge/tests/vm.rs, cross/vm/).
 [ "${EDGEFLOW_TEST_VM:-}" = 0 ] || cross/vm/setup.sh
 
+# --all covers edge-ebpf too (a workspace member; rustfmt follows its cfg-gated modules).
 cargo fmt --all -- --check
-(cd edge-ebpf && cargo fmt -- --check)
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
-# Cross builds for the edge boxes, proven under qemu-user (long on a first run; see README).
+# Cross builds for the edge boxes, proven under qemu-user (long on a first run; see docs/install.md).
 if [ "${EDGEFLOW_TEST_CROSS:-0}" = 1 ]; then
   cross/test.sh
 fi

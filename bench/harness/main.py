@@ -4,7 +4,7 @@
 Identical bounded traffic crosses a veth pair between two namespaces; each configuration
 (no monitor, bare counters per hook, edgeflow in each mode, tcpdump, softflowd, pmacctd's
 sFlow probe) watches the receiving end. Configurations are interleaved with baseline runs
-and repeated; runs disturbed by other tenants' CPU load are re-queued. See bench/README.md.
+and repeated; runs disturbed by other tenants' CPU load are re-queued. See docs/bench.md.
 Run through bench/bench (it installs, builds and passes the binaries).
 """
 import argparse

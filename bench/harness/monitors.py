@@ -95,7 +95,7 @@ class Process(Monitor):
 
 
 class Bare(Process):
-    """The reference floor: a 5-tuple and one hash-map update per packet (edge-ebpf/src/bare.rs)."""
+    """The reference floor: a 5-tuple and one hash-map update per packet (bench/ebpf/src/counter.rs)."""
     sees, bpf, ready_re = "rx", True, r"attached"
 
     def __init__(self, name, hook):

@@ -1,22 +1,35 @@
 // edgeflow collector dashboard: polls the JSON API and redraws. No build step, no libraries.
+// Two views by hash route: the fleet (#/) and one device (#/device/<site>/<device>). The fleet
+// view never holds the whole fleet: the server filters, sorts and pages the device list, and
+// table rows are patched cell by cell, so a refresh costs the same with 10 or 10,000 devices.
 "use strict";
 
 const REFRESH_MS = Number(new URLSearchParams(location.search).get("refresh")) || 2000;
+const PAGE = 50;
+const TOP = 8;
 const PROTO = { 1: "ICMP", 6: "TCP", 17: "UDP", 47: "GRE", 50: "ESP", 58: "ICMPv6", 132: "SCTP" };
 const COLORS = ["#38bdf8", "#a78bfa", "#34d399", "#fbbf24", "#f87171", "#f472b6", "#2dd4bf", "#fb923c"];
+const REASONS = { offline: "offline", silent: "silent", gaps: "gaps", table_full: "table full", spool_dropping: "spool dropping" };
 
-// A token given once as #token=... is kept for this tab and removed from the address bar.
-const hashToken = new URLSearchParams(location.hash.slice(1)).get("token");
-if (hashToken) { sessionStorage.setItem("edgeflow-token", hashToken); history.replaceState(null, "", location.pathname + location.search); }
+// A token given once as #token=... (also after a route: #/device/s/d?token=...) is kept for
+// this tab and removed from the address bar.
+(() => {
+  const m = location.hash.match(/(?:^#|[?&])token=([^&]*)/);
+  if (!m) return;
+  sessionStorage.setItem("edgeflow-token", decodeURIComponent(m[1]));
+  const rest = location.hash.replace(m[0], "");
+  history.replaceState(null, "", location.pathname + location.search + (rest.length > 1 ? rest : ""));
+})();
 const token = () => sessionStorage.getItem("edgeflow-token");
 
 const state = {
   range: Number(localStorage.getItem("edgeflow-range")) || 900000,
-  device: "",
   metric: "bytes",
+  route: { device: "" },
+  list: { q: "", site: "", sort: "attention", page: 0, total: 0 },
   filters: { addr: "", port: "", proto: "" },
+  sites: "",
   colors: {},
-  busy: false,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -33,6 +46,8 @@ const bytes = (v) => si(v, "B");
 const rate = (v) => si(v, "B/s");
 const prate = (v) => si(v, "pkt/s");
 const count = (v) => (v == null ? "–" : Number(v).toLocaleString("en-US"));
+const pct = (v) => (v == null ? "–" : `${v.toFixed(1)} %`);
+const plural = (n, one, many) => `${count(n)} ${n === 1 ? one : many}`;
 function ago(ms) {
   if (ms == null) return "never";
   const s = Math.max(0, (Date.now() - ms) / 1000);
@@ -44,108 +59,328 @@ function ago(ms) {
 const clock = (ms) => new Date(ms).toLocaleTimeString("en-GB", { hour12: false });
 const endpoint = (addr, port, proto) =>
   proto === 1 || proto === 58 ? `${addr}` : addr.includes(":") ? `[${addr}]:${port}` : `${addr}:${port}`;
-const colorOf = (device) => {
-  if (!(device in state.colors)) state.colors[device] = COLORS[Object.keys(state.colors).length % COLORS.length];
-  return state.colors[device];
+const colorOf = (id) => {
+  if (!(id in state.colors)) state.colors[id] = COLORS[Object.keys(state.colors).length % COLORS.length];
+  return state.colors[id];
 };
+const deviceHref = (id) => `#/device/${id.split("/").map(encodeURIComponent).join("/")}`;
+const setText = (id, text) => { const e = $(id); if (e.textContent !== text) e.textContent = text; };
+const setHtml = (el, html) => { if (el._html !== html) { el.innerHTML = html; el._html = html; } };
 
-async function api(path, params = {}) {
+class HttpError extends Error {
+  constructor(path, status, body) {
+    super(`${path}: HTTP ${status}${body ? ` (${body})` : ""}`);
+    this.status = status;
+  }
+}
+
+// GET path?params as JSON; `withTotal` also returns the X-Total-Count header.
+async function api(path, params = {}, withTotal = false) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(params)) if (v !== "" && v != null) q.set(k, v);
   const headers = token() ? { Authorization: `Bearer ${token()}` } : {};
   const r = await fetch(`${path}?${q}`, { headers, cache: "no-store" });
   if (r.status === 401) throw new Error("unauthorized: open the dashboard with #token=YOUR_TOKEN");
-  if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
-  return r.json();
+  if (!r.ok) {
+    let why = "";
+    try { why = (await r.json()).error || ""; } catch (_) { /* not JSON */ }
+    throw new HttpError(path, r.status, why);
+  }
+  const body = await r.json();
+  if (!withTotal) return body;
+  return { body, total: Number(r.headers.get("X-Total-Count")) };
 }
 
-async function refresh() {
-  if (state.busy) return;
-  state.busy = true;
+// ---- routing ----
+
+// #/device/<site>/<device>, or the fleet with its list as asked: #/?q=..&site=..&sort=..&page=..
+// (kept in the address as it changes, so a view can be bookmarked, shared, and come back to).
+function parseRoute() {
+  const m = location.hash.match(/^#\/device\/([^/]+)\/([^/?&]+)/);
+  if (m) return { device: `${decodeURIComponent(m[1])}/${decodeURIComponent(m[2])}` };
+  const p = new URLSearchParams(location.hash.replace(/^#\/?\??/, ""));
+  const sort = ["attention", "name", "throughput"].includes(p.get("sort")) ? p.get("sort") : "attention";
+  return { device: "", list: { q: p.get("q") || "", site: p.get("site") || "", sort, page: Math.max(0, (Number(p.get("page")) || 1) - 1) } };
+}
+
+function saveList() {
+  const { q, site, sort, page } = state.list;
+  const p = new URLSearchParams();
+  if (q) p.set("q", q);
+  if (site) p.set("site", site);
+  if (sort !== "attention") p.set("sort", sort);
+  if (page) p.set("page", page + 1);
+  const h = `#/${[...p].length ? `?${p}` : ""}`;
+  $("back").href = h;
+  if (!state.route.device && location.hash !== h) history.replaceState(null, "", location.pathname + location.search + h);
+}
+
+function route() {
+  const r = parseRoute();
+  state.route = { device: r.device };
+  const dev = r.device;
+  $("view-fleet").hidden = !!dev;
+  $("view-device").hidden = !dev;
+  document.title = dev ? `${dev} · edgeflow` : "edgeflow collector";
+  for (const e of document.querySelectorAll(".scope")) e.textContent = dev ? `· ${dev}` : "· all devices";
+  if (dev) {
+    const t = $("d-title");
+    t.dataset.device = "";
+    t.innerHTML = `<span class="dim">${esc(dev.split("/")[0])} /</span> ${esc(dev.split("/")[1])}`;
+    $("health").innerHTML = "";
+    $("health").dataset.device = "";
+  } else {
+    Object.assign(state.list, r.list);
+    if ($("q").value.trim() !== state.list.q) $("q").value = state.list.q;
+    for (const b of $("sort").children) b.classList.toggle("on", b.dataset.sort === state.list.sort);
+    showSite();
+    saveList();
+  }
+  // Old rows and charts belong to the other view.
+  for (const id of ["flows", "talkers", "conversations"]) clearRows($(id));
+  for (const id of ["chart", "chart-top", "legend"]) $(id).innerHTML = "";
+  window.scrollTo(0, 0);
+  refresh();
+}
+
+// ---- refresh ----
+
+const viewKey = () => JSON.stringify([state.route, state.list.q, state.list.site, state.list.sort, state.list.page, state.filters, state.range, state.metric]);
+
+// Two lanes, each at most one request round in flight: the view (summary, device list, charts,
+// health) and the traffic tables (talkers, conversations, flows, RTT: scans of every flow
+// record in the range, the slow part with a large fleet). The view never waits for the tables.
+const lanes = {
+  view: { load: () => (state.route.device ? loadDevice : loadFleet), busy: false, again: false, error: null, n: 0, first: 0, last: 0, max: 0, render: 0 },
+  traffic: { load: () => loadTraffic, busy: false, again: false, error: null, n: 0, first: 0, last: 0, max: 0, render: 0 },
+};
+
+function refresh() {
+  for (const name of Object.keys(lanes)) run(name);
+}
+
+async function run(name) {
+  const lane = lanes[name];
+  if (lane.busy) { lane.again = true; return; }
+  lane.busy = true;
+  const key = viewKey();
+  const t0 = performance.now();
   const to = Date.now();
   const from = to - state.range;
-  const base = { from, to, device: state.device };
   try {
-    const [devices, series, talkers, convs, flows, rtt, ingest] = await Promise.all([
-      api("/api/devices", { from, to }),
-      api("/api/series", { ...base, step: Math.round(state.range / 180) }),
-      api("/api/talkers", { ...base, limit: 10 }),
-      api("/api/conversations", { ...base, limit: 10 }),
-      api("/api/flows", { ...base, ...state.filters, limit: 200 }),
-      api("/api/rtt", base),
-      api("/api/ingest"),
-    ]);
-    renderDevices(devices);
-    renderKpis(devices, ingest);
-    renderChart(series);
+    const render = await lane.load()(from, to);
+    if (key !== viewKey()) { lane.again = true; return; }
+    const t1 = performance.now();
+    render();
+    const t2 = performance.now();
+    lane.error = null;
+    notePerf(lane, t2 - t0, t2 - t1, t2);
+  } catch (e) {
+    lane.error = e.message;
+  } finally {
+    lane.busy = false;
+    const err = lanes.view.error || lanes.traffic.error;
+    $("live").className = err ? "live err" : "live ok";
+    $("live-text").textContent = err || `live · ${clock(Date.now())}`;
+    if (lane.again) { lane.again = false; setTimeout(() => run(name), 0); }
+  }
+}
+
+// What the page measured per lane: the refresh (fetch + render), the render alone, and the
+// first load (navigation start to the first complete render), in #perf for people and tests:
+// data-refreshes, -first-ms, -last-ms, -max-ms, -render-ms for the view; the same prefixed
+// with "traffic" for the tables.
+function notePerf(lane, total, render, now) {
+  lane.n += 1;
+  if (!lane.first) lane.first = now;
+  lane.last = total;
+  lane.render = render;
+  lane.max = Math.max(lane.max, total);
+  const v = lanes.view, t = lanes.traffic, el = $("perf");
+  Object.assign(el.dataset, {
+    refreshes: v.n, firstMs: v.first.toFixed(1), lastMs: v.last.toFixed(1), maxMs: v.max.toFixed(1), renderMs: v.render.toFixed(1),
+    trafficRefreshes: t.n, trafficFirstMs: t.first.toFixed(1), trafficLastMs: t.last.toFixed(1), trafficMaxMs: t.max.toFixed(1), trafficRenderMs: t.render.toFixed(1),
+  });
+  el.textContent = `${Math.round(v.last)} ms`;
+  el.title = `refresh every ${REFRESH_MS / 1000} s, fetch + render — view: last ${v.last.toFixed(0)} ms (render ${v.render.toFixed(1)} ms), slowest ${v.max.toFixed(0)} ms, first load ${v.first.toFixed(0)} ms; traffic tables: last ${t.last.toFixed(0)} ms, slowest ${t.max.toFixed(0)} ms`;
+}
+
+const step = () => Math.round(state.range / 180);
+
+async function loadFleet(from, to) {
+  const { q, site, sort, page } = state.list;
+  const [fleet, devs, series, ingest] = await Promise.all([
+    api("/api/fleet", { from, to, site }),
+    api("/api/devices", { from, to, q, site, sort, limit: PAGE, offset: page * PAGE }, true),
+    api("/api/series", { from, to, site, top: TOP, step: step() }),
+    api("/api/ingest"),
+  ]);
+  return () => {
+    const list = devs.body.devices;
+    renderSummary(fleet, ingest);
+    renderSites(fleet);
+    renderDeviceList(list, devs.total);
+    renderFleetChart(series);
+    renderIngest(ingest);
+  };
+}
+
+async function loadDevice(from, to) {
+  const device = state.route.device;
+  const [devs, health, ingest] = await Promise.all([
+    api("/api/devices", { from, to, device }),
+    api("/api/health", { device, from, to, step: step() }).catch((e) => {
+      if (e.status === 404) return null;
+      throw e;
+    }),
+    api("/api/ingest"),
+  ]);
+  return () => {
+    const d = devs.devices.find((x) => x.id === device);
+    renderDeviceHead(device, d, health);
+    renderHealth(device, health, from, to);
+    renderDeviceChart(device, health, from, to);
+    renderIngest(ingest);
+  };
+}
+
+// The traffic tables, of the whole fleet or of the device shown.
+async function loadTraffic(from, to) {
+  const device = state.route.device;
+  const [talkers, convs, flows, rtt] = await Promise.all([
+    api("/api/talkers", { from, to, device, limit: 10 }),
+    api("/api/conversations", { from, to, device, limit: 10 }),
+    api("/api/flows", { from, to, device, ...state.filters, limit: 100 }),
+    api("/api/rtt", { from, to, device }),
+  ]);
+  return () => {
     renderTalkers(talkers);
     renderConversations(convs);
     renderFlows(flows);
     renderRtt(rtt);
-    renderIngest(ingest);
-    $("live").className = "live ok";
-    $("live-text").textContent = `live · ${clock(Date.now())}`;
-  } catch (e) {
-    $("live").className = "live err";
-    $("live-text").textContent = e.message;
-  } finally {
-    state.busy = false;
-  }
+  };
 }
 
-function renderDevices(d) {
-  const sel = $("device");
-  const names = d.devices.map((x) => x.id);
-  const have = [...sel.options].slice(1).map((o) => o.value);
-  if (names.join("\n") !== have.join("\n")) {
-    sel.innerHTML = `<option value="">all devices</option>` + names.map((n) => `<option>${esc(n)}</option>`).join("");
-    sel.value = state.device;
+// ---- tables patched in place ----
+
+// Rows are kept and only the cells whose markup changed are written: a refresh of an
+// unchanged page touches no DOM at all. `row(item)` gives { attrs, cls, cells: [[class, html]] }.
+function patchRows(table, items, row, empty, cols) {
+  const tb = table.tBodies[0];
+  if (!items.length) {
+    setHtml(tb, `<tr class="empty"><td colspan="${cols}">${empty}</td></tr>`);
+    return;
   }
-  const rows = d.devices.map((x) => {
+  if (tb.rows.length && tb.rows[0].classList.contains("empty")) clearRows(table);
+  while (tb.rows.length > items.length) tb.deleteRow(-1);
+  items.forEach((item, i) => {
+    const r = row(item);
+    const tr = tb.rows[i] || tb.insertRow();
+    while (tr.cells.length < r.cells.length) tr.insertCell();
+    for (const [k, v] of Object.entries(r.attrs || {})) if (tr.getAttribute(k) !== v) tr.setAttribute(k, v);
+    if (tr.className !== (r.cls || "")) tr.className = r.cls || "";
+    r.cells.forEach(([cls, html], j) => {
+      const td = tr.cells[j];
+      if (td.className !== cls) td.className = cls;
+      setHtml(td, html);
+    });
+  });
+}
+
+function clearRows(table) {
+  const tb = table.tBodies[0];
+  tb.innerHTML = "";
+  tb._html = null;
+}
+
+const badges = (list) => (list || []).map((a) => `<span class="why ${a}">${REASONS[a] || esc(a)}</span>`).join("");
+
+function renderDeviceList(list, total) {
+  state.list.total = total;
+  const { page } = state.list;
+  const first = total ? page * PAGE + 1 : 0;
+  const el = $("dev-count");
+  el.dataset.total = String(total);
+  setText("dev-count", total ? `${count(first)}–${count(page * PAGE + list.length)} of ${count(total)}` : "none match");
+  $("prev").disabled = page === 0;
+  $("next").disabled = (page + 1) * PAGE >= total;
+  patchRows($("devices"), list, (x) => {
     const l = x.latest, h = l && l.health;
     const fill = h ? h.table_fill : null;
     const fillCls = fill == null ? "" : fill > 0.9 ? "bad" : fill > 0.7 ? "warn" : "";
-    const drops = h ? h.table_full : null;
-    return `<tr data-device="${esc(x.id)}">
-      <td><span class="dot" style="color:${colorOf(x.id)}">■</span> <b>${esc(x.device)}</b></td>
-      <td class="dim">${esc(x.site)}</td>
-      <td><span class="state ${x.state}">${x.state}</span></td>
-      <td title="${l ? new Date(l.received_ms).toISOString() : ""}">${l ? ago(l.received_ms) : "–"}</td>
-      <td class="num" data-bps="${l ? l.bytes_per_s : ""}">${l ? rate(l.bytes_per_s) : "–"}</td>
-      <td class="num" data-pps="${l ? l.packets_per_s : ""}">${l ? prate(l.packets_per_s) : "–"}</td>
-      <td>${h ? `<span class="fill ${fillCls}" title="${count(h.active_flows)} of ${count(h.table_capacity)} entries"><span class="track"><i style="width:${Math.min(100, fill * 100).toFixed(1)}%"></i></span>${(fill * 100).toFixed(1)}%</span>` : "–"}</td>
-      <td class="num ${drops ? "warn-text" : ""}" title="packets that found the flow table full">${h ? count(drops) : "–"}</td>
-      <td class="num ${x.gaps ? "warn-text" : ""}" data-gaps="${x.gaps}" title="windows the device numbered that were never stored, over ${x.boots} run(s)">${count(x.gaps)}</td>
-      <td class="num ${h && h.spool_dropped ? "warn-text" : ""}" title="windows the device's spool dropped (its own count, this run)">${h ? count(h.spool_dropped) : "–"}</td>
-      <td class="num">${h ? h.cpu_pct.toFixed(1) + " %" : "–"}</td>
-      <td class="num">${h ? bytes(h.rss_kib * 1024) : "–"}</td>
-      <td class="num">${h ? count(h.spool_depth) : "–"}</td>
-      <td class="num" data-bytes="${x.totals.bytes}">${bytes(x.totals.bytes)}</td></tr>`;
-  });
-  $("devices").tBodies[0].innerHTML = rows.length ? rows.join("") : `<tr class="empty"><td colspan="14">no device has reported yet</td></tr>`;
+    const att = x.attention || [];
+    return {
+      attrs: { "data-device": x.id, "data-attention": att.join(" ") },
+      cls: att.length ? `attn ${att[0]}` : "",
+      cells: [
+        ["", `<a href="${deviceHref(x.id)}"><b>${esc(x.device)}</b></a>`],
+        ["dim", esc(x.site)],
+        ["", `<span class="state ${x.state}">${x.state}</span>`],
+        ["badges", badges(att)],
+        ["", l ? `<span title="${new Date(l.received_ms).toISOString()}">${ago(l.received_ms)}</span>` : "–"],
+        ["num", l ? `<span data-bps="${l.bytes_per_s}">${rate(l.bytes_per_s)}</span>` : "–"],
+        ["num", l ? `<span data-pps="${l.packets_per_s}">${prate(l.packets_per_s)}</span>` : "–"],
+        ["", h ? `<span class="fill ${fillCls}" title="${count(h.active_flows)} of ${count(h.table_capacity)} entries"><span class="track"><i style="width:${Math.min(100, fill * 100).toFixed(1)}%"></i></span>${(fill * 100).toFixed(1)}%</span>` : "–"],
+        [`num ${h && h.table_full ? "warn-text" : ""}`, h ? count(h.table_full) : "–"],
+        [`num ${x.gaps ? "warn-text" : ""}`, `<span data-gaps="${x.gaps}" title="windows the device numbered that were never stored, over ${x.boots} run(s)">${count(x.gaps)}</span>`],
+        [`num ${h && h.spool_dropped ? "warn-text" : ""}`, h ? count(h.spool_dropped) : "–"],
+        ["num", h ? pct(h.cpu_pct) : "–"],
+        ["num", h ? bytes(h.rss_kib * 1024) : "–"],
+        ["num", `<span data-bytes="${x.totals.bytes}">${bytes(x.totals.bytes)}</span>`],
+      ],
+    };
+  }, state.list.q || state.list.site ? "no device matches" : "no device has reported yet", 14);
 }
 
-function renderKpis(d, ing) {
-  const online = d.devices.filter((x) => x.state === "online").length;
-  $("k-online").textContent = `${online} / ${d.devices.length}`;
-  const silent = d.devices.filter((x) => x.state === "silent").length, offline = d.devices.filter((x) => x.state === "offline").length;
-  const gaps = d.devices.reduce((a, x) => a + x.gaps, 0);
-  $("k-devices").textContent = `${count(gaps)} windows missing · ${offline} offline · ${silent} silent`;
-  const live = d.devices.filter((x) => x.state === "online" && x.latest);
-  $("k-bps").textContent = rate(live.reduce((a, x) => a + x.latest.bytes_per_s, 0));
-  $("k-pps").textContent = prate(live.reduce((a, x) => a + x.latest.packets_per_s, 0));
-  const sel = d.devices.filter((x) => !state.device || x.id === state.device);
-  $("k-bytes").textContent = bytes(sel.reduce((a, x) => a + x.totals.bytes, 0));
-  $("k-packets").textContent = `${count(sel.reduce((a, x) => a + x.totals.packets, 0))} packets · ${count(sel.reduce((a, x) => a + x.windows, 0))} windows`;
-  $("k-ingest").textContent = `${si(ing.rates.flow_records_per_s, "flows/s")}`;
-  $("k-ingest2").textContent = `${ing.rates.messages_per_s.toFixed(1)} msg/s · broker ${ing.broker_connected ? "connected" : "DISCONNECTED"}`;
-  $("k-stored").textContent = count(ing.stored.summaries);
-  $("k-stored2").textContent = `summaries · ${count(ing.stored.flow_records)} flow records`;
-  const rej = Object.values(ing.rejected).reduce((a, b) => a + b, 0);
-  $("k-rejected").textContent = count(rej);
-  $("k-rejected2").textContent = rej ? Object.entries(ing.rejected).map(([k, v]) => `${k} ${v}`).join(" · ") : "none since start";
+// ---- fleet summary ----
+
+function renderSummary(f, ing) {
+  const s = f.states;
+  const el = $("s-devices");
+  el.dataset.n = String(f.devices);
+  setText("s-devices", count(f.devices));
+  setText("s-states", `${count(s.online)} online · ${count(s.silent)} silent · ${count(s.offline)} offline${state.list.site ? ` · site ${state.list.site}` : ""}`);
+  const a = f.attention;
+  setText("s-attention", count(a.any));
+  $("s-attention").dataset.n = String(a.any);
+  $("kpi-attention").classList.toggle("alert", a.any > 0);
+  const reasons = Object.keys(REASONS).filter((k) => a[k]).map((k) => `${count(a[k])} ${k === "gaps" ? "with gaps" : REASONS[k]}`);
+  setText("s-reasons", [`${count(f.gaps)} windows missing`, ...reasons].join(" · "));
+  // Throughput now: what the online devices reported last, added up.
+  setText("k-bps", rate(f.now.bytes_per_s));
+  setText("k-pps", prate(f.now.packets_per_s));
+  const t = f.totals;
+  $("s-bytes").dataset.n = String(t.bytes);
+  setText("s-bytes", bytes(t.bytes));
+  setText("s-packets", `${count(t.packets)} packets`);
+  setText("k-ingest", si(ing.rates.flow_records_per_s, "flows/s"));
+  setText("k-ingest2", `${ing.rates.messages_per_s.toFixed(1)} msg/s · broker ${ing.broker_connected ? "connected" : "DISCONNECTED"} · ${count(ing.stored.summaries)} summaries stored`);
+  const rej = Object.values(ing.rejected).reduce((x, y) => x + y, 0);
+  setText("k-rejected", count(rej));
+  setText("k-rejected2", rej ? Object.entries(ing.rejected).map(([k, v]) => `${k} ${v}`).join(" · ") : "none since start");
   $("kpi-rejected").classList.toggle("alert", rej > 0);
 }
+
+// The site asked for, even before the unfiltered answer listed them all.
+function showSite() {
+  const sel = $("site"), site = state.list.site;
+  if (site && ![...sel.options].some((o) => o.value === site)) sel.add(new Option(site, site));
+  sel.value = site;
+}
+
+// Sites come from the unfiltered fleet answer (a filtered one only knows its own site).
+function renderSites(f) {
+  if (state.list.site || !f.sites) return;
+  const key = JSON.stringify(f.sites);
+  if (key === state.sites) return;
+  state.sites = key;
+  const sel = $("site");
+  sel.innerHTML = `<option value="">all sites (${count(f.sites.length)})</option>` + f.sites.map((s) =>
+    `<option value="${esc(s.site)}">${esc(s.site)} · ${plural(s.devices, "device", "devices")}${s.attention ? ` · ${count(s.attention)} need attention` : ""}</option>`).join("");
+  sel.value = state.list.site;
+}
+
+// ---- charts ----
 
 function niceMax(v) {
   if (!(v > 0)) return 1;
@@ -154,119 +389,243 @@ function niceMax(v) {
   return 10 * p;
 }
 
-function renderChart(s) {
-  const el = $("chart");
-  const key = state.metric === "bytes" ? "bytes_per_s" : "packets_per_s";
-  const fmt = state.metric === "bytes" ? rate : prate;
-  if (!s.devices.length) {
-    el.innerHTML = `<div class="nodata">no summaries in this range</div>`;
-    $("legend").innerHTML = "";
-    return;
-  }
-  const W = el.clientWidth || 900, H = el.clientHeight || 260, L = 74, R = 12, T = 10, B = 24;
-  const max = niceMax(Math.max(0, ...s.devices.flatMap((d) => d[key].filter((v) => v != null))));
-  const x = (t) => L + ((t - s.from) / (s.to - s.from)) * (W - L - R);
+// Lines over time buckets `t` (starts) of `stepMs` in [from, to). Each line: { id, color,
+// values, cls, area }. A bucket without data breaks its line; a lone bucket is a dot.
+// Small charts (`mini`) keep two labels and no hover.
+function lineChart(el, { from, to, t, stepMs, lines, fmt, mini }) {
+  const W = el.clientWidth || (mini ? 300 : 900), H = el.clientHeight || (mini ? 90 : 260);
+  const L = mini ? 4 : 74, R = mini ? 4 : 12, T = mini ? 6 : 10, B = mini ? 4 : 24;
+  const max = niceMax(Math.max(0, ...lines.flatMap((d) => d.values.filter((v) => v != null))));
+  const x = (ts) => L + ((ts - from) / (to - from)) * (W - L - R);
   const y = (v) => T + (1 - v / max) * (H - T - B);
-  const mid = (i) => x(s.t[i] + s.step_ms / 2).toFixed(1);
+  const mid = (i) => x(t[i] + stepMs / 2).toFixed(1);
   let g = `<g class="grid">`;
-  for (let i = 0; i <= 4; i++) g += `<line x1="${L}" x2="${W - R}" y1="${y((max * i) / 4)}" y2="${y((max * i) / 4)}"/>`;
-  g += `</g><g class="axis">`;
-  for (let i = 0; i <= 4; i++) g += `<text x="${L - 8}" y="${y((max * i) / 4) + 4}" text-anchor="end">${fmt((max * i) / 4)}</text>`;
-  const ticks = 6;
-  for (let i = 0; i <= ticks; i++) {
-    const t = s.from + ((s.to - s.from) * i) / ticks;
-    g += `<text x="${x(t)}" y="${H - 6}" text-anchor="${i === 0 ? "start" : i === ticks ? "end" : "middle"}">${clock(t).slice(0, state.range > 3600000 ? 5 : 8)}</text>`;
-  }
+  const rows = mini ? 2 : 4;
+  for (let i = 0; i <= rows; i++) g += `<line x1="${L}" x2="${W - R}" y1="${y((max * i) / rows)}" y2="${y((max * i) / rows)}"/>`;
   g += `</g>`;
-  let lines = "";
-  for (const d of s.devices) {
-    const c = colorOf(d.id);
-    // Runs of buckets with data; a gap (no window reported) breaks the line.
+  if (!mini) {
+    g += `<g class="axis">`;
+    for (let i = 0; i <= 4; i++) g += `<text x="${L - 8}" y="${y((max * i) / 4) + 4}" text-anchor="end">${fmt((max * i) / 4)}</text>`;
+    for (let i = 0; i <= 6; i++) {
+      const ts = from + ((to - from) * i) / 6;
+      g += `<text x="${x(ts)}" y="${H - 6}" text-anchor="${i === 0 ? "start" : i === 6 ? "end" : "middle"}">${clock(ts).slice(0, state.range > 3600000 ? 5 : 8)}</text>`;
+    }
+    g += `</g>`;
+  }
+  let body = "";
+  for (const d of lines) {
     const runs = [];
     let run = [];
-    d[key].forEach((v, i) => {
+    d.values.forEach((v, i) => {
       if (v == null) { if (run.length) runs.push(run); run = []; } else run.push(i);
     });
     if (run.length) runs.push(run);
     for (const r of runs) {
-      const pts = r.map((i) => `${mid(i)},${y(d[key][i]).toFixed(1)}`);
-      lines += `<path class="area" fill="${c}" d="M${mid(r[0])},${y(0)} L${pts.join(" L")} L${mid(r[r.length - 1])},${y(0)} Z"/>`;
-      // A lone bucket (a device that reported briefly) would be a zero-length line: a dot.
-      lines += r.length > 1
-        ? `<polyline class="line" stroke="${c}" points="${pts.join(" ")}"/>`
-        : `<circle fill="${c}" r="3" cx="${mid(r[0])}" cy="${y(d[key][r[0]]).toFixed(1)}"/>`;
+      const pts = r.map((i) => `${mid(i)},${y(d.values[i]).toFixed(1)}`);
+      if (d.area) body += `<path class="area" fill="${d.color}" d="M${mid(r[0])},${y(0)} L${pts.join(" L")} L${mid(r[r.length - 1])},${y(0)} Z"/>`;
+      body += r.length > 1
+        ? `<polyline class="line ${d.cls || ""}" stroke="${d.color}" points="${pts.join(" ")}"/>`
+        : `<circle fill="${d.color}" r="${mini ? 2 : 3}" cx="${mid(r[0])}" cy="${y(d.values[r[0]]).toFixed(1)}"/>`;
     }
   }
-  el.innerHTML = `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${g}${lines}<line class="cursor" id="cursor" y1="${T}" y2="${H - B}" visibility="hidden"/></svg><div class="tip" id="tip"></div>`;
-  const svg = el.querySelector("svg"), tip = $("tip"), cur = $("cursor");
+  const top = mini ? `<text class="max" x="${W - R}" y="${T + 9}" text-anchor="end">${fmt(max)}</text>` : "";
+  el.innerHTML = `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${g}${body}${top}${mini ? "" : `<line class="cursor" y1="${T}" y2="${H - B}" visibility="hidden"/>`}</svg>${mini ? "" : `<div class="tip"></div>`}`;
+  if (mini) return;
+  const svg = el.querySelector("svg"), tip = el.querySelector(".tip"), cur = el.querySelector(".cursor");
   svg.onmousemove = (ev) => {
-    const r = svg.getBoundingClientRect();
-    const px = ((ev.clientX - r.left) / r.width) * W;
-    const i = Math.floor((((px - L) / (W - L - R)) * (s.to - s.from)) / s.step_ms);
-    if (i < 0 || i >= s.t.length) return;
+    const rc = svg.getBoundingClientRect();
+    const px = ((ev.clientX - rc.left) / rc.width) * W;
+    const i = Math.floor((((px - L) / (W - L - R)) * (to - from) - (t[0] - from)) / stepMs);
+    if (i < 0 || i >= t.length) return;
     cur.setAttribute("x1", mid(i)); cur.setAttribute("x2", mid(i)); cur.setAttribute("visibility", "visible");
-    tip.innerHTML = `<div class="dim">${clock(s.t[i])}</div>` + s.devices.map((d) => `<div><span style="color:${colorOf(d.id)}">■</span> ${esc(d.id)} <b>${d[key][i] == null ? "–" : fmt(d[key][i])}</b></div>`).join("");
+    tip.innerHTML = `<div class="dim">${clock(t[i])}</div>` + lines.map((d) => `<div><span style="color:${d.color}">■</span> ${esc(d.label || d.id)} <b>${d.values[i] == null ? "–" : fmt(d.values[i])}</b></div>`).join("");
     tip.style.display = "block";
-    tip.style.left = Math.min(ev.clientX - r.left + 14, r.width - tip.offsetWidth - 4) + "px";
+    tip.style.left = Math.min(ev.clientX - rc.left + 14, rc.width - tip.offsetWidth - 4) + "px";
     tip.style.top = "8px";
   };
   svg.onmouseleave = () => { tip.style.display = "none"; cur.setAttribute("visibility", "hidden"); };
-  $("legend").innerHTML = s.devices.map((d) => {
-    const last = d[key].filter((v) => v != null).pop();
-    return `<span><i style="background:${colorOf(d.id)}"></i>${esc(d.id)} <b>${last == null ? "–" : fmt(last)}</b></span>`;
-  }).join("");
 }
+
+const metricKey = () => (state.metric === "bytes" ? "bytes_per_s" : "packets_per_s");
+const metricFmt = () => (state.metric === "bytes" ? rate : prate);
+const lastOf = (v) => v.filter((x) => x != null).pop();
+
+function legendItem(id, label, color, last, href, cls = "") {
+  const name = href ? `<a href="${href}">${esc(label)}</a>` : esc(label);
+  return `<span data-series="${esc(id)}" class="${cls}"><i style="background:${color}"></i>${name} <b>${last == null ? "–" : metricFmt()(last)}</b></span>`;
+}
+
+// The fleet: its total and the rest ("others") on one scale, the top devices on their own
+// below (beside a thousand-device total they would be flat lines at the bottom).
+function renderFleetChart(s) {
+  const key = metricKey(), fmt = metricFmt();
+  const el = $("chart"), top = $("chart-top");
+  top.hidden = false;
+  setText("chart-scope", `· ${state.list.site ? `site ${state.list.site}` : "all devices"}: total, top ${TOP} devices, others`);
+  const fleet = s.fleet || null;
+  if (!s.devices.length && !fleet) {
+    el.innerHTML = `<div class="nodata">no summaries in this range</div>`;
+    top.innerHTML = "";
+    $("legend").innerHTML = "";
+    return;
+  }
+  const base = { from: s.from, to: s.to, t: s.t, stepMs: s.step_ms, fmt };
+  const totals = [];
+  if (fleet) totals.push({ id: "fleet", label: "fleet total", color: "#e2e8f0", values: fleet[key], cls: "thick", area: true });
+  if (s.others) totals.push({ id: "others", label: "others", color: "#64748b", values: s.others[key], cls: "dashed" });
+  const devs = s.devices.map((d) => ({ id: d.id, color: colorOf(d.id), values: d[key] }));
+  lineChart(el, { ...base, lines: totals.length ? totals : devs });
+  if (totals.length) lineChart(top, { ...base, lines: devs });
+  else top.innerHTML = "";
+  $("legend").innerHTML =
+    totals.map((d) => legendItem(d.id, d.label, d.color, lastOf(d.values), null, "total")).join("") +
+    devs.map((d) => legendItem(d.id, d.id, d.color, lastOf(d.values), deviceHref(d.id))).join("");
+}
+
+function renderDeviceChart(device, h, from, to) {
+  const el = $("chart");
+  $("chart-top").hidden = true;
+  setText("chart-scope", `· ${device}`);
+  if (!h || !h.t.length) {
+    el.innerHTML = `<div class="nodata">no summaries in this range</div>`;
+    $("legend").innerHTML = "";
+    return;
+  }
+  const key = metricKey();
+  const line = { id: device, color: "#38bdf8", values: h[key], area: true };
+  lineChart(el, { from, to, t: h.t, stepMs: h.step_ms, fmt: metricFmt(), lines: [line] });
+  $("legend").innerHTML = legendItem(device, device, line.color, lastOf(line.values));
+}
+
+// ---- one device ----
+
+function renderDeviceHead(id, d, h) {
+  const t = $("d-title");
+  if (!d) {
+    t.dataset.device = "";
+    setHtml($("d-facts"), `<span class="bad-text">no device ${esc(id)} has reported</span>`);
+    for (const k of ["d-state", "d-attention", "d-gaps"]) setHtml($(k), "");
+    return;
+  }
+  t.dataset.device = d.id;
+  const l = d.latest, hl = l && l.health;
+  setHtml($("d-state"), `<span class="state ${d.state}">${d.state}</span>${d.reported ? ` <span class="dim">(says ${esc(d.reported)})</span>` : ""}`);
+  setHtml($("d-attention"), badges(d.attention));
+  setHtml($("d-facts"), l ? `run <code>${esc(l.boot_id)}</code> · window ${count(l.seq)} · ${l.window_len_ms / 1000} s windows · ${plural(d.boots, "run", "runs")} stored` : "no summary yet");
+  const gaps = h && h.gaps != null ? h.gaps : d.gaps;
+  setHtml($("d-gaps"), `<span class="${gaps ? "warn-text" : "dim"}">${plural(gaps, "window", "windows")} missing</span>`);
+  setText("d-bps", l ? rate(l.bytes_per_s) : "–");
+  setText("d-pps", l ? prate(l.packets_per_s) : "");
+  setText("d-fill", hl ? pct(hl.table_fill * 100) : "–");
+  setText("d-flows", hl ? `${count(hl.active_flows)} of ${count(hl.table_capacity)} entries · ${count(hl.table_full)} packets found it full` : "");
+  setText("d-cpu", hl ? pct(hl.cpu_pct) : "–");
+  setText("d-rss", hl ? `${bytes(hl.rss_kib * 1024)} RSS · ${count(hl.parse_errors)} parse errors` : "");
+  setText("d-spool", hl ? count(hl.spool_depth) : "–");
+  setText("d-spool2", hl ? `windows queued · ${count(hl.spool_dropped)} dropped` : "");
+  setText("d-bytes", bytes(d.totals.bytes));
+  setText("d-packets", `${count(d.totals.packets)} packets · ${plural(d.windows, "window", "windows")}`);
+  setText("d-seen", l ? ago(l.received_ms) : "never");
+  setText("d-skew", l ? `clock skew ${(l.clock_skew_ms / 1000).toFixed(1)} s` : "");
+}
+
+// Gauges are the bucket's highest value, counters its sum (what /api/health answers).
+const HEALTH = [
+  ["active_flows", "Active flows", count],
+  ["table_fill", "Table fill", (v) => pct(v * 100)],
+  ["table_full", "Packets with the table full", count, "bad"],
+  ["parse_errors", "Parse errors", count, "bad"],
+  ["cpu_pct", "Agent CPU", pct],
+  ["rss_kib", "Agent memory", (v) => bytes(v * 1024)],
+  ["spool_depth", "Spool depth", count],
+  ["spool_dropped", "Spool dropped", count, "bad"],
+];
+
+function renderHealth(id, h, from, to) {
+  const box = $("health");
+  if (!h) {
+    box.dataset.device = "";
+    setHtml(box, `<div class="nodata">no health reported in this range</div>`);
+    return;
+  }
+  if (box.dataset.device !== id) {
+    box.innerHTML = HEALTH.map(([k, label]) => `<div class="mini" data-metric="${k}" data-points="0"><div class="mini-head"><label>${label}</label><b></b></div><div class="mini-chart"></div></div>`).join("");
+    box._html = null;
+    box.dataset.device = id;
+  }
+  setText("health-note", `· per ${Math.round(h.step_ms / 1000)} s: highest value, or the sum of counts`);
+  for (const [k, , fmt, tone] of HEALTH) {
+    const el = box.querySelector(`[data-metric="${k}"]`);
+    const values = h[k] || [];
+    const points = values.filter((v) => v != null).length;
+    const last = lastOf(values);
+    const worst = tone === "bad" && values.some((v) => v > 0);
+    el.dataset.points = String(points);
+    el.classList.toggle("bad", worst);
+    el.querySelector("b").textContent = last == null ? "–" : fmt(last);
+    lineChart(el.querySelector(".mini-chart"), { from, to, t: h.t, stepMs: h.step_ms, fmt, mini: true,
+      lines: [{ id: k, color: worst ? "#f87171" : "#38bdf8", values, area: true }] });
+  }
+}
+
+// ---- traffic tables ----
 
 function bar(v, max) { return `<div class="bar" style="width:${max ? Math.max(1, (v / max) * 100).toFixed(1) : 0}%"></div>`; }
 
 function renderTalkers(list) {
   const max = list.length ? list[0].bytes : 0;
-  $("talkers").tBodies[0].innerHTML = list.length ? list.map((t) => `<tr data-addr="${esc(t.addr)}">
-    <td class="addr">${esc(t.addr)}</td><td class="num">${bytes(t.sent.bytes)}</td><td class="num">${bytes(t.received.bytes)}</td>
-    <td class="num"><b>${bytes(t.bytes)}</b></td><td>${bar(t.bytes, max)}</td></tr>`).join("")
-    : `<tr class="empty"><td colspan="5">no flows in this range</td></tr>`;
+  patchRows($("talkers"), list, (t) => ({
+    attrs: { "data-addr": t.addr },
+    cells: [["addr", esc(t.addr)], ["num", bytes(t.sent.bytes)], ["num", bytes(t.received.bytes)], ["num", `<b>${bytes(t.bytes)}</b>`], ["", bar(t.bytes, max)]],
+  }), "no flows in this range", 5);
 }
 
 function renderConversations(list) {
   const max = list.length ? list[0].bytes : 0;
-  $("conversations").tBodies[0].innerHTML = list.length ? list.map((c) => `<tr>
-    <td class="addr">${esc(c.src)} <span class="dim">→</span> ${esc(c.dst)}</td><td class="num">${count(c.flows)}</td>
-    <td class="num">${bytes(c.fwd.bytes)}</td><td class="num">${bytes(c.rev.bytes)}</td><td class="num"><b>${bytes(c.bytes)}</b></td>
-    <td><div class="split" style="width:${max ? Math.max(1, (c.bytes / max) * 100).toFixed(1) : 0}%"><i style="width:${c.bytes ? ((c.fwd.bytes / c.bytes) * 100).toFixed(1) : 50}%"></i><i style="flex:1"></i></div></td></tr>`).join("")
-    : `<tr class="empty"><td colspan="6">no flows in this range</td></tr>`;
+  patchRows($("conversations"), list, (c) => ({
+    cells: [
+      ["addr", `${esc(c.src)} <span class="dim">→</span> ${esc(c.dst)}`], ["num", count(c.flows)],
+      ["num", bytes(c.fwd.bytes)], ["num", bytes(c.rev.bytes)], ["num", `<b>${bytes(c.bytes)}</b>`],
+      ["", `<div class="split" style="width:${max ? Math.max(1, (c.bytes / max) * 100).toFixed(1) : 0}%"><i style="width:${c.bytes ? ((c.fwd.bytes / c.bytes) * 100).toFixed(1) : 50}%"></i><i style="flex:1"></i></div>`],
+    ],
+  }), "no flows in this range", 6);
 }
 
 const us = (v) => (v >= 1000 ? `${(v / 1000).toFixed(v >= 10000 ? 0 : 1)} ms` : `${v} µs`);
 
 function renderFlows(f) {
-  $("flow-count").textContent = f.matching > f.flows.length ? `top ${f.flows.length} of ${count(f.matching)} by bytes` : `${count(f.matching)} flows`;
-  $("flows").tBodies[0].innerHTML = f.flows.length ? f.flows.map((x) => {
+  setText("flow-count", f.matching > f.flows.length ? `top ${f.flows.length} of ${count(f.matching)} by bytes` : `${count(f.matching)} flows`);
+  patchRows($("flows"), f.flows, (x) => {
     const name = PROTO[x.proto] || `proto ${x.proto}`;
     const icmp = x.proto === 1 || x.proto === 58;
     const detail = icmp ? ` <span class="dim">type ${x.src_port >> 8} code ${x.src_port & 255}</span>` : "";
-    return `<tr data-flow="${x.proto} ${esc(x.src)}:${x.src_port} ${esc(x.dst)}:${x.dst_port}">
-      <td><span class="badge p${x.proto}">${name}</span>${detail}</td>
-      <td class="addr">${esc(endpoint(x.src, x.src_port, x.proto))}</td><td class="addr">${esc(endpoint(x.dst, x.dst_port, x.proto))}</td>
-      <td class="dim">${esc(x.device)}</td><td class="num dim">${x.vlan || "–"}</td>
-      <td class="num">${count(x.fwd.packets)} / ${count(x.rev.packets)}</td>
-      <td class="num">${bytes(x.fwd.bytes)}</td><td class="num">${bytes(x.rev.bytes)}</td><td class="num"><b>${bytes(x.bytes)}</b></td>
-      <td class="num">${x.rtt ? `${us(x.rtt.min_us)} / ${us(x.rtt.avg_us)} / ${us(x.rtt.max_us)}` : `<span class="dim">–</span>`}</td>
-      <td class="dim">${ago(x.last_seen_ms)}</td></tr>`;
-  }).join("") : `<tr class="empty"><td colspan="11">no flow matches</td></tr>`;
+    const dev = x.device;
+    return {
+      attrs: { "data-flow": `${x.proto} ${x.src}:${x.src_port} ${x.dst}:${x.dst_port}`, "data-device": dev },
+      cells: [
+        ["", `<span class="badge p${x.proto}">${name}</span>${detail}`],
+        ["addr", esc(endpoint(x.src, x.src_port, x.proto))], ["addr", esc(endpoint(x.dst, x.dst_port, x.proto))],
+        ["dim", dev.includes("/") ? `<a href="${deviceHref(dev)}">${esc(dev)}</a>` : esc(dev)], ["num dim", x.vlan ? String(x.vlan) : "–"],
+        ["num", `${count(x.fwd.packets)} / ${count(x.rev.packets)}`],
+        ["num", bytes(x.fwd.bytes)], ["num", bytes(x.rev.bytes)], ["num", `<b>${bytes(x.bytes)}</b>`],
+        ["num", x.rtt ? `${us(x.rtt.min_us)} / ${us(x.rtt.avg_us)} / ${us(x.rtt.max_us)}` : `<span class="dim">–</span>`],
+        ["dim", ago(x.last_seen_ms)],
+      ],
+    };
+  }, "no flow matches", 11);
 }
 
 function renderRtt(r) {
   const el = $("rtt");
-  $("rtt-summary").textContent = r.samples ? `${count(r.samples)} samples · p50 < ${us(r.p50_us)} · p90 < ${us(r.p90_us)} · p99 < ${us(r.p99_us)}` : "";
-  if (!r.samples) { el.innerHTML = `<div class="nodata">no RTT samples in this range</div>`; return; }
+  setText("rtt-summary", r.samples ? `${count(r.samples)} samples · p50 < ${us(r.p50_us)} · p90 < ${us(r.p90_us)} · p99 < ${us(r.p99_us)}` : "");
+  if (!r.samples) { setHtml(el, `<div class="nodata">no RTT samples in this range</div>`); return; }
   const W = el.clientWidth || 600, H = el.clientHeight || 200, B = 30, T = 14;
   const n = r.buckets.length, bw = W / n, max = Math.max(...r.buckets.map((b) => b.count));
-  el.innerHTML = `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">` + r.buckets.map((b, i) => {
+  setHtml(el, `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">` + r.buckets.map((b, i) => {
     const h = ((H - B - T) * b.count) / max;
     return `<rect x="${i * bw + 2}" y="${H - B - h}" width="${bw - 4}" height="${h}" rx="2"><title>${us(b.lo_us)} – ${b.hi_us ? us(b.hi_us) : "∞"}: ${count(b.count)}</title></rect>` +
       (b.count ? `<text x="${i * bw + bw / 2}" y="${H - B - h - 3}" text-anchor="middle">${count(b.count)}</text>` : "") +
       `<text x="${i * bw + bw / 2}" y="${H - 10}" text-anchor="middle">≥${us(b.lo_us)}</text>`;
-  }).join("") + `</svg>`;
+  }).join("") + `</svg>`);
 }
 
 function renderIngest(i) {
@@ -282,8 +641,10 @@ function renderIngest(i) {
     ...Object.entries(i.rejected).map(([k, v]) => [`rejected: ${esc(k)}`, `<span class="bad-text">${count(v)}</span>`]),
     ["stored windows", i.stored.oldest_window_ms ? `${new Date(i.stored.oldest_window_ms).toISOString().slice(0, 16).replace("T", " ")} → ${new Date(i.stored.newest_window_ms).toISOString().slice(0, 16).replace("T", " ")}` : "–"],
   ];
-  $("ingest").tBodies[0].innerHTML = rows.map(([k, v]) => `<tr><td>${k}</td><td>${v}</td></tr>`).join("");
+  setHtml($("ingest").tBodies[0], rows.map(([k, v]) => `<tr><td>${k}</td><td>${v}</td></tr>`).join(""));
 }
+
+// ---- controls ----
 
 function setRange(ms) {
   state.range = ms;
@@ -299,8 +660,40 @@ $("metric").onclick = (e) => {
   for (const b of $("metric").children) b.classList.toggle("on", b === e.target);
   refresh();
 };
-$("device").onchange = (e) => { state.device = e.target.value; refresh(); };
+function listChanged() {
+  for (const b of $("sort").children) b.classList.toggle("on", b.dataset.sort === state.list.sort);
+  saveList();
+  refresh();
+}
+$("sort").onclick = (e) => {
+  if (!e.target.dataset.sort) return;
+  state.list.sort = e.target.dataset.sort;
+  state.list.page = 0;
+  listChanged();
+};
+$("site").onchange = (e) => { state.list.site = e.target.value; state.list.page = 0; listChanged(); };
+$("prev").onclick = () => { if (state.list.page > 0) { state.list.page -= 1; listChanged(); } };
+$("next").onclick = () => { if ((state.list.page + 1) * PAGE < state.list.total) { state.list.page += 1; listChanged(); } };
 let typing;
+$("q").oninput = () => {
+  clearTimeout(typing);
+  typing = setTimeout(() => { state.list.q = $("q").value.trim(); state.list.page = 0; listChanged(); }, 200);
+};
+$("dev-filters").onsubmit = (e) => e.preventDefault();
+// The attention tile leads to the list, sorted by what needs attention.
+$("kpi-attention").onclick = () => {
+  state.list.sort = "attention";
+  state.list.page = 0;
+  $("devices").scrollIntoView({ behavior: "smooth", block: "start" });
+  listChanged();
+};
+// "/" jumps to the device search, as on most sites.
+document.addEventListener("keydown", (e) => {
+  if (e.key !== "/" || /^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement.tagName)) return;
+  if (state.route.device) location.hash = $("back").getAttribute("href");
+  e.preventDefault();
+  $("q").focus();
+});
 $("filters").oninput = () => {
   clearTimeout(typing);
   typing = setTimeout(() => {
@@ -312,6 +705,8 @@ $("filters").oninput = () => {
 };
 $("filters").onsubmit = (e) => e.preventDefault();
 window.onresize = () => refresh();
+window.onhashchange = route;
 
-setRange(state.range);
+for (const b of $("ranges").children) b.classList.toggle("on", Number(b.dataset.range) === state.range);
+route();
 setInterval(refresh, REFRESH_MS);

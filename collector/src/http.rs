@@ -3,11 +3,15 @@
 //! `Authorization: Bearer <token>`; the static files hold no data and stay open.
 
 use crate::{
+    api::{
+        self, conversations, devices, fleet, flows::FlowFilter, health, rtt, series, stored,
+        talkers, Range, Reader,
+    },
     config::Limits,
     ingest::{now_ms, IngestStats},
     metrics,
-    query::{self, FlowFilter, Range},
     rate::RateTracker,
+    store::Db,
 };
 use axum::extract::rejection::QueryRejection;
 use axum::{
@@ -18,15 +22,10 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use std::{
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Mutex, OnceLock,
-    },
-    time::{Duration, Instant},
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    time::Duration,
 };
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -44,42 +43,19 @@ pub struct App {
     started_ms: i64,
 }
 
-/// A pool of read-only connections: at most `permits` queries at once, each stopped by
-/// SQLite's progress handler once it has run longer than `timeout`.
+/// A pool of read-only connections: at most `permits` queries at once, each stopped once it
+/// has run longer than `timeout`.
 struct Readers {
-    db: PathBuf,
-    /// Opened on first use (the writer creates the file and schema first).
-    idle: Mutex<Vec<Reader>>,
+    db: Db,
+    /// Opened on first use (the writer creates the database and schema first).
+    idle: Mutex<Vec<Box<dyn Reader>>>,
     permits: Arc<tokio::sync::Semaphore>,
     timeout: Duration,
 }
 
-struct Reader {
-    conn: Connection,
-    /// Milliseconds since [`clock`]'s start after which the running statement is interrupted.
-    deadline: Arc<AtomicU64>,
-}
-
-/// Milliseconds on a monotonic clock (deadlines are compared in the progress handler).
-fn clock() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-impl Reader {
-    fn open(db: &std::path::Path) -> Result<Reader, crate::store::StoreError> {
-        let mut conn = crate::store::open_reader(db)?;
-        let deadline = Arc::new(AtomicU64::new(u64::MAX));
-        let d = deadline.clone();
-        // Every ~10,000 virtual machine instructions (well under a millisecond).
-        conn.progress_handler(10_000, Some(move || clock() > d.load(Relaxed)))?;
-        Ok(Reader { conn, deadline })
-    }
-}
-
 impl App {
     pub fn new(
-        db: PathBuf,
+        db: Db,
         stats: Arc<IngestStats>,
         rates: Arc<RateTracker>,
         token: Option<String>,
@@ -103,7 +79,7 @@ impl App {
     /// Runs a query on a pooled reader, off the async threads, within the time limit.
     async fn read<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Connection) -> query::Result<T> + Send + 'static,
+        f: impl FnOnce(&mut dyn Reader) -> api::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
         // Held by the query itself: a client that goes away does not free it early.
         let permit = self
@@ -118,27 +94,28 @@ impl App {
             let _permit = permit;
             let r = &app.readers;
             let taken = r.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let reader = match taken {
+            let mut reader = match taken {
                 Some(reader) => reader,
-                None => Reader::open(&r.db).map_err(ApiError::internal)?,
+                None => api::open(&r.db, r.timeout).map_err(ApiError::internal)?,
             };
-            let limit = r.timeout.as_millis() as u64;
-            reader.deadline.store(clock() + limit, Relaxed);
-            let result = f(&reader.conn);
-            reader.deadline.store(u64::MAX, Relaxed);
-            r.idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(reader);
-            result.map_err(|e| {
-                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) {
-                    ApiError::bad(format!(
-                        "the query ran longer than {limit} ms (--query-timeout-ms) and was \
-                         stopped; narrow the range (from, to) or pick a device"
-                    ))
-                } else {
-                    ApiError::internal(e)
-                }
+            reader.busy();
+            let result = f(reader.as_mut());
+            reader.idle();
+            // A reader whose connection broke is not kept.
+            if !reader.broken() {
+                r.idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(reader);
+            }
+            result.map_err(|e| match e {
+                api::Error::Timeout => ApiError::bad(format!(
+                    "the query ran longer than {} ms (--query-timeout-ms) and was stopped; \
+                     narrow the range (from, to) or pick a device",
+                    r.timeout.as_millis()
+                )),
+                api::Error::Bad(why) => ApiError::bad(why),
+                e => ApiError::internal(e),
             })
         })
         .await
@@ -176,6 +153,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/flows", get(flows))
         .route("/api/rtt", get(rtt))
         .route("/api/ingest", get(ingest))
+        .route("/api/fleet", get(fleet))
+        .route("/api/health", get(health))
         .route("/metrics", get(prometheus))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
@@ -301,6 +280,13 @@ pub struct Params {
     addr: Option<String>,
     port: Option<String>,
     proto: Option<String>,
+    /// Devices: a part of the id, any case.
+    q: Option<String>,
+    site: Option<String>,
+    sort: Option<String>,
+    offset: Option<u64>,
+    /// Series: the top devices by bytes, the fleet and the others.
+    top: Option<u32>,
 }
 
 fn nonempty(v: &Option<String>) -> Option<String> {
@@ -350,6 +336,10 @@ impl Params {
     fn limit(&self, default: u32) -> u32 {
         self.limit.unwrap_or(default).clamp(1, 10_000)
     }
+
+    fn site(&self) -> Option<String> {
+        nonempty(&self.site)
+    }
 }
 
 /// A protocol by name or number.
@@ -370,59 +360,147 @@ pub fn proto(s: &str) -> Option<u8> {
 struct DevicesAnswer {
     now_ms: i64,
     range: Range,
-    devices: Vec<query::Device>,
+    devices: Vec<devices::Device>,
 }
 
+/// Devices as asked (`q`, `site`, `sort`, `limit`, `offset`); the header `X-Total-Count` says
+/// how many matched before `offset` and `limit`.
 async fn devices(
     State(app): State<Arc<App>>,
     q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<DevicesAnswer>, ApiError> {
+) -> Result<Response, ApiError> {
     let p = params(q)?;
     let range = p.range()?;
     let now = now_ms();
+    let listing = devices::Listing {
+        q: nonempty(&p.q),
+        site: p.site(),
+        sort: match nonempty(&p.sort) {
+            Some(s) => s
+                .parse()
+                .map_err(|e: api::Error| ApiError::bad(e.to_string()))?,
+            None => devices::Sort::default(),
+        },
+        limit: p.limit.map(|l| l as usize),
+        offset: p.offset.unwrap_or(0).min(usize::MAX as u64) as usize,
+    };
     let device = p.device();
-    let devices = app
-        .read(move |c| query::devices(c, range, now, device.as_deref()))
+    let all = app
+        .read(move |c| devices::devices(c, range, now, device.as_deref()))
         .await?;
-    Ok(Json(DevicesAnswer {
+    let (matching, devices) = listing.apply(all);
+    let mut r = Json(DevicesAnswer {
         now_ms: now,
         range,
         devices,
-    }))
+    })
+    .into_response();
+    r.headers_mut()
+        .insert("x-total-count", HeaderValue::from(matching));
+    Ok(r)
+}
+
+async fn fleet(
+    State(app): State<Arc<App>>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<fleet::Fleet>, ApiError> {
+    let p = params(q)?;
+    let range = p.range()?;
+    let now = now_ms();
+    let site = p.site();
+    let all = app
+        .read(move |c| devices::devices(c, range, now, None))
+        .await?;
+    let mine: Vec<_> = all
+        .into_iter()
+        .filter(|d| site.as_ref().is_none_or(|s| &d.site == s))
+        .collect();
+    Ok(Json(fleet::fleet(&mine)))
 }
 
 /// Default series range when none is given.
 const DEFAULT_SERIES_MS: i64 = 15 * 60 * 1000;
 
-async fn series(
-    State(app): State<Arc<App>>,
-    q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<query::Series>, ApiError> {
-    let p = params(q)?;
-    // Default: the last 15 minutes (up to now, or up to `to`).
+/// The series range: the last 15 minutes up to now, or up to `to`.
+fn series_range(p: &Params) -> Result<Range, ApiError> {
     let to = Some(p.to.unwrap_or_else(now_ms));
-    let range = range_of(p.from, to, DEFAULT_SERIES_MS)?;
+    range_of(p.from, to, DEFAULT_SERIES_MS)
+}
+
+fn step(p: &Params) -> Result<i64, ApiError> {
     let step = p.step.unwrap_or(0);
     if step < 0 {
         return Err(ApiError::bad(
             "step is a bucket width in ms: 0 (automatic) or more",
         ));
     }
-    let device = p.device();
+    Ok(step)
+}
+
+async fn series(
+    State(app): State<Arc<App>>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<series::Series>, ApiError> {
+    let p = params(q)?;
+    let range = series_range(&p)?;
+    let top = match p.top {
+        Some(n) if n == 0 || n as usize > series::MAX_TOP => {
+            return Err(ApiError::bad(format!(
+                "top is a number of devices: 1 to {}",
+                series::MAX_TOP
+            )))
+        }
+        n => n.map(|n| n as usize),
+    };
+    let query = series::SeriesQuery {
+        step_ms: step(&p)?,
+        device: p.device(),
+        site: p.site(),
+        top,
+    };
     Ok(Json(
-        app.read(move |c| query::series(c, range, step, device.as_deref()))
-            .await?,
+        app.read(move |c| series::series(c, range, &query)).await?,
     ))
+}
+
+/// One device's health over time: `device` is required and names one device.
+async fn health(
+    State(app): State<Arc<App>>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<health::DeviceHealth>, ApiError> {
+    let p = params(q)?;
+    let range = series_range(&p)?;
+    let step = step(&p)?;
+    let Some(name) = p.device() else {
+        return Err(ApiError::bad("device is required: site/device"));
+    };
+    let now = now_ms();
+    let answer = app
+        .read(move |c| {
+            let found = devices::devices(c, Range::ALL, now, Some(&name))?;
+            match found.as_slice() {
+                [d] => health::health(c, (&d.site, &d.device), range, step, (d.gaps, d.boots))
+                    .map(Some),
+                [] => Ok(None),
+                _ => Err(api::Error::Bad(format!(
+                    "{name:?} names a device in several sites: ask for site/device"
+                ))),
+            }
+        })
+        .await?;
+    answer
+        .map(Json)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no such device (site/device)".into()))
 }
 
 async fn talkers(
     State(app): State<Arc<App>>,
     q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<Vec<query::Talker>>, ApiError> {
+) -> Result<Json<Vec<talkers::Talker>>, ApiError> {
     let p = params(q)?;
     let (range, device, limit) = (p.range()?, p.device(), p.limit(10));
     Ok(Json(
-        app.read(move |c| query::top_talkers(c, range, device.as_deref(), limit))
+        app.read(move |c| talkers::top_talkers(c, range, device.as_deref(), limit))
             .await?,
     ))
 }
@@ -430,11 +508,11 @@ async fn talkers(
 async fn conversations(
     State(app): State<Arc<App>>,
     q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<Vec<query::Conversation>>, ApiError> {
+) -> Result<Json<Vec<conversations::Conversation>>, ApiError> {
     let p = params(q)?;
     let (range, device, limit) = (p.range()?, p.device(), p.limit(10));
     Ok(Json(
-        app.read(move |c| query::top_conversations(c, range, device.as_deref(), limit))
+        app.read(move |c| conversations::top_conversations(c, range, device.as_deref(), limit))
             .await?,
     ))
 }
@@ -442,7 +520,7 @@ async fn conversations(
 async fn flows(
     State(app): State<Arc<App>>,
     q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<query::Flows>, ApiError> {
+) -> Result<Json<api::flows::Flows>, ApiError> {
     let p = params(q)?;
     let range = p.range()?;
     let port = match nonempty(&p.port) {
@@ -464,18 +542,19 @@ async fn flows(
         limit: p.limit(100),
     };
     Ok(Json(
-        app.read(move |c| query::flows(c, range, &filter)).await?,
+        app.read(move |c| api::flows::flows(c, range, &filter))
+            .await?,
     ))
 }
 
 async fn rtt(
     State(app): State<Arc<App>>,
     q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<query::RttDistribution>, ApiError> {
+) -> Result<Json<rtt::RttDistribution>, ApiError> {
     let p = params(q)?;
     let (range, device) = (p.range()?, p.device());
     Ok(Json(
-        app.read(move |c| query::rtt(c, range, device.as_deref()))
+        app.read(move |c| rtt::rtt(c, range, device.as_deref()))
             .await?,
     ))
 }
@@ -495,11 +574,11 @@ struct IngestAnswer {
     backpressure: u64,
     queued_bytes: u64,
     rates: crate::rate::Rates,
-    stored: query::Stored,
+    stored: stored::Stored,
 }
 
 async fn ingest(State(app): State<Arc<App>>) -> Result<Json<IngestAnswer>, ApiError> {
-    let stored = app.read(query::stored).await?;
+    let stored = app.read(stored::stored).await?;
     let s = &app.stats;
     Ok(Json(IngestAnswer {
         started_ms: app.started_ms,
@@ -522,7 +601,7 @@ async fn ingest(State(app): State<Arc<App>>) -> Result<Json<IngestAnswer>, ApiEr
 async fn prometheus(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let now = now_ms();
     let devices = app
-        .read(move |c| query::devices(c, Range::ALL, now, None))
+        .read(move |c| devices::devices(c, Range::ALL, now, None))
         .await?;
     let body = metrics::render(&app.stats, &app.rates.rates(), &devices);
     Ok((

@@ -3,8 +3,9 @@
 //!
 //! `main.rs` only wires these modules: [`config`] → [`broker`] (optional, in-process) →
 //! [`mqtt`] (subscriber) → [`ingest`] (decode, validate, dedup) → [`store`]; [`http`] serves
-//! [`query`] results and [`metrics`].
+//! [`api`] results and [`metrics`].
 
+pub mod api;
 pub mod broker;
 pub mod config;
 pub mod http;
@@ -12,7 +13,6 @@ pub mod ingest;
 pub mod loadgen;
 pub mod metrics;
 pub mod mqtt;
-pub mod query;
 pub mod rate;
 pub mod server;
 pub mod store;

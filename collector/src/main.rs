@@ -8,9 +8,7 @@ use collector::{
     ingest::{Ingest, IngestStats},
     mqtt,
     rate::RateTracker,
-    server,
-    store::{self, Db},
-    UsageError,
+    server, store, UsageError,
 };
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
@@ -106,14 +104,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Ingest::new(store, stats.clone(), cfg.retention),
         cfg.limits.ingest_queue_bytes,
     ));
-    // The HTTP side reads SQLite only until the read side learns PostgreSQL (issue 19's
-    // other half); with a postgres:// store its database endpoints answer errors.
-    let reads = match &cfg.db {
-        Db::Sqlite(path) => path.clone(),
-        Db::Postgres(_) => std::path::PathBuf::from("/nonexistent/edgeflow-reads-sqlite-only"),
-    };
     let app = Arc::new(http::App::new(
-        reads,
+        cfg.db.clone(),
         stats.clone(),
         rates,
         cfg.token.clone(),

@@ -1,7 +1,11 @@
 //! Prometheus text exposition (`/metrics`): ingest counters and rates, decode errors by
 //! reason, and per-device throughput and health from the store.
 
-use crate::{ingest::IngestStats, query::Device, rate::Rates};
+use crate::{
+    api::devices::{Device, DeviceState},
+    ingest::IngestStats,
+    rate::Rates,
+};
 use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
 
 /// Every rejection reason, so each series exists (at 0) before its first occurrence.
@@ -126,7 +130,7 @@ pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device]) -> String 
             "edgeflow_device_up",
             "gauge",
             "1 when the device is online.",
-            |d| Some(if d.state == "online" { 1.0 } else { 0.0 }),
+            |d| Some(if d.state == DeviceState::Online { 1.0 } else { 0.0 }),
         ),
         (
             "edgeflow_device_bytes_total",

@@ -133,6 +133,28 @@ fn three_collectors_share_the_fleet_one_killed_twice_nothing_lost_or_doubled() {
             "{id}: stored vs acked"
         );
     }
+    // The same through the API, from each collector (any of them serves the shared store).
+    for c in &collectors {
+        let v = c.json("/api/devices?from=0&limit=10000");
+        let list = v["devices"].as_array().unwrap();
+        assert_eq!(list.len(), DEVICES);
+        for d in list {
+            let id = d["id"].as_str().unwrap();
+            let (windows, packets, bytes, records) = acked[id];
+            let n = |v: &serde_json::Value| v.as_u64().unwrap();
+            assert_eq!(
+                (
+                    n(&d["windows"]),
+                    n(&d["totals"]["packets"]),
+                    n(&d["totals"]["bytes"]),
+                    n(&d["flow_records"]),
+                    n(&d["gaps"])
+                ),
+                (windows, packets, bytes, records, 0),
+                "{id}: the API vs acked"
+            );
+        }
+    }
     let (rows, distinct, records): (i64, i64, i64) = {
         let r = db
             .query_one(

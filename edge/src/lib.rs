@@ -2,27 +2,10 @@
 //!
 //! `main.rs` only wires these modules to the command line.
 
-pub mod attach;
-pub mod bpf;
-pub mod caps;
-pub mod clock;
-pub mod config;
-pub mod decode;
-pub mod drain;
-pub mod health;
-pub mod ifstate;
-pub mod kernel;
-pub mod leftover;
-pub mod mqtt;
-pub mod netdev;
-pub mod netlink;
-pub mod run;
-pub mod spool;
-pub mod summary;
-pub mod table;
-pub mod ticks;
-pub mod watch;
-pub mod window;
+pub mod cmd;
+pub mod link;
+pub mod probe;
+pub mod report;
 
 /// An error that is the user's to fix (exit code 2), as opposed to a runtime failure (1).
 #[derive(Debug, thiserror::Error)]

@@ -3,15 +3,16 @@
 use anyhow::Context;
 use argh::FromArgs;
 use edge::{
-    attach::AttachMode,
-    config::{self, Config},
-    decode,
-    drain::Expiry,
-    run::{self, RunOptions},
-    watch::{self, WatchOptions},
+    cmd::{
+        config::{self, Config},
+        run::{self, RunOptions},
+        watch::{self, WatchOptions},
+    },
+    probe::{attach::AttachMode, drain::Expiry, ProbeOptions},
+    report::decode,
     UsageError,
 };
-use std::{io::Read, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::Read, path::PathBuf, process::ExitCode};
 
 /// edgeflow: counts every packet into a kernel flow table and reports the flows.
 #[derive(FromArgs)]
@@ -210,16 +211,6 @@ struct WatchCmd {
     no_rtt: bool,
 }
 
-fn secs(name: &str, v: f64) -> Result<Duration, UsageError> {
-    if v.is_finite() && v > 0.0 {
-        Ok(Duration::from_secs_f64(v))
-    } else {
-        Err(UsageError::Invalid(format!(
-            "--{name} must be a positive number of seconds"
-        )))
-    }
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.version {
         println!("edgeflow {}", env!("CARGO_PKG_VERSION"));
@@ -228,23 +219,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         None => Err(UsageError::Invalid("no command given; see --help".into()).into()),
         Some(Cmd::Watch(w)) => {
-            if w.sample == 0 {
-                return Err(UsageError::Invalid("--sample must be at least 1".into()).into());
-            }
             let opts = WatchOptions {
-                ifaces: w.iface,
-                netns: w.netns,
-                interval: secs("interval", w.interval)?,
+                probe: ProbeOptions {
+                    ifaces: w.iface,
+                    netns: w.netns,
+                    max_flows: config::max_flows(w.max_flows)?,
+                    attach: w.attach,
+                    sample_every: config::sample_every(w.sample, "--sample")?,
+                    rtt: config::rtt_options(!w.no_rtt, Some(w.rtt_interval))?,
+                    expiry: Expiry {
+                        inactive: config::positive_secs("--inactive-timeout", w.inactive_timeout)?,
+                        ..Expiry::default()
+                    },
+                },
+                interval: config::positive_secs("--interval", w.interval)?,
                 count: w.count,
                 json: w.json,
-                max_flows: w.max_flows,
-                attach: w.attach,
-                sample_every: w.sample,
-                rtt: config::rtt_options(!w.no_rtt, Some(w.rtt_interval))?,
-                expiry: Expiry {
-                    inactive: secs("inactive-timeout", w.inactive_timeout)?,
-                    ..Expiry::default()
-                },
             };
             let stdout = std::io::stdout();
             watch::run(&opts, &mut stdout.lock()).context("watch")

@@ -404,3 +404,99 @@ fn runs_with_only_the_three_capabilities_and_names_a_missing_one() {
     assert_eq!((s.packets_fwd, s.bytes_fwd), (3, 600 + 3 * 28));
     assert_eq!((s.packets_rev, s.bytes_rev), (3, 3 * (50 + 28)));
 }
+
+/// A pids cgroup of this test's, limited to `max` tasks, removed when dropped (its tasks have
+/// exited by then). cgroup v1's pids hierarchy, or v2's with the pids controller.
+struct PidsCgroup(std::path::PathBuf);
+
+impl PidsCgroup {
+    fn new(max: u32) -> PidsCgroup {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let root = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+            .into_iter()
+            .find(|r| {
+                // v1: the pids hierarchy's own mount; v2: pids enabled for the root's children.
+                (r.ends_with("/pids") && std::path::Path::new(r).join("tasks").exists())
+                    || std::fs::read_to_string(format!("{r}/cgroup.subtree_control"))
+                        .is_ok_and(|c| c.split_whitespace().any(|x| x == "pids"))
+            })
+            .expect("a pids cgroup controller (v1 or v2) to limit the agent's threads with");
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::path::Path::new(root).join(format!("edgeflow-test-{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir).expect("creating a pids cgroup");
+        let g = PidsCgroup(dir);
+        std::fs::write(g.0.join("pids.max"), max.to_string()).expect("setting pids.max");
+        g
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!("could not remove {}", self.0.display());
+    }
+}
+
+/// When the agent cannot start the thread that talks to the broker, that is a runtime failure
+/// (exit 1), not the user's to fix (2), and nothing stays attached. Provoked for real: the
+/// agent runs in a pids cgroup with room for the threads it starts before the MQTT one and
+/// not for that (how many that is is found by trying: 1 to 6 tasks; with fewer, another
+/// thread fails first, with more the agent runs).
+#[test]
+fn no_thread_for_the_broker_link_is_a_runtime_failure() {
+    use std::os::unix::process::CommandExt;
+    let net = TestNet::new();
+    let mut provoked = false;
+    for max in 1..=6 {
+        let cg = PidsCgroup::new(max);
+        let procs = cg.0.join("cgroup.procs");
+        // In the namespace through `ip netns exec`, not --netns: entering it takes the agent
+        // a short-lived thread of its own each time, which would fail first.
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &net.ns_b, BIN])
+            .args([
+                "run",
+                "--iface",
+                &net.veth_b,
+                "--attach",
+                "tc",
+                "--device",
+                "t",
+                "--interval",
+                "0.2",
+                "--count",
+                "1",
+                "--broker",
+                "mqtt://127.0.0.1:9",
+            ])
+            .stdin(Stdio::null());
+        // SAFETY: between fork and exec only a write(2) through std's file API, no allocation
+        // the child depends on afterwards.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, "0"));
+        }
+        let out = cmd.output().expect("running edgeflow");
+        drop(cg);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !stderr.contains("spawning the MQTT thread") {
+            continue;
+        }
+        provoked = true;
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("edgeflow: detached"), "{stderr}");
+        assert_eq!(
+            attached(&net, &net.veth_b),
+            ("xdp [] tc []".to_string(), false, false)
+        );
+    }
+    assert!(
+        provoked,
+        "no task limit from 1 to 6 kept the MQTT thread from starting"
+    );
+}

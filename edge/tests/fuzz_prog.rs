@@ -15,14 +15,14 @@
 //! extend a run.
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
-use edge::{
+use edge::probe::{
     bpf::{self, LoadOptions, Loaded},
-    table::FlowTable,
+    maps::Maps,
 };
 use shared::{
     craft::{ext_body, frag_body, Ip, Packet, L4, TPID_8021AD, TPID_8021Q},
     parse::{parse, Bytes, Frame},
-    Counter, FlowKey, Stat,
+    Count, FlowKey, Stat,
 };
 use std::{collections::HashMap, time::Instant};
 use testkit::{
@@ -256,7 +256,7 @@ fn refused(hook: Hook, f: &[u8]) -> bool {
 /// test runs' devices differ by hook).
 #[derive(Default, PartialEq, Debug)]
 struct Tally {
-    stats: HashMap<u32, Counter>,
+    stats: HashMap<u32, Count>,
     flows: HashMap<FlowKey, ([u64; 2], [u64; 2], u32)>,
 }
 
@@ -265,7 +265,7 @@ impl Tally {
         self.stats
             .entry(s as u32)
             .or_default()
-            .add(&Counter { packets, bytes });
+            .add(&Count { packets, bytes });
     }
 
     /// The host parser's verdict on one frame, as the programs account it.
@@ -289,7 +289,7 @@ impl Tally {
 
 struct Progs {
     loaded: Loaded,
-    table: FlowTable,
+    maps: Maps,
 }
 
 impl Progs {
@@ -310,21 +310,21 @@ impl Progs {
 
     /// What the programs counted since the last call: stat deltas, and the flow table's
     /// entries (removed, so the next batch starts from an empty table).
-    fn take(&mut self, stats0: &mut [Counter]) -> Tally {
+    fn take(&mut self, stats0: &mut [Count]) -> Tally {
         let mut t = Tally::default();
-        let s1 = self.table.read_stats().unwrap();
+        let s1 = self.maps.stats.read().unwrap();
         for s in Stat::ALL {
             let d = s1[*s as usize].delta_since(&stats0[*s as usize]);
             // Not a verdict on the frame: TSvals the full pending map could not take.
-            if d != Counter::default() && *s != Stat::RttPendingFull {
+            if d != Count::default() && *s != Stat::RttPendingFull {
                 t.stats.insert(*s as u32, d);
             }
         }
         stats0.copy_from_slice(&s1[..]);
         let mut flows = Vec::new();
-        self.table.read_flows(&mut flows);
+        self.maps.table.read_flows(&mut flows);
         for (k, v) in flows {
-            self.table.remove(&k);
+            self.maps.table.remove(&k);
             let e = t.flows.entry(FlowKey { ifindex: 0, ..k }).or_default();
             for d in 0..2 {
                 e.0[d] += v.packets()[d];
@@ -369,11 +369,11 @@ fn generated_and_mutated_frames_pass_and_add_up() {
         rtt: Some(Default::default()),
     })
     .expect("the verifier accepts the programs");
-    let table = FlowTable::take(&mut loaded.ebpf).unwrap();
-    let mut p = Progs { loaded, table };
+    let maps = Maps::take(&mut loaded.ebpf).unwrap();
+    let mut p = Progs { loaded, maps };
     let load_time = t0.elapsed();
 
-    let mut stats0 = p.table.read_stats().unwrap().to_vec();
+    let mut stats0 = p.maps.stats.read().unwrap().to_vec();
     p.take(&mut stats0);
     let mut r = Rng(seed);
     let mut runs = 0u64;
@@ -463,7 +463,7 @@ fn generated_and_mutated_frames_pass_and_add_up() {
 /// once, as a flow packet or under one non-flow stat, and flow packets are in the table.
 fn check_conservation(got: &Tally, hook: Hook) {
     let stat = |s: Stat| got.stats.get(&(s as u32)).copied().unwrap_or_default();
-    let mut parts = Counter::default();
+    let mut parts = Count::default();
     for s in Stat::ALL {
         if !matches!(s, Stat::Seen | Stat::Overflow | Stat::RttPendingFull) {
             parts.add(&stat(*s));
@@ -477,7 +477,7 @@ fn check_conservation(got: &Tally, hook: Hook) {
     );
     assert_eq!(
         stat(Stat::Overflow),
-        Counter::default(),
+        Count::default(),
         "{hook:?}: table filled"
     );
     let in_flows: u64 = got.flows.values().map(|f| f.0[0] + f.0[1]).sum();
@@ -490,7 +490,7 @@ fn check_conservation(got: &Tally, hook: Hook) {
 }
 
 /// Replays a failing batch one frame at a time and names the first frame whose counts differ.
-fn explain(p: &mut Progs, stats0: &mut [Counter], hook: Hook, batch: &[(Vec<u8>, u32)], seed: u64) {
+fn explain(p: &mut Progs, stats0: &mut [Count], hook: Hook, batch: &[(Vec<u8>, u32)], seed: u64) {
     for (f, segs) in batch {
         let ctx = skb_ctx(*segs);
         let ctx = (hook != Hook::Xdp).then_some(&ctx[..]);

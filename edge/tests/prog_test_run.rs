@@ -6,15 +6,15 @@
 //! slices; these prove the compiled programs (verifier, bounds checks, TC's skb fields) agree.
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
-use edge::{
+use edge::probe::{
     bpf::{self, LoadOptions, Loaded},
-    table::{FlowTable, Stats},
+    maps::{Maps, Stats},
 };
 use shared::{
     craft::{ext_body, frag_body, Ip, Packet, L4, TPID_8021AD, TPID_8021Q},
     flow::tcp,
     parse::MAX_IPV6_EXT,
-    Counter, FlowCounters, FlowKey, Stat,
+    Count, FlowCounters, FlowKey, Stat,
 };
 use std::{
     collections::HashMap,
@@ -45,7 +45,7 @@ const HOOKS: [Hook; 2] = [Hook::Xdp, Hook::Tc];
 /// The loaded programs and their maps.
 struct Progs {
     loaded: Loaded,
-    table: FlowTable,
+    maps: Maps,
 }
 
 /// What one run changed: stats deltas and flow-table deltas.
@@ -55,17 +55,17 @@ struct Change {
 }
 
 impl Change {
-    fn stat(&self, s: Stat) -> Counter {
+    fn stat(&self, s: Stat) -> Count {
         self.stats[s as usize]
     }
 
     /// The stats that moved, other than `Seen` (and `Parsed`, which accompanies a flow).
-    fn moved(&self) -> Vec<(Stat, Counter)> {
+    fn moved(&self) -> Vec<(Stat, Count)> {
         Stat::ALL
             .iter()
             .filter(|s| !matches!(s, Stat::Seen | Stat::Parsed))
             .map(|s| (*s, self.stat(*s)))
-            .filter(|(_, c)| *c != Counter::default())
+            .filter(|(_, c)| *c != Count::default())
             .collect()
     }
 }
@@ -100,13 +100,13 @@ impl Progs {
             rtt: Some(Default::default()),
         })
         .expect("loading the programs");
-        let table = FlowTable::take(&mut loaded.ebpf).unwrap();
-        Progs { loaded, table }
+        let maps = Maps::take(&mut loaded.ebpf).unwrap();
+        Progs { loaded, maps }
     }
 
     fn flows(&self) -> HashMap<FlowKey, FlowCounters> {
         let mut v = Vec::new();
-        self.table.read_flows(&mut v);
+        self.maps.table.read_flows(&mut v);
         v.into_iter().collect()
     }
 
@@ -131,7 +131,7 @@ impl Progs {
 
     /// Runs `frame` and returns what it changed; asserts the program passed it on.
     fn run_ctx(&mut self, hook: Hook, frame: &[u8], ctx: Option<&[u8]>) -> Change {
-        let (s0, f0) = (self.table.read_stats().unwrap(), self.flows());
+        let (s0, f0) = (self.maps.stats.read().unwrap(), self.flows());
         let rc = self
             .run_raw(hook, frame, ctx)
             .unwrap_or_else(|e| panic!("{hook:?}: test run of {} bytes: {e:?}", frame.len()));
@@ -140,8 +140,8 @@ impl Progs {
             Hook::Tc => TC_ACT_UNSPEC,
         };
         assert_eq!(rc, want, "{hook:?} must pass every frame on");
-        let s1 = self.table.read_stats().unwrap();
-        let mut stats = [Counter::default(); shared::stats::STATS_LEN as usize];
+        let s1 = self.maps.stats.read().unwrap();
+        let mut stats = [Count::default(); shared::stats::STATS_LEN as usize];
         for (i, d) in stats.iter_mut().enumerate() {
             *d = s1[i].delta_since(&s0[i]);
         }
@@ -167,13 +167,13 @@ impl Progs {
     /// The frame is counted under `stat` only, and no flow moved.
     fn expect_stat(&mut self, hook: Hook, frame: &[u8], stat: Stat, what: &str) {
         let c = self.run(hook, frame);
-        let one = Counter {
+        let one = Count {
             packets: 1,
             bytes: frame.len() as u64,
         };
         assert_eq!(c.stat(Stat::Seen), one, "{hook:?} {what}: seen");
         assert_eq!(c.moved(), vec![(stat, one)], "{hook:?} {what}: stats");
-        assert_eq!(c.stat(Stat::Parsed), Counter::default(), "{hook:?} {what}");
+        assert_eq!(c.stat(Stat::Parsed), Count::default(), "{hook:?} {what}");
         assert!(
             c.flows.is_empty(),
             "{hook:?} {what}: mis-attributed to {:?}",
@@ -184,7 +184,7 @@ impl Progs {
     /// The frame is one packet of exactly one flow, of `ip_len` bytes; returns its key.
     fn expect_flow(&mut self, hook: Hook, frame: &[u8], ip_len: u64, what: &str) -> FlowKey {
         let c = self.run(hook, frame);
-        let one = Counter {
+        let one = Count {
             packets: 1,
             bytes: ip_len,
         };
@@ -327,7 +327,7 @@ fn stats_sum_every_cpus_slot() {
     let cpus = aya::util::online_cpus().unwrap();
     let mut p = progs();
     let f = Packet::udp4(A, B, 40, 41, 8).build();
-    let before = p.table.read_stats().unwrap()[Stat::Seen as usize].packets;
+    let before = p.maps.stats.read().unwrap()[Stat::Seen as usize].packets;
     let progs: &mut Progs = &mut p;
     // On a thread of its own, so the pinning ends with it.
     std::thread::scope(|s| {
@@ -340,7 +340,7 @@ fn stats_sum_every_cpus_slot() {
             }
         });
     });
-    let after = p.table.read_stats().unwrap()[Stat::Seen as usize].packets;
+    let after = p.maps.stats.read().unwrap()[Stat::Seen as usize].packets;
     let want = (1..=cpus.len() as u64).sum::<u64>();
     assert_eq!(after - before, want, "CPUs {cpus:?}");
 }
@@ -359,7 +359,7 @@ fn assert_einval(r: Result<u32, ProgramError>, what: &str) {
 fn runts_are_refused_by_the_kernel() {
     let mut p = progs();
     let full = Packet::udp4(A, B, 1, 2, 0).build();
-    let seen = p.table.read_stats().unwrap()[Stat::Seen as usize];
+    let seen = p.maps.stats.read().unwrap()[Stat::Seen as usize];
     for hook in HOOKS {
         for cut in 0..14 {
             assert_einval(
@@ -369,7 +369,7 @@ fn runts_are_refused_by_the_kernel() {
         }
     }
     assert_eq!(
-        p.table.read_stats().unwrap()[Stat::Seen as usize],
+        p.maps.stats.read().unwrap()[Stat::Seen as usize],
         seen,
         "no program ran"
     );
@@ -534,7 +534,7 @@ fn tc_counts_an_aggregate_by_segment() {
     let f = pkt.build();
     let ip_len = (f.len() - 14) as u64; // 28 IP + 32 TCP + 10 x 300
     let c = p.run_ctx(Hook::Tc, &f, Some(&skb_ctx(10, 300)));
-    let want = Counter {
+    let want = Count {
         packets: 10,
         bytes: ip_len + 9 * (28 + 32),
     };
@@ -551,7 +551,7 @@ fn tc_counts_an_aggregate_by_segment() {
         let c = p.run_ctx(Hook::Tc, &f, Some(&skb_ctx(segs, 0)));
         assert_eq!(
             c.stat(Stat::Parsed),
-            Counter {
+            Count {
                 packets: 1,
                 bytes: ip_len
             }
@@ -569,14 +569,14 @@ fn both_directions_share_an_entry() {
     let mut before = None;
     for hook in HOOKS {
         let k1 = p.expect_flow(hook, &fwd, 38, "request");
-        before.get_or_insert_with(|| p.table.get(&k1).unwrap());
+        before.get_or_insert_with(|| p.maps.table.get(&k1).unwrap());
         let k2 = p.expect_flow(hook, &rev, 118, "reply");
         keys.extend([k1, k2]);
     }
     // XDP and TC run on the same device in a test run, so all four runs share one entry:
     // the request was its first packet, the three after it each add one.
     assert!(keys.windows(2).all(|w| w[0] == w[1]), "{keys:?}");
-    let (first, now) = (before.unwrap(), p.table.get(&keys[0]).unwrap());
+    let (first, now) = (before.unwrap(), p.maps.table.get(&keys[0]).unwrap());
     let added = |i: usize| {
         (
             now.packets()[i] - first.packets()[i],
@@ -608,7 +608,12 @@ fn handshake(p: &mut Progs, cport: u16) -> u32 {
     p.run_raw(Hook::Tc, &syn_ack, None).unwrap();
     let mut key = shared::parse(&syn[..], None).unwrap().key;
     key.ifindex = 1; // test runs of TC programs happen on the loopback device
-    p.table.get(&key).expect("the handshake's flow").rtt.samples
+    p.maps
+        .table
+        .get(&key)
+        .expect("the handshake's flow")
+        .rtt
+        .samples
 }
 
 /// The loader's settings reach the programs (they live in each CPU's slot, written before
@@ -625,8 +630,8 @@ fn settings_reach_the_programs() {
             rtt: None,
         })
         .expect("loading the programs");
-        let table = FlowTable::take(&mut loaded.ebpf).unwrap();
-        Progs { loaded, table }
+        let maps = Maps::take(&mut loaded.ebpf).unwrap();
+        Progs { loaded, maps }
     };
     let mut off = load(1);
     assert_eq!(handshake(&mut off, 41002), 0, "RTT off");
@@ -637,7 +642,7 @@ fn settings_reach_the_programs() {
             sparse.run_raw(hook, &f, None).unwrap();
         }
     }
-    let s = sparse.table.read_stats().unwrap();
+    let s = sparse.maps.stats.read().unwrap();
     assert_eq!(s[Stat::Unsampled as usize].packets, 40);
     assert_eq!(s[Stat::Parsed as usize].packets, 0);
 }

@@ -5,9 +5,9 @@
 //! `rtt.rs`; here the samples are microseconds of the test run.
 
 use aya::programs::{TestRun, TestRunOptions};
-use edge::{
+use edge::probe::{
     bpf::{self, LoadOptions, Loaded, RttOptions},
-    table::FlowTable,
+    maps::Maps,
 };
 use shared::{
     craft::{Packet, L4},
@@ -29,7 +29,7 @@ const MAX_FLOWS: u32 = 16;
 
 struct Progs {
     loaded: Loaded,
-    table: FlowTable,
+    maps: Maps,
 }
 
 /// One load for the file (the verifier takes seconds); tests take turns.
@@ -46,13 +46,13 @@ fn progs() -> MutexGuard<'static, Progs> {
                 }),
             })
             .expect("loading the programs");
-            let table = FlowTable::take(&mut loaded.ebpf).unwrap();
-            Mutex::new(Progs { loaded, table })
+            let maps = Maps::take(&mut loaded.ebpf).unwrap();
+            Mutex::new(Progs { loaded, maps })
         })
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     // Each test starts with nothing pending.
-    p.table.sweep_pending(u64::MAX).unwrap();
+    p.maps.rtt.sweep_pending(u64::MAX).unwrap();
     p
 }
 
@@ -108,7 +108,7 @@ impl Progs {
     /// The RTT state of the flow `frame` belongs to (as the programs keyed it).
     fn rtt(&self, frame: &[u8]) -> FlowRtt {
         let key = self.key(frame);
-        self.table.get(&key).expect("a flow entry").rtt
+        self.maps.table.get(&key).expect("a flow entry").rtt
     }
 
     fn key(&self, frame: &[u8]) -> FlowKey {
@@ -119,12 +119,12 @@ impl Progs {
     }
 
     fn pending_full(&self) -> u64 {
-        self.table.read_stats().unwrap()[Stat::RttPendingFull as usize].packets
+        self.maps.stats.read().unwrap()[Stat::RttPendingFull as usize].packets
     }
 
     fn remove(&mut self, frame: &[u8]) {
         let key = self.key(frame);
-        self.table.remove(&key);
+        self.maps.table.remove(&key);
     }
 }
 
@@ -184,7 +184,7 @@ fn first_echo_of_a_tsval_is_the_sample() {
     p.egress(&data);
     // The same TSval again is not armed twice.
     p.egress(&data);
-    assert_eq!(p.table.pending_count(), 1);
+    assert_eq!(p.maps.rtt.pending_count(), 1);
     // An echo of something else, then the echo of 100, then 100 again.
     p.ingress(&seg(s, c, tcp::ACK, 20, 42, Some((9, 99))));
     assert_eq!(p.rtt(&data).samples, 0);
@@ -194,7 +194,7 @@ fn first_echo_of_a_tsval_is_the_sample() {
     assert_eq!(r.samples, 1, "{r:?}");
     assert!(r.min_us >= 1 && r.min_us < 1_000_000);
     // Matched entries leave the pending map.
-    assert_eq!(p.table.pending_count(), 0);
+    assert_eq!(p.maps.rtt.pending_count(), 0);
     p.remove(&data);
 }
 
@@ -208,11 +208,11 @@ fn a_full_pending_map_is_counted_and_swept() {
         p.egress(&seg(c, s, tcp::ACK, tsval, 1, Some((tsval, 1))));
     }
     assert_eq!(p.pending_full() - before, extra as u64);
-    assert_eq!(p.table.pending_count(), MAX_FLOWS as usize);
+    assert_eq!(p.maps.rtt.pending_count(), MAX_FLOWS as usize);
     // Nothing left before time 0; everything before "the end of time".
-    assert_eq!(p.table.sweep_pending(0).unwrap(), 0);
-    assert_eq!(p.table.sweep_pending(u64::MAX).unwrap(), MAX_FLOWS);
-    assert_eq!(p.table.pending_count(), 0);
+    assert_eq!(p.maps.rtt.sweep_pending(0).unwrap(), 0);
+    assert_eq!(p.maps.rtt.sweep_pending(u64::MAX).unwrap(), MAX_FLOWS);
+    assert_eq!(p.maps.rtt.pending_count(), 0);
     // Room again.
     let last = seg(c, s, tcp::ACK, 999, 1, Some((999, 1)));
     p.egress(&last);

@@ -3,14 +3,8 @@
 //! entries' tick stamps convert back to the time their packets passed; and drains over such
 //! a table give every flow exactly its packets of the window, as flows come, go and return.
 
-use edge::{
-    attach::{self, AttachMode, Attachment},
-    bpf::{self, LoadOptions, Loaded},
-    clock::monotonic_ns,
-    drain::{Drainer, Expiry},
-    table::FlowTable,
-};
-use shared::FlowKey;
+use edge::probe::{attach::AttachMode, clock::monotonic_ns, drain::Expiry, ProbeOptions, Session};
+use shared::{wire::Addr, FlowKey};
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr, UdpSocket},
@@ -39,33 +33,25 @@ fn send(net: &TestNet, v6: bool, ports: std::ops::Range<u16>, per_port: usize) {
 }
 
 /// The programs loaded with a table of `max_flows` and attached (TC) to B's end of `net`.
-fn load_on(net: &TestNet, max_flows: u32) -> (Loaded, FlowTable, Vec<Attachment>) {
+fn load_on(net: &TestNet, max_flows: u32, expiry: Expiry) -> Session {
     net.static_neighbours();
-    let mut loaded = bpf::load(LoadOptions {
+    Session::start(&ProbeOptions {
+        ifaces: vec![net.veth_b.clone()],
+        netns: Some(net.ns_b.clone()),
         max_flows,
+        attach: AttachMode::Tc,
         sample_every: 1,
         rtt: None,
+        expiry,
     })
-    .unwrap();
-    let table = FlowTable::take(&mut loaded.ebpf).unwrap();
-    let kernel = edge::kernel::probe();
-    let mut attached = Vec::new();
-    attach::attach_all(
-        &mut loaded.ebpf,
-        std::slice::from_ref(&net.veth_b),
-        Some(&net.ns_b),
-        AttachMode::Tc,
-        attach::Hooks::new(kernel.tcx, kernel.xdp_link),
-        &mut attached,
-    )
-    .unwrap();
-    (loaded, table, attached)
+    .unwrap()
 }
 
 #[test]
 fn every_flow_once_with_its_packets_and_found_by_key() {
     let net = TestNet::new();
-    let (loaded, table, attached) = load_on(&net, 4096);
+    let session = load_on(&net, 4096, Expiry::default());
+    let table = &session.maps().table;
     // 3000 IPv4 and 500 IPv6 flows, two packets each, from one port to many.
     send(&net, false, 20_000..23_000, 2);
     send(&net, true, 30_000..30_500, 2);
@@ -123,7 +109,7 @@ fn every_flow_once_with_its_packets_and_found_by_key() {
     send(&net, false, port..port + 1, 1);
     let back = table.get(&v4[0]).expect("back in the table");
     assert_eq!(back.packets()[0] + back.packets()[1], 1);
-    attach::detach_all(loaded, &attached, Some(&net.ns_b));
+    drop(session);
 }
 
 /// A packet sent at a known monotonic time gets first/last-seen stamps that the agent's
@@ -131,8 +117,9 @@ fn every_flow_once_with_its_packets_and_found_by_key() {
 #[test]
 fn tick_stamps_convert_to_the_time_the_packet_passed() {
     let net = TestNet::new();
-    let (loaded, table, attached) = load_on(&net, 1024);
-    let tick_ns = table.ticks.tick_ns();
+    let session = load_on(&net, 1024, Expiry::default());
+    let (table, ticks) = (&session.maps().table, &session.maps().ticks);
+    let tick_ns = ticks.tick_ns();
     assert!(
         [1_000_000, 3_333_333, 4_000_000, 10_000_000].contains(&tick_ns),
         "{tick_ns} ns per tick"
@@ -155,7 +142,7 @@ fn tick_stamps_convert_to_the_time_the_packet_passed() {
         .find(|(k, _)| k.port_a == 31_000 || k.port_b == 31_000)
         .expect("the flow is in the table");
     assert_eq!(v.packets()[0] + v.packets()[1], 2);
-    let now = table.ticks.now().unwrap();
+    let now = ticks.now().unwrap();
     // A stamp is the tick the packet passed in: up to one tick before it, never after the
     // packet's own tick ends.
     let slack = tick_ns + 2_000_000;
@@ -169,7 +156,7 @@ fn tick_stamps_convert_to_the_time_the_packet_passed() {
             "{what}: stamp {got} ns, sent at {at} ns (tick {tick_ns} ns)"
         );
     }
-    attach::detach_all(loaded, &attached, Some(&net.ns_b));
+    drop(session);
 }
 
 /// Thousands of flows over four drains: each window reports every flow with exactly the
@@ -179,17 +166,16 @@ fn tick_stamps_convert_to_the_time_the_packet_passed() {
 #[test]
 fn drains_give_every_flow_exactly_its_packets_of_the_window() {
     let net = TestNet::new();
-    let (loaded, table, attached) = load_on(&net, 8192);
     let expiry = Expiry {
         inactive: Duration::from_millis(1500),
         ..Expiry::default()
     };
-    let mut drainer = Drainer::new(table, expiry).unwrap();
+    let mut session = load_on(&net, 8192, expiry);
     // Sends `sends` of (IPv6, ports at B, packets each), drains, and checks that the window
     // has exactly those packets for those flows and none for our other flows; a mismatch
     // shows the first few flows that differ. Returns the flows the drain expired.
     type Sends<'a> = &'a [(bool, std::ops::Range<u16>, u64)];
-    let window = |drainer: &mut Drainer, sends: Sends| {
+    let window = |session: &mut Session, sends: Sends| {
         let mut want = BTreeMap::new();
         for (v6, ports, n) in sends {
             send(&net, *v6, ports.clone(), *n as usize);
@@ -197,14 +183,14 @@ fn drains_give_every_flow_exactly_its_packets_of_the_window() {
                 want.insert((*v6, p), *n);
             }
         }
-        let w = drainer.drain().unwrap();
+        let w = session.next_window().unwrap();
         assert!(w.is_conserved());
         let mut got = BTreeMap::new();
         for f in w.flows.iter().filter(|f| f.proto == 17) {
-            let (v6, port) = (f.dst.is_ipv6(), f.dst_port);
+            let (v6, port) = (matches!(f.dst, Addr::V6(_)), f.dst_port);
             if (20_000..24_000).contains(&port) || (30_000..31_000).contains(&port) {
                 assert!(
-                    got.insert((v6, port), f.packets()).is_none(),
+                    got.insert((v6, port), f.total().packets).is_none(),
                     "{port} twice"
                 );
             }
@@ -225,12 +211,12 @@ fn drains_give_every_flow_exactly_its_packets_of_the_window() {
     };
 
     window(
-        &mut drainer,
+        &mut session,
         &[(false, 20_000..23_000, 1), (true, 30_000..30_500, 1)],
     );
     // Some go on, some are new, some are quiet.
     window(
-        &mut drainer,
+        &mut session,
         &[
             (false, 20_000..22_000, 2),
             (false, 23_000..23_500, 1),
@@ -240,15 +226,14 @@ fn drains_give_every_flow_exactly_its_packets_of_the_window() {
     // Everything goes quiet past the inactivity limit: the next drain removes what the last
     // one did not.
     std::thread::sleep(Duration::from_millis(1600));
-    assert!(window(&mut drainer, &[]) > 0);
+    assert!(window(&mut session, &[]) > 0);
     let mut left = Vec::new();
-    drainer.table.read_flows(&mut left);
+    session.maps().table.read_flows(&mut left);
     assert_eq!(left.iter().filter(|(k, _)| k.proto == 17).count(), 0);
     // Expired flows come back.
     window(
-        &mut drainer,
+        &mut session,
         &[(false, 20_000..20_700, 1), (true, 30_000..30_100, 2)],
     );
-    drop(drainer);
-    attach::detach_all(loaded, &attached, Some(&net.ns_b));
+    drop(session);
 }

@@ -99,7 +99,7 @@ mod tests {
     fn slots_are_whole_cache_lines() {
         assert_eq!(align_of::<CpuSlot>(), 64);
         // The per-packet part: parsed packet, settings, `Seen` and `Parsed`.
-        let hot = core::mem::offset_of!(CpuSlot, stats) + 2 * size_of::<crate::Counter>();
+        let hot = core::mem::offset_of!(CpuSlot, stats) + 2 * size_of::<crate::Count>();
         assert_eq!(hot, 128);
         assert_eq!(size_of::<CpuSlot>() % 64, 0);
         // Up to 56 CPUs' slots and the map's header stay within what the kernel allocates
@@ -126,7 +126,7 @@ mod tests {
         assert_eq!(b.settings(), settings);
         assert_eq!(slot.stats, Stats::default());
         let mut slot = slot;
-        slot.stats[crate::Stat::Parsed as usize] = crate::Counter {
+        slot.stats[crate::Stat::Parsed as usize] = crate::Count {
             packets: 3,
             bytes: 300,
         };

@@ -6,11 +6,11 @@
 //! here, the collector parses them here, and the broker's ACL (`configs/mosquitto-acl`) is
 //! written against [`DeviceId::principal`].
 //!
-//! A site or device id is 1..=[`MAX_ID_LEN`] characters of `A-Z a-z 0-9 . _ -`: no `/`, `+`
+//! A site or device id is 1..=[`MAX_ID_LEN`](crate::wire::MAX_ID_LEN) characters of `A-Z a-z 0-9 . _ -`: no `/`, `+`
 //! or `#` (they would change a topic's meaning) and no `:`. The principal joins the two with
 //! `/`, which neither may contain, so `a-b`/`c` and `a`/`b-c` stay apart.
 
-use crate::wire::{DecodeError, Id, MAX_ID_LEN};
+use crate::wire::{DecodeError, Id};
 use alloc::{format, string::String};
 use core::fmt;
 
@@ -44,18 +44,22 @@ impl fmt::Display for IdError {
 
 /// Checks one site or device id.
 pub fn check_id(s: &str) -> Result<(), IdError> {
+    parse_id(s).map(|_| ())
+}
+
+/// One site or device id, checked: the bounded [`Id`] is the length check.
+pub fn parse_id(s: &str) -> Result<Id, IdError> {
     if s.is_empty() {
-        Err(IdError::Empty)
-    } else if s.len() > MAX_ID_LEN {
-        Err(IdError::TooLong)
-    } else if !s
+        return Err(IdError::Empty);
+    }
+    let id = Id::try_from(s).map_err(|_| IdError::TooLong)?;
+    if !s
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
-        Err(IdError::BadChar)
-    } else {
-        Ok(())
+        return Err(IdError::BadChar);
     }
+    Ok(id)
 }
 
 /// A validated `(site, device)`: the identity of one agent everywhere.
@@ -80,20 +84,11 @@ impl fmt::Display for BadId {
 
 impl DeviceId {
     pub fn new(site: &str, device: &str) -> Result<DeviceId, BadId> {
-        check_id(site).map_err(|why| BadId { what: "site", why })?;
-        check_id(device).map_err(|why| BadId {
-            what: "device",
-            why,
-        })?;
-        // Checked above: both fit.
         Ok(DeviceId {
-            site: site.try_into().map_err(|_| BadId {
-                what: "site",
-                why: IdError::TooLong,
-            })?,
-            device: device.try_into().map_err(|_| BadId {
+            site: parse_id(site).map_err(|why| BadId { what: "site", why })?,
+            device: parse_id(device).map_err(|why| BadId {
                 what: "device",
-                why: IdError::TooLong,
+                why,
             })?,
         })
     }
@@ -103,6 +98,16 @@ impl DeviceId {
     }
 
     pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// The site as the wire carries it (checked once, by [`DeviceId::new`]).
+    pub fn site_id(&self) -> &Id {
+        &self.site
+    }
+
+    /// The device as the wire carries it (checked once, by [`DeviceId::new`]).
+    pub fn device_id(&self) -> &Id {
         &self.device
     }
 

@@ -29,4 +29,4 @@ pub mod wire;
 
 pub use flow::{Direction, FlowCounters, FlowKey, Initiator};
 pub use parse::{parse, Frame, Parsed};
-pub use stats::{Counter, Stat};
+pub use stats::{Count, Stat};

@@ -1,26 +1,36 @@
-//! The programs' own counters: one block of [`Counter`]s per CPU, indexed by [`Stat`], in
-//! each CPU's slot ([`crate::cpu::CpuSlot`]).
+//! The programs' own counters: one block of [`Count`]s per CPU, indexed by [`Stat`], in
+//! each CPU's slot ([`crate::cpu::CpuSlot`]); and [`Count`] itself, the one packets+bytes
+//! pair from the kernel's counters to the wire (`wire::Count` is this type).
 //!
 //! Conservation holds per window: `Seen = Parsed + NonIp + Fragment + every Err*`, and
 //! `Parsed = sum(flow deltas) + Overflow` (packets and bytes alike for the second).
 
-/// One counter: packets and bytes.
+/// Packets and bytes. `#[repr(C)]` for the kernel's stats block; on the wire two varints.
+///
+/// Arithmetic wraps, as the kernel's counters do: sums and differences are then exact modulo
+/// 2^64, so conservation (`totals == sum(flows) + overflow`) holds across a counter's wrap.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-pub struct Counter {
+pub struct Count {
     pub packets: u64,
     pub bytes: u64,
 }
 
-impl Counter {
-    pub fn add(&mut self, other: &Counter) {
+impl Count {
+    pub fn add(&mut self, other: &Count) {
         self.packets = self.packets.wrapping_add(other.packets);
         self.bytes = self.bytes.wrapping_add(other.bytes);
     }
 
-    pub fn delta_since(&self, earlier: &Counter) -> Counter {
-        Counter {
+    /// `self + other`.
+    pub fn plus(mut self, other: &Count) -> Count {
+        self.add(other);
+        self
+    }
+
+    pub fn delta_since(&self, earlier: &Count) -> Count {
+        Count {
             packets: self.packets.wrapping_sub(earlier.packets),
             bytes: self.bytes.wrapping_sub(earlier.bytes),
         }
@@ -36,6 +46,11 @@ macro_rules! stats {
 
         impl Stat {
             pub const ALL: &'static [Stat] = &[$(Stat::$name,)*];
+            /// The parser's rejections (`Err*`), summed into the summaries' `parse_errors`.
+            pub const PARSE_ERRORS: &'static [Stat] = &[
+                Stat::ErrEthernet, Stat::ErrVlan, Stat::ErrIpv4, Stat::ErrIpv6, Stat::ErrIpv6Ext,
+                Stat::ErrL4,
+            ];
             /// Name used in JSON output and metrics.
             pub const fn label(self) -> &'static str {
                 match self { $(Stat::$name => $label,)* }
@@ -79,12 +94,12 @@ stats! {
 pub const STATS_LEN: u32 = 13;
 
 /// Every counter, indexed by [`Stat`]: one CPU's block in its [`crate::cpu::CpuSlot`].
-pub type Stats = [Counter; STATS_LEN as usize];
+pub type Stats = [Count; STATS_LEN as usize];
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), two u64, any bit pattern valid.
-    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::Count {}
 }
 
 #[cfg(test)]
@@ -97,5 +112,30 @@ mod tests {
         for (i, s) in Stat::ALL.iter().enumerate() {
             assert_eq!(*s as u32, i as u32, "{}", s.label());
         }
+    }
+
+    #[test]
+    fn parse_errors_are_the_err_stats() {
+        let by_label: alloc::vec::Vec<Stat> = Stat::ALL
+            .iter()
+            .copied()
+            .filter(|s| s.label().starts_with("err_"))
+            .collect();
+        assert_eq!(Stat::PARSE_ERRORS, &by_label[..]);
+    }
+
+    #[test]
+    fn counts_wrap_so_sums_and_differences_stay_exact() {
+        let near = Count {
+            packets: u64::MAX,
+            bytes: u64::MAX - 1,
+        };
+        let two = Count {
+            packets: 2,
+            bytes: 3,
+        };
+        let sum = near.plus(&two);
+        assert_eq!((sum.packets, sum.bytes), (1, 1));
+        assert_eq!(sum.delta_since(&near), two);
     }
 }

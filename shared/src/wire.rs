@@ -1,4 +1,7 @@
-//! The summary wire format: what an agent publishes each interval and a collector decodes.
+//! The summary wire format: what an agent publishes each interval and a collector decodes,
+//! and the vocabulary both sides (and `watch --json`) speak: one address type ([`Addr`]), one
+//! packets+bytes pair ([`Count`]), one flow record ([`Flow`], carried in a summary as a
+//! [`FlowRecord`], with the one conversion pair between the two beside them).
 //!
 //! `postcard` over serde. The top-level type is the versioned [`Message`] enum; postcard writes
 //! the variant index as the first byte, so a collector reads the version before anything else
@@ -21,6 +24,12 @@ pub const MAX_ID_LEN: usize = 64;
 pub const MAX_FLOWS_PER_MESSAGE: usize = 16_384;
 pub const MAX_ADDRS_PER_MESSAGE: usize = 2 * MAX_FLOWS_PER_MESSAGE;
 pub use crate::rtt::{rtt_bucket, RTT_BUCKETS};
+pub use crate::stats::Count;
+pub use addr::Addr;
+pub use flow::Flow;
+
+mod addr;
+mod flow;
 
 /// A device or site name, bounded.
 pub type Id = heapless::String<MAX_ID_LEN>;
@@ -29,20 +38,6 @@ pub type Id = heapless::String<MAX_ID_LEN>;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     V1(Summary),
-}
-
-/// Packets and bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Count {
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-impl Count {
-    pub fn add(&mut self, o: &Count) {
-        self.packets = self.packets.saturating_add(o.packets);
-        self.bytes = self.bytes.saturating_add(o.bytes);
-    }
 }
 
 /// One window of one device (or one part of it, see [`Summary::part`]).
@@ -98,25 +93,9 @@ pub struct Health {
     pub spool_dropped: u64,
 }
 
-/// An endpoint address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Addr {
-    V4([u8; 4]),
-    V6([u8; 16]),
-}
-
-impl Addr {
-    /// From the table's 16-byte form (IPv4 mapped).
-    pub fn from_mapped(a: &[u8; 16]) -> Addr {
-        if a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff {
-            Addr::V4([a[12], a[13], a[14], a[15]])
-        } else {
-            Addr::V6(*a)
-        }
-    }
-}
-
-/// One conversation's deltas in the window, oriented initiator → responder.
+/// One conversation's deltas in the window, oriented initiator → responder: a [`Flow`] as a
+/// summary carries it, addresses by index and times relative to the window start
+/// ([`Flow::to_record`] and [`FlowRecord::to_flow`] convert).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
     pub proto: u8,

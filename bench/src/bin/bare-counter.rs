@@ -1,4 +1,4 @@
-//! Attaches the reference floor (`edge-ebpf/src/bare.rs`: a 5-tuple and one hash-map update
+//! Attaches the reference floor (`bench/ebpf/src/counter.rs`: a 5-tuple and one hash-map update
 //! per packet) to one hook of one interface, waits for SIGINT/SIGTERM, then prints what it
 //! counted as one JSON line and detaches. Run by bench/ inside the namespace of the interface.
 //!
@@ -24,7 +24,7 @@ struct Args {
     hook: String,
 }
 
-// Mirrors of the program's map types (edge-ebpf/src/bare.rs).
+// Mirrors of the program's map types (bench/ebpf/src/counter.rs).
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Key {

@@ -19,7 +19,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use edge::bpf::{self, LoadOptions, RttOptions};
+use edge::probe::bpf::{self, LoadOptions, RttOptions};
 use shared::craft::{Packet, L4};
 
 static BARE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bare.bpf.o"));
@@ -34,7 +34,7 @@ struct Args {
     /// with --cold 2001)
     #[argh(option)]
     trials: Option<usize>,
-    /// other builds of edgeflow's object (e.g. target/bpf/bpfel-unknown-none/release/edgeflow
+    /// other builds of edgeflow's object (e.g. target/bpf/bpfel-unknown-none/bpf/edgeflow-ebpf
     /// of an earlier commit), run with RTT on in the same trials: one A/B column each. The
     /// loader writes this build's settings into their CPU slots: a build whose slots have
     /// another size is refused (compare such builds on traffic, with `--alt-edgeflow`)

@@ -2,6 +2,7 @@
 //! a QoS 1 publisher, hand-built summaries with known totals, and a tiny HTTP client.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod browser;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use shared::wire::{self, Addr, Count, FlowRecord, Health, Message, Summary};
@@ -30,8 +31,8 @@ impl Collector {
         Collector::with_args(&["--broker", broker])
     }
 
-    /// Starts with these extra arguments (a fresh database, a unique client id, HTTP on a
-    /// free loopback port).
+    /// Starts with these extra arguments (a fresh database unless they name one with
+    /// `--db`, a unique client id, HTTP on a free loopback port).
     pub fn with_args(extra: &[&str]) -> Collector {
         let dir = std::env::temp_dir().join(testkit::unique("efcol"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -204,6 +205,12 @@ impl Drop for Collector {
 
 /// A minimal HTTP/1.1 GET (Connection: close): (status, body).
 pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let (status, _, body) = http_get_head(addr, path, token);
+    (status, body)
+}
+
+/// [`http_get`] with the response head (status line and headers) too.
+pub fn http_get_head(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let auth = token
@@ -231,7 +238,7 @@ pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Stri
     } else {
         body.to_string()
     };
-    (status, body)
+    (status, head.to_string(), body)
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -475,6 +482,41 @@ pub fn toml_value(path: &std::path::Path, key: &str) -> String {
 pub fn secured_collector(broker: &testkit::mosquitto::Mosquitto) -> Collector {
     let conf = broker.dir().join("collector.toml");
     Collector::with_args(&["--config", conf.to_str().unwrap()])
+}
+
+/// A PostgreSQL server shared by the tests of one binary that run at once: the first starts
+/// it, the last to let go stops it (one `initdb` per binary, not per test). Each test makes
+/// its own database on it (`pg.create_database`).
+pub struct SharedPostgres {
+    pub pg: testkit::postgres::Postgres,
+    /// Dropped after `pg`: the thread that started the server (its parent-death signal
+    /// follows that thread) ends once the server is stopped.
+    _holder: mpsc::Sender<()>,
+}
+
+impl SharedPostgres {
+    pub fn get() -> std::sync::Arc<SharedPostgres> {
+        use std::sync::{Arc, Mutex, Weak};
+        static SHARED: Mutex<Weak<SharedPostgres>> = Mutex::new(Weak::new());
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = shared.upgrade() {
+            return s;
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (holder, done) = mpsc::channel::<()>();
+            let _ = tx.send((testkit::postgres::Postgres::start(), holder));
+            // Until every sender (the SharedPostgres) is gone.
+            let _ = done.recv();
+        });
+        let (pg, holder) = rx.recv().expect("starting PostgreSQL failed");
+        let s = Arc::new(SharedPostgres {
+            pg,
+            _holder: holder,
+        });
+        *shared = Arc::downgrade(&s);
+        s
+    }
 }
 
 /// What the load generator reported per device: (windows, packets, bytes, flow records).

@@ -1,0 +1,390 @@
+//! The fleet API (docs: the README's API section) through a real Mosquitto and the collector
+//! binary: a small fleet of hand-built devices, each with one thing wrong or nothing, must
+//! come out of /api/devices (search, site, sort, pages), /api/fleet, /api/series (top, fleet,
+//! others, site) and /api/health exactly. Every test runs against both stores: `sqlite::NAME`
+//! and `postgres::NAME`.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+use testkit::mosquitto::Mosquitto;
+
+/// Where the collector stores and the API reads.
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    Sqlite,
+    /// A database of its own on the binary's shared server.
+    Postgres,
+}
+
+/// Each test once per store.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Store::Sqlite)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Store::Postgres)
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    devices_state_attention_search_sort_and_pages,
+    fleet_counts_states_reasons_sites_and_traffic,
+    series_top_devices_the_fleet_and_the_others,
+    health_of_one_device_over_time,
+    flows_talkers_conversations_rtt_stored_and_metrics,
+);
+
+/// A fleet of four devices in two sites, published once and stored.
+struct Fleet {
+    c: Collector,
+    _broker: Mosquitto,
+    /// Held while the collector runs (declared after it: dropped after it stops).
+    _pg: Option<(std::sync::Arc<SharedPostgres>, String)>,
+    /// The first window's start (windows are 10 s, aligned to 10 s).
+    base: u64,
+}
+
+fn flows(bytes: u64) -> Vec<F> {
+    vec![F {
+        proto: 6,
+        src: [10, 2, 0, 1],
+        src_port: 40_000,
+        dst: [10, 2, 0, 2],
+        dst_port: 443,
+        fwd: (bytes / 1_000, bytes),
+        rev: (0, 0),
+    }]
+}
+
+/// s1/a healthy (3 windows of 30 kB); s1/b a gap (seq 1 missing) and a full table in its
+/// latest window (2 windows of 10 kB); s2/c a spool that dropped (2 windows of 20 kB);
+/// s2/d said offline after its one window (5 kB).
+fn start(store: Store) -> Fleet {
+    let broker = Mosquitto::start();
+    let (c, pg) = match store {
+        Store::Sqlite => (Collector::start(&broker.url()), None),
+        Store::Postgres => {
+            let pg = SharedPostgres::get();
+            let name = testkit::unique("efapi");
+            let db = pg.pg.create_database(&name);
+            let c = Collector::with_args(&["--broker", &broker.url(), "--db", &db]);
+            (c, Some((pg, name)))
+        }
+    };
+    c.wait_subscribed();
+    let base = (now_ms() / 10_000 - 60) * 10_000;
+    let w = |i: u64| base + i * WINDOW_MS as u64;
+    let mut msgs = Vec::new();
+    for seq in 0..3 {
+        let mut s = summary("s1", "a", 1, seq, w(seq), &flows(30_000), (0, 0));
+        s.rtt_hist = [0, 0, 0, 2, 1].into_iter().collect();
+        msgs.push(s);
+    }
+    msgs.push(summary("s1", "b", 2, 0, w(0), &flows(10_000), (0, 0)));
+    msgs.push(summary("s1", "b", 2, 2, w(2), &flows(9_000), (1, 1_000)));
+    for seq in 0..2 {
+        let mut s = summary("s2", "c", 3, seq, w(seq), &flows(20_000), (0, 0));
+        s.health.spool_dropped = seq;
+        s.health.spool_depth = 7;
+        msgs.push(s);
+    }
+    msgs.push(summary("s2", "d", 4, 0, w(0), &flows(5_000), (0, 0)));
+    let mut msgs: Vec<Msg> = msgs.iter().map(Msg::summary).collect();
+    msgs.push(Msg::raw("edgeflow/v1/s2/d/status", b"offline"));
+    publish_all(broker.port, &msgs);
+    let n = msgs.len() as u64;
+    c.wait_for("/api/ingest", Duration::from_secs(30), |v| {
+        v["messages"] == n
+    });
+    Fleet {
+        c,
+        _broker: broker,
+        _pg: pg,
+        base,
+    }
+}
+
+/// The ids in a /api/devices answer and its X-Total-Count.
+fn ids(c: &Collector, query: &str) -> (Vec<String>, u64) {
+    let (status, head, body) = http_get_head(c.http, &format!("/api/devices{query}"), None);
+    assert_eq!(status, 200, "{query}: {body}");
+    let total = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-total-count")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no X-Total-Count in {head}"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let ids = v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    (ids, total)
+}
+
+fn devices_state_attention_search_sort_and_pages(store: Store) {
+    let f = start(store);
+    let c = &f.c;
+    let v = c.json("/api/devices");
+    let by_id = |id: &str| -> Value {
+        v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} missing: {v}"))
+    };
+    for (id, state, attention) in [
+        ("s1/a", "online", json!([])),
+        ("s1/b", "online", json!(["gaps", "table_full"])),
+        ("s2/c", "online", json!(["spool_dropping"])),
+        ("s2/d", "offline", json!(["offline"])),
+    ] {
+        let d = by_id(id);
+        assert_eq!(
+            (&d["state"], &d["attention"]),
+            (&json!(state), &attention),
+            "{d}"
+        );
+    }
+    assert_eq!(by_id("s2/d")["reported"], "offline");
+    assert_eq!(by_id("s1/a")["reported"], Value::Null);
+    let all = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+    // Most severe first, then more reasons, then the id.
+    assert_eq!(ids(c, ""), (all(&["s2/d", "s1/b", "s2/c", "s1/a"]), 4));
+    assert_eq!(
+        ids(c, "?sort=name"),
+        (all(&["s1/a", "s1/b", "s2/c", "s2/d"]), 4)
+    );
+    // Latest window: a 30 kB, c 20 kB, b 10 kB (9,000 + the overflow's 1,000), d 5 kB.
+    assert_eq!(
+        ids(c, "?sort=throughput"),
+        (all(&["s1/a", "s2/c", "s1/b", "s2/d"]), 4)
+    );
+    assert_eq!(ids(c, "?q=S1%2F"), (all(&["s1/b", "s1/a"]), 2));
+    assert_eq!(ids(c, "?site=s2&sort=name"), (all(&["s2/c", "s2/d"]), 2));
+    assert_eq!(ids(c, "?q=nothing"), (vec![], 0));
+    assert_eq!(
+        ids(c, "?sort=name&limit=2&offset=1"),
+        (all(&["s1/b", "s2/c"]), 4)
+    );
+    assert_eq!(ids(c, "?sort=name&offset=9"), (vec![], 4));
+    let (status, body) = c.get("/api/devices?sort=loudest");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("attention, name, throughput"), "{body}");
+}
+
+fn fleet_counts_states_reasons_sites_and_traffic(store: Store) {
+    let f = start(store);
+    let v = f.c.json("/api/fleet");
+    assert_eq!(v["devices"], 4, "{v}");
+    assert_eq!(v["states"], json!({"online": 3, "silent": 0, "offline": 1}));
+    assert_eq!(
+        v["attention"],
+        json!({"offline": 1, "silent": 0, "gaps": 1, "table_full": 1, "spool_dropping": 1,
+               "any": 3})
+    );
+    assert_eq!(
+        v["sites"],
+        json!([{"site": "s1", "devices": 2, "attention": 1},
+               {"site": "s2", "devices": 2, "attention": 2}])
+    );
+    let bytes = 3 * 30_000 + 10_000 + 10_000 + 2 * 20_000 + 5_000;
+    let packets = 3 * 30 + 10 + (9 + 1) + 2 * 20 + 5;
+    assert_eq!(v["totals"], json!({"packets": packets, "bytes": bytes}));
+    // The windows missing (b's seq 1), and the online devices' latest windows now: a 30 kB,
+    // b 10 kB, c 20 kB (d is offline), 10 s each.
+    assert_eq!(v["gaps"], 1);
+    assert_eq!(v["now"]["bytes_per_s"], 6_000.0);
+    assert_eq!(v["now"]["packets_per_s"], 6.0);
+    let s1 = f.c.json("/api/fleet?site=s1");
+    assert_eq!(
+        (&s1["devices"], &s1["attention"]["any"]),
+        (&json!(2), &json!(1))
+    );
+    assert_eq!(s1["totals"]["bytes"], 3 * 30_000 + 10_000 + 10_000);
+    // A range: only the first window of each.
+    let first = f.c.json(&format!(
+        "/api/fleet?from={}&to={}",
+        f.base,
+        f.base + 10_000
+    ));
+    assert_eq!(first["totals"]["bytes"], 30_000 + 10_000 + 20_000 + 5_000);
+}
+
+/// Rates per 10 s bucket from a JSON array.
+fn rates(v: &Value) -> Vec<Option<f64>> {
+    v.as_array().unwrap().iter().map(Value::as_f64).collect()
+}
+
+fn series_top_devices_the_fleet_and_the_others(store: Store) {
+    let f = start(store);
+    let range = format!("from={}&to={}&step=10000", f.base, f.base + 40_000);
+    let v = f.c.json(&format!("/api/series?{range}&top=2"));
+    assert_eq!(v["step_ms"], 10_000, "{v}");
+    let top: Vec<_> = v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    // Bytes in the range: a 90 kB, c 40 kB, b 20 kB, d 5 kB.
+    assert_eq!(top, ["s1/a", "s2/c"]);
+    assert_eq!(
+        rates(&v["devices"][0]["bytes_per_s"]),
+        [Some(3_000.0), Some(3_000.0), Some(3_000.0), None]
+    );
+    // Per bucket: a + b + c + d; a + c + nothing of b (its gap); a + b.
+    assert_eq!(
+        rates(&v["fleet"]["bytes_per_s"]),
+        [Some(6_500.0), Some(5_000.0), Some(4_000.0), None]
+    );
+    assert_eq!(
+        rates(&v["others"]["bytes_per_s"]),
+        [Some(1_500.0), None, Some(1_000.0), None]
+    );
+    assert_eq!(
+        rates(&v["fleet"]["packets_per_s"]),
+        [Some(6.5), Some(5.0), Some(4.0), None]
+    );
+    // One site; without `top` the answer has no fleet or others.
+    let s2 = f.c.json(&format!("/api/series?{range}&top=1&site=s2"));
+    assert_eq!(s2["devices"][0]["id"], "s2/c");
+    assert_eq!(
+        rates(&s2["others"]["bytes_per_s"]),
+        [Some(500.0), None, None, None]
+    );
+    let plain = f.c.json(&format!("/api/series?{range}"));
+    assert_eq!(plain["devices"].as_array().unwrap().len(), 4);
+    assert!(plain.get("fleet").is_none_or(Value::is_null), "{plain}");
+    for bad in ["top=0", "top=51", "top=x"] {
+        let (status, body) = f.c.get(&format!("/api/series?{range}&{bad}"));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("top"), "{bad}: {body}");
+    }
+}
+
+fn health_of_one_device_over_time(store: Store) {
+    let f = start(store);
+    let range = format!("from={}&to={}&step=10000", f.base, f.base + 40_000);
+    let v = f.c.json(&format!("/api/health?device=s1/b&{range}"));
+    assert_eq!(v["id"], "s1/b");
+    assert_eq!(v["step_ms"], 10_000);
+    let t: Vec<u64> = (0..4).map(|i| f.base + i * 10_000).collect();
+    assert_eq!(v["t"], json!(t));
+    assert_eq!(v["table_full"], json!([0, null, 1, null]), "{v}");
+    assert_eq!(v["active_flows"], json!([1, null, 1, null]));
+    assert_eq!(v["rss_kib"], json!([6_000, null, 6_000, null]));
+    assert_eq!(
+        rates(&v["bytes_per_s"]),
+        [Some(1_000.0), None, Some(1_000.0), None]
+    );
+    assert_eq!((&v["gaps"], &v["boots"]), (&json!(1), &json!(1)));
+    let c = f.c.json(&format!("/api/health?device=s2/c&{range}"));
+    assert_eq!(c["spool_dropped"], json!([0, 1, null, null]));
+    assert_eq!(c["spool_depth"], json!([7, 7, null, null]));
+    let cpu = c["cpu_pct"][0].as_f64().unwrap();
+    assert!(
+        (cpu - 0.12).abs() < 1e-9,
+        "12 ms of CPU in a 10 s window: {cpu}"
+    );
+    let (status, body) = f.c.get(&format!("/api/health?device=s9/zz&{range}"));
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = f.c.get(&format!("/api/health?{range}"));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("device"), "{body}");
+}
+
+fn flows_talkers_conversations_rtt_stored_and_metrics(store: Store) {
+    let mut f = start(store);
+    let c = &f.c;
+    // Every device's one flow 10.2.0.1:40000 -> 10.2.0.2:443: a 90 kB, c 40 kB, b 19 kB, d 5 kB.
+    let all = 90_000 + 40_000 + 19_000 + 5_000;
+    let t = c.json("/api/talkers?limit=10");
+    assert_eq!(t[0]["addr"], "10.2.0.1", "{t}");
+    assert_eq!(
+        (&t[0]["sent"]["bytes"], &t[0]["received"]["bytes"]),
+        (&json!(all), &json!(0))
+    );
+    assert_eq!(
+        (&t[1]["addr"], &t[1]["received"]["bytes"]),
+        (&json!("10.2.0.2"), &json!(all))
+    );
+    let conv = c.json("/api/conversations?limit=10");
+    assert_eq!(conv.as_array().unwrap().len(), 1, "{conv}");
+    assert_eq!(
+        (&conv[0]["fwd"]["bytes"], &conv[0]["flows"]),
+        (&json!(all), &json!(4))
+    );
+    let flows = c.json("/api/flows?limit=100");
+    assert_eq!(flows["matching"], 4, "{flows}");
+    let order: Vec<_> = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["device"].as_str().unwrap(), f["bytes"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("s1/a", 90_000),
+            ("s2/c", 40_000),
+            ("s1/b", 19_000),
+            ("s2/d", 5_000)
+        ]
+    );
+    let narrow = c.json("/api/flows?addr=2.0.2&port=443&proto=tcp&device=s2/c");
+    assert_eq!(narrow["matching"], 1, "{narrow}");
+    assert_eq!(
+        (
+            &narrow["flows"][0]["windows"],
+            &narrow["flows"][0]["fwd"]["packets"]
+        ),
+        (&json!(2), &json!(40))
+    );
+    assert_eq!(c.json("/api/flows?proto=udp")["matching"], 0);
+    assert_eq!(c.json("/api/flows?addr=10_2")["matching"], 0);
+    let rtt = c.json("/api/rtt");
+    assert_eq!(rtt["samples"], 9, "{rtt}");
+    assert_eq!(
+        (&rtt["p50_us"], &rtt["p90_us"], &rtt["p99_us"]),
+        (&json!(16), &json!(32), &json!(32))
+    );
+    assert_eq!(c.json("/api/rtt?device=s1/b")["samples"], 0);
+    let stored = &c.json("/api/ingest")["stored"];
+    assert_eq!(
+        (&stored["summaries"], &stored["flow_records"]),
+        (&json!(8), &json!(8))
+    );
+    assert_eq!(stored["oldest_window_ms"], f.base);
+    assert_eq!(stored["newest_window_ms"], f.base + 20_000);
+    let (status, metrics) = c.get("/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "edgeflow_device_up{site=\"s2\",device=\"d\"} 0\n",
+        "edgeflow_device_up{site=\"s1\",device=\"a\"} 1\n",
+        "edgeflow_device_bytes_total{site=\"s1\",device=\"a\"} 90000\n",
+        "edgeflow_device_missing_windows{site=\"s1\",device=\"b\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
+    }
+    // With its readers open, the collector still stops cleanly.
+    let status = f.c.terminate();
+    assert!(status.success(), "{status}: {}", f.c.log());
+}

@@ -1,0 +1,169 @@
+//! One probe session: the programs loaded, the table taken, attached to the interfaces, drained
+//! window by window, and detached when the session is dropped (also on an error or a panic).
+//!
+//! `run`, `watch`, the footprint benchmark and the kernel tests that attach all go through
+//! [`Session`], so the order that keeps the counts exact is written once: the drainer's
+//! baseline is read before the programs are attached (a packet counted between its two reads
+//! would stay in one and not the other), and whatever was attached is detached, in the
+//! interfaces' namespace.
+//!
+//! The kernel side lives in the modules below: loading ([`bpf`]), the maps ([`table`],
+//! [`maps`], [`ticks`], [`clock`]), the drain ([`drain`]), hooking in ([`attach`], [`netlink`],
+//! [`netdev`], [`leftover`], [`ifstate`]), and what the machine must offer ([`kernel`],
+//! [`caps`]).
+
+pub mod attach;
+pub mod bpf;
+pub mod caps;
+pub mod clock;
+pub mod drain;
+pub mod ifstate;
+pub mod kernel;
+pub mod leftover;
+pub mod maps;
+pub mod netdev;
+pub mod netlink;
+pub mod table;
+pub mod ticks;
+
+use self::{
+    attach::{AttachMode, Attachment},
+    bpf::{LoadOptions, Loaded, RttOptions},
+    drain::{Drainer, Expiry},
+    ifstate::{IfaceStates, NoneLeft},
+    kernel::Kernel,
+    maps::Maps,
+    table::TableError,
+};
+use crate::{report::window::Window, UsageError};
+
+/// What a session loads and where it attaches.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    pub ifaces: Vec<String>,
+    /// Network namespace the interfaces are in (`ip netns` name or a path); `None`: ours.
+    pub netns: Option<String>,
+    /// Flows the table is sized for (checked where the user gives it: `config::max_flows`).
+    pub max_flows: u32,
+    pub attach: AttachMode,
+    pub sample_every: u32,
+    /// TCP RTT tracking; `None`: off.
+    pub rtt: Option<RttOptions>,
+    pub expiry: Expiry,
+}
+
+/// Options checked against this machine, nothing loaded yet: [`Checked::start`] loads.
+pub struct Checked<'a> {
+    opts: &'a ProbeOptions,
+    kernel: Kernel,
+}
+
+/// Checks what the user can fix before anything is loaded, the kernel last: what it offers.
+pub fn check(opts: &ProbeOptions) -> Result<Checked<'_>, UsageError> {
+    netdev::in_netns(opts.netns.as_deref(), || {
+        attach::check_interfaces(&opts.ifaces)
+    })??;
+    caps::check()?;
+    let kernel = kernel::check()?;
+    if let Some(f) = kernel.fallbacks() {
+        eprintln!("edgeflow: kernel {}: {f}", kernel::release());
+    }
+    Ok(Checked { opts, kernel })
+}
+
+impl Checked<'_> {
+    /// Loads the programs, takes their maps, reads the drain's baseline, then attaches.
+    pub fn start(self) -> anyhow::Result<Session> {
+        let opts = self.opts;
+        let mut loaded = bpf::load(LoadOptions {
+            max_flows: opts.max_flows,
+            sample_every: opts.sample_every,
+            rtt: opts.rtt,
+        })?;
+        eprintln!("edgeflow: {}", loaded.report);
+        let maps = Maps::take(&mut loaded.ebpf)?;
+        eprintln!("edgeflow: {}", maps.table.describe());
+        let mut hooked = Hooked {
+            loaded: Some(loaded),
+            list: Vec::new(),
+            netns: opts.netns.clone(),
+        };
+        // Before attaching: the baseline is then the empty table and zeroed counters.
+        let drainer = Drainer::new(maps, opts.expiry)?;
+        // From here on a failure drops `hooked`, which undoes what was attached.
+        let ebpf = &mut hooked.loaded.as_mut().expect("just loaded").ebpf;
+        attach::attach_all(
+            ebpf,
+            &opts.ifaces,
+            opts.netns.as_deref(),
+            opts.attach,
+            attach::Hooks::new(self.kernel.tcx, self.kernel.xdp_link),
+            &mut hooked.list,
+        )?;
+        let ifaces = IfaceStates::new(&hooked.list, opts.netns.as_deref());
+        Ok(Session {
+            hooked,
+            drainer,
+            ifaces,
+        })
+    }
+}
+
+/// The programs attached and their table drained; dropping it detaches them.
+pub struct Session {
+    hooked: Hooked,
+    drainer: Drainer,
+    ifaces: IfaceStates,
+}
+
+impl Session {
+    /// [`check`], then [`Checked::start`].
+    pub fn start(opts: &ProbeOptions) -> anyhow::Result<Session> {
+        check(opts)?.start()
+    }
+
+    /// Ends the current window (the programs' log flushed first) and starts the next.
+    pub fn next_window(&mut self) -> Result<Window, TableError> {
+        self.flush_log();
+        self.drainer.drain()
+    }
+
+    /// Moves pending log records from the programs to the log.
+    pub fn flush_log(&mut self) {
+        self.hooked.loaded_mut().flush_log();
+    }
+
+    /// Looks at the attached interfaces again (down, up, deleted); fails when none is left.
+    pub fn check_ifaces(&mut self) -> Result<(), NoneLeft> {
+        self.ifaces.check()
+    }
+
+    /// The programs' maps (the flow table among them).
+    pub fn maps(&self) -> &Maps {
+        self.drainer.source()
+    }
+}
+
+/// The loaded programs and where they are attached: detached on drop.
+struct Hooked {
+    /// Always `Some` until dropped.
+    loaded: Option<Loaded>,
+    list: Vec<Attachment>,
+    netns: Option<String>,
+}
+
+impl Hooked {
+    fn loaded_mut(&mut self) -> &mut Loaded {
+        self.loaded.as_mut().expect("loaded until dropped")
+    }
+}
+
+impl Drop for Hooked {
+    fn drop(&mut self) {
+        if let Some(mut loaded) = self.loaded.take() {
+            loaded.flush_log();
+            attach::detach_all(loaded, &self.list, self.netns.as_deref());
+            eprintln!("edgeflow: detached");
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! Each interval: read the table, turn cumulative counters into deltas, expire what is done.
+//!
+//! The drain reads the kernel through [`Source`]: [`Maps`] in the agent, memory in the unit
+//! tests below, so its bookkeeping (deltas, expiry, conservation) is tested on the host; the
+//! kernel tests (`tests/table_read.rs`) drain the real table.
+
+use crate::{
+    probe::{
+        clock::ClockPair,
+        maps::{Maps, RttHist, Stats},
+        table::{Slots, TableError},
+        ticks::TickNow,
+    },
+    report::window::{self, Counts, Window},
+};
+use shared::{flow::tcp, Count, Direction, FlowCounters, Stat};
+use std::time::Duration;
+
+/// When entries leave the kernel table.
+#[derive(Clone, Copy, Debug)]
+pub struct Expiry {
+    /// A flow with no packet for this long is removed.
+    pub inactive: Duration,
+    /// A TCP flow that saw FIN both ways, or RST, is removed once idle this long.
+    pub finished: Duration,
+    /// A timestamp whose echo has not come for this long is dropped from the pending map.
+    pub rtt_pending: Duration,
+}
+
+impl Default for Expiry {
+    fn default() -> Expiry {
+        Expiry {
+            inactive: Duration::from_secs(60),
+            finished: Duration::from_secs(5),
+            rtt_pending: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a drain reads, where the kernel ends.
+pub trait Source {
+    /// The flow table's slots.
+    fn slots(&self) -> Slots<'_>;
+    /// The programs' counters, summed over CPUs (cumulative).
+    fn stats(&self) -> Result<Stats, TableError>;
+    /// The RTT histogram, summed over CPUs (cumulative).
+    fn rtt_hist(&self) -> Result<RttHist, TableError>;
+    /// The tick counter and the monotonic clock now.
+    fn ticks(&self) -> Result<TickNow, TableError>;
+    /// Drops RTT timestamps still waiting for their echo that left before `before_ns`.
+    fn sweep_pending(&mut self, before_ns: u64) -> Result<u32, TableError>;
+}
+
+impl Source for Maps {
+    fn slots(&self) -> Slots<'_> {
+        self.table.slots()
+    }
+    fn stats(&self) -> Result<Stats, TableError> {
+        self.stats.read()
+    }
+    fn rtt_hist(&self) -> Result<RttHist, TableError> {
+        self.rtt.hist()
+    }
+    fn ticks(&self) -> Result<TickNow, TableError> {
+        Ok(self.ticks.now()?)
+    }
+    fn sweep_pending(&mut self, before_ns: u64) -> Result<u32, TableError> {
+        self.rtt.sweep_pending(before_ns)
+    }
+}
+
+/// Keeps the last counters of every slot, to report deltas.
+pub struct Drainer<S = Maps> {
+    source: S,
+    expiry: Expiry,
+    /// Per slot: its flow's counts at the last drain (zero for a slot freed since).
+    baseline: Vec<Counts>,
+    /// Flows in the table at the last drain.
+    active: usize,
+    prev_stats: Stats,
+    prev_hist: RttHist,
+    last: ClockPair,
+    /// Flows to free: slot, packets when read.
+    expired: Vec<(u32, [u64; 2])>,
+    /// Kernel `parsed` minus reported totals, summed since the start (see `Window::unsettled`).
+    unsettled: Count,
+}
+
+impl<S: Source> Drainer<S> {
+    /// Starts the first window now; what the table already holds counts as the baseline. Make
+    /// it before the programs are attached: the baseline reads the flows and then the
+    /// counters, and a packet counted between the two would stay in one and not the other.
+    pub fn new(source: S, expiry: Expiry) -> Result<Drainer<S>, TableError> {
+        let slots = source.slots();
+        let mut baseline = vec![Counts::default(); slots.shape().slots as usize];
+        let mut active = 0;
+        slots.for_each_flow(&mut |i, _, v| {
+            baseline[i as usize] = Counts::of(v);
+            active += 1;
+        });
+        let prev_stats = source.stats()?;
+        let prev_hist = source.rtt_hist()?;
+        Ok(Drainer {
+            baseline,
+            active,
+            source,
+            expiry,
+            prev_stats,
+            prev_hist,
+            last: ClockPair::now(),
+            expired: Vec::new(),
+            unsettled: Count::default(),
+        })
+    }
+
+    /// What the drain reads (the agent: the programs' maps).
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// Ends the current window and starts the next. The table is read once, as memory,
+    /// straight into the deltas: no copy of the whole table is held.
+    pub fn drain(&mut self) -> Result<Window, TableError> {
+        let now = ClockPair::now();
+        let ticks = self.source.ticks()?;
+        // Tick stamps to wall-clock ms, through the monotonic clock.
+        let to_ms = |t: u64| now.to_unix_ms(ticks.to_mono_ns(t));
+        let expiry = self.expiry;
+        // Sized once from the last drain: growing by doubling would briefly hold 3x as much.
+        let mut flows = Vec::with_capacity(self.active);
+        let mut expired = std::mem::take(&mut self.expired);
+        expired.clear();
+        let mut in_flows = Count::default();
+        let mut active = 0;
+        let baseline = &mut self.baseline;
+        let slots = self.source.slots();
+        // Flows first, then the counters: a packet counted between the two reads is in the
+        // kernel's `parsed` but not yet in a flow delta. Totals are taken from the flows (so
+        // every window conserves exactly) and the kernel counter checks them through
+        // `unsettled`, which such packets raise for one window only.
+        slots.for_each_flow(&mut |i, key, cur| {
+            active += 1;
+            let now = Counts::of(cur);
+            let delta = now.since(&std::mem::replace(&mut baseline[i as usize], now));
+            if delta.any_packets() {
+                in_flows.add(&delta.total());
+                flows.push(window::flow(key, cur, &delta, to_ms));
+            }
+            let idle = Duration::from_nanos(
+                ticks
+                    .mono_ns
+                    .saturating_sub(ticks.to_mono_ns(cur.last_seen())),
+            );
+            if idle >= expiry.inactive || (finished(cur) && idle >= expiry.finished) {
+                expired.push((i, cur.packets()));
+            }
+        });
+        let stats = self.source.stats()?;
+        let hist = self.source.rtt_hist()?;
+        let mut removed = 0u32;
+        for &(i, packets) in &expired {
+            // A packet that came since the read keeps the flow for the next window. Compared
+            // by count, not by last_seen: that has tick resolution.
+            if slots.free(i, Some(packets)) {
+                // A flow that comes back counts from zero.
+                baseline[i as usize] = Counts::default();
+                removed += 1;
+                slots.tidy_from(i);
+            }
+        }
+        self.expired = expired;
+
+        let delta: Stats = std::array::from_fn(|i| stats[i].delta_since(&self.prev_stats[i]));
+        self.prev_stats = stats;
+        let rtt_hist = hist_delta(&hist, &self.prev_hist);
+        self.prev_hist = hist;
+        self.source.sweep_pending(
+            now.mono_ns
+                .saturating_sub(self.expiry.rtt_pending.as_nanos() as u64),
+        )?;
+        let overflow = delta[Stat::Overflow as usize];
+        let mut totals = in_flows;
+        totals.add(&overflow);
+        self.unsettled.add(&delta[Stat::Parsed as usize]);
+        self.unsettled = self.unsettled.delta_since(&totals);
+        let w = Window {
+            window_start_ms: self.last.unix_ms,
+            window_end_ms: now.unix_ms,
+            totals,
+            overflow,
+            unsettled: self.unsettled,
+            stats: delta,
+            active_flows: (active as u32).saturating_sub(removed),
+            expired_flows: removed,
+            flows,
+            rtt_hist,
+        };
+        self.last = now;
+        self.active = active;
+        Ok(w)
+    }
+}
+
+/// The window's RTT histogram, trailing empty buckets cut (empty: no samples).
+fn hist_delta(now: &RttHist, before: &RttHist) -> Vec<u64> {
+    let mut d: Vec<u64> = now
+        .iter()
+        .zip(before)
+        .map(|(n, b)| n.wrapping_sub(*b))
+        .collect();
+    while d.last() == Some(&0) {
+        d.pop();
+    }
+    d
+}
+
+/// A TCP conversation that is over: FIN from both sides, or a RST.
+fn finished(c: &FlowCounters) -> bool {
+    let a = c.flags(Direction::AToB);
+    let b = c.flags(Direction::BToA);
+    (a | b) & tcp::RST != 0 || (a & tcp::FIN != 0 && b & tcp::FIN != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::{
+        stats::STATS_LEN,
+        table::{held_bit, FlowSlot, TableShape, LIVE},
+        FlowKey,
+    };
+    use std::{
+        cell::{Cell, UnsafeCell},
+        collections::BTreeMap,
+    };
+
+    /// Ticks per second of the host source's clock (HZ 1000).
+    const HZ: u64 = 1000;
+
+    /// The kernel's side in ordinary memory: a table the test counts packets into as the
+    /// programs would (the parsed counter with them), and a tick clock it sets.
+    struct Host {
+        slots: Box<[UnsafeCell<FlowSlot>]>,
+        held: Box<[UnsafeCell<u64>]>,
+        shape: TableShape,
+        stats: Cell<Stats>,
+        now: Cell<TickNow>,
+        /// A packet the programs count while the drain reads the counters (after the flows).
+        meanwhile: Cell<Option<FlowKey>>,
+        swept_before: Cell<Option<u64>>,
+    }
+
+    impl Host {
+        fn new(slots: u32) -> Host {
+            let shape = TableShape { slots, seed: 3 };
+            Host {
+                slots: (0..slots).map(|_| Default::default()).collect(),
+                held: (0..shape.bitmap_words())
+                    .map(|_| Default::default())
+                    .collect(),
+                shape,
+                stats: Cell::new([Count::default(); STATS_LEN as usize]),
+                now: Cell::new(TickNow {
+                    ticks: 100_000,
+                    mono_ns: 5_000_000_000_000,
+                    tick_ns: 1_000_000_000 / HZ,
+                }),
+                meanwhile: Cell::new(None),
+                swept_before: Cell::new(None),
+            }
+        }
+
+        fn stat(&self, s: Stat, packets: u64) {
+            let mut all = self.stats.get();
+            all[s as usize].add(&Count {
+                packets,
+                bytes: packets * 100,
+            });
+            self.stats.set(all);
+        }
+
+        /// `packets` of 100 bytes a→b on `key`, the last `ago` seconds back, with `flags`
+        /// (a→b in the low byte, b→a in the next).
+        fn count(&self, key: FlowKey, packets: u64, ago: u64, flags: u32) {
+            let seq: Vec<u32> = self.shape.probe_sequence(&key).collect();
+            // SAFETY: only this test's thread touches the memory, through no live reference.
+            let slot = |i: u32| unsafe { &mut *self.slots[i as usize].get() };
+            let at = seq
+                .iter()
+                .copied()
+                .find(|&i| slot(i).state == LIVE && slot(i).key == key)
+                .or_else(|| seq.iter().copied().find(|&i| slot(i).state != LIVE))
+                .expect("a free slot");
+            let s = slot(at);
+            if s.state != LIVE {
+                *s = FlowSlot {
+                    state: LIVE,
+                    key,
+                    ..FlowSlot::default()
+                };
+                let (w, bit) = held_bit(at);
+                // SAFETY: as above.
+                unsafe { *self.held[w as usize].get() |= bit };
+            }
+            let c = &mut s.counters;
+            c.dir[0].packets += packets;
+            c.dir[0].bytes += packets * 100;
+            c.dir[0].last_seen = self.now.get().ticks - ago * HZ;
+            c.tcp_flags |= flags;
+            self.stat(Stat::Parsed, packets);
+        }
+    }
+
+    impl Source for Host {
+        fn slots(&self) -> Slots<'_> {
+            // SAFETY: the boxes hold the shape's slots and words for as long as `self`, and
+            // UnsafeCell lets the slots change through them.
+            unsafe {
+                Slots::new(
+                    UnsafeCell::raw_get(self.slots.as_ptr()),
+                    UnsafeCell::raw_get(self.held.as_ptr()),
+                    self.shape,
+                )
+            }
+        }
+        fn stats(&self) -> Result<Stats, TableError> {
+            if let Some(k) = self.meanwhile.take() {
+                self.count(k, 1, 0, 0);
+            }
+            Ok(self.stats.get())
+        }
+        fn rtt_hist(&self) -> Result<RttHist, TableError> {
+            Ok([0; shared::rtt::RTT_BUCKETS])
+        }
+        fn ticks(&self) -> Result<TickNow, TableError> {
+            Ok(self.now.get())
+        }
+        fn sweep_pending(&mut self, before_ns: u64) -> Result<u32, TableError> {
+            self.swept_before.set(Some(before_ns));
+            Ok(0)
+        }
+    }
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            port_a: 40_000,
+            port_b: port,
+            proto: 17,
+            ..FlowKey::default()
+        }
+    }
+
+    /// The window's packets by destination port.
+    fn by_port(w: &Window) -> BTreeMap<u16, u64> {
+        w.flows
+            .iter()
+            .map(|f| (f.dst_port, f.total().packets))
+            .collect()
+    }
+
+    #[test]
+    fn each_window_reports_only_its_own_packets() {
+        let host = Host::new(64);
+        // In the table before the drainer starts: the baseline, not news.
+        host.count(key(1), 3, 0, 0);
+        host.count(key(2), 2, 0, 0);
+        let mut d = Drainer::new(host, Expiry::default()).unwrap();
+        d.source.count(key(1), 2, 0, 0);
+        d.source.count(key(3), 1, 0, 0);
+        let w = d.drain().unwrap();
+        assert_eq!(by_port(&w), BTreeMap::from([(1, 2), (3, 1)]));
+        assert_eq!((w.totals.packets, w.totals.bytes), (3, 300));
+        assert!(w.is_conserved());
+        assert_eq!(w.stats[Stat::Parsed as usize].packets, 3);
+        assert_eq!((w.active_flows, w.expired_flows), (3, 0));
+        assert_eq!(w.unsettled, Count::default());
+        assert!(d.source.swept_before.get().is_some(), "pending swept");
+        // Nothing counted: an empty window, the flows still in the table.
+        let w = d.drain().unwrap();
+        assert!(w.flows.is_empty() && w.totals == Count::default());
+        assert_eq!(w.active_flows, 3);
+        // Packets the table had no room for are in the totals as overflow.
+        d.source.count(key(2), 4, 0, 0);
+        d.source.stat(Stat::Parsed, 5);
+        d.source.stat(Stat::Overflow, 5);
+        let w = d.drain().unwrap();
+        assert_eq!(by_port(&w), BTreeMap::from([(2, 4)]));
+        assert_eq!((w.totals.packets, w.overflow.packets), (9, 5));
+        assert!(w.is_conserved());
+    }
+
+    #[test]
+    fn idle_and_finished_flows_expire_and_come_back_from_zero() {
+        let expiry = Expiry {
+            inactive: Duration::from_secs(10),
+            finished: Duration::from_secs(1),
+            ..Expiry::default()
+        };
+        let mut d = Drainer::new(Host::new(64), expiry).unwrap();
+        let both_fins = (tcp::FIN as u32) | (tcp::FIN as u32) << 8;
+        d.source.count(key(1), 1, 0, 0);
+        d.source.count(key(2), 1, 11, 0);
+        d.source.count(key(3), 1, 2, both_fins);
+        d.source.count(key(4), 1, 2, tcp::FIN as u32);
+        d.source.count(key(5), 1, 2, (tcp::RST as u32) << 8);
+        let w = d.drain().unwrap();
+        // Reported in their last window, then gone: idle past 10 s, or over and idle 1 s.
+        assert_eq!(by_port(&w).len(), 5);
+        assert_eq!((w.active_flows, w.expired_flows), (2, 3));
+        let slots = d.source.slots();
+        let left: Vec<bool> = (1..=5).map(|p| slots.find(&key(p)).is_some()).collect();
+        assert_eq!(left, [true, false, false, true, false]);
+        // A flow that comes back counts from zero, not against what it had.
+        d.source.count(key(2), 1, 0, 0);
+        let w = d.drain().unwrap();
+        assert_eq!(by_port(&w), BTreeMap::from([(2, 1)]));
+        assert_eq!((w.active_flows, w.expired_flows), (3, 0));
+    }
+
+    #[test]
+    fn a_packet_during_the_drain_keeps_its_flow_and_is_settled_next_window() {
+        let expiry = Expiry {
+            inactive: Duration::from_secs(10),
+            ..Expiry::default()
+        };
+        let mut d = Drainer::new(Host::new(64), expiry).unwrap();
+        d.source.count(key(1), 2, 11, 0);
+        d.source.meanwhile.set(Some(key(1)));
+        let w = d.drain().unwrap();
+        // Read idle, but a packet came before the free: kept. The kernel counted it after
+        // the flows were read: in `parsed`, not yet in a flow, so unsettled by one.
+        assert_eq!(by_port(&w), BTreeMap::from([(1, 2)]));
+        assert_eq!(w.expired_flows, 0);
+        assert_eq!(w.stats[Stat::Parsed as usize].packets, 3);
+        assert_eq!(w.unsettled.packets, 1);
+        assert!(w.is_conserved());
+        let w = d.drain().unwrap();
+        assert_eq!(by_port(&w), BTreeMap::from([(1, 1)]));
+        assert_eq!(w.unsettled, Count::default());
+    }
+
+    #[test]
+    fn histogram_delta_drops_trailing_empty_buckets() {
+        let mut now = [0u64; shared::rtt::RTT_BUCKETS];
+        let mut before = now;
+        assert!(hist_delta(&now, &before).is_empty());
+        now[3] = 5;
+        now[10] = 7;
+        before[3] = 2;
+        before[10] = 7;
+        assert_eq!(hist_delta(&now, &before), vec![0, 0, 0, 3]);
+    }
+
+    #[test]
+    fn finished_needs_both_fins_or_a_reset() {
+        let mut c = FlowCounters {
+            tcp_flags: tcp::FIN as u32,
+            ..Default::default()
+        };
+        assert!(!finished(&c));
+        c.tcp_flags |= (tcp::FIN as u32) << 8;
+        assert!(finished(&c));
+        c.tcp_flags = (tcp::RST as u32) << 8;
+        assert!(finished(&c));
+    }
+}

@@ -1,7 +1,0 @@
-#!/usr/bin/env bash
-# Collector ingest benchmark: summaries/s and flow records/s decoded and stored on this
-# machine, printed as a table (collector/benches/ingest.rs). Not part of the tests.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-source scripts/env.sh
-cargo bench --locked -p edgeflow-collector --bench ingest
