@@ -1099,6 +1099,19 @@ mod tests {
     }
 
     #[test]
+    fn a_server_refusal_is_said_once() {
+        let pg = Postgres::start();
+        let url = pg.create_database("refusal");
+        // A database that does not exist: the server's FATAL message, once in the chain.
+        let missing = url.replace("/refusal", "/no_such_database");
+        let err = PgStore::open(&missing).err().expect("no such database");
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(text.matches("no_such_database").count(), 1, "{text}");
+        assert_eq!(text.matches("db error").count(), 1, "{text}");
+        assert!(text.starts_with("database: "), "{text}");
+    }
+
+    #[test]
     fn creates_the_schema_dedups_and_tracks_gaps() {
         let pg = Postgres::start();
         let url = pg.create_database("dedup");
