@@ -3,7 +3,7 @@
 # all on this machine. For each configuration it prints the flow records stored per second
 # (records / span of the collectors' receive times) and the bytes on disk per stored record.
 #
-#   scripts/bench-fleet.sh [CONFIG...]      CONFIG: sqlite, pg1, pg3 (default: all three)
+#   bench/bench fleet [CONFIG...]         CONFIG: sqlite, pg1, pg3 (default: all three)
 #   env: DEVICES (300), WINDOWS (15), INTERVAL_MS (1000), FLOWS_MIN (500), FLOWS_MAX (2000),
 #        TOP_K (1024), ROUNDS (1)
 #
