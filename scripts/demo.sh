@@ -35,7 +35,10 @@ chmod 711 "$WORK"
 AGENTS=() OTHERS=()
 
 cleanup() {
-  trap - EXIT INT TERM
+  # Runs once; a second Ctrl-C (or a SIGINT relayed to the process group, as `timeout` does)
+  # must not cut it short and leave the namespaces, the broker and the collector behind.
+  trap - EXIT
+  trap '' INT TERM
   echo
   say "stopping"
   # Agents first, politely: a final window, "offline", programs detached.

@@ -194,7 +194,7 @@ def table_only(path, max_foreign):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="bench/bench", description=__doc__.split("\n")[0])
     ap.add_argument("-t", "--traffic", choices=("udp", "tcp"), default="udp")
     ap.add_argument("-r", "--rate", type=int, default=0,
                     help="offered load: pps (udp) or bit/s (tcp); 0 = saturation (default)")

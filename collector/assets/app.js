@@ -28,6 +28,7 @@ const state = {
   route: { device: "" },
   list: { q: "", site: "", sort: "attention", page: 0, total: 0 },
   filters: { addr: "", port: "", proto: "" },
+  tcpSort: "failed",
   sites: "",
   colors: {},
 };
@@ -137,15 +138,15 @@ function route() {
     saveList();
   }
   // Old rows and charts belong to the other view.
-  for (const id of ["flows", "talkers", "conversations"]) clearRows($(id));
-  for (const id of ["chart", "chart-top", "legend"]) $(id).innerHTML = "";
+  for (const id of ["flows", "talkers", "conversations", "tcp-dest"]) clearRows($(id));
+  for (const id of ["chart", "chart-top", "legend", "tcp-rate-chart", "tcp-fail-chart"]) $(id).innerHTML = "";
   window.scrollTo(0, 0);
   refresh();
 }
 
 // ---- refresh ----
 
-const viewKey = () => JSON.stringify([state.route, state.list.q, state.list.site, state.list.sort, state.list.page, state.filters, state.range, state.metric]);
+const viewKey = () => JSON.stringify([state.route, state.list.q, state.list.site, state.list.sort, state.list.page, state.filters, state.range, state.metric, state.tcpSort]);
 
 // Two lanes, each at most one request round in flight: the view (summary, device list, charts,
 // health) and the traffic tables (talkers, conversations, flows, RTT: scans of every flow
@@ -253,11 +254,15 @@ async function loadTraffic(from, to) {
     api("/api/flows", { from, to, device, ...state.filters, limit: 100 }),
     api("/api/rtt", { from, to, device }),
   ]);
+  // After the others: the lane keeps to four queries at once (the collector's readers, 4 by
+  // default), so the view's requests never queue behind a fifth scan of the flow records.
+  const tcp = await api("/api/tcp", { from, to, device, limit: 10, step: step(), sort: state.tcpSort });
   return () => {
     renderTalkers(talkers);
     renderConversations(convs);
     renderFlows(flows);
     renderRtt(rtt);
+    renderTcp(tcp, from, to);
   };
 }
 
@@ -628,6 +633,57 @@ function renderRtt(r) {
   }).join("") + `</svg>`);
 }
 
+// ---- TCP connections ----
+
+const ratio = (v) => (v == null ? "–" : `${(v * 100).toFixed(2)} %`);
+const setN = (id, n, text) => { const e = $(id); e.dataset.n = String(n); setText(id, text); };
+
+// What connections did, of the fleet or of the device shown: failed connects (refused +
+// unanswered), resets, the retransmit rate, over time and by destination (responder:port).
+function renderTcp(t, from, to) {
+  const x = t.totals, c = x.connections;
+  setText("tcp-note", x.windows
+    ? `· ${plural(x.windows, "window", "windows")} from ${plural(x.devices, "device", "devices")} measuring TCP`
+    : "· no agent in this range measures TCP (agents before version 2, or TCP health switched off)");
+  setN("tcp-failed", x.failed, count(x.failed));
+  setText("tcp-failed2", `${count(c.refused)} refused · ${count(c.unanswered)} unanswered · ${count(x.syn_retries)} SYN retries`);
+  $("tcp-kpi-failed").classList.toggle("warn", x.failed > 0);
+  setN("tcp-reset", c.reset, count(c.reset));
+  setText("tcp-reset2", `connections · ${count(x.rst)} RST segments`);
+  $("tcp-kpi-reset").classList.toggle("warn", c.reset > 0);
+  setN("tcp-rate", x.retransmit_rate == null ? "" : x.retransmit_rate, ratio(x.retransmit_rate));
+  setText("tcp-rate2", `${bytes(x.retransmitted.bytes)} of ${bytes(x.bytes)} · ${count(x.retransmitted.packets)} segments`);
+  setN("tcp-est", c.established, count(c.established));
+  setText("tcp-est2", `established · ${count(c.closed)} closed · ${count(c.unknown)} without handshake`);
+  const s = t.series;
+  const base = { from, to, t: s.t, stepMs: s.step_ms };
+  if (!x.windows) {
+    for (const id of ["tcp-rate-chart", "tcp-fail-chart"]) $(id).innerHTML = `<div class="nodata">no TCP health in this range</div>`;
+  } else {
+    lineChart($("tcp-rate-chart"), { ...base, fmt: (v) => `${v.toFixed(v < 1 ? 2 : 1)} %`,
+      lines: [{ id: "rate", label: "retransmit rate", color: "#fbbf24", values: s.retransmit_rate.map((v) => (v == null ? null : v * 100)), area: true }] });
+    lineChart($("tcp-fail-chart"), { ...base, fmt: count,
+      lines: [
+        { id: "failed", label: "failed connects", color: "#f87171", values: s.failed },
+        { id: "reset", label: "reset", color: "#a78bfa", values: s.reset },
+      ] });
+  }
+  patchRows($("tcp-dest"), t.destinations, (d) => ({
+    attrs: { "data-dest": `${d.addr}:${d.port}`, "data-failed": String(d.failed), "data-reset": String(d.connections.reset) },
+    cls: d.failed ? "attn" : "",
+    cells: [
+      ["addr", esc(endpoint(d.addr, d.port, 6))],
+      [`num ${d.failed ? "bad-text" : ""}`, `<b>${count(d.failed)}</b>`],
+      ["num", count(d.connections.refused)], ["num", count(d.connections.unanswered)], ["num", count(d.syn_retries)],
+      [`num ${d.connections.reset ? "warn-text" : ""}`, count(d.connections.reset)],
+      ["num", `${count(d.rst_fwd)} / ${count(d.rst_rev)}`],
+      ["num", bytes(d.retransmitted_fwd.bytes + d.retransmitted_rev.bytes)],
+      ["num", `<span data-rate="${d.retransmit_rate == null ? "" : d.retransmit_rate}">${ratio(d.retransmit_rate)}</span>`],
+      ["num", bytes(d.bytes)],
+    ],
+  }), x.windows ? "no TCP connection in this range" : "no TCP health in this range", 10);
+}
+
 function renderIngest(i) {
   const rows = [
     ["broker", i.broker_connected ? `<span class="state online">subscribed</span>` : `<span class="state offline">disconnected</span>`],
@@ -704,6 +760,12 @@ $("filters").oninput = () => {
   }, 250);
 };
 $("filters").onsubmit = (e) => e.preventDefault();
+$("tcp-sort").onclick = (e) => {
+  if (!e.target.dataset.sort) return;
+  state.tcpSort = e.target.dataset.sort;
+  for (const b of $("tcp-sort").children) b.classList.toggle("on", b === e.target);
+  refresh();
+};
 window.onresize = () => refresh();
 window.onhashchange = route;
 

@@ -5,7 +5,7 @@
 use crate::{
     api::{
         self, conversations, devices, fleet, flows::FlowFilter, health, rtt, series, stored,
-        talkers, Range, Reader,
+        talkers, tcp, Range, Reader,
     },
     config::Limits,
     ingest::{now_ms, IngestStats},
@@ -152,6 +152,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/conversations", get(conversations))
         .route("/api/flows", get(flows))
         .route("/api/rtt", get(rtt))
+        .route("/api/tcp", get(tcp_health))
         .route("/api/ingest", get(ingest))
         .route("/api/fleet", get(fleet))
         .route("/api/health", get(health))
@@ -559,6 +560,35 @@ async fn rtt(
     ))
 }
 
+/// What connections did: destinations by failed connects, resets or retransmit rate (`sort`),
+/// totals per outcome, and a series over the range (up to now) by `step`.
+async fn tcp_health(
+    State(app): State<Arc<App>>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<tcp::TcpAnswer>, ApiError> {
+    let p = params(q)?;
+    let range = p.range()?;
+    let series_range = Range {
+        from: range.from,
+        to: range.to.min(now_ms()).max(range.from + 1),
+    };
+    let query = tcp::TcpQuery {
+        device: p.device(),
+        limit: p.limit(20),
+        sort: match nonempty(&p.sort) {
+            Some(s) => s
+                .parse()
+                .map_err(|e: api::Error| ApiError::bad(e.to_string()))?,
+            None => tcp::Sort::default(),
+        },
+        step_ms: step(&p)?,
+    };
+    Ok(Json(
+        app.read(move |c| tcp::tcp(c, range, series_range, &query))
+            .await?,
+    ))
+}
+
 #[derive(Serialize)]
 struct IngestAnswer {
     started_ms: i64,
@@ -600,10 +630,15 @@ async fn ingest(State(app): State<Arc<App>>) -> Result<Json<IngestAnswer>, ApiEr
 
 async fn prometheus(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let now = now_ms();
-    let devices = app
-        .read(move |c| devices::devices(c, Range::ALL, now, None))
+    let (devices, tcp) = app
+        .read(move |c| {
+            Ok((
+                devices::devices(c, Range::ALL, now, None)?,
+                tcp::device_totals(c)?,
+            ))
+        })
         .await?;
-    let body = metrics::render(&app.stats, &app.rates.rates(), &devices);
+    let body = metrics::render(&app.stats, &app.rates.rates(), &devices, &tcp);
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -46,6 +46,8 @@ pub struct Plan {
     pub max_message: usize,
     /// Seed for the flows (each device derives its own).
     pub seed: u64,
+    /// TCP flows carry a TCP block (summary `tcp_health`): outcomes, retransmissions, RSTs.
+    pub tcp_health: bool,
 }
 
 /// What one device got acknowledged.
@@ -157,6 +159,14 @@ pub fn window(
                 rtt: None,
                 tcp: None,
             };
+            let rec = if plan.tcp_health && proto == 6 {
+                FlowRecord {
+                    tcp: Some(tcp_block(&mut rng, rec.fwd)),
+                    ..rec
+                }
+            } else {
+                rec
+            };
             (src, dst, rec)
         })
         .collect();
@@ -229,11 +239,44 @@ pub fn window(
             addrs,
             flows: records,
             rtt_hist: heapless::Vec::new(),
-            tcp_health: false,
+            tcp_health: plan.tcp_health,
         };
         encoded.push(wire::encode_vec(&Message::V2(s)));
     }
     (encoded, totals, k as u64)
+}
+
+/// A plausible TCP block: most connections established or closed, a few refused,
+/// unanswered or reset, one in eight retransmitting about 2 % of what it sent.
+fn tcp_block(rng: &mut Rng, fwd: Count) -> wire::Tcp {
+    use wire::Outcome::*;
+    let outcome = match rng.below(100) {
+        0..=4 => Refused,
+        5..=7 => Unanswered,
+        8..=9 => Reset,
+        10..=39 => Closed,
+        40..=44 => Unknown,
+        _ => Established,
+    };
+    let mut t = wire::Tcp {
+        outcome,
+        decided: outcome != Unknown && rng.below(2) == 0,
+        syn_retries: if outcome == Unanswered { 3 } else { 0 },
+        ..wire::Tcp::default()
+    };
+    match outcome {
+        Refused => t.rev.rst = 1,
+        Reset => t.fwd.rst = 1,
+        Closed => (t.fwd.fin, t.rev.fin) = (1, 1),
+        _ => {}
+    }
+    if rng.below(8) == 0 && fwd.packets >= 50 {
+        t.fwd.retrans = Count {
+            packets: fwd.packets / 50,
+            bytes: fwd.bytes / 50,
+        };
+    }
+    t
 }
 
 /// Runs one device to the end of its plan; returns what the broker acknowledged.
@@ -397,7 +440,26 @@ mod tests {
             top_k,
             max_message: 64 * 1024,
             seed: 7,
+            tcp_health: false,
         }
+    }
+
+    #[test]
+    fn with_tcp_health_every_tcp_flow_carries_a_block() {
+        let id = DeviceId::new("sim", "d0").unwrap();
+        let mut p = plan((200, 200), 1024);
+        p.tcp_health = true;
+        let (parts, _, _) = window(&id, 3, 9, 4, 1_000, &p);
+        let mut blocks = 0;
+        for bytes in &parts {
+            let s = wire::decode_summary(bytes).expect("the decoder takes it");
+            assert!(s.tcp_health);
+            for f in &s.flows {
+                assert_eq!(f.tcp.is_some(), f.proto == 6, "{f:?}");
+                blocks += usize::from(f.tcp.is_some());
+            }
+        }
+        assert!(blocks > 50, "{blocks} TCP blocks in 200 flows");
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! reason, and per-device throughput and health from the store.
 
 use crate::{
-    api::devices::{Device, DeviceState},
+    api::{
+        devices::{Device, DeviceState},
+        tcp::DeviceTcp,
+    },
     ingest::IngestStats,
     rate::Rates,
 };
@@ -22,7 +25,7 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device]) -> String {
+pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device], tcp: &[DeviceTcp]) -> String {
     let mut o = String::with_capacity(4096);
     head(
         &mut o,
@@ -212,7 +215,63 @@ pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device]) -> String 
             }
         }
     }
+    render_tcp(&mut o, tcp);
     o
+}
+
+/// Per device that measures TCP: connections per outcome reached, retransmitted segments and
+/// bytes, over the stored windows (running sums: retention takes its share off).
+fn render_tcp(o: &mut String, tcp: &[DeviceTcp]) {
+    let name = "edgeflow_device_tcp_connections_total";
+    head(
+        o,
+        name,
+        "counter",
+        "TCP connections that reached each outcome (refused and unanswered: failed connects), over the stored windows.",
+    );
+    for d in tcp {
+        let c = &d.connections;
+        for (outcome, v) in [
+            ("established", c.established),
+            ("refused", c.refused),
+            ("unanswered", c.unanswered),
+            ("reset", c.reset),
+            ("closed", c.closed),
+            ("unknown", c.unknown),
+        ] {
+            let _ = writeln!(
+                o,
+                "{name}{{site=\"{}\",device=\"{}\",outcome=\"{outcome}\"}} {v}",
+                label(&d.site),
+                label(&d.device)
+            );
+        }
+    }
+    type Get = fn(&DeviceTcp) -> u64;
+    let counts: [(&str, &str, Get); 2] = [
+        (
+            "edgeflow_device_tcp_retransmitted_segments_total",
+            "TCP segments retransmitted (both ways), over the stored windows.",
+            |d| d.retransmitted.packets,
+        ),
+        (
+            "edgeflow_device_tcp_retransmitted_bytes_total",
+            "TCP payload bytes retransmitted (both ways), over the stored windows.",
+            |d| d.retransmitted.bytes,
+        ),
+    ];
+    for (name, help, get) in counts {
+        head(o, name, "counter", help);
+        for d in tcp {
+            let _ = writeln!(
+                o,
+                "{name}{{site=\"{}\",device=\"{}\"}} {}",
+                label(&d.site),
+                label(&d.device),
+                get(d)
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -226,7 +285,7 @@ mod tests {
 
     #[test]
     fn every_reason_has_a_series() {
-        let text = render(&IngestStats::default(), &Rates::default(), &[]);
+        let text = render(&IngestStats::default(), &Rates::default(), &[], &[]);
         for r in REASONS {
             assert!(
                 text.contains(&format!(

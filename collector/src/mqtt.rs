@@ -22,6 +22,7 @@ use crate::{
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS};
 use shared::identity::{Kind, Reject, Topic, FILTERS};
 use std::{
+    collections::VecDeque,
     sync::{atomic::Ordering::Relaxed, mpsc, Arc},
     time::{Duration, Instant},
 };
@@ -77,11 +78,10 @@ pub async fn run(opts: MqttOptions, filters: Vec<String>, ingest: Ingest, queue_
     let (tx, rx) = mpsc::channel::<Queued>();
     let room_kib = (queue_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
     let room = Arc::new(Semaphore::new(room_kib));
-    let handle = tokio::runtime::Handle::current();
     let acker = client.clone();
     std::thread::Builder::new()
         .name("ingest".into())
-        .spawn(move || writer(ingest, rx, acker, handle))
+        .spawn(move || writer(ingest, rx, acker))
         .expect("spawning the ingest thread");
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -169,22 +169,25 @@ fn log_connection_error(e: &ConnectionError) {
 /// Stores batches and acknowledges them once committed. Retries a batch that failed to
 /// store (a full disk, a locked database) rather than dropping it, counting each failure;
 /// meanwhile the queue fills and the event loop stops reading.
-fn writer(
-    mut ingest: Ingest,
-    rx: mpsc::Receiver<Queued>,
-    client: AsyncClient,
-    rt: tokio::runtime::Handle,
-) {
+fn writer(mut ingest: Ingest, rx: mpsc::Receiver<Queued>, client: AsyncClient) {
     let stats: Arc<IngestStats> = ingest.stats().clone();
     let mut batch: Vec<Publish> = Vec::with_capacity(MAX_BATCH);
     let mut room: Vec<OwnedSemaphorePermit> = Vec::with_capacity(MAX_BATCH);
     let mut next_prune = Instant::now();
+    let mut acks: VecDeque<Publish> = VecDeque::new();
     loop {
         if Instant::now() >= next_prune {
             ingest.prune();
             next_prune = Instant::now() + ingest.prune_every();
         }
-        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+        send_acks(&client, &mut acks);
+        // Acks waiting for room in rumqttc's request channel are tried again soon.
+        let wait = if acks.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(10)
+        };
+        let first = match rx.recv_timeout(wait) {
             Ok(q) => q,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -216,9 +219,27 @@ fn writer(
         }
         for p in batch.drain(..) {
             if p.qos != QoS::AtMostOnce {
-                // Fails only when the event loop is gone (shutdown): the broker redelivers.
-                let _ = rt.block_on(client.ack(&p));
+                // What an ack needs: the packet id (not the payload).
+                let mut ack = Publish::new("", p.qos, Vec::new());
+                ack.pkid = p.pkid;
+                acks.push_back(ack);
             }
         }
+        send_acks(&client, &mut acks);
+    }
+}
+
+/// Hands the stored messages' acks to the event loop, as many as its request channel takes.
+/// Never waits for room there: the event loop drains that channel only when it polls, and it
+/// stops polling while the ingest queue is full, which only this thread empties (waiting here
+/// stalled both for good). Acks left over go on the next call; until then the broker holds
+/// those messages in flight (a crash meanwhile: delivered again, and the store drops the copy).
+fn send_acks(client: &AsyncClient, acks: &mut VecDeque<Publish>) {
+    while let Some(ack) = acks.front() {
+        if client.try_ack(ack).is_err() {
+            // Full (or, at shutdown, gone: then the broker delivers them again).
+            return;
+        }
+        acks.pop_front();
     }
 }

@@ -4,12 +4,11 @@
 //! others, site) and /api/health exactly. Every test runs against both stores: `sqlite::NAME`
 //! and `postgres::NAME`.
 
-mod common;
-
-use common::*;
 use serde_json::{json, Value};
+use shared::wire::{self, Message, Outcome, Summary, Tcp};
 use std::time::Duration;
 use testkit::mosquitto::Mosquitto;
+use testkit::{collector::*, postgres::SharedPostgres, publisher::*, summary::*};
 
 /// Where the collector stores and the API reads.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +42,7 @@ on_every_store!(
     series_top_devices_the_fleet_and_the_others,
     health_of_one_device_over_time,
     flows_talkers_conversations_rtt_stored_and_metrics,
+    tcp_destinations_totals_series_and_metrics_in_a_mixed_fleet,
 );
 
 /// A fleet of four devices in two sites, published once and stored.
@@ -387,4 +387,343 @@ fn flows_talkers_conversations_rtt_stored_and_metrics(store: Store) {
     // With its readers open, the collector still stops cleanly.
     let status = f.c.terminate();
     assert!(status.success(), "{status}: {}", f.c.log());
+}
+
+/// A TCP block as the agent writes it.
+fn tcp(outcome: Outcome, decided: bool, f: impl FnOnce(&mut Tcp)) -> Option<Tcp> {
+    let mut t = Tcp {
+        outcome,
+        decided,
+        ..Tcp::default()
+    };
+    f(&mut t);
+    Some(t)
+}
+
+/// A version 1 message (an agent from before TCP health) of `s`, which has no TCP block.
+fn v1_message(s: &Summary) -> Msg {
+    let v1 = wire::v1::Summary {
+        device: s.device.clone(),
+        site: s.site.clone(),
+        boot_id: s.boot_id,
+        seq: s.seq,
+        part: s.part,
+        parts: s.parts,
+        window_start_ms: s.window_start_ms,
+        window_len_ms: s.window_len_ms,
+        sample_every: s.sample_every,
+        totals: s.totals,
+        overflow: s.overflow,
+        other: s.other,
+        other_flows: s.other_flows,
+        health: s.health,
+        addrs: s.addrs.clone(),
+        flows: s
+            .flows
+            .iter()
+            .map(|f| wire::v1::FlowRecord {
+                proto: f.proto,
+                src: f.src,
+                dst: f.dst,
+                src_port: f.src_port,
+                dst_port: f.dst_port,
+                vlan: f.vlan,
+                vlan_inner: f.vlan_inner,
+                ifindex: f.ifindex,
+                fwd: f.fwd,
+                rev: f.rev,
+                tcp_flags: f.tcp_flags,
+                first_seen_ms: f.first_seen_ms,
+                last_seen_ms: f.last_seen_ms,
+                rtt: f.rtt,
+            })
+            .collect(),
+        rtt_hist: s.rtt_hist.clone(),
+    };
+    Msg {
+        topic: format!("edgeflow/v1/{}/{}/flows", s.site, s.device),
+        payload: wire::encode_vec(&Message::V1(v1)),
+        retain: false,
+    }
+}
+
+fn tcp_flow(
+    src: [u8; 4],
+    src_port: u16,
+    dst: [u8; 4],
+    dst_port: u16,
+    fwd: (u64, u64),
+    rev: (u64, u64),
+) -> F {
+    F {
+        proto: 6,
+        src,
+        src_port,
+        dst,
+        dst_port,
+        fwd,
+        rev,
+    }
+}
+
+/// Two devices with TCP health (s1/a: two windows, s2/c: one) and one agent from before it
+/// (s2/d, a version 1 message): every figure of /api/tcp and the TCP metrics is known.
+fn tcp_fleet(store: Store) -> Fleet {
+    let broker = Mosquitto::start();
+    let (c, pg) = match store {
+        Store::Sqlite => (Collector::start(&broker.url()), None),
+        Store::Postgres => {
+            let pg = SharedPostgres::get();
+            let name = testkit::unique("eftcp");
+            let db = pg.pg.create_database(&name);
+            let c = Collector::with_args(&["--broker", &broker.url(), "--db", &db]);
+            (c, Some((pg, name)))
+        }
+    };
+    c.wait_subscribed();
+    let base = (now_ms() / 10_000 - 60) * 10_000;
+    let (a, c_ip, d_ip) = ([10, 2, 0, 1], [10, 3, 0, 1], [10, 4, 0, 1]);
+    let (web, ssh, plain) = ([192, 0, 2, 80], [192, 0, 2, 81], [192, 0, 2, 82]);
+    use Outcome::*;
+    // s1/a, window 0: established after one SYN retry, 2 segments retransmitted; refused
+    // (RST back); unanswered after 3 retries.
+    let mut a0 = summary(
+        "s1",
+        "a",
+        1,
+        0,
+        base,
+        &[
+            tcp_flow(a, 40_000, web, 443, (100, 100_000), (0, 0)),
+            tcp_flow(a, 40_001, ssh, 22, (1, 60), (1, 40)),
+            tcp_flow(a, 40_002, ssh, 22, (4, 240), (0, 0)),
+        ],
+        (0, 0),
+    );
+    a0.tcp_health = true;
+    a0.flows[0].tcp = tcp(Established, true, |t| {
+        t.syn_retries = 1;
+        t.fwd.retrans = wire::Count {
+            packets: 2,
+            bytes: 2_000,
+        };
+    });
+    a0.flows[1].tcp = tcp(Refused, true, |t| t.rev.rst = 1);
+    a0.flows[2].tcp = tcp(Unanswered, true, |t| t.syn_retries = 3);
+    // Window 1: the first connection is reset (1 segment retransmitted back); another
+    // refused; a mid-stream connection first seen in this window (unknown) and one first seen
+    // before it (not counted again).
+    let mut a1 = summary(
+        "s1",
+        "a",
+        1,
+        1,
+        base + 10_000,
+        &[
+            tcp_flow(a, 40_000, web, 443, (10, 10_000), (5, 5_000)),
+            tcp_flow(a, 40_003, ssh, 22, (1, 60), (1, 40)),
+            tcp_flow(a, 40_004, plain, 80, (1, 1_000), (1, 1_000)),
+            tcp_flow(a, 40_005, plain, 80, (1, 500), (1, 500)),
+        ],
+        (0, 0),
+    );
+    a1.tcp_health = true;
+    a1.flows[0].tcp = tcp(Reset, true, |t| {
+        t.syn_retries = 1;
+        t.rev.rst = 1;
+        t.rev.retrans = wire::Count {
+            packets: 1,
+            bytes: 1_000,
+        };
+    });
+    a1.flows[1].tcp = tcp(Refused, true, |t| t.rev.rst = 1);
+    a1.flows[2].tcp = tcp(Unknown, false, |_| {});
+    a1.flows[3].tcp = tcp(Unknown, false, |_| {});
+    a1.flows[3].first_seen_ms = -5_000;
+    // s2/c, window 0: unanswered after 2 retries; closed by FIN both ways, 1 segment
+    // retransmitted.
+    let mut c0 = summary(
+        "s2",
+        "c",
+        3,
+        0,
+        base,
+        &[
+            tcp_flow(c_ip, 50_000, ssh, 22, (3, 180), (0, 0)),
+            tcp_flow(c_ip, 50_001, web, 443, (10, 50_000), (10, 50_000)),
+        ],
+        (0, 0),
+    );
+    c0.tcp_health = true;
+    c0.flows[0].tcp = tcp(Unanswered, true, |t| t.syn_retries = 2);
+    c0.flows[1].tcp = tcp(Closed, true, |t| {
+        t.fwd.fin = 1;
+        t.rev.fin = 1;
+        t.fwd.retrans = wire::Count {
+            packets: 1,
+            bytes: 500,
+        };
+    });
+    // s2/d: an old agent's TCP flow to the same web server: no TCP block.
+    let d0 = summary(
+        "s2",
+        "d",
+        4,
+        0,
+        base,
+        &[tcp_flow(d_ip, 1_234, web, 443, (10, 10_000), (10, 10_000))],
+        (0, 0),
+    );
+    let msgs = vec![
+        Msg::summary(&a0),
+        Msg::summary(&a1),
+        Msg::summary(&c0),
+        v1_message(&d0),
+    ];
+    publish_all(broker.port, &msgs);
+    c.wait_for("/api/ingest", Duration::from_secs(30), |v| {
+        v["summaries"] == 4
+    });
+    Fleet {
+        c,
+        _broker: broker,
+        _pg: pg,
+        base,
+    }
+}
+
+fn tcp_destinations_totals_series_and_metrics_in_a_mixed_fleet(store: Store) {
+    let f = tcp_fleet(store);
+    let c = &f.c;
+    let range = format!("from={}&to={}&step=10000", f.base, f.base + 40_000);
+    let v = c.json(&format!("/api/tcp?{range}"));
+    let web_bytes = 100_000 + 15_000 + 100_000;
+    let all_bytes = web_bytes + (100 + 240 + 100 + 180) + (2_000 + 1_000);
+    assert_eq!(
+        v["totals"],
+        json!({
+            "windows": 3, "devices": 2,
+            "connections": {"established": 1, "refused": 2, "unanswered": 2, "reset": 1,
+                            "closed": 1, "unknown": 1},
+            "failed": 4, "syn_retries": 1 + 3 + 2,
+            "retransmitted": {"packets": 4, "bytes": 3_500},
+            "rst": 3, "bytes": all_bytes,
+            "retransmit_rate": 3_500.0 / all_bytes as f64,
+        }),
+        "{v}"
+    );
+    let order = |v: &Value| -> Vec<String> {
+        v["destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| format!("{}:{}", d["addr"].as_str().unwrap(), d["port"]))
+            .collect()
+    };
+    assert_eq!(
+        order(&v),
+        ["192.0.2.81:22", "192.0.2.80:443", "192.0.2.82:80"],
+        "by failed connects, then resets"
+    );
+    let ssh = &v["destinations"][0];
+    assert_eq!(
+        (
+            &ssh["failed"],
+            &ssh["connections"]["refused"],
+            &ssh["connections"]["unanswered"]
+        ),
+        (&json!(4), &json!(2), &json!(2)),
+        "{ssh}"
+    );
+    assert_eq!(
+        (
+            &ssh["syn_retries"],
+            &ssh["rst_fwd"],
+            &ssh["rst_rev"],
+            &ssh["bytes"]
+        ),
+        (&json!(5), &json!(0), &json!(2), &json!(620))
+    );
+    assert_eq!(ssh["retransmit_rate"], 0.0);
+    let web = &v["destinations"][1];
+    assert_eq!(
+        web["connections"],
+        json!({"established": 1, "refused": 0, "unanswered": 0, "reset": 1, "closed": 1,
+               "unknown": 0}),
+        "{web}"
+    );
+    assert_eq!(
+        (&web["retransmitted_fwd"], &web["retransmitted_rev"]),
+        (
+            &json!({"packets": 3, "bytes": 2_500}),
+            &json!({"packets": 1, "bytes": 1_000})
+        )
+    );
+    assert_eq!(
+        (&web["bytes"], &web["syn_retries"], &web["rst_rev"]),
+        (&json!(web_bytes), &json!(1), &json!(1)),
+        "the old agent's bytes to it are not in the rate"
+    );
+    assert_eq!(web["retransmit_rate"], 3_500.0 / web_bytes as f64);
+    assert_eq!(v["destinations"][2]["connections"]["unknown"], 1);
+    assert_eq!(
+        order(&c.json(&format!("/api/tcp?{range}&sort=retransmits"))),
+        ["192.0.2.80:443", "192.0.2.81:22", "192.0.2.82:80"]
+    );
+    let resets = c.json(&format!("/api/tcp?{range}&sort=resets&limit=2"));
+    assert_eq!(order(&resets), ["192.0.2.80:443", "192.0.2.81:22"]);
+    // Over time: a window counts in the bucket of its start.
+    let s = &v["series"];
+    assert_eq!(s["step_ms"], 10_000);
+    assert_eq!(s["failed"], json!([3, 1, null, null]), "{s}");
+    assert_eq!(s["reset"], json!([0, 1, null, null]));
+    assert_eq!(s["retransmitted_bytes"], json!([2_500, 1_000, null, null]));
+    assert_eq!(
+        s["retransmit_rate"],
+        json!([
+            2_500.0 / (100_340 + 100_180) as f64,
+            1_000.0 / 18_100.0,
+            null,
+            null
+        ])
+    );
+    // One device.
+    let one = c.json(&format!("/api/tcp?{range}&device=s2/c"));
+    assert_eq!(
+        (
+            &one["totals"]["windows"],
+            &one["totals"]["failed"],
+            &one["totals"]["connections"]["closed"]
+        ),
+        (&json!(1), &json!(1), &json!(1)),
+        "{one}"
+    );
+    assert_eq!(order(&one), ["192.0.2.81:22", "192.0.2.80:443"]);
+    let old = c.json(&format!("/api/tcp?{range}&device=s2/d"));
+    assert_eq!(
+        (&old["totals"]["windows"], &old["destinations"]),
+        (&json!(0), &json!([])),
+        "an old agent's flows are stored, without TCP figures: {old}"
+    );
+    assert_eq!(c.json("/api/flows?device=s2/d")["matching"], 1);
+    let (status, body) = c.get("/api/tcp?sort=loudest");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("failed, resets, retransmits"), "{body}");
+    let (status, metrics) = c.get("/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "edgeflow_device_tcp_connections_total{site=\"s1\",device=\"a\",outcome=\"refused\"} 2\n",
+        "edgeflow_device_tcp_connections_total{site=\"s1\",device=\"a\",outcome=\"reset\"} 1\n",
+        "edgeflow_device_tcp_connections_total{site=\"s2\",device=\"c\",outcome=\"unanswered\"} 1\n",
+        "edgeflow_device_tcp_connections_total{site=\"s2\",device=\"c\",outcome=\"closed\"} 1\n",
+        "edgeflow_device_tcp_retransmitted_segments_total{site=\"s1\",device=\"a\"} 3\n",
+        "edgeflow_device_tcp_retransmitted_bytes_total{site=\"s1\",device=\"a\"} 3000\n",
+        "edgeflow_device_tcp_retransmitted_bytes_total{site=\"s2\",device=\"c\"} 500\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("tcp_retransmitted_segments_total{site=\"s2\",device=\"d\"}"),
+        "no TCP series for an agent that does not measure it"
+    );
 }

@@ -2,24 +2,10 @@
 //! must show the device, its throughput and a known flow from live data; a screenshot is
 //! saved under `<target>/test-output/`.
 
-mod common;
-
-use common::*;
-use shared::wire::Rtt;
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-};
+use shared::wire::{Count, Outcome, Rtt, Tcp};
+use std::process::{Command, Stdio};
 use testkit::mosquitto::Mosquitto;
-
-fn output_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .join("test-output");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use testkit::{collector::*, output_dir, publisher::*, summary::*};
 
 /// Runs headless Chromium on `url` with a fresh profile; returns stdout.
 fn chromium(url: &str, extra: &[&str]) -> String {
@@ -133,6 +119,76 @@ fn dashboard_shows_device_throughput_and_flows_live() {
             .into_iter()
             .collect();
         s.health.active_flows = 9_000 + k as u32;
+        // TCP health: the HTTPS connection came up in window 0 and retransmits one 100-byte
+        // segment a window; windows 8-10 each hold a connect refused by 192.0.2.99:8443, and
+        // window 10 one to 198.51.100.7:22 left unanswered after 2 SYN retries.
+        s.tcp_health = true;
+        s.flows[0].tcp = Some(Tcp {
+            outcome: Outcome::Established,
+            decided: seq == 0,
+            fwd: shared::wire::TcpDir {
+                retrans: Count {
+                    packets: 1,
+                    bytes: 100,
+                },
+                ..Default::default()
+            },
+            ..Tcp::default()
+        });
+        if (8..=10).contains(&seq) {
+            let mut failed = vec![F {
+                proto: 6,
+                src: [10, 199, 0, 1],
+                src_port: 41_000 + seq as u16,
+                dst: [192, 0, 2, 99],
+                dst_port: 8443,
+                fwd: (1, 60),
+                rev: (1, 40),
+            }];
+            if seq == 10 {
+                failed.push(F {
+                    proto: 6,
+                    src: [10, 199, 0, 1],
+                    src_port: 42_000,
+                    dst: [198, 51, 100, 7],
+                    dst_port: 22,
+                    fwd: (3, 180),
+                    rev: (0, 0),
+                });
+            }
+            let more = summary("lab", "lab-gw-1", 42, seq, start, &failed, (0, 0));
+            let first = s.flows.len();
+            for (i, mut f) in more.flows.into_iter().enumerate() {
+                let ip = more.addrs[f.dst as usize];
+                f.src = 0;
+                f.dst = s.addrs.iter().position(|a| *a == ip).unwrap_or_else(|| {
+                    s.addrs.push(ip);
+                    s.addrs.len() - 1
+                }) as u32;
+                f.tcp = Some(if i == 0 {
+                    Tcp {
+                        outcome: Outcome::Refused,
+                        decided: true,
+                        rev: shared::wire::TcpDir {
+                            rst: 1,
+                            ..Default::default()
+                        },
+                        ..Tcp::default()
+                    }
+                } else {
+                    Tcp {
+                        outcome: Outcome::Unanswered,
+                        decided: true,
+                        syn_retries: 2,
+                        ..Tcp::default()
+                    }
+                });
+                s.totals.add(&f.fwd);
+                s.totals.add(&f.rev);
+                s.flows.push(f);
+            }
+            assert!(s.flows.len() > first);
+        }
         msgs.push(Msg::summary(&s));
         let other = summary(
             "branch",
@@ -186,6 +242,13 @@ fn dashboard_shows_device_throughput_and_flows_live() {
         "live ·",
         "class=\"state online\"",
         "unknown_version 1",
+        // TCP health: failed connects by destination, their sum, the retransmit rate
+        // (1,200 of 1,248,480 bytes).
+        "data-dest=\"192.0.2.99:8443\" data-failed=\"3\"",
+        "data-dest=\"198.51.100.7:22\" data-failed=\"1\"",
+        "3 refused · 1 unanswered · 2 SYN retries",
+        "0.10 %",
+        "1.20 kB of 1.25 MB · 12 segments",
     ] {
         assert!(
             dom.contains(want),
@@ -193,6 +256,28 @@ fn dashboard_shows_device_throughput_and_flows_live() {
             dir.join("dashboard.html").display()
         );
     }
+
+    // The TCP panel on a device's page is that device's: lab-gw-1's failed connects, and for
+    // branch-7 (no TCP health) a note saying so.
+    let page = |device: &str| {
+        chromium(
+            &format!("{}/#/device/{device}?token=s3cret", c.base_url()),
+            &["--dump-dom"],
+        )
+    };
+    let lab = page("lab/lab-gw-1");
+    for want in [
+        "data-dest=\"192.0.2.99:8443\" data-failed=\"3\"",
+        "3 refused · 1 unanswered · 2 SYN retries",
+        "0.10 %",
+    ] {
+        assert!(lab.contains(want), "lab-gw-1's page lacks {want:?}");
+    }
+    let branch = page("branch/branch-7");
+    assert!(
+        branch.contains("no agent in this range measures TCP") && !branch.contains("data-dest="),
+        "branch-7's page shows another device's TCP figures"
+    );
 
     let shot = dir.join("dashboard.png");
     let _ = std::fs::remove_file(&shot);

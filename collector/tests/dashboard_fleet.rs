@@ -1,5 +1,5 @@
 //! The dashboard with a fleet of 1,000 devices, in headless Chromium driven in real time
-//! (`common::browser`). 997 simulated devices (`edgeflow-loadgen`: real summaries, each device
+//! (`testkit::browser`). 997 simulated devices (`edgeflow-loadgen`: real summaries, each device
 //! its own MQTT connection) and three hand-built ones that need attention (one said offline, one
 //! lost a window, one with a full flow table) publish through Mosquitto to the collector, and
 //! keep publishing while the page runs:
@@ -15,39 +15,17 @@
 //! The broker is plain Mosquitto on loopback: TLS and per-device logins for simulated fleets
 //! are proven in durability.rs; 1,000 handshakes here would only cost CI time.
 
-mod common;
-
-use common::{browser::Browser, *};
 use serde_json::Value;
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     time::{Duration, Instant},
 };
 use testkit::mosquitto::Mosquitto;
+use testkit::{browser::Browser, collector::*, output_dir, publisher::*, summary::*};
 
 const SITES: [&str; 4] = ["ams", "fra", "lon", "par"];
 const SIMULATED: usize = 997;
 const REFRESH_MS: f64 = 2000.0;
-
-fn output_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .join("test-output");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The load generator, killed on drop (it is still publishing when the test ends).
-struct Loadgen(Child);
-
-impl Drop for Loadgen {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `edgeflow-loadgen` with `SIMULATED` devices `<site>/edge-NNNN` spread over `SITES`, a
 /// window every 5 s each, for longer than the test runs.
@@ -57,27 +35,24 @@ fn start_fleet(broker: &Mosquitto, dir: &Path) -> Loadgen {
         .map(|i| format!("{}/edge-{i:04}\n", SITES[i % SITES.len()]))
         .collect();
     std::fs::write(&creds, lines).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_edgeflow-loadgen"))
-        .args(["--broker", &broker.url(), "--credentials"])
-        .arg(&creds)
-        .args([
-            "--windows",
-            "60",
-            "--interval-ms",
-            "5000",
-            "--flows-min",
-            "5",
-            "--flows-max",
-            "40",
-            "--top-k",
-            "40",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting edgeflow-loadgen");
-    Loadgen(child)
+    let creds = creds.to_str().unwrap();
+    Loadgen::with_args(&[
+        "--broker",
+        &broker.url(),
+        "--credentials",
+        creds,
+        "--windows",
+        "60",
+        "--interval-ms",
+        "5000",
+        "--flows-min",
+        "5",
+        "--flows-max",
+        "40",
+        "--top-k",
+        "40",
+        "--tcp-health",
+    ])
 }
 
 /// Three devices at site `zrh` that need attention, with names that sort after every simulated

@@ -9,11 +9,9 @@
 //! - Mosquitto itself is SIGKILLed while it holds messages queued for the (stopped)
 //!   collector: whatever it loses shows as gaps, and stored + gaps = what was published.
 
-mod common;
-
-use common::*;
 use serde_json::Value;
 use std::{collections::BTreeMap, time::Duration};
+use testkit::{collector::*, provision::*};
 
 /// Devices by id from /api/devices.
 fn devices(c: &Collector) -> BTreeMap<String, Value> {

@@ -4,9 +4,6 @@
 //! device and per flow equal what was sent; a collector killed mid-run loses nothing and
 //! stores nothing twice.
 
-mod common;
-
-use common::*;
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, UdpSocket},
@@ -15,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 use testkit::{agent::Agent, TestNet, A4, B4};
+use testkit::{collector::*, provision::*};
 
 /// IPv4 + UDP headers.
 const HDR: u64 = 28;
@@ -22,8 +20,7 @@ const HDR: u64 = 28;
 /// The agent binary of this workspace, built in the same profile as this test (cargo builds
 /// only this package's binaries for its tests).
 fn agent_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let profile_dir = testkit::profile_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     // What cargo set for this test (CARGO_MANIFEST_DIR above all) would make the build see

@@ -8,15 +8,13 @@
 //! share one store and the killed one gets its unacknowledged messages again; gaps are 0; the
 //! load was really shared.
 
-mod common;
-
-use common::*;
 use postgres::{Client, NoTls};
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
 };
 use testkit::postgres::Postgres;
+use testkit::{collector::*, provision::*};
 
 const DEVICES: usize = 1_000;
 const WINDOWS: u64 = 12;

@@ -2,13 +2,11 @@
 //! with QoS 1, must come out of the JSON API exactly; duplicates once; bad payloads counted by
 //! reason; a collector killed mid-run loses nothing and stores nothing twice.
 
-mod common;
-
-use common::*;
 use serde_json::Value;
 use shared::wire::{self, Message};
 use std::{collections::BTreeMap, time::Duration};
 use testkit::mosquitto::Mosquitto;
+use testkit::{collector::*, publisher::*, summary::*};
 
 type Key = (u8, String, u16, String, u16);
 

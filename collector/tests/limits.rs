@@ -1,12 +1,10 @@
 //! The collector's own limits, through a real Mosquitto and the collector binary: retention by
 //! receive time, clock skew per device, API cost limits, HTTP server limits, bounded ingest.
 
-mod common;
-
-use common::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use testkit::mosquitto::Mosquitto;
+use testkit::{collector::*, publisher::*, summary::*};
 
 /// The device entry named `name` in `/api/devices`.
 fn device(c: &Collector, query: &str, name: &str) -> Option<Value> {
@@ -408,26 +406,6 @@ fn http_cuts_slow_and_idle_clients_caps_connections_and_checks_the_host() {
     assert!(status.contains("431") || status.is_empty(), "{status}");
 }
 
-/// Publishes with QoS 0 and returns once the client has sent everything.
-fn publish_qos0(port: u16, msgs: &[Msg]) {
-    use rumqttc::{Client, Event, MqttOptions, Outgoing, QoS};
-    let mut o = MqttOptions::new(testkit::unique("efq0"), "127.0.0.1", port);
-    o.set_max_packet_size(4 << 20, 4 << 20);
-    let (client, mut conn) = Client::new(o, 64);
-    for m in msgs {
-        client
-            .publish(m.topic.clone(), QoS::AtMostOnce, false, m.payload.clone())
-            .unwrap();
-    }
-    client.disconnect().unwrap();
-    for ev in conn.iter() {
-        match ev {
-            Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-}
-
 /// The collector's resident memory, bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -499,7 +477,7 @@ fn a_stalled_store_holds_memory_to_the_queue_and_loses_nothing() {
             ))
         })
         .collect();
-    let junk = vec![1u8; 256 * 1024]; // version 1: refused as unknown_version once read
+    let junk = vec![2u8; 256 * 1024]; // version 3: refused as unknown_version once read
     msgs.extend((0..384).map(|_| Msg::raw("edgeflow/v1/lab/stall/flows", &junk)));
     let total = msgs.len() as u64;
     let port = broker.port;

@@ -4,9 +4,6 @@
 //! subscribing to `#`, cannot take the collector's session; wrong or missing credentials
 //! are refused.
 
-mod common;
-
-use common::*;
 use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, QoS};
 use shared::{
     broker::Broker,
@@ -18,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 use testkit::mosquitto::Mosquitto;
+use testkit::{collector::*, provision::*, summary::*};
 
 /// Client options for `user` with `password`, over TLS to the provisioned broker.
 fn login(broker: &Mosquitto, user: Option<&str>, password: Option<&str>, id: &str) -> MqttOptions {

@@ -35,7 +35,8 @@ use self::{
     maps::Maps,
     table::TableError,
 };
-use crate::{report::window::Window, UsageError};
+use crate::report::window::Window;
+use aya::programs::ProgramInfo;
 
 /// What a session loads and where it attaches.
 #[derive(Clone, Debug)]
@@ -61,7 +62,7 @@ pub struct Checked<'a> {
 }
 
 /// Checks what the user can fix before anything is loaded, the kernel last: what it offers.
-pub fn check(opts: &ProbeOptions) -> Result<Checked<'_>, UsageError> {
+pub fn check(opts: &ProbeOptions) -> anyhow::Result<Checked<'_>> {
     netdev::in_netns(opts.netns.as_deref(), || {
         attach::check_interfaces(&opts.ifaces)
     })??;
@@ -139,6 +140,18 @@ impl Session {
     /// Looks at the attached interfaces again (down, up, deleted); fails when none is left.
     pub fn check_ifaces(&mut self) -> Result<(), NoneLeft> {
         self.ifaces.check()
+    }
+
+    /// Each program by its hook, with what the kernel knows of it: its runs and their run
+    /// time (counted while `BPF_ENABLE_STATS` is on), for measuring the in-kernel cost. A
+    /// program this session did not attach shows no runs.
+    pub fn program_stats(&mut self) -> anyhow::Result<[(&'static str, ProgramInfo); 3]> {
+        let ebpf = &mut self.hooked.loaded_mut().ebpf;
+        Ok([
+            ("xdp", bpf::xdp(ebpf).info()?),
+            ("tc ingress", bpf::tc(ebpf).info()?),
+            ("tc egress", bpf::tc_egress(ebpf).info()?),
+        ])
     }
 
     /// The programs' maps (the flow table among them).

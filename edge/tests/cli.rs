@@ -405,11 +405,94 @@ fn runs_with_only_the_three_capabilities_and_names_a_missing_one() {
     assert_eq!((s.packets_rev, s.bytes_rev), (3, 3 * (50 + 28)));
 }
 
+/// With `--netns` the agent enters the namespace on a short-lived thread of its own (to check,
+/// attach, look at its interfaces and detach). When no thread can be started that is a clear
+/// error, never a panic (which, while detaching during an unwind, would abort the agent):
+/// before the agent is ready a runtime failure (exit 1); while detaching it says so and closes
+/// the links where it is; nothing stays attached either way. Provoked for real as above:
+/// limits of 1 to 6 tasks in a pids cgroup (with 1 the interface check's thread fails, with 3
+/// the ones after the MQTT thread started).
+#[test]
+fn no_thread_to_enter_the_namespace_is_a_runtime_failure() {
+    let net = TestNet::new();
+    let (mut before_ready, mut while_detaching) = (0, 0);
+    for max in 1..=6 {
+        let out = PidsCgroup::run(
+            max,
+            Command::new(BIN)
+                .args(["run", "--netns", &net.ns_b])
+                .args(one_window_run(&net.veth_b)),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{max} tasks: {:?}\n{stderr}",
+            out.status
+        );
+        assert_eq!(
+            attached(&net, &net.veth_b),
+            ("xdp [] tc []".to_string(), false, false),
+            "{max} tasks: {stderr}"
+        );
+        if !stderr.contains("starting a thread to enter network namespace") {
+            continue;
+        }
+        if !stderr.contains("edgeflow: ready") {
+            before_ready += 1;
+            assert_eq!(out.status.code(), Some(1), "{max} tasks: {stderr}");
+        }
+        if stderr.contains("edgeflow: detaching: starting a thread") {
+            while_detaching += 1;
+            assert!(
+                stderr.contains("edgeflow: detached"),
+                "{max} tasks: {stderr}"
+            );
+        }
+    }
+    assert!(
+        before_ready > 0 && while_detaching > 0,
+        "task limits from 1 to 6 kept the namespace thread from starting {before_ready} times \
+         before the agent was ready and {while_detaching} times while it detached"
+    );
+}
+
+/// `run`'s arguments for one short window on `iface` towards a broker that is not there.
+fn one_window_run(iface: &str) -> [&str; 12] {
+    [
+        "--iface",
+        iface,
+        "--attach",
+        "tc",
+        "--device",
+        "t",
+        "--interval",
+        "0.2",
+        "--count",
+        "1",
+        "--broker",
+        "mqtt://127.0.0.1:9",
+    ]
+}
+
 /// A pids cgroup of this test's, limited to `max` tasks, removed when dropped (its tasks have
 /// exited by then). cgroup v1's pids hierarchy, or v2's with the pids controller.
 struct PidsCgroup(std::path::PathBuf);
 
 impl PidsCgroup {
+    /// Runs `cmd` in a cgroup of its own limited to `max` tasks (it joins between fork and
+    /// exec); its output.
+    fn run(max: u32, cmd: &mut Command) -> Output {
+        use std::os::unix::process::CommandExt;
+        let cg = PidsCgroup::new(max);
+        let procs = cg.0.join("cgroup.procs");
+        // SAFETY: between fork and exec only a write(2) through std's file API, no allocation
+        // the child depends on afterwards.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, "0"));
+        }
+        cmd.stdin(Stdio::null()).output().expect("running edgeflow")
+    }
+
     fn new(max: u32) -> PidsCgroup {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let root = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
@@ -450,39 +533,17 @@ impl Drop for PidsCgroup {
 /// thread fails first, with more the agent runs).
 #[test]
 fn no_thread_for_the_broker_link_is_a_runtime_failure() {
-    use std::os::unix::process::CommandExt;
     let net = TestNet::new();
     let mut provoked = false;
     for max in 1..=6 {
-        let cg = PidsCgroup::new(max);
-        let procs = cg.0.join("cgroup.procs");
         // In the namespace through `ip netns exec`, not --netns: entering it takes the agent
         // a short-lived thread of its own each time, which would fail first.
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &net.ns_b, BIN])
-            .args([
-                "run",
-                "--iface",
-                &net.veth_b,
-                "--attach",
-                "tc",
-                "--device",
-                "t",
-                "--interval",
-                "0.2",
-                "--count",
-                "1",
-                "--broker",
-                "mqtt://127.0.0.1:9",
-            ])
-            .stdin(Stdio::null());
-        // SAFETY: between fork and exec only a write(2) through std's file API, no allocation
-        // the child depends on afterwards.
-        unsafe {
-            cmd.pre_exec(move || std::fs::write(&procs, "0"));
-        }
-        let out = cmd.output().expect("running edgeflow");
-        drop(cg);
+        let out = PidsCgroup::run(
+            max,
+            Command::new("ip")
+                .args(["netns", "exec", &net.ns_b, BIN, "run"])
+                .args(one_window_run(&net.veth_b)),
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !stderr.contains("spawning the MQTT thread") {
             continue;

@@ -2,12 +2,12 @@
 //! the pcap it writes.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     net::IpAddr,
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        mpsc, Arc,
+        Arc,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -59,18 +59,7 @@ impl Capture {
             }
             v
         });
-        let (tx, rx) = mpsc::channel();
-        let err = std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
-                all.push_str(&line);
-                all.push('\n');
-            }
-            all
-        });
+        let (rx, err) = crate::ready::watch_lines(stderr, "listening on");
         let mut c = Capture {
             child,
             got,

@@ -7,21 +7,27 @@
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
 
 pub mod agent;
 pub mod bpfobj;
+pub mod browser;
 pub mod capture;
+pub mod collector;
 pub mod delay;
 pub mod foreign;
 pub mod mosquitto;
 pub mod postgres;
+pub mod provision;
+pub mod publisher;
 pub mod raw;
 pub mod ready;
 pub mod rng;
 pub mod subscriber;
+pub mod summary;
 pub mod traffic;
 pub mod verdict;
 pub mod watch;
@@ -53,6 +59,38 @@ pub fn sh(args: &[&str]) -> Output {
 pub fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// The folder cargo builds this profile into (`target/debug`): a test binary runs from its
+/// `deps/` folder.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("a test binary under target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// A binary of the package under test: cargo builds a package's binaries before its
+/// integration tests, into the profile folder.
+pub fn cargo_bin(name: &str) -> PathBuf {
+    let bin = profile_dir().join(name);
+    assert!(
+        bin.exists(),
+        "{} missing (built by cargo test)",
+        bin.display()
+    );
+    bin
+}
+
+/// `<target>/test-output/`, for what a test leaves to look at (screenshots); made if missing.
+pub fn output_dir() -> PathBuf {
+    let dir = profile_dir()
+        .parent()
+        .expect("target dir")
+        .join("test-output");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// Two namespaces joined by a veth pair: `ns_a`/`veth_a` (10.199.0.1, fd99::1) and

@@ -13,6 +13,7 @@ use std::{
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -161,17 +162,24 @@ impl Postgres {
 
     /// Runs `sql` in database `db` with psql; its output (unaligned, tuples only).
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(Path::new(BIN).join("psql"))
-            .args(["-h", self.dir.to_str().unwrap(), "-U", USER, "-d", db])
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .stdin(Stdio::null())
-            .output()
-            .expect("running psql");
-        assert!(
-            out.status.success(),
-            "psql {sql:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let psql = format!("{BIN}/psql");
+        let out = crate::sh(&[
+            &psql,
+            "-h",
+            self.dir.to_str().unwrap(),
+            "-U",
+            USER,
+            "-d",
+            db,
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ]);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
@@ -190,6 +198,41 @@ impl Drop for Postgres {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A PostgreSQL server shared by the tests of one binary that run at once: the first starts
+/// it, the last to let go stops it (one `initdb` per binary, not per test). Each test makes
+/// its own database on it (`pg.create_database`).
+pub struct SharedPostgres {
+    pub pg: Postgres,
+    /// Dropped after `pg`: the thread that started the server (its parent-death signal
+    /// follows that thread) ends once the server is stopped.
+    _holder: mpsc::Sender<()>,
+}
+
+impl SharedPostgres {
+    pub fn get() -> std::sync::Arc<SharedPostgres> {
+        use std::sync::{Arc, Mutex, Weak};
+        static SHARED: Mutex<Weak<SharedPostgres>> = Mutex::new(Weak::new());
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = shared.upgrade() {
+            return s;
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (holder, done) = mpsc::channel::<()>();
+            let _ = tx.send((Postgres::start(), holder));
+            // Until every sender (the SharedPostgres) is gone.
+            let _ = done.recv();
+        });
+        let (pg, holder) = rx.recv().expect("starting PostgreSQL failed");
+        let s = Arc::new(SharedPostgres {
+            pg,
+            _holder: holder,
+        });
+        *shared = Arc::downgrade(&s);
+        s
     }
 }
 

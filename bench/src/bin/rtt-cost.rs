@@ -7,14 +7,8 @@
 //! a bulk transfer, and short connections (handshakes). The agent side is ns_a.
 
 use anyhow::Context;
-use aya::{
-    programs::ProgramInfo,
-    sys::{enable_stats, Stats},
-};
-use edge::probe::{
-    attach::{self, AttachMode},
-    bpf::{self, LoadOptions, RttOptions},
-};
+use aya::sys::{enable_stats, Stats};
+use edge::probe::{attach::AttachMode, bpf::RttOptions, drain::Expiry, ProbeOptions, Session};
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -83,36 +77,22 @@ fn measure(attach: &'static str, mode: AttachMode, rtt: bool) -> anyhow::Result<
     let net = TestNet::new();
     net.set_offloads(false);
     net.static_neighbours();
-    let mut loaded = bpf::load(LoadOptions {
+    let mut session = Session::start(&ProbeOptions {
+        ifaces: vec![net.veth_a.clone()],
+        netns: Some(net.ns_a.clone()),
         max_flows: 16_384,
+        attach: mode,
         sample_every: 1,
         rtt: rtt.then(RttOptions::default),
+        expiry: Expiry::default(),
         tcp_health: false,
     })?;
-    let ebpf = &mut loaded.ebpf;
-    let k = edge::probe::kernel::probe();
-    let mut atts = Vec::new();
-    attach::attach_all(
-        ebpf,
-        std::slice::from_ref(&net.veth_a),
-        Some(&net.ns_a),
-        mode,
-        attach::Hooks::new(k.tcx, k.xdp_link),
-        &mut atts,
-    )?;
-    let xdp = atts[0].ingress == attach::Ingress::XdpNative;
     let t = Instant::now();
     traffic(&net);
     let took = t.elapsed();
-    let mut progs: Vec<(&'static str, ProgramInfo)> = vec![
-        ("tc egress", bpf::tc_egress(ebpf).info()?),
-        ("tc ingress", bpf::tc(ebpf).info()?),
-    ];
-    if xdp {
-        progs.push(("xdp", bpf::xdp(ebpf).info()?));
-    }
+    let progs = session.program_stats()?;
     eprintln!("{attach} rtt {rtt}: traffic took {took:.1?}");
-    attach::detach_all(loaded, &atts, Some(&net.ns_a));
+    drop(session);
     Ok(progs
         .into_iter()
         .filter(|(_, i)| i.run_count() > 0)

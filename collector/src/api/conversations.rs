@@ -44,14 +44,8 @@ pub fn top_conversations(
         i64::from(limit).into(),
     ];
     db.rows(&sql, &params, |r| {
-        let fwd = Count {
-            packets: r.total("fwd_p")?,
-            bytes: r.total("fwd_b")?,
-        };
-        let rev = Count {
-            packets: r.total("rev_p")?,
-            bytes: r.total("rev_b")?,
-        };
+        let fwd = r.count("fwd_p", "fwd_b")?;
+        let rev = r.count("rev_p", "rev_b")?;
         Ok(Conversation {
             src: r.text("src")?,
             dst: r.text("dst")?,

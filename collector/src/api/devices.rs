@@ -280,14 +280,8 @@ pub fn devices(
     };
     db.each(&sql, &params, &mut |r| {
         if let Some(d) = out.get_mut(&key(r)?) {
-            d.totals = Count {
-                packets: r.total("packets")?,
-                bytes: r.total("bytes")?,
-            };
-            d.overflow = Count {
-                packets: r.total("overflow_packets")?,
-                bytes: r.total("overflow_bytes")?,
-            };
+            d.totals = r.count("packets", "bytes")?;
+            d.overflow = r.count("overflow_packets", "overflow_bytes")?;
             d.windows = r.u64("windows")?;
             d.flow_records = r.total("flow_records")?;
         }

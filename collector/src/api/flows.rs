@@ -128,14 +128,8 @@ pub fn flows(db: &mut dyn Reader, range: Range, f: &FlowFilter) -> Result<Flows>
     let mut matching = 0;
     let flows = db.rows(&sql, &args, |r| {
         matching = r.u64("matching")?;
-        let fwd = Count {
-            packets: r.total("fwd_p")?,
-            bytes: r.total("fwd_b")?,
-        };
-        let rev = Count {
-            packets: r.total("rev_p")?,
-            bytes: r.total("rev_b")?,
-        };
+        let fwd = r.count("fwd_p", "fwd_b")?;
+        let rev = r.count("rev_p", "rev_b")?;
         let samples = r.total("rtt_samples")?;
         let rtt = match (r.opt_i64("rtt_min")?, r.opt_i64("rtt_max")?) {
             (Some(min), Some(max)) if samples > 0 => Some(FlowRtt {

@@ -18,6 +18,7 @@ mod sql;
 pub mod sqlite;
 pub mod stored;
 pub mod talkers;
+pub mod tcp;
 
 use serde::Serialize;
 pub use sql::{Dialect, Param, Reader, Row};

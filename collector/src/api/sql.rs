@@ -15,7 +15,7 @@
 //! - an alias on every subquery in `FROM`, and `AS` names on computed columns (they are read
 //!   by name).
 
-use super::{Error, Result};
+use super::{Count, Error, Result};
 
 /// A query parameter.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,6 +76,14 @@ pub trait Row {
     /// A sum as a count: NULL (nothing summed) is 0.
     fn total(&self, column: &str) -> Result<u64> {
         Ok(super::total(self.opt_f64(column)?.unwrap_or(0.0)))
+    }
+
+    /// Two sums as packets and bytes.
+    fn count(&self, packets: &str, bytes: &str) -> Result<Count> {
+        Ok(Count {
+            packets: self.total(packets)?,
+            bytes: self.total(bytes)?,
+        })
     }
 }
 

@@ -45,14 +45,8 @@ pub fn top_talkers(
         i64::from(limit).into(),
     ];
     db.rows(&sql, &params, |r| {
-        let sent = Count {
-            packets: r.total("tx_p")?,
-            bytes: r.total("tx_b")?,
-        };
-        let received = Count {
-            packets: r.total("rx_p")?,
-            bytes: r.total("rx_b")?,
-        };
+        let sent = r.count("tx_p", "tx_b")?;
+        let received = r.count("rx_p", "rx_b")?;
         Ok(Talker {
             addr: r.text("addr")?,
             bytes: sent.bytes + received.bytes,

@@ -46,6 +46,9 @@ struct Cli {
     /// seed for the flows (default 1)
     #[argh(option, default = "1")]
     seed: u64,
+    /// TCP flows carry TCP health blocks (outcomes, retransmissions, resets)
+    #[argh(switch)]
+    tcp_health: bool,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         top_k: cli.top_k.max(1),
         max_message: shared::wire::DEFAULT_MAX_MESSAGE,
         seed: cli.seed,
+        tcp_health: cli.tcp_health,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -12,6 +12,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod tcp;
 
 pub use sqlite::{open_reader, Batch, Store, WRITE_BUSY_TIMEOUT};
 
@@ -23,12 +24,32 @@ use std::{fmt, net::IpAddr, path::PathBuf};
 pub enum StoreError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("database: {0}")]
-    Postgres(#[from] ::postgres::Error),
+    /// Not a `#[source]`: the client's own message is only its kind ("db error"), so the
+    /// server's words are spelled out here, once, whether printed with `{}` or `{:#}`.
+    #[error("database: {}", chain(.0))]
+    Postgres(::postgres::Error),
     #[error("database schema version {0} is not this collector's ({v}); move the file away", v = sqlite::SCHEMA_VERSION)]
     Version(i64),
     #[error("PostgreSQL schema version {0} is not this collector's ({v}); use another database", v = postgres::SCHEMA_VERSION)]
     PgVersion(i64),
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+impl From<::postgres::Error> for StoreError {
+    fn from(e: ::postgres::Error) -> StoreError {
+        StoreError::Postgres(e)
+    }
 }
 
 /// Where `--db` points: a SQLite file (the default) or a PostgreSQL server.

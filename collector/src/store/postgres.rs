@@ -24,7 +24,7 @@
 //! The `postgres` client runs its own small runtime: call this only from a plain thread (the
 //! ingest writer), never on a tokio worker.
 
-use super::{addr, addr_text, n, Storage, StoreError, Write};
+use super::{addr, addr_text, n, tcp, Storage, StoreError, Write};
 use postgres::{
     binary_copy::BinaryCopyInWriter, error::SqlState, types::ToSql, types::Type, Client, NoTls,
     Statement, Transaction,
@@ -32,8 +32,31 @@ use postgres::{
 use shared::wire::Summary;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-/// The schema version this collector writes (table `edgeflow_schema`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this collector writes (table `edgeflow_schema`); version 1 gets the
+/// TCP columns added in place (see [`tcp_columns`]).
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2's TCP columns ([`tcp`]), added to the tables [`SCHEMA`] makes, in a new database
+/// as in an old one. On a partitioned table the columns go to every partition; nullable
+/// columns and constant defaults are catalog changes, no row is rewritten.
+fn tcp_columns() -> String {
+    let add =
+        |table: &str, cols: Vec<String>| format!("ALTER TABLE {table} {};\n", cols.join(", "));
+    let summaries = tcp::SUMMARY_COLUMNS
+        .iter()
+        .map(|c| format!("ADD COLUMN {c} BIGINT"))
+        .collect();
+    let flows = tcp::FLOW_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("ADD COLUMN {c} {}", if i == 0 { "TEXT" } else { "BIGINT" }))
+        .collect();
+    let totals = tcp::TOTAL_COLUMNS
+        .iter()
+        .map(|c| format!("ADD COLUMN {c} DOUBLE PRECISION NOT NULL DEFAULT 0"))
+        .collect();
+    add("summaries", summaries) + &add("flows", flows) + &add("device_totals", totals)
+}
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -195,6 +218,18 @@ const SUBTRACT_TOTALS: &str = "UPDATE device_totals SET packets = device_totals.
     FROM ({}) AS d
     WHERE device_totals.site = d.site AND device_totals.device = d.device";
 
+/// Takes the TCP running sums of the summaries in table `t` selected by `w` off
+/// `device_totals`.
+fn subtract_tcp(t: &str, w: &str) -> String {
+    format!(
+        "UPDATE device_totals SET {}
+         FROM (SELECT site, device, {} FROM {t} WHERE {w} GROUP BY site, device) AS d
+         WHERE device_totals.site = d.site AND device_totals.device = d.device",
+        tcp::subtract_sql(),
+        tcp::sum_totals_sql()
+    )
+}
+
 /// Prepared statements of one connection.
 struct Statements {
     summaries: Statement,
@@ -211,13 +246,19 @@ impl Statements {
         let ints: Vec<String> = (3..3 + SUMMARY_INTS.len())
             .map(|i| format!("${i}::int8[]"))
             .collect();
+        let first_tcp = 4 + SUMMARY_INTS.len();
+        let tcp_params: Vec<String> = (first_tcp..first_tcp + tcp::SUMMARY_COLUMNS.len())
+            .map(|i| format!("${i}::int8[]"))
+            .collect();
         let summaries = format!(
-            "INSERT INTO summaries (device, site, {cols}, rtt_hist)
-             SELECT * FROM unnest($1::text[], $2::text[], {}, ${}::text[])
+            "INSERT INTO summaries (device, site, {cols}, rtt_hist, {})
+             SELECT * FROM unnest($1::text[], $2::text[], {}, ${}::text[], {})
              ON CONFLICT DO NOTHING
              RETURNING id, site, device, boot_id, seq, part",
+            tcp::SUMMARY_COLUMNS.join(", "),
             ints.join(", "),
-            3 + SUMMARY_INTS.len()
+            3 + SUMMARY_INTS.len(),
+            tcp_params.join(", ")
         );
         Ok(Statements {
             summaries: c.prepare(&summaries)?,
@@ -242,12 +283,13 @@ impl Statements {
                 "UPDATE boots SET complete = complete + 1
                  WHERE site = $1 AND device = $2 AND boot_id = $3",
             )?,
-            totals: c.prepare(
+            totals: c.prepare(&format!(
                 "INSERT INTO device_totals (site, device, packets, bytes, overflow_packets,
-                    overflow_bytes, windows, summaries, flow_records, latest_id)
+                    overflow_bytes, windows, summaries, flow_records, latest_id, {})
                  SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[],
-                    $5::float8[], $6::float8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[])
-                 ON CONFLICT (site, device) DO UPDATE SET
+                    $5::float8[], $6::float8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
+                    {})
+                 ON CONFLICT (site, device) DO UPDATE SET {},
                     packets = device_totals.packets + EXCLUDED.packets,
                     bytes = device_totals.bytes + EXCLUDED.bytes,
                     overflow_packets = device_totals.overflow_packets + EXCLUDED.overflow_packets,
@@ -256,7 +298,15 @@ impl Statements {
                     summaries = device_totals.summaries + EXCLUDED.summaries,
                     flow_records = device_totals.flow_records + EXCLUDED.flow_records,
                     latest_id = GREATEST(device_totals.latest_id, EXCLUDED.latest_id)",
-            )?,
+                tcp::TOTAL_COLUMNS.join(", "),
+                (11..11 + tcp::TOTAL_COLUMNS.len())
+                    .map(|i| format!("${i}::float8[]"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                tcp::TOTAL_COLUMNS
+                    .map(|c| format!("{c} = device_totals.{c} + EXCLUDED.{c}"))
+                    .join(", ")
+            ))?,
             presence: c.prepare(
                 "INSERT INTO presence (site, device, state, received_ms)
                  SELECT s, d, st, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(s, d, st)
@@ -290,12 +340,20 @@ fn connect(url: &str) -> Result<(Client, Statements), StoreError> {
         let version: i64 = tx
             .query_one("SELECT version FROM edgeflow_schema", &[])?
             .get(0);
-        if version != SCHEMA_VERSION {
+        if version == 1 {
+            log::info!("database: adding the TCP columns (schema 1 to {SCHEMA_VERSION})");
+            tx.batch_execute(&tcp_columns())?;
+            tx.execute(
+                "UPDATE edgeflow_schema SET version = $1",
+                &[&SCHEMA_VERSION],
+            )?;
+        } else if version != SCHEMA_VERSION {
             return Err(StoreError::PgVersion(version));
         }
     } else {
         log::info!("database: creating the edgeflow schema (version {SCHEMA_VERSION})");
         tx.batch_execute(SCHEMA)?;
+        tx.batch_execute(&tcp_columns())?;
         tx.execute(
             "INSERT INTO edgeflow_schema (version) VALUES ($1)",
             &[&SCHEMA_VERSION],
@@ -503,6 +561,7 @@ impl PgStore {
             }
             let sum = SUM_TOTALS.replace("{t}", &table).replace("{w}", "true");
             tx.execute(&SUBTRACT_TOTALS.replace("{}", &sum), &[])?;
+            tx.execute(&subtract_tcp(&table, "true"), &[])?;
             let row = tx.query_one(
                 &format!("SELECT COUNT(*), COALESCE(SUM(flow_count), 0)::bigint FROM {table}"),
                 &[],
@@ -516,6 +575,10 @@ impl PgStore {
             .replace("{t}", "summaries_default")
             .replace("{w}", "received_ms < $1");
         tx.execute(&SUBTRACT_TOTALS.replace("{}", &sum), &[&before_ms])?;
+        tx.execute(
+            &subtract_tcp("summaries_default", "received_ms < $1"),
+            &[&before_ms],
+        )?;
         flows += tx.execute(
             "DELETE FROM flows_default WHERE summary_id IN
                (SELECT id FROM summaries_default WHERE received_ms < $1)",
@@ -565,6 +628,8 @@ fn insert_summaries<'a>(
     let mut sites = Vec::with_capacity(order.len());
     let mut ints: Vec<Vec<i64>> = vec![Vec::with_capacity(order.len()); SUMMARY_INTS.len()];
     let mut hists: Vec<Option<String>> = Vec::with_capacity(order.len());
+    let mut tcps: Vec<Vec<Option<i64>>> =
+        vec![Vec::with_capacity(order.len()); tcp::SUMMARY_COLUMNS.len()];
     for &(_, i) in order {
         let s = summary(i);
         let h = &s.health;
@@ -602,6 +667,10 @@ fn insert_summaries<'a>(
         for (col, v) in ints.iter_mut().zip(row) {
             col.push(v);
         }
+        let w = tcp::WindowTcp::of(s).map(|w| w.columns());
+        for (i, col) in tcps.iter_mut().enumerate() {
+            col.push(w.map(|c| c[i]));
+        }
         hists.push((!s.rtt_hist.is_empty()).then(|| {
             let v: Vec<String> = s.rtt_hist.iter().map(|b| b.to_string()).collect();
             v.join(",")
@@ -612,6 +681,9 @@ fn insert_summaries<'a>(
         params.push(col);
     }
     params.push(&hists);
+    for col in &tcps {
+        params.push(col);
+    }
     let rows = tx.query(&st.summaries, &params)?;
     Ok(rows
         .iter()
@@ -638,10 +710,14 @@ fn copy_flows<'a>(
     let writer = tx.copy_in(
         "COPY flows (summary_id, n, proto, src, src_port, dst, dst_port, vlan, vlan_inner,
             ifindex, fwd_packets, fwd_bytes, rev_packets, rev_bytes, tcp_flags, first_seen_ms,
-            last_seen_ms, rtt_min_us, rtt_avg_us, rtt_max_us, rtt_samples, window_start_ms)
+            last_seen_ms, rtt_min_us, rtt_avg_us, rtt_max_us, rtt_samples, window_start_ms,
+            tcp_outcome, tcp_decided, tcp_syn_retries, tcp_fwd_retrans_packets,
+            tcp_fwd_retrans_bytes, tcp_rev_retrans_packets, tcp_rev_retrans_bytes, tcp_fwd_rst,
+            tcp_rev_rst, tcp_fwd_fin, tcp_rev_fin)
          FROM STDIN BINARY",
     )?;
-    let mut types = vec![Type::INT8; 22];
+    let mut types = vec![Type::INT8; 33];
+    types[22] = Type::TEXT;
     types[3] = Type::TEXT;
     types[5] = Type::TEXT;
     let mut w = BinaryCopyInWriter::new(writer, &types);
@@ -651,6 +727,7 @@ fn copy_flows<'a>(
         let addrs: Vec<String> = s.addrs.iter().map(addr_text).collect();
         for (k, f) in s.flows.iter().enumerate() {
             let rtt = f.rtt;
+            let t = tcp::flow_ints(&f.tcp);
             let v: [i64; 15] = [
                 k as i64,
                 i64::from(f.proto),
@@ -697,6 +774,17 @@ fn copy_flows<'a>(
                 &r[2],
                 &r[3],
                 &v[14],
+                &tcp::outcome(&f.tcp),
+                &t[0],
+                &t[1],
+                &t[2],
+                &t[3],
+                &t[4],
+                &t[5],
+                &t[6],
+                &t[7],
+                &t[8],
+                &t[9],
             ])?;
         }
     }
@@ -787,6 +875,7 @@ fn add_totals<'a>(
         summaries: i64,
         records: i64,
         latest: Option<i64>,
+        tcp: [f64; 9],
     }
     let mut by_device: BTreeMap<(&str, &str), T> = BTreeMap::new();
     for &(i, id) in inserted {
@@ -802,6 +891,10 @@ fn add_totals<'a>(
         t.windows += i64::from(s.part == 0);
         t.summaries += 1;
         t.records += s.flows.len() as i64;
+        let add = tcp::WindowTcp::totals(tcp::WindowTcp::of(s), s.sample_every);
+        for (sum, v) in t.tcp.iter_mut().zip(add) {
+            *sum += v;
+        }
         if s.part == 0 {
             t.latest = t.latest.max(Some(id));
         }
@@ -813,6 +906,7 @@ fn add_totals<'a>(
         [Vec<f64>; 4],
         [Vec<i64>; 3],
         Vec<Option<i64>>,
+        [Vec<f64>; 9],
     ) = Default::default();
     for (&(site, device), t) in &by_device {
         c.0.push(site);
@@ -824,11 +918,15 @@ fn add_totals<'a>(
             col.push(v);
         }
         c.4.push(t.latest);
+        for (col, v) in c.5.iter_mut().zip(t.tcp) {
+            col.push(v);
+        }
     }
     tx.execute(
         &st.totals,
         &[
             &c.0, &c.1, &c.2[0], &c.2[1], &c.2[2], &c.2[3], &c.3[0], &c.3[1], &c.3[2], &c.4,
+            &c.5[0], &c.5[1], &c.5[2], &c.5[3], &c.5[4], &c.5[5], &c.5[6], &c.5[7], &c.5[8],
         ],
     )?;
     Ok(())
@@ -998,6 +1096,19 @@ mod tests {
                 .collect()
         };
         assert_eq!(rows(&running), rows(&scanned));
+    }
+
+    #[test]
+    fn a_server_refusal_is_said_once() {
+        let pg = Postgres::start();
+        let url = pg.create_database("refusal");
+        // A database that does not exist: the server's FATAL message, once in the chain.
+        let missing = url.replace("/refusal", "/no_such_database");
+        let err = PgStore::open(&missing).err().expect("no such database");
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(text.matches("no_such_database").count(), 1, "{text}");
+        assert_eq!(text.matches("db error").count(), 1, "{text}");
+        assert!(text.starts_with("database: "), "{text}");
     }
 
     #[test]
@@ -1198,6 +1309,72 @@ mod tests {
             scalar(&url, &format!("SELECT COUNT(*) FROM summaries_p{yname}")),
             1
         );
+    }
+
+    #[test]
+    fn a_version_1_database_gets_the_tcp_columns_and_their_sums_follow_retention() {
+        use shared::wire::{Outcome, Tcp};
+        let pg = Postgres::start();
+        let url = pg.create_database("tcp");
+        let now = crate::ingest::now_ms();
+        let today = now.div_euclid(DAY_MS) * DAY_MS;
+        {
+            // Version 1: the tables without the TCP columns, a day partition made, a window
+            // in it.
+            let mut c = Client::connect(&url, NoTls).unwrap();
+            c.batch_execute(SCHEMA).unwrap();
+            c.batch_execute("INSERT INTO edgeflow_schema (version) VALUES (1)")
+                .unwrap();
+        }
+        let mut store = PgStore::open(&url).unwrap();
+        assert_eq!(
+            scalar(&url, "SELECT version FROM edgeflow_schema"),
+            SCHEMA_VERSION
+        );
+        let mut old = summary("old", 0, now as u64);
+        old.flows[0].proto = 6;
+        let mut new = summary("new", 0, (today - DAY_MS / 2) as u64);
+        new.tcp_health = true;
+        new.sample_every = 2;
+        new.flows[0].proto = 6;
+        new.flows[0].tcp = Some(Tcp {
+            outcome: Outcome::Unanswered,
+            decided: true,
+            syn_retries: 3,
+            ..Tcp::default()
+        });
+        let mut today_new = new.clone();
+        today_new.seq = 1;
+        today_new.window_start_ms = now as u64;
+        write(&mut store, &[old, new, today_new], now);
+        let sums = |url: &str| -> (i64, i64, i64, i64) {
+            (
+                scalar(url, "SELECT SUM(tcp_unanswered)::bigint FROM device_totals"),
+                scalar(url, "SELECT SUM(tcp_windows)::bigint FROM device_totals"),
+                scalar(
+                    url,
+                    "SELECT COALESCE(SUM(tcp_unanswered), 0)::bigint FROM summaries",
+                ),
+                scalar(url, "SELECT COUNT(tcp_established) FROM summaries"),
+            )
+        };
+        assert_eq!(sums(&url), (2, 2, 2, 2));
+        assert_eq!(
+            scalar(
+                &url,
+                "SELECT COUNT(*) FROM flows WHERE tcp_outcome = 'unanswered'"
+            ),
+            2
+        );
+        assert_eq!(
+            scalar(&url, "SELECT COUNT(*) FROM flows WHERE tcp_outcome IS NULL"),
+            7,
+            "the old agent's flows and the new one's without a block"
+        );
+        // Yesterday's partition goes: its window's TCP figures come off the sums.
+        store.prune(today).unwrap();
+        assert_eq!(sums(&url), (1, 1, 1, 1));
+        assert_totals_consistent(&url);
     }
 
     #[test]

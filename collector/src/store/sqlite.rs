@@ -7,7 +7,7 @@
 //! and the collector never got (gaps) are counted without scanning the summaries. `u64` fields that may exceed `i64`
 //! (the random boot id) are stored bit-cast; counters are clamped to `i64::MAX`.
 
-use super::{addr, addr_text, n, Storage, StoreError, Write};
+use super::{addr, addr_text, n, tcp, Storage, StoreError, Write};
 use rusqlite::{params, Connection, OpenFlags, Transaction};
 use shared::identity::Presence;
 use shared::wire::Summary;
@@ -119,20 +119,44 @@ const INSERT_SUMMARY: &str = "INSERT OR IGNORE INTO summaries (
     device, site, boot_id, seq, part, parts, window_start_ms, window_len_ms, sample_every,
     received_ms, packets, bytes, overflow_packets, overflow_bytes, other_packets, other_bytes,
     other_flows, packets_seen, active_flows, table_capacity, table_full, parse_errors, fragments,
-    non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count, rtt_hist)
+    non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count, rtt_hist,
+    tcp_established, tcp_refused, tcp_unanswered, tcp_reset, tcp_closed, tcp_unknown,
+    tcp_syn_retries, tcp_retrans_packets, tcp_retrans_bytes, tcp_rst, tcp_bytes)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-            ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)";
+            ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30,
+            ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41)";
 
 const INSERT_FLOW: &str = "INSERT INTO flows (
     summary_id, n, proto, src, src_port, dst, dst_port, vlan, vlan_inner, ifindex, fwd_packets,
     fwd_bytes, rev_packets, rev_bytes, tcp_flags, first_seen_ms, last_seen_ms, rtt_min_us,
-    rtt_avg_us, rtt_max_us, rtt_samples)
+    rtt_avg_us, rtt_max_us, rtt_samples, tcp_outcome, tcp_decided, tcp_syn_retries,
+    tcp_fwd_retrans_packets, tcp_fwd_retrans_bytes, tcp_rev_retrans_packets,
+    tcp_rev_retrans_bytes, tcp_fwd_rst, tcp_rev_rst, tcp_fwd_fin, tcp_rev_fin)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-            ?19, ?20, ?21)";
+            ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)";
 
-/// `PRAGMA user_version` of this schema; version 1 is migrated (see [`migrate_v1`]), any
-/// other version is refused.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+/// `PRAGMA user_version` of this schema; versions 1 and 2 are migrated (see [`migrate`]),
+/// any other version is refused.
+pub(crate) const SCHEMA_VERSION: i64 = 3;
+
+/// Version 3 adds the TCP columns ([`tcp`]): every table created by [`SCHEMA`] gets them by
+/// `ALTER TABLE … ADD COLUMN`, a new database as an old one, so they are written once. SQLite
+/// only rewrites the schema text: no row is touched; old rows read NULL (and 0 in
+/// `device_totals`, which matches what they hold).
+fn tcp_columns() -> String {
+    let mut sql = String::new();
+    for c in tcp::SUMMARY_COLUMNS {
+        sql += &format!("ALTER TABLE summaries ADD COLUMN {c} INTEGER;\n");
+    }
+    for (i, c) in tcp::FLOW_COLUMNS.iter().enumerate() {
+        let kind = if i == 0 { "TEXT" } else { "INTEGER" };
+        sql += &format!("ALTER TABLE flows ADD COLUMN {c} {kind};\n");
+    }
+    for c in tcp::TOTAL_COLUMNS {
+        sql += &format!("ALTER TABLE device_totals ADD COLUMN {c} REAL NOT NULL DEFAULT 0;\n");
+    }
+    sql
+}
 
 /// Version 1 keyed summaries by (device, boot, seq, part) without the site and had no
 /// `boots`. Its rows are kept (ids too, the flow records point at them): the table is rebuilt
@@ -154,14 +178,22 @@ SELECT site, device, boot_id, MIN(seq), MAX(seq), SUM(done), MIN(first), MAX(las
 GROUP BY site, device, boot_id;
 ";
 
-/// Adds one stored summary (`?1`..`?8`) to its device's running totals.
+/// Adds one stored summary (`?1`..`?9`, its TCP figures `?10`..`?18`) to its device's running
+/// totals.
 const ADD_TOTALS: &str = "INSERT INTO device_totals (site, device, packets, bytes,
-    overflow_packets, overflow_bytes, windows, summaries, flow_records, latest_id)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9)
+    overflow_packets, overflow_bytes, windows, summaries, flow_records, latest_id,
+    tcp_windows, tcp_established, tcp_refused, tcp_unanswered, tcp_reset, tcp_closed,
+    tcp_unknown, tcp_retrans_packets, tcp_retrans_bytes)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
     ON CONFLICT (site, device) DO UPDATE SET packets = packets + ?3, bytes = bytes + ?4,
         overflow_packets = overflow_packets + ?5, overflow_bytes = overflow_bytes + ?6,
         windows = windows + ?7, summaries = summaries + 1, flow_records = flow_records + ?8,
-        latest_id = MAX(COALESCE(latest_id, 0), COALESCE(?9, 0))";
+        latest_id = MAX(COALESCE(latest_id, 0), COALESCE(?9, 0)),
+        tcp_windows = tcp_windows + ?10, tcp_established = tcp_established + ?11,
+        tcp_refused = tcp_refused + ?12, tcp_unanswered = tcp_unanswered + ?13,
+        tcp_reset = tcp_reset + ?14, tcp_closed = tcp_closed + ?15,
+        tcp_unknown = tcp_unknown + ?16, tcp_retrans_packets = tcp_retrans_packets + ?17,
+        tcp_retrans_bytes = tcp_retrans_bytes + ?18";
 
 /// The running totals of the summaries selected by `{}` (a WHERE clause), by device.
 const SUM_TOTALS: &str = "SELECT site, device, TOTAL(packets * sample_every) AS p,
@@ -197,14 +229,17 @@ impl Store {
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
         let mut conn = conn;
-        if tables > 0 && version == 1 {
-            migrate_v1(&mut conn)?;
+        if tables > 0 && (version == 1 || version == 2) {
+            migrate(&mut conn, version)?;
         } else if tables > 0 && version != SCHEMA_VERSION {
             return Err(StoreError::Version(version));
         }
         if tables == 0 {
-            conn.execute_batch(SCHEMA)?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            let tx = conn.transaction()?;
+            tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(&tcp_columns())?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
         }
         // An existing database is only read here: a collector restarted while another
         // connection holds the write lock (a backup, a stalled disk) starts, and its writer
@@ -240,6 +275,17 @@ impl Store {
             ),
             [before_ms],
         )?;
+        tx.execute(
+            &format!(
+                "UPDATE device_totals SET {}
+                 FROM (SELECT site, device, {} FROM summaries WHERE received_ms < ?1
+                       GROUP BY site, device) AS d
+                 WHERE device_totals.site = d.site AND device_totals.device = d.device",
+                tcp::subtract_sql(),
+                tcp::sum_totals_sql()
+            ),
+            [before_ms],
+        )?;
         let flows = tx.execute(
             "DELETE FROM flows WHERE summary_id IN
                (SELECT id FROM summaries WHERE received_ms < ?1)",
@@ -269,20 +315,25 @@ impl Store {
     }
 }
 
-/// Rebuilds a version 1 database in place, in one transaction (all or nothing).
-fn migrate_v1(conn: &mut Connection) -> Result<(), StoreError> {
-    log::info!("database: migrating schema 1 to {SCHEMA_VERSION} (site joins the dedup key)");
+/// Brings a version 1 or 2 database to this version in place, in one transaction (all or
+/// nothing): 1 → 2 rebuilds `summaries` with the site in its key (see [`MIGRATE_V1`]), 2 → 3
+/// adds the TCP columns.
+fn migrate(conn: &mut Connection, from: i64) -> Result<(), StoreError> {
+    log::info!("database: migrating schema {from} to {SCHEMA_VERSION}");
     let tx = conn.transaction()?;
-    tx.execute_batch(MIGRATE_V1)?;
-    tx.execute_batch(SCHEMA)?;
-    tx.execute_batch(MIGRATE_V1_FILL)?;
-    tx.execute(
-        &format!(
-            "INSERT INTO device_totals {}",
-            SUM_TOTALS.replace("{}", "1")
-        ),
-        [],
-    )?;
+    if from == 1 {
+        tx.execute_batch(MIGRATE_V1)?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(MIGRATE_V1_FILL)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO device_totals {}",
+                SUM_TOTALS.replace("{}", "1")
+            ),
+            [],
+        )?;
+    }
+    tx.execute_batch(&tcp_columns())?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
@@ -313,6 +364,9 @@ impl Batch<'_> {
             v.join(",")
         });
         let start = n(s.window_start_ms);
+        let window_tcp = tcp::WindowTcp::of(s);
+        let wc = window_tcp.map(|w| w.columns());
+        let w = |i: usize| wc.map(|c| c[i]);
         // Inserting a summary and its records is the whole ingest cost: one cached statement
         // each, addresses formatted once per summary.
         let inserted = self.tx.prepare_cached(INSERT_SUMMARY)?.execute(params![
@@ -346,6 +400,17 @@ impl Batch<'_> {
             n(h.spool_dropped),
             s.flows.len() as i64,
             hist,
+            w(0),
+            w(1),
+            w(2),
+            w(3),
+            w(4),
+            w(5),
+            w(6),
+            w(7),
+            w(8),
+            w(9),
+            w(10),
         ])?;
         if inserted == 0 {
             return Ok(false);
@@ -353,6 +418,7 @@ impl Batch<'_> {
         let id = self.tx.last_insert_rowid();
         self.track_seq(s, received_ms)?;
         let scaled = |v: u64| n(v) as f64 * f64::from(s.sample_every);
+        let t = tcp::WindowTcp::totals(window_tcp, s.sample_every);
         self.tx.prepare_cached(ADD_TOTALS)?.execute(params![
             s.site.as_str(),
             s.device.as_str(),
@@ -363,11 +429,21 @@ impl Batch<'_> {
             i64::from(s.part == 0),
             s.flows.len() as i64,
             (s.part == 0).then_some(id),
+            t[0],
+            t[1],
+            t[2],
+            t[3],
+            t[4],
+            t[5],
+            t[6],
+            t[7],
+            t[8],
         ])?;
         let addrs: Vec<String> = s.addrs.iter().map(addr_text).collect();
         let mut stmt = self.tx.prepare_cached(INSERT_FLOW)?;
         for (i, f) in s.flows.iter().enumerate() {
             let rtt = f.rtt;
+            let t = tcp::flow_ints(&f.tcp);
             stmt.execute(params![
                 id,
                 i as i64,
@@ -390,6 +466,17 @@ impl Batch<'_> {
                 rtt.map(|r| r.avg_us),
                 rtt.map(|r| r.max_us),
                 rtt.map(|r| r.samples),
+                tcp::outcome(&f.tcp),
+                t[0],
+                t[1],
+                t[2],
+                t[3],
+                t[4],
+                t[5],
+                t[6],
+                t[7],
+                t[8],
+                t[9],
             ])?;
         }
         Ok(true)
@@ -721,6 +808,117 @@ mod tests {
             "still deduplicated"
         );
         b.commit().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// The TCP running sums as stored, and as a scan of the summaries finds them.
+    fn tcp_totals(conn: &Connection) -> (Vec<f64>, Vec<f64>) {
+        let read = |sql: &str| -> Vec<f64> {
+            let mut st = conn.prepare(sql).unwrap();
+            let rows = st.query_map([], |r| {
+                (0..9)
+                    .map(|i| r.get::<_, f64>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            });
+            rows.unwrap().flat_map(Result::unwrap).collect()
+        };
+        let running = read(&format!(
+            "SELECT {} FROM device_totals ORDER BY site, device",
+            tcp::TOTAL_COLUMNS.join(", ")
+        ));
+        let scanned = read(&format!(
+            "SELECT t0, t1, t2, t3, t4, t5, t6, t7, t8 FROM (SELECT site, device, {}
+               FROM summaries GROUP BY site, device) ORDER BY site, device",
+            tcp::sum_totals_sql()
+        ));
+        (running, scanned)
+    }
+
+    #[test]
+    fn migrates_a_version_2_database_in_place_and_keeps_tcp_totals() {
+        use shared::wire::{Outcome, Tcp};
+        let path = temp("v2");
+        {
+            // Version 2: the tables without the TCP columns, and a window stored in it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute(
+                "INSERT INTO summaries (device, site, boot_id, seq, part, parts,
+                   window_start_ms, window_len_ms, sample_every, received_ms, packets, bytes,
+                   overflow_packets, overflow_bytes, other_packets, other_bytes, other_flows,
+                   packets_seen, active_flows, table_capacity, table_full, parse_errors,
+                   fragments, non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count)
+                 VALUES ('d', 's', -1, 0, 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                         0, 0, 0, 0, 0, 0, 0, 1)",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO flows (summary_id, n, proto, src, src_port, dst, dst_port, vlan,
+                   vlan_inner, ifindex, fwd_packets, fwd_bytes, rev_packets, rev_bytes,
+                   tcp_flags, first_seen_ms, last_seen_ms)
+                 VALUES (1, 0, 6, 'a', 1, 'b', 2, 0, 0, 0, 1, 1, 0, 0, 2, 0, 0)",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO device_totals (site, device, packets, bytes, overflow_packets,
+                   overflow_bytes, windows, summaries, flow_records, latest_id)
+                 VALUES ('s', 'd', 1, 1, 0, 0, 1, 1, 1, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let (version, old_outcome, old_window): (i64, Option<String>, Option<i64>) = store
+            .conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), f.tcp_outcome,
+                        s.tcp_established
+                 FROM flows f JOIN summaries s ON s.id = f.summary_id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (version, old_outcome, old_window),
+            (SCHEMA_VERSION, None, None),
+            "the old rows stay, without TCP figures"
+        );
+        // New windows with TCP health beside it, then retention takes the first ones.
+        let mut b = store.batch().unwrap();
+        for seq in 1..4u64 {
+            let mut s = summary(seq, seq * 10_000);
+            s.tcp_health = true;
+            s.sample_every = 2;
+            s.flows[0].proto = 6;
+            s.flows[0].tcp = Some(Tcp {
+                outcome: Outcome::Refused,
+                decided: true,
+                ..Tcp::default()
+            });
+            s.flows[1].proto = 6;
+            let mut retrans = Tcp::default();
+            retrans.fwd.retrans.packets = seq;
+            retrans.fwd.retrans.bytes = 100 * seq;
+            s.flows[1].tcp = Some(retrans);
+            assert!(b.insert_summary(&s, seq as i64 * 10).unwrap());
+        }
+        b.commit().unwrap();
+        let (running, scanned) = tcp_totals(&store.conn);
+        assert_eq!(running, scanned);
+        assert_eq!(
+            running,
+            [3.0, 0.0, 3.0, 0.0, 0.0, 0.0, 3.0, 12.0, 1_200.0],
+            "3 windows, 3 refused, 3 first seen without a handshake, (1 + 2 + 3) x 2 segments"
+        );
+        assert_eq!(store.prune(15).unwrap(), (2, 4));
+        let (running, scanned) = tcp_totals(&store.conn);
+        assert_eq!(running, scanned);
+        assert_eq!(running, [2.0, 0.0, 2.0, 0.0, 0.0, 0.0, 2.0, 10.0, 1_000.0]);
+        drop(store);
+        assert!(Store::open(&path).is_ok(), "version 3 opens as it is");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

@@ -215,12 +215,15 @@ impl Publisher {
         let waiting = self.inner.lock().spool.depth();
         if let Some(t) = self.thread.take() {
             // The poller ends after the disconnect, or after its current connect attempt.
+            // Bounded by a helper thread; without one (out of tasks) it is not waited for.
             let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
+            let waiter = std::thread::Builder::new().spawn(move || {
                 let _ = t.join();
                 let _ = tx.send(());
             });
-            let _ = rx.recv_timeout(Duration::from_secs(3));
+            if waiter.is_ok() {
+                let _ = rx.recv_timeout(Duration::from_secs(3));
+            }
         }
         waiting
     }

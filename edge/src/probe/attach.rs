@@ -395,12 +395,18 @@ pub fn attach_all(
 /// Detaches everything: drops the programs (their links, and their clsact filters, which are
 /// deleted through netlink in the namespace they are in), then [`cleanup`] for each.
 pub fn detach_all(loaded: bpf::Loaded, attached: &[Attachment], netns: Option<&str>) {
-    let _ = netdev::in_netns(netns, move || {
+    let detached = netdev::in_netns(netns, move || {
         drop(loaded);
         for a in attached {
             cleanup(a);
         }
     });
+    // Without a thread in the namespace the programs were dropped here instead: closing
+    // their links detaches XDP and TCX links; what is deleted through netlink in the
+    // namespace (TC filters, a netlink XDP program, our clsact qdisc) may stay, so say so.
+    if let Err(e) = detached {
+        eprintln!("edgeflow: detaching: {e:#}");
+    }
 }
 
 /// Validates interface names up front, so a typo is a usage error before anything loads.

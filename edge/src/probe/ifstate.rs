@@ -7,7 +7,10 @@
 //! watched. When every watched interface is gone there is nothing left to count, and the
 //! agent stops with an error (exit 1) instead of publishing empty windows forever.
 
-use crate::probe::{attach::Attachment, netdev};
+use crate::{
+    probe::{attach::Attachment, netdev},
+    UsageError,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -49,16 +52,19 @@ impl IfaceStates {
             netns: netns.map(str::to_string),
         };
         // Quietly take the state they are in now: only changes are news.
-        let now = look_all(&s.list, s.netns.as_deref());
-        for (w, now) in s.list.iter_mut().zip(now) {
-            w.state = now;
+        if let Some(now) = look_all(&s.list, s.netns.as_deref()) {
+            for (w, now) in s.list.iter_mut().zip(now) {
+                w.state = now;
+            }
         }
         s
     }
 
     /// Looks again, reports every change on stderr, and fails when none is left.
     pub fn check(&mut self) -> Result<(), NoneLeft> {
-        let now = look_all(&self.list, self.netns.as_deref());
+        let Some(now) = look_all(&self.list, self.netns.as_deref()) else {
+            return Ok(());
+        };
         for (w, now) in self.list.iter_mut().zip(now) {
             if w.state == now || w.state == State::Gone {
                 continue;
@@ -82,7 +88,9 @@ impl IfaceStates {
     }
 }
 
-fn look_all(list: &[Watched], netns: Option<&str>) -> Vec<State> {
+/// What each interface is now; `None` when no look could be taken (no thread to enter the
+/// namespace with): the states stay as they were, the next check looks again.
+fn look_all(list: &[Watched], netns: Option<&str>) -> Option<Vec<State>> {
     let look = || {
         list.iter()
             .map(|w| match netdev::ifname(w.ifindex) {
@@ -96,6 +104,13 @@ fn look_all(list: &[Watched], netns: Option<&str>) -> Vec<State> {
             })
             .collect()
     };
-    // The namespace itself can only go away with its interfaces.
-    netdev::in_netns(netns, look).unwrap_or_else(|_| vec![State::Gone; list.len()])
+    match netdev::in_netns(netns, look) {
+        Ok(states) => Some(states),
+        // The namespace itself can only go away with its interfaces.
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => Some(vec![State::Gone; list.len()]),
+        Err(e) => {
+            eprintln!("edgeflow: looking at the interfaces: {e:#}");
+            None
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Network interfaces: name → index, and the driver behind one (for the attach choice).
 
 use crate::UsageError;
+use anyhow::Context;
 use std::ffi::CString;
 
 /// The index of interface `name` in this network namespace.
@@ -51,18 +52,15 @@ pub fn driver(name: &str) -> std::io::Result<String> {
         data: *mut DrvInfo,
         _pad: [u8; 16],
     }
-    if name.len() >= libc::IF_NAMESIZE {
-        return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
-    }
+    let name = ifr_name(name)?;
     // SAFETY: all-zero is a valid DrvInfo.
     let mut info: DrvInfo = unsafe { std::mem::zeroed() };
     info.cmd = ETHTOOL_GDRVINFO;
     let mut req = IfReq {
-        name: [0; libc::IF_NAMESIZE],
+        name,
         data: &mut info,
         _pad: [0; 16],
     };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: an ifreq whose data points at a live ethtool_drvinfo, as SIOCETHTOOL wants.
     unsafe { interface_ioctl(libc::SIOCETHTOOL, &mut req) }?;
     let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
@@ -77,18 +75,24 @@ pub fn mtu(name: &str) -> std::io::Result<u32> {
         mtu: libc::c_int,
         _pad: [u8; 20],
     }
-    if name.len() >= libc::IF_NAMESIZE {
-        return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
-    }
     let mut req = IfReqMtu {
-        name: [0; libc::IF_NAMESIZE],
+        name: ifr_name(name)?,
         mtu: 0,
         _pad: [0; 20],
     };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: an ifreq-sized buffer holding the name, as SIOCGIFMTU wants.
     unsafe { interface_ioctl(libc::SIOCGIFMTU, &mut req) }?;
     Ok(req.mtu as u32)
+}
+
+/// `name` as an `ifreq`'s NUL-padded name field; too long a name is no such device.
+fn ifr_name(name: &str) -> std::io::Result<[u8; libc::IF_NAMESIZE]> {
+    if name.len() >= libc::IF_NAMESIZE {
+        return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
+    }
+    let mut field = [0; libc::IF_NAMESIZE];
+    field[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(field)
 }
 
 /// An interface ioctl on a throwaway datagram socket.
@@ -123,15 +127,11 @@ pub fn is_up(name: &str) -> std::io::Result<bool> {
         flags: libc::c_short,
         _pad: [u8; 22],
     }
-    if name.len() >= libc::IF_NAMESIZE {
-        return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
-    }
     let mut req = IfReqFlags {
-        name: [0; libc::IF_NAMESIZE],
+        name: ifr_name(name)?,
         flags: 0,
         _pad: [0; 22],
     };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: an ifreq-sized buffer holding the name, as SIOCGIFFLAGS wants.
     unsafe { interface_ioctl(libc::SIOCGIFFLAGS, &mut req) }?;
     let want = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
@@ -142,10 +142,12 @@ pub fn is_up(name: &str) -> std::io::Result<bool> {
 /// or on the calling thread when `netns` is `None`. Interface lookups and attach calls made
 /// by `f` happen in that namespace; links and map fds stay valid after the thread returns, so
 /// the agent can watch a namespace's interfaces while its own sockets stay where it runs.
-pub fn in_netns<T: Send>(
-    netns: Option<&str>,
-    f: impl FnOnce() -> T + Send,
-) -> Result<T, UsageError> {
+///
+/// A namespace that cannot be opened or entered is a [`UsageError`]; a thread that cannot be
+/// started (out of tasks or memory) is a runtime error, returned rather than panicking: this
+/// also runs while detaching, where a panic during an unwind would abort the agent with its
+/// programs still attached. `f` is then dropped without running.
+pub fn in_netns<T: Send>(netns: Option<&str>, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
     let Some(name) = netns else {
         return Ok(f());
     };
@@ -157,19 +159,21 @@ pub fn in_netns<T: Send>(
     let file = std::fs::File::open(&path)
         .map_err(|e| UsageError::Invalid(format!("network namespace {name:?} ({path}): {e}")))?;
     std::thread::scope(|s| {
-        s.spawn(|| {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a namespace fd; setns affects only this thread.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(UsageError::Invalid(format!(
-                    "entering network namespace {name:?}: {}",
-                    std::io::Error::last_os_error()
-                )));
-            }
-            Ok(f())
-        })
-        .join()
-        .expect("namespace thread panicked")
+        let thread = std::thread::Builder::new()
+            .spawn_scoped(s, || {
+                use std::os::fd::AsRawFd;
+                // SAFETY: a namespace fd; setns affects only this thread.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(UsageError::Invalid(format!(
+                        "entering network namespace {name:?}: {}",
+                        std::io::Error::last_os_error()
+                    ))
+                    .into());
+                }
+                Ok(f())
+            })
+            .with_context(|| format!("starting a thread to enter network namespace {name:?}"))?;
+        thread.join().expect("namespace thread panicked")
     })
 }
 
@@ -185,10 +189,11 @@ mod tests {
 
     #[test]
     fn unknown_namespace_is_a_usage_error() {
-        assert!(matches!(
-            in_netns(Some("no-such-ns-x"), || 1),
-            Err(UsageError::Invalid(_))
-        ));
+        let e = in_netns(Some("no-such-ns-x"), || 1).unwrap_err();
+        assert!(
+            matches!(e.downcast_ref(), Some(UsageError::Invalid(_))),
+            "{e:#}"
+        );
         assert_eq!(in_netns(None, || 7).unwrap(), 7);
     }
 

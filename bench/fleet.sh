@@ -3,7 +3,7 @@
 # all on this machine. For each configuration it prints the flow records stored per second
 # (records / span of the collectors' receive times) and the bytes on disk per stored record.
 #
-#   scripts/bench-fleet.sh [CONFIG...]      CONFIG: sqlite, pg1, pg3 (default: all three)
+#   bench/bench fleet [CONFIG...]         CONFIG: sqlite, pg1, pg3 (default: all three)
 #   env: DEVICES (300), WINDOWS (15), INTERVAL_MS (1000), FLOWS_MIN (500), FLOWS_MAX (2000),
 #        TOP_K (1024), ROUNDS (1)
 #
@@ -29,8 +29,13 @@ pids=()
 pg_pid=
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  if [ -n "$pg_pid" ]; then kill -QUIT "$pg_pid" 2>/dev/null || true; fi
+  # The postmaster itself (runuser does not pass signals on): immediate shutdown.
+  if [ -f "$work/pg/data/postmaster.pid" ]; then
+    kill -QUIT "$(head -1 "$work/pg/data/postmaster.pid")" 2>/dev/null || true
+  fi
   sleep 1
+  # The server's log outlives the run (a crash mid-run is otherwise unexplained).
+  if [ -f "$work/pg/log" ]; then cp "$work/pg/log" "${TMPDIR:-/tmp}/bench-fleet-postgres.log"; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -60,7 +65,8 @@ cpu_s() {
 pg_cpu_s() {
   local pm
   pm=$(head -1 "$work/pg/data/postmaster.pid")
-  cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" -v hz="$(getconf CLK_TCK)" '{
+  # (processes that end meanwhile make cat fail: not an error here)
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" -v hz="$(getconf CLK_TCK)" '{
       pid = $1; sub(/.*\) /, "")
       if (pid == pm) t += $12 + $13 + $14 + $15; else if ($2 == pm) t += $12 + $13
     } END { print t / hz }'
@@ -95,6 +101,8 @@ run() {
   local base=0
   [ "$config" = sqlite ] || base=$(psql -d "r${round}_$config" -c "SELECT pg_database_size(current_database())")
   local cpids=()
+  # Gone before the collectors start: the wait below must not find the last run's lines.
+  rm -f "$work"/c*.log "$work"/c*.out
   for i in $(seq 1 $n); do
     local share=()
     # A group per run: the broker keeps the stopped collectors' sessions of an earlier run in
@@ -106,7 +114,8 @@ run() {
     pids+=($!)
   done
   for i in $(seq 1 $n); do
-    for _ in $(seq 200); do grep -q "subscribed to" "$work/c$i.log" && break; sleep 0.1; done
+    for _ in $(seq 300); do grep -qs "subscribed to" "$work/c$i.log" && break; sleep 0.1; done
+    grep -qs "subscribed to" "$work/c$i.log" || { echo "collector $i did not subscribe" >&2; exit 1; }
   done
   local load0 mq0 pg0=0
   load0=$(cut -d' ' -f1 /proc/loadavg)

@@ -33,7 +33,7 @@ pub struct Browser {
 impl Browser {
     /// Starts Chromium with a fresh profile and opens a blank page of `width`×`height` CSS px.
     pub fn launch(width: u32, height: u32) -> Browser {
-        let profile = std::env::temp_dir().join(testkit::unique("efchrome"));
+        let profile = std::env::temp_dir().join(crate::unique("efchrome"));
         let (in_r, in_w) = std::io::pipe().expect("pipe");
         let (out_r, out_w) = std::io::pipe().expect("pipe");
         let (a, b) = (in_r.as_raw_fd(), out_w.as_raw_fd());
