@@ -192,11 +192,15 @@ fn run_rejects_a_bad_config_with_exit_2() {
 /// without TCP, V2 with `tcp_health` and the TCP flow's block, named.
 #[test]
 fn version_1_and_version_2_payloads_both_decode() {
-    let input = format!(
-        "{}\n{}\n",
-        include_str!("../../shared/src/wire/golden_v1.hex").trim(),
-        include_str!("../../shared/src/wire/golden_v2.hex").trim()
-    );
+    // The shared crate's files, found from the workspace root.
+    let golden = |v: u8| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap();
+        let path = root.join(format!("shared/src/wire/golden_v{v}.hex"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let input = format!("{}\n{}\n", golden(1).trim(), golden(2).trim());
     let out = decode(&[], input.as_bytes());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines: Vec<serde_json::Value> = text(&out.stdout)
