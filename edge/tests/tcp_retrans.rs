@@ -54,13 +54,7 @@ fn retransmissions(v6: bool, attach: &str) {
             attach,
         ],
     );
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).unwrap();
-        assert_eq!(got.len(), UP);
-    });
+    let server = receive_all(listener);
     // Lose the 5th and the 20th data segment: each has later segments behind it, so SACK
     // or the RTO sends it again, once.
     net.client_drops().set(&[5, 20]);
@@ -172,6 +166,17 @@ fn unanswered(v6: bool) {
     assert_eq!(packets, resent + 1, "every SYN counted once: {ctx}");
 }
 
+/// Accepts one connection and reads it to its end: all `UP` bytes must arrive.
+fn receive_all(listener: TcpListener) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), UP);
+    })
+}
+
 /// Connections a gateway forwards: on each of its two interfaces (each its own flow) a
 /// connect to a closed port is refused once, and the two segments the client's line loses
 /// are counted as retransmitted once each, with their bytes (at the interface facing the
@@ -211,13 +216,7 @@ fn forwarded_refusals_and_retransmissions() {
         )
     });
     assert_eq!(e.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).unwrap();
-        assert_eq!(got.len(), UP);
-    });
+    let server = receive_all(listener);
     net.client_drops().set(&[5, 20]);
     let r0 = nstat(&net.ns_client, "TcpRetransSegs");
     let cport = net.in_ns(&net.ns_client, || {
