@@ -402,44 +402,7 @@ fn tcp(outcome: Outcome, decided: bool, f: impl FnOnce(&mut Tcp)) -> Option<Tcp>
 
 /// A version 1 message (an agent from before TCP health) of `s`, which has no TCP block.
 fn v1_message(s: &Summary) -> Msg {
-    let v1 = wire::v1::Summary {
-        device: s.device.clone(),
-        site: s.site.clone(),
-        boot_id: s.boot_id,
-        seq: s.seq,
-        part: s.part,
-        parts: s.parts,
-        window_start_ms: s.window_start_ms,
-        window_len_ms: s.window_len_ms,
-        sample_every: s.sample_every,
-        totals: s.totals,
-        overflow: s.overflow,
-        other: s.other,
-        other_flows: s.other_flows,
-        health: s.health,
-        addrs: s.addrs.clone(),
-        flows: s
-            .flows
-            .iter()
-            .map(|f| wire::v1::FlowRecord {
-                proto: f.proto,
-                src: f.src,
-                dst: f.dst,
-                src_port: f.src_port,
-                dst_port: f.dst_port,
-                vlan: f.vlan,
-                vlan_inner: f.vlan_inner,
-                ifindex: f.ifindex,
-                fwd: f.fwd,
-                rev: f.rev,
-                tcp_flags: f.tcp_flags,
-                first_seen_ms: f.first_seen_ms,
-                last_seen_ms: f.last_seen_ms,
-                rtt: f.rtt,
-            })
-            .collect(),
-        rtt_hist: s.rtt_hist.clone(),
-    };
+    let v1 = wire::v1::Summary::from(s);
     Msg {
         topic: format!("edgeflow/v1/{}/{}/flows", s.site, s.device),
         payload: wire::encode_vec(&Message::V1(v1)),

@@ -301,3 +301,21 @@ fn rtt_buckets_are_log2() {
     assert_eq!(rtt_bucket(1024), 10);
     assert_eq!(rtt_bucket(u32::MAX), RTT_BUCKETS - 1);
 }
+
+#[test]
+fn a_summary_as_version_1_drops_only_the_tcp_blocks() {
+    let Message::V1(old) = golden() else {
+        unreachable!()
+    };
+    let Message::V2(new) = golden_v2() else {
+        unreachable!()
+    };
+    // Down to version 1 gives the golden version-1 summary back, byte for byte.
+    let down = v1::Summary::from(&new);
+    assert_eq!(down, old);
+    assert_eq!(
+        encode_vec(&Message::V1(down)),
+        encode_vec(&golden()),
+        "as version 1 shipped"
+    );
+}

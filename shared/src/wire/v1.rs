@@ -95,6 +95,51 @@ impl From<Summary> for super::Summary {
     }
 }
 
+/// What an agent from before TCP health would have sent: the same window, the TCP blocks and
+/// the `tcp_health` flag left out (a fleet's old agents, in tests and the load generator).
+impl From<&super::Summary> for Summary {
+    fn from(s: &super::Summary) -> Summary {
+        Summary {
+            device: s.device.clone(),
+            site: s.site.clone(),
+            boot_id: s.boot_id,
+            seq: s.seq,
+            part: s.part,
+            parts: s.parts,
+            window_start_ms: s.window_start_ms,
+            window_len_ms: s.window_len_ms,
+            sample_every: s.sample_every,
+            totals: s.totals,
+            overflow: s.overflow,
+            other: s.other,
+            other_flows: s.other_flows,
+            health: s.health,
+            addrs: s.addrs.clone(),
+            flows: s
+                .flows
+                .iter()
+                .map(|f| FlowRecord {
+                    proto: f.proto,
+                    src: f.src,
+                    dst: f.dst,
+                    src_port: f.src_port,
+                    dst_port: f.dst_port,
+                    vlan: f.vlan,
+                    vlan_inner: f.vlan_inner,
+                    ifindex: f.ifindex,
+                    fwd: f.fwd,
+                    rev: f.rev,
+                    tcp_flags: f.tcp_flags,
+                    first_seen_ms: f.first_seen_ms,
+                    last_seen_ms: f.last_seen_ms,
+                    rtt: f.rtt,
+                })
+                .collect(),
+            rtt_hist: s.rtt_hist.clone(),
+        }
+    }
+}
+
 pub(super) fn validate(s: &Summary) -> Result<(), DecodeError> {
     super::validate_common(
         &s.device,
