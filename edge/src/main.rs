@@ -74,6 +74,10 @@ struct RunCmd {
     /// broker URL, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]
     #[argh(option)]
     broker: Option<String>,
+    /// also export IPFIX to udp://HOST[:PORT] or tcp://HOST[:PORT] (the file's [ipfix]
+    /// collector); without a broker in the file or flags, IPFIX only
+    #[argh(option)]
+    ipfix: Option<String>,
     /// keep the spool in this file (survives a restart)
     #[argh(option)]
     spool_file: Option<PathBuf>,
@@ -131,12 +135,17 @@ impl RunCmd {
             inactive_timeout => inactive_timeout_secs,
             sample => sample_every,
             attach => attach,
-            broker => mqtt.url,
             spool_file => spool.file,
             spool_bytes => spool.max_bytes,
             max_message => max_message_bytes,
             rtt_interval => rtt_interval_ms,
         );
+        if let Some(b) = self.broker {
+            f.mqtt.get_or_insert_default().url = Some(b);
+        }
+        if let Some(c) = self.ipfix {
+            f.ipfix.get_or_insert_default().collector = Some(c);
+        }
         if self.no_rtt {
             f.rtt = Some(false);
         }

@@ -4,7 +4,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    string::{String, ToString},
+    string::String,
     vec::Vec,
 };
 
@@ -42,37 +42,9 @@ impl core::str::FromStr for BrokerUrl {
             "mqtts" => true,
             _ => return Err(bad("scheme must be mqtt or mqtts")),
         };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
         let default_port = if tls { 8883 } else { 1883 };
-        // [v6]:port, [v6], host:port, host.
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
-            match after.strip_prefix(':') {
-                Some(p) => (h, Some(p)),
-                None if after.is_empty() => (h, None),
-                None => return Err(bad("junk after ]")),
-            }
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (rest, None),
-            }
-        };
-        if host.is_empty() || host.contains('/') {
-            return Err(bad("no host"));
-        }
-        let port = match port {
-            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
-            None => default_port,
-        };
-        if port == 0 {
-            return Err(bad("port 0"));
-        }
-        Ok(BrokerUrl {
-            tls,
-            host: host.to_string(),
-            port,
-        })
+        let (host, port) = crate::url::host_port(rest, default_port).map_err(bad)?;
+        Ok(BrokerUrl { tls, host, port })
     }
 }
 
@@ -183,6 +155,7 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::string::ToString;
 
     #[test]
     fn urls() {

@@ -8,7 +8,7 @@
 
 #[cfg(any(test, feature = "craft", feature = "wire"))]
 extern crate alloc;
-#[cfg(feature = "broker")]
+#[cfg(any(feature = "broker", feature = "ipfix"))]
 extern crate std;
 
 #[cfg(any(test, feature = "craft"))]
@@ -21,10 +21,14 @@ pub mod cpu;
 pub mod flow;
 #[cfg(feature = "wire")]
 pub mod identity;
+#[cfg(feature = "wire")]
+pub mod ipfix;
 pub mod parse;
 pub mod rtt;
 pub mod stats;
 pub mod table;
+#[cfg(feature = "wire")]
+pub mod url;
 #[cfg(feature = "wire")]
 pub mod wire;
 

@@ -11,6 +11,10 @@ use shared::{
     broker::{Broker, BrokerUrl},
     flow::{DEFAULT_MAX_FLOWS, MAX_MAX_FLOWS, MIN_MAX_FLOWS},
     identity::DeviceId,
+    ipfix::{
+        export::{CollectorUrl, Settings},
+        Mode,
+    },
     wire::{DEFAULT_MAX_MESSAGE, MAX_FLOWS_PER_MESSAGE},
 };
 use std::{path::PathBuf, time::Duration};
@@ -32,8 +36,11 @@ pub struct File {
     pub max_message_bytes: Option<usize>,
     pub rtt: Option<bool>,
     pub rtt_interval_ms: Option<f64>,
-    #[serde(default)]
-    pub mqtt: MqttFile,
+    /// `[mqtt]`; without it MQTT is on with the defaults, unless `[ipfix]` is set (then the
+    /// agent exports IPFIX only).
+    pub mqtt: Option<MqttFile>,
+    /// `[ipfix]`: export each window's flows to an IPFIX collector too (docs/ipfix.md).
+    pub ipfix: Option<IpfixFile>,
     #[serde(default)]
     pub spool: SpoolFile,
     #[serde(default)]
@@ -60,6 +67,20 @@ pub struct MqttFile {
     pub keep_alive_secs: Option<u64>,
     /// Refuse a plaintext `mqtt://` URL, also one given with `--broker`.
     pub require_tls: Option<bool>,
+}
+
+/// `[ipfix]`: where and how to export IPFIX (RFC 7011).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpfixFile {
+    /// `udp://HOST[:PORT]` or `tcp://HOST[:PORT]` (port 4739).
+    pub collector: Option<String>,
+    /// RFC 5103 biflow records (default); false: two uniflow records per flow.
+    pub biflow: Option<bool>,
+    /// Path MTU towards the collector (default 1400); messages stay 48 bytes below it.
+    pub mtu: Option<usize>,
+    /// Seconds between template resends over UDP (default 60).
+    pub template_refresh_secs: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -95,8 +116,10 @@ pub struct Config {
     pub rtt: Option<RttOptions>,
     /// TCP health: retransmissions, resets, connection outcomes.
     pub tcp_health: bool,
-    /// Where and how to reach the MQTT broker.
-    pub broker: Broker,
+    /// Where and how to reach the MQTT broker; `None`: IPFIX only.
+    pub broker: Option<Broker>,
+    /// Where and how to export IPFIX; `None`: MQTT only.
+    pub ipfix: Option<Settings>,
     pub keep_alive: Duration,
     pub spool_max_bytes: u64,
     pub spool_file: Option<PathBuf>,
@@ -210,25 +233,20 @@ impl Config {
             )));
         }
         let rtt = rtt_options(f.rtt.unwrap_or(true), f.rtt_interval_ms)?;
-        let m = f.mqtt;
-        let url = m.url.as_deref().unwrap_or(DEFAULT_URL);
-        let parsed: BrokerUrl = url.parse().map_err(|e| usage(format!("mqtt: {e}")))?;
-        if m.require_tls == Some(true) && !parsed.tls {
-            // Checked after flags are applied: a --broker override cannot turn TLS off.
-            return Err(usage(format!(
-                "mqtt: require_tls is set, but the broker URL {url:?} is plaintext; \
-                 use mqtts://"
-            )));
-        }
-        let broker = Broker::new(
-            parsed,
-            m.username,
-            m.password,
-            m.ca_file,
-            m.cert_file,
-            m.key_file,
-        )
-        .map_err(|e| usage(format!("mqtt: {e}")))?;
+        let ipfix = f.ipfix.map(ipfix_settings).transpose()?;
+        // MQTT unless only [ipfix] is configured.
+        let m = match (f.mqtt, &ipfix) {
+            (Some(m), _) => Some(m),
+            (None, None) => Some(MqttFile::default()),
+            (None, Some(_)) => None,
+        };
+        let keep_alive = Duration::from_secs(
+            m.as_ref()
+                .and_then(|m| m.keep_alive_secs)
+                .unwrap_or(30)
+                .max(5),
+        );
+        let broker = m.map(mqtt_broker).transpose()?;
         let spool_max_bytes = f.spool.max_bytes.unwrap_or(DEFAULT_SPOOL_BYTES);
         if spool_max_bytes < max_message_bytes as u64 {
             return Err(usage(format!(
@@ -249,11 +267,54 @@ impl Config {
             rtt,
             tcp_health: f.tcp.health.unwrap_or(true),
             broker,
-            keep_alive: Duration::from_secs(m.keep_alive_secs.unwrap_or(30).max(5)),
+            ipfix,
+            keep_alive,
             spool_max_bytes,
             spool_file: f.spool.file,
         })
     }
+}
+
+/// The broker from `[mqtt]`, checked.
+fn mqtt_broker(m: MqttFile) -> Result<Broker, UsageError> {
+    let url = m.url.as_deref().unwrap_or(DEFAULT_URL);
+    let parsed: BrokerUrl = url.parse().map_err(|e| usage(format!("mqtt: {e}")))?;
+    if m.require_tls == Some(true) && !parsed.tls {
+        // Checked after flags are applied: a --broker override cannot turn TLS off.
+        return Err(usage(format!(
+            "mqtt: require_tls is set, but the broker URL {url:?} is plaintext; \
+             use mqtts://"
+        )));
+    }
+    Broker::new(
+        parsed,
+        m.username,
+        m.password,
+        m.ca_file,
+        m.cert_file,
+        m.key_file,
+    )
+    .map_err(|e| usage(format!("mqtt: {e}")))
+}
+
+/// The exporter settings from `[ipfix]`, checked.
+fn ipfix_settings(i: IpfixFile) -> Result<Settings, UsageError> {
+    let url = i
+        .collector
+        .ok_or_else(|| usage("ipfix: no collector (udp://HOST[:PORT] or tcp://HOST[:PORT])"))?;
+    let collector: CollectorUrl = url.parse().map_err(|e| usage(format!("ipfix: {e}")))?;
+    let mut s = Settings::new(collector);
+    if i.biflow == Some(false) {
+        s.mode = Mode::Uniflow;
+    }
+    if let Some(mtu) = i.mtu {
+        s.mtu = mtu;
+    }
+    if let Some(r) = i.template_refresh_secs {
+        s.template_refresh = positive_secs("ipfix template_refresh_secs", r)?;
+    }
+    s.check().map_err(|e| usage(format!("ipfix: {e}")))?;
+    Ok(s)
 }
 
 impl Config {
@@ -299,11 +360,9 @@ mod tests {
         assert_eq!(c.sample_every, 1);
         assert_eq!(c.rtt, Some(RttOptions::default()));
         assert!(c.tcp_health && c.probe().tcp_health);
-        assert_eq!(
-            (c.broker.url.host.as_str(), c.broker.url.port),
-            ("127.0.0.1", 1883)
-        );
-        assert!(!c.broker.url.tls && c.spool_file.is_none());
+        let b = c.broker.as_ref().expect("MQTT on by default");
+        assert_eq!((b.url.host.as_str(), b.url.port), ("127.0.0.1", 1883));
+        assert!(!b.url.tls && c.spool_file.is_none() && c.ipfix.is_none());
         assert_eq!(c.id.flows_topic(), "edgeflow/v1/default/box-1/flows");
     }
 
@@ -349,8 +408,9 @@ mod tests {
         assert_eq!(c.interval, Duration::from_millis(2500));
         assert_eq!(c.attach, AttachMode::Tc);
         assert_eq!(c.rtt.unwrap().interval, Duration::from_millis(250));
-        assert_eq!(c.broker.url.port, 9999);
-        let tls = c.broker.tls;
+        let b = c.broker.unwrap();
+        assert_eq!(b.url.port, 9999);
+        let tls = b.tls;
         assert_eq!(tls.ca, Some(PathBuf::from("/ca.pem")));
         assert_eq!(tls.client.unwrap().1, PathBuf::from("/k.pem"));
         assert_eq!(
@@ -376,6 +436,12 @@ mod tests {
             "interfaces = [\"a\"]\nrtt_interval_ms = -1",
             "interfaces = [\"a\"]\n[mqtt]\nrequire_tls = true",
             "interfaces = [\"a\"]\n[mqtt]\nrequire_tls = true\nurl = \"mqtt://h:8883\"",
+            "interfaces = [\"a\"]\n[ipfix]\nbiflow = true",
+            "interfaces = [\"a\"]\n[ipfix]\ncollector = \"http://h\"",
+            "interfaces = [\"a\"]\n[ipfix]\ncollector = \"udp://h:0\"",
+            "interfaces = [\"a\"]\n[ipfix]\ncollector = \"udp://h\"\nmtu = 100",
+            "interfaces = [\"a\"]\n[ipfix]\ncollector = \"udp://h\"\ntemplate_refresh_secs = 0",
+            "interfaces = [\"a\"]\n[ipfix]\ncollector = \"udp://h\"\nbiflows = true",
         ];
         for text in bad {
             let r = File::parse(text).and_then(Config::resolve);
@@ -388,7 +454,32 @@ mod tests {
         let f =
             File::parse("interfaces = [\"a\"]\n[mqtt]\nrequire_tls = true\nurl = \"mqtts://h\"")
                 .unwrap();
-        assert!(Config::resolve(f).unwrap().broker.url.tls);
+        assert!(Config::resolve(f).unwrap().broker.unwrap().url.tls);
+    }
+
+    #[test]
+    fn ipfix_alone_or_beside_mqtt() {
+        let only = File::parse(
+            "interfaces = [\"a\"]\n[ipfix]\ncollector = \"tcp://[fd00::9]\"\nbiflow = false\nmtu = 9000\ntemplate_refresh_secs = 5",
+        )
+        .unwrap();
+        let c = Config::resolve(only).unwrap();
+        assert!(c.broker.is_none(), "no [mqtt]: IPFIX only");
+        let i = c.ipfix.unwrap();
+        assert_eq!(i.collector.to_string(), "tcp://[fd00::9]:4739");
+        assert_eq!((i.mode, i.mtu), (Mode::Uniflow, 9000));
+        assert_eq!(i.template_refresh, Duration::from_secs(5));
+        let both = File::parse(
+            "interfaces = [\"a\"]\n[mqtt]\nurl = \"mqtt://b\"\n[ipfix]\ncollector = \"udp://c:2055\"",
+        )
+        .unwrap();
+        let c = Config::resolve(both).unwrap();
+        assert_eq!(c.broker.unwrap().url.host, "b");
+        let i = c.ipfix.unwrap();
+        assert_eq!(
+            (i.mode, i.mtu, i.collector.port),
+            (Mode::Biflow, 1400, 2055)
+        );
     }
 
     #[test]

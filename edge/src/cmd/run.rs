@@ -1,5 +1,6 @@
 //! `edgeflow run`: the daemon. Every interval: drain the table, build the summary, spool it and
-//! let the MQTT link publish it. SIGTERM/SIGINT: one last window, flush (bounded), detach, exit.
+//! let the MQTT link publish it, and/or send its flows as IPFIX (`[ipfix]`, docs/ipfix.md).
+//! SIGTERM/SIGINT: one last window, flush (bounded), detach, exit.
 //!
 //! smol drives this loop (the interval timer, the signals, the link's wake-ups); the MQTT
 //! connection is polled on its own thread (see [`crate::link::mqtt`]).
@@ -17,6 +18,7 @@ use crate::{
     },
 };
 use anyhow::Context;
+use shared::ipfix::export::Exporter;
 use smol::{future::FutureExt, Async, Timer};
 use std::{
     os::unix::net::UnixStream,
@@ -79,7 +81,11 @@ pub fn open_spool(cfg: &Config) -> anyhow::Result<Spool> {
 pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
     let probe_opts = cfg.probe();
     let checked = probe::check(&probe_opts)?;
-    let mqtt_opts = mqtt::options(cfg)?;
+    let mqtt_opts = cfg
+        .broker
+        .as_ref()
+        .map(|b| mqtt::options(cfg, b))
+        .transpose()?;
     let ident = Identity {
         device: cfg.id.device_id().clone(),
         site: cfg.id.site_id().clone(),
@@ -96,25 +102,50 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
 
     // Detached when dropped: on return, also with an error.
     let mut session = checked.start()?;
-    let publisher = Publisher::start(cfg, mqtt_opts, spool).context("spawning the MQTT thread")?;
+    let publisher = match mqtt_opts {
+        Some(o) => Some(Publisher::start(cfg, o, spool).context("spawning the MQTT thread")?),
+        None => None,
+    };
+    let exporter = match &cfg.ipfix {
+        Some(s) => Some(Exporter::new(s.clone()).context("IPFIX")?),
+        None => None,
+    };
+    let mut to = Vec::new();
+    if let Some(b) = &cfg.broker {
+        to.push(format!("{} ({})", b.url, cfg.id.flows_topic()));
+    }
+    if let Some(e) = &exporter {
+        to.push(format!(
+            "IPFIX {} (observation domain {})",
+            e.collector(),
+            shared::ipfix::domain_id(cfg.id.site(), cfg.id.device())
+        ));
+    }
     eprintln!(
-        "edgeflow: ready: device {} site {} boot {:016x}, a window every {:?} to {}:{} ({})",
+        "edgeflow: ready: device {} site {} boot {:016x}, a window every {:?} to {}",
         cfg.id.device(),
         cfg.id.site(),
         ident.boot_id,
         cfg.interval,
-        cfg.broker.url.host,
-        cfg.broker.url.port,
-        cfg.id.flows_topic()
+        to.join(" and ")
     );
     smol::block_on(agent_loop(
         cfg,
         opts,
         &ident,
         &mut session,
-        publisher,
+        Links {
+            publisher,
+            exporter,
+        },
         sig_rx,
     ))
+}
+
+/// Where windows go: MQTT, IPFIX or both (the configuration has at least one).
+struct Links {
+    publisher: Option<Publisher>,
+    exporter: Option<Exporter>,
 }
 
 async fn agent_loop(
@@ -122,9 +153,13 @@ async fn agent_loop(
     opts: RunOptions,
     ident: &Identity,
     session: &mut Session,
-    publisher: Publisher,
+    links: Links,
     mut signals: Async<UnixStream>,
 ) -> anyhow::Result<()> {
+    let Links {
+        publisher,
+        mut exporter,
+    } = links;
     let mut meter = HealthMeter::start(session.maps().table.capacity);
     let mut seq = 0u64;
     let mut next = Instant::now() + cfg.interval;
@@ -139,10 +174,13 @@ async fn agent_loop(
             Wake::Signal
         })
         .or(async {
-            match publisher.events.recv().await {
-                Ok(e) => Wake::Link(e),
-                // The link thread is gone; keep ticking.
-                Err(_) => std::future::pending().await,
+            match publisher.as_ref().map(|p| &p.events) {
+                Some(events) => match events.recv().await {
+                    Ok(e) => Wake::Link(e),
+                    // The link thread is gone; keep ticking.
+                    Err(_) => std::future::pending().await,
+                },
+                None => std::future::pending().await,
             }
         })
         .await;
@@ -156,18 +194,33 @@ async fn agent_loop(
             Wake::Signal => true,
         };
         let w = session.next_window()?;
-        let (depth, dropped) = publisher.spool_stats();
+        let (depth, dropped) = publisher.as_ref().map_or((0, 0), |p| p.spool_stats());
         let health = meter.window(&w, depth as u32, dropped);
         let s = summary::summarize(ident, seq, &w, health, cfg.top_k as usize);
         drop(w);
-        let parts = summary::encode_parts(s, cfg.max_message_bytes)?;
-        for p in &parts {
-            let lost = publisher.push(p).context("spooling a summary")?;
-            if lost > 0 {
-                log::warn!("spool full: dropped the {lost} oldest summaries");
+        if let Some(e) = &mut exporter {
+            // The summary's own records: IPFIX carries what MQTT carries (docs/ipfix.md).
+            let flows: Vec<_> = s.to_flows().collect();
+            let before = e.lost_records();
+            if let Err(err) =
+                e.export_device(cfg.id.site(), cfg.id.device(), s.sample_every, &flows)
+            {
+                log::warn!(
+                    "{err}: {} flow records lost ({} since start)",
+                    e.lost_records() - before,
+                    e.lost_records()
+                );
             }
         }
-        drop(parts);
+        if let Some(publisher) = &publisher {
+            let parts = summary::encode_parts(s, cfg.max_message_bytes)?;
+            for p in &parts {
+                let lost = publisher.push(p).context("spooling a summary")?;
+                if lost > 0 {
+                    log::warn!("spool full: dropped the {lost} oldest summaries");
+                }
+            }
+        }
         release_free_memory();
         seq += 1;
         // The next window ends one interval after this one was due (no drift); if draining
@@ -182,16 +235,20 @@ async fn agent_loop(
             break none_left;
         }
     };
-    flush(&publisher, SHUTDOWN_GRACE).await;
-    let file = publisher.spool_is_file();
-    let waiting = publisher.shutdown(Duration::from_secs(2)).await;
-    if waiting > 0 {
-        if file {
-            eprintln!("edgeflow: {waiting} summaries stay in the spool file for the next start");
-        } else {
-            eprintln!(
-                "edgeflow: {waiting} summaries were not acknowledged and are lost (no spool file)"
-            );
+    if let Some(publisher) = publisher {
+        flush(&publisher, SHUTDOWN_GRACE).await;
+        let file = publisher.spool_is_file();
+        let waiting = publisher.shutdown(Duration::from_secs(2)).await;
+        if waiting > 0 {
+            if file {
+                eprintln!(
+                    "edgeflow: {waiting} summaries stay in the spool file for the next start"
+                );
+            } else {
+                eprintln!(
+                    "edgeflow: {waiting} summaries were not acknowledged and are lost (no spool file)"
+                );
+            }
         }
     }
     match none_left {

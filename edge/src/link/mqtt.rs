@@ -24,7 +24,10 @@ use crate::{
     UsageError,
 };
 use rumqttc::{Client, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS};
-use shared::identity::{OFFLINE, ONLINE};
+use shared::{
+    broker::Broker,
+    identity::{OFFLINE, ONLINE},
+};
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
@@ -96,9 +99,8 @@ pub struct Publisher {
 /// rumqttc options from the configuration (TLS files are read here). The client id is the
 /// device's principal (`site/device`): unambiguous, and what a broker that sets
 /// `use_username_as_clientid` would make it anyway.
-pub fn options(cfg: &Config) -> Result<MqttOptions, UsageError> {
-    let mut o = cfg
-        .broker
+pub fn options(cfg: &Config, broker: &Broker) -> Result<MqttOptions, UsageError> {
+    let mut o = broker
         .options(&cfg.id.principal())
         .map_err(|e| UsageError::Invalid(format!("mqtt: {e}")))?;
     o.set_keep_alive(cfg.keep_alive)
