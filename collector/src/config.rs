@@ -3,7 +3,10 @@
 use crate::{store::Db, UsageError};
 use argh::FromArgs;
 use serde::Deserialize;
-use shared::broker::{Broker, BrokerUrl};
+use shared::{
+    broker::{Broker, BrokerUrl},
+    ipfix::export as ipfix,
+};
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -92,6 +95,16 @@ pub struct Cli {
     /// the client certificate's private key (PEM)
     #[argh(option)]
     pub client_key: Option<PathBuf>,
+    /// re-export every stored window's flows as IPFIX to udp://HOST[:PORT] or
+    /// tcp://HOST[:PORT], one observation domain per device (docs/ipfix.md)
+    #[argh(option)]
+    pub ipfix_export: Option<String>,
+    /// IPFIX: two uniflow records per flow instead of one RFC 5103 biflow record
+    #[argh(switch)]
+    pub ipfix_uniflow: bool,
+    /// IPFIX: path MTU towards the collector (default 1400)
+    #[argh(option)]
+    pub ipfix_mtu: Option<usize>,
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,
@@ -120,6 +133,9 @@ struct File {
     ca: Option<PathBuf>,
     client_cert: Option<PathBuf>,
     client_key: Option<PathBuf>,
+    ipfix_export: Option<String>,
+    ipfix_uniflow: Option<bool>,
+    ipfix_mtu: Option<usize>,
 }
 
 /// How the subscriber reaches its broker.
@@ -223,6 +239,8 @@ pub struct Config {
     pub embedded_broker: Option<SocketAddr>,
     pub mqtt: MqttConfig,
     pub limits: Limits,
+    /// Where to re-export stored flows as IPFIX, if anywhere.
+    pub ipfix: Option<ipfix::Settings>,
 }
 
 impl Config {
@@ -299,6 +317,24 @@ impl Config {
             cli.client_key.or(file.client_key),
         )
         .map_err(|e| UsageError(e.0))?;
+        let ipfix = match cli.ipfix_export.or(file.ipfix_export) {
+            None => None,
+            Some(url) => {
+                let mut s = ipfix::Settings::new(
+                    url.parse()
+                        .map_err(|e| UsageError(format!("--ipfix-export: {e}")))?,
+                );
+                if cli.ipfix_uniflow || file.ipfix_uniflow == Some(true) {
+                    s.mode = shared::ipfix::Mode::Uniflow;
+                }
+                if let Some(m) = cli.ipfix_mtu.or(file.ipfix_mtu) {
+                    s.mtu = m;
+                }
+                s.check()
+                    .map_err(|e| UsageError(format!("--ipfix-export: {e}")))?;
+                Some(s)
+            }
+        };
         let token = cli
             .token
             .or(file.token)
@@ -319,6 +355,7 @@ impl Config {
                 share_group,
             },
             limits,
+            ipfix,
         })
     }
 }
@@ -441,6 +478,62 @@ mod tests {
             assert!(Config::resolve(bad, no_env).is_err());
         }
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn broker_urls_follow_the_agents_rules() {
+        // One parser (shared::broker::BrokerUrl) for agent and collector: the same URLs in,
+        // the same ones out.
+        for ok in ["mqtt://h", "mqtts://h:9000/", "mqtt://[fd00::1]:1884"] {
+            let cli = Cli {
+                broker: Some(ok.into()),
+                ..Cli::default()
+            };
+            assert!(Config::resolve(cli, no_env).is_ok(), "{ok}");
+        }
+        for bad in [
+            "tcp://h",
+            "ssl://h",
+            "mqtt://h:0",
+            "mqtt://",
+            "h:1883",
+            "mqtt://u@h",
+        ] {
+            let cli = Cli {
+                broker: Some(bad.into()),
+                ..Cli::default()
+            };
+            assert!(Config::resolve(cli, no_env).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ipfix_export_settings() {
+        assert!(Config::resolve(Cli::default(), no_env)
+            .unwrap()
+            .ipfix
+            .is_none());
+        let cli = Cli {
+            ipfix_export: Some("udp://[fd00::9]:2055".into()),
+            ipfix_uniflow: true,
+            ipfix_mtu: Some(9000),
+            ..Cli::default()
+        };
+        let i = Config::resolve(cli, no_env).unwrap().ipfix.unwrap();
+        assert_eq!(i.collector.to_string(), "udp://[fd00::9]:2055");
+        assert_eq!((i.mode, i.mtu), (shared::ipfix::Mode::Uniflow, 9000));
+        for (url, mtu) in [
+            ("http://h", None),
+            ("udp://h:0", None),
+            ("tcp://h", Some(10)),
+        ] {
+            let cli = Cli {
+                ipfix_export: Some(url.into()),
+                ipfix_mtu: mtu,
+                ..Cli::default()
+            };
+            assert!(Config::resolve(cli, no_env).is_err(), "{url} {mtu:?}");
+        }
     }
 
     #[test]

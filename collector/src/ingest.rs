@@ -8,6 +8,7 @@ use crate::store::{Storage, StoreError, Write};
 pub use shared::identity::Reject;
 use shared::{
     identity::{Kind, Presence, Topic},
+    ipfix::export::Exporter,
     wire::{self, Summary},
 };
 use std::{
@@ -145,11 +146,28 @@ impl IngestStats {
     }
 }
 
+/// Sends a stored summary's flows as IPFIX; a failure is counted by the exporter and logged.
+fn export(e: &mut Exporter, s: &Summary) {
+    let flows: Vec<_> = s.to_flows().collect();
+    let before = e.lost_records();
+    if let Err(err) = e.export_device(&s.site, &s.device, s.sample_every, &flows) {
+        log::warn!(
+            "{err}: {} flow records of {}/{} not exported ({} since start)",
+            e.lost_records() - before,
+            s.site,
+            s.device,
+            e.lost_records()
+        );
+    }
+}
+
 /// Owns the write side of the store.
 pub struct Ingest {
     store: Box<dyn Storage>,
     stats: Arc<IngestStats>,
     retention: Duration,
+    /// `--ipfix-export`: every stored window's flows go out as IPFIX too.
+    ipfix: Option<Exporter>,
 }
 
 impl Ingest {
@@ -163,7 +181,15 @@ impl Ingest {
             store: Box::new(store),
             stats,
             retention,
+            ipfix: None,
         }
+    }
+
+    /// Re-exports what is stored (not duplicates, not rejects) through `e`, each device as
+    /// its own observation domain.
+    pub fn export_ipfix(mut self, e: Exporter) -> Ingest {
+        self.ipfix = Some(e);
+        self
     }
 
     /// Deletes what is older than the retention. A failure is logged and tried next time.
@@ -211,7 +237,26 @@ impl Ingest {
                 Err(_) => None,
             })
             .collect();
-        let mut stored = self.store.write(&writes, now)?.into_iter();
+        let stored = self.store.write(&writes, now)?;
+        drop(writes);
+        if let Some(e) = &mut self.ipfix {
+            // After the store: what is kept (once) goes out; duplicates and rejects do not.
+            let mut kept = stored.iter();
+            for p in &parsed {
+                match p {
+                    Ok(Parsed::Summary(s)) => {
+                        if kept.next() == Some(&true) {
+                            export(e, s);
+                        }
+                    }
+                    Ok(Parsed::Presence { .. }) => {
+                        kept.next();
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        let mut stored = stored.into_iter();
         let outcomes: Vec<Outcome> = parsed
             .into_iter()
             .map(|p| match p {

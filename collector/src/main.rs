@@ -98,10 +98,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         })
     };
+    let mut ingest = Ingest::new(store, stats.clone(), cfg.retention);
+    if let Some(s) = &cfg.ipfix {
+        let e = shared::ipfix::export::Exporter::new(s.clone())
+            .map_err(|e| UsageError(format!("--ipfix-export: {e}")))?;
+        println!(
+            "edgeflow-collector: re-exporting stored flows as IPFIX to {}",
+            e.collector()
+        );
+        ingest = ingest.export_ipfix(e);
+    }
     let subscriber = tokio::spawn(mqtt::run(
         opts,
         filters,
-        Ingest::new(store, stats.clone(), cfg.retention),
+        ingest,
         cfg.limits.ingest_queue_bytes,
     ));
     let app = Arc::new(http::App::new(
