@@ -22,6 +22,7 @@ PKGS=(
   libcap2-bin util-linux                # capsh / setpriv for capability tests
   pkg-config build-essential sqlite3
   jq
+  nfdump pmacct tshark                  # IPFIX collectors the export is tested against (docs/ipfix.md)
 )
 
 missing=()

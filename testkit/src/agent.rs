@@ -21,9 +21,21 @@ pub struct Exit {
 impl Agent {
     /// Starts `bin run ARGS` here (the root namespace) and waits until it says it is ready.
     pub fn start(bin: &str, args: &[&str]) -> Agent {
-        let mut child = Command::new(bin)
-            .arg("run")
-            .args(args)
+        Agent::spawn(Command::new(bin).arg("run").args(args))
+    }
+
+    /// Starts `bin run ARGS` inside namespace `ns` (its sockets there too) and waits until
+    /// it says it is ready.
+    pub fn start_in(ns: &str, bin: &str, args: &[&str]) -> Agent {
+        Agent::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", ns, bin, "run"])
+                .args(args),
+        )
+    }
+
+    fn spawn(cmd: &mut Command) -> Agent {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

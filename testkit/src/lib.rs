@@ -17,6 +17,7 @@ pub mod bpfobj;
 pub mod browser;
 pub mod capture;
 pub mod collector;
+pub mod daemon;
 pub mod delay;
 pub mod foreign;
 pub mod mosquitto;
