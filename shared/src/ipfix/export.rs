@@ -363,4 +363,53 @@ mod tests {
         );
         assert_eq!(e.lost_records(), 0);
     }
+    /// Reads one IPFIX message from a stream (the header's length frames it).
+    fn read_msg(s: &mut TcpStream) -> Vec<u8> {
+        use std::io::Read;
+        let mut m = std::vec![0u8; 4];
+        s.read_exact(&mut m).unwrap();
+        let len = u16::from_be_bytes([m[2], m[3]]) as usize;
+        m.resize(len, 0);
+        s.read_exact(&mut m[4..]).unwrap();
+        m
+    }
+
+    #[test]
+    fn tcp_sends_templates_once_per_connection_and_counts_what_it_cannot_send() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut e = Exporter::new(Settings::new(url.parse().unwrap())).unwrap();
+        let flows = super::super::tests::sample_flows();
+        e.export(7, 1, &flows).unwrap();
+        let (mut c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(data_records(&read_msg(&mut c)), 0, "templates first");
+        assert_eq!(data_records(&read_msg(&mut c)), 3);
+        e.export(7, 1, &flows).unwrap();
+        assert_eq!(data_records(&read_msg(&mut c)), 3, "no templates again");
+        // The collector goes away: a send fails (at the latest a few later), its records
+        // are counted lost, and the next connection starts with templates again.
+        drop(c);
+        drop(l);
+        let mut failed = false;
+        for _ in 0..50 {
+            if e.export(7, 1, &flows).is_err() {
+                failed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(failed && e.lost_records() >= 3);
+        let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        e.export(7, 1, &flows).unwrap();
+        let (mut c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(
+            data_records(&read_msg(&mut c)),
+            0,
+            "templates on the new connection"
+        );
+        assert_eq!(data_records(&read_msg(&mut c)), 3);
+    }
 }
