@@ -56,9 +56,7 @@ fn payload(seq: u64) -> Vec<u8> {
     }))
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use hex::encode as hex;
 
 fn decode(args: &[&str], stdin: &[u8]) -> Output {
     let mut c = Command::new(BIN)

@@ -354,9 +354,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn hex(f: &[u8]) -> String {
-    f.iter().map(|b| format!("{b:02x}")).collect()
-}
+use hex::encode as hex;
 
 #[test]
 fn generated_and_mutated_frames_pass_and_add_up() {

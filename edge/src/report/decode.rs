@@ -80,13 +80,10 @@ pub fn decode_payload(bytes: &[u8], topic: Option<String>) -> Result<Decoded, Li
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>, LineError> {
-    if !s.len().is_multiple_of(2) {
-        return Err(LineError::Hex("odd number of digits"));
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| LineError::Hex("bad digit")))
-        .collect()
+    hex::decode(s).map_err(|e| match e {
+        hex::FromHexError::OddLength => LineError::Hex("odd number of digits"),
+        _ => LineError::Hex("bad digit"),
+    })
 }
 
 /// True when `input` is lines of hex (optionally each after a topic), not one raw payload.
@@ -180,9 +177,7 @@ mod tests {
         }))
     }
 
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
+    use hex::encode as hex;
 
     #[test]
     fn raw_payload_becomes_watch_shaped_json() {
