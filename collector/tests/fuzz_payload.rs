@@ -354,7 +354,7 @@ fn hostile_payloads_are_refused_by_reason_in_bounded_memory() {
             Err(e) => e.reason(),
         });
         let verdict = verdict.unwrap_or_else(|_| {
-            let hex = hex::encode(payload);
+            let hex = hex::encode(&payload);
             panic!("seed {seed:#x}, input {i}: panicked on topic {topic:?} payload {hex}")
         });
         let extra = PEAK.load(Relaxed) - before;

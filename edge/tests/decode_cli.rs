@@ -56,7 +56,9 @@ fn payload(seq: u64) -> Vec<u8> {
     }))
 }
 
-use hex::encode as hex;
+fn hex(b: &[u8]) -> String {
+    hex::encode(b)
+}
 
 fn decode(args: &[&str], stdin: &[u8]) -> Output {
     let mut c = Command::new(BIN)

@@ -354,7 +354,9 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-use hex::encode as hex;
+fn hex(b: &[u8]) -> String {
+    hex::encode(b)
+}
 
 #[test]
 fn generated_and_mutated_frames_pass_and_add_up() {

@@ -37,6 +37,8 @@ const BROKER: u16 = 1883;
 /// (proto, src, dst, src port, dst port, outer VLAN); ICMP ports are 0 (collectors differ in
 /// where they put type and code).
 type Key = (u8, IpAddr, IpAddr, u16, u16, u16);
+/// VLAN tags outermost first as (TPID, id), client port, server port.
+type Tagged = (&'static [(u16, u16)], u16, u16);
 /// Packets and bytes forward, then reverse.
 type Counts = [u64; 4];
 
@@ -413,7 +415,7 @@ fn nfdump_pmacct_and_tshark_read_what_watch_counted() {
             ],
         );
     }
-    let tagged: [(&[(u16, u16)], u16, u16); 2] = [
+    let tagged: [Tagged; 2] = [
         (&[(TPID_8021Q, 100)], 40_000, 5_000),
         (&[(TPID_8021AD, 200), (TPID_8021Q, 300)], 40_001, 5_001),
     ];

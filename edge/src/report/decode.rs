@@ -177,7 +177,9 @@ mod tests {
         }))
     }
 
-    use hex::encode as hex;
+    fn hex(b: &[u8]) -> String {
+        hex::encode(b)
+    }
 
     #[test]
     fn raw_payload_becomes_watch_shaped_json() {
