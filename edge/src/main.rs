@@ -78,6 +78,10 @@ struct RunCmd {
     /// collector); without a broker in the file or flags, IPFIX only
     #[argh(option)]
     ipfix: Option<String>,
+    /// IPFIX: two uniflow records per flow instead of one RFC 5103 biflow (the file's
+    /// [ipfix] biflow = false), for collectors without biflow support (pmacct)
+    #[argh(switch)]
+    ipfix_uniflow: bool,
     /// keep the spool in this file (survives a restart)
     #[argh(option)]
     spool_file: Option<PathBuf>,
@@ -145,6 +149,9 @@ impl RunCmd {
         }
         if let Some(c) = self.ipfix {
             f.ipfix.get_or_insert_default().collector = Some(c);
+        }
+        if self.ipfix_uniflow {
+            f.ipfix.get_or_insert_default().biflow = Some(false);
         }
         if self.no_rtt {
             f.rtt = Some(false);

@@ -310,6 +310,25 @@ fn require_tls_refuses_a_plaintext_broker() {
     let _ = std::fs::remove_file(&cfg);
 }
 
+/// IPFIX flags: a bad collector URL, or `--ipfix-uniflow` without a collector, is a usage
+/// error before anything attaches.
+#[test]
+fn ipfix_flags_are_checked() {
+    let net = TestNet::new();
+    for (args, needle) in [
+        (
+            &["--ipfix", "http://127.0.0.1"][..],
+            "scheme must be udp or tcp",
+        ),
+        (&["--ipfix", "udp://127.0.0.1:0"][..], "port 0"),
+        (&["--ipfix-uniflow"][..], "ipfix: no collector"),
+    ] {
+        let mut all = vec!["run", "--iface", &net.veth_b];
+        all.extend_from_slice(args);
+        assert_usage_error(&run_in(&net.ns_b, None, &all), needle);
+    }
+}
+
 /// `setpriv` arguments that leave only `caps` (e.g. "+bpf,+net_admin") to a non-root user:
 /// no root uid to fall back on, the rest of the bounding set gone.
 fn only_caps(caps: &str) -> Vec<String> {
