@@ -313,6 +313,7 @@ impl Message {
         m.u32(export_secs);
         m.u32(e.seq);
         m.u32(e.domain);
+        debug_assert_eq!(m.buf.len(), HEADER);
         m
     }
 

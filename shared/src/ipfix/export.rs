@@ -363,6 +363,41 @@ mod tests {
         );
         assert_eq!(e.lost_records(), 0);
     }
+    #[test]
+    fn udp_resends_templates_when_the_refresh_is_due() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let url = format!("udp://127.0.0.1:{}", rx.local_addr().unwrap().port());
+        let mut s = Settings::new(url.parse().unwrap());
+        s.template_refresh = Duration::from_millis(50);
+        let mut e = Exporter::new(s).unwrap();
+        let flows = super::super::tests::sample_flows();
+        let mut b = [0u8; 2048];
+        let mut kinds = Vec::new();
+        for pause in [0, 0, 80] {
+            std::thread::sleep(Duration::from_millis(pause));
+            e.export(7, 1, &flows).unwrap();
+            e.export(9, 4, &flows[..1]).unwrap();
+        }
+        while let Ok(n) = rx.recv(&mut b) {
+            let domain = u32::from_be_bytes(b[12..16].try_into().unwrap());
+            kinds.push((domain, data_records(&b[..n])));
+            if kinds.len() == 10 {
+                break;
+            }
+        }
+        // Per domain: templates, data; data only; templates again after the pause, data.
+        let of = |d: u32| {
+            kinds
+                .iter()
+                .filter(|k| k.0 == d)
+                .map(|k| k.1)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of(7), [0, 3, 3, 0, 3]);
+        assert_eq!(of(9), [0, 1, 1, 0, 1]);
+    }
+
     /// Reads one IPFIX message from a stream (the header's length frames it).
     fn read_msg(s: &mut TcpStream) -> Vec<u8> {
         use std::io::Read;
