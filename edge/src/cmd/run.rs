@@ -8,13 +8,14 @@ use crate::{
     cmd::config::Config,
     link::{
         mqtt::{self, LinkEvent, Publisher},
-        spool::Spool,
+        spool::{OpenError, Spool},
     },
     probe::{self, Session},
     report::{
         health::HealthMeter,
         summary::{self, Identity},
     },
+    UsageError,
 };
 use anyhow::Context;
 use smol::{future::FutureExt, Async, Timer};
@@ -44,8 +45,16 @@ pub fn open_spool(cfg: &Config) -> anyhow::Result<Spool> {
     match &cfg.spool_file {
         None => Ok(Spool::memory(cfg.spool_max_bytes)),
         Some(p) => {
-            let (s, rec) = Spool::open(p, cfg.spool_max_bytes)
-                .with_context(|| format!("spool file {}", p.display()))?;
+            let (s, rec) = match Spool::open(p, cfg.spool_max_bytes) {
+                Ok(r) => r,
+                // Another agent has it: the operator's to sort out (exit 2).
+                Err(e @ OpenError::Locked { .. }) => {
+                    return Err(UsageError::Invalid(e.to_string()).into())
+                }
+                Err(OpenError::Io(e)) => {
+                    return Err(e).with_context(|| format!("spool file {}", p.display()))
+                }
+            };
             if rec.records > 0 {
                 eprintln!(
                     "edgeflow: spool {}: {} summaries from the last run to send",
@@ -96,6 +105,7 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
 
     // Detached when dropped: on return, also with an error.
     let mut session = checked.start()?;
+    session.set_reattach(cfg.reattach);
     let publisher = Publisher::start(cfg, mqtt_opts, spool).context("spawning the MQTT thread")?;
     eprintln!(
         "edgeflow: ready: device {} site {} boot {:016x}, a window every {:?} to {}:{} ({})",
@@ -156,8 +166,8 @@ async fn agent_loop(
             Wake::Signal => true,
         };
         let w = session.next_window()?;
-        let (depth, dropped) = publisher.spool_stats();
-        let health = meter.window(&w, depth as u32, dropped);
+        let spool = publisher.spool_stats();
+        let health = meter.window(&w, spool.depth as u32, spool.dropped);
         let s = summary::summarize(ident, seq, &w, health, cfg.top_k as usize);
         drop(w);
         let parts = summary::encode_parts(s, cfg.max_message_bytes)?;
@@ -214,7 +224,8 @@ fn release_free_memory() {
 /// Waits until the spool is empty, the link is down, or `grace` has passed.
 async fn flush(publisher: &Publisher, grace: Duration) {
     let deadline = Instant::now() + grace;
-    while publisher.spool_stats().0 > 0 && publisher.is_connected() && Instant::now() < deadline {
+    while publisher.spool_stats().depth > 0 && publisher.is_connected() && Instant::now() < deadline
+    {
         let _ = async {
             let _ = publisher.events.recv().await;
         }
