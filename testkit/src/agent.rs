@@ -21,9 +21,15 @@ pub struct Exit {
 impl Agent {
     /// Starts `bin run ARGS` here (the root namespace) and waits until it says it is ready.
     pub fn start(bin: &str, args: &[&str]) -> Agent {
-        let mut child = Command::new(bin)
-            .arg("run")
-            .args(args)
+        let mut cmd = Command::new(bin);
+        cmd.arg("run").args(args);
+        Agent::start_command(cmd)
+    }
+
+    /// Starts `cmd` (an `edgeflow run` command line, perhaps behind a wrapper that `exec`s
+    /// it: `unshare`, `setpriv`) and waits until it says it is ready.
+    pub fn start_command(mut cmd: Command) -> Agent {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
