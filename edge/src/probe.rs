@@ -150,6 +150,27 @@ impl Session {
         self.reattach = how;
     }
 
+    /// Gives up the capabilities the session no longer needs, on this thread and on the one
+    /// in `--netns` (capabilities are per thread; threads started later inherit these):
+    /// CAP_NET_ADMIN is kept when re-attaching is on or when stopping must delete clsact
+    /// filters or a netlink XDP program (kernels without TCX/XDP links), everything else goes.
+    /// Returns what was kept.
+    pub fn drop_privileges(&self) -> anyhow::Result<u64> {
+        let legacy = !(self.hooks.tcx && self.hooks.xdp_link);
+        let keep = if self.reattach.on || legacy {
+            1u64 << caps::CAP_NET_ADMIN
+        } else {
+            0
+        };
+        // Only what this process has can be kept.
+        let keep = keep & caps::effective().unwrap_or(0);
+        if let Some(ns) = &self.hooked.netns {
+            netdev::in_netns(Some(ns), || caps::drop_to(keep))??;
+        }
+        caps::drop_to(keep)?;
+        Ok(keep)
+    }
+
     /// Re-attachments to interfaces made again under a watched name, since start.
     pub fn reattached(&self) -> u64 {
         self.ifaces.reattached()

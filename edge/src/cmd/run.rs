@@ -10,7 +10,7 @@ use crate::{
         mqtt::{self, LinkEvent, Publisher},
         spool::{OpenError, Spool},
     },
-    probe::{self, Session},
+    probe::{self, caps, Session},
     report::{
         health::HealthMeter,
         summary::{self, Identity},
@@ -101,11 +101,22 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::low_level::pipe::register(sig, sig_tx.try_clone()?)?;
     }
-    let sig_rx = Async::new(sig_rx)?;
 
     // Detached when dropped: on return, also with an error.
     let mut session = checked.start()?;
     session.set_reattach(cfg.reattach);
+    // Before any other thread starts (the reactor's, the MQTT one): they inherit these sets.
+    let kept = session
+        .drop_privileges()
+        .context("giving up capabilities after attaching")?;
+    eprintln!(
+        "edgeflow: attached; capabilities kept: {}",
+        match caps::names(kept) {
+            n if n.is_empty() => "none".to_string(),
+            n => format!("{} (attaching again, detaching)", n.join(", ")),
+        }
+    );
+    let sig_rx = start_reactor(sig_rx)?;
     let publisher = Publisher::start(cfg, mqtt_opts, spool).context("spawning the MQTT thread")?;
     eprintln!(
         "edgeflow: ready: device {} site {} boot {:016x}, a window every {:?} to {}:{} ({})",
@@ -207,6 +218,28 @@ async fn agent_loop(
     match none_left {
         Some(e) => Err(e.into()),
         None => Ok(()),
+    }
+}
+
+/// Registers the signal socket with smol's reactor, which starts the reactor's thread on
+/// first use: started after the capabilities were given up, so it inherits the reduced sets.
+/// async-io panics when it cannot start that thread (out of tasks); that is a runtime failure
+/// here (exit 1, programs detached), not a panic.
+fn start_reactor(sig_rx: UnixStream) -> anyhow::Result<Async<UnixStream>> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(move || Async::new(sig_rx));
+    std::panic::set_hook(hook);
+    match r {
+        Ok(a) => Ok(a?),
+        Err(p) => {
+            let why = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            anyhow::bail!("starting the event reactor: {why}")
+        }
     }
 }
 
