@@ -177,6 +177,14 @@ async fn agent_loop(
             Wake::Signal => true,
         };
         let w = session.next_window()?;
+        if w.clock_step_ms != 0 {
+            log::warn!(
+                "the wall clock was stepped by {:+} ms during window {seq}; its length is \
+                 measured on CLOCK_BOOTTIME and stays {} ms",
+                w.clock_step_ms,
+                w.window_end_ms - w.window_start_ms
+            );
+        }
         let spool = publisher.spool_stats();
         let health = meter.window(&w, spool.depth as u32, spool.dropped);
         let s = summary::summarize(ident, seq, &w, health, cfg.top_k as usize);

@@ -70,7 +70,11 @@ pub fn summarize(id: &Identity, seq: u64, w: &Window, health: Health, top_k: usi
         part: 0,
         parts: 1,
         window_start_ms: w.window_start_ms,
-        window_len_ms: w.window_end_ms.saturating_sub(w.window_start_ms) as u32,
+        // Saturated, never wrapped (u32 ms is 49 days).
+        window_len_ms: w
+            .window_end_ms
+            .saturating_sub(w.window_start_ms)
+            .min(u32::MAX as u64) as u32,
         sample_every: id.sample_every,
         totals: w.totals,
         overflow: w.overflow,
