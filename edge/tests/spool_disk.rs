@@ -290,6 +290,52 @@ fn a_read_only_or_full_disk_does_not_stop_the_agent_and_loses_nothing() {
     assert!(all.iter().all(|s| s.health.spool_dropped == 0));
 }
 
+/// A spool file on a disk that is read-only from the start (a tmpfs mounted so, no lock
+/// file there to open): the agent says so and runs on memory, instead of failing at every
+/// restart.
+#[test]
+fn a_spool_on_a_read_only_disk_at_start_runs_on_memory() {
+    let net = quiet_net();
+    let dir = std::env::temp_dir().join(testkit::unique("efrodisk"));
+    let _scratch = Scratch(vec![dir.clone()]);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let spool = format!("{d}/spool");
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o ro,size=64k tmpfs "$1" && shift && exec "$@""#)
+        .args([
+            "sh",
+            d,
+            BIN,
+            "run",
+            "--iface",
+            &net.veth_b,
+            "--netns",
+            &net.ns_b,
+        ])
+        .args([
+            "--broker",
+            "mqtt://127.0.0.1:9",
+            "--interval",
+            "0.2",
+            "--count",
+            "2",
+        ])
+        .args(["--spool-file", &spool])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "spool {spool}: cannot be opened (Read-only file system"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("edgeflow: detached"), "{err}");
+}
+
 /// Two agents on one spool file would acknowledge each other's records: the second is refused
 /// with exit 2, naming the file and the first one's pid; the first runs on.
 #[test]

@@ -8,7 +8,7 @@ use crate::{
     cmd::config::Config,
     link::{
         mqtt::{self, LinkEvent, Publisher},
-        spool::{OpenError, Spool},
+        spool::{self, OpenError, Spool},
     },
     probe::{self, caps, Session},
     report::{
@@ -50,6 +50,16 @@ pub fn open_spool(cfg: &Config) -> anyhow::Result<Spool> {
                 // Another agent has it: the operator's to sort out (exit 2).
                 Err(e @ OpenError::Locked { .. }) => {
                     return Err(UsageError::Invalid(e.to_string()).into())
+                }
+                // Its disk is failing: count on, in memory, rather than fail at every restart.
+                Err(OpenError::Io(e)) if spool::is_disk_error(&e) => {
+                    log::warn!(
+                        "spool {}: cannot be opened ({e}); keeping the spool in memory for \
+                         this run (up to {} bytes, not kept across a restart)",
+                        p.display(),
+                        cfg.spool_max_bytes
+                    );
+                    return Ok(Spool::unopened(cfg.spool_max_bytes));
                 }
                 Err(OpenError::Io(e)) => {
                     return Err(e).with_context(|| format!("spool file {}", p.display()))

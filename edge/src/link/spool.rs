@@ -126,6 +126,9 @@ pub struct Spool {
     file: Option<FileStore>,
     /// Spool file writes that failed, since it was made.
     write_errors: u64,
+    /// A spool file was configured but could not even be opened (its disk failing at start):
+    /// this spool is in memory for the whole run.
+    unopened: bool,
 }
 
 impl Spool {
@@ -139,6 +142,18 @@ impl Spool {
             dropped: 0,
             file: None,
             write_errors: 0,
+            unopened: false,
+        }
+    }
+
+    /// The spool for a run whose spool file could not be opened because its disk fails
+    /// (`open_error` tells): in memory, reported as [`Mode::Fallback`] for the whole run, so
+    /// the agent counts on instead of failing at every restart.
+    pub fn unopened(max_bytes: u64) -> Spool {
+        Spool {
+            unopened: true,
+            write_errors: 1,
+            ..Spool::memory(max_bytes)
         }
     }
 
@@ -320,6 +335,7 @@ impl Spool {
     /// Where the waiting summaries are now.
     pub fn mode(&self) -> Mode {
         match &self.file {
+            None if self.unopened => Mode::Fallback,
             None => Mode::Memory,
             Some(f) if f.file.is_some() => Mode::File,
             Some(_) => Mode::Fallback,
@@ -446,6 +462,15 @@ impl Spool {
             Err(e) => self.fall_back(e),
         }
     }
+}
+
+/// Whether `e` is the disk failing (full, read-only, I/O error), as opposed to a mistake in
+/// the configuration (no such directory, no permission, a symlink).
+pub fn is_disk_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC | libc::EROFS | libc::EIO | libc::EDQUOT)
+    )
 }
 
 /// One record's bytes: header and payload.
