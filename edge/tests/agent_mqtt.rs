@@ -998,3 +998,115 @@ fn an_interface_made_again_under_its_name_is_attached_to_and_counted_exactly() {
     }
     assert_eq!(sums.totals, sent, "{err}");
 }
+
+/// A shared object that, preloaded into one process, moves that process's CLOCK_REALTIME by
+/// the milliseconds written in the file named by `EF_WALL_OFFSET_FILE` (read at every call):
+/// what an NTP step or `date -s` does to the wall clock, for the agent alone and not for the
+/// machine the other tests share. CLOCK_MONOTONIC and CLOCK_BOOTTIME are left alone, as a step
+/// leaves them.
+const WALL_STEP_SHIM: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+int clock_gettime(clockid_t id, struct timespec *ts) {
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = dlsym(RTLD_NEXT, "clock_gettime");
+    int r = real(id, ts);
+    const char *path = getenv("EF_WALL_OFFSET_FILE");
+    if (r != 0 || (id != CLOCK_REALTIME && id != CLOCK_REALTIME_COARSE) || !path) return r;
+    char buf[32] = {0};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return r;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return r;
+    long long ns = ts->tv_sec * 1000000000LL + ts->tv_nsec + atoll(buf) * 1000000LL;
+    ts->tv_sec = ns / 1000000000LL;
+    ts->tv_nsec = ns % 1000000000LL;
+    return r;
+}
+"#;
+
+/// The agent's wall clock stepped an hour forward, then 30 s behind where it started, while
+/// it runs (`WALL_STEP_SHIM`): every window is still as long as the interval (CLOCK_BOOTTIME),
+/// the two steps are reported in the windows they happened in and counted, and the counts
+/// stay exact.
+#[test]
+fn wall_clock_steps_do_not_change_window_lengths_and_are_reported() {
+    let net = quiet_net();
+    let dir = std::env::temp_dir().join(testkit::unique("efclock"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, so, offset) = (dir.join("shim.c"), dir.join("shim.so"), dir.join("offset"));
+    std::fs::write(&src, WALL_STEP_SHIM).unwrap();
+    let cc = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .args([&so, &src])
+        .arg("-ldl")
+        .output()
+        .expect("cc (Debian's gcc)");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    std::fs::write(&offset, "0").unwrap();
+    let broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, FLOWS);
+    let url = broker.url();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("run")
+        .args(agent_args_every(&net, &url, "0.5", &[]))
+        .env("LD_PRELOAD", &so)
+        .env("EF_WALL_OFFSET_FILE", &offset);
+    let agent = Agent::start_command(cmd);
+    let mut flows = Flows::new(&net, 2);
+    let mut run = |ms: u64| {
+        let end = Instant::now() + Duration::from_millis(ms);
+        let mut i = 0;
+        while Instant::now() < end {
+            flows.send(i % 2, 100 + i % 50);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    };
+    run(1600);
+    std::fs::write(&offset, "3600000").unwrap();
+    run(1600);
+    std::fs::write(&offset, "-30000").unwrap();
+    run(1600);
+    let exit = agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(exit.status.success(), "{}", exit.stderr);
+    sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
+    let all = summaries(&sub);
+    assert_complete_and_ordered(&all);
+    assert!(all.len() >= 8, "{} windows\n{}", all.len(), exit.stderr);
+    // The last window is cut short by the stop; every other one is an interval long.
+    let last = all.iter().map(|s| s.seq).max().unwrap();
+    for s in all.iter().filter(|s| s.seq != last) {
+        assert!(
+            (450..=650).contains(&s.window_len_ms),
+            "window {}: {} ms\n{}",
+            s.seq,
+            s.window_len_ms,
+            exit.stderr
+        );
+    }
+    let sums = add_up(&all);
+    assert_eq!(sums.totals, flows.total(), "{}", exit.stderr);
+    let steps: Vec<&str> = exit
+        .stderr
+        .lines()
+        .filter(|l| l.contains("the wall clock was stepped by"))
+        .collect();
+    assert_eq!(steps.len(), 2, "{}", exit.stderr);
+    let by = |l: &str| -> i64 {
+        let n = l.split("stepped by ").nth(1).unwrap();
+        n.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert!((by(steps[0]) - 3_600_000).abs() < 100, "{}", steps[0]);
+    assert!((by(steps[1]) + 3_630_000).abs() < 100, "{}", steps[1]);
+}
