@@ -997,6 +997,13 @@ fn an_interface_made_again_under_its_name_is_attached_to_and_counted_exactly() {
         assert_eq!(sums.per_flow.get(k), Some(want), "flow {k:?}");
     }
     assert_eq!(sums.totals, sent, "{err}");
+    // And in the health: 0 at first, 3 once the last re-attachment is past.
+    let re: Vec<u32> = all.iter().map(|s| s.health.reattached).collect();
+    assert_eq!(
+        (re.first(), re.iter().max()),
+        (Some(&0), Some(&3)),
+        "{re:?}"
+    );
 }
 
 /// A shared object that, preloaded into one process, moves that process's CLOCK_REALTIME by
@@ -1109,4 +1116,13 @@ fn wall_clock_steps_do_not_change_window_lengths_and_are_reported() {
     };
     assert!((by(steps[0]) - 3_600_000).abs() < 100, "{}", steps[0]);
     assert!((by(steps[1]) + 3_630_000).abs() < 100, "{}", steps[1]);
+    // The health carries the same two steps, each in its window, and counts them.
+    let stepped: Vec<i64> = all
+        .iter()
+        .map(|s| s.health.clock_step_ms)
+        .filter(|ms| *ms != 0)
+        .collect();
+    assert_eq!(stepped, [by(steps[0]), by(steps[1])], "{}", exit.stderr);
+    let counted = all.iter().map(|s| s.health.clock_steps).max();
+    assert_eq!(counted, Some(2));
 }

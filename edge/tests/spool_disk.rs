@@ -288,6 +288,17 @@ fn a_read_only_or_full_disk_does_not_stop_the_agent_and_loses_nothing() {
     }
     assert_eq!(totals, flows.sent, "{err}");
     assert!(all.iter().all(|s| s.health.spool_dropped == 0));
+    // The health said so: some windows were made on the fallback, with the failed writes
+    // counted (two failures at least: one per disk), and the last ones back on the file.
+    let mut parts0: Vec<&Summary> = all.iter().filter(|s| s.part == 0).collect();
+    parts0.sort_by_key(|s| s.seq);
+    assert!(parts0.iter().any(|s| s.health.spool_fallback), "{err}");
+    assert!(!parts0.last().unwrap().health.spool_fallback, "{err}");
+    let errors = parts0.last().unwrap().health.spool_write_errors;
+    assert!(errors >= 2, "{errors} failed writes\n{err}");
+    assert!(parts0
+        .windows(2)
+        .all(|w| w[1].health.spool_write_errors >= w[0].health.spool_write_errors));
 }
 
 /// A spool file on a disk that is read-only from the start (a tmpfs mounted so, no lock

@@ -153,6 +153,18 @@ pub struct Health {
     /// Pending DNS queries pushed out of their flow's bounded set by newer queries in the
     /// window (each also counts as `unanswered` in its flow): the bound was hit.
     pub dns_evicted: u64,
+    /// The spool file cannot be written (full, read-only or failing disk) and the summaries
+    /// wait in memory until it can; false on the file and with no spool file configured.
+    pub spool_fallback: bool,
+    /// Spool file writes that failed since the agent started.
+    pub spool_write_errors: u32,
+    /// How far the agent's wall clock was stepped during the window, in ms (negative: set
+    /// back), 0 if it was not. The window's length is measured without it (CLOCK_BOOTTIME).
+    pub clock_step_ms: i64,
+    /// Wall-clock steps since the agent started.
+    pub clock_steps: u32,
+    /// Re-attachments to interfaces made again under a watched name, since the agent started.
+    pub reattached: u32,
 }
 
 /// One conversation's deltas in the window, oriented initiator → responder: a [`Flow`] as a

@@ -12,7 +12,7 @@ use crate::{
     },
     probe::{self, caps, Session},
     report::{
-        health::HealthMeter,
+        health::{AgentState, HealthMeter},
         summary::{self, Identity},
     },
     UsageError,
@@ -195,8 +195,13 @@ async fn agent_loop(
                 w.window_end_ms - w.window_start_ms
             );
         }
-        let spool = publisher.spool_stats();
-        let health = meter.window(&w, spool.depth as u32, spool.dropped);
+        let health = meter.window(
+            &w,
+            AgentState {
+                spool: publisher.spool_stats(),
+                reattached: session.reattached(),
+            },
+        );
         let s = summary::summarize(ident, seq, &w, health, cfg.top_k as usize);
         drop(w);
         let parts = summary::encode_parts(s, cfg.max_message_bytes)?;

@@ -53,9 +53,10 @@ const CHUNK: usize = 64 * 1024;
 pub type Id = u64;
 
 /// Where the waiting summaries are kept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
     /// In memory, as configured (no spool file).
+    #[default]
     Memory,
     /// In the spool file.
     File,

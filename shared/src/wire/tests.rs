@@ -157,6 +157,11 @@ fn golden_v3() -> Message {
     s.dns = true;
     s.health.dns_malformed = 4;
     s.health.dns_evicted = 1;
+    s.health.spool_fallback = true;
+    s.health.spool_write_errors = 3;
+    s.health.clock_step_ms = -30_000;
+    s.health.clock_steps = 2;
+    s.health.reattached = 5;
     s.dns_hist =
         heapless::Vec::from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1]).unwrap();
     s.flows.push(FlowRecord {
@@ -298,9 +303,10 @@ fn version_1_reads_as_the_current_summary_without_tcp() {
     let (n1, n2) = (encoded_len(&golden()), encoded_len(&Message::V2(cur)));
     assert_eq!(n2, n1 + s.flows.len() + 1);
     // V3 adds one byte per flow (no DNS block), the empty histogram, the flag and the two
-    // health counters.
+    // health counters; and a byte each for the five agent health fields at their zero (spool
+    // fallback, spool write errors, clock step, clock steps, re-attachments).
     let n3 = encoded_len(&Message::from(s.clone()));
-    assert_eq!(n3, n2 + s.flows.len() + 4);
+    assert_eq!(n3, n2 + s.flows.len() + 4 + 5);
 }
 
 #[test]
