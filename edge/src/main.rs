@@ -103,6 +103,12 @@ struct RunCmd {
     /// do not count TCP retransmissions, resets and connection outcomes
     #[argh(switch)]
     no_tcp_health: bool,
+    /// do not attach again to an interface made under a watched name after it was deleted
+    #[argh(switch)]
+    no_reattach: bool,
+    /// seconds to wait for a deleted interface to come back when none is left (default 60)
+    #[argh(option)]
+    gone_wait: Option<f64>,
 }
 
 /// Print summary payloads as JSON: one raw payload, or hex lines as
@@ -143,6 +149,7 @@ impl RunCmd {
             spool_bytes => spool.max_bytes,
             max_message => max_message_bytes,
             rtt_interval => rtt_interval_ms,
+            gone_wait => gone_wait_secs,
         );
         if let Some(b) = self.broker {
             f.mqtt.get_or_insert_default().url = Some(b);
@@ -152,6 +159,9 @@ impl RunCmd {
         }
         if self.ipfix_uniflow {
             f.ipfix.get_or_insert_default().biflow = Some(false);
+        }
+        if self.no_reattach {
+            f.reattach = Some(false);
         }
         if self.no_rtt {
             f.rtt = Some(false);

@@ -30,7 +30,7 @@ use self::{
     attach::{AttachMode, Attachment},
     bpf::{LoadOptions, Loaded, RttOptions},
     drain::{Drainer, Expiry},
-    ifstate::{IfaceStates, NoneLeft},
+    ifstate::{IfaceStates, NoneLeft, Reattach},
     kernel::Kernel,
     maps::Maps,
     table::TableError,
@@ -94,6 +94,7 @@ impl Checked<'_> {
         };
         // Before attaching: the baseline is then the empty table and zeroed counters.
         let drainer = Drainer::new(maps, opts.expiry, opts.tcp_health)?;
+        let hooks = attach::Hooks::new(self.kernel.tcx, self.kernel.xdp_link);
         // From here on a failure drops `hooked`, which undoes what was attached.
         let ebpf = &mut hooked.loaded.as_mut().expect("just loaded").ebpf;
         attach::attach_all(
@@ -101,7 +102,7 @@ impl Checked<'_> {
             &opts.ifaces,
             opts.netns.as_deref(),
             opts.attach,
-            attach::Hooks::new(self.kernel.tcx, self.kernel.xdp_link),
+            hooks,
             &mut hooked.list,
         )?;
         let ifaces = IfaceStates::new(&hooked.list, opts.netns.as_deref());
@@ -109,6 +110,9 @@ impl Checked<'_> {
             hooked,
             drainer,
             ifaces,
+            mode: opts.attach,
+            hooks,
+            reattach: Reattach::default(),
         })
     }
 }
@@ -118,6 +122,9 @@ pub struct Session {
     hooked: Hooked,
     drainer: Drainer,
     ifaces: IfaceStates,
+    mode: AttachMode,
+    hooks: attach::Hooks,
+    reattach: Reattach,
 }
 
 impl Session {
@@ -137,9 +144,60 @@ impl Session {
         self.hooked.loaded_mut().flush_log();
     }
 
-    /// Looks at the attached interfaces again (down, up, deleted); fails when none is left.
+    /// What to do when a watched interface is deleted (default: attach again when one of
+    /// its name appears; stop at once when none is left).
+    pub fn set_reattach(&mut self, how: Reattach) {
+        self.reattach = how;
+    }
+
+    /// Gives up the capabilities the session no longer needs, on this thread and on the one
+    /// in `--netns` (capabilities are per thread; threads started later inherit these):
+    /// CAP_NET_ADMIN is kept when re-attaching is on or when stopping must delete clsact
+    /// filters or a netlink XDP program (kernels without TCX/XDP links), everything else goes.
+    /// Returns what was kept.
+    pub fn drop_privileges(&self) -> anyhow::Result<u64> {
+        let legacy = !(self.hooks.tcx && self.hooks.xdp_link);
+        let keep = if self.reattach.on || legacy {
+            1u64 << caps::CAP_NET_ADMIN
+        } else {
+            0
+        };
+        // Only what this process has can be kept.
+        let keep = keep & caps::effective().unwrap_or(0);
+        if let Some(ns) = &self.hooked.netns {
+            netdev::in_netns(Some(ns), || caps::drop_to(keep))??;
+        }
+        caps::drop_to(keep)?;
+        Ok(keep)
+    }
+
+    /// Re-attachments to interfaces made again under a watched name, since start.
+    pub fn reattached(&self) -> u64 {
+        self.ifaces.reattached()
+    }
+
+    /// Looks at the attached interfaces again (down, up, deleted, made again: attached to);
+    /// fails when none has been left for longer than the wait.
     pub fn check_ifaces(&mut self) -> Result<(), NoneLeft> {
-        self.ifaces.check()
+        let hooked = &mut self.hooked;
+        let (mode, hooks) = (self.mode, self.hooks);
+        self.ifaces.check(self.reattach, |name, old| {
+            // The deleted interface's links went with it; what is left to undo is the new one.
+            hooked
+                .list
+                .retain(|a| !(a.iface == name && a.ifindex == old));
+            let netns = hooked.netns.clone();
+            let ebpf = &mut hooked.loaded.as_mut().expect("loaded until dropped").ebpf;
+            attach::attach_all(
+                ebpf,
+                &[name.to_string()],
+                netns.as_deref(),
+                mode,
+                hooks,
+                &mut hooked.list,
+            )?;
+            Ok(hooked.list.last().expect("attached").ifindex)
+        })
     }
 
     /// Each program by its hook, with what the kernel knows of it: its runs and their run

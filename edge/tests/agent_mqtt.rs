@@ -5,7 +5,7 @@
 use shared::wire::{self, Count, Summary};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::{SocketAddr, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -38,14 +38,19 @@ struct Flows {
 
 impl Flows {
     fn new(net: &TestNet, n: usize) -> Flows {
+        Flows::between(net, n, A4, B4)
+    }
+
+    /// `n` flows from `a` (in ns_a) to `b` (in ns_b).
+    fn between(net: &TestNet, n: usize, a: Ipv4Addr, b: Ipv4Addr) -> Flows {
         let rx: Vec<UdpSocket> = net.in_ns(&net.ns_b, || {
             (0..n)
-                .map(|_| UdpSocket::bind(SocketAddr::new(B4.into(), 0)).unwrap())
+                .map(|_| UdpSocket::bind(SocketAddr::new(b.into(), 0)).unwrap())
                 .collect()
         });
         let tx: Vec<UdpSocket> = net.in_ns(&net.ns_a, || {
             (0..n)
-                .map(|_| UdpSocket::bind(SocketAddr::new(A4.into(), 0)).unwrap())
+                .map(|_| UdpSocket::bind(SocketAddr::new(a.into(), 0)).unwrap())
                 .collect()
         });
         Flows {
@@ -786,6 +791,9 @@ fn run_stops_with_an_error_when_its_interface_is_deleted() {
             "lab",
             "--interval",
             "1",
+            // Stop at once when the last interface is gone (no waiting for it to come back).
+            "--gone-wait",
+            "0",
         ],
     );
     std::thread::sleep(Duration::from_millis(1500));
@@ -858,4 +866,263 @@ fn run_counts_across_its_interface_going_down_and_up() {
     let sums = add_up(&all);
     assert_eq!(sums.accounted, sums.totals);
     assert_eq!(sums.totals, flows.total(), "{}", exit.stderr);
+}
+
+/// A veth pair between the test's namespaces under fixed names, 10.198.0.1 (ns_a, `peer`) to
+/// 10.198.0.2 (ns_b, `name`): up, static neighbours, no IPv6 (nothing but our traffic).
+fn flap_pair(net: &TestNet, name: &str, peer: &str) {
+    let sh = |args: &[&str]| {
+        let o = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    sh(&[
+        "ip", "link", "add", name, "netns", &net.ns_b, "type", "veth", "peer", "name", peer,
+        "netns", &net.ns_a,
+    ]);
+    let mac = |ns: &str, dev: &str| {
+        let o = net.exec(ns, &["cat", &format!("/sys/class/net/{dev}/address")]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let (ma, mb) = (mac(&net.ns_a, peer), mac(&net.ns_b, name));
+    for (ns, dev, me, other, m) in [
+        (&net.ns_a, peer, "10.198.0.1", "10.198.0.2", &mb),
+        (&net.ns_b, name, "10.198.0.2", "10.198.0.1", &ma),
+    ] {
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{me}/24"),
+            "dev",
+            dev,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "neigh",
+            "replace",
+            other,
+            "lladdr",
+            m,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+        sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+    }
+}
+
+/// An interface deleted and made again under its name (a modem's `ppp0`, a VPN's `wg0`),
+/// three times while the agent runs and traffic flows on another interface: each time the
+/// agent attaches to the new one within a window, says so and counts the re-attachment; every
+/// packet sent while attached is in the summaries, on both interfaces, exactly.
+#[test]
+fn an_interface_made_again_under_its_name_is_attached_to_and_counted_exactly() {
+    let net = quiet_net();
+    // New interfaces in the test namespaces start without IPv6 (no MLD or RS to count).
+    for ns in [&net.ns_a, &net.ns_b] {
+        let path = "/proc/sys/net/ipv6/conf/default/disable_ipv6";
+        net.in_ns(ns, || std::fs::write(path, "1")).unwrap();
+    }
+    let tag = std::process::id() % 100_000;
+    let (name, peer) = (format!("efre{tag}"), format!("efrp{tag}"));
+    flap_pair(&net, &name, &peer);
+    let broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, FLOWS);
+    let url = broker.url();
+    let agent = Agent::start(
+        BIN,
+        &agent_args_every(&net, &url, "0.5", &["--iface", &name, "--attach", "tc"]),
+    );
+    let steady = Flows::new(&net, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || traffic(steady, stop, Duration::from_secs(60)))
+    };
+    let (a, b) = (Ipv4Addr::new(10, 198, 0, 1), Ipv4Addr::new(10, 198, 0, 2));
+    let mut flapped = Vec::new();
+    for round in 0..4 {
+        if round > 0 {
+            flap_pair(&net, &name, &peer);
+            // Two windows: the agent looks at its interfaces once per window.
+            std::thread::sleep(Duration::from_millis(1300));
+        }
+        let mut f = Flows::between(&net, 2, a, b);
+        for i in 0..10 {
+            f.send(i % 2, 100 + 10 * round + i);
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        flapped.push(f);
+        // Counted before the interface (and its programs) go.
+        std::thread::sleep(Duration::from_millis(1200));
+        let o = net.exec(&net.ns_b, &["ip", "link", "del", &name]);
+        assert!(o.status.success());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let steady = sender.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let err = &exit.stderr;
+    assert_eq!(err.matches(&format!("{name} is back")).count(), 3, "{err}");
+    assert!(err.contains("(3 re-attachments since start)"), "{err}");
+    assert!(!err.contains("attaching failed"), "{err}");
+    sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
+
+    let all = summaries(&sub);
+    assert_complete_and_ordered(&all);
+    let sums = add_up(&all);
+    assert_eq!(sums.accounted, sums.totals);
+    let mut sent = steady.total();
+    for f in &flapped {
+        sent.add(&f.total());
+        for (k, want) in &f.sent {
+            assert_eq!(sums.per_flow.get(k), Some(want), "flow {k:?}\n{err}");
+        }
+    }
+    for (k, want) in &steady.sent {
+        assert_eq!(sums.per_flow.get(k), Some(want), "flow {k:?}");
+    }
+    assert_eq!(sums.totals, sent, "{err}");
+    // And in the health: 0 at first, 3 once the last re-attachment is past.
+    let re: Vec<u32> = all.iter().map(|s| s.health.reattached).collect();
+    assert_eq!(
+        (re.first(), re.iter().max()),
+        (Some(&0), Some(&3)),
+        "{re:?}"
+    );
+}
+
+/// A shared object that, preloaded into one process, moves that process's CLOCK_REALTIME by
+/// the milliseconds written in the file named by `EF_WALL_OFFSET_FILE` (read at every call):
+/// what an NTP step or `date -s` does to the wall clock, for the agent alone and not for the
+/// machine the other tests share. CLOCK_MONOTONIC and CLOCK_BOOTTIME are left alone, as a step
+/// leaves them.
+const WALL_STEP_SHIM: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+int clock_gettime(clockid_t id, struct timespec *ts) {
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = dlsym(RTLD_NEXT, "clock_gettime");
+    int r = real(id, ts);
+    const char *path = getenv("EF_WALL_OFFSET_FILE");
+    if (r != 0 || (id != CLOCK_REALTIME && id != CLOCK_REALTIME_COARSE) || !path) return r;
+    char buf[32] = {0};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return r;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return r;
+    long long ns = ts->tv_sec * 1000000000LL + ts->tv_nsec + atoll(buf) * 1000000LL;
+    ts->tv_sec = ns / 1000000000LL;
+    ts->tv_nsec = ns % 1000000000LL;
+    return r;
+}
+"#;
+
+/// The agent's wall clock stepped an hour forward, then 30 s behind where it started, while
+/// it runs (`WALL_STEP_SHIM`): every window is still as long as the interval (CLOCK_BOOTTIME),
+/// the two steps are reported in the windows they happened in and counted, and the counts
+/// stay exact.
+#[test]
+fn wall_clock_steps_do_not_change_window_lengths_and_are_reported() {
+    let net = quiet_net();
+    let dir = std::env::temp_dir().join(testkit::unique("efclock"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, so, offset) = (dir.join("shim.c"), dir.join("shim.so"), dir.join("offset"));
+    std::fs::write(&src, WALL_STEP_SHIM).unwrap();
+    let cc = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .args([&so, &src])
+        .arg("-ldl")
+        .output()
+        .expect("cc (Debian's gcc)");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    std::fs::write(&offset, "0").unwrap();
+    let broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, FLOWS);
+    let url = broker.url();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("run")
+        .args(agent_args_every(&net, &url, "0.5", &[]))
+        .env("LD_PRELOAD", &so)
+        .env("EF_WALL_OFFSET_FILE", &offset);
+    let agent = Agent::start_command(cmd);
+    let mut flows = Flows::new(&net, 2);
+    let mut run = |ms: u64| {
+        let end = Instant::now() + Duration::from_millis(ms);
+        let mut i = 0;
+        while Instant::now() < end {
+            flows.send(i % 2, 100 + i % 50);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    };
+    run(1600);
+    std::fs::write(&offset, "3600000").unwrap();
+    run(1600);
+    std::fs::write(&offset, "-30000").unwrap();
+    run(1600);
+    let exit = agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(exit.status.success(), "{}", exit.stderr);
+    sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
+    let all = summaries(&sub);
+    assert_complete_and_ordered(&all);
+    assert!(all.len() >= 8, "{} windows\n{}", all.len(), exit.stderr);
+    // The last window is cut short by the stop; every other one is an interval long.
+    let last = all.iter().map(|s| s.seq).max().unwrap();
+    for s in all.iter().filter(|s| s.seq != last) {
+        assert!(
+            (450..=650).contains(&s.window_len_ms),
+            "window {}: {} ms\n{}",
+            s.seq,
+            s.window_len_ms,
+            exit.stderr
+        );
+    }
+    let sums = add_up(&all);
+    assert_eq!(sums.totals, flows.total(), "{}", exit.stderr);
+    let steps: Vec<&str> = exit
+        .stderr
+        .lines()
+        .filter(|l| l.contains("the wall clock was stepped by"))
+        .collect();
+    assert_eq!(steps.len(), 2, "{}", exit.stderr);
+    let by = |l: &str| -> i64 {
+        let n = l.split("stepped by ").nth(1).unwrap();
+        n.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert!((by(steps[0]) - 3_600_000).abs() < 100, "{}", steps[0]);
+    assert!((by(steps[1]) + 3_630_000).abs() < 100, "{}", steps[1]);
+    // The health carries the same two steps, each in its window, and counts them.
+    let stepped: Vec<i64> = all
+        .iter()
+        .map(|s| s.health.clock_step_ms)
+        .filter(|ms| *ms != 0)
+        .collect();
+    assert_eq!(stepped, [by(steps[0]), by(steps[1])], "{}", exit.stderr);
+    let counted = all.iter().map(|s| s.health.clock_steps).max();
+    assert_eq!(counted, Some(2));
 }

@@ -21,20 +21,22 @@ pub struct Exit {
 impl Agent {
     /// Starts `bin run ARGS` here (the root namespace) and waits until it says it is ready.
     pub fn start(bin: &str, args: &[&str]) -> Agent {
-        Agent::spawn(Command::new(bin).arg("run").args(args))
+        let mut cmd = Command::new(bin);
+        cmd.arg("run").args(args);
+        Agent::start_command(cmd)
     }
 
     /// Starts `bin run ARGS` inside namespace `ns` (its sockets there too) and waits until
     /// it says it is ready.
     pub fn start_in(ns: &str, bin: &str, args: &[&str]) -> Agent {
-        Agent::spawn(
-            Command::new("ip")
-                .args(["netns", "exec", ns, bin, "run"])
-                .args(args),
-        )
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, bin, "run"]).args(args);
+        Agent::start_command(cmd)
     }
 
-    fn spawn(cmd: &mut Command) -> Agent {
+    /// Starts `cmd` (an `edgeflow run` command line, perhaps behind a wrapper that `exec`s
+    /// it: `unshare`, `setpriv`) and waits until it says it is ready.
+    pub fn start_command(mut cmd: Command) -> Agent {
         let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -3,7 +3,7 @@
 //! depends on the configuration and not on the traffic.
 
 use crate::{
-    probe::{attach::AttachMode, bpf::RttOptions, drain::Expiry, ProbeOptions},
+    probe::{attach::AttachMode, bpf::RttOptions, drain::Expiry, ifstate::Reattach, ProbeOptions},
     UsageError,
 };
 use serde::Deserialize;
@@ -36,6 +36,10 @@ pub struct File {
     pub max_message_bytes: Option<usize>,
     pub rtt: Option<bool>,
     pub rtt_interval_ms: Option<f64>,
+    /// Attach again to an interface made under a watched name (default true).
+    pub reattach: Option<bool>,
+    /// Seconds to wait for a deleted interface to come back when none is left (default 60).
+    pub gone_wait_secs: Option<f64>,
     /// `[mqtt]`; without it MQTT is on with the defaults, unless `[ipfix]` is set (then the
     /// agent exports IPFIX only).
     pub mqtt: Option<MqttFile>,
@@ -94,6 +98,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_TOP_K: u32 = 1024;
 pub const DEFAULT_INACTIVE: Duration = Duration::from_secs(60);
 pub const DEFAULT_SPOOL_BYTES: u64 = 4 << 20;
+/// Long enough for a modem or VPN to reconnect (`ppp0`, `wwan0`, `wg0` are made again).
+pub const DEFAULT_GONE_WAIT: Duration = Duration::from_secs(60);
 pub const DEFAULT_URL: &str = "mqtt://127.0.0.1:1883";
 /// Smallest message size accepted: a header and a handful of records must fit.
 pub const MIN_MESSAGE: usize = 1024;
@@ -123,6 +129,8 @@ pub struct Config {
     pub keep_alive: Duration,
     pub spool_max_bytes: u64,
     pub spool_file: Option<PathBuf>,
+    /// Interfaces deleted and made again under a watched name.
+    pub reattach: Reattach,
 }
 
 fn usage(msg: impl Into<String>) -> UsageError {
@@ -253,6 +261,11 @@ impl Config {
                 "spool max_bytes {spool_max_bytes} is smaller than one message ({max_message_bytes})"
             )));
         }
+        let gone_wait = match f.gone_wait_secs {
+            Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
+            Some(_) => return Err(usage("gone_wait must be zero or more seconds")),
+            None => DEFAULT_GONE_WAIT,
+        };
         Ok(Config {
             interfaces,
             netns: f.netns,
@@ -271,6 +284,10 @@ impl Config {
             keep_alive,
             spool_max_bytes,
             spool_file: f.spool.file,
+            reattach: Reattach {
+                on: f.reattach.unwrap_or(true),
+                gone_wait,
+            },
         })
     }
 }
@@ -364,6 +381,26 @@ mod tests {
         assert_eq!((b.url.host.as_str(), b.url.port), ("127.0.0.1", 1883));
         assert!(!b.url.tls && c.spool_file.is_none() && c.ipfix.is_none());
         assert_eq!(c.id.flows_topic(), "edgeflow/v1/default/box-1/flows");
+    }
+
+    #[test]
+    fn reattaching_is_on_by_default_and_switches_off() {
+        let c = Config::resolve(File::parse("interfaces = [\"ppp0\"]\n").unwrap()).unwrap();
+        assert_eq!(
+            c.reattach,
+            Reattach {
+                on: true,
+                gone_wait: DEFAULT_GONE_WAIT
+            }
+        );
+        let f = File::parse("interfaces = [\"ppp0\"]\nreattach = false\ngone_wait_secs = 0\n");
+        let c = Config::resolve(f.unwrap()).unwrap();
+        assert_eq!(
+            (c.reattach.on, c.reattach.gone_wait),
+            (false, Duration::ZERO)
+        );
+        let f = File::parse("interfaces = [\"ppp0\"]\ngone_wait_secs = -1\n").unwrap();
+        assert!(Config::resolve(f).is_err());
     }
 
     #[test]

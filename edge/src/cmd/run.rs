@@ -9,13 +9,14 @@ use crate::{
     cmd::config::Config,
     link::{
         mqtt::{self, LinkEvent, Publisher},
-        spool::Spool,
+        spool::{self, OpenError, Spool},
     },
-    probe::{self, Session},
+    probe::{self, caps, Session},
     report::{
-        health::HealthMeter,
+        health::{AgentState, HealthMeter},
         summary::{self, Identity},
     },
+    UsageError,
 };
 use anyhow::Context;
 use shared::ipfix::export::Exporter;
@@ -46,8 +47,26 @@ pub fn open_spool(cfg: &Config) -> anyhow::Result<Spool> {
     match &cfg.spool_file {
         None => Ok(Spool::memory(cfg.spool_max_bytes)),
         Some(p) => {
-            let (s, rec) = Spool::open(p, cfg.spool_max_bytes)
-                .with_context(|| format!("spool file {}", p.display()))?;
+            let (s, rec) = match Spool::open(p, cfg.spool_max_bytes) {
+                Ok(r) => r,
+                // Another agent has it: the operator's to sort out (exit 2).
+                Err(e @ OpenError::Locked { .. }) => {
+                    return Err(UsageError::Invalid(e.to_string()).into())
+                }
+                // Its disk is failing: count on, in memory, rather than fail at every restart.
+                Err(OpenError::Io(e)) if spool::is_disk_error(&e) => {
+                    log::warn!(
+                        "spool {}: cannot be opened ({e}); keeping the spool in memory for \
+                         this run (up to {} bytes, not kept across a restart)",
+                        p.display(),
+                        cfg.spool_max_bytes
+                    );
+                    return Ok(Spool::unopened(cfg.spool_max_bytes));
+                }
+                Err(OpenError::Io(e)) => {
+                    return Err(e).with_context(|| format!("spool file {}", p.display()))
+                }
+            };
             if rec.records > 0 {
                 eprintln!(
                     "edgeflow: spool {}: {} summaries from the last run to send",
@@ -98,10 +117,22 @@ pub fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::low_level::pipe::register(sig, sig_tx.try_clone()?)?;
     }
-    let sig_rx = Async::new(sig_rx)?;
 
     // Detached when dropped: on return, also with an error.
     let mut session = checked.start()?;
+    session.set_reattach(cfg.reattach);
+    // Before any other thread starts (the reactor's, the MQTT one): they inherit these sets.
+    let kept = session
+        .drop_privileges()
+        .context("giving up capabilities after attaching")?;
+    eprintln!(
+        "edgeflow: attached; capabilities kept: {}",
+        match caps::names(kept) {
+            n if n.is_empty() => "none".to_string(),
+            n => format!("{} (attaching again, detaching)", n.join(", ")),
+        }
+    );
+    let sig_rx = start_reactor(sig_rx)?;
     let publisher = match mqtt_opts {
         Some(o) => Some(Publisher::start(cfg, o, spool).context("spawning the MQTT thread")?),
         None => None,
@@ -194,8 +225,24 @@ async fn agent_loop(
             Wake::Signal => true,
         };
         let w = session.next_window()?;
-        let (depth, dropped) = publisher.as_ref().map_or((0, 0), |p| p.spool_stats());
-        let health = meter.window(&w, depth as u32, dropped);
+        if w.clock_step_ms != 0 {
+            log::warn!(
+                "the wall clock was stepped by {:+} ms during window {seq}; its length is \
+                 measured on CLOCK_BOOTTIME and stays {} ms",
+                w.clock_step_ms,
+                w.window_end_ms - w.window_start_ms
+            );
+        }
+        let health = meter.window(
+            &w,
+            AgentState {
+                spool: publisher
+                    .as_ref()
+                    .map(|p| p.spool_stats())
+                    .unwrap_or_default(),
+                reattached: session.reattached(),
+            },
+        );
         let s = summary::summarize(ident, seq, &w, health, cfg.top_k as usize);
         drop(w);
         if let Some(e) = &mut exporter {
@@ -257,6 +304,28 @@ async fn agent_loop(
     }
 }
 
+/// Registers the signal socket with smol's reactor, which starts the reactor's thread on
+/// first use: started after the capabilities were given up, so it inherits the reduced sets.
+/// async-io panics when it cannot start that thread (out of tasks); that is a runtime failure
+/// here (exit 1, programs detached), not a panic.
+fn start_reactor(sig_rx: UnixStream) -> anyhow::Result<Async<UnixStream>> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(move || Async::new(sig_rx));
+    std::panic::set_hook(hook);
+    match r {
+        Ok(a) => Ok(a?),
+        Err(p) => {
+            let why = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            anyhow::bail!("starting the event reactor: {why}")
+        }
+    }
+}
+
 /// Gives the window's transient buffers (the drained flows, the summary, its encoding) back to
 /// the kernel. glibc keeps freed heap memory for reuse, so without this the RSS stays at the
 /// high-water mark of the busiest window; returning it costs well under a millisecond.
@@ -271,7 +340,8 @@ fn release_free_memory() {
 /// Waits until the spool is empty, the link is down, or `grace` has passed.
 async fn flush(publisher: &Publisher, grace: Duration) {
     let deadline = Instant::now() + grace;
-    while publisher.spool_stats().0 > 0 && publisher.is_connected() && Instant::now() < deadline {
+    while publisher.spool_stats().depth > 0 && publisher.is_connected() && Instant::now() < deadline
+    {
         let _ = async {
             let _ = publisher.events.recv().await;
         }

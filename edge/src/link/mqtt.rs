@@ -43,6 +43,18 @@ pub const WINDOW: usize = 16;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// The spool as the health of a window reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Summaries waiting.
+    pub depth: usize,
+    /// Summaries dropped since start (spool full, or unreadable on a failing disk).
+    pub dropped: u64,
+    pub mode: spool::Mode,
+    /// Spool file writes that failed since start.
+    pub write_errors: u64,
+}
+
 /// What a submitted publish was, to act on its PUBACK.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tag {
@@ -169,10 +181,15 @@ impl Publisher {
         Ok(dropped)
     }
 
-    /// (summaries waiting, dropped since start)
-    pub fn spool_stats(&self) -> (usize, u64) {
+    /// The spool now: what waits, what was dropped, where it is kept.
+    pub fn spool_stats(&self) -> SpoolStats {
         let st = self.inner.lock();
-        (st.spool.depth(), st.spool.dropped())
+        SpoolStats {
+            depth: st.spool.depth(),
+            dropped: st.spool.dropped(),
+            mode: st.spool.mode(),
+            write_errors: st.spool.write_errors(),
+        }
     }
 
     pub fn is_connected(&self) -> bool {

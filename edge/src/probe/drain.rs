@@ -51,6 +51,10 @@ pub trait Source {
     fn ticks(&self) -> Result<TickNow, TableError>;
     /// Drops RTT timestamps still waiting for their echo that left before `before_ns`.
     fn sweep_pending(&mut self, before_ns: u64) -> Result<u32, TableError>;
+    /// The clocks now (a seam: the host tests step the wall clock).
+    fn clock(&self) -> ClockPair {
+        ClockPair::now()
+    }
 }
 
 impl Source for Maps {
@@ -109,6 +113,7 @@ impl<S: Source> Drainer<S> {
         });
         let prev_stats = source.stats()?;
         let prev_hist = source.rtt_hist()?;
+        let last = source.clock();
         Ok(Drainer {
             baseline,
             active,
@@ -116,7 +121,7 @@ impl<S: Source> Drainer<S> {
             expiry,
             prev_stats,
             prev_hist,
-            last: ClockPair::now(),
+            last,
             expired: Vec::new(),
             unsettled: Count::default(),
             tcp_health,
@@ -131,7 +136,7 @@ impl<S: Source> Drainer<S> {
     /// Ends the current window and starts the next. The table is read once, as memory,
     /// straight into the deltas: no copy of the whole table is held.
     pub fn drain(&mut self) -> Result<Window, TableError> {
-        let now = ClockPair::now();
+        let now = self.source.clock();
         let ticks = self.source.ticks()?;
         // Tick stamps to wall-clock ms, through the monotonic clock.
         let to_ms = |t: u64| now.to_unix_ms(ticks.to_mono_ns(t));
@@ -201,9 +206,11 @@ impl<S: Source> Drainer<S> {
         totals.add(&overflow);
         self.unsettled.add(&delta[Stat::Parsed as usize]);
         self.unsettled = self.unsettled.delta_since(&totals);
+        // The length by CLOCK_BOOTTIME: a wall-clock step is reported, never measured.
         let w = Window {
             window_start_ms: self.last.unix_ms,
-            window_end_ms: now.unix_ms,
+            window_end_ms: self.last.unix_ms + now.ms_since(&self.last),
+            clock_step_ms: now.step_ms_since(&self.last),
             totals,
             overflow,
             unsettled: self.unsettled,
@@ -300,6 +307,8 @@ mod tests {
         /// A packet the programs count while the drain reads the counters (after the flows).
         meanwhile: Cell<Option<FlowKey>>,
         swept_before: Cell<Option<u64>>,
+        /// The clocks the drain reads, when a test sets them.
+        clock: Cell<Option<ClockPair>>,
     }
 
     impl Host {
@@ -319,6 +328,7 @@ mod tests {
                 }),
                 meanwhile: Cell::new(None),
                 swept_before: Cell::new(None),
+                clock: Cell::new(None),
             }
         }
 
@@ -391,6 +401,44 @@ mod tests {
             self.swept_before.set(Some(before_ns));
             Ok(0)
         }
+        fn clock(&self) -> ClockPair {
+            self.clock.get().unwrap_or_else(ClockPair::now)
+        }
+    }
+
+    /// The wall clock stepped an hour forward in one window and 30 s back in the next: each
+    /// window is as long as the boot clock says (10 s), never 3,610 s or wrapped, and the
+    /// steps are reported in the windows they happened in.
+    #[test]
+    fn window_lengths_ignore_wall_clock_steps_and_report_them() {
+        let host = Host::new(64);
+        let at = |boot_s: u64, unix_ms: u64| ClockPair {
+            mono_ns: boot_s * 1_000_000_000,
+            boot_ns: boot_s * 1_000_000_000,
+            unix_ms,
+        };
+        let t0 = 1_700_000_000_000;
+        host.clock.set(Some(at(100, t0)));
+        let mut d = Drainer::new(host, Expiry::default(), true).unwrap();
+        let mut window = |boot_s: u64, unix_ms: u64| {
+            d.source.clock.set(Some(at(boot_s, unix_ms)));
+            let w = d.drain().unwrap();
+            (
+                w.window_start_ms,
+                w.window_end_ms - w.window_start_ms,
+                w.clock_step_ms,
+            )
+        };
+        assert_eq!(window(110, t0 + 10_000), (t0, 10_000, 0));
+        assert_eq!(
+            window(120, t0 + 3_620_000),
+            (t0 + 10_000, 10_000, 3_600_000)
+        );
+        assert_eq!(
+            window(130, t0 + 3_600_000),
+            (t0 + 3_620_000, 10_000, -30_000)
+        );
+        assert_eq!(window(140, t0 + 3_610_000), (t0 + 3_600_000, 10_000, 0));
     }
 
     fn key(port: u16) -> FlowKey {

@@ -138,43 +138,130 @@ pub fn is_up(name: &str) -> std::io::Result<bool> {
     Ok(req.flags & want == want)
 }
 
-/// Runs `f` on a thread that has entered the named network namespace (`/var/run/netns/NAME`),
-/// or on the calling thread when `netns` is `None`. Interface lookups and attach calls made
-/// by `f` happen in that namespace; links and map fds stay valid after the thread returns, so
-/// the agent can watch a namespace's interfaces while its own sockets stay where it runs.
+/// Runs `f` on a thread that is in the named network namespace (`/var/run/netns/NAME`, or a
+/// path), or on the calling thread when `netns` is `None`. Interface lookups and attach calls
+/// made by `f` happen in that namespace; links and map fds stay valid afterwards, so the agent
+/// can watch a namespace's interfaces while its own sockets stay where it runs.
 ///
-/// A namespace that cannot be opened or entered is a [`UsageError`]; a thread that cannot be
-/// started (out of tasks or memory) is a runtime error, returned rather than panicking: this
-/// also runs while detaching, where a panic during an unwind would abort the agent with its
-/// programs still attached. `f` is then dropped without running.
+/// One thread per namespace enters it (setns, which needs CAP_SYS_ADMIN) the first time and
+/// stays there for the rest of the process, running every later call: after that no call
+/// needs CAP_SYS_ADMIN, so the agent can drop it once attached (`caps::drop_to`, run on that
+/// thread too, as capabilities are per thread) and still look at and re-attach to the
+/// namespace's interfaces every window.
+///
+/// A namespace that cannot be opened or entered, or whose name no longer names the namespace
+/// the thread is in (deleted), is a [`UsageError`]; a thread that cannot be started (out of
+/// tasks or memory) is a runtime error, returned rather than panicking: this also runs while
+/// detaching, where a panic during an unwind would abort the agent with its programs still
+/// attached. `f` is then dropped without running; a panic in `f` is an error as well.
 pub fn in_netns<T: Send>(netns: Option<&str>, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
     let Some(name) = netns else {
         return Ok(f());
     };
+    let jobs = ns_thread(name)?;
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<T>(1);
+    let job: Box<dyn FnOnce() + Send + '_> = Box::new(move || {
+        let _ = done_tx.send(f());
+    });
+    // SAFETY: only the lifetime is changed. This function does not return before the job has
+    // run or has been dropped (the receive below ends only when its sender, owned by the job,
+    // sent or was dropped), so nothing the job borrows is used after it is gone.
+    let job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
+    if let Err(unsent) = jobs.send(job) {
+        drop(unsent);
+        anyhow::bail!("the thread in network namespace {name:?} is gone");
+    }
+    done_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("a call in network namespace {name:?} panicked"))
+}
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+struct NsThread {
+    name: String,
+    path: String,
+    /// The namespace file's (device, inode) when the thread entered it.
+    id: (u64, u64),
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+static NS_THREADS: std::sync::Mutex<Vec<NsThread>> = std::sync::Mutex::new(Vec::new());
+
+fn ns_id(path: &str) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// The job queue of the thread in namespace `name`, started (and entered) on first use.
+fn ns_thread(name: &str) -> anyhow::Result<std::sync::mpsc::Sender<Job>> {
     let path = if name.contains('/') {
         name.to_string()
     } else {
         format!("/var/run/netns/{name}")
     };
-    let file = std::fs::File::open(&path)
-        .map_err(|e| UsageError::Invalid(format!("network namespace {name:?} ({path}): {e}")))?;
-    std::thread::scope(|s| {
-        let thread = std::thread::Builder::new()
-            .spawn_scoped(s, || {
-                use std::os::fd::AsRawFd;
-                // SAFETY: a namespace fd; setns affects only this thread.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(UsageError::Invalid(format!(
-                        "entering network namespace {name:?}: {}",
-                        std::io::Error::last_os_error()
-                    ))
-                    .into());
-                }
-                Ok(f())
-            })
-            .with_context(|| format!("starting a thread to enter network namespace {name:?}"))?;
-        thread.join().expect("namespace thread panicked")
-    })
+    let gone = |e: std::io::Error| {
+        UsageError::Invalid(format!("network namespace {name:?} ({path}): {e}"))
+    };
+    let mut threads = NS_THREADS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(t) = threads.iter().find(|t| t.name == name) {
+        // Still the namespace the thread is in (not deleted, not another one by that name).
+        let now = ns_id(&t.path).map_err(gone)?;
+        if now != t.id {
+            return Err(gone(std::io::Error::other(
+                "deleted (the name names another one now)",
+            ))
+            .into());
+        }
+        return Ok(t.jobs.clone());
+    }
+    let file = std::fs::File::open(&path).map_err(gone)?;
+    let id = {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata().map_err(gone)?;
+        (m.dev(), m.ino())
+    };
+    let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let who = name.to_string();
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a namespace fd; setns affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let e = std::io::Error::last_os_error();
+                let hint = if e.raw_os_error() == Some(libc::EPERM) {
+                    " (entering another network namespace needs CAP_SYS_ADMIN, given up \
+                     after attaching; see configs/edgeflow.service)"
+                } else {
+                    ""
+                };
+                let _ = ready_tx.send(Err(UsageError::Invalid(format!(
+                    "entering network namespace {who:?}: {e}{hint}"
+                ))));
+                return;
+            }
+            drop(file);
+            let _ = ready_tx.send(Ok(()));
+            while let Ok(job) = rx.recv() {
+                // A panicking call is reported to its caller (its result channel closes);
+                // the thread stays for the next one.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
+        })
+        .with_context(|| format!("starting a thread to enter network namespace {name:?}"))?;
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the thread for network namespace {name:?} died"))??;
+    threads.push(NsThread {
+        name: name.to_string(),
+        path,
+        id,
+        jobs: jobs.clone(),
+    });
+    Ok(jobs)
 }
 
 #[cfg(test)]

@@ -2,13 +2,26 @@
 //! seen, parse errors, table use) beside the agent's footprint (CPU time per window, resident
 //! memory from /proc/self) and its spool.
 
-use crate::report::window::Window;
+use crate::{
+    link::{mqtt::SpoolStats, spool::Mode},
+    report::window::Window,
+};
 use shared::{wire::Health, Stat};
 
-/// Assembles each window's [`Health`]; keeps the CPU clock between windows.
+/// Assembles each window's [`Health`]; keeps the CPU clock between windows and counts the
+/// wall-clock steps.
 pub struct HealthMeter {
     table_capacity: u32,
     cpu: CpuMeter,
+    clock_steps: u32,
+}
+
+/// What the agent's other parts say about themselves when a window closes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AgentState {
+    pub spool: SpoolStats,
+    /// Re-attachments to re-created interfaces since start.
+    pub reattached: u64,
 }
 
 impl HealthMeter {
@@ -17,17 +30,27 @@ impl HealthMeter {
         HealthMeter {
             table_capacity,
             cpu: CpuMeter::start(),
+            clock_steps: 0,
         }
     }
 
-    /// The health of the window just drained, with the spool's depth and drops now; starts
-    /// the next window's CPU clock.
-    pub fn window(&mut self, w: &Window, spool_depth: u32, spool_dropped: u64) -> Health {
+    /// The health of the window just drained, with the spool and interfaces as they are now;
+    /// starts the next window's CPU clock.
+    pub fn window(&mut self, w: &Window, now: AgentState) -> Health {
+        if w.clock_step_ms != 0 {
+            self.clock_steps = self.clock_steps.saturating_add(1);
+        }
+        let sat = |v: u64| v.min(u32::MAX as u64) as u32;
         Health {
             cpu_ms: self.cpu.lap_ms(),
             rss_kib: rss_kib(),
-            spool_depth,
-            spool_dropped,
+            spool_depth: sat(now.spool.depth as u64),
+            spool_dropped: now.spool.dropped,
+            spool_fallback: now.spool.mode == Mode::Fallback,
+            spool_write_errors: sat(now.spool.write_errors),
+            clock_step_ms: w.clock_step_ms,
+            clock_steps: self.clock_steps,
+            reattached: sat(now.reattached),
             ..window_health(w, self.table_capacity)
         }
     }
@@ -114,7 +137,18 @@ mod tests {
         set(Stat::ErrL4, 4);
         set(Stat::Unsampled, 50);
         w.overflow.packets = 5;
-        let h = HealthMeter::start(1024).window(&w, 2, 9);
+        w.clock_step_ms = -30_000;
+        let now = AgentState {
+            spool: SpoolStats {
+                depth: 2,
+                dropped: 9,
+                mode: Mode::Fallback,
+                write_errors: 4,
+            },
+            reattached: 3,
+        };
+        let mut meter = HealthMeter::start(1024);
+        let h = meter.window(&w, now);
         assert_eq!(
             (
                 h.packets_seen,
@@ -126,6 +160,17 @@ mod tests {
         );
         assert_eq!((h.parse_errors, h.fragments, h.non_ip), (5, 2, 3));
         assert_eq!((h.spool_depth, h.spool_dropped), (2, 9));
+        assert_eq!((h.spool_fallback, h.spool_write_errors), (true, 4));
+        assert_eq!(
+            (h.clock_step_ms, h.clock_steps, h.reattached),
+            (-30_000, 1, 3)
+        );
+        // Steps are counted since start; a window without one reports 0 for itself.
+        w.clock_step_ms = 0;
+        let h = meter.window(&w, now);
+        assert_eq!((h.clock_step_ms, h.clock_steps), (0, 1));
+        w.clock_step_ms = 3_600_000;
+        assert_eq!(meter.window(&w, now).clock_steps, 2);
         assert!(h.rss_kib > 100);
     }
 

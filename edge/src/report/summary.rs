@@ -70,7 +70,11 @@ pub fn summarize(id: &Identity, seq: u64, w: &Window, health: Health, top_k: usi
         part: 0,
         parts: 1,
         window_start_ms: w.window_start_ms,
-        window_len_ms: w.window_end_ms.saturating_sub(w.window_start_ms) as u32,
+        // Saturated, never wrapped (u32 ms is 49 days).
+        window_len_ms: w
+            .window_end_ms
+            .saturating_sub(w.window_start_ms)
+            .min(u32::MAX as u64) as u32,
         sample_every: id.sample_every,
         totals: w.totals,
         overflow: w.overflow,
@@ -81,6 +85,8 @@ pub fn summarize(id: &Identity, seq: u64, w: &Window, health: Health, top_k: usi
         flows,
         rtt_hist,
         tcp_health: w.tcp_health,
+        dns_hist: Default::default(),
+        dns: false,
     }
 }
 
@@ -105,13 +111,13 @@ impl AddrTable {
 /// Parts are built one at a time, so beyond the summary itself at most one part's records are
 /// held at once.
 pub fn encode_parts(s: Summary, max_bytes: usize) -> Result<Vec<Vec<u8>>, TooSmall> {
-    let whole = Message::V2(s);
+    let whole = Message::V3(s);
     let len = wire::encoded_len(&whole);
     if len <= max_bytes {
         return Ok(vec![wire::encode_vec(&whole)]);
     }
-    let Message::V2(s) = whole else {
-        unreachable!("made as V2 above")
+    let Message::V3(s) = whole else {
+        unreachable!("made as V3 above")
     };
     let s = &s;
     let mut n = len.div_ceil(max_bytes).max(2);
@@ -121,7 +127,7 @@ pub fn encode_parts(s: Summary, max_bytes: usize) -> Result<Vec<Vec<u8>>, TooSma
         let parts = s.flows.len().div_ceil(chunk);
         let mut out = Vec::with_capacity(parts);
         for (i, flows) in s.flows.chunks(chunk).enumerate() {
-            let m = Message::V2(part(s, i as u16, parts as u16, flows));
+            let m = Message::V3(part(s, i as u16, parts as u16, flows));
             match wire::encode(&m, &mut buf) {
                 Some(b) => out.push(b.to_vec()),
                 None => {
@@ -171,6 +177,12 @@ fn part(s: &Summary, i: u16, parts: u16, flows: &[FlowRecord]) -> Summary {
         addrs: addrs.list,
         flows,
         tcp_health: s.tcp_health,
+        dns_hist: if first {
+            s.dns_hist.clone()
+        } else {
+            heapless::Vec::new()
+        },
+        dns: s.dns,
     }
 }
 
@@ -199,6 +211,7 @@ mod tests {
             rtt: None,
             handshake_us: None,
             tcp: None,
+            dns: None,
         }
     }
 
@@ -335,6 +348,6 @@ mod tests {
         let s = summarize(&ident(), 1, &window(5), Health::default(), 10);
         let parts = encode_parts(s.clone(), 65536).unwrap();
         assert_eq!(parts.len(), 1);
-        assert_eq!(wire::decode(&parts[0]).unwrap(), Message::V2(s));
+        assert_eq!(wire::decode(&parts[0]).unwrap(), Message::V3(s));
     }
 }

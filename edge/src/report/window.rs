@@ -17,8 +17,15 @@ use std::{collections::BTreeMap, fmt::Write, num::NonZeroU32};
 /// What one interval saw.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Window {
+    /// Wall-clock time the window started.
     pub window_start_ms: u64,
+    /// The start plus the window's length by CLOCK_BOOTTIME (`probe::clock`): after a
+    /// wall-clock step it is not the wall clock at the end.
     pub window_end_ms: u64,
+    /// How far the wall clock was stepped during the window (ms, negative: back), 0 if not.
+    /// In JSON only when not 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub clock_step_ms: i64,
     /// Packets attributed to conversations in this window: `sum(flows) + overflow`.
     pub totals: Count,
     /// Packets whose flow could not be inserted: the table was full.
@@ -44,6 +51,10 @@ pub struct Window {
     /// when true, so output without it keeps its bytes.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub tcp_health: bool,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// The stats as a JSON object, label → count, labels sorted.
@@ -184,6 +195,7 @@ pub fn flow(
             fwd: delta.tcp[fwd.index()],
             rev: delta.tcp[rev.index()],
         }),
+        dns: None,
     }
 }
 
@@ -491,6 +503,7 @@ mod tests {
             rtt,
             handshake_us,
             tcp: None,
+            dns: None,
         };
         let rtt = Some(Rtt {
             min_us: 900,
@@ -501,6 +514,7 @@ mod tests {
         let w = Window {
             window_start_ms: 1_000_000,
             window_end_ms: 1_010_000,
+            clock_step_ms: 0,
             totals: c(50),
             overflow: c(2),
             unsettled: c(0),
