@@ -4,7 +4,7 @@
 
 use crate::{
     api::{
-        self, conversations, devices, fleet, flows::FlowFilter, health, rtt, series, stored,
+        self, conversations, devices, dns, fleet, flows::FlowFilter, health, rtt, series, stored,
         talkers, tcp, Range, Reader,
     },
     config::Limits,
@@ -153,6 +153,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/flows", get(flows))
         .route("/api/rtt", get(rtt))
         .route("/api/tcp", get(tcp_health))
+        .route("/api/dns", get(dns_lookups))
         .route("/api/ingest", get(ingest))
         .route("/api/fleet", get(fleet))
         .route("/api/health", get(health))
@@ -589,6 +590,37 @@ async fn tcp_health(
     ))
 }
 
+/// What name lookups did: names and resolvers by errors, latency or queries (`sort`), totals
+/// with the response codes and the latency distribution, and a series over the range (up to
+/// now) by `step`; `device` and `site` narrow it.
+async fn dns_lookups(
+    State(app): State<Arc<App>>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<dns::DnsAnswer>, ApiError> {
+    let p = params(q)?;
+    let range = p.range()?;
+    let series_range = Range {
+        from: range.from,
+        to: range.to.min(now_ms()).max(range.from + 1),
+    };
+    let query = dns::DnsQuery {
+        device: p.device(),
+        site: p.site(),
+        limit: p.limit(20),
+        sort: match nonempty(&p.sort) {
+            Some(s) => s
+                .parse()
+                .map_err(|e: api::Error| ApiError::bad(e.to_string()))?,
+            None => dns::Sort::default(),
+        },
+        step_ms: step(&p)?,
+    };
+    Ok(Json(
+        app.read(move |c| dns::dns(c, range, series_range, &query))
+            .await?,
+    ))
+}
+
 #[derive(Serialize)]
 struct IngestAnswer {
     started_ms: i64,
@@ -630,15 +662,16 @@ async fn ingest(State(app): State<Arc<App>>) -> Result<Json<IngestAnswer>, ApiEr
 
 async fn prometheus(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let now = now_ms();
-    let (devices, tcp) = app
+    let (devices, tcp, dns) = app
         .read(move |c| {
             Ok((
                 devices::devices(c, Range::ALL, now, None)?,
                 tcp::device_totals(c)?,
+                dns::device_totals(c)?,
             ))
         })
         .await?;
-    let body = metrics::render(&app.stats, &app.rates.rates(), &devices, &tcp);
+    let body = metrics::render(&app.stats, &app.rates.rates(), &devices, &tcp, &dns);
     Ok((
         [(
             header::CONTENT_TYPE,

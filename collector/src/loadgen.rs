@@ -1,6 +1,6 @@
 //! A fleet in one process: N simulated devices, each with its own MQTT connection and
 //! login (`site/device`), its own random boot id and a gapless `seq`, publishing real
-//! [`Message::V2`] summaries with QoS 1 the way the agent does: a window leaves a device only
+//! [`Message::V3`] summaries with QoS 1 the way the agent does: a window leaves a device only
 //! once the broker acknowledged every part of it, and after a lost connection the unacked
 //! window is sent again (the collector drops the duplicate).
 //!
@@ -48,6 +48,9 @@ pub struct Plan {
     pub seed: u64,
     /// TCP flows carry a TCP block (summary `tcp_health`): outcomes, retransmissions, RSTs.
     pub tcp_health: bool,
+    /// UDP flows to port 53 carry a DNS block (summary `dns`, and the window's `dns_hist`):
+    /// queries, response codes, unanswered queries, latency, names.
+    pub dns: bool,
 }
 
 /// What one device got acknowledged.
@@ -158,10 +161,16 @@ pub fn window(
                 last_seen_ms: rng.below(plan.interval.as_millis() as u64) as i64,
                 rtt: None,
                 tcp: None,
+                dns: None,
             };
             let rec = if plan.tcp_health && proto == 6 {
                 FlowRecord {
                     tcp: Some(tcp_block(&mut rng, rec.fwd)),
+                    ..rec
+                }
+            } else if plan.dns && proto == 17 && rec.dst_port == 53 {
+                FlowRecord {
+                    dns: Some(dns_block(&mut rng, rec.fwd.packets, rec.rev.packets)),
                     ..rec
                 }
             } else {
@@ -183,6 +192,14 @@ pub fn window(
         totals.add(&f.2.rev);
     }
     let top = &flows[..k];
+    // The window's DNS latency histogram: each record's samples in the bucket of its average.
+    let mut dns_hist = [0u32; wire::RTT_BUCKETS];
+    for (_, _, r) in top {
+        if let Some(l) = r.dns.and_then(|d| d.latency) {
+            dns_hist[wire::rtt_bucket(l.avg_us)] += l.samples;
+        }
+    }
+    let used = dns_hist.iter().rposition(|&c| c > 0).map_or(0, |i| i + 1);
     // Parts below the message limit: about 40 bytes a record with its addresses.
     let per_part = (plan.max_message / 48).max(1);
     let chunks: Vec<&[(Addr, Addr, FlowRecord)]> = if top.is_empty() {
@@ -240,8 +257,14 @@ pub fn window(
             flows: records,
             rtt_hist: heapless::Vec::new(),
             tcp_health: plan.tcp_health,
+            dns_hist: if first {
+                dns_hist[..used].iter().copied().collect()
+            } else {
+                heapless::Vec::new()
+            },
+            dns: plan.dns,
         };
-        encoded.push(wire::encode_vec(&Message::V2(s)));
+        encoded.push(wire::encode_vec(&Message::from(s)));
     }
     (encoded, totals, k as u64)
 }
@@ -277,6 +300,55 @@ fn tcp_block(rng: &mut Rng, fwd: Count) -> wire::Tcp {
         };
     }
     t
+}
+
+/// Names the simulated devices look up; the last one does not exist.
+const DNS_NAMES: [&str; 8] = [
+    "time.example.com",
+    "api.example.net",
+    "updates.vendor.example",
+    "cdn.example.org",
+    "mqtt.example.com",
+    "ntp.example.org",
+    "telemetry.vendor.example",
+    "gone.example.invalid",
+];
+
+/// A plausible DNS conversation: one query a packet each way, most answered NOERROR in a few
+/// milliseconds, the missing name NXDOMAIN, a few SERVFAIL or unanswered.
+fn dns_block(rng: &mut Rng, queries: u64, answers: u64) -> wire::Dns {
+    let i = rng.below(DNS_NAMES.len() as u64) as usize;
+    let queries = queries.clamp(1, 1_000) as u32;
+    let mut responses = (answers as u32).min(queries);
+    if rng.below(20) == 0 {
+        responses = responses.saturating_sub(1);
+    }
+    let mut d = wire::Dns {
+        queries,
+        responses,
+        unanswered: queries - responses,
+        qtype: if rng.below(3) == 0 { 28 } else { 1 },
+        name: wire::DnsName::new(DNS_NAMES[i]).expect("a printable name"),
+        ..wire::Dns::default()
+    };
+    if i == DNS_NAMES.len() - 1 {
+        d.nxdomain = responses;
+    } else if rng.below(25) == 0 {
+        d.servfail = responses;
+    } else {
+        d.noerror = responses;
+    }
+    if responses > 0 {
+        let min_us = 500 + rng.below(20_000) as u32;
+        let max_us = min_us + rng.below(50_000) as u32;
+        d.latency = Some(wire::Latency {
+            min_us,
+            avg_us: min_us + (max_us - min_us) / 3,
+            max_us,
+            samples: responses,
+        });
+    }
+    d
 }
 
 /// Runs one device to the end of its plan; returns what the broker acknowledged.
@@ -441,7 +513,38 @@ mod tests {
             max_message: 64 * 1024,
             seed: 7,
             tcp_health: false,
+            dns: false,
         }
+    }
+
+    #[test]
+    fn with_dns_every_udp_flow_to_port_53_carries_a_block() {
+        let id = DeviceId::new("sim", "d0").unwrap();
+        let mut p = plan((300, 300), 1024);
+        p.dns = true;
+        let (parts, _, _) = window(&id, 3, 9, 4, 1_000, &p);
+        let (mut blocks, mut samples, mut hist) = (0, 0, 0);
+        for bytes in &parts {
+            let s = wire::decode_summary(bytes).expect("the decoder takes it");
+            assert!(s.dns);
+            hist += s.dns_hist.iter().sum::<u32>();
+            for f in &s.flows {
+                let dns = f.proto == 17 && f.dst_port == 53;
+                assert_eq!(f.dns.is_some(), dns, "{f:?}");
+                if let Some(d) = f.dns {
+                    blocks += 1;
+                    assert_eq!(d.queries, d.responses + d.unanswered);
+                    assert_eq!(
+                        d.responses,
+                        d.noerror + d.nxdomain + d.servfail + d.refused + d.other_rcode
+                    );
+                    assert!(!d.name.is_empty());
+                    samples += d.latency.map_or(0, |l| l.samples);
+                }
+            }
+        }
+        assert!(blocks > 5, "{blocks} DNS blocks in 300 flows");
+        assert_eq!(hist, samples, "the histogram holds every latency sample");
     }
 
     #[test]

@@ -43,6 +43,7 @@ on_every_store!(
     health_of_one_device_over_time,
     flows_talkers_conversations_rtt_stored_and_metrics,
     tcp_destinations_totals_series_and_metrics_in_a_mixed_fleet,
+    dns_names_resolvers_totals_series_and_metrics_in_a_mixed_fleet,
 );
 
 /// A fleet of four devices in two sites, published once and stored.
@@ -688,5 +689,338 @@ fn tcp_destinations_totals_series_and_metrics_in_a_mixed_fleet(store: Store) {
     assert!(
         !metrics.contains("tcp_retransmitted_segments_total{site=\"s2\",device=\"d\"}"),
         "no TCP series for an agent that does not measure it"
+    );
+}
+
+/// A DNS block as the agent writes it: `rcodes` = NOERROR, NXDOMAIN, SERVFAIL, REFUSED;
+/// `latency` = (avg µs, samples), min and max around it.
+fn dns(
+    name: &str,
+    qtype: u16,
+    queries: u32,
+    rcodes: [u32; 4],
+    unanswered: u32,
+    latency: Option<(u32, u32)>,
+) -> Option<wire::Dns> {
+    Some(wire::Dns {
+        queries,
+        responses: rcodes.iter().sum(),
+        noerror: rcodes[0],
+        nxdomain: rcodes[1],
+        servfail: rcodes[2],
+        refused: rcodes[3],
+        unanswered,
+        qtype,
+        latency: latency.map(|(avg_us, samples)| wire::Latency {
+            min_us: avg_us / 2,
+            avg_us,
+            max_us: avg_us * 2,
+            samples,
+        }),
+        name: wire::DnsName::new(name).unwrap(),
+        ..wire::Dns::default()
+    })
+}
+
+fn udp53(src: [u8; 4], src_port: u16, dst: [u8; 4]) -> F {
+    F {
+        proto: 17,
+        src,
+        src_port,
+        dst,
+        dst_port: 53,
+        fwd: (1, 70),
+        rev: (1, 120),
+    }
+}
+
+/// A log2 latency histogram with one sample in each of `buckets`.
+fn hist(buckets: &[usize]) -> heapless::Vec<u32, { wire::RTT_BUCKETS }> {
+    let mut h = [0u32; wire::RTT_BUCKETS];
+    for &b in buckets {
+        h[b] += 1;
+    }
+    let used = buckets.iter().max().map_or(0, |m| m + 1);
+    h[..used].iter().copied().collect()
+}
+
+/// Two devices that look at DNS (s1/a: two windows, s2/c: one, sampling 1 in 2) and one agent
+/// from before it (s2/d, a version 2 message): every figure of /api/dns and the DNS metrics
+/// is known.
+fn dns_fleet(store: Store) -> Fleet {
+    let broker = Mosquitto::start();
+    let (c, pg) = match store {
+        Store::Sqlite => (Collector::start(&broker.url()), None),
+        Store::Postgres => {
+            let pg = SharedPostgres::get();
+            let name = testkit::unique("efdns");
+            let db = pg.pg.create_database(&name);
+            let c = Collector::with_args(&["--broker", &broker.url(), "--db", &db]);
+            (c, Some((pg, name)))
+        }
+    };
+    c.wait_subscribed();
+    let base = (now_ms() / 10_000 - 60) * 10_000;
+    let (a, c_ip, d_ip) = ([10, 2, 0, 1], [10, 3, 0, 1], [10, 4, 0, 1]);
+    let (r53, r54) = ([192, 0, 2, 53], [192, 0, 2, 54]);
+    // s1/a, window 0, both to 192.0.2.53: example.com A answered twice (1.5 ms on average);
+    // nope.example NXDOMAIN (3 ms).
+    let mut a0 = summary(
+        "s1",
+        "a",
+        1,
+        0,
+        base,
+        &[udp53(a, 50_000, r53), udp53(a, 50_001, r53)],
+        (0, 0),
+    );
+    a0.dns = true;
+    a0.flows[0].dns = dns("example.com", 1, 2, [2, 0, 0, 0], 0, Some((1_500, 2)));
+    a0.flows[1].dns = dns("nope.example", 1, 1, [0, 1, 0, 0], 0, Some((3_000, 1)));
+    a0.dns_hist = hist(&[9, 10, 11]);
+    a0.health.dns_malformed = 2;
+    // Window 1, both to 192.0.2.54: EXAMPLE.com A (the same name in another case) SERVFAIL
+    // after 40 ms; slow.example AAAA asked three times, never answered.
+    let mut a1 = summary(
+        "s1",
+        "a",
+        1,
+        1,
+        base + 10_000,
+        &[udp53(a, 50_002, r54), udp53(a, 50_003, r54)],
+        (0, 0),
+    );
+    a1.dns = true;
+    a1.flows[0].dns = dns("EXAMPLE.com", 1, 1, [0, 0, 1, 0], 0, Some((40_000, 1)));
+    a1.flows[1].dns = dns("slow.example", 28, 3, [0, 0, 0, 0], 3, None);
+    a1.dns_hist = hist(&[15]);
+    a1.health.dns_evicted = 1;
+    // s2/c, window 0, sampling 1 in 2: example.com AAAA refused once (0.5 ms) as counted.
+    let mut c0 = summary("s2", "c", 3, 0, base, &[udp53(c_ip, 40_000, r53)], (0, 0));
+    c0.dns = true;
+    c0.sample_every = 2;
+    c0.flows[0].dns = dns("example.com", 28, 1, [0, 0, 0, 1], 0, Some((500, 1)));
+    c0.dns_hist = hist(&[8]);
+    // s2/d: an old agent's lookup: no DNS block.
+    let d0 = summary("s2", "d", 4, 0, base, &[udp53(d_ip, 1_234, r53)], (0, 0));
+    let old = Msg {
+        topic: "edgeflow/v1/s2/d/flows".into(),
+        payload: wire::encode_vec(&Message::V2(wire::v2::Summary::from(&d0))),
+        retain: false,
+    };
+    let msgs = vec![Msg::summary(&a0), Msg::summary(&a1), Msg::summary(&c0), old];
+    publish_all(broker.port, &msgs);
+    c.wait_for("/api/ingest", Duration::from_secs(30), |v| {
+        v["summaries"] == 4
+    });
+    Fleet {
+        c,
+        _broker: broker,
+        _pg: pg,
+        base,
+    }
+}
+
+fn dns_names_resolvers_totals_series_and_metrics_in_a_mixed_fleet(store: Store) {
+    let f = dns_fleet(store);
+    let c = &f.c;
+    let range = format!("from={}&to={}&step=10000", f.base, f.base + 40_000);
+    let v = c.json(&format!("/api/dns?{range}"));
+    // Latency: samples 2 x 1.5 ms, 3 ms, 40 ms, 0.5 ms; min 0.25 ms, max 80 ms.
+    assert_eq!(
+        v["totals"],
+        json!({
+            "windows": 3, "devices": 2,
+            "queries": 2 + 1 + 1 + 3 + 2, "responses": 2 + 1 + 1 + 2,
+            "rcodes": {"noerror": 2, "nxdomain": 1, "servfail": 1, "refused": 2, "other": 0},
+            "errors": 4, "unanswered": 3,
+            "error_rate": 4.0 / 6.0, "unanswered_rate": 3.0 / 9.0,
+            "latency": {"samples": 5, "min_us": 250, "avg_us": 46_500 / 5, "max_us": 80_000},
+            "malformed": 2, "evicted": 1,
+        }),
+        "{v}"
+    );
+    // The windows' histograms added up: buckets 8, 9, 10, 11 and 15 (of 2^i µs).
+    let h = &v["latency"];
+    assert_eq!(h["samples"], 5, "{h}");
+    assert_eq!(
+        (&h["p50_us"], &h["p90_us"], &h["p99_us"]),
+        (&json!(2_048), &json!(65_536), &json!(65_536))
+    );
+    let buckets: Vec<(u64, u64)> = h["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["lo_us"].as_u64().unwrap(), b["count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        buckets,
+        [
+            (256, 1),
+            (512, 1),
+            (1_024, 1),
+            (2_048, 1),
+            (4_096, 0),
+            (8_192, 0),
+            (16_384, 0),
+            (32_768, 1)
+        ]
+    );
+    let names = |v: &Value| -> Vec<String> {
+        v["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} {}",
+                    n["name"].as_str().unwrap(),
+                    n["qtype_name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(&v),
+        [
+            "slow.example AAAA",
+            "example.com AAAA",
+            "example.com A",
+            "nope.example A"
+        ],
+        "by error responses + unanswered, then queries"
+    );
+    let ex = &v["names"][2];
+    assert_eq!(
+        (
+            &ex["queries"],
+            &ex["responses"],
+            &ex["errors"],
+            &ex["resolvers"],
+            &ex["devices"]
+        ),
+        (&json!(3), &json!(3), &json!(1), &json!(2), &json!(1)),
+        "both cases of example.com A, at two resolvers: {ex}"
+    );
+    assert_eq!(
+        ex["latency"],
+        json!({"samples": 3, "min_us": 750, "avg_us": 43_000 / 3, "max_us": 80_000})
+    );
+    assert_eq!(
+        (
+            &v["names"][1]["queries"],
+            &v["names"][1]["rcodes"]["refused"],
+            &v["names"][1]["qtype"]
+        ),
+        (&json!(2), &json!(2), &json!(28)),
+        "sampled 1 in 2: counts scaled"
+    );
+    let slow = &v["names"][0];
+    assert_eq!(
+        (
+            &slow["unanswered"],
+            &slow["unanswered_rate"],
+            &slow["latency"]["avg_us"],
+            &slow["error_rate"]
+        ),
+        (&json!(3), &json!(1.0), &Value::Null, &Value::Null)
+    );
+    assert_eq!(
+        names(&c.json(&format!("/api/dns?{range}&sort=latency"))),
+        [
+            "example.com A",
+            "nope.example A",
+            "example.com AAAA",
+            "slow.example AAAA"
+        ]
+    );
+    assert_eq!(
+        names(&c.json(&format!("/api/dns?{range}&sort=queries&limit=2"))),
+        ["slow.example AAAA", "example.com A"]
+    );
+    let resolvers: Vec<(String, u64, u64, u64, u64)> = v["resolvers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                format!("{}:{}", r["addr"].as_str().unwrap(), r["port"]),
+                r["queries"].as_u64().unwrap(),
+                r["errors"].as_u64().unwrap(),
+                r["names"].as_u64().unwrap(),
+                r["devices"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        resolvers,
+        [
+            ("192.0.2.54:53".to_string(), 4, 1, 2, 1),
+            ("192.0.2.53:53".to_string(), 5, 3, 2, 2),
+        ],
+        "by errors + unanswered: {v}"
+    );
+    assert_eq!(
+        v["resolvers"][1]["latency"],
+        json!({"samples": 4, "min_us": 250, "avg_us": 6_500 / 4, "max_us": 6_000})
+    );
+    // Over time: a window counts in the bucket of its start.
+    let s = &v["series"];
+    assert_eq!(s["step_ms"], 10_000);
+    assert_eq!(s["queries"], json!([5, 4, null, null]), "{s}");
+    assert_eq!(s["errors"], json!([3, 1, null, null]));
+    assert_eq!(s["unanswered"], json!([0, 3, null, null]));
+    assert_eq!(s["error_rate"], json!([0.6, 1.0, null, null]));
+    assert_eq!(s["unanswered_rate"], json!([0.0, 0.75, null, null]));
+    assert_eq!(s["latency_avg_us"], json!([6_500 / 4, 40_000, null, null]));
+    // One device, one site.
+    let one = c.json(&format!("/api/dns?{range}&device=s2/c"));
+    assert_eq!(
+        (
+            &one["totals"]["windows"],
+            &one["totals"]["queries"],
+            &one["latency"]["samples"]
+        ),
+        (&json!(1), &json!(2), &json!(1)),
+        "{one}"
+    );
+    assert_eq!(names(&one), ["example.com AAAA"]);
+    let site = c.json(&format!("/api/dns?{range}&site=s1"));
+    assert_eq!(
+        (
+            &site["totals"]["devices"],
+            &site["totals"]["queries"],
+            &site["latency"]["samples"]
+        ),
+        (&json!(1), &json!(7), &json!(4)),
+        "{site}"
+    );
+    assert_eq!(site["resolvers"].as_array().unwrap().len(), 2);
+    let old = c.json(&format!("/api/dns?{range}&device=s2/d"));
+    assert_eq!(
+        (&old["totals"]["windows"], &old["names"], &old["resolvers"]),
+        (&json!(0), &json!([]), &json!([])),
+        "an old agent's lookups are stored, without DNS figures: {old}"
+    );
+    assert_eq!(c.json("/api/flows?device=s2/d")["matching"], 1);
+    let (status, body) = c.get("/api/dns?sort=slowest");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("errors, latency, queries"), "{body}");
+    let (status, metrics) = c.get("/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "edgeflow_device_dns_queries_total{site=\"s1\",device=\"a\"} 7\n",
+        "edgeflow_device_dns_queries_total{site=\"s2\",device=\"c\"} 2\n",
+        "edgeflow_device_dns_responses_total{site=\"s1\",device=\"a\",rcode=\"servfail\"} 1\n",
+        "edgeflow_device_dns_responses_total{site=\"s2\",device=\"c\",rcode=\"refused\"} 2\n",
+        "edgeflow_device_dns_responses_total{site=\"s1\",device=\"a\",rcode=\"noerror\"} 2\n",
+        "edgeflow_device_dns_unanswered_total{site=\"s1\",device=\"a\"} 3\n",
+        "edgeflow_device_dns_latency_samples_total{site=\"s1\",device=\"a\"} 4\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("dns_queries_total{site=\"s2\",device=\"d\"}"),
+        "no DNS series for an agent that does not look at DNS"
     );
 }

@@ -8,6 +8,7 @@
 //!   attention first; search and the site filter narrow it; pages move on;
 //! - a device's page (`#/device/<site>/<device>`) draws its health over time and lists only
 //!   its flows;
+//! - the TCP and DNS panels fill from the simulated fleet's blocks;
 //! - the page measures itself (`performance.now()` around each refresh, fetch and render, into
 //!   `#perf`): the first load and every refresh finish within the 2 s refresh period, and the
 //!   figures it shows change as data arrives.
@@ -52,6 +53,7 @@ fn start_fleet(broker: &Mosquitto, dir: &Path) -> Loadgen {
         "--top-k",
         "40",
         "--tcp-health",
+        "--dns",
     ])
 }
 
@@ -295,6 +297,26 @@ fn dashboard_with_a_thousand_devices_searches_sorts_and_keeps_up() {
     assert!(
         series.len() >= 3 && series.len() <= 2 + 8,
         "fleet, others and up to 8 devices: {chart}"
+    );
+
+    // The DNS panel of the whole fleet: top names (the generator's eight, one NXDOMAIN), its
+    // resolvers and the latency distribution.
+    let dns = b.wait_for(
+        "the DNS panel",
+        "(() => { const n = [...document.querySelectorAll('#dns-names tbody tr[data-name]')].map(r => r.dataset.name);
+                  const r = document.querySelectorAll('#dns-resolvers tbody tr[data-resolver]').length;
+                  const h = document.querySelectorAll('#dns-hist rect').length;
+                  return n.length >= 5 && r > 0 && h > 0 ? [n, r, h] : null; })()",
+        Duration::from_secs(15),
+    );
+    eprintln!("DNS panel: {dns}");
+    assert!(
+        dns[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().starts_with("gone.example.invalid ")),
+        "the NXDOMAIN name among the top names by errors: {dns}"
     );
 
     // Live: later refreshes show more traffic, each within the refresh period, patching the

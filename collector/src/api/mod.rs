@@ -8,6 +8,7 @@
 
 pub mod conversations;
 pub mod devices;
+pub mod dns;
 pub mod fleet;
 pub mod flows;
 pub mod health;

@@ -49,6 +49,9 @@ struct Cli {
     /// TCP flows carry TCP health blocks (outcomes, retransmissions, resets)
     #[argh(switch)]
     tcp_health: bool,
+    /// UDP flows to port 53 carry DNS blocks (queries, response codes, latency, names)
+    #[argh(switch)]
+    dns: bool,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         max_message: shared::wire::DEFAULT_MAX_MESSAGE,
         seed: cli.seed,
         tcp_health: cli.tcp_health,
+        dns: cli.dns,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
