@@ -264,7 +264,7 @@ pub fn window(
             },
             dns: plan.dns,
         };
-        encoded.push(wire::encode_vec(&Message::from(s)));
+        encoded.push(wire::encode_vec(&Message::V3(s)));
     }
     (encoded, totals, k as u64)
 }

@@ -83,7 +83,7 @@ pub fn summary(
         flows,
         rtt_hist: heapless::Vec::new(),
         tcp_health: false,
-        dns_hist: heapless::Vec::new(),
+        dns_hist: Default::default(),
         dns: false,
     }
 }

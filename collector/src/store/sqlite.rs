@@ -686,7 +686,7 @@ mod tests {
             ],
             rtt_hist: heapless::Vec::new(),
             tcp_health: false,
-            dns_hist: heapless::Vec::new(),
+            dns_hist: Default::default(),
             dns: false,
         }
     }

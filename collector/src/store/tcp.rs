@@ -291,7 +291,7 @@ mod tests {
             ],
             rtt_hist: heapless::Vec::new(),
             tcp_health: true,
-            dns_hist: heapless::Vec::new(),
+            dns_hist: Default::default(),
             dns: false,
         };
         let w = WindowTcp::of(&s).unwrap();
