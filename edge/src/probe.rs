@@ -101,7 +101,14 @@ impl Checked<'_> {
             netns: opts.netns.clone(),
         };
         // Before attaching: the baseline is then the empty table and zeroed counters.
-        let drainer = Drainer::new(maps, opts.expiry, opts.tcp_health)?;
+        let mut drainer = Drainer::new(maps, opts.expiry, opts.tcp_health)?;
+        if let (Some(cfg), Some(_)) = (&opts.owner, &drainer.source().owner) {
+            drainer.set_owners(crate::owner::Resolver::start(
+                cfg,
+                &opts.ifaces,
+                opts.netns.as_deref(),
+            ))?;
+        }
         // From here on a failure drops `hooked`, which undoes what was attached.
         let ebpf = &mut hooked.loaded.as_mut().expect("just loaded").ebpf;
         attach::attach_all(

@@ -32,10 +32,12 @@ pub use crate::rtt::{rtt_bucket, RTT_BUCKETS};
 pub use crate::stats::Count;
 pub use addr::Addr;
 pub use flow::Flow;
+pub use owner::{Device, Owner, Process};
 pub use tcp::{Outcome, Tcp, TcpDir};
 
 mod addr;
 mod flow;
+pub mod owner;
 mod tcp;
 pub mod v1;
 

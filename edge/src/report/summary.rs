@@ -199,6 +199,7 @@ mod tests {
             rtt: None,
             handshake_us: None,
             tcp: None,
+            owner: None,
         }
     }
 

@@ -8,7 +8,7 @@
 //! between the two: the agent's summary and `decode` go through them, and so should anything
 //! else that reads a summary's records.
 
-use super::{Addr, Count, FlowRecord, Rtt, Summary, Tcp};
+use super::{Addr, Count, FlowRecord, Owner, Rtt, Summary, Tcp};
 use core::num::NonZeroU32;
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 
@@ -45,6 +45,9 @@ pub struct Flow {
     /// What the TCP connection did (retransmissions, resets, outcome); `None` for other
     /// protocols and when the agent does not measure it.
     pub tcp: Option<Tcp>,
+    /// Who is behind it (process, service, LAN devices): indices into the names and devices
+    /// of the window or summary it comes with; `None` when nothing is known or owners are off.
+    pub owner: Option<Owner>,
 }
 
 impl Flow {
@@ -105,6 +108,7 @@ impl FlowRecord {
             rtt: self.rtt,
             handshake_us: None,
             tcp: self.tcp,
+            owner: None,
         }
     }
 }
@@ -124,7 +128,7 @@ impl Summary {
 /// fields, the outcome by name). Tests in `edge` pin the field names and order.
 impl Serialize for Flow {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("Flow", 17)?;
+        let mut m = s.serialize_struct("Flow", 18)?;
         m.serialize_field("proto", &self.proto)?;
         m.serialize_field("src", &Text(&self.src))?;
         m.serialize_field("src_port", &self.src_port)?;
@@ -156,6 +160,10 @@ impl Serialize for Flow {
         match &self.tcp {
             Some(t) => m.serialize_field("tcp", t)?,
             None => m.skip_field("tcp")?,
+        }
+        match &self.owner {
+            Some(o) => m.serialize_field("owner", o)?,
+            None => m.skip_field("owner")?,
         }
         m.end()
     }
@@ -234,6 +242,7 @@ mod tests {
                     ..Default::default()
                 },
             }),
+            owner: None,
         }
     }
 
@@ -266,7 +275,9 @@ mod tests {
         // (issue 21), which adds its own 56 and no padding.
         assert_eq!(core::mem::size_of::<Tcp>(), 56);
         assert_eq!(core::mem::size_of::<Option<Tcp>>(), 56);
-        assert_eq!(core::mem::size_of::<Flow>(), 120 + 56);
+        // The owner (issue 22): four optional indices and a pid, 40 bytes.
+        assert_eq!(core::mem::size_of::<Option<Owner>>(), 40);
+        assert_eq!(core::mem::size_of::<Flow>(), 120 + 56 + 40);
     }
 
     #[test]
