@@ -14,8 +14,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use shared::owner::{
-    FlowOwner, OwnerStat, SockOwner, COMM_LEN, DEFAULT_MAX_SOCKETS, OWNER_STATS_LEN, PENDING,
-    RESOLVED,
+    port_key, FlowOwner, OwnerStat, PortOwner, SockOwner, COMM_LEN, DEFAULT_MAX_PORTS,
+    DEFAULT_MAX_SOCKETS, OWNER_STATS_LEN, PENDING, RESOLVED,
 };
 use shared::{flow::DEFAULT_MAX_FLOWS, Direction};
 
@@ -32,6 +32,14 @@ static OWNERS: Array<FlowOwner> =
 /// Socket cookie → its creator, written by `sock_create`, removed by `sock_release`.
 #[map(name = "OWNER_SOCKS")]
 static OWNER_SOCKS: HashMap<u64, SockOwner> = HashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
+
+/// Bound port → the socket that bound it and its creator (`post_bind4`/`post_bind6`).
+#[map(name = "OWNER_PORTS")]
+static OWNER_PORTS: HashMap<u32, PortOwner> = HashMap::with_max_entries(DEFAULT_MAX_PORTS, 0);
+
+/// A bound socket's cookie → its port key: `sock_release` cannot read the port.
+#[map(name = "OWNER_BOUND")]
+static OWNER_BOUND: HashMap<u64, u32> = HashMap::with_max_entries(DEFAULT_MAX_PORTS, 0);
 
 #[map(name = "OWNER_STATS")]
 static OWNER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(OWNER_STATS_LEN, 0);
@@ -95,7 +103,7 @@ impl Hook for TcContext {
 /// A program claimed slot `at` for a flow whose first packet went direction `d`: writes the
 /// slot's owner before the slot is published, and the socket's owner at once on egress.
 #[inline(always)]
-pub fn claimed<C: Hook>(ctx: &C, at: u32, d: usize, egress: bool) {
+pub fn claimed<C: Hook>(ctx: &C, at: u32, d: usize, egress: bool, port: u32) {
     let Some(o) = OWNERS.get_ptr_mut(at) else {
         return;
     };
@@ -115,25 +123,38 @@ pub fn claimed<C: Hook>(ctx: &C, at: u32, d: usize, egress: bool) {
         (*o).dir = if d == Direction::BToA as usize { 1 } else { 0 };
     }
     if egress {
-        resolve(ctx, o);
+        resolve(ctx, o, port);
     }
 }
 
 /// A TC egress packet of a known flow in slot `at`: the flow's socket is looked up by its
 /// first egress packet only.
 #[inline(always)]
-pub fn egress_seen<C: Hook>(ctx: &C, at: u32) {
+pub fn egress_seen<C: Hook>(ctx: &C, at: u32, port: u32) {
     let Some(o) = OWNERS.get_ptr_mut(at) else {
         return;
     };
     // SAFETY: a live array slot; a word read.
     if unsafe { core::ptr::read_volatile(&raw const (*o).state) } == PENDING {
-        resolve(ctx, o);
+        resolve(ctx, o, port);
     }
 }
 
+/// The [`port_key`] of an egress packet's source (its local end).
 #[inline(always)]
-fn resolve<C: Hook>(ctx: &C, o: *mut FlowOwner) {
+pub fn local_port(proto: u8, port_a: u16, port_b: u16, d: usize) -> u32 {
+    port_key(
+        proto,
+        if d == Direction::AToB as usize {
+            port_a
+        } else {
+            port_b
+        },
+    )
+}
+
+#[inline(always)]
+fn resolve<C: Hook>(ctx: &C, o: *mut FlowOwner, port: u32) {
     let (cookie, cgroup) = ctx.socket();
     // SAFETY: a live array slot. Two CPUs resolving one flow at once write the same values.
     unsafe {
@@ -145,7 +166,15 @@ fn resolve<C: Hook>(ctx: &C, o: *mut FlowOwner) {
                     (*o).has_sock = 1;
                     count(OwnerStat::FlowsOwned);
                 }
-                None => count(OwnerStat::FlowsUnknownSocket),
+                // An accepted connection's socket: named by whoever bound its port.
+                None => match OWNER_PORTS.get(&port) {
+                    Some(p) => {
+                        (*o).sock = p.owner;
+                        (*o).has_sock = 1;
+                        count(OwnerStat::FlowsByPort);
+                    }
+                    None => count(OwnerStat::FlowsUnknownSocket),
+                },
             }
         }
         core::ptr::write_volatile(&raw mut (*o).state, RESOLVED);
@@ -181,7 +210,8 @@ pub fn edgeflow_sock_create(ctx: SockContext) -> i32 {
     1
 }
 
-/// The socket goes: its entry with it.
+/// The socket goes: its entries with it (its bound port's only if it is still the one that
+/// bound it).
 #[cgroup_sock(sock_release)]
 pub fn edgeflow_sock_release(ctx: SockContext) -> i32 {
     // SAFETY: helper on the program's own socket.
@@ -189,5 +219,62 @@ pub fn edgeflow_sock_release(ctx: SockContext) -> i32 {
     if OWNER_SOCKS.remove(&cookie).is_ok() {
         count(OwnerStat::Released);
     }
+    // SAFETY (both): values copied out before their entries may go.
+    if let Some(port) = unsafe { OWNER_BOUND.get(&cookie) }.copied() {
+        let _ = OWNER_BOUND.remove(&cookie);
+        if unsafe { OWNER_PORTS.get(&port) }.is_some_and(|p| p.cookie == cookie) {
+            let _ = OWNER_PORTS.remove(&port);
+        }
+    }
     1
+}
+
+/// After a bind: the port's socket and its creator (from the socket map; the binder when the
+/// socket predates the agent), for the connections a listener will accept.
+#[inline(always)]
+fn bound(ctx: &SockContext) -> i32 {
+    // SAFETY: helpers on the program's own socket and the current task; its fields are
+    // readable in this hook.
+    let (cookie, port) = unsafe {
+        let s = &*ctx.sock;
+        (
+            bpf_get_socket_cookie(ctx.as_ptr()),
+            port_key(s.protocol as u8, s.src_port as u16),
+        )
+    };
+    let owner = match unsafe { OWNER_SOCKS.get(&cookie) } {
+        Some(s) => *s,
+        None => {
+            // SAFETY: helpers on the current task.
+            let (pid_tgid, cgroup) =
+                unsafe { (bpf_get_current_pid_tgid(), bpf_get_current_cgroup_id()) };
+            let mut o = SockOwner {
+                pid: (pid_tgid >> 32) as u32,
+                tid: pid_tgid as u32,
+                cgroup,
+                comm: [0; COMM_LEN],
+            };
+            // SAFETY: a buffer of COMM_LEN bytes.
+            unsafe { gen::bpf_get_current_comm(o.comm.as_mut_ptr().cast(), COMM_LEN as u32) };
+            o
+        }
+    };
+    if OWNER_PORTS
+        .insert(&port, &PortOwner { cookie, owner }, 0)
+        .is_err()
+        || OWNER_BOUND.insert(&cookie, &port, 0).is_err()
+    {
+        count(OwnerStat::PortsFull);
+    }
+    1
+}
+
+#[cgroup_sock(post_bind4)]
+pub fn edgeflow_post_bind4(ctx: SockContext) -> i32 {
+    bound(&ctx)
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn edgeflow_post_bind6(ctx: SockContext) -> i32 {
+    bound(&ctx)
 }

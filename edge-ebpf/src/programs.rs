@@ -276,7 +276,8 @@ fn account<C: Hook>(
     };
     // Who sent it: a known flow's first egress packet looks its socket up (`owner`).
     if egress && owner::on() {
-        owner::egress_seen(ctx, at);
+        let port = owner::local_port(p.key.proto, p.key.port_a, p.key.port_b, d);
+        owner::egress_seen(ctx, at, port);
     }
     if p.key.proto != IPPROTO_TCP {
         return;
@@ -438,7 +439,8 @@ fn entry<C: Hook>(
                 (*v).tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
                 (*v).initiator = p.initiator as u32;
                 if owner::on() {
-                    owner::claimed(ctx, at, d, egress);
+                    let port = owner::local_port(p.key.proto, p.key.port_a, p.key.port_b, d);
+                    owner::claimed(ctx, at, d, egress, port);
                 }
                 // A full barrier: a CPU that sees LIVE sees the key.
                 atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).state, LIVE);

@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 use testkit::{
-    cgroup::{fork_sender, Hand, Send, TestCgroup},
+    cgroup::{fork_sender, Hand, Send, Server, TestCgroup},
     in_netns, sh, unique, TestNet, A4, B4,
 };
 
@@ -126,6 +126,20 @@ fn local_flows_carry_their_process_and_cgroup() {
         Hand::ToChild,
     );
     server.join().unwrap();
+    // A server in ns_a accepts a connection from ns_b: the accepted socket is the kernel's
+    // making, named after the process that bound the listening port.
+    let srv = Server::fork(&cg_a, &net.ns_a, "ef-server", at(5004));
+    in_netns(&net.ns_b, || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(at(5004)).unwrap();
+        c.write_all(&[7u8; 3000]).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"bye");
+    });
+    let server_pid = srv.pid;
+    srv.wait();
     // Every sender has exited: the flows are drained after their processes are gone.
     std::thread::sleep(Duration::from_millis(300));
     let w = session.next_window().unwrap();
@@ -148,12 +162,23 @@ fn local_flows_carry_their_process_and_cgroup() {
         process_of(&w, &f),
         (Some(maker), Some("ef-maker".into()), Some(cg_b.rel.clone()))
     );
+    let f = to_port(&w, 5004);
+    assert!(f.fwd.bytes > 3000 && f.rev.bytes > 0, "{f:?}");
+    assert_eq!(
+        process_of(&w, &f),
+        (
+            Some(server_pid),
+            Some("ef-server".into()),
+            Some(cg_a.rel.clone())
+        )
+    );
     // Flows the test's senders did not make (the kernel's own ICMPv6) have no process.
     let stats = w
         .owner_stats
         .as_ref()
         .expect("owner counters with owners on");
     assert!(stats["owner_flows_owned"] >= 3, "{stats:?}");
+    assert!(stats["owner_flows_by_port"] >= 1, "{stats:?}");
     assert!(stats["owner_sockets"] >= 3 && stats["owner_released"] >= 3);
     // The same in watch's JSON: the owner's indices into the window's names.
     let json: serde_json::Value = serde_json::from_str(&w.to_json()).unwrap();
@@ -183,13 +208,14 @@ fn a_full_socket_map_is_counted_and_loses_no_packet() {
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect();
     let ports = 5101..5105u16;
-    for (i, port) in ports.clone().enumerate() {
+    for port in ports.clone() {
         fork_sender(
             &cg,
             &net.ns_a,
             "ef-full",
             Send::Udp {
-                from: SocketAddrV4::new(A4, 41_101 + i as u16),
+                // Not bound: a bound port would name the flow (by port) all the same.
+                from: SocketAddrV4::new(A4, 0),
                 to: SocketAddrV4::new(B4, port),
                 count: 5,
             },

@@ -20,6 +20,15 @@
 pub const OWNERS_MAP: &str = "OWNERS";
 /// Map name of the socket cookie → [`SockOwner`] hash map.
 pub const SOCKETS_MAP: &str = "OWNER_SOCKS";
+/// Map name of the bound ports → [`PortOwner`] hash map: the process behind a listening
+/// (or explicitly bound) socket, for the connections `accept` hands out, whose sockets the
+/// kernel makes without `sock_create`.
+pub const PORTS_MAP: &str = "OWNER_PORTS";
+/// Map name of the bound socket's cookie → its port key (`sock_release` cannot read ports).
+pub const BOUND_MAP: &str = "OWNER_BOUND";
+/// Bound ports the map holds by default.
+pub const DEFAULT_MAX_PORTS: u32 = 1024;
+
 /// Map name of the per-CPU [`OwnerStat`] counters.
 pub const OWNER_STATS_MAP: &str = "OWNER_STATS";
 /// The programs' `.rodata` switch: 1 records owners, 0 (the object's default) does not.
@@ -55,6 +64,21 @@ impl SockOwner {
         let n = self.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
         &self.comm[..n]
     }
+}
+
+/// A bound port's key in [`PORTS_MAP`]: the IP protocol in bits 16..24, the port (host
+/// order) in the low 16.
+#[inline(always)]
+pub fn port_key(proto: u8, port: u16) -> u32 {
+    (proto as u32) << 16 | port as u32
+}
+
+/// The socket that bound a port, and its creator: the entry goes when that socket does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortOwner {
+    pub cookie: u64,
+    pub owner: SockOwner,
 }
 
 /// One flow-table slot's owner: valid while the slot holds the flow it was written for.
@@ -119,18 +143,24 @@ owner_stats! {
     /// Flows whose first egress packet had a socket the map knew.
     FlowsOwned = 3, "owner_flows_owned";
     /// Flows whose first egress packet had a socket the map did not know (created before the
-    /// agent started, accepted from a listener, or not recorded because the map was full).
+    /// agent started, or not recorded because the map was full), nor its source port.
     FlowsUnknownSocket = 4, "owner_flows_unknown_socket";
+    /// Flows whose socket the map did not know, named by the process that bound their source
+    /// port (connections accepted from a listener).
+    FlowsByPort = 5, "owner_flows_by_port";
+    /// Binds not recorded: the ports map was full.
+    PortsFull = 6, "owner_ports_full";
 }
 
 /// Counters in [`OWNER_STATS_MAP`].
-pub const OWNER_STATS_LEN: u32 = 5;
+pub const OWNER_STATS_LEN: u32 = 7;
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), Copy, explicit padding, plain integers: any bit pattern is valid.
     unsafe impl aya::Pod for super::SockOwner {}
     unsafe impl aya::Pod for super::FlowOwner {}
+    unsafe impl aya::Pod for super::PortOwner {}
 }
 
 #[cfg(test)]

@@ -116,8 +116,8 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 /// Forks a process named `comm` (at most 15 bytes) into `cg` and network namespace `netns`
-/// (an `ip netns` name) that makes a socket and sends as `what` says, and waits for it (and
-/// its child). Returns its pid. Panics if it (or its child) failed.
+/// (an `ip netns` name) that makes a socket (bound to `from` unless its port is 0) and sends
+/// as `what` says, and waits for it (and its child). Returns its pid. Panics if either failed.
 pub fn fork_sender(cg: &TestCgroup, netns: &str, comm: &str, what: Send, hand: Hand) -> u32 {
     assert!(comm.len() < 16);
     let name = CString::new(comm).unwrap();
@@ -163,7 +163,8 @@ pub fn fork_sender(cg: &TestCgroup, netns: &str, comm: &str, what: Send, hand: H
                 4,
             );
             let len = size_of::<libc::sockaddr_in>() as u32;
-            if libc::bind(s, (&raw const from).cast(), len) != 0 {
+            // Port 0: no bind (the kernel picks a port at the first send, no bind hook runs).
+            if from.sin_port != 0 && libc::bind(s, (&raw const from).cast(), len) != 0 {
                 fail(14);
             }
             if hand == Hand::ToChild {
@@ -225,4 +226,91 @@ pub fn fork_sender(cg: &TestCgroup, netns: &str, comm: &str, what: Send, hand: H
         libc::WEXITSTATUS(st)
     );
     pid as u32
+}
+
+/// A forked TCP server named `comm` in `cg` and namespace `netns`: it listens on `at`,
+/// accepts one connection and reads it to its end. Returns once it listens; [`Server::wait`]
+/// waits for it to finish.
+pub struct Server {
+    pub pid: u32,
+}
+
+impl Server {
+    pub fn fork(cg: &TestCgroup, netns: &str, comm: &str, at: SocketAddrV4) -> Server {
+        assert!(comm.len() < 16);
+        let name = CString::new(comm).unwrap();
+        let ns: OwnedFd = std::fs::File::open(format!("/var/run/netns/{netns}"))
+            .expect("netns")
+            .into();
+        let ns = ns.as_raw_fd();
+        let at = sockaddr(at);
+        let procs = cg.procs.as_ptr();
+        let mut pipe = [0i32; 2];
+        // SAFETY: a pipe into our array.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        // SAFETY: the child only makes system calls on memory prepared above, then _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY (the whole child): system calls on valid pointers; every path _exits.
+            unsafe {
+                let fd = libc::open(procs, libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    fail(10);
+                }
+                libc::close(fd);
+                libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+                if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
+                    fail(12);
+                }
+                let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let one: i32 = 1;
+                libc::setsockopt(
+                    s,
+                    libc::SOL_SOCKET,
+                    libc::SO_REUSEADDR,
+                    (&raw const one).cast(),
+                    4,
+                );
+                let len = size_of::<libc::sockaddr_in>() as u32;
+                if s < 0
+                    || libc::bind(s, (&raw const at).cast(), len) != 0
+                    || libc::listen(s, 4) != 0
+                {
+                    fail(14);
+                }
+                libc::write(pipe[1], b"r".as_ptr().cast(), 1);
+                let c = libc::accept(s, std::ptr::null_mut(), std::ptr::null_mut());
+                if c < 0 {
+                    fail(15);
+                }
+                let mut buf = [0u8; 2048];
+                while libc::read(c, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+                libc::write(c, b"bye".as_ptr().cast(), 3);
+                libc::close(c);
+                libc::close(s);
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: our pipe's ends.
+        unsafe {
+            libc::close(pipe[1]);
+            let mut b = [0u8; 1];
+            let n = libc::read(pipe[0], b.as_mut_ptr().cast(), 1);
+            libc::close(pipe[0]);
+            assert_eq!(n, 1, "server {comm} did not come up");
+        }
+        Server { pid: pid as u32 }
+    }
+
+    /// Waits for the server to end; panics if it failed.
+    pub fn wait(self) {
+        let mut st = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(self.pid as i32, &mut st, 0) };
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "server failed: status {st:#x}"
+        );
+    }
 }

@@ -16,12 +16,15 @@ use aya::{
     Ebpf,
 };
 use shared::owner::{
-    FlowOwner, OwnerStat, OWNERS_MAP, OWNER_STATS_LEN, OWNER_STATS_MAP, SOCKETS_MAP,
+    FlowOwner, OwnerStat, BOUND_MAP, DEFAULT_MAX_PORTS, OWNERS_MAP, OWNER_STATS_LEN,
+    OWNER_STATS_MAP, PORTS_MAP, SOCKETS_MAP,
 };
 use std::path::PathBuf;
 
 pub const SOCK_CREATE_PROG: &str = "edgeflow_sock_create";
 pub const SOCK_RELEASE_PROG: &str = "edgeflow_sock_release";
+pub const POST_BIND4_PROG: &str = "edgeflow_post_bind4";
+pub const POST_BIND6_PROG: &str = "edgeflow_post_bind6";
 
 /// `[owner]` as loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +50,12 @@ pub fn cgroup_root() -> Option<PathBuf> {
 /// leaves owners to what the packet programs see (cgroup ids, MACs).
 pub fn load_programs(ebpf: &mut Ebpf) -> Vec<String> {
     let mut unavailable = Vec::new();
-    for name in [SOCK_CREATE_PROG, SOCK_RELEASE_PROG] {
+    for name in [
+        SOCK_CREATE_PROG,
+        SOCK_RELEASE_PROG,
+        POST_BIND4_PROG,
+        POST_BIND6_PROG,
+    ] {
         let r = ebpf
             .program_mut(name)
             .ok_or_else(|| "not in the object".to_string())
@@ -88,6 +96,14 @@ pub fn attach(ebpf: &mut Ebpf) -> Vec<String> {
             SOCK_RELEASE_PROG,
             "closed sockets are not removed from the socket map (Linux 5.9 has the hook): \
              it fills, and later sockets' flows carry no process",
+        ),
+        (
+            POST_BIND4_PROG,
+            "bound IPv4 ports are not recorded: accepted connections carry no process",
+        ),
+        (
+            POST_BIND6_PROG,
+            "bound IPv6 ports are not recorded: accepted connections carry no process",
         ),
     ] {
         let r = match ebpf
@@ -171,9 +187,19 @@ impl OwnerMaps {
 
 /// Map sizes for the loader: the per-slot map as big as the table and the socket map as
 /// asked when on, one entry each when off (nothing allocated, nothing touched).
-pub fn map_sizes(opts: Option<OwnerOptions>, slots: u32) -> [(&'static str, u32); 2] {
+pub fn map_sizes(opts: Option<OwnerOptions>, slots: u32) -> [(&'static str, u32); 4] {
     match opts {
-        Some(o) => [(OWNERS_MAP, slots), (SOCKETS_MAP, o.max_sockets.max(1))],
-        None => [(OWNERS_MAP, 1), (SOCKETS_MAP, 1)],
+        Some(o) => [
+            (OWNERS_MAP, slots),
+            (SOCKETS_MAP, o.max_sockets.max(1)),
+            (PORTS_MAP, DEFAULT_MAX_PORTS),
+            (BOUND_MAP, DEFAULT_MAX_PORTS),
+        ],
+        None => [
+            (OWNERS_MAP, 1),
+            (SOCKETS_MAP, 1),
+            (PORTS_MAP, 1),
+            (BOUND_MAP, 1),
+        ],
     }
 }
