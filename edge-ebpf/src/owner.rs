@@ -166,14 +166,17 @@ fn resolve<C: Hook>(ctx: &C, o: *mut FlowOwner, port: u32) {
                     (*o).has_sock = 1;
                     count(OwnerStat::FlowsOwned);
                 }
-                // An accepted connection's socket: named by whoever bound its port.
+                // An accepted connection's socket: named by whoever bound its port, if that
+                // socket is in the same cgroup (the accepted one inherits it): ports are
+                // keyed without their network namespace, and another namespace's binder of
+                // the same port is most likely elsewhere in the hierarchy.
                 None => match OWNER_PORTS.get(&port) {
-                    Some(p) => {
+                    Some(p) if p.owner.cgroup == cgroup => {
                         (*o).sock = p.owner;
                         (*o).has_sock = 1;
                         count(OwnerStat::FlowsByPort);
                     }
-                    None => count(OwnerStat::FlowsUnknownSocket),
+                    _ => count(OwnerStat::FlowsUnknownSocket),
                 },
             }
         }

@@ -1041,6 +1041,10 @@ mod tests {
             ],
             rtt_hist: heapless::Vec::new(),
             tcp_health: false,
+            dns_hist: Default::default(),
+            dns: false,
+            names: Default::default(),
+            devices: Default::default(),
         }
     }
 

@@ -58,7 +58,7 @@ pub struct Window {
 }
 
 /// Devices in JSON: the MAC as text (`aa:bb:cc:dd:ee:ff`), the rest as indices into `names`.
-fn devices_json<S: Serializer>(devices: &[Device], s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn devices_json<S: Serializer>(devices: &[Device], s: S) -> Result<S::Ok, S::Error> {
     #[derive(Serialize)]
     struct D<'a> {
         mac: &'a str,
@@ -235,6 +235,7 @@ pub fn flow(
             fwd: delta.tcp[fwd.index()],
             rev: delta.tcp[rev.index()],
         }),
+        dns: None,
         owner: None,
     }
 }
@@ -545,6 +546,7 @@ mod tests {
             rtt,
             handshake_us,
             tcp: None,
+            dns: None,
             owner: None,
         };
         let rtt = Some(Rtt {

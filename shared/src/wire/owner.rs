@@ -89,7 +89,33 @@ impl Owner {
 /// [`super::FlowRecord::owner`]): one varint `h`, 0 for none, else 1 + bits saying which
 /// values follow, in this order: (0) process: pid and comm, (1) service, (2) initiator,
 /// (3) responder.
-#[allow(dead_code)] // FlowRecord::owner's, once V3 carries it
+/// The owner rules of a summary: names bounded, every index in range.
+pub(super) fn validate(s: &super::Summary) -> Result<(), super::DecodeError> {
+    use super::{DecodeError, MAX_NAMES_PER_MESSAGE, MAX_NAME_LEN};
+    let (names, devices) = (s.names.len(), s.devices.len());
+    if names > MAX_NAMES_PER_MESSAGE || devices > MAX_NAMES_PER_MESSAGE {
+        return Err(DecodeError::Invalid("too many names or devices"));
+    }
+    if s.names.iter().any(|n| n.len() > MAX_NAME_LEN) {
+        return Err(DecodeError::Invalid("name too long"));
+    }
+    let name_ok = |i: u32| (i as usize) < names;
+    if s.devices.iter().any(|d| {
+        [d.vendor, d.host_name, d.client_id]
+            .into_iter()
+            .flatten()
+            .any(|i| !name_ok(i))
+    }) {
+        return Err(DecodeError::Invalid("device name index out of range"));
+    }
+    for o in s.flows.iter().filter_map(|f| f.owner.as_ref()) {
+        if !o.names().all(name_ok) || !o.devices().all(|i| (i as usize) < devices) {
+            return Err(DecodeError::Invalid("owner index out of range"));
+        }
+    }
+    Ok(())
+}
+
 pub(super) mod compact {
     use super::{Owner, Process};
     use core::fmt;
