@@ -22,6 +22,7 @@ PKGS=(
   libcap2-bin util-linux                # capsh / setpriv for capability tests
   pkg-config build-essential sqlite3
   jq
+  ieee-data                             # MAC vendors (IEEE OUI registry) for LAN devices' owners
 )
 
 missing=()

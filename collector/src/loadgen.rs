@@ -162,6 +162,7 @@ pub fn window(
                 rtt: None,
                 tcp: None,
                 dns: None,
+                owner: None,
             };
             let rec = if plan.tcp_health && proto == 6 {
                 FlowRecord {
@@ -263,6 +264,8 @@ pub fn window(
                 heapless::Vec::new()
             },
             dns: plan.dns,
+            names: Default::default(),
+            devices: Default::default(),
         };
         encoded.push(wire::encode_vec(&Message::V3(s)));
     }

@@ -21,6 +21,7 @@ pub mod cpu;
 pub mod flow;
 #[cfg(feature = "wire")]
 pub mod identity;
+pub mod owner;
 pub mod parse;
 pub mod rtt;
 pub mod stats;

@@ -1135,6 +1135,8 @@ mod tests {
             tcp_health: false,
             dns_hist: Default::default(),
             dns: false,
+            names: Default::default(),
+            devices: Default::default(),
         }
     }
 
