@@ -5,6 +5,7 @@ use crate::{
     api::{
         devices::{Device, DeviceState},
         dns::DeviceDns,
+        owners::ServiceNow,
         tcp::DeviceTcp,
     },
     ingest::IngestStats,
@@ -32,6 +33,7 @@ pub fn render(
     devices: &[Device],
     tcp: &[DeviceTcp],
     dns: &[DeviceDns],
+    services: &[ServiceNow],
 ) -> String {
     let mut o = String::with_capacity(4096);
     head(
@@ -224,7 +226,39 @@ pub fn render(
     }
     render_tcp(&mut o, tcp);
     render_dns(&mut o, dns);
+    render_services(&mut o, services);
     o
+}
+
+/// Per device and service (systemd unit, container or cgroup of the box's own sockets, where
+/// the agent knows the owner): the latest window's throughput and flow records.
+fn render_services(o: &mut String, services: &[ServiceNow]) {
+    type Get = fn(&ServiceNow) -> f64;
+    let gauges: [(&str, &str, Get); 2] = [
+        (
+            "edgeflow_service_bytes_per_second",
+            "Throughput of a service's flows in its device's latest window (both ways).",
+            |s| s.bytes_per_s,
+        ),
+        (
+            "edgeflow_service_flow_records",
+            "Flow records of a service in its device's latest window.",
+            |s| s.flows as f64,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        head(o, name, "gauge", help);
+        for s in services {
+            let _ = writeln!(
+                o,
+                "{name}{{site=\"{}\",device=\"{}\",service=\"{}\"}} {}",
+                label(&s.site),
+                label(&s.device),
+                label(&s.service),
+                get(s)
+            );
+        }
+    }
 }
 
 /// Per device that measures TCP: connections per outcome reached, retransmitted segments and
@@ -352,7 +386,14 @@ mod tests {
 
     #[test]
     fn every_reason_has_a_series() {
-        let text = render(&IngestStats::default(), &Rates::default(), &[], &[], &[]);
+        let text = render(
+            &IngestStats::default(),
+            &Rates::default(),
+            &[],
+            &[],
+            &[],
+            &[],
+        );
         for r in REASONS {
             assert!(
                 text.contains(&format!(

@@ -44,6 +44,7 @@ on_every_store!(
     flows_talkers_conversations_rtt_stored_and_metrics,
     tcp_destinations_totals_series_and_metrics_in_a_mixed_fleet,
     dns_names_resolvers_totals_series_and_metrics_in_a_mixed_fleet,
+    owners_processes_services_lan_devices_flow_filters_and_metrics,
 );
 
 /// A fleet of four devices in two sites, published once and stored.
@@ -1023,4 +1024,311 @@ fn dns_names_resolvers_totals_series_and_metrics_in_a_mixed_fleet(store: Store) 
         !metrics.contains("dns_queries_total{site=\"s2\",device=\"d\"}"),
         "no DNS series for an agent that does not look at DNS"
     );
+}
+
+fn local(pid: u32, comm: u32, service: u32) -> Option<wire::Owner> {
+    Some(wire::Owner {
+        process: Some(wire::Process { pid, comm }),
+        service: Some(service),
+        ..wire::Owner::default()
+    })
+}
+
+fn lan(initiator: u32, responder: Option<u32>) -> Option<wire::Owner> {
+    Some(wire::Owner {
+        initiator: Some(initiator),
+        responder,
+        ..wire::Owner::default()
+    })
+}
+
+/// s1/a: a box's own processes (curl twice in backup.service, nginx in nginx.service) and a
+/// Raspberry Pi on its LAN (vendor, DHCP name and client id) whose flows it forwards; s2/c,
+/// sampling 1 in 2: an Apple device in two windows, the second without its vendor; s2/d: an
+/// agent before owners (a version 2 message).
+fn owners_fleet(store: Store) -> Fleet {
+    let broker = Mosquitto::start();
+    let (c, pg) = match store {
+        Store::Sqlite => (Collector::start(&broker.url()), None),
+        Store::Postgres => {
+            let pg = SharedPostgres::get();
+            let name = testkit::unique("efown");
+            let db = pg.pg.create_database(&name);
+            let c = Collector::with_args(&["--broker", &broker.url(), "--db", &db]);
+            (c, Some((pg, name)))
+        }
+    };
+    c.wait_subscribed();
+    let base = (now_ms() / 10_000 - 60) * 10_000;
+    let (box_ip, pi) = ([10, 2, 0, 1], [192, 168, 1, 20]);
+    let mut a0 = summary(
+        "s1",
+        "a",
+        1,
+        0,
+        base,
+        &[
+            tcp_flow(
+                box_ip,
+                40_000,
+                [192, 0, 2, 80],
+                443,
+                (10, 10_000),
+                (10, 50_000),
+            ),
+            tcp_flow(box_ip, 40_001, [192, 0, 2, 81], 443, (1, 1_000), (1, 1_000)),
+            tcp_flow(
+                [198, 51, 100, 9],
+                5_555,
+                box_ip,
+                80,
+                (5, 5_000),
+                (5, 20_000),
+            ),
+            tcp_flow(pi, 50_000, [192, 0, 2, 90], 443, (4, 4_000), (4, 16_000)),
+            F {
+                proto: 17,
+                ..udp53(pi, 50_001, [192, 0, 2, 91])
+            },
+        ],
+        (0, 0),
+    );
+    a0.names = [
+        "curl",
+        "nginx",
+        "backup.service",
+        "nginx.service",
+        "Raspberry Pi Trading Ltd",
+        "kitchen-pi",
+        "01:b8:27:eb:11:22:33",
+    ]
+    .map(String::from)
+    .to_vec();
+    a0.devices = vec![
+        wire::Device {
+            mac: [0xb8, 0x27, 0xeb, 0x11, 0x22, 0x33],
+            vendor: Some(4),
+            host_name: Some(5),
+            client_id: Some(6),
+        },
+        wire::Device {
+            mac: [0x02, 0, 0, 0, 0, 1],
+            ..wire::Device::default()
+        },
+    ];
+    a0.flows[0].owner = local(100, 0, 2);
+    a0.flows[1].owner = local(101, 0, 2);
+    a0.flows[2].owner = local(200, 1, 3);
+    a0.flows[3].owner = lan(0, Some(1));
+    a0.flows[4].owner = lan(0, None);
+    let apple = |seq: u64, vendor: bool| {
+        let mut s = summary(
+            "s2",
+            "c",
+            3,
+            seq,
+            base + seq * 10_000,
+            &[tcp_flow(
+                [192, 168, 7, 5],
+                60_000,
+                [192, 0, 2, 90],
+                443,
+                (1, 500),
+                (1, 500),
+            )],
+            (0, 0),
+        );
+        s.sample_every = 2;
+        s.names = vec!["Apple, Inc.".to_string()];
+        s.devices = vec![wire::Device {
+            mac: [0x00, 0x1b, 0x63, 0xaa, 0x0f, 0xff],
+            vendor: vendor.then_some(0),
+            ..wire::Device::default()
+        }];
+        s.flows[0].owner = lan(0, None);
+        s
+    };
+    let d0 = summary(
+        "s2",
+        "d",
+        4,
+        0,
+        base,
+        &[tcp_flow(
+            [10, 4, 0, 1],
+            1_234,
+            [192, 0, 2, 80],
+            443,
+            (1, 100),
+            (1, 100),
+        )],
+        (0, 0),
+    );
+    let old = Msg {
+        topic: "edgeflow/v1/s2/d/flows".into(),
+        payload: wire::encode_vec(&Message::V2(wire::v2::Summary::from(&d0))),
+        retain: false,
+    };
+    let msgs = vec![
+        Msg::summary(&a0),
+        Msg::summary(&apple(0, true)),
+        Msg::summary(&apple(1, false)),
+        old,
+    ];
+    publish_all(broker.port, &msgs);
+    c.wait_for("/api/ingest", Duration::from_secs(30), |v| {
+        v["summaries"] == 4
+    });
+    Fleet {
+        c,
+        _broker: broker,
+        _pg: pg,
+        base,
+    }
+}
+
+fn owners_processes_services_lan_devices_flow_filters_and_metrics(store: Store) {
+    let f = owners_fleet(store);
+    let c = &f.c;
+    let range = format!("from={}&to={}", f.base, f.base + 40_000);
+    let v = c.json(&format!("/api/owners?{range}"));
+    assert_eq!(
+        v["processes"],
+        json!([
+            {"process": "curl", "service": "backup.service", "pids": 2,
+             "fwd": {"packets": 11, "bytes": 11_000}, "rev": {"packets": 11, "bytes": 51_000},
+             "bytes": 62_000, "packets": 22, "flows": 2, "devices": 1},
+            {"process": "nginx", "service": "nginx.service", "pids": 1,
+             "fwd": {"packets": 5, "bytes": 5_000}, "rev": {"packets": 5, "bytes": 20_000},
+             "bytes": 25_000, "packets": 10, "flows": 1, "devices": 1},
+        ]),
+        "{v}"
+    );
+    let services: Vec<(String, u64, u64)> = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["service"].as_str().unwrap().to_string(),
+                s["bytes"].as_u64().unwrap(),
+                s["processes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        services,
+        [
+            ("backup.service".to_string(), 62_000, 1),
+            ("nginx.service".to_string(), 25_000, 1)
+        ]
+    );
+    let lan = &v["lan_devices"];
+    assert_eq!(lan.as_array().unwrap().len(), 2, "initiators only: {lan}");
+    assert_eq!(
+        (
+            &lan[0]["device"],
+            &lan[0]["mac"],
+            &lan[0]["vendor"],
+            &lan[0]["host_name"],
+            &lan[0]["client_id"]
+        ),
+        (
+            &json!("s1/a"),
+            &json!("b8:27:eb:11:22:33"),
+            &json!("Raspberry Pi Trading Ltd"),
+            &json!("kitchen-pi"),
+            &json!("01:b8:27:eb:11:22:33")
+        ),
+        "{lan}"
+    );
+    assert_eq!(
+        (&lan[0]["bytes"], &lan[0]["flows"], &lan[0]["destinations"]),
+        (&json!(20_190), &json!(2), &json!(2))
+    );
+    assert_eq!(
+        lan[0]["top_destinations"],
+        json!([
+            {"addr": "192.0.2.90", "port": 443, "proto": 6, "bytes": 20_000},
+            {"addr": "192.0.2.91", "port": 53, "proto": 17, "bytes": 190},
+        ])
+    );
+    assert_eq!(
+        (
+            &lan[1]["device"],
+            &lan[1]["mac"],
+            &lan[1]["vendor"],
+            &lan[1]["host_name"],
+            &lan[1]["bytes"],
+            &lan[1]["flows"]
+        ),
+        (
+            &json!("s2/c"),
+            &json!("00:1b:63:aa:0f:ff"),
+            &json!("Apple, Inc."),
+            &Value::Null,
+            &json!(4_000),
+            &json!(1)
+        ),
+        "the vendor kept from the first window, counts x 2: {lan}"
+    );
+    // One device, one site.
+    let one = c.json(&format!("/api/owners?{range}&device=s2/c"));
+    assert_eq!(
+        (
+            &one["processes"],
+            one["lan_devices"].as_array().unwrap().len()
+        ),
+        (&json!([]), 1),
+        "{one}"
+    );
+    let site = c.json(&format!("/api/owners?{range}&site=s1"));
+    assert_eq!(site["lan_devices"][0]["mac"], "b8:27:eb:11:22:33");
+    assert_eq!(site["lan_devices"].as_array().unwrap().len(), 1);
+    let old = c.json(&format!("/api/owners?{range}&device=s2/d"));
+    assert_eq!(
+        (&old["processes"], &old["services"], &old["lan_devices"]),
+        (&json!([]), &json!([]), &json!([])),
+        "{old}"
+    );
+    // The flows endpoint's owner filters and fields.
+    let flows = |q: &str| -> Vec<String> {
+        let v = c.json(&format!("/api/flows?{range}&{q}"));
+        v["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| format!("{}:{}", f["dst"].as_str().unwrap(), f["dst_port"]))
+            .collect()
+    };
+    assert_eq!(flows("process=curl"), ["192.0.2.80:443", "192.0.2.81:443"]);
+    assert_eq!(flows("service=nginx.service"), ["10.2.0.1:80"]);
+    assert_eq!(
+        flows("mac=B8-27-EB-11-22-33"),
+        ["192.0.2.90:443", "192.0.2.91:53"]
+    );
+    assert_eq!(flows("mac=02:00:00:00:00:01"), ["192.0.2.90:443"]);
+    let fw = c.json(&format!("/api/flows?{range}&mac=020000000001"));
+    assert_eq!(
+        fw["flows"][0]["owner"],
+        json!({"process": null, "pid": null, "service": null,
+               "src_mac": "b8:27:eb:11:22:33", "dst_mac": "02:00:00:00:00:01"})
+    );
+    let nginx = c.json(&format!("/api/flows?{range}&process=nginx"));
+    assert_eq!(nginx["flows"][0]["owner"]["pid"], 200);
+    assert_eq!(
+        c.json(&format!("/api/flows?{range}&device=s2/d"))["flows"][0]["owner"],
+        Value::Null
+    );
+    let (status, body) = c.get("/api/flows?mac=nope");
+    assert_eq!(status, 400, "{body}");
+    let (status, metrics) = c.get("/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "edgeflow_service_bytes_per_second{site=\"s1\",device=\"a\",service=\"backup.service\"} 6200\n",
+        "edgeflow_service_bytes_per_second{site=\"s1\",device=\"a\",service=\"nginx.service\"} 2500\n",
+        "edgeflow_service_flow_records{site=\"s1\",device=\"a\",service=\"backup.service\"} 2\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
+    }
 }

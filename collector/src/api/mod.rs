@@ -12,6 +12,7 @@ pub mod dns;
 pub mod fleet;
 pub mod flows;
 pub mod health;
+pub mod owners;
 pub mod postgres;
 pub mod rtt;
 pub mod series;

@@ -11,6 +11,7 @@
 //! nothing is visible (or acknowledged to the broker) before the commit.
 
 pub mod dns;
+pub mod owner;
 pub mod postgres;
 pub mod sqlite;
 pub mod tcp;

@@ -24,7 +24,7 @@
 //! The `postgres` client runs its own small runtime: call this only from a plain thread (the
 //! ingest writer), never on a tokio worker.
 
-use super::{addr, addr_text, dns, n, tcp, Storage, StoreError, Write};
+use super::{addr, addr_text, dns, n, owner, tcp, Storage, StoreError, Write};
 use postgres::{
     binary_copy::BinaryCopyInWriter, error::SqlState, types::ToSql, types::Type, Client, NoTls,
     Statement, Transaction,
@@ -78,6 +78,16 @@ fn dns_columns() -> String {
         .map(|c| format!("ADD COLUMN {c} DOUBLE PRECISION NOT NULL DEFAULT 0"))
         .collect();
     add("summaries", summaries) + &add("flows", flows) + &add("device_totals", totals)
+}
+
+/// Version 3 also adds the owner columns ([`owner`]) and the `lan_devices` table.
+fn owner_columns() -> String {
+    let cols: Vec<String> = owner::FLOW_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("ADD COLUMN {c} {}", if i == 0 { "BIGINT" } else { "TEXT" }))
+        .collect();
+    owner::table_sql("BIGINT") + &format!("ALTER TABLE flows {};\n", cols.join(", "))
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -396,6 +406,7 @@ fn connect(url: &str) -> Result<(Client, Statements), StoreError> {
                 tx.batch_execute(&tcp_columns())?;
             }
             tx.batch_execute(&dns_columns())?;
+            tx.batch_execute(&owner_columns())?;
             tx.execute(
                 "UPDATE edgeflow_schema SET version = $1",
                 &[&SCHEMA_VERSION],
@@ -408,6 +419,7 @@ fn connect(url: &str) -> Result<(Client, Statements), StoreError> {
         tx.batch_execute(SCHEMA)?;
         tx.batch_execute(&tcp_columns())?;
         tx.batch_execute(&dns_columns())?;
+        tx.batch_execute(&owner_columns())?;
         tx.execute(
             "INSERT INTO edgeflow_schema (version) VALUES ($1)",
             &[&SCHEMA_VERSION],
@@ -571,6 +583,7 @@ impl PgStore {
             copy_flows(&mut tx, &inserted, &summary)?;
             track_runs(&mut tx, st, &inserted, &summary, now)?;
             add_totals(&mut tx, st, &inserted, &summary)?;
+            upsert_lan_devices(&mut tx, &inserted, &summary, now)?;
             for (i, _) in &inserted {
                 stored[*i] = true;
             }
@@ -660,6 +673,10 @@ impl PgStore {
         }
         tx.execute(
             "DELETE FROM boots WHERE last_received_ms < $1",
+            &[&before_ms],
+        )?;
+        tx.execute(
+            "DELETE FROM lan_devices WHERE last_received_ms < $1",
             &[&before_ms],
         )?;
         tx.commit()?;
@@ -784,15 +801,20 @@ fn copy_flows<'a>(
             last_seen_ms, rtt_min_us, rtt_avg_us, rtt_max_us, rtt_samples, window_start_ms,
             tcp_outcome, tcp_decided, tcp_syn_retries, tcp_fwd_retrans_packets,
             tcp_fwd_retrans_bytes, tcp_rev_retrans_packets, tcp_rev_retrans_bytes, tcp_fwd_rst,
-            tcp_rev_rst, tcp_fwd_fin, tcp_rev_fin, {})
+            tcp_rev_rst, tcp_fwd_fin, tcp_rev_fin, {}, {})
          FROM STDIN BINARY",
-        dns::FLOW_COLUMNS.join(", ")
+        dns::FLOW_COLUMNS.join(", "),
+        owner::FLOW_COLUMNS.join(", ")
     ))?;
-    let mut types = vec![Type::INT8; 33 + dns::FLOW_COLUMNS.len()];
+    let first_owner = 33 + dns::FLOW_COLUMNS.len();
+    let mut types = vec![Type::INT8; first_owner + owner::FLOW_COLUMNS.len()];
     types[22] = Type::TEXT;
     types[3] = Type::TEXT;
     types[5] = Type::TEXT;
     types[33] = Type::TEXT;
+    for t in &mut types[first_owner + 1..] {
+        *t = Type::TEXT;
+    }
     let mut w = BinaryCopyInWriter::new(writer, &types);
     for &(i, id) in inserted {
         let s = summary(i);
@@ -863,10 +885,13 @@ fn copy_flows<'a>(
                 &t[9],
                 &name,
             ];
+            let o = owner::FlowOwner::of(&f.owner, s).unwrap_or_default();
             let all: Vec<&(dyn ToSql + Sync)> = base
                 .iter()
                 .copied()
                 .chain(di.iter().map(|v| v as &(dyn ToSql + Sync)))
+                .chain(std::iter::once(&o.pid as &(dyn ToSql + Sync)))
+                .chain(o.text.iter().map(|v| v as &(dyn ToSql + Sync)))
                 .collect();
             w.write(&all)?;
         }
@@ -1021,6 +1046,35 @@ fn add_totals<'a>(
         params.push(col);
     }
     tx.execute(&st.totals, &params)?;
+    Ok(())
+}
+
+/// The LAN devices the inserted summaries describe, in key order (collectors storing the same
+/// devices at once take their row locks in one order).
+fn upsert_lan_devices<'a>(
+    tx: &mut Transaction<'_>,
+    inserted: &[(usize, i64)],
+    summary: &dyn Fn(usize) -> &'a Summary,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut all: BTreeMap<(&str, &str, String), owner::LanDevice> = BTreeMap::new();
+    for &(i, _) in inserted {
+        let s = summary(i);
+        for d in owner::lan_devices(s) {
+            let key = (s.site.as_str(), s.device.as_str(), d.0.clone());
+            let e = all.entry(key).or_insert_with(|| d.clone());
+            e.1 = d.1.or(e.1.take());
+            e.2 = d.2.or(e.2.take());
+            e.3 = d.3.or(e.3.take());
+        }
+    }
+    if all.is_empty() {
+        return Ok(());
+    }
+    let st = tx.prepare(owner::UPSERT_SQL)?;
+    for ((site, device, mac), (_, vendor, host, client)) in &all {
+        tx.execute(&st, &[site, device, mac, vendor, host, client, &now])?;
+    }
     Ok(())
 }
 
@@ -1533,6 +1587,12 @@ mod tests {
             )
         };
         assert_eq!(sums(&url), (16, 2, 6, 2), "queries x 2 (sampled 1 in 2)");
+        assert_eq!(scalar(&url, "SELECT COUNT(*) FROM lan_devices"), 0);
+        assert_eq!(
+            scalar(&url, "SELECT COUNT(*) FROM flows WHERE owner_comm IS NULL"),
+            9,
+            "the owner columns made, empty"
+        );
         assert_eq!(
             scalar(
                 &url,

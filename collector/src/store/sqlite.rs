@@ -7,7 +7,7 @@
 //! and the collector never got (gaps) are counted without scanning the summaries. `u64` fields that may exceed `i64`
 //! (the random boot id) are stored bit-cast; counters are clamped to `i64::MAX`.
 
-use super::{addr, addr_text, dns, n, tcp, Storage, StoreError, Write};
+use super::{addr, addr_text, dns, n, owner, tcp, Storage, StoreError, Write};
 use rusqlite::{params, Connection, OpenFlags, Transaction};
 use shared::identity::Presence;
 use shared::wire::Summary;
@@ -146,11 +146,12 @@ static INSERT_FLOW: LazyLock<String> = LazyLock::new(|| {
     let cols = format!(
         "summary_id, n, proto, src, src_port, dst, dst_port, vlan, vlan_inner, ifindex,
          fwd_packets, fwd_bytes, rev_packets, rev_bytes, tcp_flags, first_seen_ms, last_seen_ms,
-         rtt_min_us, rtt_avg_us, rtt_max_us, rtt_samples, {}, {}",
+         rtt_min_us, rtt_avg_us, rtt_max_us, rtt_samples, {}, {}, {}",
         tcp::FLOW_COLUMNS.join(", "),
-        dns::FLOW_COLUMNS.join(", ")
+        dns::FLOW_COLUMNS.join(", "),
+        owner::FLOW_COLUMNS.join(", ")
     );
-    let n = 21 + tcp::FLOW_COLUMNS.len() + dns::FLOW_COLUMNS.len();
+    let n = 21 + tcp::FLOW_COLUMNS.len() + dns::FLOW_COLUMNS.len() + owner::FLOW_COLUMNS.len();
     format!("INSERT INTO flows ({cols}) VALUES ({})", placeholders(n))
 });
 
@@ -190,6 +191,16 @@ fn dns_columns() -> String {
     }
     for c in dns::TOTAL_COLUMNS {
         sql += &format!("ALTER TABLE device_totals ADD COLUMN {c} REAL NOT NULL DEFAULT 0;\n");
+    }
+    sql
+}
+
+/// Version 4 also adds the owner columns ([`owner`]) and the `lan_devices` table.
+fn owner_columns() -> String {
+    let mut sql = owner::table_sql("INTEGER");
+    for (i, c) in owner::FLOW_COLUMNS.iter().enumerate() {
+        let kind = if i == 0 { "INTEGER" } else { "TEXT" };
+        sql += &format!("ALTER TABLE flows ADD COLUMN {c} {kind};\n");
     }
     sql
 }
@@ -286,6 +297,7 @@ impl Store {
             tx.execute_batch(SCHEMA)?;
             tx.execute_batch(&tcp_columns())?;
             tx.execute_batch(&dns_columns())?;
+            tx.execute_batch(&owner_columns())?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
         }
@@ -369,6 +381,10 @@ impl Store {
         }
         // Runs that sent nothing since: their gap count goes with their data.
         tx.execute("DELETE FROM boots WHERE last_received_ms < ?1", [before_ms])?;
+        tx.execute(
+            "DELETE FROM lan_devices WHERE last_received_ms < ?1",
+            [before_ms],
+        )?;
         tx.commit()?;
         Ok((summaries, flows))
     }
@@ -376,7 +392,7 @@ impl Store {
 
 /// Brings a version 1, 2 or 3 database to this version in place, in one transaction (all or
 /// nothing): 1 → 2 rebuilds `summaries` with the site in its key (see [`MIGRATE_V1`]), 2 → 3
-/// adds the TCP columns, 3 → 4 the DNS columns.
+/// adds the TCP columns, 3 → 4 the DNS and owner columns.
 fn migrate(conn: &mut Connection, from: i64) -> Result<(), StoreError> {
     log::info!("database: migrating schema {from} to {SCHEMA_VERSION}");
     let tx = conn.transaction()?;
@@ -396,6 +412,7 @@ fn migrate(conn: &mut Connection, from: i64) -> Result<(), StoreError> {
         tx.execute_batch(&tcp_columns())?;
     }
     tx.execute_batch(&dns_columns())?;
+    tx.execute_batch(&owner_columns())?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
@@ -566,12 +583,30 @@ impl Batch<'_> {
                 t[9],
                 name,
             ];
+            let o = owner::FlowOwner::of(&f.owner, s).unwrap_or_default();
             let all: Vec<&dyn rusqlite::ToSql> = base
                 .iter()
                 .copied()
                 .chain(di.iter().map(|v| v as &dyn rusqlite::ToSql))
+                .chain(std::iter::once(&o.pid as &dyn rusqlite::ToSql))
+                .chain(o.text.iter().map(|v| v as &dyn rusqlite::ToSql))
                 .collect();
             stmt.execute(all.as_slice())?;
+        }
+        drop(stmt);
+        let mut up = self
+            .tx
+            .prepare_cached(&owner::UPSERT_SQL.replace('$', "?"))?;
+        for (mac, vendor, host, client) in owner::lan_devices(s) {
+            up.execute(params![
+                s.site.as_str(),
+                s.device.as_str(),
+                mac,
+                vendor,
+                host,
+                client,
+                received_ms
+            ])?;
         }
         Ok(true)
     }
@@ -1089,6 +1124,11 @@ mod tests {
             (version, old_window),
             (SCHEMA_VERSION, None),
             "the old row stays, without DNS figures"
+        );
+        assert_eq!(
+            count(&store.conn, "lan_devices"),
+            0,
+            "the owners' table made"
         );
         let mut b = store.batch().unwrap();
         for seq in 1..4u64 {
