@@ -139,7 +139,7 @@ function route() {
     saveList();
   }
   // Old rows and charts belong to the other view.
-  for (const id of ["flows", "talkers", "conversations", "tcp-dest", "dns-names", "dns-resolvers"]) clearRows($(id));
+  for (const id of ["flows", "talkers", "conversations", "tcp-dest", "dns-names", "dns-resolvers", "owner-processes", "owner-services", "owner-lan"]) clearRows($(id));
   for (const id of ["chart", "chart-top", "legend", "tcp-rate-chart", "tcp-fail-chart", "dns-rate-chart", "dns-hist"]) { $(id).innerHTML = ""; $(id)._html = null; }
   window.scrollTo(0, 0);
   refresh();
@@ -257,9 +257,10 @@ async function loadTraffic(from, to) {
   ]);
   // After the others: the lane keeps to four queries at once (the collector's readers, 4 by
   // default), so the view's requests never queue behind a fifth scan of the flow records.
-  const [tcp, dns] = await Promise.all([
+  const [tcp, dns, owners] = await Promise.all([
     api("/api/tcp", { from, to, device, limit: 10, step: step(), sort: state.tcpSort }),
     api("/api/dns", { from, to, device, limit: 10, step: step(), sort: state.dnsSort }),
+    api("/api/owners", { from, to, device, limit: 10 }),
   ]);
   return () => {
     renderTalkers(talkers);
@@ -268,6 +269,7 @@ async function loadTraffic(from, to) {
     renderRtt(rtt);
     renderTcp(tcp, from, to);
     renderDns(dns, from, to);
+    renderOwners(owners);
   };
 }
 
@@ -755,6 +757,37 @@ function renderDns(d, from, to) {
       ["num", count(r.names)],
     ],
   }), none, 6);
+}
+
+// ---- who sent it ----
+
+// The box's own traffic by process and service, and forwarded traffic by the LAN device (MAC,
+// vendor, DHCP name) that started it, with its top destinations.
+function renderOwners(o) {
+  const any = o.processes.length + o.services.length + o.lan_devices.length;
+  setText("owners-note", any ? "" : "· no agent in this range reports owners (agents before version 3, or owners switched off)");
+  const none = "nothing known in this range";
+  let max = o.processes.length ? o.processes[0].bytes : 0;
+  patchRows($("owner-processes"), o.processes, (p) => ({
+    attrs: { "data-process": p.process, "data-service": p.service || "", "data-bytes": String(p.bytes) },
+    cells: [["", `<b>${esc(p.process)}</b>`], ["dim", p.service ? esc(p.service) : "–"], ["num", count(p.pids)], ["num", count(p.flows)], ["num", bytes(p.bytes)], ["", bar(p.bytes, max)]],
+  }), none, 6);
+  max = o.services.length ? o.services[0].bytes : 0;
+  patchRows($("owner-services"), o.services, (x) => ({
+    attrs: { "data-service": x.service, "data-bytes": String(x.bytes) },
+    cells: [["", `<b>${esc(x.service)}</b>`], ["num", count(x.processes)], ["num", count(x.flows)], ["num", bytes(x.bytes)], ["", bar(x.bytes, max)]],
+  }), none, 5);
+  patchRows($("owner-lan"), o.lan_devices, (d) => ({
+    attrs: { "data-mac": d.mac, "data-vendor": d.vendor || "", "data-name": d.host_name || "", "data-bytes": String(d.bytes) },
+    cells: [
+      ["addr", esc(d.mac)], ["", d.vendor ? esc(d.vendor) : `<span class="dim">unknown</span>`],
+      ["", d.host_name ? `<b>${esc(d.host_name)}</b>` : `<span class="dim">–</span>`],
+      ["dim", `<a href="${deviceHref(d.device)}">${esc(d.device)}</a>`],
+      ["num", count(d.flows)], ["num", bytes(d.bytes)],
+      ["addr", d.top_destinations.map((x) => `<span data-dest="${esc(x.addr)}:${x.port}">${esc(endpoint(x.addr, x.port, x.proto))}</span> <span class="dim">${bytes(x.bytes)}</span>`).join(" · ") +
+        (d.destinations > d.top_destinations.length ? ` <span class="dim">+${count(d.destinations - d.top_destinations.length)}</span>` : "")],
+    ],
+  }), none, 7);
 }
 
 function renderIngest(i) {

@@ -119,6 +119,31 @@ fn dashboard_shows_device_throughput_and_flows_live() {
             .into_iter()
             .collect();
         s.health.active_flows = 9_000 + k as u32;
+        // Owners: the HTTPS flow is curl's (pid 4242, backup.service); the mDNS one was
+        // started by a Raspberry Pi on the LAN that gave its name over DHCP.
+        s.names = [
+            "curl",
+            "backup.service",
+            "Raspberry Pi Trading Ltd",
+            "kitchen-pi",
+        ]
+        .map(String::from)
+        .to_vec();
+        s.devices = vec![shared::wire::Device {
+            mac: [0xb8, 0x27, 0xeb, 0x11, 0x22, 0x33],
+            vendor: Some(2),
+            host_name: Some(3),
+            client_id: None,
+        }];
+        s.flows[0].owner = Some(shared::wire::Owner {
+            process: Some(shared::wire::Process { pid: 4242, comm: 0 }),
+            service: Some(1),
+            ..Default::default()
+        });
+        s.flows[1].owner = Some(shared::wire::Owner {
+            initiator: Some(0),
+            ..Default::default()
+        });
         // TCP health: the HTTPS connection came up in window 0 and retransmits one 100-byte
         // segment a window; windows 8-10 each hold a connect refused by 192.0.2.99:8443, and
         // window 10 one to 198.51.100.7:22 left unanswered after 2 SYN retries.
@@ -314,6 +339,12 @@ fn dashboard_shows_device_throughput_and_flows_live() {
         "3 NXDOMAIN · 0 SERVFAIL · 0 REFUSED · 0 other",
         "12.00 %",
         "mean · 25 samples",
+        // Who sent it: the process and its service, the LAN device with its vendor, DHCP name
+        // and destination.
+        "data-process=\"curl\" data-service=\"backup.service\"",
+        "data-service=\"backup.service\" data-bytes=",
+        "data-mac=\"b8:27:eb:11:22:33\" data-vendor=\"Raspberry Pi Trading Ltd\" data-name=\"kitchen-pi\"",
+        "data-dest=\"224.0.0.251:5353\"",
     ] {
         assert!(
             dom.contains(want),
@@ -346,6 +377,10 @@ fn dashboard_shows_device_throughput_and_flows_live() {
     assert!(
         branch.contains("no agent in this range measures TCP") && !branch.contains("data-dest="),
         "branch-7's page shows another device's TCP figures"
+    );
+    assert!(
+        branch.contains("no agent in this range reports owners") && !branch.contains("data-mac="),
+        "branch-7's page shows another device's owners"
     );
     for want in [
         "data-resolver=\"192.0.2.53:53\" data-queries=\"25\"",
