@@ -765,7 +765,8 @@ function renderDns(d, from, to) {
 // vendor, DHCP name) that started it, with its top destinations.
 function renderOwners(o) {
   const any = o.processes.length + o.services.length + o.lan_devices.length;
-  setText("owners-note", any ? "" : "· no agent in this range reports owners (agents before version 3, or owners switched off)");
+  const full = [o.sockets_full ? `${count(o.sockets_full)} sockets without their process (map full)` : "", o.devices_full ? `${count(o.devices_full)} DHCP names not kept (map full)` : ""].filter(Boolean);
+  setText("owners-note", any ? (full.length ? `· ${full.join(" · ")}` : "") : "· no agent in this range reports owners (agents before version 3, or owners switched off)");
   const none = "nothing known in this range";
   let max = o.processes.length ? o.processes[0].bytes : 0;
   patchRows($("owner-processes"), o.processes, (p) => ({

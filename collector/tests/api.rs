@@ -1116,6 +1116,7 @@ fn owners_fleet(store: Store) -> Fleet {
             ..wire::Device::default()
         },
     ];
+    a0.health.owner_sockets_full = 3;
     a0.flows[0].owner = local(100, 0, 2);
     a0.flows[1].owner = local(101, 0, 2);
     a0.flows[2].owner = local(200, 1, 3);
@@ -1192,6 +1193,11 @@ fn owners_processes_services_lan_devices_flow_filters_and_metrics(store: Store) 
     let c = &f.c;
     let range = format!("from={}&to={}", f.base, f.base + 40_000);
     let v = c.json(&format!("/api/owners?{range}"));
+    assert_eq!(
+        (&v["sockets_full"], &v["devices_full"]),
+        (&json!(3), &json!(0)),
+        "the agent's own count of what its maps had no room for"
+    );
     assert_eq!(
         v["processes"],
         json!([

@@ -92,6 +92,11 @@ pub struct LanDevice {
 #[derive(Debug, Clone, Serialize)]
 pub struct OwnersAnswer {
     pub range: Range,
+    /// The agents' own counts over the range: sockets (or bound ports) whose creator their
+    /// maps had no room for (those flows carry no process), and DHCP requests from a new MAC
+    /// that found the names map full.
+    pub sockets_full: u64,
+    pub devices_full: u64,
     pub processes: Vec<Process>,
     pub services: Vec<Service>,
     pub lan_devices: Vec<LanDevice>,
@@ -124,6 +129,17 @@ pub fn owners(db: &mut dyn Reader, range: Range, q: &OwnersQuery) -> Result<Owne
         i64::from(q.limit).into(),
     ];
     let from = records(db);
+    let (sockets_full, devices_full) = db.one(
+        &format!(
+            "SELECT SUM(CAST(owner_sockets_full AS DOUBLE PRECISION)) AS sockets,
+                SUM(CAST(owner_devices_full AS DOUBLE PRECISION)) AS devices
+             FROM summaries WHERE window_start_ms >= $1 AND window_start_ms < $2 AND {}
+               AND (CAST($4 AS TEXT) IS NULL OR site = $4)",
+            super::device_filter("", 3)
+        ),
+        &params[..4],
+        |r| Ok((r.total("sockets")?, r.total("devices")?)),
+    )?;
     let processes = db.rows(
         &format!(
             "SELECT f.owner_comm AS process, f.owner_service AS service,
@@ -224,6 +240,8 @@ pub fn owners(db: &mut dyn Reader, range: Range, q: &OwnersQuery) -> Result<Owne
     }
     Ok(OwnersAnswer {
         range,
+        sockets_full,
+        devices_full,
         processes,
         services,
         lan_devices,

@@ -21,6 +21,18 @@ pub const FLOW_COLUMNS: [&str; 5] = [
     "owner_dst_mac",
 ];
 
+/// The agent's own counts of what its owner maps had no room for, per window (`summaries`:
+/// `Health::owner_sockets_full`, `owner_devices_full`; 0 from an agent before owners).
+pub const SUMMARY_COLUMNS: [&str; 2] = ["owner_sockets_full", "owner_devices_full"];
+
+/// A summary's [`SUMMARY_COLUMNS`].
+pub fn summary_values(s: &Summary) -> [Option<i64>; 2] {
+    [
+        Some(super::n(s.health.owner_sockets_full)),
+        Some(super::n(s.health.owner_devices_full)),
+    ]
+}
+
 /// One record's owner as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowOwner {

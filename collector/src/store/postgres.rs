@@ -87,7 +87,13 @@ fn owner_columns() -> String {
         .enumerate()
         .map(|(i, c)| format!("ADD COLUMN {c} {}", if i == 0 { "BIGINT" } else { "TEXT" }))
         .collect();
-    owner::table_sql("BIGINT") + &format!("ALTER TABLE flows {};\n", cols.join(", "))
+    let full: Vec<String> = owner::SUMMARY_COLUMNS
+        .iter()
+        .map(|c| format!("ADD COLUMN {c} BIGINT"))
+        .collect();
+    owner::table_sql("BIGINT")
+        + &format!("ALTER TABLE flows {};\n", cols.join(", "))
+        + &format!("ALTER TABLE summaries {};\n", full.join(", "))
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -298,19 +304,24 @@ impl Statements {
         let dns_params: Vec<String> = (first_dns..first_dns + dns::SUMMARY_COLUMNS.len())
             .map(|i| format!("${i}::int8[]"))
             .collect();
+        let dns_hist = first_dns + dns::SUMMARY_COLUMNS.len();
+        let owner_params: Vec<String> = (dns_hist + 1..dns_hist + 1 + owner::SUMMARY_COLUMNS.len())
+            .map(|i| format!("${i}::int8[]"))
+            .collect();
         let summaries = format!(
-            "INSERT INTO summaries (device, site, {cols}, rtt_hist, {}, {}, dns_hist)
+            "INSERT INTO summaries (device, site, {cols}, rtt_hist, {}, {}, dns_hist, {})
              SELECT * FROM unnest($1::text[], $2::text[], {}, ${}::text[], {}, {},
-                                  ${}::text[])
+                                  ${dns_hist}::text[], {})
              ON CONFLICT DO NOTHING
              RETURNING id, site, device, boot_id, seq, part",
             tcp::SUMMARY_COLUMNS.join(", "),
             dns::SUMMARY_COLUMNS.join(", "),
+            owner::SUMMARY_COLUMNS.join(", "),
             ints.join(", "),
             3 + SUMMARY_INTS.len(),
             tcp_params.join(", "),
             dns_params.join(", "),
-            first_dns + dns::SUMMARY_COLUMNS.len()
+            owner_params.join(", ")
         );
         // The running sums of the TCP and DNS figures, after the others.
         let extra: Vec<&str> = tcp::TOTAL_COLUMNS
@@ -709,6 +720,8 @@ fn insert_summaries<'a>(
     let mut dnss: Vec<Vec<Option<i64>>> =
         vec![Vec::with_capacity(order.len()); dns::SUMMARY_COLUMNS.len()];
     let mut dns_hists: Vec<Option<String>> = Vec::with_capacity(order.len());
+    let mut owner_full: Vec<Vec<Option<i64>>> =
+        vec![Vec::with_capacity(order.len()); owner::SUMMARY_COLUMNS.len()];
     for &(_, i) in order {
         let s = summary(i);
         let h = &s.health;
@@ -755,6 +768,9 @@ fn insert_summaries<'a>(
             col.push(v);
         }
         dns_hists.push(d.and_then(|d| d.hist));
+        for (col, v) in owner_full.iter_mut().zip(owner::summary_values(s)) {
+            col.push(v);
+        }
         hists.push((!s.rtt_hist.is_empty()).then(|| {
             let v: Vec<String> = s.rtt_hist.iter().map(|b| b.to_string()).collect();
             v.join(",")
@@ -772,6 +788,9 @@ fn insert_summaries<'a>(
         params.push(col);
     }
     params.push(&dns_hists);
+    for col in &owner_full {
+        params.push(col);
+    }
     let rows = tx.query(&st.summaries, &params)?;
     Ok(rows
         .iter()

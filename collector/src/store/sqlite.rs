@@ -130,11 +130,16 @@ static INSERT_SUMMARY: LazyLock<String> = LazyLock::new(|| {
          received_ms, packets, bytes, overflow_packets, overflow_bytes, other_packets,
          other_bytes, other_flows, packets_seen, active_flows, table_capacity, table_full,
          parse_errors, fragments, non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped,
-         flow_count, rtt_hist, {}, {}, dns_hist",
+         flow_count, rtt_hist, {}, {}, dns_hist, {}",
         tcp::SUMMARY_COLUMNS.join(", "),
-        dns::SUMMARY_COLUMNS.join(", ")
+        dns::SUMMARY_COLUMNS.join(", "),
+        owner::SUMMARY_COLUMNS.join(", ")
     );
-    let n = 30 + tcp::SUMMARY_COLUMNS.len() + dns::SUMMARY_COLUMNS.len() + 1;
+    let n = 30
+        + tcp::SUMMARY_COLUMNS.len()
+        + dns::SUMMARY_COLUMNS.len()
+        + 1
+        + owner::SUMMARY_COLUMNS.len();
     format!(
         "INSERT OR IGNORE INTO summaries ({cols}) VALUES ({})",
         placeholders(n)
@@ -198,6 +203,9 @@ fn dns_columns() -> String {
 /// Version 4 also adds the owner columns ([`owner`]) and the `lan_devices` table.
 fn owner_columns() -> String {
     let mut sql = owner::table_sql("INTEGER");
+    for c in owner::SUMMARY_COLUMNS {
+        sql += &format!("ALTER TABLE summaries ADD COLUMN {c} INTEGER;\n");
+    }
     for (i, c) in owner::FLOW_COLUMNS.iter().enumerate() {
         let kind = if i == 0 { "INTEGER" } else { "TEXT" };
         sql += &format!("ALTER TABLE flows ADD COLUMN {c} {kind};\n");
@@ -451,6 +459,7 @@ impl Batch<'_> {
         let window_dns = dns::WindowDns::of(s);
         let dc = dns::WindowDns::columns(window_dns.as_ref());
         let dns_hist = window_dns.as_ref().and_then(|w| w.hist.as_deref());
+        let owner_full = owner::summary_values(s);
         let base = params![
             s.device.as_str(),
             s.site.as_str(),
@@ -499,6 +508,7 @@ impl Batch<'_> {
             .copied()
             .chain(dc.iter().map(|v| v as &dyn rusqlite::ToSql))
             .chain(std::iter::once(&dns_hist as &dyn rusqlite::ToSql))
+            .chain(owner_full.iter().map(|v| v as &dyn rusqlite::ToSql))
             .collect();
         let inserted = self
             .tx
