@@ -604,6 +604,14 @@ function renderConversations(list) {
 
 const us = (v) => (v >= 1000 ? `${(v / 1000).toFixed(v >= 10000 ? 0 : 1)} ms` : `${v} µs`);
 
+// A flow's owner in a few words: process (pid) · service, else the initiator's MAC.
+function ownerText(o) {
+  if (!o) return `<span class="dim">–</span>`;
+  if (o.process) return `<b>${esc(o.process)}</b>${o.pid != null ? ` <span class="dim">(${o.pid})</span>` : ""}${o.service ? ` <span class="dim">· ${esc(o.service)}</span>` : ""}`;
+  if (o.service) return esc(o.service);
+  return o.src_mac ? `<span class="addr">${esc(o.src_mac)}</span>` : `<span class="dim">→ ${esc(o.dst_mac || "–")}</span>`;
+}
+
 function renderFlows(f) {
   setText("flow-count", f.matching > f.flows.length ? `top ${f.flows.length} of ${count(f.matching)} by bytes` : `${count(f.matching)} flows`);
   patchRows($("flows"), f.flows, (x) => {
@@ -616,14 +624,15 @@ function renderFlows(f) {
       cells: [
         ["", `<span class="badge p${x.proto}">${name}</span>${detail}`],
         ["addr", esc(endpoint(x.src, x.src_port, x.proto))], ["addr", esc(endpoint(x.dst, x.dst_port, x.proto))],
-        ["dim", dev.includes("/") ? `<a href="${deviceHref(dev)}">${esc(dev)}</a>` : esc(dev)], ["num dim", x.vlan ? String(x.vlan) : "–"],
+        ["dim", dev.includes("/") ? `<a href="${deviceHref(dev)}">${esc(dev)}</a>` : esc(dev)],
+        ["owner", ownerText(x.owner)], ["num dim", x.vlan ? String(x.vlan) : "–"],
         ["num", `${count(x.fwd.packets)} / ${count(x.rev.packets)}`],
         ["num", bytes(x.fwd.bytes)], ["num", bytes(x.rev.bytes)], ["num", `<b>${bytes(x.bytes)}</b>`],
         ["num", x.rtt ? `${us(x.rtt.min_us)} / ${us(x.rtt.avg_us)} / ${us(x.rtt.max_us)}` : `<span class="dim">–</span>`],
         ["dim", ago(x.last_seen_ms)],
       ],
     };
-  }, "no flow matches", 11);
+  }, "no flow matches", 12);
 }
 
 function renderRtt(r) {

@@ -345,6 +345,8 @@ fn dashboard_shows_device_throughput_and_flows_live() {
         "data-service=\"backup.service\" data-bytes=",
         "data-mac=\"b8:27:eb:11:22:33\" data-vendor=\"Raspberry Pi Trading Ltd\" data-name=\"kitchen-pi\"",
         "data-dest=\"224.0.0.251:5353\"",
+        // The flow table names the HTTPS flow's owner.
+        "<b>curl</b> <span class=\"dim\">(4242)</span> <span class=\"dim\">· backup.service</span>",
     ] {
         assert!(
             dom.contains(want),
