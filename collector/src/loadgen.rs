@@ -14,7 +14,7 @@ use serde::Serialize;
 use shared::{
     broker::Broker,
     identity::DeviceId,
-    wire::{self, Addr, Count, FlowRecord, Health, Message, Summary},
+    wire::{self, Addr, Count, FlowRecord, Health, Message, Owner, Summary},
 };
 use std::{
     collections::BTreeMap,
@@ -51,6 +51,9 @@ pub struct Plan {
     /// UDP flows to port 53 carry a DNS block (summary `dns`, and the window's `dns_hist`):
     /// queries, response codes, unanswered queries, latency, names.
     pub dns: bool,
+    /// Flows carry owners: the box's own outbound TCP flows a process and its service, its
+    /// outbound UDP flows one of four LAN devices (MAC, vendor, DHCP name).
+    pub owners: bool,
 }
 
 /// What one device got acknowledged.
@@ -177,6 +180,10 @@ pub fn window(
             } else {
                 rec
             };
+            let rec = FlowRecord {
+                owner: owner(plan.owners && outbound, proto, i),
+                ..rec
+            };
             (src, dst, rec)
         })
         .collect();
@@ -219,11 +226,39 @@ pub fn window(
                 addrs.len() as u32 - 1
             })
         };
+        // Owners' names and devices, each once per part (indices into this part's tables).
+        let mut names: Vec<String> = Vec::new();
+        let mut name_at: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut name = |i: u32, names: &mut Vec<String>| -> u32 {
+            *name_at.entry(i).or_insert_with(|| {
+                names.push(OWNER_NAMES[i as usize].to_string());
+                names.len() as u32 - 1
+            })
+        };
+        let mut devices: Vec<wire::Device> = Vec::new();
+        let mut device_at: BTreeMap<u32, u32> = BTreeMap::new();
         let records: Vec<FlowRecord> = chunk
             .iter()
             .map(|(s, d, r)| FlowRecord {
                 src: at(*s, &mut addrs),
                 dst: at(*d, &mut addrs),
+                owner: r.owner.map(|o| {
+                    let o = o.map(|i| name(i, &mut names), |k| k);
+                    Owner {
+                        initiator: o.initiator.map(|k| {
+                            *device_at.entry(k).or_insert_with(|| {
+                                devices.push(wire::Device {
+                                    mac: [0x02, 0x5e, (dev >> 8) as u8, dev as u8, 0, k as u8],
+                                    vendor: Some(name(LAN_VENDOR, &mut names)),
+                                    host_name: Some(name(LAN_NAMES + k, &mut names)),
+                                    client_id: None,
+                                });
+                                devices.len() as u32 - 1
+                            })
+                        }),
+                        ..o
+                    }
+                }),
                 ..*r
             })
             .collect();
@@ -264,8 +299,8 @@ pub fn window(
                 heapless::Vec::new()
             },
             dns: plan.dns,
-            names: Default::default(),
-            devices: Default::default(),
+            names,
+            devices,
         };
         encoded.push(wire::encode_vec(&Message::V3(s)));
     }
@@ -303,6 +338,47 @@ fn tcp_block(rng: &mut Rng, fwd: Count) -> wire::Tcp {
         };
     }
     t
+}
+
+/// The owners' names: processes, their services (same order), a vendor, LAN device names.
+const OWNER_NAMES: [&str; 15] = [
+    "curl",
+    "mosquitto_pub",
+    "apt",
+    "telegraf",
+    "sshd",
+    "backup.service",
+    "mqtt-bridge.service",
+    "apt-daily.service",
+    "telegraf.service",
+    "ssh.service",
+    "Raspberry Pi Trading Ltd",
+    "sensor-0",
+    "sensor-1",
+    "sensor-2",
+    "sensor-3",
+];
+const LAN_VENDOR: u32 = 10;
+const LAN_NAMES: u32 = 11;
+
+/// A flow's owner, with indices into [`OWNER_NAMES`] and (initiator) LAN device numbers 0..4:
+/// outbound TCP is one of five processes, outbound UDP one of four LAN devices.
+fn owner(on: bool, proto: u8, i: u32) -> Option<Owner> {
+    match (on, proto) {
+        (true, 6) => Some(Owner {
+            process: Some(wire::Process {
+                pid: 1_000 + i % 5,
+                comm: i % 5,
+            }),
+            service: Some(5 + i % 5),
+            ..Owner::default()
+        }),
+        (true, 17) => Some(Owner {
+            initiator: Some(i % 4),
+            ..Owner::default()
+        }),
+        _ => None,
+    }
 }
 
 /// Names the simulated devices look up; the last one does not exist.
@@ -517,7 +593,43 @@ mod tests {
             seed: 7,
             tcp_health: false,
             dns: false,
+            owners: false,
         }
+    }
+
+    #[test]
+    fn with_owners_local_flows_name_a_process_and_lan_flows_a_device() {
+        let id = DeviceId::new("sim", "d0").unwrap();
+        let mut p = plan((3000, 3000), 3000);
+        p.owners = true;
+        let (parts, _, _) = window(&id, 3, 9, 4, 1_000, &p);
+        assert!(parts.len() > 1, "several parts, each with its own tables");
+        let (mut local, mut lan) = (0, 0);
+        for bytes in &parts {
+            let s = wire::decode_summary(bytes).expect("the decoder takes it");
+            for f in s.to_flows() {
+                let Some(o) = f.owner else { continue };
+                if let Some(pr) = o.process {
+                    assert_eq!(f.proto, 6);
+                    let service = &s.names[o.service.unwrap() as usize];
+                    assert!(service.ends_with(".service"), "{service}");
+                    assert!(!s.names[pr.comm as usize].contains('.'));
+                    local += 1;
+                } else {
+                    let d = &s.devices[o.initiator.unwrap() as usize];
+                    assert_eq!(
+                        s.names[d.vendor.unwrap() as usize],
+                        "Raspberry Pi Trading Ltd"
+                    );
+                    assert!(s.names[d.host_name.unwrap() as usize].starts_with("sensor-"));
+                    lan += 1;
+                }
+            }
+        }
+        assert!(
+            local > 100 && lan > 100,
+            "{local} local, {lan} LAN flows with owners"
+        );
     }
 
     #[test]

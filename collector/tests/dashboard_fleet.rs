@@ -8,7 +8,7 @@
 //!   attention first; search and the site filter narrow it; pages move on;
 //! - a device's page (`#/device/<site>/<device>`) draws its health over time and lists only
 //!   its flows;
-//! - the TCP and DNS panels fill from the simulated fleet's blocks;
+//! - the TCP, DNS and owners panels fill from the simulated fleet's blocks;
 //! - the page measures itself (`performance.now()` around each refresh, fetch and render, into
 //!   `#perf`): the first load and every refresh finish within the 2 s refresh period, and the
 //!   figures it shows change as data arrives.
@@ -54,6 +54,7 @@ fn start_fleet(broker: &Mosquitto, dir: &Path) -> Loadgen {
         "40",
         "--tcp-health",
         "--dns",
+        "--owners",
     ])
 }
 
@@ -317,6 +318,24 @@ fn dashboard_with_a_thousand_devices_searches_sorts_and_keeps_up() {
             .iter()
             .any(|n| n.as_str().unwrap().starts_with("gone.example.invalid ")),
         "the NXDOMAIN name among the top names by errors: {dns}"
+    );
+
+    // Who sent it, fleet-wide: the simulated boxes' processes and services, their LAN devices
+    // with vendor and DHCP name.
+    let owners = b.wait_for(
+        "the owners panel",
+        "(() => { const p = [...document.querySelectorAll('#owner-processes tbody tr[data-process]')].map(r => r.dataset.process);
+                  const s = document.querySelectorAll('#owner-services tbody tr[data-service]').length;
+                  const l = [...document.querySelectorAll('#owner-lan tbody tr[data-mac]')].map(r => r.dataset.vendor + '/' + r.dataset.name);
+                  return p.length === 5 && s === 5 && l.length === 10 ? [p, l] : null; })()",
+        Duration::from_secs(15),
+    );
+    assert!(
+        owners[1].as_array().unwrap().iter().all(|l| l
+            .as_str()
+            .unwrap()
+            .starts_with("Raspberry Pi Trading Ltd/sensor-")),
+        "LAN devices with their vendor and DHCP name: {owners}"
     );
 
     // Live: later refreshes show more traffic, each within the refresh period, patching the

@@ -52,6 +52,9 @@ struct Cli {
     /// UDP flows to port 53 carry DNS blocks (queries, response codes, latency, names)
     #[argh(switch)]
     dns: bool,
+    /// flows carry owners (processes and services of the box's own flows, LAN devices)
+    #[argh(switch)]
+    owners: bool,
 }
 
 fn main() -> ExitCode {
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         seed: cli.seed,
         tcp_health: cli.tcp_health,
         dns: cli.dns,
+        owners: cli.owners,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
