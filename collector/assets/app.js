@@ -27,7 +27,7 @@ const state = {
   metric: "bytes",
   route: { device: "" },
   list: { q: "", site: "", sort: "attention", page: 0, total: 0 },
-  filters: { addr: "", port: "", proto: "" },
+  filters: { addr: "", port: "", proto: "", process: "", service: "", mac: "" },
   tcpSort: "failed",
   dnsSort: "errors",
   sites: "",
@@ -620,7 +620,7 @@ function renderFlows(f) {
     const detail = icmp ? ` <span class="dim">type ${x.src_port >> 8} code ${x.src_port & 255}</span>` : "";
     const dev = x.device;
     return {
-      attrs: { "data-flow": `${x.proto} ${x.src}:${x.src_port} ${x.dst}:${x.dst_port}`, "data-device": dev },
+      attrs: { "data-flow": `${x.proto} ${x.src}:${x.src_port} ${x.dst}:${x.dst_port}`, "data-device": dev, "data-owner": x.owner ? x.owner.process || x.owner.service || x.owner.src_mac || "" : "" },
       cells: [
         ["", `<span class="badge p${x.proto}">${name}</span>${detail}`],
         ["addr", esc(endpoint(x.src, x.src_port, x.proto))], ["addr", esc(endpoint(x.dst, x.dst_port, x.proto))],
@@ -866,15 +866,31 @@ document.addEventListener("keydown", (e) => {
   e.preventDefault();
   $("q").focus();
 });
+function readFilters() {
+  const port = $("f-port").value.trim(), mac = $("f-mac").value.trim();
+  const macOk = /^([0-9a-f]{2}[:-]?){5}[0-9a-f]{2}$/i.test(mac);
+  $("f-port").classList.toggle("invalid", port !== "" && !/^\d{1,5}$/.test(port));
+  $("f-mac").classList.toggle("invalid", mac !== "" && !macOk);
+  state.filters = {
+    addr: $("f-addr").value.trim(), port: /^\d{1,5}$/.test(port) ? port : "", proto: $("f-proto").value,
+    process: $("f-process").value.trim(), service: $("f-service").value.trim(), mac: macOk ? mac : "",
+  };
+  refresh();
+}
 $("filters").oninput = () => {
   clearTimeout(typing);
-  typing = setTimeout(() => {
-    const port = $("f-port").value.trim();
-    $("f-port").classList.toggle("invalid", port !== "" && !/^\d{1,5}$/.test(port));
-    state.filters = { addr: $("f-addr").value.trim(), port: /^\d{1,5}$/.test(port) ? port : "", proto: $("f-proto").value };
-    refresh();
-  }, 250);
+  typing = setTimeout(readFilters, 250);
 };
+// A process, service or LAN device in the owners panel narrows the flow table to it.
+for (const [table, field, key] of [["owner-processes", "f-process", "process"], ["owner-services", "f-service", "service"], ["owner-lan", "f-mac", "mac"]]) {
+  $(table).onclick = (e) => {
+    const tr = e.target.closest("tr");
+    if (!tr || !tr.dataset[key] || e.target.closest("a")) return;
+    for (const id of ["f-process", "f-service", "f-mac"]) $(id).value = id === field ? tr.dataset[key] : "";
+    readFilters();
+    $("flows").scrollIntoView({ behavior: "smooth", block: "start" });
+  };
+}
 $("filters").onsubmit = (e) => e.preventDefault();
 $("tcp-sort").onclick = (e) => {
   if (!e.target.dataset.sort) return;

@@ -338,6 +338,23 @@ fn dashboard_with_a_thousand_devices_searches_sorts_and_keeps_up() {
         "LAN devices with their vendor and DHCP name: {owners}"
     );
 
+    // A process in the owners panel narrows the flow table to its flows (/api/flows?process=).
+    let top = owners[0][0].as_str().unwrap().to_string();
+    b.eval("document.querySelector('#owner-processes tbody tr[data-process]').click()");
+    let narrowed = b.wait_for(
+        "the flow table narrowed to the process",
+        &format!(
+            "(() => {{ const r = [...document.querySelectorAll('#flows tbody tr[data-flow]')].map(t => t.dataset.owner);
+                      return document.getElementById('f-process').value === '{top}' && r.length && r.every(o => o === '{top}') ? r.length : null; }})()"
+        ),
+        Duration::from_secs(10),
+    );
+    eprintln!("{narrowed} flows of {top}");
+    b.eval(
+        "(() => { const e = document.getElementById('f-process'); e.value = '';
+                  e.dispatchEvent(new Event('input', { bubbles: true })); })()",
+    );
+
     // Live: later refreshes show more traffic, each within the refresh period, patching the
     // rows in place (the same elements before and after) with one page of devices in the DOM.
     let (n0, ..) = perf(&mut b);
