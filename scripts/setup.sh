@@ -23,6 +23,7 @@ PKGS=(
   pkg-config build-essential sqlite3
   jq
   nfdump pmacct tshark                  # IPFIX collectors the export is tested against (docs/ipfix.md)
+  ieee-data                             # MAC vendors (IEEE OUI registry) for LAN devices' owners
 )
 
 missing=()

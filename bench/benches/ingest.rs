@@ -96,6 +96,8 @@ fn workload() -> Vec<(String, Vec<u8>)> {
                 tcp_health: false,
                 dns_hist: Default::default(),
                 dns: false,
+                names: Default::default(),
+                devices: Default::default(),
             };
             let topic = format!("edgeflow/v1/bench/{}/flows", s.device);
             (topic, wire::encode_vec(&Message::V3(s)))

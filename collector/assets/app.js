@@ -27,8 +27,9 @@ const state = {
   metric: "bytes",
   route: { device: "" },
   list: { q: "", site: "", sort: "attention", page: 0, total: 0 },
-  filters: { addr: "", port: "", proto: "" },
+  filters: { addr: "", port: "", proto: "", process: "", service: "", mac: "" },
   tcpSort: "failed",
+  dnsSort: "errors",
   sites: "",
   colors: {},
 };
@@ -138,15 +139,15 @@ function route() {
     saveList();
   }
   // Old rows and charts belong to the other view.
-  for (const id of ["flows", "talkers", "conversations", "tcp-dest"]) clearRows($(id));
-  for (const id of ["chart", "chart-top", "legend", "tcp-rate-chart", "tcp-fail-chart"]) $(id).innerHTML = "";
+  for (const id of ["flows", "talkers", "conversations", "tcp-dest", "dns-names", "dns-resolvers", "owner-processes", "owner-services", "owner-lan"]) clearRows($(id));
+  for (const id of ["chart", "chart-top", "legend", "tcp-rate-chart", "tcp-fail-chart", "dns-rate-chart", "dns-hist"]) { $(id).innerHTML = ""; $(id)._html = null; }
   window.scrollTo(0, 0);
   refresh();
 }
 
 // ---- refresh ----
 
-const viewKey = () => JSON.stringify([state.route, state.list.q, state.list.site, state.list.sort, state.list.page, state.filters, state.range, state.metric, state.tcpSort]);
+const viewKey = () => JSON.stringify([state.route, state.list.q, state.list.site, state.list.sort, state.list.page, state.filters, state.range, state.metric, state.tcpSort, state.dnsSort]);
 
 // Two lanes, each at most one request round in flight: the view (summary, device list, charts,
 // health) and the traffic tables (talkers, conversations, flows, RTT: scans of every flow
@@ -256,13 +257,19 @@ async function loadTraffic(from, to) {
   ]);
   // After the others: the lane keeps to four queries at once (the collector's readers, 4 by
   // default), so the view's requests never queue behind a fifth scan of the flow records.
-  const tcp = await api("/api/tcp", { from, to, device, limit: 10, step: step(), sort: state.tcpSort });
+  const [tcp, dns, owners] = await Promise.all([
+    api("/api/tcp", { from, to, device, limit: 10, step: step(), sort: state.tcpSort }),
+    api("/api/dns", { from, to, device, limit: 10, step: step(), sort: state.dnsSort }),
+    api("/api/owners", { from, to, device, limit: 10 }),
+  ]);
   return () => {
     renderTalkers(talkers);
     renderConversations(convs);
     renderFlows(flows);
     renderRtt(rtt);
     renderTcp(tcp, from, to);
+    renderDns(dns, from, to);
+    renderOwners(owners);
   };
 }
 
@@ -597,6 +604,14 @@ function renderConversations(list) {
 
 const us = (v) => (v >= 1000 ? `${(v / 1000).toFixed(v >= 10000 ? 0 : 1)} ms` : `${v} µs`);
 
+// A flow's owner in a few words: process (pid) · service, else the initiator's MAC.
+function ownerText(o) {
+  if (!o) return `<span class="dim">–</span>`;
+  if (o.process) return `<b>${esc(o.process)}</b>${o.pid != null ? ` <span class="dim">(${o.pid})</span>` : ""}${o.service ? ` <span class="dim">· ${esc(o.service)}</span>` : ""}`;
+  if (o.service) return esc(o.service);
+  return o.src_mac ? `<span class="addr">${esc(o.src_mac)}</span>` : `<span class="dim">→ ${esc(o.dst_mac || "–")}</span>`;
+}
+
 function renderFlows(f) {
   setText("flow-count", f.matching > f.flows.length ? `top ${f.flows.length} of ${count(f.matching)} by bytes` : `${count(f.matching)} flows`);
   patchRows($("flows"), f.flows, (x) => {
@@ -605,29 +620,34 @@ function renderFlows(f) {
     const detail = icmp ? ` <span class="dim">type ${x.src_port >> 8} code ${x.src_port & 255}</span>` : "";
     const dev = x.device;
     return {
-      attrs: { "data-flow": `${x.proto} ${x.src}:${x.src_port} ${x.dst}:${x.dst_port}`, "data-device": dev },
+      attrs: { "data-flow": `${x.proto} ${x.src}:${x.src_port} ${x.dst}:${x.dst_port}`, "data-device": dev, "data-owner": x.owner ? x.owner.process || x.owner.service || x.owner.src_mac || "" : "" },
       cells: [
         ["", `<span class="badge p${x.proto}">${name}</span>${detail}`],
         ["addr", esc(endpoint(x.src, x.src_port, x.proto))], ["addr", esc(endpoint(x.dst, x.dst_port, x.proto))],
-        ["dim", dev.includes("/") ? `<a href="${deviceHref(dev)}">${esc(dev)}</a>` : esc(dev)], ["num dim", x.vlan ? String(x.vlan) : "–"],
+        ["dim", dev.includes("/") ? `<a href="${deviceHref(dev)}">${esc(dev)}</a>` : esc(dev)],
+        ["owner", ownerText(x.owner)], ["num dim", x.vlan ? String(x.vlan) : "–"],
         ["num", `${count(x.fwd.packets)} / ${count(x.rev.packets)}`],
         ["num", bytes(x.fwd.bytes)], ["num", bytes(x.rev.bytes)], ["num", `<b>${bytes(x.bytes)}</b>`],
         ["num", x.rtt ? `${us(x.rtt.min_us)} / ${us(x.rtt.avg_us)} / ${us(x.rtt.max_us)}` : `<span class="dim">–</span>`],
         ["dim", ago(x.last_seen_ms)],
       ],
     };
-  }, "no flow matches", 11);
+  }, "no flow matches", 12);
 }
 
 function renderRtt(r) {
-  const el = $("rtt");
   setText("rtt-summary", r.samples ? `${count(r.samples)} samples · p50 < ${us(r.p50_us)} · p90 < ${us(r.p90_us)} · p99 < ${us(r.p99_us)}` : "");
-  if (!r.samples) { setHtml(el, `<div class="nodata">no RTT samples in this range</div>`); return; }
+  drawHist($("rtt"), r, "no RTT samples in this range");
+}
+
+// A log2 latency histogram (/api/rtt, /api/dns's latency) as bars.
+function drawHist(el, r, empty) {
+  if (!r.samples) { setHtml(el, `<div class="nodata">${empty}</div>`); return; }
   const W = el.clientWidth || 600, H = el.clientHeight || 200, B = 30, T = 14;
   const n = r.buckets.length, bw = W / n, max = Math.max(...r.buckets.map((b) => b.count));
   setHtml(el, `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">` + r.buckets.map((b, i) => {
     const h = ((H - B - T) * b.count) / max;
-    return `<rect x="${i * bw + 2}" y="${H - B - h}" width="${bw - 4}" height="${h}" rx="2"><title>${us(b.lo_us)} – ${b.hi_us ? us(b.hi_us) : "∞"}: ${count(b.count)}</title></rect>` +
+    return `<rect data-lo="${b.lo_us}" data-count="${b.count}" x="${i * bw + 2}" y="${H - B - h}" width="${bw - 4}" height="${h}" rx="2"><title>${us(b.lo_us)} – ${b.hi_us ? us(b.hi_us) : "∞"}: ${count(b.count)}</title></rect>` +
       (b.count ? `<text x="${i * bw + bw / 2}" y="${H - B - h - 3}" text-anchor="middle">${count(b.count)}</text>` : "") +
       `<text x="${i * bw + bw / 2}" y="${H - 10}" text-anchor="middle">≥${us(b.lo_us)}</text>`;
   }).join("") + `</svg>`);
@@ -682,6 +702,102 @@ function renderTcp(t, from, to) {
       ["num", bytes(d.bytes)],
     ],
   }), x.windows ? "no TCP connection in this range" : "no TCP health in this range", 10);
+}
+
+// ---- DNS lookups ----
+
+const latency = (l) => (l.avg_us == null ? "–" : `${us(l.avg_us)} / ${us(l.max_us)}`);
+
+// What name lookups did, of the fleet or of the device shown: queries, the response codes,
+// unanswered queries, latency (distribution, and over time with the error rates), and the
+// names and resolvers by errors, latency or queries.
+function renderDns(d, from, to) {
+  const x = d.totals, c = x.rcodes, l = x.latency;
+  setText("dns-note", x.windows
+    ? `· ${plural(x.windows, "window", "windows")} from ${plural(x.devices, "device", "devices")} looking at DNS`
+    : "· no agent in this range looks at DNS (agents before version 3, or DNS switched off)");
+  setN("dns-queries", x.queries, count(x.queries));
+  setText("dns-queries2", `${count(x.responses)} responses · ${count(c.noerror)} NOERROR`);
+  setN("dns-errors", x.errors, x.error_rate == null ? "–" : ratio(x.error_rate));
+  setText("dns-errors2", `${count(c.nxdomain)} NXDOMAIN · ${count(c.servfail)} SERVFAIL · ${count(c.refused)} REFUSED · ${count(c.other)} other`);
+  $("dns-kpi-errors").classList.toggle("warn", c.servfail + c.refused + c.other > 0);
+  setN("dns-unanswered", x.unanswered, count(x.unanswered));
+  setText("dns-unanswered2", x.unanswered_rate == null ? "queries" : `${ratio(x.unanswered_rate)} of queries`);
+  $("dns-kpi-unanswered").classList.toggle("warn", x.unanswered > 0);
+  const h = d.latency;
+  setN("dns-lat", l.avg_us == null ? "" : l.avg_us, l.avg_us == null ? "–" : us(l.avg_us));
+  setText("dns-lat2", l.samples ? `mean · ${count(l.samples)} samples · min ${us(l.min_us)} · max ${us(l.max_us)}` : "no response timed");
+  setText("dns-hist-note", h.samples ? `· ${count(h.samples)} samples · p50 < ${us(h.p50_us)} · p90 < ${us(h.p90_us)} · p99 < ${us(h.p99_us)}` : "");
+  drawHist($("dns-hist"), h, x.windows ? "no DNS response timed in this range" : "no DNS in this range");
+  const s = d.series;
+  if (!x.windows) {
+    setHtml($("dns-rate-chart"), `<div class="nodata">no DNS in this range</div>`);
+  } else {
+    $("dns-rate-chart")._html = null;
+    const pctOf = (v) => (v == null ? null : v * 100);
+    lineChart($("dns-rate-chart"), { from, to, t: s.t, stepMs: s.step_ms, fmt: (v) => `${v.toFixed(v < 1 ? 2 : 1)} %`,
+      lines: [
+        { id: "errors", label: "error responses (of responses)", color: "#f87171", values: s.error_rate.map(pctOf) },
+        { id: "unanswered", label: "unanswered (of queries)", color: "#fbbf24", values: s.unanswered_rate.map(pctOf) },
+      ] });
+  }
+  const none = x.windows ? "no DNS lookup in this range" : "no DNS in this range";
+  patchRows($("dns-names"), d.names, (n) => ({
+    attrs: { "data-name": `${n.name} ${n.qtype_name}`, "data-queries": String(n.queries), "data-errors": String(n.errors), "data-unanswered": String(n.unanswered) },
+    cls: n.errors + n.unanswered ? "attn" : "",
+    cells: [
+      ["addr", `${esc(n.name)} <span class="badge">${esc(n.qtype_name)}</span>`],
+      ["num", count(n.queries)],
+      [`num ${n.errors ? "bad-text" : ""}`, `${count(n.rcodes.nxdomain)} / ${count(n.rcodes.servfail)} / ${count(n.rcodes.refused + n.rcodes.other)}`],
+      [`num ${n.unanswered ? "warn-text" : ""}`, count(n.unanswered)],
+      ["num", latency(n.latency)],
+      ["num", count(n.resolvers)],
+    ],
+  }), none, 6);
+  patchRows($("dns-resolvers"), d.resolvers, (r) => ({
+    attrs: { "data-resolver": `${r.addr}:${r.port}`, "data-queries": String(r.queries), "data-errors": String(r.errors) },
+    cls: r.errors + r.unanswered ? "attn" : "",
+    cells: [
+      ["addr", esc(endpoint(r.addr, r.port, 17))],
+      ["num", count(r.queries)],
+      [`num ${r.errors ? "bad-text" : ""}`, ratio(r.error_rate)],
+      [`num ${r.unanswered ? "warn-text" : ""}`, count(r.unanswered)],
+      ["num", latency(r.latency)],
+      ["num", count(r.names)],
+    ],
+  }), none, 6);
+}
+
+// ---- who sent it ----
+
+// The box's own traffic by process and service, and forwarded traffic by the LAN device (MAC,
+// vendor, DHCP name) that started it, with its top destinations.
+function renderOwners(o) {
+  const any = o.processes.length + o.services.length + o.lan_devices.length;
+  const full = [o.sockets_full ? `${count(o.sockets_full)} sockets without their process (map full)` : "", o.devices_full ? `${count(o.devices_full)} DHCP names not kept (map full)` : ""].filter(Boolean);
+  setText("owners-note", any ? (full.length ? `· ${full.join(" · ")}` : "") : "· no agent in this range reports owners (agents before version 3, or owners switched off)");
+  const none = "nothing known in this range";
+  let max = o.processes.length ? o.processes[0].bytes : 0;
+  patchRows($("owner-processes"), o.processes, (p) => ({
+    attrs: { "data-process": p.process, "data-service": p.service || "", "data-bytes": String(p.bytes) },
+    cells: [["", `<b>${esc(p.process)}</b>`], ["dim", p.service ? esc(p.service) : "–"], ["num", count(p.pids)], ["num", count(p.flows)], ["num", bytes(p.bytes)], ["", bar(p.bytes, max)]],
+  }), none, 6);
+  max = o.services.length ? o.services[0].bytes : 0;
+  patchRows($("owner-services"), o.services, (x) => ({
+    attrs: { "data-service": x.service, "data-bytes": String(x.bytes) },
+    cells: [["", `<b>${esc(x.service)}</b>`], ["num", count(x.processes)], ["num", count(x.flows)], ["num", bytes(x.bytes)], ["", bar(x.bytes, max)]],
+  }), none, 5);
+  patchRows($("owner-lan"), o.lan_devices, (d) => ({
+    attrs: { "data-mac": d.mac, "data-vendor": d.vendor || "", "data-name": d.host_name || "", "data-bytes": String(d.bytes) },
+    cells: [
+      ["addr", esc(d.mac)], ["", d.vendor ? esc(d.vendor) : `<span class="dim">unknown</span>`],
+      ["", d.host_name ? `<b>${esc(d.host_name)}</b>` : `<span class="dim">–</span>`],
+      ["dim", `<a href="${deviceHref(d.device)}">${esc(d.device)}</a>`],
+      ["num", count(d.flows)], ["num", bytes(d.bytes)],
+      ["addr", d.top_destinations.map((x) => `<span data-dest="${esc(x.addr)}:${x.port}">${esc(endpoint(x.addr, x.port, x.proto))}</span> <span class="dim">${bytes(x.bytes)}</span>`).join(" · ") +
+        (d.destinations > d.top_destinations.length ? ` <span class="dim">+${count(d.destinations - d.top_destinations.length)}</span>` : "")],
+    ],
+  }), none, 7);
 }
 
 function renderIngest(i) {
@@ -750,20 +866,42 @@ document.addEventListener("keydown", (e) => {
   e.preventDefault();
   $("q").focus();
 });
+function readFilters() {
+  const port = $("f-port").value.trim(), mac = $("f-mac").value.trim();
+  const macOk = /^([0-9a-f]{2}[:-]?){5}[0-9a-f]{2}$/i.test(mac);
+  $("f-port").classList.toggle("invalid", port !== "" && !/^\d{1,5}$/.test(port));
+  $("f-mac").classList.toggle("invalid", mac !== "" && !macOk);
+  state.filters = {
+    addr: $("f-addr").value.trim(), port: /^\d{1,5}$/.test(port) ? port : "", proto: $("f-proto").value,
+    process: $("f-process").value.trim(), service: $("f-service").value.trim(), mac: macOk ? mac : "",
+  };
+  refresh();
+}
 $("filters").oninput = () => {
   clearTimeout(typing);
-  typing = setTimeout(() => {
-    const port = $("f-port").value.trim();
-    $("f-port").classList.toggle("invalid", port !== "" && !/^\d{1,5}$/.test(port));
-    state.filters = { addr: $("f-addr").value.trim(), port: /^\d{1,5}$/.test(port) ? port : "", proto: $("f-proto").value };
-    refresh();
-  }, 250);
+  typing = setTimeout(readFilters, 250);
 };
+// A process, service or LAN device in the owners panel narrows the flow table to it.
+for (const [table, field, key] of [["owner-processes", "f-process", "process"], ["owner-services", "f-service", "service"], ["owner-lan", "f-mac", "mac"]]) {
+  $(table).onclick = (e) => {
+    const tr = e.target.closest("tr");
+    if (!tr || !tr.dataset[key] || e.target.closest("a")) return;
+    for (const id of ["f-process", "f-service", "f-mac"]) $(id).value = id === field ? tr.dataset[key] : "";
+    readFilters();
+    $("flows").scrollIntoView({ behavior: "smooth", block: "start" });
+  };
+}
 $("filters").onsubmit = (e) => e.preventDefault();
 $("tcp-sort").onclick = (e) => {
   if (!e.target.dataset.sort) return;
   state.tcpSort = e.target.dataset.sort;
   for (const b of $("tcp-sort").children) b.classList.toggle("on", b === e.target);
+  refresh();
+};
+$("dns-sort").onclick = (e) => {
+  if (!e.target.dataset.sort) return;
+  state.dnsSort = e.target.dataset.sort;
+  for (const b of $("dns-sort").children) b.classList.toggle("on", b === e.target);
   refresh();
 };
 window.onresize = () => refresh();

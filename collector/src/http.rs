@@ -4,8 +4,8 @@
 
 use crate::{
     api::{
-        self, conversations, devices, fleet, flows::FlowFilter, health, rtt, series, stored,
-        talkers, tcp, Range, Reader,
+        self, conversations, devices, dns, fleet, flows::FlowFilter, health, owners, rtt, series,
+        stored, talkers, tcp, Range, Reader,
     },
     config::Limits,
     ingest::{now_ms, IngestStats},
@@ -153,6 +153,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/flows", get(flows))
         .route("/api/rtt", get(rtt))
         .route("/api/tcp", get(tcp_health))
+        .route("/api/dns", get(dns_lookups))
+        .route("/api/owners", get(owners_of))
         .route("/api/ingest", get(ingest))
         .route("/api/fleet", get(fleet))
         .route("/api/health", get(health))
@@ -288,6 +290,10 @@ pub struct Params {
     offset: Option<u64>,
     /// Series: the top devices by bytes, the fleet and the others.
     top: Option<u32>,
+    /// Flows: the owner's process (command), service, a LAN device's MAC.
+    process: Option<String>,
+    service: Option<String>,
+    mac: Option<String>,
 }
 
 fn nonempty(v: &Option<String>) -> Option<String> {
@@ -355,6 +361,21 @@ pub fn proto(s: &str) -> Option<u8> {
         "esp" => Some(50),
         n => n.parse().ok(),
     }
+}
+
+/// A MAC address as stored (`aa:bb:cc:dd:ee:ff`), from `:`, `-` or no separators, any case.
+pub fn mac(s: &str) -> Option<String> {
+    let hex: String = s.chars().filter(|c| !matches!(c, ':' | '-')).collect();
+    if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let hex = hex.to_ascii_lowercase();
+    Some(
+        (0..6)
+            .map(|i| &hex[2 * i..2 * i + 2])
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
 }
 
 #[derive(Serialize)]
@@ -540,6 +561,16 @@ async fn flows(
         addr: nonempty(&p.addr),
         port,
         proto,
+        process: nonempty(&p.process),
+        service: nonempty(&p.service),
+        mac: match nonempty(&p.mac) {
+            Some(m) => Some(mac(&m).ok_or_else(|| {
+                ApiError::bad(format!(
+                    "mac {m:?} is not six hex bytes (aa:bb:cc:dd:ee:ff)"
+                ))
+            })?),
+            None => None,
+        },
         limit: p.limit(100),
     };
     Ok(Json(
@@ -589,6 +620,55 @@ async fn tcp_health(
     ))
 }
 
+/// What name lookups did: names and resolvers by errors, latency or queries (`sort`), totals
+/// with the response codes and the latency distribution, and a series over the range (up to
+/// now) by `step`; `device` and `site` narrow it.
+async fn dns_lookups(
+    State(app): State<Arc<App>>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<dns::DnsAnswer>, ApiError> {
+    let p = params(q)?;
+    let range = p.range()?;
+    let series_range = Range {
+        from: range.from,
+        to: range.to.min(now_ms()).max(range.from + 1),
+    };
+    let query = dns::DnsQuery {
+        device: p.device(),
+        site: p.site(),
+        limit: p.limit(20),
+        sort: match nonempty(&p.sort) {
+            Some(s) => s
+                .parse()
+                .map_err(|e: api::Error| ApiError::bad(e.to_string()))?,
+            None => dns::Sort::default(),
+        },
+        step_ms: step(&p)?,
+    };
+    Ok(Json(
+        app.read(move |c| dns::dns(c, range, series_range, &query))
+            .await?,
+    ))
+}
+
+/// Who sent it: bytes and flows by process, by service and by LAN device (with its vendor,
+/// DHCP name and top destinations); `device` and `site` narrow it.
+async fn owners_of(
+    State(app): State<Arc<App>>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<owners::OwnersAnswer>, ApiError> {
+    let p = params(q)?;
+    let query = owners::OwnersQuery {
+        device: p.device(),
+        site: p.site(),
+        limit: p.limit(20),
+    };
+    let range = p.range()?;
+    Ok(Json(
+        app.read(move |c| owners::owners(c, range, &query)).await?,
+    ))
+}
+
 #[derive(Serialize)]
 struct IngestAnswer {
     started_ms: i64,
@@ -630,15 +710,24 @@ async fn ingest(State(app): State<Arc<App>>) -> Result<Json<IngestAnswer>, ApiEr
 
 async fn prometheus(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let now = now_ms();
-    let (devices, tcp) = app
+    let (devices, tcp, dns, services) = app
         .read(move |c| {
             Ok((
                 devices::devices(c, Range::ALL, now, None)?,
                 tcp::device_totals(c)?,
+                dns::device_totals(c)?,
+                owners::services_now(c)?,
             ))
         })
         .await?;
-    let body = metrics::render(&app.stats, &app.rates.rates(), &devices, &tcp);
+    let body = metrics::render(
+        &app.stats,
+        &app.rates.rates(),
+        &devices,
+        &tcp,
+        &dns,
+        &services,
+    );
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -689,6 +778,17 @@ mod tests {
         ] {
             assert!(!host_allowed(bad, &names), "{bad}");
         }
+    }
+
+    #[test]
+    fn macs_in_any_spelling() {
+        assert_eq!(
+            mac("00-1B-63-AA-0F-FF").as_deref(),
+            Some("00:1b:63:aa:0f:ff")
+        );
+        assert_eq!(mac("001b63aa0fff").as_deref(), Some("00:1b:63:aa:0f:ff"));
+        assert_eq!(mac("00:1b:63:aa:0f"), None);
+        assert_eq!(mac("zz:1b:63:aa:0f:ff"), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::Serialize;
 use shared::{
     broker::Broker,
     identity::DeviceId,
-    wire::{self, Addr, Count, FlowRecord, Health, Message, Summary},
+    wire::{self, Addr, Count, FlowRecord, Health, Message, Owner, Summary},
 };
 use std::{
     collections::BTreeMap,
@@ -48,6 +48,12 @@ pub struct Plan {
     pub seed: u64,
     /// TCP flows carry a TCP block (summary `tcp_health`): outcomes, retransmissions, RSTs.
     pub tcp_health: bool,
+    /// UDP flows to port 53 carry a DNS block (summary `dns`, and the window's `dns_hist`):
+    /// queries, response codes, unanswered queries, latency, names.
+    pub dns: bool,
+    /// Flows carry owners: the box's own outbound TCP flows a process and its service, its
+    /// outbound UDP flows one of four LAN devices (MAC, vendor, DHCP name).
+    pub owners: bool,
 }
 
 /// What one device got acknowledged.
@@ -159,14 +165,24 @@ pub fn window(
                 rtt: None,
                 tcp: None,
                 dns: None,
+                owner: None,
             };
             let rec = if plan.tcp_health && proto == 6 {
                 FlowRecord {
                     tcp: Some(tcp_block(&mut rng, rec.fwd)),
                     ..rec
                 }
+            } else if plan.dns && proto == 17 && rec.dst_port == 53 {
+                FlowRecord {
+                    dns: Some(dns_block(&mut rng, rec.fwd.packets, rec.rev.packets)),
+                    ..rec
+                }
             } else {
                 rec
+            };
+            let rec = FlowRecord {
+                owner: owner(plan.owners && outbound, proto, i),
+                ..rec
             };
             (src, dst, rec)
         })
@@ -184,6 +200,14 @@ pub fn window(
         totals.add(&f.2.rev);
     }
     let top = &flows[..k];
+    // The window's DNS latency histogram: each record's samples in the bucket of its average.
+    let mut dns_hist = [0u32; wire::RTT_BUCKETS];
+    for (_, _, r) in top {
+        if let Some(l) = r.dns.and_then(|d| d.latency) {
+            dns_hist[wire::rtt_bucket(l.avg_us)] += l.samples;
+        }
+    }
+    let used = dns_hist.iter().rposition(|&c| c > 0).map_or(0, |i| i + 1);
     // Parts below the message limit: about 40 bytes a record with its addresses.
     let per_part = (plan.max_message / 48).max(1);
     let chunks: Vec<&[(Addr, Addr, FlowRecord)]> = if top.is_empty() {
@@ -202,11 +226,39 @@ pub fn window(
                 addrs.len() as u32 - 1
             })
         };
+        // Owners' names and devices, each once per part (indices into this part's tables).
+        let mut names: Vec<String> = Vec::new();
+        let mut name_at: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut name = |i: u32, names: &mut Vec<String>| -> u32 {
+            *name_at.entry(i).or_insert_with(|| {
+                names.push(OWNER_NAMES[i as usize].to_string());
+                names.len() as u32 - 1
+            })
+        };
+        let mut devices: Vec<wire::Device> = Vec::new();
+        let mut device_at: BTreeMap<u32, u32> = BTreeMap::new();
         let records: Vec<FlowRecord> = chunk
             .iter()
             .map(|(s, d, r)| FlowRecord {
                 src: at(*s, &mut addrs),
                 dst: at(*d, &mut addrs),
+                owner: r.owner.map(|o| {
+                    let o = o.map(|i| name(i, &mut names), |k| k);
+                    Owner {
+                        initiator: o.initiator.map(|k| {
+                            *device_at.entry(k).or_insert_with(|| {
+                                devices.push(wire::Device {
+                                    mac: [0x02, 0x5e, (dev >> 8) as u8, dev as u8, 0, k as u8],
+                                    vendor: Some(name(LAN_VENDOR, &mut names)),
+                                    host_name: Some(name(LAN_NAMES + k, &mut names)),
+                                    client_id: None,
+                                });
+                                devices.len() as u32 - 1
+                            })
+                        }),
+                        ..o
+                    }
+                }),
                 ..*r
             })
             .collect();
@@ -241,8 +293,14 @@ pub fn window(
             flows: records,
             rtt_hist: heapless::Vec::new(),
             tcp_health: plan.tcp_health,
-            dns_hist: Default::default(),
-            dns: false,
+            dns_hist: if first {
+                dns_hist[..used].iter().copied().collect()
+            } else {
+                heapless::Vec::new()
+            },
+            dns: plan.dns,
+            names,
+            devices,
         };
         encoded.push(wire::encode_vec(&Message::V3(s)));
     }
@@ -280,6 +338,96 @@ fn tcp_block(rng: &mut Rng, fwd: Count) -> wire::Tcp {
         };
     }
     t
+}
+
+/// The owners' names: processes, their services (same order), a vendor, LAN device names.
+const OWNER_NAMES: [&str; 15] = [
+    "curl",
+    "mosquitto_pub",
+    "apt",
+    "telegraf",
+    "sshd",
+    "backup.service",
+    "mqtt-bridge.service",
+    "apt-daily.service",
+    "telegraf.service",
+    "ssh.service",
+    "Raspberry Pi Trading Ltd",
+    "sensor-0",
+    "sensor-1",
+    "sensor-2",
+    "sensor-3",
+];
+const LAN_VENDOR: u32 = 10;
+const LAN_NAMES: u32 = 11;
+
+/// A flow's owner, with indices into [`OWNER_NAMES`] and (initiator) LAN device numbers 0..4:
+/// outbound TCP is one of five processes, outbound UDP one of four LAN devices.
+fn owner(on: bool, proto: u8, i: u32) -> Option<Owner> {
+    match (on, proto) {
+        (true, 6) => Some(Owner {
+            process: Some(wire::Process {
+                pid: 1_000 + i % 5,
+                comm: i % 5,
+            }),
+            service: Some(5 + i % 5),
+            ..Owner::default()
+        }),
+        (true, 17) => Some(Owner {
+            initiator: Some(i % 4),
+            ..Owner::default()
+        }),
+        _ => None,
+    }
+}
+
+/// Names the simulated devices look up; the last one does not exist.
+const DNS_NAMES: [&str; 8] = [
+    "time.example.com",
+    "api.example.net",
+    "updates.vendor.example",
+    "cdn.example.org",
+    "mqtt.example.com",
+    "ntp.example.org",
+    "telemetry.vendor.example",
+    "gone.example.invalid",
+];
+
+/// A plausible DNS conversation: one query a packet each way, most answered NOERROR in a few
+/// milliseconds, the missing name NXDOMAIN, a few SERVFAIL or unanswered.
+fn dns_block(rng: &mut Rng, queries: u64, answers: u64) -> wire::Dns {
+    let i = rng.below(DNS_NAMES.len() as u64) as usize;
+    let queries = queries.clamp(1, 1_000) as u32;
+    let mut responses = (answers as u32).min(queries);
+    if rng.below(20) == 0 {
+        responses = responses.saturating_sub(1);
+    }
+    let mut d = wire::Dns {
+        queries,
+        responses,
+        unanswered: queries - responses,
+        qtype: if rng.below(3) == 0 { 28 } else { 1 },
+        name: wire::DnsName::new(DNS_NAMES[i]).expect("a printable name"),
+        ..wire::Dns::default()
+    };
+    if i == DNS_NAMES.len() - 1 {
+        d.nxdomain = responses;
+    } else if rng.below(25) == 0 {
+        d.servfail = responses;
+    } else {
+        d.noerror = responses;
+    }
+    if responses > 0 {
+        let min_us = 500 + rng.below(20_000) as u32;
+        let max_us = min_us + rng.below(50_000) as u32;
+        d.latency = Some(wire::Latency {
+            min_us,
+            avg_us: min_us + (max_us - min_us) / 3,
+            max_us,
+            samples: responses,
+        });
+    }
+    d
 }
 
 /// Runs one device to the end of its plan; returns what the broker acknowledged.
@@ -444,7 +592,74 @@ mod tests {
             max_message: 64 * 1024,
             seed: 7,
             tcp_health: false,
+            dns: false,
+            owners: false,
         }
+    }
+
+    #[test]
+    fn with_owners_local_flows_name_a_process_and_lan_flows_a_device() {
+        let id = DeviceId::new("sim", "d0").unwrap();
+        let mut p = plan((3000, 3000), 3000);
+        p.owners = true;
+        let (parts, _, _) = window(&id, 3, 9, 4, 1_000, &p);
+        assert!(parts.len() > 1, "several parts, each with its own tables");
+        let (mut local, mut lan) = (0, 0);
+        for bytes in &parts {
+            let s = wire::decode_summary(bytes).expect("the decoder takes it");
+            for f in s.to_flows() {
+                let Some(o) = f.owner else { continue };
+                if let Some(pr) = o.process {
+                    assert_eq!(f.proto, 6);
+                    let service = &s.names[o.service.unwrap() as usize];
+                    assert!(service.ends_with(".service"), "{service}");
+                    assert!(!s.names[pr.comm as usize].contains('.'));
+                    local += 1;
+                } else {
+                    let d = &s.devices[o.initiator.unwrap() as usize];
+                    assert_eq!(
+                        s.names[d.vendor.unwrap() as usize],
+                        "Raspberry Pi Trading Ltd"
+                    );
+                    assert!(s.names[d.host_name.unwrap() as usize].starts_with("sensor-"));
+                    lan += 1;
+                }
+            }
+        }
+        assert!(
+            local > 100 && lan > 100,
+            "{local} local, {lan} LAN flows with owners"
+        );
+    }
+
+    #[test]
+    fn with_dns_every_udp_flow_to_port_53_carries_a_block() {
+        let id = DeviceId::new("sim", "d0").unwrap();
+        let mut p = plan((300, 300), 1024);
+        p.dns = true;
+        let (parts, _, _) = window(&id, 3, 9, 4, 1_000, &p);
+        let (mut blocks, mut samples, mut hist) = (0, 0, 0);
+        for bytes in &parts {
+            let s = wire::decode_summary(bytes).expect("the decoder takes it");
+            assert!(s.dns);
+            hist += s.dns_hist.iter().sum::<u32>();
+            for f in &s.flows {
+                let dns = f.proto == 17 && f.dst_port == 53;
+                assert_eq!(f.dns.is_some(), dns, "{f:?}");
+                if let Some(d) = f.dns {
+                    blocks += 1;
+                    assert_eq!(d.queries, d.responses + d.unanswered);
+                    assert_eq!(
+                        d.responses,
+                        d.noerror + d.nxdomain + d.servfail + d.refused + d.other_rcode
+                    );
+                    assert!(!d.name.is_empty());
+                    samples += d.latency.map_or(0, |l| l.samples);
+                }
+            }
+        }
+        assert!(blocks > 5, "{blocks} DNS blocks in 300 flows");
+        assert_eq!(hist, samples, "the histogram holds every latency sample");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 use crate::{
     api::{
         devices::{Device, DeviceState},
+        dns::DeviceDns,
+        owners::ServiceNow,
         tcp::DeviceTcp,
     },
     ingest::IngestStats,
@@ -25,7 +27,14 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device], tcp: &[DeviceTcp]) -> String {
+pub fn render(
+    stats: &IngestStats,
+    rates: &Rates,
+    devices: &[Device],
+    tcp: &[DeviceTcp],
+    dns: &[DeviceDns],
+    services: &[ServiceNow],
+) -> String {
     let mut o = String::with_capacity(4096);
     head(
         &mut o,
@@ -216,7 +225,40 @@ pub fn render(stats: &IngestStats, rates: &Rates, devices: &[Device], tcp: &[Dev
         }
     }
     render_tcp(&mut o, tcp);
+    render_dns(&mut o, dns);
+    render_services(&mut o, services);
     o
+}
+
+/// Per device and service (systemd unit, container or cgroup of the box's own sockets, where
+/// the agent knows the owner): the latest window's throughput and flow records.
+fn render_services(o: &mut String, services: &[ServiceNow]) {
+    type Get = fn(&ServiceNow) -> f64;
+    let gauges: [(&str, &str, Get); 2] = [
+        (
+            "edgeflow_service_bytes_per_second",
+            "Throughput of a service's flows in its device's latest window (both ways).",
+            |s| s.bytes_per_s,
+        ),
+        (
+            "edgeflow_service_flow_records",
+            "Flow records of a service in its device's latest window.",
+            |s| s.flows as f64,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        head(o, name, "gauge", help);
+        for s in services {
+            let _ = writeln!(
+                o,
+                "{name}{{site=\"{}\",device=\"{}\",service=\"{}\"}} {}",
+                label(&s.site),
+                label(&s.device),
+                label(&s.service),
+                get(s)
+            );
+        }
+    }
 }
 
 /// Per device that measures TCP: connections per outcome reached, retransmitted segments and
@@ -274,6 +316,65 @@ fn render_tcp(o: &mut String, tcp: &[DeviceTcp]) {
     }
 }
 
+/// Per device that looks at DNS: queries, responses by code, unanswered queries and latency
+/// samples over the stored windows (running sums, like the TCP ones).
+fn render_dns(o: &mut String, dns: &[DeviceDns]) {
+    let name = "edgeflow_device_dns_responses_total";
+    head(
+        o,
+        name,
+        "counter",
+        "DNS responses by response code (noerror, nxdomain, servfail, refused, other), over the stored windows.",
+    );
+    for d in dns {
+        let c = &d.rcodes;
+        for (rcode, v) in [
+            ("noerror", c.noerror),
+            ("nxdomain", c.nxdomain),
+            ("servfail", c.servfail),
+            ("refused", c.refused),
+            ("other", c.other),
+        ] {
+            let _ = writeln!(
+                o,
+                "{name}{{site=\"{}\",device=\"{}\",rcode=\"{rcode}\"}} {v}",
+                label(&d.site),
+                label(&d.device)
+            );
+        }
+    }
+    type Get = fn(&DeviceDns) -> u64;
+    let counts: [(&str, &str, Get); 3] = [
+        (
+            "edgeflow_device_dns_queries_total",
+            "DNS queries, over the stored windows.",
+            |d| d.queries,
+        ),
+        (
+            "edgeflow_device_dns_unanswered_total",
+            "DNS queries that got no response, over the stored windows.",
+            |d| d.unanswered,
+        ),
+        (
+            "edgeflow_device_dns_latency_samples_total",
+            "DNS queries whose response was matched and timed, over the stored windows.",
+            |d| d.latency_samples,
+        ),
+    ];
+    for (name, help, get) in counts {
+        head(o, name, "counter", help);
+        for d in dns {
+            let _ = writeln!(
+                o,
+                "{name}{{site=\"{}\",device=\"{}\"}} {}",
+                label(&d.site),
+                label(&d.device),
+                get(d)
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,7 +386,14 @@ mod tests {
 
     #[test]
     fn every_reason_has_a_series() {
-        let text = render(&IngestStats::default(), &Rates::default(), &[], &[]);
+        let text = render(
+            &IngestStats::default(),
+            &Rates::default(),
+            &[],
+            &[],
+            &[],
+            &[],
+        );
         for r in REASONS {
             assert!(
                 text.contains(&format!(

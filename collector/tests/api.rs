@@ -43,6 +43,8 @@ on_every_store!(
     health_of_one_device_over_time,
     flows_talkers_conversations_rtt_stored_and_metrics,
     tcp_destinations_totals_series_and_metrics_in_a_mixed_fleet,
+    dns_names_resolvers_totals_series_and_metrics_in_a_mixed_fleet,
+    owners_processes_services_lan_devices_flow_filters_and_metrics,
 );
 
 /// A fleet of four devices in two sites, published once and stored.
@@ -689,4 +691,650 @@ fn tcp_destinations_totals_series_and_metrics_in_a_mixed_fleet(store: Store) {
         !metrics.contains("tcp_retransmitted_segments_total{site=\"s2\",device=\"d\"}"),
         "no TCP series for an agent that does not measure it"
     );
+}
+
+/// A DNS block as the agent writes it: `rcodes` = NOERROR, NXDOMAIN, SERVFAIL, REFUSED;
+/// `latency` = (avg µs, samples), min and max around it.
+fn dns(
+    name: &str,
+    qtype: u16,
+    queries: u32,
+    rcodes: [u32; 4],
+    unanswered: u32,
+    latency: Option<(u32, u32)>,
+) -> Option<wire::Dns> {
+    Some(wire::Dns {
+        queries,
+        responses: rcodes.iter().sum(),
+        noerror: rcodes[0],
+        nxdomain: rcodes[1],
+        servfail: rcodes[2],
+        refused: rcodes[3],
+        unanswered,
+        qtype,
+        latency: latency.map(|(avg_us, samples)| wire::Latency {
+            min_us: avg_us / 2,
+            avg_us,
+            max_us: avg_us * 2,
+            samples,
+        }),
+        name: wire::DnsName::new(name).unwrap(),
+        ..wire::Dns::default()
+    })
+}
+
+fn udp53(src: [u8; 4], src_port: u16, dst: [u8; 4]) -> F {
+    F {
+        proto: 17,
+        src,
+        src_port,
+        dst,
+        dst_port: 53,
+        fwd: (1, 70),
+        rev: (1, 120),
+    }
+}
+
+/// A log2 latency histogram with one sample in each of `buckets`.
+fn hist(buckets: &[usize]) -> heapless::Vec<u32, { wire::RTT_BUCKETS }> {
+    let mut h = [0u32; wire::RTT_BUCKETS];
+    for &b in buckets {
+        h[b] += 1;
+    }
+    let used = buckets.iter().max().map_or(0, |m| m + 1);
+    h[..used].iter().copied().collect()
+}
+
+/// Two devices that look at DNS (s1/a: two windows, s2/c: one, sampling 1 in 2) and one agent
+/// from before it (s2/d, a version 2 message): every figure of /api/dns and the DNS metrics
+/// is known.
+fn dns_fleet(store: Store) -> Fleet {
+    let broker = Mosquitto::start();
+    let (c, pg) = match store {
+        Store::Sqlite => (Collector::start(&broker.url()), None),
+        Store::Postgres => {
+            let pg = SharedPostgres::get();
+            let name = testkit::unique("efdns");
+            let db = pg.pg.create_database(&name);
+            let c = Collector::with_args(&["--broker", &broker.url(), "--db", &db]);
+            (c, Some((pg, name)))
+        }
+    };
+    c.wait_subscribed();
+    let base = (now_ms() / 10_000 - 60) * 10_000;
+    let (a, c_ip, d_ip) = ([10, 2, 0, 1], [10, 3, 0, 1], [10, 4, 0, 1]);
+    let (r53, r54) = ([192, 0, 2, 53], [192, 0, 2, 54]);
+    // s1/a, window 0, both to 192.0.2.53: example.com A answered twice (1.5 ms on average);
+    // nope.example NXDOMAIN (3 ms).
+    let mut a0 = summary(
+        "s1",
+        "a",
+        1,
+        0,
+        base,
+        &[udp53(a, 50_000, r53), udp53(a, 50_001, r53)],
+        (0, 0),
+    );
+    a0.dns = true;
+    a0.flows[0].dns = dns("example.com", 1, 2, [2, 0, 0, 0], 0, Some((1_500, 2)));
+    a0.flows[1].dns = dns("nope.example", 1, 1, [0, 1, 0, 0], 0, Some((3_000, 1)));
+    a0.dns_hist = hist(&[9, 10, 11]);
+    a0.health.dns_malformed = 2;
+    // Window 1, both to 192.0.2.54: EXAMPLE.com A (the same name in another case) SERVFAIL
+    // after 40 ms; slow.example AAAA asked three times, never answered.
+    let mut a1 = summary(
+        "s1",
+        "a",
+        1,
+        1,
+        base + 10_000,
+        &[udp53(a, 50_002, r54), udp53(a, 50_003, r54)],
+        (0, 0),
+    );
+    a1.dns = true;
+    a1.flows[0].dns = dns("EXAMPLE.com", 1, 1, [0, 0, 1, 0], 0, Some((40_000, 1)));
+    a1.flows[1].dns = dns("slow.example", 28, 3, [0, 0, 0, 0], 3, None);
+    a1.dns_hist = hist(&[15]);
+    a1.health.dns_evicted = 1;
+    // s2/c, window 0, sampling 1 in 2: example.com AAAA refused once (0.5 ms) as counted.
+    let mut c0 = summary("s2", "c", 3, 0, base, &[udp53(c_ip, 40_000, r53)], (0, 0));
+    c0.dns = true;
+    c0.sample_every = 2;
+    c0.flows[0].dns = dns("example.com", 28, 1, [0, 0, 0, 1], 0, Some((500, 1)));
+    c0.dns_hist = hist(&[8]);
+    // s2/d: an old agent's lookup: no DNS block.
+    let d0 = summary("s2", "d", 4, 0, base, &[udp53(d_ip, 1_234, r53)], (0, 0));
+    let old = Msg {
+        topic: "edgeflow/v1/s2/d/flows".into(),
+        payload: wire::encode_vec(&Message::V2(wire::v2::Summary::from(&d0))),
+        retain: false,
+    };
+    let msgs = vec![Msg::summary(&a0), Msg::summary(&a1), Msg::summary(&c0), old];
+    publish_all(broker.port, &msgs);
+    c.wait_for("/api/ingest", Duration::from_secs(30), |v| {
+        v["summaries"] == 4
+    });
+    Fleet {
+        c,
+        _broker: broker,
+        _pg: pg,
+        base,
+    }
+}
+
+fn dns_names_resolvers_totals_series_and_metrics_in_a_mixed_fleet(store: Store) {
+    let f = dns_fleet(store);
+    let c = &f.c;
+    let range = format!("from={}&to={}&step=10000", f.base, f.base + 40_000);
+    let v = c.json(&format!("/api/dns?{range}"));
+    // Latency: samples 2 x 1.5 ms, 3 ms, 40 ms, 0.5 ms; min 0.25 ms, max 80 ms.
+    assert_eq!(
+        v["totals"],
+        json!({
+            "windows": 3, "devices": 2,
+            "queries": 2 + 1 + 1 + 3 + 2, "responses": 2 + 1 + 1 + 2,
+            "rcodes": {"noerror": 2, "nxdomain": 1, "servfail": 1, "refused": 2, "other": 0},
+            "errors": 4, "unanswered": 3,
+            "error_rate": 4.0 / 6.0, "unanswered_rate": 3.0 / 9.0,
+            "latency": {"samples": 5, "min_us": 250, "avg_us": 46_500 / 5, "max_us": 80_000},
+            "malformed": 2, "evicted": 1,
+        }),
+        "{v}"
+    );
+    // The windows' histograms added up: buckets 8, 9, 10, 11 and 15 (of 2^i µs).
+    let h = &v["latency"];
+    assert_eq!(h["samples"], 5, "{h}");
+    assert_eq!(
+        (&h["p50_us"], &h["p90_us"], &h["p99_us"]),
+        (&json!(2_048), &json!(65_536), &json!(65_536))
+    );
+    let buckets: Vec<(u64, u64)> = h["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["lo_us"].as_u64().unwrap(), b["count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        buckets,
+        [
+            (256, 1),
+            (512, 1),
+            (1_024, 1),
+            (2_048, 1),
+            (4_096, 0),
+            (8_192, 0),
+            (16_384, 0),
+            (32_768, 1)
+        ]
+    );
+    let names = |v: &Value| -> Vec<String> {
+        v["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} {}",
+                    n["name"].as_str().unwrap(),
+                    n["qtype_name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(&v),
+        [
+            "slow.example AAAA",
+            "example.com AAAA",
+            "example.com A",
+            "nope.example A"
+        ],
+        "by error responses + unanswered, then queries"
+    );
+    let ex = &v["names"][2];
+    assert_eq!(
+        (
+            &ex["queries"],
+            &ex["responses"],
+            &ex["errors"],
+            &ex["resolvers"],
+            &ex["devices"]
+        ),
+        (&json!(3), &json!(3), &json!(1), &json!(2), &json!(1)),
+        "both cases of example.com A, at two resolvers: {ex}"
+    );
+    assert_eq!(
+        ex["latency"],
+        json!({"samples": 3, "min_us": 750, "avg_us": 43_000 / 3, "max_us": 80_000})
+    );
+    assert_eq!(
+        (
+            &v["names"][1]["queries"],
+            &v["names"][1]["rcodes"]["refused"],
+            &v["names"][1]["qtype"]
+        ),
+        (&json!(2), &json!(2), &json!(28)),
+        "sampled 1 in 2: counts scaled"
+    );
+    let slow = &v["names"][0];
+    assert_eq!(
+        (
+            &slow["unanswered"],
+            &slow["unanswered_rate"],
+            &slow["latency"]["avg_us"],
+            &slow["error_rate"]
+        ),
+        (&json!(3), &json!(1.0), &Value::Null, &Value::Null)
+    );
+    assert_eq!(
+        names(&c.json(&format!("/api/dns?{range}&sort=latency"))),
+        [
+            "example.com A",
+            "nope.example A",
+            "example.com AAAA",
+            "slow.example AAAA"
+        ]
+    );
+    assert_eq!(
+        names(&c.json(&format!("/api/dns?{range}&sort=queries&limit=2"))),
+        ["slow.example AAAA", "example.com A"]
+    );
+    let resolvers: Vec<(String, u64, u64, u64, u64)> = v["resolvers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                format!("{}:{}", r["addr"].as_str().unwrap(), r["port"]),
+                r["queries"].as_u64().unwrap(),
+                r["errors"].as_u64().unwrap(),
+                r["names"].as_u64().unwrap(),
+                r["devices"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        resolvers,
+        [
+            ("192.0.2.54:53".to_string(), 4, 1, 2, 1),
+            ("192.0.2.53:53".to_string(), 5, 3, 2, 2),
+        ],
+        "by errors + unanswered: {v}"
+    );
+    assert_eq!(
+        v["resolvers"][1]["latency"],
+        json!({"samples": 4, "min_us": 250, "avg_us": 6_500 / 4, "max_us": 6_000})
+    );
+    // Over time: a window counts in the bucket of its start.
+    let s = &v["series"];
+    assert_eq!(s["step_ms"], 10_000);
+    assert_eq!(s["queries"], json!([5, 4, null, null]), "{s}");
+    assert_eq!(s["errors"], json!([3, 1, null, null]));
+    assert_eq!(s["unanswered"], json!([0, 3, null, null]));
+    assert_eq!(s["error_rate"], json!([0.6, 1.0, null, null]));
+    assert_eq!(s["unanswered_rate"], json!([0.0, 0.75, null, null]));
+    assert_eq!(s["latency_avg_us"], json!([6_500 / 4, 40_000, null, null]));
+    // One device, one site.
+    let one = c.json(&format!("/api/dns?{range}&device=s2/c"));
+    assert_eq!(
+        (
+            &one["totals"]["windows"],
+            &one["totals"]["queries"],
+            &one["latency"]["samples"]
+        ),
+        (&json!(1), &json!(2), &json!(1)),
+        "{one}"
+    );
+    assert_eq!(names(&one), ["example.com AAAA"]);
+    let site = c.json(&format!("/api/dns?{range}&site=s1"));
+    assert_eq!(
+        (
+            &site["totals"]["devices"],
+            &site["totals"]["queries"],
+            &site["latency"]["samples"]
+        ),
+        (&json!(1), &json!(7), &json!(4)),
+        "{site}"
+    );
+    assert_eq!(site["resolvers"].as_array().unwrap().len(), 2);
+    let old = c.json(&format!("/api/dns?{range}&device=s2/d"));
+    assert_eq!(
+        (&old["totals"]["windows"], &old["names"], &old["resolvers"]),
+        (&json!(0), &json!([]), &json!([])),
+        "an old agent's lookups are stored, without DNS figures: {old}"
+    );
+    assert_eq!(c.json("/api/flows?device=s2/d")["matching"], 1);
+    let (status, body) = c.get("/api/dns?sort=slowest");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("errors, latency, queries"), "{body}");
+    let (status, metrics) = c.get("/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "edgeflow_device_dns_queries_total{site=\"s1\",device=\"a\"} 7\n",
+        "edgeflow_device_dns_queries_total{site=\"s2\",device=\"c\"} 2\n",
+        "edgeflow_device_dns_responses_total{site=\"s1\",device=\"a\",rcode=\"servfail\"} 1\n",
+        "edgeflow_device_dns_responses_total{site=\"s2\",device=\"c\",rcode=\"refused\"} 2\n",
+        "edgeflow_device_dns_responses_total{site=\"s1\",device=\"a\",rcode=\"noerror\"} 2\n",
+        "edgeflow_device_dns_unanswered_total{site=\"s1\",device=\"a\"} 3\n",
+        "edgeflow_device_dns_latency_samples_total{site=\"s1\",device=\"a\"} 4\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("dns_queries_total{site=\"s2\",device=\"d\"}"),
+        "no DNS series for an agent that does not look at DNS"
+    );
+}
+
+fn local(pid: u32, comm: u32, service: u32) -> Option<wire::Owner> {
+    Some(wire::Owner {
+        process: Some(wire::Process { pid, comm }),
+        service: Some(service),
+        ..wire::Owner::default()
+    })
+}
+
+fn lan(initiator: u32, responder: Option<u32>) -> Option<wire::Owner> {
+    Some(wire::Owner {
+        initiator: Some(initiator),
+        responder,
+        ..wire::Owner::default()
+    })
+}
+
+/// s1/a: a box's own processes (curl twice in backup.service, nginx in nginx.service) and a
+/// Raspberry Pi on its LAN (vendor, DHCP name and client id) whose flows it forwards; s2/c,
+/// sampling 1 in 2: an Apple device in two windows, the second without its vendor; s2/d: an
+/// agent before owners (a version 2 message).
+fn owners_fleet(store: Store) -> Fleet {
+    let broker = Mosquitto::start();
+    let (c, pg) = match store {
+        Store::Sqlite => (Collector::start(&broker.url()), None),
+        Store::Postgres => {
+            let pg = SharedPostgres::get();
+            let name = testkit::unique("efown");
+            let db = pg.pg.create_database(&name);
+            let c = Collector::with_args(&["--broker", &broker.url(), "--db", &db]);
+            (c, Some((pg, name)))
+        }
+    };
+    c.wait_subscribed();
+    let base = (now_ms() / 10_000 - 60) * 10_000;
+    let (box_ip, pi) = ([10, 2, 0, 1], [192, 168, 1, 20]);
+    let mut a0 = summary(
+        "s1",
+        "a",
+        1,
+        0,
+        base,
+        &[
+            tcp_flow(
+                box_ip,
+                40_000,
+                [192, 0, 2, 80],
+                443,
+                (10, 10_000),
+                (10, 50_000),
+            ),
+            tcp_flow(box_ip, 40_001, [192, 0, 2, 81], 443, (1, 1_000), (1, 1_000)),
+            tcp_flow(
+                [198, 51, 100, 9],
+                5_555,
+                box_ip,
+                80,
+                (5, 5_000),
+                (5, 20_000),
+            ),
+            tcp_flow(pi, 50_000, [192, 0, 2, 90], 443, (4, 4_000), (4, 16_000)),
+            F {
+                proto: 17,
+                ..udp53(pi, 50_001, [192, 0, 2, 91])
+            },
+        ],
+        (0, 0),
+    );
+    a0.names = [
+        "curl",
+        "nginx",
+        "backup.service",
+        "nginx.service",
+        "Raspberry Pi Trading Ltd",
+        "kitchen-pi",
+        "01:b8:27:eb:11:22:33",
+    ]
+    .map(String::from)
+    .to_vec();
+    a0.devices = vec![
+        wire::Device {
+            mac: [0xb8, 0x27, 0xeb, 0x11, 0x22, 0x33],
+            vendor: Some(4),
+            host_name: Some(5),
+            client_id: Some(6),
+        },
+        wire::Device {
+            mac: [0x02, 0, 0, 0, 0, 1],
+            ..wire::Device::default()
+        },
+    ];
+    a0.health.owner_sockets_full = 3;
+    a0.flows[0].owner = local(100, 0, 2);
+    a0.flows[1].owner = local(101, 0, 2);
+    a0.flows[2].owner = local(200, 1, 3);
+    a0.flows[3].owner = lan(0, Some(1));
+    a0.flows[4].owner = lan(0, None);
+    let apple = |seq: u64, vendor: bool| {
+        let mut s = summary(
+            "s2",
+            "c",
+            3,
+            seq,
+            base + seq * 10_000,
+            &[tcp_flow(
+                [192, 168, 7, 5],
+                60_000,
+                [192, 0, 2, 90],
+                443,
+                (1, 500),
+                (1, 500),
+            )],
+            (0, 0),
+        );
+        s.sample_every = 2;
+        s.names = vec!["Apple, Inc.".to_string()];
+        s.devices = vec![wire::Device {
+            mac: [0x00, 0x1b, 0x63, 0xaa, 0x0f, 0xff],
+            vendor: vendor.then_some(0),
+            ..wire::Device::default()
+        }];
+        s.flows[0].owner = lan(0, None);
+        s
+    };
+    let d0 = summary(
+        "s2",
+        "d",
+        4,
+        0,
+        base,
+        &[tcp_flow(
+            [10, 4, 0, 1],
+            1_234,
+            [192, 0, 2, 80],
+            443,
+            (1, 100),
+            (1, 100),
+        )],
+        (0, 0),
+    );
+    let old = Msg {
+        topic: "edgeflow/v1/s2/d/flows".into(),
+        payload: wire::encode_vec(&Message::V2(wire::v2::Summary::from(&d0))),
+        retain: false,
+    };
+    let msgs = vec![
+        Msg::summary(&a0),
+        Msg::summary(&apple(0, true)),
+        Msg::summary(&apple(1, false)),
+        old,
+    ];
+    publish_all(broker.port, &msgs);
+    c.wait_for("/api/ingest", Duration::from_secs(30), |v| {
+        v["summaries"] == 4
+    });
+    Fleet {
+        c,
+        _broker: broker,
+        _pg: pg,
+        base,
+    }
+}
+
+fn owners_processes_services_lan_devices_flow_filters_and_metrics(store: Store) {
+    let f = owners_fleet(store);
+    let c = &f.c;
+    let range = format!("from={}&to={}", f.base, f.base + 40_000);
+    let v = c.json(&format!("/api/owners?{range}"));
+    assert_eq!(
+        (&v["sockets_full"], &v["devices_full"]),
+        (&json!(3), &json!(0)),
+        "the agent's own count of what its maps had no room for"
+    );
+    assert_eq!(
+        v["processes"],
+        json!([
+            {"process": "curl", "service": "backup.service", "pids": 2,
+             "fwd": {"packets": 11, "bytes": 11_000}, "rev": {"packets": 11, "bytes": 51_000},
+             "bytes": 62_000, "packets": 22, "flows": 2, "devices": 1},
+            {"process": "nginx", "service": "nginx.service", "pids": 1,
+             "fwd": {"packets": 5, "bytes": 5_000}, "rev": {"packets": 5, "bytes": 20_000},
+             "bytes": 25_000, "packets": 10, "flows": 1, "devices": 1},
+        ]),
+        "{v}"
+    );
+    let services: Vec<(String, u64, u64)> = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["service"].as_str().unwrap().to_string(),
+                s["bytes"].as_u64().unwrap(),
+                s["processes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        services,
+        [
+            ("backup.service".to_string(), 62_000, 1),
+            ("nginx.service".to_string(), 25_000, 1)
+        ]
+    );
+    let lan = &v["lan_devices"];
+    assert_eq!(lan.as_array().unwrap().len(), 2, "initiators only: {lan}");
+    assert_eq!(
+        (
+            &lan[0]["device"],
+            &lan[0]["mac"],
+            &lan[0]["vendor"],
+            &lan[0]["host_name"],
+            &lan[0]["client_id"]
+        ),
+        (
+            &json!("s1/a"),
+            &json!("b8:27:eb:11:22:33"),
+            &json!("Raspberry Pi Trading Ltd"),
+            &json!("kitchen-pi"),
+            &json!("01:b8:27:eb:11:22:33")
+        ),
+        "{lan}"
+    );
+    assert_eq!(
+        (&lan[0]["bytes"], &lan[0]["flows"], &lan[0]["destinations"]),
+        (&json!(20_190), &json!(2), &json!(2))
+    );
+    assert_eq!(
+        lan[0]["top_destinations"],
+        json!([
+            {"addr": "192.0.2.90", "port": 443, "proto": 6, "bytes": 20_000},
+            {"addr": "192.0.2.91", "port": 53, "proto": 17, "bytes": 190},
+        ])
+    );
+    assert_eq!(
+        (
+            &lan[1]["device"],
+            &lan[1]["mac"],
+            &lan[1]["vendor"],
+            &lan[1]["host_name"],
+            &lan[1]["bytes"],
+            &lan[1]["flows"]
+        ),
+        (
+            &json!("s2/c"),
+            &json!("00:1b:63:aa:0f:ff"),
+            &json!("Apple, Inc."),
+            &Value::Null,
+            &json!(4_000),
+            &json!(1)
+        ),
+        "the vendor kept from the first window, counts x 2: {lan}"
+    );
+    // One device, one site.
+    let one = c.json(&format!("/api/owners?{range}&device=s2/c"));
+    assert_eq!(
+        (
+            &one["processes"],
+            one["lan_devices"].as_array().unwrap().len()
+        ),
+        (&json!([]), 1),
+        "{one}"
+    );
+    let site = c.json(&format!("/api/owners?{range}&site=s1"));
+    assert_eq!(site["lan_devices"][0]["mac"], "b8:27:eb:11:22:33");
+    assert_eq!(site["lan_devices"].as_array().unwrap().len(), 1);
+    let old = c.json(&format!("/api/owners?{range}&device=s2/d"));
+    assert_eq!(
+        (&old["processes"], &old["services"], &old["lan_devices"]),
+        (&json!([]), &json!([]), &json!([])),
+        "{old}"
+    );
+    // The flows endpoint's owner filters and fields.
+    let flows = |q: &str| -> Vec<String> {
+        let v = c.json(&format!("/api/flows?{range}&{q}"));
+        v["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| format!("{}:{}", f["dst"].as_str().unwrap(), f["dst_port"]))
+            .collect()
+    };
+    assert_eq!(flows("process=curl"), ["192.0.2.80:443", "192.0.2.81:443"]);
+    assert_eq!(flows("service=nginx.service"), ["10.2.0.1:80"]);
+    assert_eq!(
+        flows("mac=B8-27-EB-11-22-33"),
+        ["192.0.2.90:443", "192.0.2.91:53"]
+    );
+    assert_eq!(flows("mac=02:00:00:00:00:01"), ["192.0.2.90:443"]);
+    let fw = c.json(&format!("/api/flows?{range}&mac=020000000001"));
+    assert_eq!(
+        fw["flows"][0]["owner"],
+        json!({"process": null, "pid": null, "service": null,
+               "src_mac": "b8:27:eb:11:22:33", "dst_mac": "02:00:00:00:00:01"})
+    );
+    let nginx = c.json(&format!("/api/flows?{range}&process=nginx"));
+    assert_eq!(nginx["flows"][0]["owner"]["pid"], 200);
+    assert_eq!(
+        c.json(&format!("/api/flows?{range}&device=s2/d"))["flows"][0]["owner"],
+        Value::Null
+    );
+    let (status, body) = c.get("/api/flows?mac=nope");
+    assert_eq!(status, 400, "{body}");
+    let (status, metrics) = c.get("/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "edgeflow_service_bytes_per_second{site=\"s1\",device=\"a\",service=\"backup.service\"} 6200\n",
+        "edgeflow_service_bytes_per_second{site=\"s1\",device=\"a\",service=\"nginx.service\"} 2500\n",
+        "edgeflow_service_flow_records{site=\"s1\",device=\"a\",service=\"backup.service\"} 2\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
+    }
 }

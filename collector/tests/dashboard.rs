@@ -2,7 +2,7 @@
 //! must show the device, its throughput and a known flow from live data; a screenshot is
 //! saved under `<target>/test-output/`.
 
-use shared::wire::{Count, Outcome, Rtt, Tcp};
+use shared::wire::{Count, Dns, DnsName, Latency as DnsLatency, Outcome, Rtt, Tcp};
 use std::process::{Command, Stdio};
 use testkit::mosquitto::Mosquitto;
 use testkit::{collector::*, output_dir, publisher::*, summary::*};
@@ -119,6 +119,31 @@ fn dashboard_shows_device_throughput_and_flows_live() {
             .into_iter()
             .collect();
         s.health.active_flows = 9_000 + k as u32;
+        // Owners: the HTTPS flow is curl's (pid 4242, backup.service); the mDNS one was
+        // started by a Raspberry Pi on the LAN that gave its name over DHCP.
+        s.names = [
+            "curl",
+            "backup.service",
+            "Raspberry Pi Trading Ltd",
+            "kitchen-pi",
+        ]
+        .map(String::from)
+        .to_vec();
+        s.devices = vec![shared::wire::Device {
+            mac: [0xb8, 0x27, 0xeb, 0x11, 0x22, 0x33],
+            vendor: Some(2),
+            host_name: Some(3),
+            client_id: None,
+        }];
+        s.flows[0].owner = Some(shared::wire::Owner {
+            process: Some(shared::wire::Process { pid: 4242, comm: 0 }),
+            service: Some(1),
+            ..Default::default()
+        });
+        s.flows[1].owner = Some(shared::wire::Owner {
+            initiator: Some(0),
+            ..Default::default()
+        });
         // TCP health: the HTTPS connection came up in window 0 and retransmits one 100-byte
         // segment a window; windows 8-10 each hold a connect refused by 192.0.2.99:8443, and
         // window 10 one to 198.51.100.7:22 left unanswered after 2 SYN retries.
@@ -207,6 +232,63 @@ fn dashboard_shows_device_throughput_and_flows_live() {
             }],
             (0, 0),
         );
+        // branch-7 looks at DNS: every window two lookups of updates.example.com answered in
+        // 12 ms on average by 192.0.2.53; windows 9-11 one of missing.example, NXDOMAIN in
+        // 3 ms.
+        let mut other = other;
+        let mut lookups = vec![(53_000 + seq as u16, "updates.example.com", 1, 2, 0, 12_000)];
+        if seq >= 9 {
+            lookups.push((54_000 + seq as u16, "missing.example", 28, 1, 1, 3_000));
+        }
+        other.dns = true;
+        let mut hist = [0u32; 14];
+        for (port, name, qtype, queries, nxdomain, avg_us) in lookups {
+            let ip = shared::wire::Addr::V4([192, 0, 2, 53]);
+            let dst = other
+                .addrs
+                .iter()
+                .position(|a| *a == ip)
+                .unwrap_or_else(|| {
+                    other.addrs.push(ip);
+                    other.addrs.len() - 1
+                }) as u32;
+            let f = shared::wire::FlowRecord {
+                proto: 17,
+                src: 0,
+                dst,
+                src_port: port,
+                dst_port: 53,
+                fwd: Count {
+                    packets: u64::from(queries),
+                    bytes: 70 * u64::from(queries),
+                },
+                rev: Count {
+                    packets: u64::from(queries),
+                    bytes: 150 * u64::from(queries),
+                },
+                dns: Some(Dns {
+                    queries,
+                    responses: queries,
+                    noerror: queries - nxdomain,
+                    nxdomain,
+                    qtype,
+                    latency: Some(DnsLatency {
+                        min_us: avg_us / 2,
+                        avg_us,
+                        max_us: avg_us * 2,
+                        samples: queries,
+                    }),
+                    name: DnsName::new(name).unwrap(),
+                    ..Dns::default()
+                }),
+                ..Default::default()
+            };
+            hist[shared::wire::rtt_bucket(avg_us)] += queries;
+            other.totals.add(&f.fwd);
+            other.totals.add(&f.rev);
+            other.flows.push(f);
+        }
+        other.dns_hist = hist.into_iter().collect();
         // branch-7's window 5 never arrives: a gap the devices table shows.
         if seq != 5 {
             msgs.push(Msg::summary(&other));
@@ -249,6 +331,22 @@ fn dashboard_shows_device_throughput_and_flows_live() {
         "3 refused · 1 unanswered · 2 SYN retries",
         "0.10 %",
         "1.20 kB of 1.25 MB · 12 segments",
+        // DNS (branch-7, 11 windows stored): the names, the resolver, the rcode mix
+        // (3 NXDOMAIN of 25 responses), the mean latency ((22 x 12 + 3 x 3) / 25 ms).
+        "data-name=\"updates.example.com A\" data-queries=\"22\" data-errors=\"0\"",
+        "data-name=\"missing.example AAAA\" data-queries=\"3\" data-errors=\"3\"",
+        "data-resolver=\"192.0.2.53:53\" data-queries=\"25\" data-errors=\"3\"",
+        "3 NXDOMAIN · 0 SERVFAIL · 0 REFUSED · 0 other",
+        "12.00 %",
+        "mean · 25 samples",
+        // Who sent it: the process and its service, the LAN device with its vendor, DHCP name
+        // and destination.
+        "data-process=\"curl\" data-service=\"backup.service\"",
+        "data-service=\"backup.service\" data-bytes=",
+        "data-mac=\"b8:27:eb:11:22:33\" data-vendor=\"Raspberry Pi Trading Ltd\" data-name=\"kitchen-pi\"",
+        "data-dest=\"224.0.0.251:5353\"",
+        // The flow table names the HTTPS flow's owner.
+        "<b>curl</b> <span class=\"dim\">(4242)</span> <span class=\"dim\">· backup.service</span>",
     ] {
         assert!(
             dom.contains(want),
@@ -273,10 +371,44 @@ fn dashboard_shows_device_throughput_and_flows_live() {
     ] {
         assert!(lab.contains(want), "lab-gw-1's page lacks {want:?}");
     }
+    assert!(
+        lab.contains("no agent in this range looks at DNS") && !lab.contains("data-resolver="),
+        "lab-gw-1's page shows another device's DNS figures"
+    );
     let branch = page("branch/branch-7");
     assert!(
         branch.contains("no agent in this range measures TCP") && !branch.contains("data-dest="),
         "branch-7's page shows another device's TCP figures"
+    );
+    assert!(
+        branch.contains("no agent in this range reports owners") && !branch.contains("data-mac="),
+        "branch-7's page shows another device's owners"
+    );
+    for want in [
+        "data-resolver=\"192.0.2.53:53\" data-queries=\"25\"",
+        "3 NXDOMAIN · 0 SERVFAIL · 0 REFUSED · 0 other",
+    ] {
+        assert!(branch.contains(want), "branch-7's page lacks {want:?}");
+    }
+    // The latency histogram (buckets 2^11 and 2^13 µs) and the error rates over time are
+    // drawn.
+    for want in [
+        "data-lo=\"2048\" data-count=\"3\"",
+        "data-lo=\"8192\" data-count=\"22\"",
+    ] {
+        assert!(
+            branch.contains(want),
+            "branch-7's DNS histogram lacks {want:?}"
+        );
+    }
+    let rates = branch
+        .split("id=\"dns-rate-chart\"")
+        .nth(1)
+        .expect("the DNS rate chart");
+    let rates = &rates[..rates.find("</div>").unwrap_or(rates.len())];
+    assert!(
+        rates.contains("<polyline") || rates.contains("<circle"),
+        "the error rates over time are drawn: {rates}"
     );
 
     let shot = dir.join("dashboard.png");

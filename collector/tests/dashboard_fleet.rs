@@ -8,6 +8,7 @@
 //!   attention first; search and the site filter narrow it; pages move on;
 //! - a device's page (`#/device/<site>/<device>`) draws its health over time and lists only
 //!   its flows;
+//! - the TCP, DNS and owners panels fill from the simulated fleet's blocks;
 //! - the page measures itself (`performance.now()` around each refresh, fetch and render, into
 //!   `#perf`): the first load and every refresh finish within the 2 s refresh period, and the
 //!   figures it shows change as data arrives.
@@ -52,6 +53,8 @@ fn start_fleet(broker: &Mosquitto, dir: &Path) -> Loadgen {
         "--top-k",
         "40",
         "--tcp-health",
+        "--dns",
+        "--owners",
     ])
 }
 
@@ -295,6 +298,61 @@ fn dashboard_with_a_thousand_devices_searches_sorts_and_keeps_up() {
     assert!(
         series.len() >= 3 && series.len() <= 2 + 8,
         "fleet, others and up to 8 devices: {chart}"
+    );
+
+    // The DNS panel of the whole fleet: top names (the generator's eight, one NXDOMAIN), its
+    // resolvers and the latency distribution.
+    let dns = b.wait_for(
+        "the DNS panel",
+        "(() => { const n = [...document.querySelectorAll('#dns-names tbody tr[data-name]')].map(r => r.dataset.name);
+                  const r = document.querySelectorAll('#dns-resolvers tbody tr[data-resolver]').length;
+                  const h = document.querySelectorAll('#dns-hist rect').length;
+                  return n.length >= 5 && r > 0 && h > 0 ? [n, r, h] : null; })()",
+        Duration::from_secs(15),
+    );
+    eprintln!("DNS panel: {dns}");
+    assert!(
+        dns[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().starts_with("gone.example.invalid ")),
+        "the NXDOMAIN name among the top names by errors: {dns}"
+    );
+
+    // Who sent it, fleet-wide: the simulated boxes' processes and services, their LAN devices
+    // with vendor and DHCP name.
+    let owners = b.wait_for(
+        "the owners panel",
+        "(() => { const p = [...document.querySelectorAll('#owner-processes tbody tr[data-process]')].map(r => r.dataset.process);
+                  const s = document.querySelectorAll('#owner-services tbody tr[data-service]').length;
+                  const l = [...document.querySelectorAll('#owner-lan tbody tr[data-mac]')].map(r => r.dataset.vendor + '/' + r.dataset.name);
+                  return p.length === 5 && s === 5 && l.length === 10 ? [p, l] : null; })()",
+        Duration::from_secs(15),
+    );
+    assert!(
+        owners[1].as_array().unwrap().iter().all(|l| l
+            .as_str()
+            .unwrap()
+            .starts_with("Raspberry Pi Trading Ltd/sensor-")),
+        "LAN devices with their vendor and DHCP name: {owners}"
+    );
+
+    // A process in the owners panel narrows the flow table to its flows (/api/flows?process=).
+    let top = owners[0][0].as_str().unwrap().to_string();
+    b.eval("document.querySelector('#owner-processes tbody tr[data-process]').click()");
+    let narrowed = b.wait_for(
+        "the flow table narrowed to the process",
+        &format!(
+            "(() => {{ const r = [...document.querySelectorAll('#flows tbody tr[data-flow]')].map(t => t.dataset.owner);
+                      return document.getElementById('f-process').value === '{top}' && r.length && r.every(o => o === '{top}') ? r.length : null; }})()"
+        ),
+        Duration::from_secs(10),
+    );
+    eprintln!("{narrowed} flows of {top}");
+    b.eval(
+        "(() => { const e = document.getElementById('f-process'); e.value = '';
+                  e.dispatchEvent(new Event('input', { bubbles: true })); })()",
     );
 
     // Live: later refreshes show more traffic, each within the refresh period, patching the

@@ -97,6 +97,8 @@ fn summary(r: &mut Rng) -> Summary {
         tcp_health: false,
         dns_hist: Default::default(),
         dns: false,
+        names: Default::default(),
+        devices: Default::default(),
     };
     s.part = r.below(s.parts as usize) as u16;
     for _ in 0..1 + r.below(4) {
@@ -143,6 +145,7 @@ fn summary(r: &mut Rng) -> Summary {
             }),
             tcp: None,
             dns: None,
+            owner: None,
         });
     }
     for _ in 0..r.below(8) {

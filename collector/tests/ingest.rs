@@ -167,7 +167,7 @@ fn totals_are_exact_duplicates_stored_once_and_bad_payloads_counted() {
     let flows_topic = "edgeflow/v1/lab/gw-1/flows";
     let bad: Vec<(Msg, &str)> = vec![
         (Msg::raw(flows_topic, b""), "empty"),
-        (Msg::raw(flows_topic, &[2, 0, 0]), "unknown_version"),
+        (Msg::raw(flows_topic, &[3, 0, 0]), "unknown_version"),
         (Msg::raw(flows_topic, &[0x85, 0x01, 9]), "unknown_version"),
         (Msg::raw(flows_topic, &[0]), "malformed"),
         (

@@ -477,7 +477,7 @@ fn a_stalled_store_holds_memory_to_the_queue_and_loses_nothing() {
             ))
         })
         .collect();
-    let junk = vec![2u8; 256 * 1024]; // version 3: refused as unknown_version once read
+    let junk = vec![3u8; 256 * 1024]; // version 4: refused as unknown_version once read
     msgs.extend((0..384).map(|_| Msg::raw("edgeflow/v1/lab/stall/flows", &junk)));
     let total = msgs.len() as u64;
     let port = broker.port;

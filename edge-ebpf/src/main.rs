@@ -15,6 +15,8 @@
 )]
 
 #[cfg(target_arch = "bpf")]
+mod owner;
+#[cfg(target_arch = "bpf")]
 mod programs;
 
 #[cfg(not(target_arch = "bpf"))]

@@ -8,6 +8,7 @@
 //! not there. TC_ACT_OK would end a TCX chain at us, and a program attached after ours — an
 //! operator's firewall, another monitor — would never see the packet.
 
+use crate::owner::{self, Hook};
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE, BPF_NOEXIST, TC_ACT_UNSPEC},
     helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns},
@@ -234,7 +235,7 @@ fn stat_add(stat: Stat, packets: u64, bytes: u64) {
 }
 
 #[inline(always)]
-fn account<C: EbpfContext>(
+fn account<C: Hook>(
     ctx: &C,
     slot: *mut CpuSlot,
     parsed: Result<(), Stat>,
@@ -269,10 +270,15 @@ fn account<C: EbpfContext>(
     let now = unsafe { bpf_jiffies64() };
     // Read once (a volatile load, see there) for the entry's and the RTT state's direction.
     let d = dir_index(p);
-    let v = entry(ctx, p, d, &settings, segs64, bytes, now);
-    let Some(v) = v else {
+    let v = entry(ctx, p, d, &settings, segs64, bytes, now, egress);
+    let Some((v, at)) = v else {
         return;
     };
+    // Who sent it: a known flow's first egress packet looks its socket up (`owner`).
+    if egress && owner::on() {
+        let port = owner::local_port(p.key.proto, p.key.port_a, p.key.port_b, d);
+        owner::egress_seen(ctx, at, port);
+    }
     if p.key.proto != IPPROTO_TCP {
         return;
     }
@@ -361,7 +367,7 @@ const CLAIM_ROUNDS: u32 = 3;
 /// iteration): a lookup, then, for a new flow, claim rounds that take the first free slot.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn entry<C: EbpfContext>(
+fn entry<C: Hook>(
     ctx: &C,
     p: &Parsed,
     d: usize,
@@ -369,17 +375,19 @@ fn entry<C: EbpfContext>(
     segs64: u64,
     bytes: u64,
     now: u64,
-) -> Option<*mut FlowCounters> {
+    egress: bool,
+) -> Option<(*mut FlowCounters, u32)> {
     let home = table::hash(&p.key, settings.hash_seed);
     let mask = settings.slot_mask;
     let mut room = false;
     for i in 0..PROBES {
-        let s = FLOWS.get_ptr_mut(table::probe(home, i, mask))?;
+        let at = table::probe(home, i, mask);
+        let s = FLOWS.get_ptr_mut(at)?;
         // SAFETY (here and in the claim): a live array slot; its state word only changes
         // atomically, and a LIVE slot's key does not change.
         let st = unsafe { core::ptr::read_volatile(&raw const (*s).state) };
         if st == LIVE && table::same_key(unsafe { &(*s).key }, &p.key) {
-            return Some(count_into(s, p, d, segs64, bytes, now));
+            return Some((count_into(s, p, d, segs64, bytes, now), at));
         }
         room |= st != LIVE;
         if st == EMPTY {
@@ -405,7 +413,7 @@ fn entry<C: EbpfContext>(
             if st == LIVE {
                 if table::same_key(unsafe { &(*s).key }, &p.key) {
                     // Another CPU added it meanwhile.
-                    return Some(count_into(s, p, d, segs64, bytes, now));
+                    return Some((count_into(s, p, d, segs64, bytes, now), at));
                 }
                 continue;
             }
@@ -430,13 +438,17 @@ fn entry<C: EbpfContext>(
                 (*v).first_seen = now;
                 (*v).tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
                 (*v).initiator = p.initiator as u32;
+                if owner::on() {
+                    let port = owner::local_port(p.key.proto, p.key.port_a, p.key.port_b, d);
+                    owner::claimed(ctx, at, d, egress, port);
+                }
                 // A full barrier: a CPU that sees LIVE sees the key.
                 atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).state, LIVE);
                 let (word, bit) = table::held_bit(at);
                 if let Some(w) = FLOWS_HELD.get_ptr_mut(word) {
                     atomic_or::<u64, u64, { Relaxed }>(w, bit);
                 }
-                return Some(v);
+                return Some((v, at));
             }
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod cmd;
 pub mod link;
+pub mod owner;
 pub mod probe;
 pub mod report;
 

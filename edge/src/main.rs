@@ -109,6 +109,9 @@ struct RunCmd {
     /// seconds to wait for a deleted interface to come back when none is left (default 60)
     #[argh(option)]
     gone_wait: Option<f64>,
+    /// do not record who is behind the flows (processes, services, LAN devices)
+    #[argh(switch)]
+    no_owner: bool,
 }
 
 /// Print summary payloads as JSON: one raw payload, or hex lines as
@@ -168,6 +171,9 @@ impl RunCmd {
         }
         if self.no_tcp_health {
             f.tcp.health = Some(false);
+        }
+        if self.no_owner {
+            f.owner.enabled = Some(false);
         }
         Ok((Config::resolve(f)?, RunOptions { count: self.count }))
     }
@@ -244,6 +250,9 @@ struct WatchCmd {
     /// do not count TCP retransmissions, resets and connection outcomes
     #[argh(switch)]
     no_tcp_health: bool,
+    /// do not record who is behind the flows (processes, services, LAN devices)
+    #[argh(switch)]
+    no_owner: bool,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -267,6 +276,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         inactive: config::positive_secs("--inactive-timeout", w.inactive_timeout)?,
                         ..Expiry::default()
                     },
+                    owner: config::owner_config(config::OwnerFile {
+                        enabled: Some(!w.no_owner),
+                        ..Default::default()
+                    })?,
                 },
                 interval: config::positive_secs("--interval", w.interval)?,
                 count: w.count,

@@ -23,6 +23,7 @@ pub mod leftover;
 pub mod maps;
 pub mod netdev;
 pub mod netlink;
+pub mod owner;
 pub mod table;
 pub mod ticks;
 
@@ -35,6 +36,7 @@ use self::{
     maps::Maps,
     table::TableError,
 };
+use crate::owner::OwnerConfig;
 use crate::report::window::Window;
 use aya::programs::ProgramInfo;
 
@@ -53,6 +55,8 @@ pub struct ProbeOptions {
     /// TCP health: retransmissions, resets, connection outcomes (docs/tcp.md).
     pub tcp_health: bool,
     pub expiry: Expiry,
+    /// Who sent it: processes, services, LAN devices (docs/owners.md); `None`: off.
+    pub owner: Option<OwnerConfig>,
 }
 
 /// Options checked against this machine, nothing loaded yet: [`Checked::start`] loads.
@@ -83,8 +87,12 @@ impl Checked<'_> {
             sample_every: opts.sample_every,
             rtt: opts.rtt,
             tcp_health: opts.tcp_health,
+            owner: opts.owner.as_ref().map(|o| o.kernel),
         })?;
         eprintln!("edgeflow: {}", loaded.report);
+        for u in &loaded.report.owner_unavailable {
+            eprintln!("edgeflow: owners: {u}");
+        }
         let maps = Maps::take(&mut loaded.ebpf)?;
         eprintln!("edgeflow: {}", maps.table.describe());
         let mut hooked = Hooked {
@@ -93,7 +101,14 @@ impl Checked<'_> {
             netns: opts.netns.clone(),
         };
         // Before attaching: the baseline is then the empty table and zeroed counters.
-        let drainer = Drainer::new(maps, opts.expiry, opts.tcp_health)?;
+        let mut drainer = Drainer::new(maps, opts.expiry, opts.tcp_health)?;
+        if let (Some(cfg), Some(_)) = (&opts.owner, &drainer.source().owner) {
+            drainer.set_owners(crate::owner::Resolver::start(
+                cfg,
+                &opts.ifaces,
+                opts.netns.as_deref(),
+            ))?;
+        }
         let hooks = attach::Hooks::new(self.kernel.tcx, self.kernel.xdp_link);
         // From here on a failure drops `hooked`, which undoes what was attached.
         let ebpf = &mut hooked.loaded.as_mut().expect("just loaded").ebpf;
@@ -105,6 +120,12 @@ impl Checked<'_> {
             hooks,
             &mut hooked.list,
         )?;
+        if opts.owner.is_some() {
+            let ebpf = &mut hooked.loaded.as_mut().expect("just loaded").ebpf;
+            for u in owner::attach(ebpf) {
+                eprintln!("edgeflow: owners: {u}");
+            }
+        }
         let ifaces = IfaceStates::new(&hooked.list, opts.netns.as_deref());
         Ok(Session {
             hooked,

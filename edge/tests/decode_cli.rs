@@ -55,6 +55,8 @@ fn payload(seq: u64) -> Vec<u8> {
         tcp_health: false,
         dns_hist: Default::default(),
         dns: false,
+        names: Default::default(),
+        devices: Default::default(),
     }))
 }
 

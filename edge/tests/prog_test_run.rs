@@ -99,6 +99,7 @@ impl Progs {
             sample_every: 1,
             rtt: Some(Default::default()),
             tcp_health: true,
+            owner: None,
         })
         .expect("loading the programs");
         let maps = Maps::take(&mut loaded.ebpf).unwrap();
@@ -630,6 +631,7 @@ fn settings_reach_the_programs() {
             sample_every,
             rtt: None,
             tcp_health: false,
+            owner: None,
         })
         .expect("loading the programs");
         let maps = Maps::take(&mut loaded.ebpf).unwrap();

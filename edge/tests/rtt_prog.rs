@@ -45,6 +45,7 @@ fn progs() -> MutexGuard<'static, Progs> {
                     interval: Duration::ZERO,
                 }),
                 tcp_health: true,
+                owner: None,
             })
             .expect("loading the programs");
             let maps = Maps::take(&mut loaded.ebpf).unwrap();

@@ -23,6 +23,7 @@ pub mod flow;
 pub mod identity;
 #[cfg(feature = "wire")]
 pub mod ipfix;
+pub mod owner;
 pub mod parse;
 pub mod rtt;
 pub mod stats;

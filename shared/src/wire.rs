@@ -36,11 +36,13 @@ pub use crate::stats::Count;
 pub use addr::Addr;
 pub use dns::{Dns, DnsName, Latency, DNS_NAME_MAX};
 pub use flow::Flow;
+pub use owner::{Device, Owner, Process};
 pub use tcp::{Outcome, Tcp, TcpDir};
 
 mod addr;
 mod dns;
 mod flow;
+pub mod owner;
 mod tcp;
 pub mod v1;
 pub mod v2;
@@ -50,6 +52,9 @@ pub type Id = heapless::String<MAX_ID_LEN>;
 
 /// Everything an agent publishes on `edgeflow/v1/<site>/<device>/flows` (the topic keeps
 /// `v1`: the message's first byte carries its version).
+// One message is decoded at a time and turned into a Summary at once: the size difference
+// between versions costs nothing worth a Box at every construction site.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Agents before TCP health (issue 21); read, not written.
@@ -126,7 +131,19 @@ pub struct Summary {
     /// The agent measured DNS: every UDP/TCP flow to or from port 53 carries a [`Dns`] block.
     /// False when it is switched off (or the summary came as V1 or V2): no flow has one.
     pub dns: bool,
+    /// Strings the flows' owners and the devices refer to by index (command names, services,
+    /// vendors, DHCP names: docs/owners.md), each once; empty without owners.
+    pub names: Vec<Name>,
+    /// LAN devices the flows' owners refer to by index (MAC, vendor, DHCP names).
+    pub devices: Vec<Device>,
 }
+
+/// A string of a summary's [`Summary::names`] (at most [`MAX_NAME_LEN`] bytes).
+pub type Name = alloc::string::String;
+/// Longest name a decoder accepts.
+pub const MAX_NAME_LEN: usize = 255;
+/// Most names and devices in one message.
+pub const MAX_NAMES_PER_MESSAGE: usize = 4 * MAX_FLOWS_PER_MESSAGE;
 
 /// The agent's own state, so the collector can tell when totals are off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +182,11 @@ pub struct Health {
     pub clock_steps: u32,
     /// Re-attachments to interfaces made again under a watched name, since the agent started.
     pub reattached: u32,
+    /// Sockets (and bound ports) whose creator the kernel's owner maps had no room for in
+    /// the window: their flows carry no process (docs/owners.md). The bound was hit.
+    pub owner_sockets_full: u64,
+    /// DHCP requests from a new LAN device that found the agent's names map full.
+    pub owner_devices_full: u64,
 }
 
 /// One conversation's deltas in the window, oriented initiator → responder: a [`Flow`] as a
@@ -196,6 +218,10 @@ pub struct FlowRecord {
     /// did (1 byte when `None`).
     #[serde(with = "dns::compact")]
     pub dns: Option<Dns>,
+    /// Who is behind the flow: indices into [`Summary::names`] and [`Summary::devices`]
+    /// (1 byte when `None`).
+    #[serde(with = "owner::compact")]
+    pub owner: Option<Owner>,
 }
 
 /// TCP round-trip time of a flow, microseconds.
@@ -321,6 +347,7 @@ fn validate(s: &Summary) -> Result<(), DecodeError> {
     if !s.dns && s.flows.iter().any(|f| f.dns.is_some()) {
         return Err(DecodeError::Invalid("DNS block with DNS off"));
     }
+    owner::validate(s)?;
     validate_common(
         &s.device,
         s.part,

@@ -16,6 +16,7 @@ pub mod agent;
 pub mod bpfobj;
 pub mod browser;
 pub mod capture;
+pub mod cgroup;
 pub mod collector;
 pub mod daemon;
 pub mod delay;

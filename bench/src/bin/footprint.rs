@@ -146,6 +146,8 @@ fn main() {
             rtt: None,
             expiry: Expiry::default(),
             tcp_health: true,
+            // As the agent runs by default: flows named with their owners.
+            owner: Some(Default::default()),
         })
         .expect("loading and attaching the programs (run as root)");
         let ident = Identity {

@@ -52,6 +52,9 @@ struct Args {
 enum Hook {
     Xdp,
     Tc,
+    /// The TC egress program (against the bare TC counter): where a flow's owner is looked up
+    /// (`shared::owner`), once per flow, and checked with one load per packet.
+    TcEgress,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +77,11 @@ fn main() -> anyhow::Result<()> {
         sample_every: 1,
         rtt: rtt.then(RttOptions::default),
         tcp_health,
+        owner: None,
+    };
+    let with_owner = LoadOptions {
+        owner: Some(Default::default()),
+        ..opts(true, true)
     };
     // The configurations compared with the bare counter, each one column: RTT and TCP health
     // off, RTT alone, everything on (the default).
@@ -81,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         ("edgeflow-nortt".into(), bpf::load(opts(false, false))?.ebpf),
         ("edgeflow-notcp".into(), bpf::load(opts(true, false))?.ebpf),
         ("edgeflow".into(), bpf::load(opts(true, true))?.ebpf),
+        ("edgeflow+owner".into(), bpf::load(with_owner)?.ebpf),
     ];
     for (i, path) in args.against.iter().enumerate() {
         let object = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -88,16 +97,16 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("loading {}", path.display()))?;
         configs.push((format!("against-{}", i + 1), other.ebpf));
     }
-    print!("{:<7} {:<4} {:>9}", "frame", "hook", "bare ns");
+    print!("{:<7} {:<5} {:>9}", "frame", "hook", "bare ns");
     for (label, _) in &configs {
         print!(" {:>16} {:>6}", label, "x");
     }
     println!();
     for (fname, frame) in &frames {
-        for hook in [Hook::Xdp, Hook::Tc] {
+        for hook in [Hook::Xdp, Hook::Tc, Hook::TcEgress] {
             let bare_prog = match hook {
                 Hook::Xdp => "bare_xdp",
-                Hook::Tc => "bare_tc",
+                Hook::Tc | Hook::TcEgress => "bare_tc",
             };
             // Each trial runs every program back to back, in an order rotated per trial, and
             // the ratios are taken within the trial: the host's noise (steal time, other
@@ -130,8 +139,9 @@ fn main() -> anyhow::Result<()> {
             let hook_name = match hook {
                 Hook::Xdp => "xdp",
                 Hook::Tc => "tc",
+                Hook::TcEgress => "tc-eg",
             };
-            print!("{:<7} {:<4} {:>9.0}", fname, hook_name, median(&ns[0]));
+            print!("{:<7} {:<5} {:>9.0}", fname, hook_name, median(&ns[0]));
             for i in 1..n {
                 print!(" {:>16.0} {:>6.2}", median(&ns[i]), median(&ratio[i]));
             }
@@ -176,6 +186,7 @@ fn prog_name(hook: Hook) -> &'static str {
     match hook {
         Hook::Xdp => bpf::XDP_PROG,
         Hook::Tc => bpf::TC_PROG,
+        Hook::TcEgress => bpf::TC_EGRESS_PROG,
     }
 }
 
@@ -189,7 +200,7 @@ fn run(ebpf: &mut Ebpf, prog: &str, hook: Hook, frame: &[u8], repeat: u32) -> an
     let p = ebpf.program_mut(prog).context("no such program")?;
     let r = match hook {
         Hook::Xdp => <&mut Xdp>::try_from(p)?.test_run(opts)?,
-        Hook::Tc => <&mut SchedClassifier>::try_from(p)?.test_run(opts)?,
+        Hook::Tc | Hook::TcEgress => <&mut SchedClassifier>::try_from(p)?.test_run(opts)?,
     };
     Ok(r.duration.as_nanos() as f64)
 }

@@ -28,6 +28,11 @@ pub struct FlowFilter {
     /// Either port (for ICMP: the type or code).
     pub port: Option<u16>,
     pub proto: Option<u8>,
+    /// The owning process's command name, its service (exact), a LAN device's MAC (either
+    /// side, lower case).
+    pub process: Option<String>,
+    pub service: Option<String>,
+    pub mac: Option<String>,
     pub limit: u32,
 }
 
@@ -53,6 +58,18 @@ pub struct Flow {
     /// Windows this flow appeared in.
     pub windows: u64,
     pub rtt: Option<FlowRtt>,
+    /// Who is behind it, where the agent knows (issue 22): the process (command and id) and
+    /// service of a flow of the box's own, the MACs of its initiator and responder.
+    pub owner: Option<FlowOwner>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowOwner {
+    pub process: Option<String>,
+    pub pid: Option<u64>,
+    pub service: Option<String>,
+    pub src_mac: Option<String>,
+    pub dst_mac: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,11 +88,15 @@ pub struct Flows {
     pub flows: Vec<Flow>,
 }
 
-/// `$4`: a LIKE pattern on either address; `$5`: either port; `$6`: the protocol.
+/// `$4`: a LIKE pattern on either address; `$5`: either port; `$6`: the protocol; `$8`, `$9`,
+/// `$10`: the owner's process, service, a MAC.
 const FLOW_FILTER: &str = "AND (CAST($4 AS TEXT) IS NULL OR f.src LIKE $4 ESCAPE '\\'
                                 OR f.dst LIKE $4 ESCAPE '\\')
     AND (CAST($5 AS BIGINT) IS NULL OR f.src_port = $5 OR f.dst_port = $5)
-    AND (CAST($6 AS BIGINT) IS NULL OR f.proto = $6)";
+    AND (CAST($6 AS BIGINT) IS NULL OR f.proto = $6)
+    AND (CAST($8 AS TEXT) IS NULL OR f.owner_comm = $8)
+    AND (CAST($9 AS TEXT) IS NULL OR f.owner_service = $9)
+    AND (CAST($10 AS TEXT) IS NULL OR f.owner_src_mac = $10 OR f.owner_dst_mac = $10)";
 const FLOW_KEY: &str = "s.site, s.device, f.proto, f.src, f.src_port, f.dst, f.dst_port,
     f.vlan, f.vlan_inner, f.ifindex";
 
@@ -102,6 +123,9 @@ pub fn flows(db: &mut dyn Reader, range: Range, f: &FlowFilter) -> Result<Flows>
         f.port.map(i64::from).into(),
         f.proto.map(i64::from).into(),
         i64::from(f.limit).into(),
+        f.process.as_deref().into(),
+        f.service.as_deref().into(),
+        f.mac.as_deref().into(),
     ];
     let from = flows_in_range(db.dialect());
     // One pass: the groups' count (before LIMIT) rides along on every row (a separate COUNT
@@ -119,6 +143,9 @@ pub fn flows(db: &mut dyn Reader, range: Range, f: &FlowFilter) -> Result<Flows>
                 COUNT(*) AS windows, MIN(f.rtt_min_us) AS rtt_min, MAX(f.rtt_max_us) AS rtt_max,
                 SUM(CAST(f.rtt_avg_us AS DOUBLE PRECISION) * f.rtt_samples) AS rtt_weighted,
                 SUM(CAST(f.rtt_samples AS DOUBLE PRECISION)) AS rtt_samples,
+                MAX(f.owner_comm) AS owner_comm, MAX(f.owner_pid) AS owner_pid,
+                MAX(f.owner_service) AS owner_service, MAX(f.owner_src_mac) AS owner_src_mac,
+                MAX(f.owner_dst_mac) AS owner_dst_mac,
                 COUNT(*) OVER () AS matching
          FROM {from} {FLOW_FILTER} GROUP BY {FLOW_KEY}
          ORDER BY SUM((CAST(f.fwd_bytes AS DOUBLE PRECISION) + f.rev_bytes) * s.sample_every)
@@ -141,6 +168,17 @@ pub fn flows(db: &mut dyn Reader, range: Range, f: &FlowFilter) -> Result<Flows>
             _ => None,
         };
         let small = |c: &str| -> Result<i64> { r.i64(c) };
+        let owner = FlowOwner {
+            process: r.opt_text("owner_comm")?,
+            pid: r.opt_i64("owner_pid")?.map(|p| p.max(0) as u64),
+            service: r.opt_text("owner_service")?,
+            src_mac: r.opt_text("owner_src_mac")?,
+            dst_mac: r.opt_text("owner_dst_mac")?,
+        };
+        let known = owner.process.is_some()
+            || owner.service.is_some()
+            || owner.src_mac.is_some()
+            || owner.dst_mac.is_some();
         Ok(Flow {
             device: format!("{}/{}", r.text("site")?, r.text("device")?),
             proto: small("proto")? as u8,
@@ -159,6 +197,7 @@ pub fn flows(db: &mut dyn Reader, range: Range, f: &FlowFilter) -> Result<Flows>
             last_seen_ms: r.i64("last_seen_ms")?,
             windows: r.u64("windows")?,
             rtt,
+            owner: known.then_some(owner),
         })
     })?;
     Ok(Flows { matching, flows })

@@ -8,9 +8,11 @@
 
 pub mod conversations;
 pub mod devices;
+pub mod dns;
 pub mod fleet;
 pub mod flows;
 pub mod health;
+pub mod owners;
 pub mod postgres;
 pub mod rtt;
 pub mod series;

@@ -1,10 +1,14 @@
-//! `/api/rtt`: the RTT distribution, the windows' log2 histograms added up.
+//! `/api/rtt`: the RTT distribution, the windows' log2 histograms added up (the same sum
+//! serves `/api/dns`'s latency).
 
 use super::{device_filter, Range, Reader, Result};
 use serde::Serialize;
 
+/// A latency distribution: the windows' log2 histograms (bucket i: [2^i, 2^(i+1)) µs, see
+/// [`shared::wire::RTT_BUCKETS`]) added up. `/api/rtt` answers one of TCP round-trip times,
+/// `/api/dns` one of DNS query→response latency.
 #[derive(Debug, Clone, Serialize)]
-pub struct RttDistribution {
+pub struct Histogram {
     pub samples: u64,
     /// Bucket i holds samples in [lo_us, hi_us) (the last one: everything from lo_us up).
     pub buckets: Vec<RttBucket>,
@@ -14,6 +18,8 @@ pub struct RttDistribution {
     pub p99_us: Option<u64>,
 }
 
+pub type RttDistribution = Histogram;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RttBucket {
     pub lo_us: u64,
@@ -22,19 +28,36 @@ pub struct RttBucket {
 }
 
 pub fn rtt(db: &mut dyn Reader, range: Range, device: Option<&str>) -> Result<RttDistribution> {
+    histogram(db, "rtt_hist", range, device, None)
+}
+
+/// The histograms in the `summaries` column `column` ("n0,n1,…") of the windows starting in
+/// `range`, of `device` and `site` where given, added up.
+pub(crate) fn histogram(
+    db: &mut dyn Reader,
+    column: &str,
+    range: Range,
+    device: Option<&str>,
+    site: Option<&str>,
+) -> Result<Histogram> {
     const N: usize = shared::wire::RTT_BUCKETS;
     let mut counts = [0u64; N];
     let sql = format!(
-        "SELECT rtt_hist FROM summaries
+        "SELECT {column} AS hist FROM summaries
          WHERE window_start_ms >= $1 AND window_start_ms < $2 AND {}
-           AND rtt_hist IS NOT NULL",
+           AND (CAST($4 AS TEXT) IS NULL OR site = $4) AND {column} IS NOT NULL",
         device_filter("", 3)
     );
     db.each(
         &sql,
-        &[range.from.into(), range.to.into(), device.into()],
+        &[
+            range.from.into(),
+            range.to.into(),
+            device.into(),
+            site.into(),
+        ],
         &mut |r| {
-            for (i, v) in r.text("rtt_hist")?.split(',').enumerate().take(N) {
+            for (i, v) in r.text("hist")?.split(',').enumerate().take(N) {
                 counts[i] = counts[i].saturating_add(v.parse().unwrap_or(0));
             }
             Ok(())
@@ -54,7 +77,7 @@ pub fn rtt(db: &mut dyn Reader, range: Range, device: Option<&str>) -> Result<Rt
     };
     let last = counts.iter().rposition(|&c| c > 0).map_or(0, |i| i + 1);
     let first = counts.iter().position(|&c| c > 0).unwrap_or(0);
-    Ok(RttDistribution {
+    Ok(Histogram {
         samples,
         buckets: (first..last)
             .map(|i| RttBucket {

@@ -85,6 +85,8 @@ pub fn summary(
         tcp_health: false,
         dns_hist: Default::default(),
         dns: false,
+        names: Default::default(),
+        devices: Default::default(),
     }
 }
 

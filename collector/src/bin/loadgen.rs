@@ -49,6 +49,12 @@ struct Cli {
     /// TCP flows carry TCP health blocks (outcomes, retransmissions, resets)
     #[argh(switch)]
     tcp_health: bool,
+    /// UDP flows to port 53 carry DNS blocks (queries, response codes, latency, names)
+    #[argh(switch)]
+    dns: bool,
+    /// flows carry owners (processes and services of the box's own flows, LAN devices)
+    #[argh(switch)]
+    owners: bool,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +104,8 @@ fn main() -> ExitCode {
         max_message: shared::wire::DEFAULT_MAX_MESSAGE,
         seed: cli.seed,
         tcp_health: cli.tcp_health,
+        dns: cli.dns,
+        owners: cli.owners,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -10,6 +10,8 @@
 //! gap bookkeeping move in the same transaction and only for a summary actually inserted, and
 //! nothing is visible (or acknowledged to the broker) before the commit.
 
+pub mod dns;
+pub mod owner;
 pub mod postgres;
 pub mod sqlite;
 pub mod tcp;

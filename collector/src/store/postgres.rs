@@ -24,7 +24,7 @@
 //! The `postgres` client runs its own small runtime: call this only from a plain thread (the
 //! ingest writer), never on a tokio worker.
 
-use super::{addr, addr_text, n, tcp, Storage, StoreError, Write};
+use super::{addr, addr_text, dns, n, owner, tcp, Storage, StoreError, Write};
 use postgres::{
     binary_copy::BinaryCopyInWriter, error::SqlState, types::ToSql, types::Type, Client, NoTls,
     Statement, Transaction,
@@ -33,8 +33,9 @@ use shared::wire::Summary;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// The schema version this collector writes (table `edgeflow_schema`); version 1 gets the
-/// TCP columns added in place (see [`tcp_columns`]).
-pub const SCHEMA_VERSION: i64 = 2;
+/// TCP columns added in place (see [`tcp_columns`]), versions 1 and 2 the DNS ones
+/// ([`dns_columns`]).
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Version 2's TCP columns ([`tcp`]), added to the tables [`SCHEMA`] makes, in a new database
 /// as in an old one. On a partitioned table the columns go to every partition; nullable
@@ -56,6 +57,43 @@ fn tcp_columns() -> String {
         .map(|c| format!("ADD COLUMN {c} DOUBLE PRECISION NOT NULL DEFAULT 0"))
         .collect();
     add("summaries", summaries) + &add("flows", flows) + &add("device_totals", totals)
+}
+
+/// Version 3's DNS columns ([`dns`]), added as [`tcp_columns`] adds the TCP ones.
+fn dns_columns() -> String {
+    let add =
+        |table: &str, cols: Vec<String>| format!("ALTER TABLE {table} {};\n", cols.join(", "));
+    let mut summaries: Vec<String> = dns::SUMMARY_COLUMNS
+        .iter()
+        .map(|c| format!("ADD COLUMN {c} BIGINT"))
+        .collect();
+    summaries.push("ADD COLUMN dns_hist TEXT".into());
+    let flows = dns::FLOW_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("ADD COLUMN {c} {}", if i == 0 { "TEXT" } else { "BIGINT" }))
+        .collect();
+    let totals = dns::TOTAL_COLUMNS
+        .iter()
+        .map(|c| format!("ADD COLUMN {c} DOUBLE PRECISION NOT NULL DEFAULT 0"))
+        .collect();
+    add("summaries", summaries) + &add("flows", flows) + &add("device_totals", totals)
+}
+
+/// Version 3 also adds the owner columns ([`owner`]) and the `lan_devices` table.
+fn owner_columns() -> String {
+    let cols: Vec<String> = owner::FLOW_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("ADD COLUMN {c} {}", if i == 0 { "BIGINT" } else { "TEXT" }))
+        .collect();
+    let full: Vec<String> = owner::SUMMARY_COLUMNS
+        .iter()
+        .map(|c| format!("ADD COLUMN {c} BIGINT"))
+        .collect();
+    owner::table_sql("BIGINT")
+        + &format!("ALTER TABLE flows {};\n", cols.join(", "))
+        + &format!("ALTER TABLE summaries {};\n", full.join(", "))
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -230,6 +268,18 @@ fn subtract_tcp(t: &str, w: &str) -> String {
     )
 }
 
+/// Takes the DNS running sums of the summaries in table `t` selected by `w` off
+/// `device_totals`.
+fn subtract_dns(t: &str, w: &str) -> String {
+    format!(
+        "UPDATE device_totals SET {}
+         FROM (SELECT site, device, {} FROM {t} WHERE {w} GROUP BY site, device) AS x
+         WHERE device_totals.site = x.site AND device_totals.device = x.device",
+        dns::subtract_sql(),
+        dns::sum_totals_sql()
+    )
+}
+
 /// Prepared statements of one connection.
 struct Statements {
     summaries: Statement,
@@ -250,16 +300,35 @@ impl Statements {
         let tcp_params: Vec<String> = (first_tcp..first_tcp + tcp::SUMMARY_COLUMNS.len())
             .map(|i| format!("${i}::int8[]"))
             .collect();
+        let first_dns = first_tcp + tcp::SUMMARY_COLUMNS.len();
+        let dns_params: Vec<String> = (first_dns..first_dns + dns::SUMMARY_COLUMNS.len())
+            .map(|i| format!("${i}::int8[]"))
+            .collect();
+        let dns_hist = first_dns + dns::SUMMARY_COLUMNS.len();
+        let owner_params: Vec<String> = (dns_hist + 1..dns_hist + 1 + owner::SUMMARY_COLUMNS.len())
+            .map(|i| format!("${i}::int8[]"))
+            .collect();
         let summaries = format!(
-            "INSERT INTO summaries (device, site, {cols}, rtt_hist, {})
-             SELECT * FROM unnest($1::text[], $2::text[], {}, ${}::text[], {})
+            "INSERT INTO summaries (device, site, {cols}, rtt_hist, {}, {}, dns_hist, {})
+             SELECT * FROM unnest($1::text[], $2::text[], {}, ${}::text[], {}, {},
+                                  ${dns_hist}::text[], {})
              ON CONFLICT DO NOTHING
              RETURNING id, site, device, boot_id, seq, part",
             tcp::SUMMARY_COLUMNS.join(", "),
+            dns::SUMMARY_COLUMNS.join(", "),
+            owner::SUMMARY_COLUMNS.join(", "),
             ints.join(", "),
             3 + SUMMARY_INTS.len(),
-            tcp_params.join(", ")
+            tcp_params.join(", "),
+            dns_params.join(", "),
+            owner_params.join(", ")
         );
+        // The running sums of the TCP and DNS figures, after the others.
+        let extra: Vec<&str> = tcp::TOTAL_COLUMNS
+            .iter()
+            .chain(dns::TOTAL_COLUMNS.iter())
+            .copied()
+            .collect();
         Ok(Statements {
             summaries: c.prepare(&summaries)?,
             boots: c.prepare(
@@ -298,13 +367,15 @@ impl Statements {
                     summaries = device_totals.summaries + EXCLUDED.summaries,
                     flow_records = device_totals.flow_records + EXCLUDED.flow_records,
                     latest_id = GREATEST(device_totals.latest_id, EXCLUDED.latest_id)",
-                tcp::TOTAL_COLUMNS.join(", "),
-                (11..11 + tcp::TOTAL_COLUMNS.len())
+                extra.join(", "),
+                (11..11 + extra.len())
                     .map(|i| format!("${i}::float8[]"))
                     .collect::<Vec<_>>()
                     .join(", "),
-                tcp::TOTAL_COLUMNS
+                extra
+                    .iter()
                     .map(|c| format!("{c} = device_totals.{c} + EXCLUDED.{c}"))
+                    .collect::<Vec<_>>()
                     .join(", ")
             ))?,
             presence: c.prepare(
@@ -340,9 +411,13 @@ fn connect(url: &str) -> Result<(Client, Statements), StoreError> {
         let version: i64 = tx
             .query_one("SELECT version FROM edgeflow_schema", &[])?
             .get(0);
-        if version == 1 {
-            log::info!("database: adding the TCP columns (schema 1 to {SCHEMA_VERSION})");
-            tx.batch_execute(&tcp_columns())?;
+        if version == 1 || version == 2 {
+            log::info!("database: migrating schema {version} to {SCHEMA_VERSION} in place");
+            if version == 1 {
+                tx.batch_execute(&tcp_columns())?;
+            }
+            tx.batch_execute(&dns_columns())?;
+            tx.batch_execute(&owner_columns())?;
             tx.execute(
                 "UPDATE edgeflow_schema SET version = $1",
                 &[&SCHEMA_VERSION],
@@ -354,6 +429,8 @@ fn connect(url: &str) -> Result<(Client, Statements), StoreError> {
         log::info!("database: creating the edgeflow schema (version {SCHEMA_VERSION})");
         tx.batch_execute(SCHEMA)?;
         tx.batch_execute(&tcp_columns())?;
+        tx.batch_execute(&dns_columns())?;
+        tx.batch_execute(&owner_columns())?;
         tx.execute(
             "INSERT INTO edgeflow_schema (version) VALUES ($1)",
             &[&SCHEMA_VERSION],
@@ -517,6 +594,7 @@ impl PgStore {
             copy_flows(&mut tx, &inserted, &summary)?;
             track_runs(&mut tx, st, &inserted, &summary, now)?;
             add_totals(&mut tx, st, &inserted, &summary)?;
+            upsert_lan_devices(&mut tx, &inserted, &summary, now)?;
             for (i, _) in &inserted {
                 stored[*i] = true;
             }
@@ -562,6 +640,7 @@ impl PgStore {
             let sum = SUM_TOTALS.replace("{t}", &table).replace("{w}", "true");
             tx.execute(&SUBTRACT_TOTALS.replace("{}", &sum), &[])?;
             tx.execute(&subtract_tcp(&table, "true"), &[])?;
+            tx.execute(&subtract_dns(&table, "true"), &[])?;
             let row = tx.query_one(
                 &format!("SELECT COUNT(*), COALESCE(SUM(flow_count), 0)::bigint FROM {table}"),
                 &[],
@@ -577,6 +656,10 @@ impl PgStore {
         tx.execute(&SUBTRACT_TOTALS.replace("{}", &sum), &[&before_ms])?;
         tx.execute(
             &subtract_tcp("summaries_default", "received_ms < $1"),
+            &[&before_ms],
+        )?;
+        tx.execute(
+            &subtract_dns("summaries_default", "received_ms < $1"),
             &[&before_ms],
         )?;
         flows += tx.execute(
@@ -601,6 +684,10 @@ impl PgStore {
         }
         tx.execute(
             "DELETE FROM boots WHERE last_received_ms < $1",
+            &[&before_ms],
+        )?;
+        tx.execute(
+            "DELETE FROM lan_devices WHERE last_received_ms < $1",
             &[&before_ms],
         )?;
         tx.commit()?;
@@ -630,6 +717,11 @@ fn insert_summaries<'a>(
     let mut hists: Vec<Option<String>> = Vec::with_capacity(order.len());
     let mut tcps: Vec<Vec<Option<i64>>> =
         vec![Vec::with_capacity(order.len()); tcp::SUMMARY_COLUMNS.len()];
+    let mut dnss: Vec<Vec<Option<i64>>> =
+        vec![Vec::with_capacity(order.len()); dns::SUMMARY_COLUMNS.len()];
+    let mut dns_hists: Vec<Option<String>> = Vec::with_capacity(order.len());
+    let mut owner_full: Vec<Vec<Option<i64>>> =
+        vec![Vec::with_capacity(order.len()); owner::SUMMARY_COLUMNS.len()];
     for &(_, i) in order {
         let s = summary(i);
         let h = &s.health;
@@ -671,6 +763,14 @@ fn insert_summaries<'a>(
         for (i, col) in tcps.iter_mut().enumerate() {
             col.push(w.map(|c| c[i]));
         }
+        let d = dns::WindowDns::of(s);
+        for (col, v) in dnss.iter_mut().zip(dns::WindowDns::columns(d.as_ref())) {
+            col.push(v);
+        }
+        dns_hists.push(d.and_then(|d| d.hist));
+        for (col, v) in owner_full.iter_mut().zip(owner::summary_values(s)) {
+            col.push(v);
+        }
         hists.push((!s.rtt_hist.is_empty()).then(|| {
             let v: Vec<String> = s.rtt_hist.iter().map(|b| b.to_string()).collect();
             v.join(",")
@@ -682,6 +782,13 @@ fn insert_summaries<'a>(
     }
     params.push(&hists);
     for col in &tcps {
+        params.push(col);
+    }
+    for col in &dnss {
+        params.push(col);
+    }
+    params.push(&dns_hists);
+    for col in &owner_full {
         params.push(col);
     }
     let rows = tx.query(&st.summaries, &params)?;
@@ -707,19 +814,26 @@ fn copy_flows<'a>(
     if inserted.iter().all(|&(i, _)| summary(i).flows.is_empty()) {
         return Ok(());
     }
-    let writer = tx.copy_in(
+    let writer = tx.copy_in(&format!(
         "COPY flows (summary_id, n, proto, src, src_port, dst, dst_port, vlan, vlan_inner,
             ifindex, fwd_packets, fwd_bytes, rev_packets, rev_bytes, tcp_flags, first_seen_ms,
             last_seen_ms, rtt_min_us, rtt_avg_us, rtt_max_us, rtt_samples, window_start_ms,
             tcp_outcome, tcp_decided, tcp_syn_retries, tcp_fwd_retrans_packets,
             tcp_fwd_retrans_bytes, tcp_rev_retrans_packets, tcp_rev_retrans_bytes, tcp_fwd_rst,
-            tcp_rev_rst, tcp_fwd_fin, tcp_rev_fin)
+            tcp_rev_rst, tcp_fwd_fin, tcp_rev_fin, {}, {})
          FROM STDIN BINARY",
-    )?;
-    let mut types = vec![Type::INT8; 33];
+        dns::FLOW_COLUMNS.join(", "),
+        owner::FLOW_COLUMNS.join(", ")
+    ))?;
+    let first_owner = 33 + dns::FLOW_COLUMNS.len();
+    let mut types = vec![Type::INT8; first_owner + owner::FLOW_COLUMNS.len()];
     types[22] = Type::TEXT;
     types[3] = Type::TEXT;
     types[5] = Type::TEXT;
+    types[33] = Type::TEXT;
+    for t in &mut types[first_owner + 1..] {
+        *t = Type::TEXT;
+    }
     let mut w = BinaryCopyInWriter::new(writer, &types);
     for &(i, id) in inserted {
         let s = summary(i);
@@ -728,6 +842,9 @@ fn copy_flows<'a>(
         for (k, f) in s.flows.iter().enumerate() {
             let rtt = f.rtt;
             let t = tcp::flow_ints(&f.tcp);
+            let d = f.dns.as_ref().map(dns::FlowDns::of);
+            let di = dns::FlowDns::ints(d.as_ref());
+            let name = d.as_ref().and_then(|d| d.name.as_deref());
             let v: [i64; 15] = [
                 k as i64,
                 i64::from(f.proto),
@@ -751,7 +868,7 @@ fn copy_flows<'a>(
                 rtt.map(|r| i64::from(r.max_us)),
                 rtt.map(|r| i64::from(r.samples)),
             ];
-            w.write(&[
+            let base: [&(dyn ToSql + Sync); 34] = [
                 &id,
                 &v[0],
                 &v[1],
@@ -785,7 +902,17 @@ fn copy_flows<'a>(
                 &t[7],
                 &t[8],
                 &t[9],
-            ])?;
+                &name,
+            ];
+            let o = owner::FlowOwner::of(&f.owner, s).unwrap_or_default();
+            let all: Vec<&(dyn ToSql + Sync)> = base
+                .iter()
+                .copied()
+                .chain(di.iter().map(|v| v as &(dyn ToSql + Sync)))
+                .chain(std::iter::once(&o.pid as &(dyn ToSql + Sync)))
+                .chain(o.text.iter().map(|v| v as &(dyn ToSql + Sync)))
+                .collect();
+            w.write(&all)?;
         }
     }
     w.finish()?;
@@ -876,6 +1003,7 @@ fn add_totals<'a>(
         records: i64,
         latest: Option<i64>,
         tcp: [f64; 9],
+        dns: [f64; 10],
     }
     let mut by_device: BTreeMap<(&str, &str), T> = BTreeMap::new();
     for &(i, id) in inserted {
@@ -895,6 +1023,10 @@ fn add_totals<'a>(
         for (sum, v) in t.tcp.iter_mut().zip(add) {
             *sum += v;
         }
+        let add = dns::WindowDns::totals(dns::WindowDns::of(s).as_ref(), s.sample_every);
+        for (sum, v) in t.dns.iter_mut().zip(add) {
+            *sum += v;
+        }
         if s.part == 0 {
             t.latest = t.latest.max(Some(id));
         }
@@ -907,6 +1039,7 @@ fn add_totals<'a>(
         [Vec<i64>; 3],
         Vec<Option<i64>>,
         [Vec<f64>; 9],
+        [Vec<f64>; 10],
     ) = Default::default();
     for (&(site, device), t) in &by_device {
         c.0.push(site);
@@ -921,14 +1054,46 @@ fn add_totals<'a>(
         for (col, v) in c.5.iter_mut().zip(t.tcp) {
             col.push(v);
         }
+        for (col, v) in c.6.iter_mut().zip(t.dns) {
+            col.push(v);
+        }
     }
-    tx.execute(
-        &st.totals,
-        &[
-            &c.0, &c.1, &c.2[0], &c.2[1], &c.2[2], &c.2[3], &c.3[0], &c.3[1], &c.3[2], &c.4,
-            &c.5[0], &c.5[1], &c.5[2], &c.5[3], &c.5[4], &c.5[5], &c.5[6], &c.5[7], &c.5[8],
-        ],
-    )?;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        &c.0, &c.1, &c.2[0], &c.2[1], &c.2[2], &c.2[3], &c.3[0], &c.3[1], &c.3[2], &c.4,
+    ];
+    for col in c.5.iter().chain(c.6.iter()) {
+        params.push(col);
+    }
+    tx.execute(&st.totals, &params)?;
+    Ok(())
+}
+
+/// The LAN devices the inserted summaries describe, in key order (collectors storing the same
+/// devices at once take their row locks in one order).
+fn upsert_lan_devices<'a>(
+    tx: &mut Transaction<'_>,
+    inserted: &[(usize, i64)],
+    summary: &dyn Fn(usize) -> &'a Summary,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut all: BTreeMap<(&str, &str, String), owner::LanDevice> = BTreeMap::new();
+    for &(i, _) in inserted {
+        let s = summary(i);
+        for d in owner::lan_devices(s) {
+            let key = (s.site.as_str(), s.device.as_str(), d.0.clone());
+            let e = all.entry(key).or_insert_with(|| d.clone());
+            e.1 = d.1.or(e.1.take());
+            e.2 = d.2.or(e.2.take());
+            e.3 = d.3.or(e.3.take());
+        }
+    }
+    if all.is_empty() {
+        return Ok(());
+    }
+    let st = tx.prepare(owner::UPSERT_SQL)?;
+    for ((site, device, mac), (_, vendor, host, client)) in &all {
+        tx.execute(&st, &[site, device, mac, vendor, host, client, &now])?;
+    }
     Ok(())
 }
 
@@ -1043,6 +1208,8 @@ mod tests {
             tcp_health: false,
             dns_hist: Default::default(),
             dns: false,
+            names: Default::default(),
+            devices: Default::default(),
         }
     }
 
@@ -1376,6 +1543,99 @@ mod tests {
         // Yesterday's partition goes: its window's TCP figures come off the sums.
         store.prune(today).unwrap();
         assert_eq!(sums(&url), (1, 1, 1, 1));
+        assert_totals_consistent(&url);
+    }
+
+    #[test]
+    fn a_version_2_database_gets_the_dns_columns_and_their_sums_follow_retention() {
+        use shared::wire::{Dns, DnsName, Latency};
+        let pg = Postgres::start();
+        let url = pg.create_database("dns");
+        let now = crate::ingest::now_ms();
+        let today = now.div_euclid(DAY_MS) * DAY_MS;
+        {
+            // Version 2: the tables with the TCP columns, without the DNS ones.
+            let mut c = Client::connect(&url, NoTls).unwrap();
+            c.batch_execute(SCHEMA).unwrap();
+            c.batch_execute(&tcp_columns()).unwrap();
+            c.batch_execute("INSERT INTO edgeflow_schema (version) VALUES (2)")
+                .unwrap();
+        }
+        let mut store = PgStore::open(&url).unwrap();
+        assert_eq!(
+            scalar(&url, "SELECT version FROM edgeflow_schema"),
+            SCHEMA_VERSION
+        );
+        let old = summary("old", 0, now as u64);
+        let mut new = summary("new", 0, (today - DAY_MS / 2) as u64);
+        new.dns = true;
+        new.sample_every = 2;
+        new.dns_hist = [0, 0, 3].into_iter().collect();
+        new.flows[0].proto = 17;
+        new.flows[0].dst_port = 53;
+        new.flows[0].dns = Some(Dns {
+            queries: 4,
+            responses: 3,
+            noerror: 2,
+            refused: 1,
+            unanswered: 1,
+            qtype: 1,
+            latency: Some(Latency {
+                min_us: 4,
+                avg_us: 5,
+                max_us: 7,
+                samples: 3,
+            }),
+            name: DnsName::new("WWW.example.org").unwrap(),
+            name_truncated: true,
+            ..Dns::default()
+        });
+        let mut today_new = new.clone();
+        today_new.seq = 1;
+        today_new.window_start_ms = now as u64;
+        write(&mut store, &[old, new, today_new], now);
+        let sums = |url: &str| -> (i64, i64, i64, i64) {
+            (
+                scalar(url, "SELECT SUM(dns_queries)::bigint FROM device_totals"),
+                scalar(url, "SELECT SUM(dns_windows)::bigint FROM device_totals"),
+                scalar(
+                    url,
+                    "SELECT SUM(dns_lat_samples)::bigint FROM device_totals",
+                ),
+                scalar(url, "SELECT COUNT(dns_queries) FROM summaries"),
+            )
+        };
+        assert_eq!(sums(&url), (16, 2, 6, 2), "queries x 2 (sampled 1 in 2)");
+        assert_eq!(scalar(&url, "SELECT COUNT(*) FROM lan_devices"), 0);
+        assert_eq!(
+            scalar(&url, "SELECT COUNT(*) FROM flows WHERE owner_comm IS NULL"),
+            9,
+            "the owner columns made, empty"
+        );
+        assert_eq!(
+            scalar(
+                &url,
+                "SELECT COUNT(*) FROM flows WHERE dns_name = 'www.example.org…'
+                   AND dns_refused = 1 AND dns_lat_samples = 3"
+            ),
+            2,
+            "names in lower case, a cut one marked"
+        );
+        assert_eq!(
+            scalar(
+                &url,
+                "SELECT COUNT(*) FROM summaries WHERE dns_hist = '0,0,3' AND dns_lat_sum_us = 15"
+            ),
+            2
+        );
+        assert_eq!(
+            scalar(&url, "SELECT COUNT(*) FROM flows WHERE dns_queries IS NULL"),
+            7,
+            "the old agent's flows and the new one's without a block"
+        );
+        // Yesterday's partition goes: its window's DNS figures come off the sums.
+        store.prune(today).unwrap();
+        assert_eq!(sums(&url), (8, 1, 3, 1));
         assert_totals_consistent(&url);
     }
 

@@ -7,11 +7,11 @@
 //! and the collector never got (gaps) are counted without scanning the summaries. `u64` fields that may exceed `i64`
 //! (the random boot id) are stored bit-cast; counters are clamped to `i64::MAX`.
 
-use super::{addr, addr_text, n, tcp, Storage, StoreError, Write};
+use super::{addr, addr_text, dns, n, owner, tcp, Storage, StoreError, Write};
 use rusqlite::{params, Connection, OpenFlags, Transaction};
 use shared::identity::Presence;
 use shared::wire::Summary;
-use std::path::Path;
+use std::{path::Path, sync::LazyLock};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS summaries (
@@ -115,29 +115,54 @@ CREATE TABLE IF NOT EXISTS presence (
 );
 ";
 
-const INSERT_SUMMARY: &str = "INSERT OR IGNORE INTO summaries (
-    device, site, boot_id, seq, part, parts, window_start_ms, window_len_ms, sample_every,
-    received_ms, packets, bytes, overflow_packets, overflow_bytes, other_packets, other_bytes,
-    other_flows, packets_seen, active_flows, table_capacity, table_full, parse_errors, fragments,
-    non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count, rtt_hist,
-    tcp_established, tcp_refused, tcp_unanswered, tcp_reset, tcp_closed, tcp_unknown,
-    tcp_syn_retries, tcp_retrans_packets, tcp_retrans_bytes, tcp_rst, tcp_bytes)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-            ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30,
-            ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41)";
+/// `?1, ?2, …, ?n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
-const INSERT_FLOW: &str = "INSERT INTO flows (
-    summary_id, n, proto, src, src_port, dst, dst_port, vlan, vlan_inner, ifindex, fwd_packets,
-    fwd_bytes, rev_packets, rev_bytes, tcp_flags, first_seen_ms, last_seen_ms, rtt_min_us,
-    rtt_avg_us, rtt_max_us, rtt_samples, tcp_outcome, tcp_decided, tcp_syn_retries,
-    tcp_fwd_retrans_packets, tcp_fwd_retrans_bytes, tcp_rev_retrans_packets,
-    tcp_rev_retrans_bytes, tcp_fwd_rst, tcp_rev_rst, tcp_fwd_fin, tcp_rev_fin)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-            ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)";
+/// The summary's columns, then its TCP and DNS figures.
+static INSERT_SUMMARY: LazyLock<String> = LazyLock::new(|| {
+    let cols = format!(
+        "device, site, boot_id, seq, part, parts, window_start_ms, window_len_ms, sample_every,
+         received_ms, packets, bytes, overflow_packets, overflow_bytes, other_packets,
+         other_bytes, other_flows, packets_seen, active_flows, table_capacity, table_full,
+         parse_errors, fragments, non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped,
+         flow_count, rtt_hist, {}, {}, dns_hist, {}",
+        tcp::SUMMARY_COLUMNS.join(", "),
+        dns::SUMMARY_COLUMNS.join(", "),
+        owner::SUMMARY_COLUMNS.join(", ")
+    );
+    let n = 30
+        + tcp::SUMMARY_COLUMNS.len()
+        + dns::SUMMARY_COLUMNS.len()
+        + 1
+        + owner::SUMMARY_COLUMNS.len();
+    format!(
+        "INSERT OR IGNORE INTO summaries ({cols}) VALUES ({})",
+        placeholders(n)
+    )
+});
 
-/// `PRAGMA user_version` of this schema; versions 1 and 2 are migrated (see [`migrate`]),
+/// The record's columns, then its TCP and DNS blocks.
+static INSERT_FLOW: LazyLock<String> = LazyLock::new(|| {
+    let cols = format!(
+        "summary_id, n, proto, src, src_port, dst, dst_port, vlan, vlan_inner, ifindex,
+         fwd_packets, fwd_bytes, rev_packets, rev_bytes, tcp_flags, first_seen_ms, last_seen_ms,
+         rtt_min_us, rtt_avg_us, rtt_max_us, rtt_samples, {}, {}, {}",
+        tcp::FLOW_COLUMNS.join(", "),
+        dns::FLOW_COLUMNS.join(", "),
+        owner::FLOW_COLUMNS.join(", ")
+    );
+    let n = 21 + tcp::FLOW_COLUMNS.len() + dns::FLOW_COLUMNS.len() + owner::FLOW_COLUMNS.len();
+    format!("INSERT INTO flows ({cols}) VALUES ({})", placeholders(n))
+});
+
+/// `PRAGMA user_version` of this schema; versions 1 to 3 are migrated (see [`migrate`]),
 /// any other version is refused.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 /// Version 3 adds the TCP columns ([`tcp`]): every table created by [`SCHEMA`] gets them by
 /// `ALTER TABLE … ADD COLUMN`, a new database as an old one, so they are written once. SQLite
@@ -154,6 +179,36 @@ fn tcp_columns() -> String {
     }
     for c in tcp::TOTAL_COLUMNS {
         sql += &format!("ALTER TABLE device_totals ADD COLUMN {c} REAL NOT NULL DEFAULT 0;\n");
+    }
+    sql
+}
+
+/// Version 4 adds the DNS columns ([`dns`]) the same way as [`tcp_columns`].
+fn dns_columns() -> String {
+    let mut sql = String::new();
+    for c in dns::SUMMARY_COLUMNS {
+        sql += &format!("ALTER TABLE summaries ADD COLUMN {c} INTEGER;\n");
+    }
+    sql += "ALTER TABLE summaries ADD COLUMN dns_hist TEXT;\n";
+    for (i, c) in dns::FLOW_COLUMNS.iter().enumerate() {
+        let kind = if i == 0 { "TEXT" } else { "INTEGER" };
+        sql += &format!("ALTER TABLE flows ADD COLUMN {c} {kind};\n");
+    }
+    for c in dns::TOTAL_COLUMNS {
+        sql += &format!("ALTER TABLE device_totals ADD COLUMN {c} REAL NOT NULL DEFAULT 0;\n");
+    }
+    sql
+}
+
+/// Version 4 also adds the owner columns ([`owner`]) and the `lan_devices` table.
+fn owner_columns() -> String {
+    let mut sql = owner::table_sql("INTEGER");
+    for c in owner::SUMMARY_COLUMNS {
+        sql += &format!("ALTER TABLE summaries ADD COLUMN {c} INTEGER;\n");
+    }
+    for (i, c) in owner::FLOW_COLUMNS.iter().enumerate() {
+        let kind = if i == 0 { "INTEGER" } else { "TEXT" };
+        sql += &format!("ALTER TABLE flows ADD COLUMN {c} {kind};\n");
     }
     sql
 }
@@ -178,22 +233,33 @@ SELECT site, device, boot_id, MIN(seq), MAX(seq), SUM(done), MIN(first), MAX(las
 GROUP BY site, device, boot_id;
 ";
 
-/// Adds one stored summary (`?1`..`?9`, its TCP figures `?10`..`?18`) to its device's running
+/// Adds one stored summary (`?1`..`?9`, then its TCP and DNS figures) to its device's running
 /// totals.
-const ADD_TOTALS: &str = "INSERT INTO device_totals (site, device, packets, bytes,
-    overflow_packets, overflow_bytes, windows, summaries, flow_records, latest_id,
-    tcp_windows, tcp_established, tcp_refused, tcp_unanswered, tcp_reset, tcp_closed,
-    tcp_unknown, tcp_retrans_packets, tcp_retrans_bytes)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
-    ON CONFLICT (site, device) DO UPDATE SET packets = packets + ?3, bytes = bytes + ?4,
-        overflow_packets = overflow_packets + ?5, overflow_bytes = overflow_bytes + ?6,
-        windows = windows + ?7, summaries = summaries + 1, flow_records = flow_records + ?8,
-        latest_id = MAX(COALESCE(latest_id, 0), COALESCE(?9, 0)),
-        tcp_windows = tcp_windows + ?10, tcp_established = tcp_established + ?11,
-        tcp_refused = tcp_refused + ?12, tcp_unanswered = tcp_unanswered + ?13,
-        tcp_reset = tcp_reset + ?14, tcp_closed = tcp_closed + ?15,
-        tcp_unknown = tcp_unknown + ?16, tcp_retrans_packets = tcp_retrans_packets + ?17,
-        tcp_retrans_bytes = tcp_retrans_bytes + ?18";
+static ADD_TOTALS: LazyLock<String> = LazyLock::new(|| {
+    let extra: Vec<&str> = tcp::TOTAL_COLUMNS
+        .iter()
+        .chain(dns::TOTAL_COLUMNS.iter())
+        .copied()
+        .collect();
+    let params: Vec<String> = (10..10 + extra.len()).map(|i| format!("?{i}")).collect();
+    let add: Vec<String> = extra
+        .iter()
+        .zip(&params)
+        .map(|(c, p)| format!("{c} = {c} + {p}"))
+        .collect();
+    format!(
+        "INSERT INTO device_totals (site, device, packets, bytes, overflow_packets,
+            overflow_bytes, windows, summaries, flow_records, latest_id, {})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, {})
+         ON CONFLICT (site, device) DO UPDATE SET packets = packets + ?3, bytes = bytes + ?4,
+            overflow_packets = overflow_packets + ?5, overflow_bytes = overflow_bytes + ?6,
+            windows = windows + ?7, summaries = summaries + 1, flow_records = flow_records + ?8,
+            latest_id = MAX(COALESCE(latest_id, 0), COALESCE(?9, 0)), {}",
+        extra.join(", "),
+        params.join(", "),
+        add.join(", ")
+    )
+});
 
 /// The running totals of the summaries selected by `{}` (a WHERE clause), by device.
 const SUM_TOTALS: &str = "SELECT site, device, TOTAL(packets * sample_every) AS p,
@@ -229,7 +295,7 @@ impl Store {
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
         let mut conn = conn;
-        if tables > 0 && (version == 1 || version == 2) {
+        if tables > 0 && (1..SCHEMA_VERSION).contains(&version) {
             migrate(&mut conn, version)?;
         } else if tables > 0 && version != SCHEMA_VERSION {
             return Err(StoreError::Version(version));
@@ -238,6 +304,8 @@ impl Store {
             let tx = conn.transaction()?;
             tx.execute_batch(SCHEMA)?;
             tx.execute_batch(&tcp_columns())?;
+            tx.execute_batch(&dns_columns())?;
+            tx.execute_batch(&owner_columns())?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
         }
@@ -286,6 +354,17 @@ impl Store {
             ),
             [before_ms],
         )?;
+        tx.execute(
+            &format!(
+                "UPDATE device_totals SET {}
+                 FROM (SELECT site, device, {} FROM summaries WHERE received_ms < ?1
+                       GROUP BY site, device) AS x
+                 WHERE device_totals.site = x.site AND device_totals.device = x.device",
+                dns::subtract_sql(),
+                dns::sum_totals_sql()
+            ),
+            [before_ms],
+        )?;
         let flows = tx.execute(
             "DELETE FROM flows WHERE summary_id IN
                (SELECT id FROM summaries WHERE received_ms < ?1)",
@@ -310,14 +389,18 @@ impl Store {
         }
         // Runs that sent nothing since: their gap count goes with their data.
         tx.execute("DELETE FROM boots WHERE last_received_ms < ?1", [before_ms])?;
+        tx.execute(
+            "DELETE FROM lan_devices WHERE last_received_ms < ?1",
+            [before_ms],
+        )?;
         tx.commit()?;
         Ok((summaries, flows))
     }
 }
 
-/// Brings a version 1 or 2 database to this version in place, in one transaction (all or
+/// Brings a version 1, 2 or 3 database to this version in place, in one transaction (all or
 /// nothing): 1 → 2 rebuilds `summaries` with the site in its key (see [`MIGRATE_V1`]), 2 → 3
-/// adds the TCP columns.
+/// adds the TCP columns, 3 → 4 the DNS and owner columns.
 fn migrate(conn: &mut Connection, from: i64) -> Result<(), StoreError> {
     log::info!("database: migrating schema {from} to {SCHEMA_VERSION}");
     let tx = conn.transaction()?;
@@ -333,7 +416,11 @@ fn migrate(conn: &mut Connection, from: i64) -> Result<(), StoreError> {
             [],
         )?;
     }
-    tx.execute_batch(&tcp_columns())?;
+    if from <= 2 {
+        tx.execute_batch(&tcp_columns())?;
+    }
+    tx.execute_batch(&dns_columns())?;
+    tx.execute_batch(&owner_columns())?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
@@ -369,7 +456,11 @@ impl Batch<'_> {
         let w = |i: usize| wc.map(|c| c[i]);
         // Inserting a summary and its records is the whole ingest cost: one cached statement
         // each, addresses formatted once per summary.
-        let inserted = self.tx.prepare_cached(INSERT_SUMMARY)?.execute(params![
+        let window_dns = dns::WindowDns::of(s);
+        let dc = dns::WindowDns::columns(window_dns.as_ref());
+        let dns_hist = window_dns.as_ref().and_then(|w| w.hist.as_deref());
+        let owner_full = owner::summary_values(s);
+        let base = params![
             s.device.as_str(),
             s.site.as_str(),
             s.boot_id as i64,
@@ -411,7 +502,18 @@ impl Batch<'_> {
             w(8),
             w(9),
             w(10),
-        ])?;
+        ];
+        let all: Vec<&dyn rusqlite::ToSql> = base
+            .iter()
+            .copied()
+            .chain(dc.iter().map(|v| v as &dyn rusqlite::ToSql))
+            .chain(std::iter::once(&dns_hist as &dyn rusqlite::ToSql))
+            .chain(owner_full.iter().map(|v| v as &dyn rusqlite::ToSql))
+            .collect();
+        let inserted = self
+            .tx
+            .prepare_cached(&INSERT_SUMMARY)?
+            .execute(all.as_slice())?;
         if inserted == 0 {
             return Ok(false);
         }
@@ -419,7 +521,8 @@ impl Batch<'_> {
         self.track_seq(s, received_ms)?;
         let scaled = |v: u64| n(v) as f64 * f64::from(s.sample_every);
         let t = tcp::WindowTcp::totals(window_tcp, s.sample_every);
-        self.tx.prepare_cached(ADD_TOTALS)?.execute(params![
+        let d = dns::WindowDns::totals(window_dns.as_ref(), s.sample_every);
+        let base = params![
             s.site.as_str(),
             s.device.as_str(),
             scaled(s.totals.packets),
@@ -438,13 +541,24 @@ impl Batch<'_> {
             t[6],
             t[7],
             t[8],
-        ])?;
+        ];
+        let all: Vec<&dyn rusqlite::ToSql> = base
+            .iter()
+            .copied()
+            .chain(d.iter().map(|v| v as &dyn rusqlite::ToSql))
+            .collect();
+        self.tx
+            .prepare_cached(&ADD_TOTALS)?
+            .execute(all.as_slice())?;
         let addrs: Vec<String> = s.addrs.iter().map(addr_text).collect();
-        let mut stmt = self.tx.prepare_cached(INSERT_FLOW)?;
+        let mut stmt = self.tx.prepare_cached(&INSERT_FLOW)?;
         for (i, f) in s.flows.iter().enumerate() {
             let rtt = f.rtt;
             let t = tcp::flow_ints(&f.tcp);
-            stmt.execute(params![
+            let d = f.dns.as_ref().map(dns::FlowDns::of);
+            let di = dns::FlowDns::ints(d.as_ref());
+            let name = d.as_ref().and_then(|d| d.name.as_deref());
+            let base = params![
                 id,
                 i as i64,
                 f.proto,
@@ -477,6 +591,31 @@ impl Batch<'_> {
                 t[7],
                 t[8],
                 t[9],
+                name,
+            ];
+            let o = owner::FlowOwner::of(&f.owner, s).unwrap_or_default();
+            let all: Vec<&dyn rusqlite::ToSql> = base
+                .iter()
+                .copied()
+                .chain(di.iter().map(|v| v as &dyn rusqlite::ToSql))
+                .chain(std::iter::once(&o.pid as &dyn rusqlite::ToSql))
+                .chain(o.text.iter().map(|v| v as &dyn rusqlite::ToSql))
+                .collect();
+            stmt.execute(all.as_slice())?;
+        }
+        drop(stmt);
+        let mut up = self
+            .tx
+            .prepare_cached(&owner::UPSERT_SQL.replace('$', "?"))?;
+        for (mac, vendor, host, client) in owner::lan_devices(s) {
+            up.execute(params![
+                s.site.as_str(),
+                s.device.as_str(),
+                mac,
+                vendor,
+                host,
+                client,
+                received_ms
             ])?;
         }
         Ok(true)
@@ -594,6 +733,8 @@ mod tests {
             tcp_health: false,
             dns_hist: Default::default(),
             dns: false,
+            names: Default::default(),
+            devices: Default::default(),
         }
     }
 
@@ -920,7 +1061,151 @@ mod tests {
         assert_eq!(running, scanned);
         assert_eq!(running, [2.0, 0.0, 2.0, 0.0, 0.0, 0.0, 2.0, 10.0, 1_000.0]);
         drop(store);
-        assert!(Store::open(&path).is_ok(), "version 3 opens as it is");
+        assert!(
+            Store::open(&path).is_ok(),
+            "the migrated database opens as it is"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// The DNS running sums as stored, and as a scan of the summaries finds them.
+    fn dns_totals(conn: &Connection) -> (Vec<f64>, Vec<f64>) {
+        let read = |sql: &str| -> Vec<f64> {
+            let mut st = conn.prepare(sql).unwrap();
+            let rows = st.query_map([], |r| {
+                (0..10)
+                    .map(|i| r.get::<_, f64>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            });
+            rows.unwrap().flat_map(Result::unwrap).collect()
+        };
+        let running = read(&format!(
+            "SELECT {} FROM device_totals ORDER BY site, device",
+            dns::TOTAL_COLUMNS.join(", ")
+        ));
+        let scanned = read(&format!(
+            "SELECT d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 FROM (SELECT site, device, {}
+               FROM summaries GROUP BY site, device) ORDER BY site, device",
+            dns::sum_totals_sql()
+        ));
+        (running, scanned)
+    }
+
+    #[test]
+    fn migrates_a_version_3_database_in_place_and_keeps_dns_totals() {
+        use shared::wire::{Dns, DnsName, Latency};
+        let path = temp("v3");
+        {
+            // Version 3: the tables with the TCP columns, without the DNS ones, and a window.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(&tcp_columns()).unwrap();
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute(
+                "INSERT INTO summaries (device, site, boot_id, seq, part, parts,
+                   window_start_ms, window_len_ms, sample_every, received_ms, packets, bytes,
+                   overflow_packets, overflow_bytes, other_packets, other_bytes, other_flows,
+                   packets_seen, active_flows, table_capacity, table_full, parse_errors,
+                   fragments, non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count)
+                 VALUES ('d', 's', -1, 0, 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                         0, 0, 0, 0, 0, 0, 0, 0)",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO device_totals (site, device, packets, bytes, overflow_packets,
+                   overflow_bytes, windows, summaries, flow_records, latest_id)
+                 VALUES ('s', 'd', 1, 1, 0, 0, 1, 1, 0, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let (version, old_window): (i64, Option<i64>) = store
+            .conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), dns_queries
+                 FROM summaries",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (version, old_window),
+            (SCHEMA_VERSION, None),
+            "the old row stays, without DNS figures"
+        );
+        assert_eq!(
+            count(&store.conn, "lan_devices"),
+            0,
+            "the owners' table made"
+        );
+        let mut b = store.batch().unwrap();
+        for seq in 1..4u64 {
+            let mut s = summary(seq, seq * 10_000);
+            s.dns = true;
+            s.sample_every = 2;
+            s.dns_hist = [0, 0, 0, 1].into_iter().collect();
+            s.health.dns_malformed = 1;
+            s.flows[0].proto = 17;
+            s.flows[0].dst_port = 53;
+            s.flows[0].dns = Some(Dns {
+                queries: 3,
+                responses: 2,
+                nxdomain: 1,
+                servfail: 1,
+                unanswered: 1,
+                qtype: 28,
+                latency: Some(Latency {
+                    min_us: 9,
+                    avg_us: 10,
+                    max_us: 12,
+                    samples: 2,
+                }),
+                name: DnsName::new("Example.COM").unwrap(),
+                ..Dns::default()
+            });
+            assert!(b.insert_summary(&s, seq as i64 * 10).unwrap());
+        }
+        b.commit().unwrap();
+        let (running, scanned) = dns_totals(&store.conn);
+        assert_eq!(running, scanned);
+        assert_eq!(
+            running,
+            [3.0, 18.0, 12.0, 0.0, 6.0, 6.0, 0.0, 0.0, 6.0, 6.0],
+            "3 windows; messages x 2 (sampled 1 in 2); latency samples as they are"
+        );
+        let row: (String, i64, i64, i64, Option<String>, i64) = store
+            .conn
+            .query_row(
+                "SELECT f.dns_name, f.dns_qtype, f.dns_lat_avg_us, s.dns_lat_sum_us, s.dns_hist,
+                        s.dns_malformed
+                 FROM flows f JOIN summaries s ON s.id = f.summary_id WHERE f.dns_name IS NOT NULL
+                 LIMIT 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            row,
+            ("example.com".into(), 28, 10, 20, Some("0,0,0,1".into()), 1),
+            "names in lower case"
+        );
+        assert_eq!(store.prune(15).unwrap(), (2, 3));
+        let (running, scanned) = dns_totals(&store.conn);
+        assert_eq!(running, scanned);
+        assert_eq!(running, [2.0, 12.0, 8.0, 0.0, 4.0, 4.0, 0.0, 0.0, 4.0, 4.0]);
+        drop(store);
+        assert!(Store::open(&path).is_ok(), "version 4 opens as it is");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

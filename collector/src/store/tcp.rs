@@ -293,6 +293,8 @@ mod tests {
             tcp_health: true,
             dns_hist: Default::default(),
             dns: false,
+            names: Default::default(),
+            devices: Default::default(),
         };
         let w = WindowTcp::of(&s).unwrap();
         assert_eq!(w.connections, [1, 1, 1, 0, 0, 1]);

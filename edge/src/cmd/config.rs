@@ -3,7 +3,11 @@
 //! depends on the configuration and not on the traffic.
 
 use crate::{
-    probe::{attach::AttachMode, bpf::RttOptions, drain::Expiry, ifstate::Reattach, ProbeOptions},
+    owner::OwnerConfig,
+    probe::{
+        attach::AttachMode, bpf::RttOptions, drain::Expiry, ifstate::Reattach, owner::OwnerOptions,
+        ProbeOptions,
+    },
     UsageError,
 };
 use serde::Deserialize;
@@ -49,6 +53,22 @@ pub struct File {
     pub spool: SpoolFile,
     #[serde(default)]
     pub tcp: TcpFile,
+    #[serde(default)]
+    pub owner: OwnerFile,
+}
+
+/// `[owner]`: who is behind the flows (docs/owners.md).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerFile {
+    /// Processes, services and LAN devices; default on.
+    pub enabled: Option<bool>,
+    /// Sockets whose creator the kernel map holds (default 8192).
+    pub max_sockets: Option<u32>,
+    /// LAN devices whose DHCP name the agent keeps (default 4096).
+    pub max_devices: Option<usize>,
+    /// The IEEE OUI registry (default /usr/share/ieee-data/oui.csv; optional).
+    pub oui_file: Option<PathBuf>,
 }
 
 /// `[tcp]`: what the agent measures of TCP connections besides the RTT.
@@ -122,6 +142,8 @@ pub struct Config {
     pub rtt: Option<RttOptions>,
     /// TCP health: retransmissions, resets, connection outcomes.
     pub tcp_health: bool,
+    /// Who sent it; `None`: off.
+    pub owner: Option<OwnerConfig>,
     /// Where and how to reach the MQTT broker; `None`: IPFIX only.
     pub broker: Option<Broker>,
     /// Where and how to export IPFIX; `None`: MQTT only.
@@ -266,7 +288,9 @@ impl Config {
             Some(_) => return Err(usage("gone_wait must be zero or more seconds")),
             None => DEFAULT_GONE_WAIT,
         };
+        let owner = owner_config(f.owner)?;
         Ok(Config {
+            owner,
             interfaces,
             netns: f.netns,
             id,
@@ -349,8 +373,34 @@ impl Config {
                 inactive: self.inactive_timeout,
                 ..Expiry::default()
             },
+            owner: self.owner.clone(),
         }
     }
+}
+
+/// `[owner]` checked: `None` when switched off.
+pub fn owner_config(f: OwnerFile) -> Result<Option<OwnerConfig>, UsageError> {
+    if f.enabled == Some(false) {
+        return Ok(None);
+    }
+    let d = OwnerConfig::default();
+    let max_sockets = f.max_sockets.unwrap_or(d.kernel.max_sockets);
+    if !(1..=1 << 20).contains(&max_sockets) {
+        return Err(usage(format!(
+            "owner max_sockets {max_sockets} out of range (1..=1048576)"
+        )));
+    }
+    let max_devices = f.max_devices.unwrap_or(d.max_devices);
+    if !(1..=1 << 20).contains(&max_devices) {
+        return Err(usage(format!(
+            "owner max_devices {max_devices} out of range (1..=1048576)"
+        )));
+    }
+    Ok(Some(OwnerConfig {
+        kernel: OwnerOptions { max_sockets },
+        max_devices,
+        oui_file: f.oui_file.unwrap_or(d.oui_file),
+    }))
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use shared::{
 };
 use std::time::Duration;
 
+use crate::probe::owner::{self, OwnerOptions};
+
 /// The object built from `edge-ebpf/` by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edgeflow.bpf.o"));
 
@@ -38,6 +40,8 @@ pub struct LoadOptions {
     /// TCP health (retransmissions, RST/FIN/SYN counts: `shared::conn`); off costs one test of
     /// a setting per TCP packet.
     pub tcp_health: bool,
+    /// Who sent it (`shared::owner`); `None`: off, which the verifier compiles out.
+    pub owner: Option<OwnerOptions>,
 }
 
 /// How TCP round-trip times are sampled.
@@ -99,6 +103,9 @@ pub struct LoadReport {
     /// Per attachable program: name, instructions the verifier processed (Linux 5.16+),
     /// bytes of JIT-compiled code (0: the interpreter runs it).
     pub programs: Vec<(&'static str, Option<u32>, u32)>,
+    /// Owner programs that did not load, and why (owners then come from the packet programs
+    /// alone: cgroup ids and MACs).
+    pub owner_unavailable: Vec<String>,
 }
 
 impl std::fmt::Display for LoadReport {
@@ -148,7 +155,13 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
     };
     let started = std::time::Instant::now();
     let cpus = aya::util::nr_cpus().map_err(|(path, source)| LoadError::Cpus { path, source })?;
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    for (map, entries) in owner::map_sizes(opts.owner, shape.slots) {
+        loader.map_max_entries(map, entries);
+    }
+    let owner_on = opts.owner.is_some() as u8;
+    let mut ebpf = loader
+        .override_global(shared::owner::OWNER_ON_GLOBAL, &owner_on, false)
         .map_max_entries(CPU_SLOTS_MAP, cpus as u32)
         .map_max_entries(FLOWS_MAP, shape.slots)
         .map_max_entries(HELD_MAP, shape.bitmap_words())
@@ -171,9 +184,15 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
     if ebpf.program(CLOCK_PROG).is_some() {
         load_program::<Xdp>(&mut ebpf, CLOCK_PROG)?;
     }
+    let owner_unavailable = if opts.owner.is_some() {
+        owner::load_programs(&mut ebpf)
+    } else {
+        Vec::new()
+    };
     let mut report = LoadReport {
         elapsed: started.elapsed(),
         programs: Vec::new(),
+        owner_unavailable,
     };
     for name in [XDP_PROG, TC_PROG, TC_EGRESS_PROG] {
         if let Some(info) = ebpf.program(name).and_then(|p| p.info().ok()) {

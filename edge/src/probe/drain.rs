@@ -5,18 +5,21 @@
 //! kernel tests (`tests/table_read.rs`) drain the real table.
 
 use crate::{
+    owner::{Resolver, SnoopStats, Tables},
     probe::{
         clock::ClockPair,
         maps::{Maps, RttHist, Stats},
+        owner::OwnerStats,
         table::{Slots, TableError},
         ticks::TickNow,
     },
     report::window::{self, Counts, Window},
 };
+use shared::owner::{FlowOwner, OwnerStat};
 use shared::{
     conn, flow::tcp, parse::IPPROTO_TCP, wire::Flow, Count, Direction, FlowCounters, Stat,
 };
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 /// When entries leave the kernel table.
 #[derive(Clone, Copy, Debug)]
@@ -55,6 +58,14 @@ pub trait Source {
     fn clock(&self) -> ClockPair {
         ClockPair::now()
     }
+    /// Slot `i`'s owner record, when the programs record owners.
+    fn owner(&self, _i: u32) -> Option<FlowOwner> {
+        None
+    }
+    /// The programs' owner counters (cumulative), when they record owners.
+    fn owner_stats(&self) -> Result<Option<OwnerStats>, TableError> {
+        Ok(None)
+    }
 }
 
 impl Source for Maps {
@@ -72,6 +83,12 @@ impl Source for Maps {
     }
     fn sweep_pending(&mut self, before_ns: u64) -> Result<u32, TableError> {
         self.rtt.sweep_pending(before_ns)
+    }
+    fn owner(&self, i: u32) -> Option<FlowOwner> {
+        self.owner.as_ref()?.get(i)
+    }
+    fn owner_stats(&self) -> Result<Option<OwnerStats>, TableError> {
+        self.owner.as_ref().map(|o| o.stats()).transpose()
     }
 }
 
@@ -96,6 +113,9 @@ pub struct Drainer<S = Maps> {
     tcp_health: bool,
     /// Kernel `parsed` minus reported totals, summed since the start (see `Window::unsettled`).
     unsettled: Count,
+    /// Names the flows' owners, when the programs record them.
+    owners: Option<Box<Resolver>>,
+    prev_owner_stats: (OwnerStats, SnoopStats),
 }
 
 impl<S: Source> Drainer<S> {
@@ -125,7 +145,17 @@ impl<S: Source> Drainer<S> {
             expired: Vec::new(),
             unsettled: Count::default(),
             tcp_health,
+            owners: None,
+            prev_owner_stats: Default::default(),
         })
+    }
+
+    /// Gives the flows their owners from now on (the programs were loaded recording them).
+    pub fn set_owners(&mut self, r: Resolver) -> Result<(), TableError> {
+        let kernel = self.source.owner_stats()?.unwrap_or_default();
+        self.prev_owner_stats = (kernel, r.snoop_stats());
+        self.owners = Some(Box::new(r));
+        Ok(())
     }
 
     /// What the drain reads (the agent: the programs' maps).
@@ -149,6 +179,12 @@ impl<S: Source> Drainer<S> {
         let mut active = 0;
         let baseline = &mut self.baseline;
         let tcp_health = self.tcp_health;
+        let mut owners = self.owners.as_deref_mut();
+        if let Some(r) = owners.as_deref_mut() {
+            // DHCP names that came since the last window, before devices are named.
+            r.refresh();
+        }
+        let source = &self.source;
         let slots = self.source.slots();
         // Flows first, then the counters: a packet counted between the two reads is in the
         // kernel's `parsed` but not yet in a flow delta. Totals are taken from the flows (so
@@ -161,7 +197,11 @@ impl<S: Source> Drainer<S> {
             let had = delta.any_packets();
             if had {
                 in_flows.add(&delta.total());
-                flows.push(window::flow(key, cur, &delta, to_ms, tcp_health));
+                let mut f = window::flow(key, cur, &delta, to_ms, tcp_health);
+                if let (Some(r), Some(o)) = (owners.as_deref_mut(), source.owner(i)) {
+                    f.owner = r.resolve(&o, cur.initiator());
+                }
+                flows.push(f);
             }
             let idle = Duration::from_nanos(
                 ticks
@@ -201,6 +241,18 @@ impl<S: Source> Drainer<S> {
             now.mono_ns
                 .saturating_sub(self.expiry.rtt_pending.as_nanos() as u64),
         )?;
+        let (tables, owner_stats) = match self.owners.as_deref_mut() {
+            Some(r) => {
+                let kernel = self.source.owner_stats()?.unwrap_or_default();
+                let snoop = r.snoop_stats();
+                let (pk, ps) = std::mem::replace(&mut self.prev_owner_stats, (kernel, snoop));
+                (
+                    r.take_tables(),
+                    Some(owner_deltas(&kernel, &pk, &snoop, &ps)),
+                )
+            }
+            None => (Tables::default(), None),
+        };
         let overflow = delta[Stat::Overflow as usize];
         let mut totals = in_flows;
         totals.add(&overflow);
@@ -220,6 +272,9 @@ impl<S: Source> Drainer<S> {
             flows,
             rtt_hist,
             tcp_health: self.tcp_health,
+            names: tables.names,
+            devices: tables.devices,
+            owner_stats,
         };
         self.last = now;
         self.active = active;
@@ -257,6 +312,26 @@ fn report_unanswered(flows: &mut Vec<Flow>, u: Flow, had: bool) {
         Some(f) => f.tcp = u.tcp,
         None => flows.push(u),
     }
+}
+
+/// The owner counters' window deltas by label.
+fn owner_deltas(
+    k: &OwnerStats,
+    pk: &OwnerStats,
+    s: &SnoopStats,
+    ps: &SnoopStats,
+) -> BTreeMap<&'static str, u64> {
+    let mut m: BTreeMap<&'static str, u64> = OwnerStat::ALL
+        .iter()
+        .map(|st| {
+            let i = *st as usize;
+            (st.label(), k[i].wrapping_sub(pk[i]))
+        })
+        .collect();
+    m.insert("dhcp_requests", s.dhcp_requests - ps.dhcp_requests);
+    m.insert("dhcp_names_full", s.dhcp_names_full - ps.dhcp_names_full);
+    m.insert("dhcp_dropped", s.dhcp_dropped - ps.dhcp_dropped);
+    m
 }
 
 /// The window's RTT histogram, trailing empty buckets cut (empty: no samples).

@@ -3,6 +3,7 @@
 //! out of one loaded object.
 
 use crate::probe::{
+    owner::OwnerMaps,
     table::{map_err, FlowTable, TableError},
     ticks::TickClock,
 };
@@ -116,13 +117,17 @@ pub struct Maps {
     pub rtt: RttMaps,
     /// Turns the entries' tick stamps into time.
     pub ticks: TickClock,
+    /// Each slot's owner, when the programs record owners.
+    pub owner: Option<OwnerMaps>,
 }
 
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Maps, TableError> {
         // The table first: it reads its shape from the CPU slots before they are taken.
         let table = FlowTable::take(ebpf)?;
+        let owner = OwnerMaps::take(ebpf, table.slots().shape().slots)?;
         Ok(Maps {
+            owner,
             table,
             stats: CpuStats::take(ebpf)?,
             rtt: RttMaps::take(ebpf)?,

@@ -137,7 +137,7 @@ impl FlowTable {
 
 /// An array map of the object, mapped into the agent's memory for as long as this lives
 /// (unmapped, then the map's fd closed, when dropped).
-struct Mapped {
+pub(crate) struct Mapped {
     _map: Map,
     fd: RawFd,
     base: *mut libc::c_void,
@@ -150,7 +150,7 @@ unsafe impl Sync for Mapped {}
 
 impl Mapped {
     /// The map `name`, checked to be an array of `entries` values of `size` bytes, mapped.
-    fn take(
+    pub(crate) fn take(
         ebpf: &mut Ebpf,
         name: &'static str,
         entries: u32,
@@ -199,6 +199,13 @@ impl Mapped {
             base,
             bytes,
         })
+    }
+}
+
+impl Mapped {
+    /// The first value's address.
+    pub(crate) fn base(&self) -> *mut libc::c_void {
+        self.base
     }
 }
 

@@ -10,7 +10,7 @@
 //! flows' `tcp` blocks, one with DNS (V3) `dns`, `dns_hist` and the flows' `dns` blocks.
 
 use serde::Serialize;
-use shared::wire::{self, Count, DecodeError, Flow, Health, Summary};
+use shared::wire::{self, Count, DecodeError, Device, Flow, Health, Summary};
 
 /// One decoded message, as printed.
 #[derive(Debug, Serialize)]
@@ -41,6 +41,15 @@ pub struct Decoded {
     pub dns_hist: Option<Vec<u32>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dns: bool,
+    /// What the flows' owners refer to (docs/owners.md), as `watch --json` prints them; only
+    /// when not empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "crate::report::window::devices_json"
+    )]
+    pub devices: Vec<Device>,
 }
 
 impl Decoded {
@@ -67,6 +76,8 @@ impl Decoded {
             tcp_health: s.tcp_health,
             dns_hist: s.dns.then(|| s.dns_hist.to_vec()),
             dns: s.dns,
+            names: s.names,
+            devices: s.devices,
         }
     }
 }
@@ -183,6 +194,8 @@ mod tests {
             tcp_health: false,
             dns_hist: Default::default(),
             dns: false,
+            names: Default::default(),
+            devices: Default::default(),
         }))
     }
 

@@ -67,8 +67,18 @@ fn window_health(w: &Window, table_capacity: u32) -> Health {
         parse_errors: Stat::PARSE_ERRORS.iter().map(|s| stat(*s)).sum(),
         fragments: stat(Stat::Fragment),
         non_ip: stat(Stat::NonIp),
+        owner_sockets_full: owner_stat(w, "owner_sockets_full") + owner_stat(w, "owner_ports_full"),
+        owner_devices_full: owner_stat(w, "dhcp_names_full"),
         ..Health::default()
     }
+}
+
+/// One of the window's owner counters (0 with owners off).
+fn owner_stat(w: &Window, label: &str) -> u64 {
+    w.owner_stats
+        .as_ref()
+        .and_then(|m| m.get(label).copied())
+        .unwrap_or(0)
 }
 
 /// Resident set size of this process in KiB (`/proc/self/statm`, second field, in pages).

@@ -7,7 +7,8 @@
 
 use crate::report::window::Window;
 use shared::wire::{
-    self, Addr, Count, Flow, FlowRecord, Health, Id, Message, Summary, RTT_BUCKETS,
+    self, Addr, Count, Device, Flow, FlowRecord, Health, Id, Message, Owner, Process, Summary,
+    RTT_BUCKETS,
 };
 use std::collections::HashMap;
 
@@ -52,9 +53,13 @@ pub fn summarize(id: &Identity, seq: u64, w: &Window, health: Health, top_k: usi
         other.add(&f.total());
     }
     let mut addrs = AddrTable::default();
+    let mut owners = OwnerTables::default();
     let flows = top
         .iter()
-        .map(|f| f.to_record(w.window_start_ms, |a| addrs.index(a)))
+        .map(|f| FlowRecord {
+            owner: f.owner.map(|o| owners.owner(&o, &w.names, &w.devices)),
+            ..f.to_record(w.window_start_ms, |a| addrs.index(a))
+        })
         .collect();
     let rtt_hist = w
         .rtt_hist
@@ -87,6 +92,63 @@ pub fn summarize(id: &Identity, seq: u64, w: &Window, health: Health, top_k: usi
         tcp_health: w.tcp_health,
         dns_hist: Default::default(),
         dns: false,
+        names: owners.names,
+        devices: owners.devices,
+    }
+}
+
+/// A message's names and devices, each once, built from another table's as records refer to
+/// them (so a message carries only what its records use).
+#[derive(Default)]
+struct OwnerTables {
+    names: Vec<String>,
+    name_at: HashMap<String, u32>,
+    devices: Vec<Device>,
+    device_at: HashMap<[u8; 6], u32>,
+}
+
+impl OwnerTables {
+    fn name(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.name_at.get(s) {
+            return i;
+        }
+        self.names.push(s.to_string());
+        self.name_at
+            .insert(s.to_string(), self.names.len() as u32 - 1);
+        self.names.len() as u32 - 1
+    }
+
+    fn device(&mut self, d: &Device, names: &[String]) -> u32 {
+        if let Some(&i) = self.device_at.get(&d.mac) {
+            return i;
+        }
+        let mut name = |i: Option<u32>| i.map(|i| self.name(&names[i as usize]));
+        let d = Device {
+            mac: d.mac,
+            vendor: name(d.vendor),
+            host_name: name(d.host_name),
+            client_id: name(d.client_id),
+        };
+        self.devices.push(d);
+        self.device_at.insert(d.mac, self.devices.len() as u32 - 1);
+        self.devices.len() as u32 - 1
+    }
+
+    /// `o`, whose indices point into `names` and `devices`, with indices into these tables.
+    fn owner(&mut self, o: &Owner, names: &[String], devices: &[Device]) -> Owner {
+        Owner {
+            process: o.process.map(|p| Process {
+                pid: p.pid,
+                comm: self.name(&names[p.comm as usize]),
+            }),
+            service: o.service.map(|i| self.name(&names[i as usize])),
+            initiator: o
+                .initiator
+                .map(|i| self.device(&devices[i as usize], names)),
+            responder: o
+                .responder
+                .map(|i| self.device(&devices[i as usize], names)),
+        }
     }
 }
 
@@ -144,11 +206,13 @@ pub fn encode_parts(s: Summary, max_bytes: usize) -> Result<Vec<Vec<u8>>, TooSma
 /// Part `i` of `parts`, holding `flows` (indexes into `s.addrs`) with its own address table.
 fn part(s: &Summary, i: u16, parts: u16, flows: &[FlowRecord]) -> Summary {
     let mut addrs = AddrTable::default();
+    let mut owners = OwnerTables::default();
     let flows = flows
         .iter()
         .map(|f| FlowRecord {
             src: addrs.index(s.addrs[f.src as usize]),
             dst: addrs.index(s.addrs[f.dst as usize]),
+            owner: f.owner.map(|o| owners.owner(&o, &s.names, &s.devices)),
             ..*f
         })
         .collect();
@@ -183,6 +247,8 @@ fn part(s: &Summary, i: u16, parts: u16, flows: &[FlowRecord]) -> Summary {
             heapless::Vec::new()
         },
         dns: s.dns,
+        names: owners.names,
+        devices: owners.devices,
     }
 }
 
@@ -212,6 +278,7 @@ mod tests {
             handshake_us: None,
             tcp: None,
             dns: None,
+            owner: None,
         }
     }
 

@@ -9,7 +9,7 @@ use shared::{
     parse::IPPROTO_ICMPV6,
     parse::IPPROTO_TCP,
     stats::Stats,
-    wire::{Addr, Flow, Rtt, Tcp, TcpDir},
+    wire::{owner::mac_text, Addr, Device, Flow, Owner, Rtt, Tcp, TcpDir},
     Count, Direction, FlowCounters, FlowKey, Initiator, Stat,
 };
 use std::{collections::BTreeMap, fmt::Write, num::NonZeroU32};
@@ -51,6 +51,57 @@ pub struct Window {
     /// when true, so output without it keeps its bytes.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub tcp_health: bool,
+    /// What the flows' owners refer to by index (docs/owners.md): strings (command names,
+    /// services, vendors, DHCP names) and LAN devices, each once. In JSON only when not
+    /// empty, so output without owners keeps its bytes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "devices_json")]
+    pub devices: Vec<Device>,
+    /// The owner counters' deltas (sockets recorded, socket map full, DHCP requests, ...):
+    /// `None` with owners off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_stats: Option<BTreeMap<&'static str, u64>>,
+}
+
+/// Devices in JSON: the MAC as text (`aa:bb:cc:dd:ee:ff`), the rest as indices into `names`.
+pub(crate) fn devices_json<S: Serializer>(devices: &[Device], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct D<'a> {
+        mac: &'a str,
+        vendor: Option<u32>,
+        host_name: Option<u32>,
+        client_id: Option<u32>,
+    }
+    let macs: Vec<_> = devices.iter().map(|d| mac_text(&d.mac)).collect();
+    s.collect_seq(devices.iter().zip(&macs).map(|(d, m)| D {
+        mac: m.as_str(),
+        vendor: d.vendor,
+        host_name: d.host_name,
+        client_id: d.client_id,
+    }))
+}
+
+/// A flow's owner for people: `comm[pid]` or the service, else the initiator's device
+/// (DHCP name, else vendor, else MAC); `-` when nothing is known.
+pub fn owner_text(o: Option<&Owner>, names: &[String], devices: &[Device]) -> String {
+    let Some(o) = o else {
+        return "-".into();
+    };
+    let name = |i: u32| names.get(i as usize).map(String::as_str).unwrap_or("?");
+    if let Some(p) = o.process {
+        return format!("{}[{}]", name(p.comm), p.pid);
+    }
+    if let Some(s) = o.service {
+        return name(s).to_string();
+    }
+    if let Some(d) = o.initiator.and_then(|i| devices.get(i as usize)) {
+        if let Some(h) = d.host_name.or(d.vendor) {
+            return name(h).to_string();
+        }
+        return mac_text(&d.mac).to_string();
+    }
+    "-".into()
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -196,6 +247,7 @@ pub fn flow(
             rev: delta.tcp[rev.index()],
         }),
         dns: None,
+        owner: None,
     }
 }
 
@@ -251,7 +303,7 @@ impl Window {
         }
         let _ = writeln!(
             s,
-            "{:<6} {:>39} {:>5}   {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} {:>9} {:<22} flags",
+            "{:<6} {:>39} {:>5}   {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} {:>9} {:<22} {:<5} process/device",
             "proto",
             "initiator",
             "port",
@@ -264,11 +316,12 @@ impl Window {
             "bytes←",
             "rtt ms",
             "tcp",
+            "flags",
         );
         for f in flows.iter().take(max_rows) {
             let _ = writeln!(
                 s,
-                "{:<6} {:>39} {:>5} → {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} {:>9} {:<22} {}",
+                "{:<6} {:>39} {:>5} → {:>39} {:>5} {:>5} {:>9} {:>11} {:>9} {:>11} {:>9} {:<22} {:<5} {}",
                 proto_name(f.proto),
                 f.src.to_string(),
                 f.src_port,
@@ -284,6 +337,7 @@ impl Window {
                     .unwrap_or_else(|| "-".into()),
                 tcp_text(f.tcp.as_ref()),
                 flags_text(f.tcp_flags),
+                owner_text(f.owner.as_ref(), &self.names, &self.devices),
             );
         }
         if flows.len() > max_rows {
@@ -504,6 +558,7 @@ mod tests {
             handshake_us,
             tcp: None,
             dns: None,
+            owner: None,
         };
         let rtt = Some(Rtt {
             min_us: 900,
@@ -528,6 +583,7 @@ mod tests {
             ],
             rtt_hist: vec![0, 2, 5],
             tcp_health: false,
+            ..Window::default()
         };
         let before = concat!(
             r#"{"window_start_ms":1000000,"window_end_ms":1010000,"totals":{"packets":50,"bytes":5001}"#,

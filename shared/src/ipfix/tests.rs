@@ -30,6 +30,7 @@ pub(crate) fn sample_flows() -> Vec<Flow> {
         handshake_us: None,
         tcp: None,
         dns: None,
+        owner: None,
     };
     let mut v6 = base;
     v6.src = Addr::V6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);

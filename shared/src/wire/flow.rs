@@ -8,7 +8,7 @@
 //! between the two: the agent's summary and `decode` go through them, and so should anything
 //! else that reads a summary's records.
 
-use super::{Addr, Count, Dns, FlowRecord, Rtt, Summary, Tcp};
+use super::{Addr, Count, Dns, FlowRecord, Owner, Rtt, Summary, Tcp};
 use core::num::NonZeroU32;
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 
@@ -48,6 +48,9 @@ pub struct Flow {
     /// What the DNS conversation did (queries, rcodes, latency, name); `None` for flows not to
     /// or from port 53 and when the agent does not measure DNS.
     pub dns: Option<Dns>,
+    /// Who is behind it (process, service, LAN devices): indices into the names and devices
+    /// of the window or summary it comes with; `None` when nothing is known or owners are off.
+    pub owner: Option<Owner>,
 }
 
 impl Flow {
@@ -81,6 +84,8 @@ impl Flow {
             rtt: self.rtt,
             tcp: self.tcp,
             dns: self.dns,
+            // Indices into the window's tables: the summary maps them into its own.
+            owner: self.owner,
         }
     }
 }
@@ -110,6 +115,7 @@ impl FlowRecord {
             handshake_us: None,
             tcp: self.tcp,
             dns: self.dns,
+            owner: self.owner,
         }
     }
 }
@@ -166,6 +172,10 @@ impl Serialize for Flow {
         match &self.dns {
             Some(d) => m.serialize_field("dns", d)?,
             None => m.skip_field("dns")?,
+        }
+        match &self.owner {
+            Some(o) => m.serialize_field("owner", o)?,
+            None => m.skip_field("owner")?,
         }
         m.end()
     }
@@ -259,6 +269,7 @@ mod tests {
                 name: super::super::DnsName::new("example.org").unwrap(),
                 ..Dns::default()
             }),
+            owner: None,
         }
     }
 
@@ -294,7 +305,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<Tcp>(), 56);
         assert_eq!(core::mem::size_of::<Option<Tcp>>(), 56);
         assert_eq!(core::mem::size_of::<Option<Dns>>(), 120);
-        assert_eq!(core::mem::size_of::<Flow>(), 120 + 56 + 120);
+        // The owner (issue 22): four optional indices and a pid, 36 bytes, 40 in the record.
+        assert_eq!(core::mem::size_of::<Option<Owner>>(), 36);
+        assert_eq!(core::mem::size_of::<Flow>(), 120 + 56 + 120 + 40);
     }
 
     #[test]
@@ -363,6 +376,8 @@ mod tests {
             tcp_health: false,
             dns_hist: heapless::Vec::new(),
             dns: false,
+            names: Default::default(),
+            devices: Default::default(),
         })
     }
 }

@@ -1,5 +1,5 @@
 use super::*;
-use alloc::vec;
+use alloc::{string::String, vec};
 
 fn id(s: &str) -> Id {
     Id::try_from(s).unwrap()
@@ -202,7 +202,71 @@ fn golden_v3() -> Message {
         }),
         ..FlowRecord::default()
     });
+    // Owners (issue 22): a local flow's process, service and both ends' devices.
+    s.names = [
+        "curl",
+        "nginx.service",
+        "Cisco Systems, Inc",
+        "printer-2",
+        "01:f4:bd:9e:00:00:01",
+    ]
+    .map(String::from)
+    .to_vec();
+    s.devices = vec![
+        Device {
+            mac: [0xf4, 0xbd, 0x9e, 0, 0, 1],
+            vendor: Some(2),
+            host_name: Some(3),
+            client_id: Some(4),
+        },
+        Device {
+            mac: [0x02, 0, 0x5e, 0, 2, 2],
+            ..Device::default()
+        },
+    ];
+    s.flows[0].owner = Some(Owner {
+        process: Some(Process { pid: 4242, comm: 0 }),
+        service: Some(1),
+        initiator: Some(0),
+        responder: Some(1),
+    });
+    s.flows[1].owner = Some(Owner {
+        initiator: Some(1),
+        ..Owner::default()
+    });
+    s.health.owner_sockets_full = 2;
+    s.health.owner_devices_full = 1;
     Message::V3(s)
+}
+
+#[test]
+fn owner_indices_must_be_in_range() {
+    let Message::V3(s) = golden_v3() else {
+        unreachable!()
+    };
+    let bad = |f: &dyn Fn(&mut Summary)| {
+        let mut s = s.clone();
+        f(&mut s);
+        decode(&encode_vec(&Message::V3(s)))
+    };
+    assert!(bad(&|_| ()).is_ok());
+    let out = Err(DecodeError::Invalid("owner index out of range"));
+    assert_eq!(
+        bad(&|s| s.flows[0].owner.as_mut().unwrap().service = Some(5)),
+        out
+    );
+    assert_eq!(
+        bad(&|s| s.flows[1].owner.as_mut().unwrap().initiator = Some(2)),
+        out
+    );
+    assert_eq!(
+        bad(&|s| s.devices[1].vendor = Some(9)),
+        Err(DecodeError::Invalid("device name index out of range"))
+    );
+    assert_eq!(
+        bad(&|s| s.names[0] = "x".repeat(MAX_NAME_LEN + 1)),
+        Err(DecodeError::Invalid("name too long"))
+    );
 }
 
 const GOLDEN_V3_HEX: &str = include_str!("golden_v3.hex");
@@ -303,10 +367,12 @@ fn version_1_reads_as_the_current_summary_without_tcp() {
     let (n1, n2) = (encoded_len(&golden()), encoded_len(&Message::V2(cur)));
     assert_eq!(n2, n1 + s.flows.len() + 1);
     // V3 adds one byte per flow (no DNS block), the empty histogram, the flag and the two
-    // health counters; and a byte each for the five agent health fields at their zero (spool
-    // fallback, spool write errors, clock step, clock steps, re-attachments).
+    // health counters; a byte each for the five agent health fields at their zero (spool
+    // fallback, spool write errors, clock step, clock steps, re-attachments); and for owners
+    // (issue 22) one byte per flow (none), the empty names and devices and two more health
+    // counters.
     let n3 = encoded_len(&Message::from(s.clone()));
-    assert_eq!(n3, n2 + s.flows.len() + 4 + 5);
+    assert_eq!(n3, n2 + s.flows.len() + 4 + 5 + s.flows.len() + 4);
 }
 
 #[test]

@@ -173,6 +173,8 @@ impl From<Summary> for super::Summary {
             tcp_health: s.tcp_health,
             dns_hist: heapless::Vec::new(),
             dns: false,
+            names: alloc::vec::Vec::new(),
+            devices: alloc::vec::Vec::new(),
         }
     }
 }
