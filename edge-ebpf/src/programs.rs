@@ -269,7 +269,9 @@ fn account<C: EbpfContext>(
     let now = unsafe { bpf_jiffies64() };
     // Read once (a volatile load, see there) for the entry's and the RTT state's direction.
     let d = dir_index(p);
-    let v = entry(ctx, p, d, &settings, segs64, bytes, now);
+    // SAFETY: this CPU's slot; the loader wrote the key with the settings.
+    let home = table::hash(&p.key, unsafe { &(*slot).hash_key });
+    let v = entry(ctx, p, d, home, &settings, segs64, bytes, now);
     let Some(v) = v else {
         return;
     };
@@ -365,12 +367,12 @@ fn entry<C: EbpfContext>(
     ctx: &C,
     p: &Parsed,
     d: usize,
+    home: u32,
     settings: &Settings,
     segs64: u64,
     bytes: u64,
     now: u64,
 ) -> Option<*mut FlowCounters> {
-    let home = table::hash(&p.key, settings.hash_seed);
     let mask = settings.slot_mask;
     let mut room = false;
     for i in 0..PROBES {

@@ -304,7 +304,7 @@ mod tests {
 
     impl Host {
         fn new(slots: u32) -> Host {
-            let shape = TableShape { slots, seed: 3 };
+            let shape = TableShape { slots, key: [3, 4] };
             Host {
                 slots: (0..slots).map(|_| Default::default()).collect(),
                 held: (0..shape.bitmap_words())

@@ -92,10 +92,10 @@ impl FlowTable {
             .ok_or(TableError::MissingMap(CPU_SLOTS_MAP))?;
         let cpu: Array<&MapData, SlotBytes> =
             Array::try_from(cpu).map_err(map_err(CPU_SLOTS_MAP))?;
-        let settings = cpu.get(&0, 0).map_err(map_err(CPU_SLOTS_MAP))?.settings();
+        let slot = cpu.get(&0, 0).map_err(map_err(CPU_SLOTS_MAP))?;
         let shape = TableShape {
-            slots: settings.slot_mask.wrapping_add(1),
-            seed: settings.hash_seed,
+            slots: slot.settings().slot_mask.wrapping_add(1),
+            key: slot.hash_key(),
         };
         let flows = Mapped::take(ebpf, FLOWS_MAP, shape.slots, size_of::<FlowSlot>())?;
         let held = Mapped::take(ebpf, HELD_MAP, shape.bitmap_words(), 8)?;
@@ -418,7 +418,7 @@ mod tests {
 
     impl Mem {
         fn new(slots: u32) -> Mem {
-            let shape = TableShape { slots, seed: 7 };
+            let shape = TableShape { slots, key: [7, 8] };
             Mem {
                 slots: vec![FlowSlot::default(); slots as usize],
                 held: vec![0; shape.bitmap_words() as usize],
