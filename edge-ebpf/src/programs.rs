@@ -252,6 +252,10 @@ fn account<C: EbpfContext>(
     // SAFETY: this CPU's slot, ours for this run; disjoint from the stats `bump` writes.
     let (p, ts_key) = unsafe { (&mut (*slot).parsed, &mut (*slot).ts_key) };
     let bytes = p.wire_bytes(segs);
+    if p.excess != 0 {
+        // A header that claims more than the frame holds: counted as what it holds.
+        bump(slot, Stat::HeaderExcess, segs64, p.excess as u64);
+    }
     // SAFETY: this CPU's slot; the loader wrote the settings before attaching us.
     let settings = unsafe { (*slot).settings };
     let every = settings.sample_every;

@@ -119,7 +119,7 @@ mod tests {
         assert_eq!(size_of::<CpuSlot>() % 64, 0);
         // Up to 56 CPUs' slots and the map's header stay within what the kernel allocates
         // with kmalloc for an array (32 KiB); more CPUs still work, in vmalloc'd pages.
-        assert_eq!(size_of::<CpuSlot>(), 384);
+        assert_eq!(size_of::<CpuSlot>(), 448);
     }
 
     /// The agent's byte view puts the settings and reads the stats where the programs'
