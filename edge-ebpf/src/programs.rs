@@ -28,7 +28,9 @@ use shared::{
     parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP},
     rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, RTT_BUCKETS},
     stats::STATS_LEN,
-    table::{self, FlowSlot, BUSY, EMPTY, LIVE, PROBES},
+    table::{
+        self, FlowSlot, BUSY, LIVE, PROBES, RECLAIMING, RECLAIM_AGE_TICKS, RECLAIM_WITHIN, UNREAD,
+    },
     FlowCounters, Stat,
 };
 
@@ -36,6 +38,10 @@ use shared::{
 /// loader (`--max-flows`); this is only the default. Mappable: the agent reads it as memory.
 #[map(name = "FLOWS")]
 static FLOWS: Array<FlowSlot> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS, BPF_F_MMAPABLE);
+/// Per home slot: bit i set once a flow of that home was put i slots from it (`shared::table`:
+/// lookups read only those slots). Sized by the loader like FLOWS.
+#[map(name = "FLOWS_HOPS")]
+static FLOWS_HOPS: Array<u64> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS, 0);
 /// A bit per slot of FLOWS, set when a slot is claimed (`shared::table`: why).
 #[map(name = "FLOWS_HELD")]
 static FLOWS_HELD: Array<u64> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS / 64, BPF_F_MMAPABLE);
@@ -378,8 +384,18 @@ fn entry<C: EbpfContext>(
     now: u64,
 ) -> Option<*mut FlowCounters> {
     let mask = settings.slot_mask;
-    let mut room = false;
+    let hops = FLOWS_HOPS.get_ptr_mut(home & mask)?;
+    // Only the slots where a flow of this home was ever put: under a flood the window is all
+    // held, and walking all of it cost a new flow's packet 64 cold lines (`shared::table`).
+    // SAFETY: an array word, only ever or-ed into.
+    let m = unsafe { core::ptr::read_volatile(hops) };
     for i in 0..PROBES {
+        if m >> i == 0 {
+            break;
+        }
+        if (m >> i) & 1 == 0 {
+            continue;
+        }
         let s = FLOWS.get_ptr_mut(table::probe(home, i, mask))?;
         // SAFETY (here and in the claim): a live array slot; its state word only changes
         // atomically, and a LIVE slot's key does not change.
@@ -387,19 +403,19 @@ fn entry<C: EbpfContext>(
         if st == LIVE && table::same_key(unsafe { &(*s).key }, &p.key) {
             return Some(count_into(s, p, d, segs64, bytes, now));
         }
-        room |= st != LIVE;
-        if st == EMPTY {
-            break;
-        }
     }
-    // A new flow. A full sequence (every slot held, none being claimed) is overflow at once:
-    // a full table costs its packets one pass, not one per round.
-    let mut again = room;
+    // A new flow (or one published while its bit was not yet seen: the claim finds it). A full
+    // sequence (every slot held, none being claimed) is overflow at once: a full table costs
+    // its packets one pass, not one per round.
+    let mut again = true;
     for _ in 0..CLAIM_ROUNDS {
         if !again {
             break;
         }
         again = false;
+        // The first slot of the window, among the first RECLAIM_WITHIN, whose flow may be
+        // reclaimed (`shared::table`, pressure); PROBES: none.
+        let mut victim = PROBES;
         for i in 0..PROBES {
             let at = table::probe(home, i, mask);
             let s = FLOWS.get_ptr_mut(at)?;
@@ -413,6 +429,18 @@ fn entry<C: EbpfContext>(
                     // Another CPU added it meanwhile.
                     return Some(count_into(s, p, d, segs64, bytes, now));
                 }
+                if i < RECLAIM_WITHIN && victim == PROBES && reclaim_candidate(s, now) {
+                    victim = i;
+                }
+                if i + 1 == RECLAIM_WITHIN && victim < PROBES {
+                    // The first RECLAIM_WITHIN slots all held: the table is under pressure
+                    // here. Take the victim's slot rather than walk on.
+                    let at = table::probe(home, victim, mask);
+                    let vs = FLOWS.get_ptr_mut(at)?;
+                    if let Some(v) = reclaim(vs, hops, victim, p, d, segs64, bytes, now) {
+                        return Some(v);
+                    }
+                }
                 continue;
             }
             if st == BUSY
@@ -424,30 +452,132 @@ fn entry<C: EbpfContext>(
                 again = true;
                 break;
             }
-            // SAFETY: claimed: ours until published.
-            unsafe {
-                (&raw mut (*s).key).write(p.key);
-                let v = &raw mut (*s).counters;
-                zero(v);
-                let dc = &raw mut (*v).dir[d];
-                (*dc).packets = segs64;
-                (*dc).bytes = bytes;
-                (*dc).last_seen = now;
-                (*v).first_seen = now;
-                (*v).tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
-                (*v).initiator = p.initiator as u32;
-                // A full barrier: a CPU that sees LIVE sees the key.
-                atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).state, LIVE);
-                let (word, bit) = table::held_bit(at);
-                if let Some(w) = FLOWS_HELD.get_ptr_mut(word) {
-                    atomic_or::<u64, u64, { Relaxed }>(w, bit);
-                }
-                return Some(v);
+            set_hop(hops, i);
+            let v = publish(s, p, d, segs64, bytes, now);
+            let (word, bit) = table::held_bit(at);
+            if let Some(w) = FLOWS_HELD.get_ptr_mut(word) {
+                // SAFETY: a bitmap word, changed atomically only.
+                unsafe { atomic_or::<u64, u64, { Relaxed }>(w, bit) };
             }
+            return Some(v);
         }
     }
     overflow(ctx, segs64, bytes, now);
     None
+}
+
+/// Marks distance `i` from the key's home as used by a flow of that home, before the flow is
+/// published (a lookup that sees it LIVE may not see the bit: it then finds it in the claim).
+#[inline(always)]
+fn set_hop(hops: *mut u64, i: u32) {
+    let bit = 1u64 << (i & 63);
+    // SAFETY: an array word, changed atomically only; read first so a known bit costs no
+    // locked instruction.
+    unsafe {
+        if core::ptr::read_volatile(hops) & bit == 0 {
+            atomic_or::<u64, u64, { SeqCst }>(hops, bit);
+        }
+    }
+}
+
+/// Writes the packet's new flow into slot `s`, claimed (BUSY) by this program, and publishes
+/// it; its counters.
+#[inline(always)]
+fn publish(
+    s: *mut FlowSlot,
+    p: &Parsed,
+    d: usize,
+    segs64: u64,
+    bytes: u64,
+    now: u64,
+) -> *mut FlowCounters {
+    // SAFETY: claimed: ours until published.
+    unsafe {
+        (&raw mut (*s).key).write(p.key);
+        core::ptr::write_volatile(&raw mut (*s).mark, UNREAD);
+        let v = &raw mut (*s).counters;
+        zero(v);
+        let dc = &raw mut (*v).dir[d];
+        (*dc).packets = segs64;
+        (*dc).bytes = bytes;
+        (*dc).last_seen = now;
+        (*v).first_seen = now;
+        (*v).tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
+        (*v).initiator = p.initiator as u32;
+        // A full barrier: a CPU that sees LIVE sees the key.
+        atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).state, LIVE);
+        v
+    }
+}
+
+/// Whether the flow in slot `s` may be reclaimed now (`shared::table::reclaimable`, idle for
+/// `RECLAIM_AGE_TICKS`); reads its two direction lines.
+#[inline(always)]
+fn worth_reclaiming(s: *mut FlowSlot, now: u64) -> bool {
+    // SAFETY: a live array slot; counters are whole words.
+    let (p0, p1, l0, l1) = unsafe {
+        let c = &raw const (*s).counters;
+        (
+            core::ptr::read_volatile(&raw const (*c).dir[0].packets),
+            core::ptr::read_volatile(&raw const (*c).dir[1].packets),
+            core::ptr::read_volatile(&raw const (*c).dir[0].last_seen),
+            core::ptr::read_volatile(&raw const (*c).dir[1].last_seen),
+        )
+    };
+    let last = if l0 > l1 { l0 } else { l1 };
+    table::reclaimable([p0, p1]) && now.wrapping_sub(last) >= RECLAIM_AGE_TICKS
+}
+
+/// Whether LIVE slot `s` holds a flow a new one may take the place of under pressure: not read
+/// by the agent yet, and worth reclaiming now (`shared::table`, pressure).
+#[inline(always)]
+fn reclaim_candidate(s: *mut FlowSlot, now: u64) -> bool {
+    // SAFETY: a live array slot; its mark word changes only atomically.
+    unsafe { core::ptr::read_volatile(&raw const (*s).mark) == UNREAD && worth_reclaiming(s, now) }
+}
+
+/// Takes LIVE slot `s`, at distance `i` from the packet's home, from the flow it holds for the
+/// packet's new flow; the old flow's counts go to `Stat::Reclaimed` (`shared::table`: why only
+/// flows the agent has not read). `None` when the slot changed meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn reclaim(
+    s: *mut FlowSlot,
+    hops: *mut u64,
+    i: u32,
+    p: &Parsed,
+    d: usize,
+    segs64: u64,
+    bytes: u64,
+    now: u64,
+) -> Option<*mut FlowCounters> {
+    // SAFETY: a live array slot; its state and mark words change only atomically.
+    unsafe {
+        // The mark first: the agent adopts a flow by the same swap (UNREAD → READ), so one of
+        // the two wins. Then the state, as a claim does.
+        if !atomic_cxchg::<u32, { SeqCst }, { SeqCst }>(&raw mut (*s).mark, UNREAD, RECLAIMING).1 {
+            return None;
+        }
+        if !atomic_cxchg::<u32, { SeqCst }, { SeqCst }>(&raw mut (*s).state, LIVE, BUSY).1 {
+            atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).mark, UNREAD);
+            return None;
+        }
+        // Ours now; the slot may hold another flow than the one looked at: look again.
+        if !worth_reclaiming(s, now) {
+            atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).mark, UNREAD);
+            atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).state, LIVE);
+            return None;
+        }
+        // A packet another CPU adds between these reads and the zeroing is lost with the old
+        // flow, as with the agent's free (the flow has been idle RECLAIM_AGE_TICKS).
+        let c = &raw const (*s).counters;
+        let packets = (*c).dir[0].packets + (*c).dir[1].packets;
+        let old_bytes = (*c).dir[0].bytes + (*c).dir[1].bytes;
+        stat_add(Stat::Reclaimed, packets, old_bytes);
+        // The slot stays held (its bit is set); the old flow's home keeps its hop bit.
+        set_hop(hops, i);
+        Some(publish(s, p, d, segs64, bytes, now))
+    }
 }
 
 /// Counts the packet into the flow of LIVE slot `s`; its counters.

@@ -3,7 +3,7 @@
 //! pair from the kernel's counters to the wire (`wire::Count` is this type).
 //!
 //! Conservation holds per window: `Seen = Parsed + NonIp + Fragment + every Err*`, and
-//! `Parsed = sum(flow deltas) + Overflow` (packets and bytes alike for the second).
+//! `Parsed = sum(flow deltas) + Overflow + Reclaimed` (packets and bytes alike for the second).
 
 /// Packets and bytes. `#[repr(C)]` for the kernel's stats block; on the wire two varints.
 ///
@@ -92,10 +92,14 @@ stats! {
     /// header): packets, and the bytes claimed beyond the frame, which no flow counts (its
     /// bytes are what the frame holds). Not part of the sums above.
     HeaderExcess = 13, "header_excess";
+    /// Packets and bytes of flows a program reclaimed under pressure to make room for a new
+    /// one (`crate::table::reclaimable`; never read by the agent): moved out of the table, so
+    /// `Parsed = sum(flow deltas) + Overflow + Reclaimed`. Reported in the overflow record.
+    Reclaimed = 14, "reclaimed";
 }
 
 /// Number of counters in a [`Stats`] block.
-pub const STATS_LEN: u32 = 14;
+pub const STATS_LEN: u32 = 15;
 
 /// Every counter, indexed by [`Stat`]: one CPU's block in its [`crate::cpu::CpuSlot`].
 pub type Stats = [Count; STATS_LEN as usize];

@@ -38,6 +38,24 @@
 //! instruction per slot looked at on x86); a known flow's lookup stays plain loads. BPF
 //! load-acquire (Linux 6.15) would do it with a load.
 //!
+//! The programs' lookup reads only the slots a hop mask names: per home slot a word (map
+//! `FLOWS_HOPS`) with bit i set once a flow of that home was put i slots from it (set before
+//! the flow is published; never cleared while the programs run, so a bit may name a slot
+//! whose flow left). A lookup that misses goes to the claim, which walks the window as above
+//! and finds a flow whose bit it did not see yet. In a full table a new flow's packet so
+//! reads a few slots instead of all [`PROBES`] (64 cold lines per packet of a flood).
+//!
+//! Under pressure (issue 24): a new flow whose first [`RECLAIM_WITHIN`] slots are all held
+//! takes the slot of the first of them whose flow is [`reclaimable`] (one packet, or a few
+//! never answered), idle for [`RECLAIM_AGE_TICKS`] and not yet read by the agent
+//! ([`FlowSlot::mark`] `UNREAD`): the
+//! program moves that flow's counts to `Stat::Reclaimed` (reported with the overflow record)
+//! and the slot to the new flow. A flow the agent has read is only the agent's to free (its
+//! drain reported part of it: moving the rest would need the agent's baseline), and the agent
+//! frees reclaimable ones at each drain while the table is past half full. So a flood of
+//! spoofed one-packet flows cycles through the slots it finds while answered conversations
+//! keep theirs; docs/design.md, "Floods".
+//!
 //! The table has twice as many slots as the flows it is sized for
 //! ([`TableShape::for_flows`]): at that load a probe sequence is a few slots long, and a new
 //! flow finds no free slot in [`PROBES`] only when the table is nearly full. A packet whose
@@ -57,13 +75,42 @@ pub const GONE: u32 = 3;
 /// Slots a lookup or claim looks at, from the key's home slot on.
 pub const PROBES: u32 = 64;
 
+/// A LIVE slot's [`FlowSlot::mark`]: the agent has not read the flow yet, so the programs may
+/// reclaim it under pressure ([`reclaimable`]) and move its counts to `Stat::Reclaimed`.
+pub const UNREAD: u32 = 0;
+/// The agent has read the flow (its counts are the drain's to report): only the agent frees it.
+pub const READ: u32 = 1;
+/// A program is reclaiming the flow (for a few instructions): the agent leaves it alone.
+pub const RECLAIMING: u32 = 2;
+
+/// A new flow takes a reclaimable flow's slot when the first this many slots of its window
+/// are all held (the table is under pressure there), rather than walk on for a free one.
+pub const RECLAIM_WITHIN: u32 = 16;
+
+/// At most this many packets, all one way, make a flow [`reclaimable`].
+pub const RECLAIM_PACKETS: u64 = 4;
+/// Ticks (`bpf_jiffies64`) a flow must have been idle before a program reclaims it: a new
+/// connection's first packet keeps its slot until its answer comes (1–10 ms at HZ 1000–100,
+/// 8 ms at this machine's 250; a handshake across a LAN or a namespace takes well under 1 ms).
+pub const RECLAIM_AGE_TICKS: u64 = 2;
+
+/// Whether a flow with these packets per direction is not worth its slot under pressure: one
+/// packet, or a few that were never answered (a scan's probes, a spoofed source's SYNs). An
+/// answered conversation, or a one-way stream past a few packets, is never reclaimed.
+#[inline(always)]
+pub fn reclaimable(packets: [u64; 2]) -> bool {
+    (packets[0] == 0 || packets[1] == 0) && packets[0] + packets[1] <= RECLAIM_PACKETS
+}
+
 /// One flow table slot: state and key in the first line, then the counters.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot {
     /// [`EMPTY`], [`LIVE`], [`BUSY`] or [`GONE`].
     pub state: u32,
-    pub _pad: u32,
+    /// Whether the agent has read the flow: [`UNREAD`], [`READ`] or [`RECLAIMING`] (a word
+    /// of the first line's padding; changed by compare-and-swap only).
+    pub mark: u32,
     pub key: FlowKey,
     pub _pad2: u64,
     pub counters: FlowCounters,

@@ -8,7 +8,7 @@ use aya::{
 use aya_log::EbpfLogger;
 use shared::{
     cpu::{Settings, SlotBytes, CPU_SLOTS_MAP},
-    flow::{FLOWS_MAP, HELD_MAP},
+    flow::{FLOWS_MAP, HELD_MAP, HOPS_MAP},
     rtt::PENDING_MAP,
     table::{HashKey, TableShape},
 };
@@ -153,6 +153,7 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
         .map_max_entries(CPU_SLOTS_MAP, cpus as u32)
         .map_max_entries(FLOWS_MAP, shape.slots)
         .map_max_entries(HELD_MAP, shape.bitmap_words())
+        .map_max_entries(HOPS_MAP, shape.slots)
         // One pending timestamp per flow is the common case.
         .map_max_entries(PENDING_MAP, opts.max_flows)
         .load(object)?;

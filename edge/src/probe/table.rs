@@ -16,7 +16,7 @@ use aya::{
 use shared::{
     cpu::{SlotBytes, CPU_SLOTS_MAP},
     flow::{FLOWS_MAP, HELD_MAP},
-    table::{held_bit, FlowSlot, TableShape, EMPTY, GONE, LIVE},
+    table::{held_bit, FlowSlot, TableShape, EMPTY, GONE, LIVE, READ, RECLAIMING, UNREAD},
     FlowCounters, FlowKey,
 };
 use std::{
@@ -297,19 +297,42 @@ impl Slots<'_> {
     }
 
     /// Calls `f` with each held flow's slot index, key and counters, in slot order: the slots
-    /// the bitmap marks (a slot claimed during the pass may come in the next one).
+    /// the bitmap marks (a slot claimed during the pass may come in the next one). Each flow
+    /// read is the agent's from then on ([`Slots::adopt`]).
     pub fn for_each_flow(&self, f: &mut dyn FnMut(u32, &FlowKey, &FlowCounters)) {
         for w in 0..self.shape.bitmap_words() {
             let mut bits = self.held_word(w).load(Ordering::Acquire);
             while bits != 0 {
                 let i = w * 64 + bits.trailing_zeros();
                 bits &= bits - 1;
-                if self.state(i) == LIVE {
+                if self.state(i) == LIVE && self.adopt(i) {
                     let (k, c) = self.read(i);
                     f(i, &k, &c);
                 }
             }
         }
+    }
+
+    /// Marks LIVE slot `i`'s flow READ before its counters are read, so no program reclaims it
+    /// once a drain may have reported part of it (`shared::table`: pressure). False when a
+    /// program is reclaiming it or the slot is being claimed: its counts are not the drain's
+    /// (the reclaimed ones go to `Stat::Reclaimed`; a flow being claimed comes next time).
+    fn adopt(&self, i: u32) -> bool {
+        let s = self.slot(i);
+        // SAFETY: slot `i` is in the table; its mark word is only changed atomically.
+        let mark = unsafe { AtomicU32::from_ptr(&raw mut (*s).mark) };
+        let was = match mark.compare_exchange(UNREAD, READ, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(w) | Err(w) => w,
+        };
+        // Read after the mark: the flow it holds now is the one adopted.
+        was != RECLAIMING && self.state(i) == LIVE
+    }
+
+    /// Slots held now (the bitmap's bits).
+    pub fn held(&self) -> u32 {
+        (0..self.shape.bitmap_words())
+            .map(|w| self.held_word(w).load(Ordering::Relaxed).count_ones())
+            .sum()
     }
 
     /// The slot holding `key`, looked up as the programs do.
@@ -493,6 +516,25 @@ mod tests {
         for (i, port, packets) in seen {
             assert_eq!((at[port as usize], packets), (i, port as u64 + 1));
         }
+    }
+
+    /// A read adopts a flow (UNREAD → READ) so programs no longer reclaim it; a flow a
+    /// program is reclaiming is left out of the read.
+    #[test]
+    fn reads_adopt_flows_and_skip_those_being_reclaimed() {
+        let mut m = Mem::new(64);
+        let a = m.insert(key(1), 1);
+        let b = m.insert(key(2), 1);
+        m.slots[b as usize].mark = RECLAIMING;
+        let v = m.view();
+        let mut seen = Vec::new();
+        v.for_each_flow(&mut |i, _, _| seen.push(i));
+        assert_eq!(seen, [a]);
+        assert_eq!(v.held(), 2);
+        assert_eq!(
+            (m.slots[a as usize].mark, m.slots[b as usize].mark),
+            (READ, RECLAIMING)
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub struct Window {
     pub window_end_ms: u64,
     /// Packets attributed to conversations in this window: `sum(flows) + overflow`.
     pub totals: Count,
-    /// Packets whose flow could not be inserted: the table was full.
+    /// Packets whose flow could not be inserted (the table was full), and those of flows the
+    /// programs reclaimed under pressure before the agent read them (`Stat::Reclaimed`).
     pub overflow: Count,
     /// The kernel's own `parsed` counter minus all reported totals, since the agent started:
     /// packets counted while this drain read the table, which the next window reports. It
@@ -524,6 +525,7 @@ mod tests {
             r#","fragment":{"packets":5,"bytes":501},"header_excess":{"packets":14,"bytes":1401}"#,
             r#","non_ip":{"packets":4,"bytes":401}"#,
             r#","overflow":{"packets":3,"bytes":301},"parsed":{"packets":2,"bytes":201}"#,
+            r#","reclaimed":{"packets":15,"bytes":1501}"#,
             r#","rtt_pending_full":{"packets":13,"bytes":1301},"seen":{"packets":1,"bytes":101}"#,
             r#","unsampled":{"packets":12,"bytes":1201}},"active_flows":9,"expired_flows":1"#,
             r#","flows":[{"proto":6,"src":"10.0.0.1","src_port":40000,"dst":"192.0.2.7","dst_port":443"#,
