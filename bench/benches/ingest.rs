@@ -94,9 +94,11 @@ fn workload() -> Vec<(String, Vec<u8>)> {
                     .into_iter()
                     .collect(),
                 tcp_health: false,
+                dns_hist: Default::default(),
+                dns: false,
             };
             let topic = format!("edgeflow/v1/bench/{}/flows", s.device);
-            (topic, wire::encode_vec(&Message::V2(s)))
+            (topic, wire::encode_vec(&Message::V3(s)))
         })
         .collect()
 }

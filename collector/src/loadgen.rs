@@ -1,6 +1,6 @@
 //! A fleet in one process: N simulated devices, each with its own MQTT connection and
 //! login (`site/device`), its own random boot id and a gapless `seq`, publishing real
-//! [`Message::V2`] summaries with QoS 1 the way the agent does: a window leaves a device only
+//! [`Message::V3`] summaries with QoS 1 the way the agent does: a window leaves a device only
 //! once the broker acknowledged every part of it, and after a lost connection the unacked
 //! window is sent again (the collector drops the duplicate).
 //!
@@ -158,6 +158,7 @@ pub fn window(
                 last_seen_ms: rng.below(plan.interval.as_millis() as u64) as i64,
                 rtt: None,
                 tcp: None,
+                dns: None,
             };
             let rec = if plan.tcp_health && proto == 6 {
                 FlowRecord {
@@ -240,8 +241,10 @@ pub fn window(
             flows: records,
             rtt_hist: heapless::Vec::new(),
             tcp_health: plan.tcp_health,
+            dns_hist: Default::default(),
+            dns: false,
         };
-        encoded.push(wire::encode_vec(&Message::V2(s)));
+        encoded.push(wire::encode_vec(&Message::V3(s)));
     }
     (encoded, totals, k as u64)
 }

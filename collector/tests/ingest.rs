@@ -161,7 +161,7 @@ fn totals_are_exact_duplicates_stored_once_and_bad_payloads_counted() {
     msgs.extend(dups);
 
     let good = summary("lab", "gw-1", 7, 0, base, &flows(1, 0), (0, 0));
-    let good_bytes = wire::encode_vec(&Message::V2(good.clone()));
+    let good_bytes = wire::encode_vec(&Message::V3(good.clone()));
     let mut invalid = good.clone();
     invalid.parts = 0;
     let flows_topic = "edgeflow/v1/lab/gw-1/flows";
@@ -179,7 +179,7 @@ fn totals_are_exact_duplicates_stored_once_and_bad_payloads_counted() {
             "malformed",
         ),
         (
-            Msg::raw(flows_topic, &wire::encode_vec(&Message::V2(invalid))),
+            Msg::raw(flows_topic, &wire::encode_vec(&Message::V3(invalid))),
             "invalid",
         ),
         (

@@ -132,14 +132,14 @@ fn a_device_speaks_only_for_itself() {
         "edgeflow/v1/lab/b/flows",
         QoS::AtLeastOnce,
         false,
-        wire::encode_vec(&Message::V2(own_b)),
+        wire::encode_vec(&Message::V3(own_b)),
     )
     .unwrap();
     wait_acked(&brx, 1);
     // A forges B: a valid summary on B's topic, B's presence, and a summary on its own topic
     // that claims to be B (the collector's topic check).
     let forged = summary("lab", "b", 666, 1, base, &[], (1, 999_999));
-    let forged = wire::encode_vec(&Message::V2(forged));
+    let forged = wire::encode_vec(&Message::V3(forged));
     a.publish(
         "edgeflow/v1/lab/b/flows",
         QoS::AtLeastOnce,
@@ -161,7 +161,7 @@ fn a_device_speaks_only_for_itself() {
         "edgeflow/v1/lab/a/flows",
         QoS::AtLeastOnce,
         false,
-        wire::encode_vec(&Message::V2(own_a)),
+        wire::encode_vec(&Message::V3(own_a)),
     )
     .unwrap();
     let mut read = wait_acked(&arx, 4);
@@ -221,7 +221,7 @@ fn a_device_speaks_only_for_itself() {
         "edgeflow/v1/lab/b/flows",
         QoS::AtLeastOnce,
         false,
-        wire::encode_vec(&Message::V2(more)),
+        wire::encode_vec(&Message::V3(more)),
     )
     .unwrap();
     wait_acked(&brx, 1);
@@ -254,14 +254,14 @@ fn a_device_speaks_only_for_itself() {
         "edgeflow/v1/lab/b/flows",
         QoS::AtLeastOnce,
         false,
-        wire::encode_vec(&Message::V2(as_b)),
+        wire::encode_vec(&Message::V3(as_b)),
     )
     .unwrap();
     cc.publish(
         "edgeflow/v1/lab/c/flows",
         QoS::AtLeastOnce,
         false,
-        wire::encode_vec(&Message::V2(own_c)),
+        wire::encode_vec(&Message::V3(own_c)),
     )
     .unwrap();
     wait_acked(&crx, 2);

@@ -10,7 +10,7 @@ use std::{
 const BIN: &str = env!("CARGO_BIN_EXE_edgeflow");
 
 fn payload(seq: u64) -> Vec<u8> {
-    wire::encode_vec(&Message::V2(Summary {
+    wire::encode_vec(&Message::V3(Summary {
         device: Id::try_from("edge-7").unwrap(),
         site: Id::try_from("lab").unwrap(),
         boot_id: 0x1234,
@@ -53,6 +53,8 @@ fn payload(seq: u64) -> Vec<u8> {
         }],
         rtt_hist: heapless::Vec::new(),
         tcp_health: false,
+        dns_hist: Default::default(),
+        dns: false,
     }))
 }
 
@@ -126,12 +128,12 @@ fn a_raw_payload_file() {
 #[test]
 fn bad_payloads_are_named_and_exit_1() {
     let mut newer = payload(1);
-    newer[0] = 2;
+    newer[0] = 3;
     let good = payload(1);
     let cases: [(&[u8], &str); 3] = [
         (
             &newer,
-            "unknown message version 3 (this build reads versions 1 and 2)",
+            "unknown message version 4 (this build reads versions 1 to 3)",
         ),
         (&good[..good.len() - 3], "malformed summary: truncated"),
         (
@@ -188,10 +190,11 @@ fn run_rejects_a_bad_config_with_exit_2() {
     assert!(text(&out.stderr).contains("broker URL"));
 }
 
-/// Both versions' golden payloads (shared/src/wire/golden_v*.hex) as hex lines: V1 prints
-/// without TCP, V2 with `tcp_health` and the TCP flow's block, named.
+/// Every version's golden payload (shared/src/wire/golden_v*.hex) as hex lines: V1 prints
+/// without TCP, V2 with `tcp_health` and the TCP flow's block, named, V3 with `dns`,
+/// `dns_hist` and the DNS flow's block.
 #[test]
-fn version_1_and_version_2_payloads_both_decode() {
+fn version_1_2_and_3_payloads_all_decode() {
     // The shared crate's files, found from the workspace root.
     let golden = |v: u8| {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -200,14 +203,19 @@ fn version_1_and_version_2_payloads_both_decode() {
         let path = root.join(format!("shared/src/wire/golden_v{v}.hex"));
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     };
-    let input = format!("{}\n{}\n", golden(1).trim(), golden(2).trim());
+    let input = format!(
+        "{}\n{}\n{}\n",
+        golden(1).trim(),
+        golden(2).trim(),
+        golden(3).trim()
+    );
     let out = decode(&[], input.as_bytes());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines: Vec<serde_json::Value> = text(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 3);
     let (v1, v2) = (&lines[0], &lines[1]);
     assert_eq!(
         (&v1["device"], &v2["device"]),
@@ -227,4 +235,23 @@ fn version_1_and_version_2_payloads_both_decode() {
     // The ICMPv6 flow has none.
     assert!(v2["flows"][1].get("tcp").is_none());
     assert_eq!(v1["flows"][0]["bytes_rev"], v2["flows"][0]["bytes_rev"]);
+    assert!(v2.get("dns").is_none() && v2.get("dns_hist").is_none());
+    let v3 = &lines[2];
+    assert_eq!(
+        (&v3["dns"], &v3["tcp_health"]),
+        (&true.into(), &true.into())
+    );
+    assert_eq!(v3["dns_hist"][14], 2);
+    assert_eq!(v3["health"]["dns_malformed"], 4);
+    assert!(v3["flows"][0].get("dns").is_none());
+    let d = &v3["flows"][2]["dns"];
+    assert_eq!(v3["flows"][2]["dst_port"], 53);
+    assert_eq!(
+        (&d["queries"], &d["responses"], &d["unanswered"]),
+        (&4.into(), &3.into(), &1.into())
+    );
+    assert_eq!((&d["nxdomain"], &d["qtype"]), (&1.into(), &28.into()));
+    assert_eq!(d["name"], "www.example.com");
+    assert_eq!(d["latency"]["avg_us"], 25_000);
+    assert_eq!(d["latency"]["samples"], 3);
 }

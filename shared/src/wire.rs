@@ -2,14 +2,15 @@
 //! and the vocabulary both sides (and `watch --json`) speak: one address type ([`Addr`]), one
 //! packets+bytes pair ([`Count`]), one flow record ([`Flow`], carried in a summary as a
 //! [`FlowRecord`], with the one conversion pair between the two beside them), one TCP block
-//! ([`Tcp`]).
+//! ([`Tcp`]), one DNS block ([`Dns`]).
 //!
 //! `postcard` over serde. The top-level type is the versioned [`Message`] enum; postcard writes
 //! the variant index as the first byte, so a collector reads the version before anything else
 //! and rejects an unknown one with [`DecodeError::UnknownVersion`]. Agents write
-//! [`Message::V2`]; [`decode`] reads V1 too, and [`Message::into_summary`] gives either as the
-//! one current [`Summary`] (a V1 summary's flows have no TCP block). Golden byte vectors in the
-//! tests pin both versions: changing a field's type or order breaks them on purpose.
+//! [`Message::V3`]; [`decode`] reads V1 and V2 too, and [`Message::into_summary`] gives any as
+//! the one current [`Summary`] (a V1 summary's flows have no TCP block, a V2 summary's no DNS
+//! block). Golden byte vectors in the tests pin every version: changing a field's type or
+//! order breaks them on purpose.
 //!
 //! Compactness: integers are varints, timestamps inside a summary are milliseconds relative to
 //! the window start, and each summary carries its endpoint addresses once in [`Summary::addrs`]
@@ -22,6 +23,8 @@ use serde::{Deserialize, Serialize};
 pub const V1: u8 = 0;
 /// Version byte of [`Message::V2`] (flows carry [`Tcp`]).
 pub const V2: u8 = 1;
+/// Version byte of [`Message::V3`] (flows carry [`Dns`] too).
+pub const V3: u8 = 2;
 /// Default largest encoded message; bigger windows are split into parts.
 pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
 /// Bounds a decoder enforces on untrusted input.
@@ -31,13 +34,16 @@ pub const MAX_ADDRS_PER_MESSAGE: usize = 2 * MAX_FLOWS_PER_MESSAGE;
 pub use crate::rtt::{rtt_bucket, RTT_BUCKETS};
 pub use crate::stats::Count;
 pub use addr::Addr;
+pub use dns::{Dns, DnsName, Latency, DNS_NAME_MAX};
 pub use flow::Flow;
 pub use tcp::{Outcome, Tcp, TcpDir};
 
 mod addr;
+mod dns;
 mod flow;
 mod tcp;
 pub mod v1;
+pub mod v2;
 
 /// A device or site name, bounded.
 pub type Id = heapless::String<MAX_ID_LEN>;
@@ -48,7 +54,9 @@ pub type Id = heapless::String<MAX_ID_LEN>;
 pub enum Message {
     /// Agents before TCP health (issue 21); read, not written.
     V1(v1::Summary),
-    V2(Summary),
+    /// Agents before DNS (issue 21's DNS half); read, not written.
+    V2(v2::Summary),
+    V3(Summary),
 }
 
 impl Message {
@@ -56,15 +64,17 @@ impl Message {
     pub fn into_summary(self) -> Summary {
         match self {
             Message::V1(s) => s.into(),
-            Message::V2(s) => s,
+            Message::V2(s) => s.into(),
+            Message::V3(s) => s,
         }
     }
 
-    /// The version number (1, 2), as people and metrics name it.
+    /// The version number (1, 2, 3), as people and metrics name it.
     pub fn version(&self) -> u8 {
         match self {
             Message::V1(_) => V1 + 1,
             Message::V2(_) => V2 + 1,
+            Message::V3(_) => V3 + 1,
         }
     }
 }
@@ -72,7 +82,7 @@ impl Message {
 impl From<Summary> for Message {
     /// The version agents write.
     fn from(s: Summary) -> Message {
-        Message::V2(s)
+        Message::V3(s)
     }
 }
 
@@ -110,6 +120,12 @@ pub struct Summary {
     /// The agent measured TCP health: every TCP flow carries a [`Tcp`] block. False when it
     /// is switched off (or the summary came as V1): no flow has one.
     pub tcp_health: bool,
+    /// Log2-bucketed DNS latency samples (query → response, µs, buckets as [`rtt_bucket`]) of
+    /// the window; empty when none.
+    pub dns_hist: heapless::Vec<u32, RTT_BUCKETS>,
+    /// The agent measured DNS: every UDP/TCP flow to or from port 53 carries a [`Dns`] block.
+    /// False when it is switched off (or the summary came as V1 or V2): no flow has one.
+    pub dns: bool,
 }
 
 /// The agent's own state, so the collector can tell when totals are off.
@@ -130,6 +146,13 @@ pub struct Health {
     /// Summaries waiting in the spool, and dropped from it since the agent started.
     pub spool_depth: u32,
     pub spool_dropped: u64,
+    /// Port-53 payloads the DNS parser rejected in the window (truncated header, label past
+    /// the packet, pointer in a question name, no question, name too long): they passed and
+    /// were counted as traffic, without DNS fields.
+    pub dns_malformed: u64,
+    /// Pending DNS queries pushed out of their flow's bounded set by newer queries in the
+    /// window (each also counts as `unanswered` in its flow): the bound was hit.
+    pub dns_evicted: u64,
 }
 
 /// One conversation's deltas in the window, oriented initiator → responder: a [`Flow`] as a
@@ -157,6 +180,10 @@ pub struct FlowRecord {
     /// TCP flows, when [`Summary::tcp_health`]: what the connection did (1 byte when `None`).
     #[serde(with = "tcp::compact")]
     pub tcp: Option<Tcp>,
+    /// UDP/TCP flows to or from port 53, when [`Summary::dns`]: what the DNS conversation
+    /// did (1 byte when `None`).
+    #[serde(with = "dns::compact")]
+    pub dns: Option<Dns>,
 }
 
 /// TCP round-trip time of a flow, microseconds.
@@ -198,7 +225,7 @@ impl core::fmt::Display for DecodeError {
             DecodeError::Empty => write!(f, "empty payload"),
             DecodeError::UnknownVersion(v) => write!(
                 f,
-                "unknown message version {} (this build reads versions 1 and 2)",
+                "unknown message version {} (this build reads versions 1 to 3)",
                 v + 1
             ),
             DecodeError::Malformed(why) => write!(f, "malformed summary: {why}"),
@@ -230,9 +257,9 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     let Some(&first) = bytes.first() else {
         return Err(DecodeError::Empty);
     };
-    // The variant index is a varint; V1 is 0 and V2 1, so any other leading value is another
-    // version.
-    if first != V1 && first != V2 {
+    // The variant index is a varint; V1 is 0, V2 1 and V3 2, so any other leading value is
+    // another version.
+    if first > V3 {
         let mut v: u64 = 0;
         for (i, b) in bytes.iter().take(10).enumerate() {
             v |= ((b & 0x7f) as u64) << (7 * i);
@@ -258,7 +285,8 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     }
     match &msg {
         Message::V1(s) => v1::validate(s)?,
-        Message::V2(s) => validate(s)?,
+        Message::V2(s) => v2::validate(s)?,
+        Message::V3(s) => validate(s)?,
     }
     Ok(msg)
 }
@@ -269,11 +297,17 @@ pub fn decode_summary(bytes: &[u8]) -> Result<Summary, DecodeError> {
 }
 
 fn validate(s: &Summary) -> Result<(), DecodeError> {
-    if s.flows.iter().any(|f| f.tcp.is_some() && f.proto != TCP) {
-        return Err(DecodeError::Invalid("TCP block on a flow that is not TCP"));
+    validate_tcp(s.tcp_health, s.flows.iter().map(|f| (f.proto, &f.tcp)))?;
+    if s.flows
+        .iter()
+        .any(|f| f.dns.is_some() && f.proto != TCP && f.proto != UDP)
+    {
+        return Err(DecodeError::Invalid(
+            "DNS block on a flow that is not UDP or TCP",
+        ));
     }
-    if !s.tcp_health && s.flows.iter().any(|f| f.tcp.is_some()) {
-        return Err(DecodeError::Invalid("TCP block with TCP health off"));
+    if !s.dns && s.flows.iter().any(|f| f.dns.is_some()) {
+        return Err(DecodeError::Invalid("DNS block with DNS off"));
     }
     validate_common(
         &s.device,
@@ -286,6 +320,21 @@ fn validate(s: &Summary) -> Result<(), DecodeError> {
 }
 
 const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// TCP blocks only on TCP flows, and only with TCP health on (versions 2 and 3).
+pub(crate) fn validate_tcp<'a>(
+    tcp_health: bool,
+    mut flows: impl Iterator<Item = (u8, &'a Option<Tcp>)> + Clone,
+) -> Result<(), DecodeError> {
+    if flows.clone().any(|(proto, t)| t.is_some() && proto != TCP) {
+        return Err(DecodeError::Invalid("TCP block on a flow that is not TCP"));
+    }
+    if !tcp_health && flows.any(|(_, t)| t.is_some()) {
+        return Err(DecodeError::Invalid("TCP block with TCP health off"));
+    }
+    Ok(())
+}
 
 /// The rules both versions keep.
 pub(crate) fn validate_common(

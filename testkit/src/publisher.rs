@@ -19,7 +19,7 @@ impl Msg {
     pub fn summary(s: &Summary) -> Msg {
         Msg {
             topic: format!("edgeflow/v1/{}/{}/flows", s.site, s.device),
-            payload: wire::encode_vec(&Message::V2(s.clone())),
+            payload: wire::encode_vec(&Message::V3(s.clone())),
             retain: false,
         }
     }

@@ -100,6 +100,8 @@ pub fn summary(
         flows: records,
         rtt_hist: heapless::Vec::new(),
         tcp_health: false,
+        dns_hist: Default::default(),
+        dns: false,
     }
 }
 

@@ -83,6 +83,8 @@ pub fn summary(
         flows,
         rtt_hist: heapless::Vec::new(),
         tcp_health: false,
+        dns_hist: Default::default(),
+        dns: false,
     }
 }
 

@@ -7,7 +7,7 @@ use shared::{broker::Broker, identity::DeviceId};
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 /// edgeflow-loadgen: N simulated devices, each its own MQTT login, boot id and gapless seq,
-/// publishing Message::V2 summaries with QoS 1; prints per device what was acknowledged.
+/// publishing Message::V3 summaries with QoS 1; prints per device what was acknowledged.
 #[derive(FromArgs)]
 struct Cli {
     /// broker URL, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]

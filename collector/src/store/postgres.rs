@@ -1041,6 +1041,8 @@ mod tests {
             ],
             rtt_hist: heapless::Vec::new(),
             tcp_health: false,
+            dns_hist: Default::default(),
+            dns: false,
         }
     }
 

@@ -592,6 +592,8 @@ mod tests {
             ],
             rtt_hist: heapless::Vec::new(),
             tcp_health: false,
+            dns_hist: Default::default(),
+            dns: false,
         }
     }
 

@@ -291,6 +291,8 @@ mod tests {
             ],
             rtt_hist: heapless::Vec::new(),
             tcp_health: true,
+            dns_hist: Default::default(),
+            dns: false,
         };
         let w = WindowTcp::of(&s).unwrap();
         assert_eq!(w.connections, [1, 1, 1, 0, 0, 1]);

@@ -5,9 +5,9 @@
 //! of hex, one payload per line, as `mosquitto_sub -F %x` prints them. A line may start with
 //! the topic (`mosquitto_sub -F '%t %x'`); then lines of other topics than `.../flows` (the
 //! retained status) are skipped and the topic is copied into the output. A payload starts with
-//! its version, byte 0 (V1) or 1 (V2), never a hex digit, so the two forms cannot be confused.
-//! Both versions print alike; a V2 summary with TCP health adds `tcp_health` and the flows'
-//! `tcp` blocks.
+//! its version, byte 0 (V1), 1 (V2) or 2 (V3), never a hex digit, so the two forms cannot be
+//! confused. Every version prints alike; a summary with TCP health adds `tcp_health` and the
+//! flows' `tcp` blocks, one with DNS (V3) `dns`, `dns_hist` and the flows' `dns` blocks.
 
 use serde::Serialize;
 use shared::wire::{self, Count, DecodeError, Flow, Health, Summary};
@@ -36,6 +36,11 @@ pub struct Decoded {
     pub rtt_hist: Vec<u32>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub tcp_health: bool,
+    /// DNS latency per log2 µs bucket, like `rtt_hist`; only with DNS on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_hist: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dns: bool,
 }
 
 impl Decoded {
@@ -60,6 +65,8 @@ impl Decoded {
             flows,
             rtt_hist: s.rtt_hist.to_vec(),
             tcp_health: s.tcp_health,
+            dns_hist: s.dns.then(|| s.dns_hist.to_vec()),
+            dns: s.dns,
         }
     }
 }
@@ -138,7 +145,7 @@ mod tests {
     use shared::wire::{Addr, FlowRecord, Id};
 
     fn sample() -> Vec<u8> {
-        wire::encode_vec(&wire::Message::V2(Summary {
+        wire::encode_vec(&wire::Message::V3(Summary {
             device: Id::try_from("d1").unwrap(),
             site: Id::try_from("lab").unwrap(),
             boot_id: 0xabc,
@@ -177,6 +184,8 @@ mod tests {
             }],
             rtt_hist: heapless::Vec::new(),
             tcp_health: false,
+            dns_hist: Default::default(),
+            dns: false,
         }))
     }
 
@@ -223,9 +232,9 @@ mod tests {
     #[test]
     fn bad_input_names_the_reason() {
         let mut v = sample();
-        v[0] = 2;
+        v[0] = 3;
         let e = decode_input(&v).remove(0).1.unwrap_err();
-        assert!(e.to_string().contains("unknown message version 3"), "{e}");
+        assert!(e.to_string().contains("unknown message version 4"), "{e}");
         let s = sample();
         let e = decode_input(&s[..s.len() / 2]).remove(0).1.unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");

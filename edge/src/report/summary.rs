@@ -81,6 +81,8 @@ pub fn summarize(id: &Identity, seq: u64, w: &Window, health: Health, top_k: usi
         flows,
         rtt_hist,
         tcp_health: w.tcp_health,
+        dns_hist: Default::default(),
+        dns: false,
     }
 }
 
@@ -105,13 +107,13 @@ impl AddrTable {
 /// Parts are built one at a time, so beyond the summary itself at most one part's records are
 /// held at once.
 pub fn encode_parts(s: Summary, max_bytes: usize) -> Result<Vec<Vec<u8>>, TooSmall> {
-    let whole = Message::V2(s);
+    let whole = Message::V3(s);
     let len = wire::encoded_len(&whole);
     if len <= max_bytes {
         return Ok(vec![wire::encode_vec(&whole)]);
     }
-    let Message::V2(s) = whole else {
-        unreachable!("made as V2 above")
+    let Message::V3(s) = whole else {
+        unreachable!("made as V3 above")
     };
     let s = &s;
     let mut n = len.div_ceil(max_bytes).max(2);
@@ -121,7 +123,7 @@ pub fn encode_parts(s: Summary, max_bytes: usize) -> Result<Vec<Vec<u8>>, TooSma
         let parts = s.flows.len().div_ceil(chunk);
         let mut out = Vec::with_capacity(parts);
         for (i, flows) in s.flows.chunks(chunk).enumerate() {
-            let m = Message::V2(part(s, i as u16, parts as u16, flows));
+            let m = Message::V3(part(s, i as u16, parts as u16, flows));
             match wire::encode(&m, &mut buf) {
                 Some(b) => out.push(b.to_vec()),
                 None => {
@@ -171,6 +173,12 @@ fn part(s: &Summary, i: u16, parts: u16, flows: &[FlowRecord]) -> Summary {
         addrs: addrs.list,
         flows,
         tcp_health: s.tcp_health,
+        dns_hist: if first {
+            s.dns_hist.clone()
+        } else {
+            heapless::Vec::new()
+        },
+        dns: s.dns,
     }
 }
 
@@ -199,6 +207,7 @@ mod tests {
             rtt: None,
             handshake_us: None,
             tcp: None,
+            dns: None,
         }
     }
 
@@ -335,6 +344,6 @@ mod tests {
         let s = summarize(&ident(), 1, &window(5), Health::default(), 10);
         let parts = encode_parts(s.clone(), 65536).unwrap();
         assert_eq!(parts.len(), 1);
-        assert_eq!(wire::decode(&parts[0]).unwrap(), Message::V2(s));
+        assert_eq!(wire::decode(&parts[0]).unwrap(), Message::V3(s));
     }
 }

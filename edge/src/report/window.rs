@@ -185,6 +185,7 @@ pub fn flow(
             fwd: delta.tcp[fwd.index()],
             rev: delta.tcp[rev.index()],
         }),
+        dns: None,
     }
 }
 
@@ -492,6 +493,7 @@ mod tests {
             rtt,
             handshake_us,
             tcp: None,
+            dns: None,
         };
         let rtt = Some(Rtt {
             min_us: 900,

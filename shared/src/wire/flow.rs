@@ -8,7 +8,7 @@
 //! between the two: the agent's summary and `decode` go through them, and so should anything
 //! else that reads a summary's records.
 
-use super::{Addr, Count, FlowRecord, Rtt, Summary, Tcp};
+use super::{Addr, Count, Dns, FlowRecord, Rtt, Summary, Tcp};
 use core::num::NonZeroU32;
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 
@@ -45,6 +45,9 @@ pub struct Flow {
     /// What the TCP connection did (retransmissions, resets, outcome); `None` for other
     /// protocols and when the agent does not measure it.
     pub tcp: Option<Tcp>,
+    /// What the DNS conversation did (queries, rcodes, latency, name); `None` for flows not to
+    /// or from port 53 and when the agent does not measure DNS.
+    pub dns: Option<Dns>,
 }
 
 impl Flow {
@@ -77,6 +80,7 @@ impl Flow {
             last_seen_ms: rel(self.last_seen_ms),
             rtt: self.rtt,
             tcp: self.tcp,
+            dns: self.dns,
         }
     }
 }
@@ -105,6 +109,7 @@ impl FlowRecord {
             rtt: self.rtt,
             handshake_us: None,
             tcp: self.tcp,
+            dns: self.dns,
         }
     }
 }
@@ -121,10 +126,11 @@ impl Summary {
 /// The JSON shape of `watch --json` and `decode` (a flow never goes on the wire itself):
 /// addresses as text, counts as `packets_fwd`, `bytes_fwd`, `packets_rev`, `bytes_rev`, and
 /// `rtt_us` only while there is a sample, `tcp` only for a flow with a TCP block ([`Tcp`]'s
-/// fields, the outcome by name). Tests in `edge` pin the field names and order.
+/// fields, the outcome by name), `dns` only for a flow with a DNS block ([`Dns`]'s fields,
+/// the name as text, `latency` null without a sample). Tests in `edge` pin the field names and order.
 impl Serialize for Flow {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("Flow", 17)?;
+        let mut m = s.serialize_struct("Flow", 18)?;
         m.serialize_field("proto", &self.proto)?;
         m.serialize_field("src", &Text(&self.src))?;
         m.serialize_field("src_port", &self.src_port)?;
@@ -156,6 +162,10 @@ impl Serialize for Flow {
         match &self.tcp {
             Some(t) => m.serialize_field("tcp", t)?,
             None => m.skip_field("tcp")?,
+        }
+        match &self.dns {
+            Some(d) => m.serialize_field("dns", d)?,
+            None => m.skip_field("dns")?,
         }
         m.end()
     }
@@ -234,6 +244,21 @@ mod tests {
                     ..Default::default()
                 },
             }),
+            dns: Some(Dns {
+                queries: 2,
+                responses: 1,
+                nxdomain: 1,
+                unanswered: 1,
+                qtype: 28,
+                latency: Some(super::super::Latency {
+                    min_us: 700,
+                    avg_us: 800,
+                    max_us: 900,
+                    samples: 1,
+                }),
+                name: super::super::DnsName::new("example.org").unwrap(),
+                ..Dns::default()
+            }),
         }
     }
 
@@ -252,6 +277,7 @@ mod tests {
         let no_rtt = Flow {
             rtt: None,
             tcp: None,
+            dns: None,
             ..f
         };
         let r = no_rtt.to_record(1_000_000, |a| {
@@ -263,10 +289,12 @@ mod tests {
     #[test]
     fn a_flow_is_no_bigger_than_its_fields() {
         // 64k flows in a window: the drain's transient memory. 120 bytes before the TCP block
-        // (issue 21), which adds its own 56 and no padding.
+        // (issue 21), which adds its own 56 and no padding; the DNS block its own 120 (the
+        // name's 64 bytes inline keep the flow `Copy`).
         assert_eq!(core::mem::size_of::<Tcp>(), 56);
         assert_eq!(core::mem::size_of::<Option<Tcp>>(), 56);
-        assert_eq!(core::mem::size_of::<Flow>(), 120 + 56);
+        assert_eq!(core::mem::size_of::<Option<Dns>>(), 120);
+        assert_eq!(core::mem::size_of::<Flow>(), 120 + 56 + 120);
     }
 
     #[test]
@@ -309,7 +337,7 @@ mod tests {
     use super::super::{Health, Id, Message};
 
     fn one_flow() -> Message {
-        Message::V2(Summary {
+        Message::V3(Summary {
             device: Id::try_from("d").unwrap(),
             site: Id::try_from("s").unwrap(),
             boot_id: 1,
@@ -333,6 +361,8 @@ mod tests {
             }],
             rtt_hist: heapless::Vec::new(),
             tcp_health: false,
+            dns_hist: heapless::Vec::new(),
+            dns: false,
         })
     }
 }

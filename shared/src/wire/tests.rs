@@ -30,7 +30,7 @@ fn golden() -> Message {
             bytes: 180,
         },
         other_flows: 2,
-        health: Health {
+        health: v2::Health {
             packets_seen: 1010,
             active_flows: 5,
             table_capacity: 16384,
@@ -119,6 +119,11 @@ fn golden_bytes_are_pinned() {
 /// The version-2 summary: the V1 golden's content, upgraded, with TCP health on and the TCP
 /// flow carrying a block with every field set.
 fn golden_v2() -> Message {
+    Message::V2(v2::Summary::from(&golden_v2_current()))
+}
+
+/// [`golden_v2`] as the current summary.
+fn golden_v2_current() -> Summary {
     let mut s = golden().into_summary();
     s.tcp_health = true;
     s.flows[0].tcp = Some(Tcp {
@@ -142,7 +147,115 @@ fn golden_v2() -> Message {
             fin: 1,
         },
     });
-    Message::V2(s)
+    s
+}
+
+/// The version-3 summary: the V2 golden's content, upgraded, with DNS on, a third flow (UDP to
+/// port 53) carrying a DNS block with every field set, a DNS histogram and DNS health counters.
+fn golden_v3() -> Message {
+    let mut s = golden_v2_current();
+    s.dns = true;
+    s.health.dns_malformed = 4;
+    s.health.dns_evicted = 1;
+    s.dns_hist =
+        heapless::Vec::from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1]).unwrap();
+    s.flows.push(FlowRecord {
+        proto: 17,
+        src: 0,
+        dst: 1,
+        src_port: 40000,
+        dst_port: 53,
+        ifindex: 2,
+        fwd: Count {
+            packets: 4,
+            bytes: 250,
+        },
+        rev: Count {
+            packets: 3,
+            bytes: 390,
+        },
+        first_seen_ms: 100,
+        last_seen_ms: 180,
+        dns: Some(Dns {
+            queries: 4,
+            responses: 3,
+            noerror: 1,
+            nxdomain: 1,
+            servfail: 1,
+            refused: 0,
+            other_rcode: 0,
+            unanswered: 1,
+            qtype: 28,
+            latency: Some(Latency {
+                min_us: 20_100,
+                avg_us: 25_000,
+                max_us: 31_000,
+                samples: 3,
+            }),
+            name: DnsName::new("www.example.com").unwrap(),
+            name_truncated: false,
+        }),
+        ..FlowRecord::default()
+    });
+    Message::V3(s)
+}
+
+const GOLDEN_V3_HEX: &str = include_str!("golden_v3.hex");
+
+#[test]
+fn golden_v3_bytes_are_pinned() {
+    let bytes = encode_vec(&golden_v3());
+    assert_eq!(
+        hex(&bytes),
+        GOLDEN_V3_HEX.trim(),
+        "the V3 wire format changed"
+    );
+    assert_eq!(decode(&bytes), Ok(golden_v3()));
+    assert_eq!(bytes[0], V3);
+    assert_eq!(golden_v3().version(), 3);
+}
+
+#[test]
+fn version_2_reads_as_the_current_summary_without_dns() {
+    let m = decode(&hex_bytes(GOLDEN_V2_HEX.trim())).unwrap();
+    assert_eq!(m.version(), 2);
+    let s = m.into_summary();
+    assert_eq!(s, golden_v2_current());
+    assert!(!s.dns && s.dns_hist.is_empty() && s.flows.iter().all(|f| f.dns.is_none()));
+    assert_eq!((s.health.dns_malformed, s.health.dns_evicted), (0, 0));
+    // Down to version 2 drops only what version 3 added, byte for byte.
+    let Message::V3(cur) = golden_v3() else {
+        unreachable!()
+    };
+    let mut down = v2::Summary::from(&cur);
+    down.flows.pop();
+    assert_eq!(
+        encode_vec(&Message::V2(down)),
+        hex_bytes(GOLDEN_V2_HEX.trim())
+    );
+    assert_eq!(Message::from(s.clone()), Message::V3(s));
+}
+
+#[test]
+fn dns_blocks_only_on_udp_or_tcp_flows_with_dns_on() {
+    let Message::V3(mut s) = golden_v3() else {
+        unreachable!()
+    };
+    s.flows[1].dns = s.flows[2].dns;
+    assert_eq!(
+        decode(&encode_vec(&Message::V3(s.clone()))),
+        Err(DecodeError::Invalid(
+            "DNS block on a flow that is not UDP or TCP"
+        ))
+    );
+    s.flows[1].dns = None;
+    s.flows[0].dns = s.flows[2].dns;
+    assert!(decode(&encode_vec(&Message::V3(s.clone()))).is_ok());
+    s.dns = false;
+    assert_eq!(
+        decode(&encode_vec(&Message::V3(s))),
+        Err(DecodeError::Invalid("DNS block with DNS off"))
+    );
 }
 
 const GOLDEN_V2_HEX: &str = include_str!("golden_v2.hex");
@@ -172,7 +285,7 @@ fn version_1_reads_as_the_current_summary_without_tcp() {
     assert_eq!(s.flows.len(), old.flows.len());
     assert_eq!(
         (s.seq, s.totals, s.health),
-        (old.seq, old.totals, old.health)
+        (old.seq, old.totals, old.health.into())
     );
     assert_eq!(s.flows[0].rtt, old.flows[0].rtt);
     // Apart from TCP health, V2 carries the same summary one byte per flow and one more.
@@ -181,28 +294,38 @@ fn version_1_reads_as_the_current_summary_without_tcp() {
     };
     cur.tcp_health = false;
     cur.flows[0].tcp = None;
-    assert_eq!(cur, s);
+    assert_eq!(Summary::from(cur.clone()), s);
     let (n1, n2) = (encoded_len(&golden()), encoded_len(&Message::V2(cur)));
     assert_eq!(n2, n1 + s.flows.len() + 1);
-    assert_eq!(Message::from(s.clone()), Message::V2(s));
+    // V3 adds one byte per flow (no DNS block), the empty histogram, the flag and the two
+    // health counters.
+    let n3 = encoded_len(&Message::from(s.clone()));
+    assert_eq!(n3, n2 + s.flows.len() + 4);
 }
 
 #[test]
 fn tcp_blocks_only_on_tcp_flows_with_tcp_health_on() {
-    let Message::V2(mut s) = golden_v2() else {
-        unreachable!()
-    };
-    s.flows[1].tcp = s.flows[0].tcp;
-    assert_eq!(
-        decode(&encode_vec(&Message::V2(s.clone()))),
-        Err(DecodeError::Invalid("TCP block on a flow that is not TCP"))
-    );
-    s.flows[1].tcp = None;
-    s.tcp_health = false;
-    assert_eq!(
-        decode(&encode_vec(&Message::V2(s))),
-        Err(DecodeError::Invalid("TCP block with TCP health off"))
-    );
+    for v3 in [false, true] {
+        let mut s = golden_v2_current();
+        let enc = |s: &Summary| {
+            if v3 {
+                encode_vec(&Message::V3(s.clone()))
+            } else {
+                encode_vec(&Message::V2(v2::Summary::from(s)))
+            }
+        };
+        s.flows[1].tcp = s.flows[0].tcp;
+        assert_eq!(
+            decode(&enc(&s)),
+            Err(DecodeError::Invalid("TCP block on a flow that is not TCP"))
+        );
+        s.flows[1].tcp = None;
+        s.tcp_health = false;
+        assert_eq!(
+            decode(&enc(&s)),
+            Err(DecodeError::Invalid("TCP block with TCP health off"))
+        );
+    }
 }
 
 fn hex_bytes(h: &str) -> alloc::vec::Vec<u8> {
@@ -225,9 +348,13 @@ fn encode_into_a_slice_matches_and_reports_too_small() {
 #[test]
 fn unknown_version_is_named() {
     let mut b = encode_vec(&golden());
-    b[0] = 2;
-    assert_eq!(decode(&b), Err(DecodeError::UnknownVersion(2)));
-    assert!(alloc::format!("{}", decode(&b).unwrap_err()).contains("version 3"));
+    b[0] = 3;
+    assert_eq!(decode(&b), Err(DecodeError::UnknownVersion(3)));
+    let text = alloc::format!("{}", decode(&b).unwrap_err());
+    assert!(
+        text.contains("version 4") && text.contains("versions 1 to 3"),
+        "{text}"
+    );
     assert_eq!(decode(&[0x80, 0x01]), Err(DecodeError::UnknownVersion(128)));
 }
 
@@ -241,12 +368,13 @@ fn empty_truncated_and_garbage_are_errors() {
             "cut at {cut}"
         );
     }
-    let b2 = encode_vec(&golden_v2());
-    for cut in 1..b2.len() {
-        assert!(
-            matches!(decode(&b2[..cut]), Err(DecodeError::Malformed(_))),
-            "V2 cut at {cut}"
-        );
+    for (v, b) in [(2, encode_vec(&golden_v2())), (3, encode_vec(&golden_v3()))] {
+        for cut in 1..b.len() {
+            assert!(
+                matches!(decode(&b[..cut]), Err(DecodeError::Malformed(_))),
+                "V{v} cut at {cut}"
+            );
+        }
     }
     let mut trailing = b.clone();
     trailing.push(0);
@@ -307,9 +435,7 @@ fn a_summary_as_version_1_drops_only_the_tcp_blocks() {
     let Message::V1(old) = golden() else {
         unreachable!()
     };
-    let Message::V2(new) = golden_v2() else {
-        unreachable!()
-    };
+    let new = golden_v2_current();
     // Down to version 1 gives the golden version-1 summary back, byte for byte.
     let down = v1::Summary::from(&new);
     assert_eq!(down, old);

@@ -1,9 +1,10 @@
 //! Version 1 of the summary, as agents before TCP health (issue 21) wrote it: frozen, read by
 //! [`super::decode`] and turned into the current [`super::Summary`] (flows without a TCP
-//! block, `tcp_health` false) by [`super::Message::into_summary`]. Its golden vector
-//! (`golden_v1.hex`) is unchanged since version 1 shipped.
+//! block, `tcp_health` false) by [`super::Message::into_summary`], through version 2. Its
+//! golden vector (`golden_v1.hex`) is unchanged since version 1 shipped.
 
-use super::{Addr, Count, DecodeError, Health, Id, Rtt, RTT_BUCKETS};
+use super::v2::{self, Health};
+use super::{Addr, Count, DecodeError, Id, Rtt, RTT_BUCKETS};
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
@@ -48,9 +49,9 @@ pub struct FlowRecord {
     pub rtt: Option<Rtt>,
 }
 
-impl From<FlowRecord> for super::FlowRecord {
-    fn from(f: FlowRecord) -> super::FlowRecord {
-        super::FlowRecord {
+impl From<FlowRecord> for v2::FlowRecord {
+    fn from(f: FlowRecord) -> v2::FlowRecord {
+        v2::FlowRecord {
             proto: f.proto,
             src: f.src,
             dst: f.dst,
@@ -72,7 +73,13 @@ impl From<FlowRecord> for super::FlowRecord {
 
 impl From<Summary> for super::Summary {
     fn from(s: Summary) -> super::Summary {
-        super::Summary {
+        v2::Summary::from(s).into()
+    }
+}
+
+impl From<Summary> for v2::Summary {
+    fn from(s: Summary) -> v2::Summary {
+        v2::Summary {
             device: s.device,
             site: s.site,
             boot_id: s.boot_id,
@@ -96,9 +103,16 @@ impl From<Summary> for super::Summary {
 }
 
 /// What an agent from before TCP health would have sent: the same window, the TCP blocks and
-/// the `tcp_health` flag left out (a fleet's old agents, in tests and the load generator).
+/// the `tcp_health` flag left out (a fleet's old agents, in tests and the load generator),
+/// and what version 2 added after that.
 impl From<&super::Summary> for Summary {
     fn from(s: &super::Summary) -> Summary {
+        Summary::from(&v2::Summary::from(s))
+    }
+}
+
+impl From<&v2::Summary> for Summary {
+    fn from(s: &v2::Summary) -> Summary {
         Summary {
             device: s.device.clone(),
             site: s.site.clone(),
