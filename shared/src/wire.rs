@@ -153,6 +153,13 @@ pub struct Health {
     /// Pending DNS queries pushed out of their flow's bounded set by newer queries in the
     /// window (each also counts as `unanswered` in its flow): the bound was hit.
     pub dns_evicted: u64,
+    /// Packets whose IP header claimed more bytes than the frame held, in the window: counted
+    /// as what the frame held (a lying or broken header).
+    pub header_excess: u64,
+    /// Packets of flows the programs reclaimed under pressure (one-packet or unanswered flows
+    /// not yet read, taken for new flows: a flood), in the window: part of `table_full`, in
+    /// the overflow record.
+    pub reclaimed: u64,
 }
 
 /// One conversation's deltas in the window, oriented initiator → responder: a [`Flow`] as a

@@ -44,6 +44,8 @@ fn window_health(w: &Window, table_capacity: u32) -> Health {
         parse_errors: Stat::PARSE_ERRORS.iter().map(|s| stat(*s)).sum(),
         fragments: stat(Stat::Fragment),
         non_ip: stat(Stat::NonIp),
+        header_excess: stat(Stat::HeaderExcess),
+        reclaimed: stat(Stat::Reclaimed),
         ..Health::default()
     }
 }
@@ -113,6 +115,8 @@ mod tests {
         set(Stat::ErrEthernet, 1);
         set(Stat::ErrL4, 4);
         set(Stat::Unsampled, 50);
+        set(Stat::HeaderExcess, 6);
+        set(Stat::Reclaimed, 3);
         w.overflow.packets = 5;
         let h = HealthMeter::start(1024).window(&w, 2, 9);
         assert_eq!(
@@ -126,6 +130,7 @@ mod tests {
         );
         assert_eq!((h.parse_errors, h.fragments, h.non_ip), (5, 2, 3));
         assert_eq!((h.spool_depth, h.spool_dropped), (2, 9));
+        assert_eq!((h.header_excess, h.reclaimed), (6, 3));
         assert!(h.rss_kib > 100);
     }
 
