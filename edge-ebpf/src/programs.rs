@@ -568,8 +568,10 @@ fn reclaim(
             atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).state, LIVE);
             return None;
         }
-        // A packet another CPU adds between these reads and the zeroing is lost with the old
-        // flow, as with the agent's free (the flow has been idle RECLAIM_AGE_TICKS).
+        // A packet of the old flow that another CPU, having found it LIVE, adds between these
+        // reads and the zeroing is lost with it, and one added after is counted into the new
+        // flow, as with the agent's free and a re-claim (the flow has been idle
+        // RECLAIM_AGE_TICKS, so one arriving in these few instructions is rare).
         let c = &raw const (*s).counters;
         let packets = (*c).dir[0].packets + (*c).dir[1].packets;
         let old_bytes = (*c).dir[0].bytes + (*c).dir[1].bytes;
