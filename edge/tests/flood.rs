@@ -133,10 +133,21 @@ fn real_flows_stay_exact_under_a_spoofed_scan() {
 
     let ctx = &got.stderr;
     for (sport, port) in &udp {
-        let s = got.sum(|f| f["proto"] == 17 && f["src_port"] == *sport && f["dst_port"] == *port);
+        // Client → server as sent; a record may be oriented the other way (a drain between a
+        // request and its answer frees the request's flow, and both ports are ephemeral, so
+        // the answer's record names the server as the one that spoke first).
+        let there =
+            got.sum(|f| f["proto"] == 17 && f["src_port"] == *sport && f["dst_port"] == *port);
+        let back =
+            got.sum(|f| f["proto"] == 17 && f["src_port"] == *port && f["dst_port"] == *sport);
         let up: u64 = sizes.iter().map(|&n| n as u64 + udp_overhead(a)).sum();
         assert_eq!(
-            (s.packets_fwd, s.bytes_fwd, s.packets_rev, s.bytes_rev),
+            (
+                there.packets_fwd + back.packets_rev,
+                there.bytes_fwd + back.bytes_rev,
+                there.packets_rev + back.packets_fwd,
+                there.bytes_rev + back.bytes_fwd
+            ),
             (3, up, 3, 3 * (50 + udp_overhead(a))),
             "UDP {sport} → {port}\n{ctx}"
         );
