@@ -42,9 +42,11 @@ static FLOWS: Array<FlowSlot> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS, B
 /// lookups read only those slots). Sized by the loader like FLOWS.
 #[map(name = "FLOWS_HOPS")]
 static FLOWS_HOPS: Array<u64> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS, 0);
-/// A bit per slot of FLOWS, set when a slot is claimed (`shared::table`: why).
+/// A bit per slot of FLOWS, set when a slot is claimed (`shared::table`: why); then a word of
+/// how many slots are held.
 #[map(name = "FLOWS_HELD")]
-static FLOWS_HELD: Array<u64> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS / 64, BPF_F_MMAPABLE);
+static FLOWS_HELD: Array<u64> =
+    Array::with_max_entries(2 * DEFAULT_MAX_FLOWS / 64 + 1, BPF_F_MMAPABLE);
 
 /// Per CPU: the programs' counters and scratch room (`shared::cpu`: why a plain array).
 #[map(name = "CPU_SLOTS")]
@@ -432,9 +434,9 @@ fn entry<C: EbpfContext>(
                 if i < RECLAIM_WITHIN && victim == PROBES && reclaim_candidate(s, now) {
                     victim = i;
                 }
-                if i + 1 == RECLAIM_WITHIN && victim < PROBES {
-                    // The first RECLAIM_WITHIN slots all held: the table is under pressure
-                    // here. Take the victim's slot rather than walk on.
+                if i + 1 == RECLAIM_WITHIN && victim < PROBES && pressure(mask) {
+                    // The first RECLAIM_WITHIN slots all held, and the table past half full:
+                    // take the victim's slot rather than walk on.
                     let at = table::probe(home, victim, mask);
                     let vs = FLOWS.get_ptr_mut(at)?;
                     if let Some(v) = reclaim(vs, hops, victim, p, d, segs64, bytes, now) {
@@ -459,11 +461,31 @@ fn entry<C: EbpfContext>(
                 // SAFETY: a bitmap word, changed atomically only.
                 unsafe { atomic_or::<u64, u64, { Relaxed }>(w, bit) };
             }
+            if let Some(n) = FLOWS_HELD.get_ptr_mut(fill_word(mask)) {
+                // SAFETY: the fill word, changed atomically only.
+                unsafe { atomic_xadd::<u64, u64, { Relaxed }>(n, 1) };
+            }
             return Some(v);
         }
     }
     overflow(ctx, segs64, bytes, now);
     None
+}
+
+/// The held map's word after the bitmap: slots held (`shared::table::TableShape::fill_word`).
+#[inline(always)]
+fn fill_word(mask: u32) -> u32 {
+    ((mask as u64 + 64) / 64) as u32
+}
+
+/// Whether the table is past half full (`shared::table::under_pressure`).
+#[inline(always)]
+fn pressure(mask: u32) -> bool {
+    match FLOWS_HELD.get_ptr_mut(fill_word(mask)) {
+        // SAFETY: the fill word; a plain read of a word changed atomically.
+        Some(n) => table::under_pressure(unsafe { core::ptr::read_volatile(n) }, mask as u64 + 1),
+        None => false,
+    }
 }
 
 /// Marks distance `i` from the key's home as used by a flow of that home, before the flow is

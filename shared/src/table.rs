@@ -45,8 +45,9 @@
 //! and finds a flow whose bit it did not see yet. In a full table a new flow's packet so
 //! reads a few slots instead of all [`PROBES`] (64 cold lines per packet of a flood).
 //!
-//! Under pressure (issue 24): a new flow whose first [`RECLAIM_WITHIN`] slots are all held
-//! takes the slot of the first of them whose flow is [`reclaimable`] (one packet, or a few
+//! Under pressure (issue 24: more slots held than the table is sized for, [`under_pressure`],
+//! counted in the word after the held bitmap) a new flow whose first [`RECLAIM_WITHIN`] slots
+//! are all held takes the slot of the first of them whose flow is [`reclaimable`] (one packet, or a few
 //! never answered), idle for [`RECLAIM_AGE_TICKS`] and not yet read by the agent
 //! ([`FlowSlot::mark`] `UNREAD`): the
 //! program moves that flow's counts to `Stat::Reclaimed` (reported with the overflow record)
@@ -86,6 +87,13 @@ pub const RECLAIMING: u32 = 2;
 /// A new flow takes a reclaimable flow's slot when the first this many slots of its window
 /// are all held (the table is under pressure there), rather than walk on for a free one.
 pub const RECLAIM_WITHIN: u32 = 16;
+
+/// Whether a table of `slots` slots with `held` of them held is under pressure: more flows
+/// than it is sized for (half its slots). Only then is a flow reclaimed.
+#[inline(always)]
+pub fn under_pressure(held: u64, slots: u64) -> bool {
+    held * 2 > slots
+}
 
 /// At most this many packets, all one way, make a flow [`reclaimable`].
 pub const RECLAIM_PACKETS: u64 = 4;
@@ -145,6 +153,17 @@ impl TableShape {
     /// Words of the held-slots bitmap.
     pub fn bitmap_words(&self) -> u32 {
         self.slots.div_ceil(64)
+    }
+
+    /// Words of the held-slots map: the bitmap, then [`TableShape::fill_word`].
+    pub fn held_words(&self) -> u32 {
+        self.bitmap_words() + 1
+    }
+
+    /// The word after the bitmap: slots held now, added to by a program that claims a free
+    /// slot and taken from by the agent when it frees one ([`under_pressure`]).
+    pub fn fill_word(&self) -> u32 {
+        self.bitmap_words()
     }
 
     /// The slots a lookup of `key` looks at, in order.
@@ -256,6 +275,15 @@ mod tests {
         assert_eq!(offset_of!(FlowSlot, counters), 64);
         let dir = offset_of!(FlowSlot, counters) + offset_of!(FlowCounters, dir);
         assert_eq!((dir, size_of::<FlowSlot>()), (128, 256));
+    }
+
+    /// Reclaiming starts past half full (more flows than the table is sized for), and takes
+    /// only one-packet or unanswered flows of at most RECLAIM_PACKETS packets.
+    #[test]
+    fn pressure_and_reclaimable_flows() {
+        assert!(!under_pressure(64, 128) && under_pressure(65, 128));
+        assert!(reclaimable([1, 0]) && reclaimable([0, 4]));
+        assert!(!reclaimable([1, 1]) && !reclaimable([5, 0]));
     }
 
     #[test]

@@ -152,7 +152,7 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(CPU_SLOTS_MAP, cpus as u32)
         .map_max_entries(FLOWS_MAP, shape.slots)
-        .map_max_entries(HELD_MAP, shape.bitmap_words())
+        .map_max_entries(HELD_MAP, shape.held_words())
         .map_max_entries(HOPS_MAP, shape.slots)
         // One pending timestamp per flow is the common case.
         .map_max_entries(PENDING_MAP, opts.max_flows)

@@ -14,8 +14,12 @@ use crate::{
     report::window::{self, Counts, Window},
 };
 use shared::{
-    conn, flow::tcp, parse::IPPROTO_TCP, table::reclaimable, wire::Flow, Count, Direction,
-    FlowCounters, Stat,
+    conn,
+    flow::tcp,
+    parse::IPPROTO_TCP,
+    table::{reclaimable, under_pressure},
+    wire::Flow,
+    Count, Direction, FlowCounters, Stat,
 };
 use std::time::Duration;
 
@@ -149,7 +153,7 @@ impl<S: Source> Drainer<S> {
         // Past half full (more flows than the table is sized for), flows not worth a slot
         // (`shared::table::reclaimable`) are freed at once, reported in this window: the
         // programs may reclaim only flows the agent has not read (docs/design.md, "Floods").
-        let pressure = slots.held() > slots.shape().slots / 2;
+        let pressure = under_pressure(slots.held() as u64, slots.shape().slots as u64);
         // Flows first, then the counters: a packet counted between the two reads is in the
         // kernel's `parsed` but not yet in a flow delta. Totals are taken from the flows (so
         // every window conserves exactly) and the kernel counter checks them through
@@ -315,7 +319,7 @@ mod tests {
             let shape = TableShape { slots, key: [3, 4] };
             Host {
                 slots: (0..slots).map(|_| Default::default()).collect(),
-                held: (0..shape.bitmap_words())
+                held: (0..shape.held_words())
                     .map(|_| Default::default())
                     .collect(),
                 shape,

@@ -98,7 +98,7 @@ impl FlowTable {
             key: slot.hash_key(),
         };
         let flows = Mapped::take(ebpf, FLOWS_MAP, shape.slots, size_of::<FlowSlot>())?;
-        let held = Mapped::take(ebpf, HELD_MAP, shape.bitmap_words(), 8)?;
+        let held = Mapped::take(ebpf, HELD_MAP, shape.held_words(), 8)?;
         let memory_bytes = memlock(flows.fd).zip(memlock(held.fd)).map(|(a, b)| a + b);
         Ok(FlowTable {
             flows,
@@ -227,7 +227,7 @@ unsafe impl Sync for Slots<'_> {}
 
 impl Slots<'_> {
     /// # Safety
-    /// `base` points at `shape.slots` slots and `held` at `shape.bitmap_words()` words that
+    /// `base` points at `shape.slots` slots and `held` at `shape.held_words()` words that
     /// stay valid for the lifetime chosen, and are only changed as `shared::table` says.
     pub unsafe fn new<'a>(base: *mut FlowSlot, held: *mut u64, shape: TableShape) -> Slots<'a> {
         Slots {
@@ -366,7 +366,21 @@ impl Slots<'_> {
             self.held_word(w).fetch_or(bit, Ordering::AcqRel);
             return false;
         }
+        // The programs' count of held slots (`shared::table::under_pressure`).
+        self.fill().fetch_sub(1, Ordering::Relaxed);
         true
+    }
+
+    /// The word after the bitmap: slots held, as the programs count them.
+    fn fill(&self) -> &AtomicU64 {
+        // SAFETY: the held map has `held_words()` words (`Slots::new`); the last is this one,
+        // only accessed atomically.
+        unsafe { AtomicU64::from_ptr(self.held.add(self.shape.fill_word() as usize)) }
+    }
+
+    /// Slots held as the programs count them (claims less the agent's frees).
+    pub fn fill_count(&self) -> u64 {
+        self.fill().load(Ordering::Relaxed)
     }
 
     /// Turns freed slot `i`, if the slot after it is empty, back into an empty one, and the
@@ -444,7 +458,7 @@ mod tests {
             let shape = TableShape { slots, key: [7, 8] };
             Mem {
                 slots: vec![FlowSlot::default(); slots as usize],
-                held: vec![0; shape.bitmap_words() as usize],
+                held: vec![0; shape.held_words() as usize],
                 shape,
             }
         }
