@@ -29,7 +29,9 @@ use shared::{
     parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP},
     rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, RTT_BUCKETS},
     stats::STATS_LEN,
-    table::{self, FlowSlot, BUSY, EMPTY, LIVE, PROBES},
+    table::{
+        self, FlowSlot, BUSY, LIVE, PROBES, RECLAIMING, RECLAIM_AGE_TICKS, RECLAIM_WITHIN, UNREAD,
+    },
     FlowCounters, Stat,
 };
 
@@ -37,9 +39,15 @@ use shared::{
 /// loader (`--max-flows`); this is only the default. Mappable: the agent reads it as memory.
 #[map(name = "FLOWS")]
 static FLOWS: Array<FlowSlot> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS, BPF_F_MMAPABLE);
-/// A bit per slot of FLOWS, set when a slot is claimed (`shared::table`: why).
+/// Per home slot: bit i set once a flow of that home was put i slots from it (`shared::table`:
+/// lookups read only those slots). Sized by the loader like FLOWS.
+#[map(name = "FLOWS_HOPS")]
+static FLOWS_HOPS: Array<u64> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS, 0);
+/// A bit per slot of FLOWS, set when a slot is claimed (`shared::table`: why); then a word of
+/// how many slots are held.
 #[map(name = "FLOWS_HELD")]
-static FLOWS_HELD: Array<u64> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS / 64, BPF_F_MMAPABLE);
+static FLOWS_HELD: Array<u64> =
+    Array::with_max_entries(2 * DEFAULT_MAX_FLOWS / 64 + 1, BPF_F_MMAPABLE);
 
 /// Per CPU: the programs' counters and scratch room (`shared::cpu`: why a plain array).
 #[map(name = "CPU_SLOTS")]
@@ -253,6 +261,10 @@ fn account<C: Hook>(
     // SAFETY: this CPU's slot, ours for this run; disjoint from the stats `bump` writes.
     let (p, ts_key) = unsafe { (&mut (*slot).parsed, &mut (*slot).ts_key) };
     let bytes = p.wire_bytes(segs);
+    if p.excess != 0 {
+        // A header that claims more than the frame holds: counted as what it holds.
+        bump(slot, Stat::HeaderExcess, segs64, p.excess as u64);
+    }
     // SAFETY: this CPU's slot; the loader wrote the settings before attaching us.
     let settings = unsafe { (*slot).settings };
     let every = settings.sample_every;
@@ -270,7 +282,9 @@ fn account<C: Hook>(
     let now = unsafe { bpf_jiffies64() };
     // Read once (a volatile load, see there) for the entry's and the RTT state's direction.
     let d = dir_index(p);
-    let v = entry(ctx, p, d, &settings, segs64, bytes, now, egress);
+    // SAFETY: this CPU's slot; the loader wrote the key with the settings.
+    let home = table::hash(&p.key, unsafe { &(*slot).hash_key });
+    let v = entry(ctx, p, d, home, &settings, segs64, bytes, now, egress);
     let Some((v, at)) = v else {
         return;
     };
@@ -371,16 +385,26 @@ fn entry<C: Hook>(
     ctx: &C,
     p: &Parsed,
     d: usize,
+    home: u32,
     settings: &Settings,
     segs64: u64,
     bytes: u64,
     now: u64,
     egress: bool,
 ) -> Option<(*mut FlowCounters, u32)> {
-    let home = table::hash(&p.key, settings.hash_seed);
     let mask = settings.slot_mask;
-    let mut room = false;
+    let hops = FLOWS_HOPS.get_ptr_mut(home & mask)?;
+    // Only the slots where a flow of this home was ever put: under a flood the window is all
+    // held, and walking all of it cost a new flow's packet 64 cold lines (`shared::table`).
+    // SAFETY: an array word, only ever or-ed into.
+    let m = unsafe { core::ptr::read_volatile(hops) };
     for i in 0..PROBES {
+        if m >> i == 0 {
+            break;
+        }
+        if (m >> i) & 1 == 0 {
+            continue;
+        }
         let at = table::probe(home, i, mask);
         let s = FLOWS.get_ptr_mut(at)?;
         // SAFETY (here and in the claim): a live array slot; its state word only changes
@@ -389,19 +413,19 @@ fn entry<C: Hook>(
         if st == LIVE && table::same_key(unsafe { &(*s).key }, &p.key) {
             return Some((count_into(s, p, d, segs64, bytes, now), at));
         }
-        room |= st != LIVE;
-        if st == EMPTY {
-            break;
-        }
     }
-    // A new flow. A full sequence (every slot held, none being claimed) is overflow at once:
-    // a full table costs its packets one pass, not one per round.
-    let mut again = room;
+    // A new flow (or one published while its bit was not yet seen: the claim finds it). A full
+    // sequence (every slot held, none being claimed) is overflow at once: a full table costs
+    // its packets one pass, not one per round.
+    let mut again = true;
     for _ in 0..CLAIM_ROUNDS {
         if !again {
             break;
         }
         again = false;
+        // The first slot of the window, among the first RECLAIM_WITHIN, whose flow may be
+        // reclaimed (`shared::table`, pressure); PROBES: none.
+        let mut victim = PROBES;
         for i in 0..PROBES {
             let at = table::probe(home, i, mask);
             let s = FLOWS.get_ptr_mut(at)?;
@@ -415,6 +439,26 @@ fn entry<C: Hook>(
                     // Another CPU added it meanwhile.
                     return Some((count_into(s, p, d, segs64, bytes, now), at));
                 }
+                if i < RECLAIM_WITHIN && victim == PROBES && reclaim_candidate(s, now) {
+                    victim = i;
+                }
+                if i + 1 == RECLAIM_WITHIN && victim < PROBES && pressure(mask) {
+                    // The first RECLAIM_WITHIN slots all held, and the table past half full:
+                    // take the victim's slot rather than walk on.
+                    let at = table::probe(home, victim, mask);
+                    let vs = FLOWS.get_ptr_mut(at)?;
+                    let new = Claim {
+                        at,
+                        d,
+                        egress,
+                        segs64,
+                        bytes,
+                        now,
+                    };
+                    if let Some(v) = reclaim(ctx, vs, hops, victim, p, &new) {
+                        return Some((v, at));
+                    }
+                }
                 continue;
             }
             if st == BUSY
@@ -426,34 +470,169 @@ fn entry<C: Hook>(
                 again = true;
                 break;
             }
-            // SAFETY: claimed: ours until published.
-            unsafe {
-                (&raw mut (*s).key).write(p.key);
-                let v = &raw mut (*s).counters;
-                zero(v);
-                let dc = &raw mut (*v).dir[d];
-                (*dc).packets = segs64;
-                (*dc).bytes = bytes;
-                (*dc).last_seen = now;
-                (*v).first_seen = now;
-                (*v).tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
-                (*v).initiator = p.initiator as u32;
-                if owner::on() {
-                    let port = owner::local_port(p.key.proto, p.key.port_a, p.key.port_b, d);
-                    owner::claimed(ctx, at, d, egress, port);
-                }
-                // A full barrier: a CPU that sees LIVE sees the key.
-                atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).state, LIVE);
-                let (word, bit) = table::held_bit(at);
-                if let Some(w) = FLOWS_HELD.get_ptr_mut(word) {
-                    atomic_or::<u64, u64, { Relaxed }>(w, bit);
-                }
-                return Some((v, at));
+            set_hop(hops, i);
+            if owner::on() {
+                let port = owner::local_port(p.key.proto, p.key.port_a, p.key.port_b, d);
+                owner::claimed(ctx, at, d, egress, port);
             }
+            let v = publish(s, p, d, segs64, bytes, now);
+            let (word, bit) = table::held_bit(at);
+            if let Some(w) = FLOWS_HELD.get_ptr_mut(word) {
+                // SAFETY: a bitmap word, changed atomically only.
+                unsafe { atomic_or::<u64, u64, { Relaxed }>(w, bit) };
+            }
+            if let Some(n) = FLOWS_HELD.get_ptr_mut(fill_word(mask)) {
+                // SAFETY: the fill word, changed atomically only.
+                unsafe { atomic_xadd::<u64, u64, { Relaxed }>(n, 1) };
+            }
+            return Some((v, at));
         }
     }
     overflow(ctx, segs64, bytes, now);
     None
+}
+
+/// The held map's word after the bitmap: slots held (`shared::table::TableShape::fill_word`).
+#[inline(always)]
+fn fill_word(mask: u32) -> u32 {
+    ((mask as u64 + 64) / 64) as u32
+}
+
+/// Whether the table is past half full (`shared::table::under_pressure`).
+#[inline(always)]
+fn pressure(mask: u32) -> bool {
+    match FLOWS_HELD.get_ptr_mut(fill_word(mask)) {
+        // SAFETY: the fill word; a plain read of a word changed atomically.
+        Some(n) => table::under_pressure(unsafe { core::ptr::read_volatile(n) }, mask as u64 + 1),
+        None => false,
+    }
+}
+
+/// Marks distance `i` from the key's home as used by a flow of that home, before the flow is
+/// published (a lookup that sees it LIVE may not see the bit: it then finds it in the claim).
+#[inline(always)]
+fn set_hop(hops: *mut u64, i: u32) {
+    let bit = 1u64 << (i & 63);
+    // SAFETY: an array word, changed atomically only; read first so a known bit costs no
+    // locked instruction.
+    unsafe {
+        if core::ptr::read_volatile(hops) & bit == 0 {
+            atomic_or::<u64, u64, { SeqCst }>(hops, bit);
+        }
+    }
+}
+
+/// Writes the packet's new flow into slot `s`, claimed (BUSY) by this program, and publishes
+/// it; its counters.
+#[inline(always)]
+fn publish(
+    s: *mut FlowSlot,
+    p: &Parsed,
+    d: usize,
+    segs64: u64,
+    bytes: u64,
+    now: u64,
+) -> *mut FlowCounters {
+    // SAFETY: claimed: ours until published.
+    unsafe {
+        (&raw mut (*s).key).write(p.key);
+        core::ptr::write_volatile(&raw mut (*s).mark, UNREAD);
+        let v = &raw mut (*s).counters;
+        zero(v);
+        let dc = &raw mut (*v).dir[d];
+        (*dc).packets = segs64;
+        (*dc).bytes = bytes;
+        (*dc).last_seen = now;
+        (*v).first_seen = now;
+        (*v).tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
+        (*v).initiator = p.initiator as u32;
+        // A full barrier: a CPU that sees LIVE sees the key.
+        atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).state, LIVE);
+        v
+    }
+}
+
+/// Whether the flow in slot `s` may be reclaimed now (`shared::table::reclaimable`, idle for
+/// `RECLAIM_AGE_TICKS`); reads its two direction lines.
+#[inline(always)]
+fn worth_reclaiming(s: *mut FlowSlot, now: u64) -> bool {
+    // SAFETY: a live array slot; counters are whole words.
+    let (p0, p1, l0, l1) = unsafe {
+        let c = &raw const (*s).counters;
+        (
+            core::ptr::read_volatile(&raw const (*c).dir[0].packets),
+            core::ptr::read_volatile(&raw const (*c).dir[1].packets),
+            core::ptr::read_volatile(&raw const (*c).dir[0].last_seen),
+            core::ptr::read_volatile(&raw const (*c).dir[1].last_seen),
+        )
+    };
+    let last = if l0 > l1 { l0 } else { l1 };
+    table::reclaimable([p0, p1]) && now.wrapping_sub(last) >= RECLAIM_AGE_TICKS
+}
+
+/// Whether LIVE slot `s` holds a flow a new one may take the place of under pressure: not read
+/// by the agent yet, and worth reclaiming now (`shared::table`, pressure).
+#[inline(always)]
+fn reclaim_candidate(s: *mut FlowSlot, now: u64) -> bool {
+    // SAFETY: a live array slot; its mark word changes only atomically.
+    unsafe { core::ptr::read_volatile(&raw const (*s).mark) == UNREAD && worth_reclaiming(s, now) }
+}
+
+/// The new flow a reclaimed slot is given: where, which way, and its first packet.
+struct Claim {
+    at: u32,
+    d: usize,
+    egress: bool,
+    segs64: u64,
+    bytes: u64,
+    now: u64,
+}
+
+/// Takes LIVE slot `s`, at distance `i` from the packet's home, from the flow it holds for the
+/// packet's new flow; the old flow's counts go to `Stat::Reclaimed` (`shared::table`: why only
+/// flows the agent has not read). `None` when the slot changed meanwhile.
+#[inline(always)]
+fn reclaim<C: Hook>(
+    ctx: &C,
+    s: *mut FlowSlot,
+    hops: *mut u64,
+    i: u32,
+    p: &Parsed,
+    new: &Claim,
+) -> Option<*mut FlowCounters> {
+    // SAFETY: a live array slot; its state and mark words change only atomically.
+    unsafe {
+        // The mark first: the agent adopts a flow by the same swap (UNREAD → READ), so one of
+        // the two wins. Then the state, as a claim does.
+        if !atomic_cxchg::<u32, { SeqCst }, { SeqCst }>(&raw mut (*s).mark, UNREAD, RECLAIMING).1 {
+            return None;
+        }
+        if !atomic_cxchg::<u32, { SeqCst }, { SeqCst }>(&raw mut (*s).state, LIVE, BUSY).1 {
+            atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).mark, UNREAD);
+            return None;
+        }
+        // Ours now; the slot may hold another flow than the one looked at: look again.
+        if !worth_reclaiming(s, new.now) {
+            atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).mark, UNREAD);
+            atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).state, LIVE);
+            return None;
+        }
+        // A packet of the old flow that another CPU, having found it LIVE, adds between these
+        // reads and the zeroing is lost with it, and one added after is counted into the new
+        // flow, as with the agent's free and a re-claim (the flow has been idle
+        // RECLAIM_AGE_TICKS, so one arriving in these few instructions is rare).
+        let c = &raw const (*s).counters;
+        let packets = (*c).dir[0].packets + (*c).dir[1].packets;
+        let old_bytes = (*c).dir[0].bytes + (*c).dir[1].bytes;
+        stat_add(Stat::Reclaimed, packets, old_bytes);
+        // The slot stays held (its bit is set); the old flow's home keeps its hop bit.
+        set_hop(hops, i);
+        if owner::on() {
+            let port = owner::local_port(p.key.proto, p.key.port_a, p.key.port_b, new.d);
+            owner::claimed(ctx, new.at, new.d, new.egress, port);
+        }
+        Some(publish(s, p, new.d, new.segs64, new.bytes, new.now))
+    }
 }
 
 /// Counts the packet into the flow of LIVE slot `s`; its counters.

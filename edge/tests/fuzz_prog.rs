@@ -276,6 +276,15 @@ impl Tally {
             Err(stat) => self.stat(stat, segs as u64, f.len() as u64),
             Ok(p) => {
                 let bytes = p.wire_bytes(segs);
+                // A header cannot make a frame count more than it holds (issue 24): what it
+                // claims beyond is the excess.
+                assert!(
+                    segs > 1 || bytes <= f.len() as u64,
+                    "{bytes} bytes from {f:?}"
+                );
+                if p.excess != 0 {
+                    self.stat(Stat::HeaderExcess, segs as u64, p.excess as u64);
+                }
                 self.stat(Stat::Parsed, segs as u64, bytes);
                 let e = self.flows.entry(p.key).or_default();
                 let d = p.dir.index();
@@ -453,6 +462,7 @@ fn generated_and_mutated_frames_pass_and_add_up() {
         Stat::ErrIpv6,
         Stat::ErrIpv6Ext,
         Stat::ErrL4,
+        Stat::HeaderExcess,
     ] {
         assert!(
             by_stat.get(&(s as u32)).copied().unwrap_or(0) > frames as u64 / 1000,
@@ -495,7 +505,10 @@ fn check_conservation(got: &Tally, hook: Hook) {
     let stat = |s: Stat| got.stats.get(&(s as u32)).copied().unwrap_or_default();
     let mut parts = Count::default();
     for s in Stat::ALL {
-        if !matches!(s, Stat::Seen | Stat::Overflow | Stat::RttPendingFull) {
+        if !matches!(
+            s,
+            Stat::Seen | Stat::Overflow | Stat::RttPendingFull | Stat::HeaderExcess
+        ) {
             parts.add(&stat(*s));
         }
     }

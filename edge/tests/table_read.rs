@@ -95,11 +95,19 @@ fn every_flow_once_with_its_packets_and_found_by_key() {
     for k in v4.iter().chain(&v6).step_by(7) {
         assert_eq!(table.get(k), Some(flows[k]));
     }
+    // The programs count the slots they claim, the agent the ones it frees: the same as
+    // the bitmap holds (the table's pressure is judged by it, `shared::table`).
+    let held =
+        |t: &edge::probe::table::FlowTable| (t.slots().fill_count(), t.slots().held() as u64);
+    let (n, bits) = held(table);
+    assert_eq!(n, bits);
     for k in [v4[0], v6[0]] {
         assert!(table.remove(&k));
         assert_eq!(table.get(&k), None);
         assert!(!table.remove(&k), "removing a gone flow");
     }
+    let (m, bits) = held(table);
+    assert_eq!((m, bits), (n - 2, bits));
     let mut after = Vec::new();
     table.read_flows(&mut after);
     assert_eq!(

@@ -211,8 +211,8 @@ fn two_thousand_concurrent_flows_exact() {
 }
 
 /// A table for 64 flows (128 slots) and 1,000 flows: every slot fills, the flows that found
-/// room are exact, the rest are in the overflow record, and together they are exactly what
-/// was sent.
+/// room are exact, the rest are in the overflow record (found no slot, or reclaimed for a
+/// newer one), and together they are exactly what was sent.
 #[test]
 fn full_table_conserves_totals() {
     let (got, dport, sent) = many_flows(1000, &["--max-flows", "64"]);
@@ -221,7 +221,13 @@ fn full_table_conserves_totals() {
         .fold((0, 0), |(p, b), f| (p + f.packets, b + f.bytes));
     assert_eq!(got.counter("totals"), total, "totals");
     let seen = by_client_port(&got, dport);
-    assert_eq!(seen.len(), 128, "flows in a table of 128 slots");
+    // Every slot filled; more flows have records when a drain came during the sending: past
+    // half full it frees the unanswered ones it reports, and later flows take their slots.
+    assert!(
+        seen.len() >= 128,
+        "{} flows in a table of 128 slots",
+        seen.len()
+    );
     let mut in_table = (0, 0);
     for f in &sent {
         if let Some(&s) = seen.get(&(f.client_port as u64)) {
@@ -232,7 +238,14 @@ fn full_table_conserves_totals() {
     let overflow = got.counter("overflow");
     assert!(overflow.0 > 0, "nothing overflowed");
     assert_eq!(overflow, (total.0 - in_table.0, total.1 - in_table.1));
-    assert_eq!(got.stat("overflow"), overflow, "the overflow stat");
+    // The overflow record: packets that found no slot, and those of one-packet flows the
+    // programs reclaimed to make room (issue 24).
+    let (o, r) = (got.stat("overflow"), got.stat("reclaimed"));
+    assert_eq!(
+        (o.0 + r.0, o.1 + r.1),
+        overflow,
+        "the overflow and reclaimed stats"
+    );
     assert!(
         got.stderr.contains("flow table full"),
         "the programs say so in the log:\n{}",

@@ -9,7 +9,7 @@
 //! (huge pages). The programs index it with `bpf_get_smp_processor_id()`, which the verifier
 //! inlines; they cannot nest on one CPU, as with a per-CPU map.
 
-use crate::{parse::Parsed, rtt::TsKey, stats::Stats};
+use crate::{parse::Parsed, rtt::TsKey, stats::Stats, table::HashKey};
 
 /// Map name of the CPU slots; the loader sizes it to the machine's possible CPUs.
 pub const CPU_SLOTS_MAP: &str = "CPU_SLOTS";
@@ -30,8 +30,8 @@ pub struct Settings {
     pub rtt_on: u16,
     /// TCP health (retransmissions, RST/FIN/SYN counts: [`crate::conn`]): 1 on, 0 off.
     pub tcp_health: u16,
-    /// The flow table's hash seed and slot mask ([`crate::table::TableShape`]).
-    pub hash_seed: u32,
+    /// The flow table's slot mask ([`crate::table::TableShape`]; its hash key is in
+    /// [`CpuSlot::hash_key`]).
     pub slot_mask: u32,
 }
 
@@ -49,6 +49,10 @@ pub struct CpuSlot {
     pub stats: Stats,
     /// The pending map's key of a TSval.
     pub ts_key: TsKey,
+    /// The flow table hash's key ([`crate::table::hash`]), written by the loader with the
+    /// settings. Here and not in [`Settings`]: 16 bytes there would push the stats every
+    /// packet bumps into a third line; here it shares a line with the RTT key.
+    pub hash_key: HashKey,
 }
 
 /// A slot as the agent reads and writes it: bytes. A slot's parsed packet holds enums
@@ -62,15 +66,24 @@ pub struct SlotBytes(pub [u8; core::mem::size_of::<CpuSlot>()]);
 
 #[cfg(feature = "user")]
 impl SlotBytes {
-    /// A zeroed slot holding `settings`.
-    pub fn with_settings(settings: Settings) -> SlotBytes {
+    /// A zeroed slot holding `settings` and the table's hash key.
+    pub fn with_settings(settings: Settings, hash_key: HashKey) -> SlotBytes {
         let mut b = SlotBytes([0; core::mem::size_of::<CpuSlot>()]);
         let at = core::mem::offset_of!(CpuSlot, settings);
-        // SAFETY: `Settings` (integers, no padding) fits at its offset inside the slot.
+        let key_at = core::mem::offset_of!(CpuSlot, hash_key);
+        // SAFETY: `Settings` (integers, no padding) and the key fit at their offsets inside.
         unsafe {
-            core::ptr::write_unaligned(b.0.as_mut_ptr().add(at).cast::<Settings>(), settings)
+            core::ptr::write_unaligned(b.0.as_mut_ptr().add(at).cast::<Settings>(), settings);
+            core::ptr::write_unaligned(b.0.as_mut_ptr().add(key_at).cast::<HashKey>(), hash_key);
         };
         b
+    }
+
+    /// The table's hash key the loader wrote.
+    pub fn hash_key(&self) -> HashKey {
+        let at = core::mem::offset_of!(CpuSlot, hash_key);
+        // SAFETY: two u64 at their offset inside.
+        unsafe { core::ptr::read_unaligned(self.0.as_ptr().add(at).cast::<HashKey>()) }
     }
 
     /// The settings the loader wrote.
@@ -106,7 +119,7 @@ mod tests {
         assert_eq!(size_of::<CpuSlot>() % 64, 0);
         // Up to 56 CPUs' slots and the map's header stay within what the kernel allocates
         // with kmalloc for an array (32 KiB); more CPUs still work, in vmalloc'd pages.
-        assert_eq!(size_of::<CpuSlot>(), 384);
+        assert_eq!(size_of::<CpuSlot>(), 448);
     }
 
     /// The agent's byte view puts the settings and reads the stats where the programs'
@@ -116,17 +129,17 @@ mod tests {
     fn bytes_match_the_slot_layout() {
         let settings = Settings {
             rtt_interval_us: 100_000,
-            hash_seed: 5,
             slot_mask: 1023,
             sample_every: 7,
             rtt_on: 1,
             tcp_health: 1,
         };
-        let mut b = SlotBytes::with_settings(settings);
+        let mut b = SlotBytes::with_settings(settings, [5, 6]);
         // SAFETY: all-zero bytes are a valid `CpuSlot` (enums' first variants are 0).
         let slot: CpuSlot = unsafe { core::ptr::read(b.0.as_ptr().cast()) };
         assert_eq!(slot.settings, settings);
         assert_eq!(b.settings(), settings);
+        assert_eq!((slot.hash_key, b.hash_key()), ([5, 6], [5, 6]));
         assert_eq!(slot.stats, Stats::default());
         let mut slot = slot;
         slot.stats[crate::Stat::Parsed as usize] = crate::Count {

@@ -9,6 +9,9 @@ use crate::rtt::FlowRtt;
 /// Map name of the flow table in the eBPF object: an array of [`crate::table::FlowSlot`]
 /// (see [`crate::table`] for why not a hash map).
 pub const FLOWS_MAP: &str = "FLOWS";
+/// Map name of the hop masks beside it: per home slot, the distances from it at which flows
+/// of that home were put ([`crate::table`], lookups); one word per slot.
+pub const HOPS_MAP: &str = "FLOWS_HOPS";
 /// Map name of the held-slots bitmap beside it ([`crate::table::TableShape::bitmap_words`]).
 pub const HELD_MAP: &str = "FLOWS_HELD";
 /// Map name of the two-slot array where the `edgeflow_clock` program (run by the agent with

@@ -92,13 +92,18 @@ pub struct Parsed {
     pub initiator: Initiator,
     /// IP + L4 header bytes, repeated in every segment of an aggregate.
     pub hdr_len: u16,
-    /// IP total length of this packet (of the whole aggregate for a GSO/GRO skb).
+    /// IP total length of this packet (of the whole aggregate for a GSO/GRO skb), clamped to
+    /// what the frame holds from the IP header on: a header cannot make a short frame count
+    /// as a long one.
     pub ip_len: u32,
     /// TCP flags byte, 0 for other protocols.
     pub tcp_flags: u8,
     /// Whether a TCP timestamp option is present (then `tsval`/`tsecr` hold it).
     pub has_ts: bool,
-    pub _pad: u16,
+    /// Bytes the IP header claimed (IPv4 total length, IPv6 40 + payload length) beyond what
+    /// the frame holds: cut from `ip_len`, counted under `Stat::HeaderExcess`. At most 65,535
+    /// (a claim of at most 65,575 bytes against at least the 40 the parser read).
+    pub excess: u16,
     /// TCP sequence and acknowledgement numbers; 0 for other protocols.
     pub seq: u32,
     pub ack: u32,
@@ -117,7 +122,7 @@ impl Default for Parsed {
             ip_len: 0,
             tcp_flags: 0,
             has_ts: false,
-            _pad: 0,
+            excess: 0,
             seq: 0,
             ack: 0,
             tsval: 0,
@@ -198,7 +203,10 @@ pub fn parse_into<F: Frame + ?Sized>(
     zero_pad(&mut key._pad);
     let l3 = off;
     // Source goes to endpoint a, destination to b; they are put in order at the end.
-    let ip_len: u32;
+    // What the IP header says the packet's length is, and what the frame holds from it on
+    // (for TC the whole skb, paged data included, so an aggregate's claim stands).
+    let claimed: u32;
+    let held = f.len().saturating_sub(l3) as u32;
     let proto: u8;
     let mut l4: usize;
 
@@ -226,8 +234,8 @@ pub fn parse_into<F: Frame + ?Sized>(
                 f.load::<1>(l3 + ihl - 1).ok_or(Stat::ErrIpv4)?;
             }
             // 0 is what a >64 KiB (BIG TCP) aggregate carries: fall back to what is there.
-            ip_len = if tot_len == 0 {
-                f.len().saturating_sub(l3) as u32
+            claimed = if tot_len == 0 {
+                held
             } else if tot_len < ihl {
                 return Err(Stat::ErrIpv4);
             } else {
@@ -243,11 +251,7 @@ pub fn parse_into<F: Frame + ?Sized>(
             key.addr_a = load_addr6(f, l3 + 8).ok_or(Stat::ErrIpv6)?;
             key.addr_b = load_addr6(f, l3 + 24).ok_or(Stat::ErrIpv6)?;
             let payload = be16([h[4], h[5]]) as u32;
-            ip_len = if payload == 0 {
-                f.len().saturating_sub(l3) as u32
-            } else {
-                40 + payload
-            };
+            claimed = if payload == 0 { held } else { 40 + payload };
             let mut next = h[6];
             l4 = l3 + 40;
             let mut walked = 0usize;
@@ -369,7 +373,9 @@ pub fn parse_into<F: Frame + ?Sized>(
         (Direction::AToB, true) | (Direction::BToA, false) => Initiator::A,
         _ => Initiator::B,
     };
+    let ip_len = if claimed > held { held } else { claimed };
     out.ip_len = ip_len;
+    out.excess = (claimed - ip_len) as u16;
     out.hdr_len = (l4 - l3 + l4_hdr) as u16;
     Ok(())
 }
@@ -472,7 +478,6 @@ fn clear_tcp(out: &mut Parsed) {
     unsafe {
         core::ptr::write_volatile(&raw mut out.tcp_flags, 0);
         core::ptr::write_volatile(&raw mut out.has_ts, false);
-        core::ptr::write_volatile(&raw mut out._pad, 0);
         core::ptr::write_volatile(&raw mut out.seq, 0);
         core::ptr::write_volatile(&raw mut out.ack, 0);
         core::ptr::write_volatile(&raw mut out.tsval, 0);

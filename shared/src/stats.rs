@@ -3,7 +3,7 @@
 //! pair from the kernel's counters to the wire (`wire::Count` is this type).
 //!
 //! Conservation holds per window: `Seen = Parsed + NonIp + Fragment + every Err*`, and
-//! `Parsed = sum(flow deltas) + Overflow` (packets and bytes alike for the second).
+//! `Parsed = sum(flow deltas) + Overflow + Reclaimed` (packets and bytes alike for the second).
 
 /// Packets and bytes. `#[repr(C)]` for the kernel's stats block; on the wire two varints.
 ///
@@ -63,7 +63,7 @@ stats! {
     /// Every packet either program saw. Bytes: frame length (L2), for reference only.
     Seen = 0, "seen";
     /// Packets attributed to a conversation (a flow record or the overflow record).
-    /// Bytes: IP total length per wire packet.
+    /// Bytes: IP total length per wire packet, at most what the frame holds.
     Parsed = 1, "parsed";
     /// Parsed packets whose flow could not be inserted because the table was full.
     Overflow = 2, "overflow";
@@ -88,10 +88,18 @@ stats! {
     /// TCP segments whose TSval was to be remembered for an RTT sample but the pending map
     /// was full (not part of the sums above: these packets are counted in flows as usual).
     RttPendingFull = 12, "rtt_pending_full";
+    /// Parsed packets whose IP header claimed more than the frame holds (a lying or broken
+    /// header): packets, and the bytes claimed beyond the frame, which no flow counts (its
+    /// bytes are what the frame holds). Not part of the sums above.
+    HeaderExcess = 13, "header_excess";
+    /// Packets and bytes of flows a program reclaimed under pressure to make room for a new
+    /// one (`crate::table::reclaimable`; never read by the agent): moved out of the table, so
+    /// `Parsed = sum(flow deltas) + Overflow + Reclaimed`. Reported in the overflow record.
+    Reclaimed = 14, "reclaimed";
 }
 
 /// Number of counters in a [`Stats`] block.
-pub const STATS_LEN: u32 = 13;
+pub const STATS_LEN: u32 = 15;
 
 /// Every counter, indexed by [`Stat`]: one CPU's block in its [`crate::cpu::CpuSlot`].
 pub type Stats = [Count; STATS_LEN as usize];

@@ -187,6 +187,13 @@ pub struct Health {
     pub owner_sockets_full: u64,
     /// DHCP requests from a new LAN device that found the agent's names map full.
     pub owner_devices_full: u64,
+    /// Packets whose IP header claimed more bytes than the frame held, in the window: counted
+    /// as what the frame held (a lying or broken header).
+    pub header_excess: u64,
+    /// Packets of flows the programs reclaimed under pressure (one-packet or unanswered flows
+    /// not yet read, taken for new flows: a flood), in the window: part of `table_full`, in
+    /// the overflow record.
+    pub reclaimed: u64,
 }
 
 /// One conversation's deltas in the window, oriented initiator → responder: a [`Flow`] as a

@@ -8,9 +8,9 @@ use aya::{
 use aya_log::EbpfLogger;
 use shared::{
     cpu::{Settings, SlotBytes, CPU_SLOTS_MAP},
-    flow::{FLOWS_MAP, HELD_MAP},
+    flow::{FLOWS_MAP, HELD_MAP, HOPS_MAP},
     rtt::PENDING_MAP,
-    table::TableShape,
+    table::{HashKey, TableShape},
 };
 use std::time::Duration;
 
@@ -78,6 +78,8 @@ pub enum LoadError {
         path: &'static str,
         source: std::io::Error,
     },
+    #[error("drawing the flow table's hash key from the OS (getrandom): {0}")]
+    Random(std::io::Error),
     #[error("writing the settings into each CPU's slot ({CPU_SLOTS_MAP}): {0}")]
     Settings(#[from] aya::maps::MapError),
     #[error("loading {program}: {source}")]
@@ -139,7 +141,7 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
     if object.is_empty() {
         return Err(LoadError::NoObject);
     }
-    let shape = TableShape::for_flows(opts.max_flows, random_seed());
+    let shape = TableShape::for_flows(opts.max_flows, random_key()?);
     let settings = Settings {
         rtt_interval_us: opts
             .rtt
@@ -150,7 +152,6 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
         sample_every: opts.sample_every.max(1),
         rtt_on: opts.rtt.is_some() as u16,
         tcp_health: opts.tcp_health as u16,
-        hash_seed: shape.seed,
         slot_mask: shape.mask(),
     };
     let started = std::time::Instant::now();
@@ -164,11 +165,12 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
         .override_global(shared::owner::OWNER_ON_GLOBAL, &owner_on, false)
         .map_max_entries(CPU_SLOTS_MAP, cpus as u32)
         .map_max_entries(FLOWS_MAP, shape.slots)
-        .map_max_entries(HELD_MAP, shape.bitmap_words())
+        .map_max_entries(HELD_MAP, shape.held_words())
+        .map_max_entries(HOPS_MAP, shape.slots)
         // One pending timestamp per flow is the common case.
         .map_max_entries(PENDING_MAP, opts.max_flows)
         .load(object)?;
-    write_settings(&mut ebpf, settings)?;
+    write_settings(&mut ebpf, settings, shape.key)?;
     let logger = match EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -208,21 +210,40 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
     })
 }
 
-/// A seed for the table's hash from the OS's randomness (std seeds each `RandomState` so).
-fn random_seed() -> u32 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(0u8) as u32
+/// A key for the table's hash, 128 bits from the OS's randomness (getrandom(2)), drawn at
+/// every load: a key that outlived a restart could be learnt from one run and used on the
+/// next.
+fn random_key() -> Result<HashKey, LoadError> {
+    let mut b = [0u8; 16];
+    let mut got = 0;
+    while got < b.len() {
+        // SAFETY: writes at most the rest of `b`.
+        let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(LoadError::Random(e));
+        }
+        got += n as usize;
+    }
+    let (lo, hi) = b.split_at(8);
+    Ok([
+        u64::from_ne_bytes(lo.try_into().expect("8 bytes")),
+        u64::from_ne_bytes(hi.try_into().expect("8 bytes")),
+    ])
 }
 
 /// Writes `settings` into every CPU's slot, the rest zeroed: before any program is attached,
 /// so no packet is counted into a slot this overwrites. Builds before the CPU slots (the
 /// benchmark's A/B runs load them) have none and run on their built-in defaults.
-fn write_settings(ebpf: &mut Ebpf, settings: Settings) -> Result<(), LoadError> {
+fn write_settings(ebpf: &mut Ebpf, settings: Settings, key: HashKey) -> Result<(), LoadError> {
     let Some(map) = ebpf.map_mut(CPU_SLOTS_MAP) else {
         return Ok(());
     };
     let mut slots: Array<&mut MapData, SlotBytes> = Array::try_from(map)?;
-    let slot = SlotBytes::with_settings(settings);
+    let slot = SlotBytes::with_settings(settings, key);
     for cpu in 0..slots.len() {
         slots.set(cpu, slot, 0)?;
     }

@@ -17,7 +17,12 @@ use crate::{
 };
 use shared::owner::{FlowOwner, OwnerStat};
 use shared::{
-    conn, flow::tcp, parse::IPPROTO_TCP, wire::Flow, Count, Direction, FlowCounters, Stat,
+    conn,
+    flow::tcp,
+    parse::IPPROTO_TCP,
+    table::{reclaimable, under_pressure},
+    wire::Flow,
+    Count, Direction, FlowCounters, Stat,
 };
 use std::{collections::BTreeMap, time::Duration};
 
@@ -186,6 +191,10 @@ impl<S: Source> Drainer<S> {
         }
         let source = &self.source;
         let slots = self.source.slots();
+        // Past half full (more flows than the table is sized for), flows not worth a slot
+        // (`shared::table::reclaimable`) are freed at once, reported in this window: the
+        // programs may reclaim only flows the agent has not read (docs/design.md, "Floods").
+        let pressure = under_pressure(slots.held() as u64, slots.shape().slots as u64);
         // Flows first, then the counters: a packet counted between the two reads is in the
         // kernel's `parsed` but not yet in a flow delta. Totals are taken from the flows (so
         // every window conserves exactly) and the kernel counter checks them through
@@ -208,7 +217,9 @@ impl<S: Source> Drainer<S> {
                     .mono_ns
                     .saturating_sub(ticks.to_mono_ns(cur.last_seen())),
             );
-            if idle >= expiry.inactive || (finished(cur) && idle >= expiry.finished) {
+            if pressure && reclaimable(cur.packets()) {
+                expired.push((i, cur.packets(), None));
+            } else if idle >= expiry.inactive || (finished(cur) && idle >= expiry.finished) {
                 // A SYN nobody answered is decided only now, when the flow leaves.
                 let unanswered = (tcp_health && key.proto == IPPROTO_TCP && conn::unanswered(cur))
                     .then(|| (window::unanswered(key, cur, to_ms), had));
@@ -253,7 +264,8 @@ impl<S: Source> Drainer<S> {
             }
             None => (Tables::default(), None),
         };
-        let overflow = delta[Stat::Overflow as usize];
+        // Flows the programs reclaimed were never read: their counts are reported here.
+        let overflow = delta[Stat::Overflow as usize].plus(&delta[Stat::Reclaimed as usize]);
         let mut totals = in_flows;
         totals.add(&overflow);
         self.unsettled.add(&delta[Stat::Parsed as usize]);
@@ -388,10 +400,10 @@ mod tests {
 
     impl Host {
         fn new(slots: u32) -> Host {
-            let shape = TableShape { slots, seed: 3 };
+            let shape = TableShape { slots, key: [3, 4] };
             Host {
                 slots: (0..slots).map(|_| Default::default()).collect(),
-                held: (0..shape.bitmap_words())
+                held: (0..shape.held_words())
                     .map(|_| Default::default())
                     .collect(),
                 shape,
@@ -668,6 +680,49 @@ mod tests {
         let w = d.drain().unwrap();
         assert_eq!(by_port(&w), BTreeMap::from([(1, 1)]));
         assert_eq!(w.unsettled, Count::default());
+    }
+
+    /// Past half full, flows not worth a slot (one packet, or a few never answered) leave at
+    /// the drain that reports them; answered ones and one-way streams stay. Flows the
+    /// programs reclaimed are reported in the overflow record: totals stay exact.
+    #[test]
+    fn under_pressure_unanswered_flows_leave_at_once_and_reclaimed_ones_count() {
+        let mut d = Drainer::new(Host::new(64), Expiry::default(), true).unwrap();
+        // 30 of 64 slots: not past half full, nothing leaves early.
+        for port in 0..30 {
+            d.source.count(key(port), 1, 0, 0);
+        }
+        let w = d.drain().unwrap();
+        assert_eq!((w.active_flows, w.expired_flows), (30, 0));
+        // 40: past half. Ports 100-104 answered (a packet back), 105 a one-way stream.
+        for port in 30..35 {
+            d.source.count(key(port), 1, 0, 0);
+        }
+        let slots = d.source.slots();
+        for port in 100..106 {
+            d.source
+                .count(key(port), if port == 105 { 9 } else { 1 }, 0, 0);
+            if port < 105 {
+                let i = slots.find(&key(port)).unwrap();
+                // SAFETY: the test's memory; nothing else touches it now.
+                let c = unsafe { &mut (*d.source.slots[i as usize].get()).counters };
+                (c.dir[1].packets, c.dir[1].bytes) = (1, 100);
+                d.source.stat(Stat::Parsed, 1);
+            }
+        }
+        // A program reclaimed a flow of 3 packets since the last drain.
+        d.source.stat(Stat::Parsed, 3);
+        d.source.stat(Stat::Reclaimed, 3);
+        let w = d.drain().unwrap();
+        assert_eq!(w.expired_flows, 35, "the one-packet flows");
+        assert_eq!(w.active_flows, 6);
+        assert_eq!(w.overflow.packets, 3, "reclaimed, in the overflow record");
+        assert_eq!(w.totals.packets, 5 + 5 * 2 + 9 + 3);
+        assert!(w.is_conserved());
+        assert_eq!(w.unsettled, Count::default());
+        let slots = d.source.slots();
+        assert!((100..106).all(|p| slots.find(&key(p)).is_some()));
+        assert!((0..35).all(|p| slots.find(&key(p)).is_none()));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use aya::{
 use shared::{
     cpu::{SlotBytes, CPU_SLOTS_MAP},
     flow::{FLOWS_MAP, HELD_MAP},
-    table::{held_bit, FlowSlot, TableShape, EMPTY, GONE, LIVE},
+    table::{held_bit, FlowSlot, TableShape, EMPTY, GONE, LIVE, READ, RECLAIMING, UNREAD},
     FlowCounters, FlowKey,
 };
 use std::{
@@ -92,13 +92,13 @@ impl FlowTable {
             .ok_or(TableError::MissingMap(CPU_SLOTS_MAP))?;
         let cpu: Array<&MapData, SlotBytes> =
             Array::try_from(cpu).map_err(map_err(CPU_SLOTS_MAP))?;
-        let settings = cpu.get(&0, 0).map_err(map_err(CPU_SLOTS_MAP))?.settings();
+        let slot = cpu.get(&0, 0).map_err(map_err(CPU_SLOTS_MAP))?;
         let shape = TableShape {
-            slots: settings.slot_mask.wrapping_add(1),
-            seed: settings.hash_seed,
+            slots: slot.settings().slot_mask.wrapping_add(1),
+            key: slot.hash_key(),
         };
         let flows = Mapped::take(ebpf, FLOWS_MAP, shape.slots, size_of::<FlowSlot>())?;
-        let held = Mapped::take(ebpf, HELD_MAP, shape.bitmap_words(), 8)?;
+        let held = Mapped::take(ebpf, HELD_MAP, shape.held_words(), 8)?;
         let memory_bytes = memlock(flows.fd).zip(memlock(held.fd)).map(|(a, b)| a + b);
         Ok(FlowTable {
             flows,
@@ -234,7 +234,7 @@ unsafe impl Sync for Slots<'_> {}
 
 impl Slots<'_> {
     /// # Safety
-    /// `base` points at `shape.slots` slots and `held` at `shape.bitmap_words()` words that
+    /// `base` points at `shape.slots` slots and `held` at `shape.held_words()` words that
     /// stay valid for the lifetime chosen, and are only changed as `shared::table` says.
     pub unsafe fn new<'a>(base: *mut FlowSlot, held: *mut u64, shape: TableShape) -> Slots<'a> {
         Slots {
@@ -304,19 +304,42 @@ impl Slots<'_> {
     }
 
     /// Calls `f` with each held flow's slot index, key and counters, in slot order: the slots
-    /// the bitmap marks (a slot claimed during the pass may come in the next one).
+    /// the bitmap marks (a slot claimed during the pass may come in the next one). Each flow
+    /// read is the agent's from then on ([`Slots::adopt`]).
     pub fn for_each_flow(&self, f: &mut dyn FnMut(u32, &FlowKey, &FlowCounters)) {
         for w in 0..self.shape.bitmap_words() {
             let mut bits = self.held_word(w).load(Ordering::Acquire);
             while bits != 0 {
                 let i = w * 64 + bits.trailing_zeros();
                 bits &= bits - 1;
-                if self.state(i) == LIVE {
+                if self.state(i) == LIVE && self.adopt(i) {
                     let (k, c) = self.read(i);
                     f(i, &k, &c);
                 }
             }
         }
+    }
+
+    /// Marks LIVE slot `i`'s flow READ before its counters are read, so no program reclaims it
+    /// once a drain may have reported part of it (`shared::table`: pressure). False when a
+    /// program is reclaiming it or the slot is being claimed: its counts are not the drain's
+    /// (the reclaimed ones go to `Stat::Reclaimed`; a flow being claimed comes next time).
+    fn adopt(&self, i: u32) -> bool {
+        let s = self.slot(i);
+        // SAFETY: slot `i` is in the table; its mark word is only changed atomically.
+        let mark = unsafe { AtomicU32::from_ptr(&raw mut (*s).mark) };
+        let was = match mark.compare_exchange(UNREAD, READ, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(w) | Err(w) => w,
+        };
+        // Read after the mark: the flow it holds now is the one adopted.
+        was != RECLAIMING && self.state(i) == LIVE
+    }
+
+    /// Slots held now (the bitmap's bits).
+    pub fn held(&self) -> u32 {
+        (0..self.shape.bitmap_words())
+            .map(|w| self.held_word(w).load(Ordering::Relaxed).count_ones())
+            .sum()
     }
 
     /// The slot holding `key`, looked up as the programs do.
@@ -350,7 +373,21 @@ impl Slots<'_> {
             self.held_word(w).fetch_or(bit, Ordering::AcqRel);
             return false;
         }
+        // The programs' count of held slots (`shared::table::under_pressure`).
+        self.fill().fetch_sub(1, Ordering::Relaxed);
         true
+    }
+
+    /// The word after the bitmap: slots held, as the programs count them.
+    fn fill(&self) -> &AtomicU64 {
+        // SAFETY: the held map has `held_words()` words (`Slots::new`); the last is this one,
+        // only accessed atomically.
+        unsafe { AtomicU64::from_ptr(self.held.add(self.shape.fill_word() as usize)) }
+    }
+
+    /// Slots held as the programs count them (claims less the agent's frees).
+    pub fn fill_count(&self) -> u64 {
+        self.fill().load(Ordering::Relaxed)
     }
 
     /// Turns freed slot `i`, if the slot after it is empty, back into an empty one, and the
@@ -425,10 +462,10 @@ mod tests {
 
     impl Mem {
         fn new(slots: u32) -> Mem {
-            let shape = TableShape { slots, seed: 7 };
+            let shape = TableShape { slots, key: [7, 8] };
             Mem {
                 slots: vec![FlowSlot::default(); slots as usize],
-                held: vec![0; shape.bitmap_words() as usize],
+                held: vec![0; shape.held_words() as usize],
                 shape,
             }
         }
@@ -500,6 +537,25 @@ mod tests {
         for (i, port, packets) in seen {
             assert_eq!((at[port as usize], packets), (i, port as u64 + 1));
         }
+    }
+
+    /// A read adopts a flow (UNREAD → READ) so programs no longer reclaim it; a flow a
+    /// program is reclaiming is left out of the read.
+    #[test]
+    fn reads_adopt_flows_and_skip_those_being_reclaimed() {
+        let mut m = Mem::new(64);
+        let a = m.insert(key(1), 1);
+        let b = m.insert(key(2), 1);
+        m.slots[b as usize].mark = RECLAIMING;
+        let v = m.view();
+        let mut seen = Vec::new();
+        v.for_each_flow(&mut |i, _, _| seen.push(i));
+        assert_eq!(seen, [a]);
+        assert_eq!(v.held(), 2);
+        assert_eq!(
+            (m.slots[a as usize].mark, m.slots[b as usize].mark),
+            (READ, RECLAIMING)
+        );
     }
 
     #[test]

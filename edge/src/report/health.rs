@@ -69,6 +69,8 @@ fn window_health(w: &Window, table_capacity: u32) -> Health {
         non_ip: stat(Stat::NonIp),
         owner_sockets_full: owner_stat(w, "owner_sockets_full") + owner_stat(w, "owner_ports_full"),
         owner_devices_full: owner_stat(w, "dhcp_names_full"),
+        header_excess: stat(Stat::HeaderExcess),
+        reclaimed: stat(Stat::Reclaimed),
         ..Health::default()
     }
 }
@@ -146,6 +148,8 @@ mod tests {
         set(Stat::ErrEthernet, 1);
         set(Stat::ErrL4, 4);
         set(Stat::Unsampled, 50);
+        set(Stat::HeaderExcess, 6);
+        set(Stat::Reclaimed, 3);
         w.overflow.packets = 5;
         w.clock_step_ms = -30_000;
         let now = AgentState {
@@ -171,6 +175,7 @@ mod tests {
         assert_eq!((h.parse_errors, h.fragments, h.non_ip), (5, 2, 3));
         assert_eq!((h.spool_depth, h.spool_dropped), (2, 9));
         assert_eq!((h.spool_fallback, h.spool_write_errors), (true, 4));
+        assert_eq!((h.header_excess, h.reclaimed), (6, 3));
         assert_eq!(
             (h.clock_step_ms, h.clock_steps, h.reattached),
             (-30_000, 1, 3)

@@ -28,7 +28,8 @@ pub struct Window {
     pub clock_step_ms: i64,
     /// Packets attributed to conversations in this window: `sum(flows) + overflow`.
     pub totals: Count,
-    /// Packets whose flow could not be inserted: the table was full.
+    /// Packets whose flow could not be inserted (the table was full), and those of flows the
+    /// programs reclaimed under pressure before the agent read them (`Stat::Reclaimed`).
     pub overflow: Count,
     /// The kernel's own `parsed` counter minus all reported totals, since the agent started:
     /// packets counted while this drain read the table, which the next window reports. It
@@ -591,8 +592,10 @@ mod tests {
             r#","stats":{"err_ethernet":{"packets":6,"bytes":601},"err_ipv4":{"packets":8,"bytes":801}"#,
             r#","err_ipv6":{"packets":9,"bytes":901},"err_ipv6_ext":{"packets":10,"bytes":1001}"#,
             r#","err_l4":{"packets":11,"bytes":1101},"err_vlan":{"packets":7,"bytes":701}"#,
-            r#","fragment":{"packets":5,"bytes":501},"non_ip":{"packets":4,"bytes":401}"#,
+            r#","fragment":{"packets":5,"bytes":501},"header_excess":{"packets":14,"bytes":1401}"#,
+            r#","non_ip":{"packets":4,"bytes":401}"#,
             r#","overflow":{"packets":3,"bytes":301},"parsed":{"packets":2,"bytes":201}"#,
+            r#","reclaimed":{"packets":15,"bytes":1501}"#,
             r#","rtt_pending_full":{"packets":13,"bytes":1301},"seen":{"packets":1,"bytes":101}"#,
             r#","unsampled":{"packets":12,"bytes":1201}},"active_flows":9,"expired_flows":1"#,
             r#","flows":[{"proto":6,"src":"10.0.0.1","src_port":40000,"dst":"192.0.2.7","dst_port":443"#,

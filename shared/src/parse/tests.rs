@@ -410,3 +410,30 @@ fn tcp_timestamp_over_ipv6() {
     let r = run(&p).unwrap();
     assert_eq!((r.has_ts, r.tsval, r.tsecr), (true, 42, 43));
 }
+
+/// A header's length is believed only as far as the frame goes: a 60-byte frame claiming
+/// 65,535 bytes counts the 46 it holds, the rest is the excess (issue 24). A frame holding
+/// more than its header says (Ethernet padding) counts what the header says.
+#[test]
+fn lengths_are_clamped_to_the_frame() {
+    let mut f = Packet::udp4(A, B, 7, 9, 18).build();
+    assert_eq!(f.len(), 60);
+    f[16] = 0xff;
+    f[17] = 0xff;
+    let r = parse(f.as_slice(), None).unwrap();
+    assert_eq!((r.ip_len, r.excess), (46, 65_535 - 46));
+    assert_eq!(r.wire_bytes(1), 46);
+
+    let mut f = Packet::udp6(v6(1), v6(2), 7, 9, 10).build();
+    let held = f.len() as u32 - 14;
+    f[18] = 0xff;
+    f[19] = 0xff;
+    let r = parse(f.as_slice(), None).unwrap();
+    assert_eq!((r.ip_len, r.excess as u32), (held, 40 + 65_535 - held));
+
+    // Padded to 60 bytes on the wire: the header's 28 count, nothing is excess.
+    let mut f = Packet::udp4(A, B, 7, 9, 0).build();
+    f.resize(60, 0);
+    let r = parse(f.as_slice(), None).unwrap();
+    assert_eq!((r.ip_len, r.excess), (28, 0));
+}

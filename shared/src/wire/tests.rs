@@ -162,6 +162,8 @@ fn golden_v3() -> Message {
     s.health.clock_step_ms = -30_000;
     s.health.clock_steps = 2;
     s.health.reattached = 5;
+    s.health.header_excess = 2;
+    s.health.reclaimed = 300;
     s.dns_hist =
         heapless::Vec::from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1]).unwrap();
     s.flows.push(FlowRecord {
@@ -292,6 +294,7 @@ fn version_2_reads_as_the_current_summary_without_dns() {
     assert_eq!(s, golden_v2_current());
     assert!(!s.dns && s.dns_hist.is_empty() && s.flows.iter().all(|f| f.dns.is_none()));
     assert_eq!((s.health.dns_malformed, s.health.dns_evicted), (0, 0));
+    assert_eq!((s.health.header_excess, s.health.reclaimed), (0, 0));
     // Down to version 2 drops only what version 3 added, byte for byte.
     let Message::V3(cur) = golden_v3() else {
         unreachable!()
@@ -367,12 +370,12 @@ fn version_1_reads_as_the_current_summary_without_tcp() {
     let (n1, n2) = (encoded_len(&golden()), encoded_len(&Message::V2(cur)));
     assert_eq!(n2, n1 + s.flows.len() + 1);
     // V3 adds one byte per flow (no DNS block), the empty histogram, the flag and the two
-    // health counters; a byte each for the five agent health fields at their zero (spool
-    // fallback, spool write errors, clock step, clock steps, re-attachments); and for owners
+    // DNS health counters; a byte each for the five agent health fields at their zero (spool
+    // fallback, spool write errors, clock step, clock steps, re-attachments); for owners
     // (issue 22) one byte per flow (none), the empty names and devices and two more health
-    // counters.
+    // counters; and header_excess and reclaimed (issue 24).
     let n3 = encoded_len(&Message::from(s.clone()));
-    assert_eq!(n3, n2 + s.flows.len() + 4 + 5 + s.flows.len() + 4);
+    assert_eq!(n3, n2 + s.flows.len() + 4 + 5 + s.flows.len() + 4 + 2);
 }
 
 #[test]
