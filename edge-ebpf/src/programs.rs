@@ -19,13 +19,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use core::intrinsics::{
-    atomic_cxchg, atomic_or, atomic_xadd, atomic_xchg,
+    atomic_and, atomic_cxchg, atomic_or, atomic_xadd, atomic_xchg,
     AtomicOrdering::{Relaxed, SeqCst},
 };
 use shared::{
     conn,
     cpu::{CpuSlot, Settings, DEFAULT_CPUS},
-    flow::{tcp, zero_pad, DirCounters, DEFAULT_MAX_FLOWS},
+    flow::{tcp, zero_pad, DirCounters, DEFAULT_MAX_FLOWS, OWNER_PENDING},
     parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP},
     rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, RTT_BUCKETS},
     stats::STATS_LEN,
@@ -275,9 +275,15 @@ fn account<C: Hook>(
         return;
     };
     // Who sent it: a known flow's first egress packet looks its socket up (`owner`).
-    if egress && owner::on() {
+    // SAFETY: a live map value; the word is read, and cleared atomically by the resolution.
+    if egress
+        && owner::on()
+        && unsafe { core::ptr::read_volatile(&raw const (*v).initiator) } & OWNER_PENDING != 0
+    {
         let port = owner::local_port(p.key.proto, p.key.port_a, p.key.port_b, d);
         owner::egress_seen(ctx, at, port);
+        // SAFETY: as above.
+        unsafe { atomic_and::<u32, u32, { Relaxed }>(&raw mut (*v).initiator, !OWNER_PENDING) };
     }
     if p.key.proto != IPPROTO_TCP {
         return;
@@ -441,6 +447,9 @@ fn entry<C: Hook>(
                 if owner::on() {
                     let port = owner::local_port(p.key.proto, p.key.port_a, p.key.port_b, d);
                     owner::claimed(ctx, at, d, egress, port);
+                    if !egress {
+                        (*v).initiator |= OWNER_PENDING;
+                    }
                 }
                 // A full barrier: a CPU that sees LIVE sees the key.
                 atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).state, LIVE);
