@@ -154,15 +154,16 @@ class Edgeflow(Process):
     """The agent, `edgeflow run`, publishing to the local broker every export interval."""
     ready_re, ready_timeout, bpf, unit = r"edgeflow: ready", 60.0, True, "wire"
 
-    def __init__(self, name, attach, rtt=True, sample=1):
+    def __init__(self, name, attach, rtt=True, sample=1, owner=True):
         super().__init__(name)
-        self.attach, self.rtt, self.sample = attach, rtt, sample
+        self.attach, self.rtt, self.sample, self.owner = attach, rtt, sample, owner
         # `<config>@alt` runs another build of the agent (--alt-edgeflow): an A/B of two
         # builds on real traffic, interleaved like any two configurations.
         self.bin = "edgeflow-alt" if name.endswith(ALT) else "edgeflow"
 
     def describe(self):
         return (f"edgeflow run --attach {self.attach}{'' if self.rtt else ' --no-rtt'}"
+                f"{'' if self.owner else ' --no-owner'}"
                 f"{f' --sample {self.sample}' if self.sample > 1 else ''} -> mosquitto on 127.0.0.1"
                 f"{' (the --alt-edgeflow build)' if self.bin == 'edgeflow-alt' else ''}")
 
@@ -179,6 +180,8 @@ class Edgeflow(Process):
              "--attach", self.attach, "--max-flows", str(run.args.max_flows)]
         if not self.rtt:
             a.append("--no-rtt")
+        if not self.owner:
+            a.append("--no-owner")
         if self.sample > 1:
             a += ["--sample", str(self.sample)]
         return a
@@ -383,6 +386,8 @@ def registry():
             for sample in (1, 100):
                 name = f"edgeflow-{attach}{'' if rtt else '-nortt'}{'-s100' if sample > 1 else ''}"
                 r[name] = (lambda a, rt, s: lambda n: Edgeflow(n, a, rt, s))(attach, rtt, sample)
+    # Owners (docs/owners.md) off: what attributing flows to processes and devices costs.
+    r["edgeflow-tc-noowner"] = lambda n: Edgeflow(n, "tc", owner=False)
     return r
 
 

@@ -127,8 +127,8 @@ pub fn claimed<C: Hook>(ctx: &C, at: u32, d: usize, egress: bool, port: u32) {
     }
 }
 
-/// A TC egress packet of a known flow in slot `at`: the flow's socket is looked up by its
-/// first egress packet only.
+/// The first TC egress packet of a known flow in slot `at` (the caller saw the flow's
+/// `OWNER_PENDING` bit, and clears it): the flow's socket is looked up once.
 #[inline(always)]
 pub fn egress_seen<C: Hook>(ctx: &C, at: u32, port: u32) {
     let Some(o) = OWNERS.get_ptr_mut(at) else {

@@ -19,13 +19,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use core::intrinsics::{
-    atomic_cxchg, atomic_or, atomic_xadd, atomic_xchg,
+    atomic_and, atomic_cxchg, atomic_or, atomic_xadd, atomic_xchg,
     AtomicOrdering::{Relaxed, SeqCst},
 };
 use shared::{
     conn,
     cpu::{CpuSlot, Settings, DEFAULT_CPUS},
-    flow::{tcp, zero_pad, DirCounters, DEFAULT_MAX_FLOWS},
+    flow::{tcp, zero_pad, DirCounters, DEFAULT_MAX_FLOWS, OWNER_PENDING},
     parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP},
     rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, RTT_BUCKETS},
     stats::STATS_LEN,
@@ -289,9 +289,15 @@ fn account<C: Hook>(
         return;
     };
     // Who sent it: a known flow's first egress packet looks its socket up (`owner`).
-    if egress && owner::on() {
+    // SAFETY: a live map value; the word is read, and cleared atomically by the resolution.
+    if egress
+        && owner::on()
+        && unsafe { core::ptr::read_volatile(&raw const (*v).initiator) } & OWNER_PENDING != 0
+    {
         let port = owner::local_port(p.key.proto, p.key.port_a, p.key.port_b, d);
         owner::egress_seen(ctx, at, port);
+        // SAFETY: as above.
+        unsafe { atomic_and::<u32, u32, { Relaxed }>(&raw mut (*v).initiator, !OWNER_PENDING) };
     }
     if p.key.proto != IPPROTO_TCP {
         return;
@@ -471,11 +477,15 @@ fn entry<C: Hook>(
                 break;
             }
             set_hop(hops, i);
+            let mut extra = 0;
             if owner::on() {
                 let port = owner::local_port(p.key.proto, p.key.port_a, p.key.port_b, d);
                 owner::claimed(ctx, at, d, egress, port);
+                if !egress {
+                    extra = OWNER_PENDING;
+                }
             }
-            let v = publish(s, p, d, segs64, bytes, now);
+            let v = publish(s, p, d, segs64, bytes, now, extra);
             let (word, bit) = table::held_bit(at);
             if let Some(w) = FLOWS_HELD.get_ptr_mut(word) {
                 // SAFETY: a bitmap word, changed atomically only.
@@ -532,6 +542,7 @@ fn publish(
     segs64: u64,
     bytes: u64,
     now: u64,
+    extra: u32,
 ) -> *mut FlowCounters {
     // SAFETY: claimed: ours until published.
     unsafe {
@@ -545,7 +556,8 @@ fn publish(
         (*dc).last_seen = now;
         (*v).first_seen = now;
         (*v).tcp_flags = (p.tcp_flags as u32) << (8 * d as u32);
-        (*v).initiator = p.initiator as u32;
+        // Bits beside the initiator (`OWNER_PENDING`) are the flow's from its first packet.
+        (*v).initiator = p.initiator as u32 | extra;
         // A full barrier: a CPU that sees LIVE sees the key.
         atomic_xchg::<u32, { SeqCst }>(&raw mut (*s).state, LIVE);
         v
@@ -627,11 +639,15 @@ fn reclaim<C: Hook>(
         stat_add(Stat::Reclaimed, packets, old_bytes);
         // The slot stays held (its bit is set); the old flow's home keeps its hop bit.
         set_hop(hops, i);
+        let mut extra = 0;
         if owner::on() {
             let port = owner::local_port(p.key.proto, p.key.port_a, p.key.port_b, new.d);
             owner::claimed(ctx, new.at, new.d, new.egress, port);
+            if !new.egress {
+                extra = OWNER_PENDING;
+            }
         }
-        Some(publish(s, p, new.d, new.segs64, new.bytes, new.now))
+        Some(publish(s, p, new.d, new.segs64, new.bytes, new.now, extra))
     }
 }
 

@@ -193,6 +193,34 @@ fn local_flows_carry_their_process_and_cgroup() {
     assert_eq!(json["names"][comm], "ef-udp-a");
 }
 
+/// Off (`--no-owner`): no owner maps to read, no flow with an owner, no names, no counters.
+#[test]
+fn off_records_nothing() {
+    let net = TestNet::new();
+    net.static_neighbours();
+    let cg = TestCgroup::new("off");
+    let mut opts = probe(vec![net.veth_a.clone()], &net.ns_a, OwnerConfig::default());
+    opts.owner = None;
+    let mut session = Session::start(&opts).unwrap();
+    assert!(session.maps().owner.is_none());
+    fork_sender(
+        &cg,
+        &net.ns_a,
+        "ef-off",
+        Send::Udp {
+            from: SocketAddrV4::new(A4, 41_201),
+            to: SocketAddrV4::new(B4, 5201),
+            count: 2,
+        },
+        Hand::Own,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let w = session.next_window().unwrap();
+    assert_eq!(to_port(&w, 5201).fwd.packets, 2);
+    assert!(w.flows.iter().all(|f| f.owner.is_none()));
+    assert!(w.names.is_empty() && w.devices.is_empty() && w.owner_stats.is_none());
+}
+
 #[test]
 fn a_full_socket_map_is_counted_and_loses_no_packet() {
     let net = TestNet::new();

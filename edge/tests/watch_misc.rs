@@ -228,13 +228,22 @@ fn full_table_conserves_totals() {
         "{} flows in a table of 128 slots",
         seen.len()
     );
+    // A flow with a record has at most what was sent: one reclaimed after its first packets
+    // (unread, idle 2 ticks) is in the overflow record up to there and in a new record after.
+    // Which part lands where depends on timing; the sums below are exact either way.
     let mut in_table = (0, 0);
     for f in &sent {
         if let Some(&s) = seen.get(&(f.client_port as u64)) {
-            assert_eq!(s, (f.packets, f.bytes), "flow from port {}", f.client_port);
+            assert!(
+                s.0 <= f.packets && s.1 <= f.bytes && s.0 > 0,
+                "flow from port {}: {s:?} of {:?}",
+                f.client_port,
+                (f.packets, f.bytes)
+            );
             in_table = (in_table.0 + s.0, in_table.1 + s.1);
         }
     }
+
     let overflow = got.counter("overflow");
     assert!(overflow.0 > 0, "nothing overflowed");
     assert_eq!(overflow, (total.0 - in_table.0, total.1 - in_table.1));

@@ -141,7 +141,7 @@ pub struct FlowCounters {
     /// OR of TCP flags: bits 0..8 for a→b, bits 8..16 for b→a. Written only when a packet
     /// brings a new flag.
     pub tcp_flags: u32,
-    /// [`Initiator`] as u8 in the low byte; the rest is zero.
+    /// [`Initiator`] as u8 in the low byte; bit 8 is [`OWNER_PENDING`]; the rest is zero.
     pub initiator: u32,
     /// TCP round-trip times measured at this interface (see [`crate::rtt`]).
     pub rtt: FlowRtt,
@@ -193,6 +193,11 @@ impl FlowCounters {
         c
     }
 }
+
+/// In [`FlowCounters::initiator`]: the flow's owner waits for its first TC egress packet
+/// (`crate::owner`). In this line, which every packet's update reads anyway, an egress
+/// packet of a known flow tells whether to look at the owner with no other line touched.
+pub const OWNER_PENDING: u32 = 1 << 8;
 
 /// TCP flag bits as in the header's 13th byte.
 pub mod tcp {

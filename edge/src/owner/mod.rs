@@ -118,6 +118,16 @@ impl Resolver {
         if let Err(e) = opened {
             eprintln!("edgeflow: owners: DHCP snooping: {e:#}");
         }
+        eprintln!(
+            "edgeflow: owners: services from the cgroup v2 hierarchy at {}; {} MAC vendors; \
+             DHCP names snooped on {} of {} interfaces",
+            cgroups
+                .as_ref()
+                .map_or("(none)".to_string(), |c| c.root().display().to_string()),
+            oui.len(),
+            snoops.len(),
+            ifaces.len()
+        );
         Resolver {
             cgroups,
             services: HashMap::new(),

@@ -410,6 +410,68 @@ mod tests {
         assert_eq!(total, s.totals);
     }
 
+    /// Owners reach every part of a split window, each part with the names and devices its
+    /// own records use; local records with process, service and both MACs stay within 32
+    /// bytes.
+    #[test]
+    fn owners_travel_in_every_part_with_their_names() {
+        let mut w = window(3000);
+        w.names = ["unused", "curl", "nginx.service", "Cisco Systems, Inc"]
+            .map(String::from)
+            .to_vec();
+        w.devices = (0..40u8)
+            .map(|i| Device {
+                mac: [0xf4, 0xbd, 0x9e, 0, 0, i],
+                vendor: Some(3),
+                ..Device::default()
+            })
+            .collect();
+        for (i, f) in w.flows.iter_mut().enumerate() {
+            f.owner = Some(Owner {
+                process: Some(Process {
+                    pid: 30_000 + (i % 7) as u32,
+                    comm: 1,
+                }),
+                service: Some(2),
+                initiator: Some((i % 40) as u32),
+                responder: Some(((i + 1) % 40) as u32),
+            });
+        }
+        let s = summarize(&ident(), 1, &w, Health::default(), 3000);
+        assert!(!s.names.contains(&"unused".to_string()));
+        let parts = encode_parts(s, 16_384).unwrap();
+        assert!(parts.len() > 1);
+        let (mut bytes, mut records) = (0, 0);
+        for p in &parts {
+            let m = wire::decode_summary(p).unwrap();
+            for f in &m.flows {
+                let o = f.owner.expect("every record keeps its owner");
+                let p = o.process.unwrap();
+                let i = (p.pid - 30_000) as usize;
+                assert_eq!(m.names[p.comm as usize], "curl");
+                assert_eq!(m.names[o.service.unwrap() as usize], "nginx.service");
+                let d = m.devices[o.initiator.unwrap() as usize];
+                assert_eq!(d.mac[..5], [0xf4, 0xbd, 0x9e, 0, 0]);
+                assert_eq!(m.names[d.vendor.unwrap() as usize], "Cisco Systems, Inc");
+                assert_eq!(i, (f.src_port as usize - 1000) % 7, "{f:?}");
+            }
+            bytes += p.len();
+            records += m.flows.len();
+        }
+        assert_eq!(records, 3000);
+        // Against the same window without owners: the owner block's share of a record.
+        let bare: usize = encode_parts(
+            summarize(&ident(), 1, &window(3000), Health::default(), 3000),
+            16_384,
+        )
+        .unwrap()
+        .iter()
+        .map(Vec::len)
+        .sum();
+        let added = (bytes - bare) as f64 / records as f64;
+        assert!(added <= 9.0, "{added:.1} bytes per record for the owner");
+    }
+
     #[test]
     fn small_windows_are_one_part() {
         let s = summarize(&ident(), 1, &window(5), Health::default(), 10);
