@@ -32,11 +32,14 @@ pub const OFFLINE: &str = "offline";
 /// separator and the `$` of system topics); one rule for both brokers.
 pub const CLIENT_ID_FORBIDDEN: &str = "/+#$";
 
-/// Checks an MQTT client id the project's brokers must all accept: 1..=128 bytes, none of
-/// [`CLIENT_ID_FORBIDDEN`].
+/// The longest client id: a device's `site:device`.
+pub const MAX_CLIENT_ID_LEN: usize = 2 * crate::wire::MAX_ID_LEN + 1;
+
+/// Checks an MQTT client id the project's brokers must all accept: 1..=[`MAX_CLIENT_ID_LEN`]
+/// bytes, none of [`CLIENT_ID_FORBIDDEN`].
 pub fn check_client_id(s: &str) -> Result<(), &'static str> {
-    if s.is_empty() || s.len() > 128 {
-        return Err("must be 1 to 128 bytes");
+    if s.is_empty() || s.len() > MAX_CLIENT_ID_LEN {
+        return Err("must be 1 to 129 bytes");
     }
     if s.chars().any(|c| CLIENT_ID_FORBIDDEN.contains(c)) {
         return Err("may not hold / + # or $ (the embedded broker refuses them)");
@@ -328,7 +331,7 @@ mod tests {
         for bad in ["lab/box-1", "a+b", "a#", "$SYS", ""] {
             assert!(check_client_id(bad).is_err(), "{bad}");
         }
-        assert!(check_client_id(&"x".repeat(129)).is_err());
+        assert!(check_client_id(&"x".repeat(MAX_CLIENT_ID_LEN + 1)).is_err());
     }
 
     #[test]
