@@ -442,7 +442,7 @@ async fn run_device(plan: Arc<Plan>, dev: u64, me: Device, start_ms: u64) -> Ack
     let mut broker = plan.broker.clone();
     broker.username = Some(principal.clone());
     broker.password = me.password.clone();
-    let mut opts = match broker.options(&principal) {
+    let mut opts = match broker.options(&me.id.client_id()) {
         Ok(o) => o,
         Err(e) => {
             log::error!("{principal}: {e}");

@@ -299,6 +299,24 @@ fn dashboard_with_a_thousand_devices_searches_sorts_and_keeps_up() {
         series.len() >= 3 && series.len() <= 2 + 8,
         "fleet, others and up to 8 devices: {chart}"
     );
+    // Drawn, not only listed: the fleet total is a line of several points above the zero line
+    // (the hand-drawn SVG: y(0) sits 24 px above the bottom), and every top device has a line
+    // or a dot in the chart below.
+    let drawn = b.wait_for(
+        "the fleet chart drawn",
+        "(() => { const c = document.querySelector('#chart svg'), t = document.querySelector('#chart-top svg');
+                  if (!c || !t) return null;
+                  const H = c.viewBox.baseVal.height;
+                  const ys = [...c.querySelectorAll('polyline.thick')].flatMap(p =>
+                      p.getAttribute('points').trim().split(' ').map(xy => Number(xy.split(',')[1])));
+                  const marks = t.querySelectorAll('polyline.line, circle').length;
+                  return ys.length > 1 && ys.some(y => y < H - 25) ? [ys.length, marks] : null; })()",
+        Duration::from_secs(10),
+    );
+    assert!(
+        drawn[1].as_u64().unwrap() as usize >= series.len() - 2,
+        "a line or dot per top device: {drawn} for {chart}"
+    );
 
     // The DNS panel of the whole fleet: top names (the generator's eight, one NXDOMAIN), its
     // resolvers and the latency distribution.
