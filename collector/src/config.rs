@@ -292,8 +292,8 @@ impl Config {
             .client_id
             .or(file.client_id)
             .unwrap_or_else(|| DEFAULT_CLIENT_ID.into());
-        if client_id.is_empty() || client_id.len() > 128 {
-            return Err(UsageError("client_id must be 1 to 128 bytes".into()));
+        if let Err(why) = shared::identity::check_client_id(&client_id) {
+            return Err(UsageError(format!("client_id {client_id:?} {why}")));
         }
         let share_group = cli.share_group.or(file.share_group);
         if let Some(g) = &share_group {

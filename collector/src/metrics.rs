@@ -1,5 +1,11 @@
 //! Prometheus text exposition (`/metrics`): ingest counters and rates, decode errors by
 //! reason, and per-device throughput and health from the store.
+//!
+//! The text is written by `prometheus-client` (its Prometheus 0.0.4 encoder: names, `_total`
+//! on counters, HELP escaping, label-value escaping, number formatting); this module only
+//! gathers each scrape's values into [`Families`], in a fixed order, and hands them over as
+//! one `Collector`. The values come from the store at scrape time, so nothing is registered
+//! for the process's lifetime.
 
 use crate::{
     api::{
@@ -11,20 +17,130 @@ use crate::{
     ingest::IngestStats,
     rate::Rates,
 };
-use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Every rejection reason, so each series exists (at 0) before its first occurrence.
 pub const REASONS: [&str; 9] = shared::identity::Reject::REASONS;
 
-/// A label value with `\`, `"` and newlines escaped.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A series' labels, in the order they are written.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// One sample's value: counts stay integers; a gauge that is a whole number is written as
+/// one too (`6200`, not `6200.0`), as the hand-written text did, so series read the same.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    Int(u64),
+    Float(f64),
 }
 
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+impl From<u64> for Value {
+    fn from(v: u64) -> Value {
+        Value::Int(v)
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Value {
+        Value::Float(v)
+    }
+}
+
+/// One metric family of a scrape: name (a counter's without `_total`: the encoder adds it),
+/// help, type and its series.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    series: Vec<(Labels, Value)>,
+}
+
+/// The families of one scrape, in the order they are exposed.
+#[derive(Debug, Default)]
+pub struct Families(Vec<Family>);
+
+impl Families {
+    /// Starts a counter family; `name` ends in `_total` as exposed.
+    pub fn counter(&mut self, name: &'static str, help: &'static str) -> &mut Self {
+        let name = name
+            .strip_suffix("_total")
+            .expect("a counter's name ends in _total");
+        self.family(name, help, MetricType::Counter)
+    }
+
+    /// Starts a gauge family.
+    pub fn gauge(&mut self, name: &'static str, help: &'static str) -> &mut Self {
+        self.family(name, help, MetricType::Gauge)
+    }
+
+    fn family(&mut self, name: &'static str, help: &'static str, kind: MetricType) -> &mut Self {
+        self.0.push(Family {
+            name,
+            help,
+            kind,
+            series: Vec::new(),
+        });
+        self
+    }
+
+    /// Adds a series to the family started last.
+    pub fn push(&mut self, labels: Labels, v: impl Into<Value>) -> &mut Self {
+        let f = self.0.last_mut().expect("a family was started");
+        f.series.push((labels, v.into()));
+        self
+    }
+
+    /// The Prometheus text (version 0.0.4) of these families.
+    pub fn encode(self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::with_capacity(4096);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Largest integer an f64 holds exactly.
+const EXACT: f64 = (1u64 << 53) as f64;
+
+impl Collector for Families {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in &self.0 {
+            let mut m = encoder.encode_descriptor(f.name, f.help, None, f.kind)?;
+            for (labels, v) in &f.series {
+                let e = m.encode_family(labels)?;
+                match (f.kind, *v) {
+                    (MetricType::Counter, Value::Int(v)) => ConstCounter::new(v).encode(e)?,
+                    (MetricType::Counter, Value::Float(v)) => ConstCounter::new(v).encode(e)?,
+                    (_, Value::Int(v)) => ConstGauge::new(v as i64).encode(e)?,
+                    (_, Value::Float(v)) if v.fract() == 0.0 && v.abs() < EXACT => {
+                        ConstGauge::new(v as i64).encode(e)?
+                    }
+                    (_, Value::Float(v)) => ConstGauge::new(v).encode(e)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `site` and `device` labels.
+fn dev(site: &str, device: &str) -> Labels {
+    vec![("site", site.to_string()), ("device", device.to_string())]
+}
+
+/// `site`, `device` and one more label.
+fn dev_and(site: &str, device: &str, k: &'static str, v: &str) -> Labels {
+    let mut l = dev(site, device);
+    l.push((k, v.to_string()));
+    l
 }
 
 pub fn render(
@@ -35,39 +151,29 @@ pub fn render(
     dns: &[DeviceDns],
     services: &[ServiceNow],
 ) -> String {
-    let mut o = String::with_capacity(4096);
-    head(
-        &mut o,
+    let mut o = Families::default();
+    let rejected = stats.rejected();
+    o.counter(
         "edgeflow_collector_messages_total",
-        "counter",
         "MQTT messages handled since start, by outcome.",
     );
-    let rejected = stats.rejected();
     for (outcome, v) in [
         ("stored", stats.summaries.load(Relaxed)),
         ("duplicate", stats.duplicates.load(Relaxed)),
         ("presence", stats.presence.load(Relaxed)),
         ("rejected", rejected.values().sum()),
     ] {
-        let _ = writeln!(
-            o,
-            "edgeflow_collector_messages_total{{outcome=\"{outcome}\"}} {v}"
-        );
+        o.push(vec![("outcome", outcome.to_string())], v);
     }
-    head(
-        &mut o,
+    o.counter(
         "edgeflow_collector_decode_errors_total",
-        "counter",
         "Payloads rejected since start, by reason.",
     );
     let mut reasons: Vec<&str> = REASONS.to_vec();
     reasons.extend(rejected.keys().filter(|k| !REASONS.contains(k)));
     for r in reasons {
         let v = rejected.get(r).copied().unwrap_or(0);
-        let _ = writeln!(
-            o,
-            "edgeflow_collector_decode_errors_total{{reason=\"{r}\"}} {v}"
-        );
+        o.push(vec![("reason", r.to_string())], v);
     }
     for (name, help, v) in [
         (
@@ -80,11 +186,6 @@ pub fn render(
             "MQTT payload bytes handled since start.",
             stats.payload_bytes.load(Relaxed),
         ),
-    ] {
-        head(&mut o, name, "counter", help);
-        let _ = writeln!(o, "{name} {v}");
-    }
-    for (name, help, v) in [
         (
             "edgeflow_collector_store_errors_total",
             "Failed attempts to store a batch (each retried until it succeeds).",
@@ -96,31 +197,18 @@ pub fn render(
             stats.backpressure.load(Relaxed),
         ),
     ] {
-        head(&mut o, name, "counter", help);
-        let _ = writeln!(o, "{name} {v}");
+        o.counter(name, help).push(vec![], v);
     }
-    head(
-        &mut o,
+    o.gauge(
         "edgeflow_collector_ingest_queue_bytes",
-        "gauge",
         "Received messages waiting to be stored (room counted in KiB).",
-    );
-    let _ = writeln!(
-        o,
-        "edgeflow_collector_ingest_queue_bytes {}",
-        stats.queued_kib.load(Relaxed) * 1024
-    );
-    head(
-        &mut o,
+    )
+    .push(vec![], stats.queued_kib.load(Relaxed) * 1024);
+    o.gauge(
         "edgeflow_collector_broker_connected",
-        "gauge",
         "1 while subscribed to the broker.",
-    );
-    let _ = writeln!(
-        o,
-        "edgeflow_collector_broker_connected {}",
-        u8::from(stats.connected.load(Relaxed))
-    );
+    )
+    .push(vec![], u64::from(stats.connected.load(Relaxed)));
     for (name, help, v) in [
         (
             "edgeflow_collector_ingest_messages_per_second",
@@ -133,142 +221,130 @@ pub fn render(
             rates.flow_records_per_s,
         ),
     ] {
-        head(&mut o, name, "gauge", help);
-        let _ = writeln!(o, "{name} {v}");
+        o.gauge(name, help).push(vec![], v);
     }
-    type Get = fn(&Device) -> Option<f64>;
-    let per_device: [(&str, &str, &str, Get); 12] = [
+    type Get = fn(&Device) -> Option<Value>;
+    let per_device: [(&str, bool, &str, Get); 12] = [
         (
             "edgeflow_device_up",
-            "gauge",
+            false,
             "1 when the device is online.",
-            |d| Some(if d.state == DeviceState::Online { 1.0 } else { 0.0 }),
+            |d| Some(Value::Int(u64::from(d.state == DeviceState::Online))),
         ),
         (
             "edgeflow_device_bytes_total",
-            "counter",
+            true,
             "Bytes the device counted, over the stored windows.",
-            |d| Some(d.totals.bytes as f64),
+            |d| Some(d.totals.bytes.into()),
         ),
         (
             "edgeflow_device_packets_total",
-            "counter",
+            true,
             "Packets the device counted, over the stored windows.",
-            |d| Some(d.totals.packets as f64),
+            |d| Some(d.totals.packets.into()),
         ),
         (
             "edgeflow_device_bytes_per_second",
-            "gauge",
+            false,
             "Throughput in the device's latest window.",
-            |d| d.latest.as_ref().map(|l| l.bytes_per_s),
+            |d| d.latest.as_ref().map(|l| l.bytes_per_s.into()),
         ),
         (
             "edgeflow_device_packets_per_second",
-            "gauge",
+            false,
             "Packet rate in the device's latest window.",
-            |d| d.latest.as_ref().map(|l| l.packets_per_s),
+            |d| d.latest.as_ref().map(|l| l.packets_per_s.into()),
         ),
         (
             "edgeflow_device_last_seen_seconds",
-            "gauge",
+            false,
             "When the collector received the device's latest summary (Unix time).",
-            |d| d.latest.as_ref().map(|l| l.received_ms as f64 / 1000.0),
+            |d| d.latest.as_ref().map(|l| (l.received_ms as f64 / 1000.0).into()),
         ),
         (
             "edgeflow_device_clock_skew_seconds",
-            "gauge",
+            false,
             "The latest window's end by the device's clock minus its receive time by the collector's.",
-            |d| d.latest.as_ref().map(|l| l.clock_skew_ms as f64 / 1000.0),
+            |d| d.latest.as_ref().map(|l| (l.clock_skew_ms as f64 / 1000.0).into()),
         ),
         (
             "edgeflow_device_table_fill_ratio",
-            "gauge",
+            false,
             "Active flows over flow-table capacity in the latest window.",
-            |d| d.latest.as_ref().map(|l| l.health.table_fill),
+            |d| d.latest.as_ref().map(|l| l.health.table_fill.into()),
         ),
         (
             "edgeflow_device_table_full_packets",
-            "gauge",
+            false,
             "Packets that went to the overflow record in the latest window.",
-            |d| d.latest.as_ref().map(|l| l.health.table_full as f64),
+            |d| d.latest.as_ref().map(|l| Value::Int(l.health.table_full)),
         ),
         (
             "edgeflow_device_missing_windows",
-            "gauge",
+            false,
             "Windows the device numbered that the collector does not have (gaps), all runs stored.",
-            |d| Some(d.gaps as f64),
+            |d| Some(Value::Int(d.gaps)),
         ),
         (
             "edgeflow_device_spool_dropped",
-            "gauge",
+            false,
             "Windows the device's spool dropped since the agent started (its own count).",
-            |d| d.latest.as_ref().map(|l| l.health.spool_dropped as f64),
+            |d| d.latest.as_ref().map(|l| Value::Int(l.health.spool_dropped)),
         ),
         (
             "edgeflow_device_cpu_percent",
-            "gauge",
+            false,
             "Agent CPU time as a share of one core in the latest window.",
-            |d| d.latest.as_ref().map(|l| l.health.cpu_pct),
+            |d| d.latest.as_ref().map(|l| l.health.cpu_pct.into()),
         ),
     ];
-    for (name, kind, help, get) in per_device {
-        head(&mut o, name, kind, help);
+    for (name, counter, help, get) in per_device {
+        if counter {
+            o.counter(name, help);
+        } else {
+            o.gauge(name, help);
+        }
         for d in devices {
             if let Some(v) = get(d) {
-                let _ = writeln!(
-                    o,
-                    "{name}{{site=\"{}\",device=\"{}\"}} {v}",
-                    label(&d.site),
-                    label(&d.device)
-                );
+                o.push(dev(&d.site, &d.device), v);
             }
         }
     }
     render_tcp(&mut o, tcp);
     render_dns(&mut o, dns);
     render_services(&mut o, services);
-    o
+    o.encode()
 }
 
 /// Per device and service (systemd unit, container or cgroup of the box's own sockets, where
 /// the agent knows the owner): the latest window's throughput and flow records.
-fn render_services(o: &mut String, services: &[ServiceNow]) {
-    type Get = fn(&ServiceNow) -> f64;
+fn render_services(o: &mut Families, services: &[ServiceNow]) {
+    type Get = fn(&ServiceNow) -> Value;
     let gauges: [(&str, &str, Get); 2] = [
         (
             "edgeflow_service_bytes_per_second",
             "Throughput of a service's flows in its device's latest window (both ways).",
-            |s| s.bytes_per_s,
+            |s| s.bytes_per_s.into(),
         ),
         (
             "edgeflow_service_flow_records",
             "Flow records of a service in its device's latest window.",
-            |s| s.flows as f64,
+            |s| Value::Int(s.flows),
         ),
     ];
     for (name, help, get) in gauges {
-        head(o, name, "gauge", help);
+        o.gauge(name, help);
         for s in services {
-            let _ = writeln!(
-                o,
-                "{name}{{site=\"{}\",device=\"{}\",service=\"{}\"}} {}",
-                label(&s.site),
-                label(&s.device),
-                label(&s.service),
-                get(s)
-            );
+            o.push(dev_and(&s.site, &s.device, "service", &s.service), get(s));
         }
     }
 }
 
 /// Per device that measures TCP: connections per outcome reached, retransmitted segments and
 /// bytes, over the stored windows (running sums: retention takes its share off).
-fn render_tcp(o: &mut String, tcp: &[DeviceTcp]) {
-    let name = "edgeflow_device_tcp_connections_total";
-    head(
-        o,
-        name,
-        "counter",
+fn render_tcp(o: &mut Families, tcp: &[DeviceTcp]) {
+    o.counter(
+        "edgeflow_device_tcp_connections_total",
         "TCP connections that reached each outcome (refused and unanswered: failed connects), over the stored windows.",
     );
     for d in tcp {
@@ -281,12 +357,7 @@ fn render_tcp(o: &mut String, tcp: &[DeviceTcp]) {
             ("closed", c.closed),
             ("unknown", c.unknown),
         ] {
-            let _ = writeln!(
-                o,
-                "{name}{{site=\"{}\",device=\"{}\",outcome=\"{outcome}\"}} {v}",
-                label(&d.site),
-                label(&d.device)
-            );
+            o.push(dev_and(&d.site, &d.device, "outcome", outcome), v);
         }
     }
     type Get = fn(&DeviceTcp) -> u64;
@@ -303,27 +374,18 @@ fn render_tcp(o: &mut String, tcp: &[DeviceTcp]) {
         ),
     ];
     for (name, help, get) in counts {
-        head(o, name, "counter", help);
+        o.counter(name, help);
         for d in tcp {
-            let _ = writeln!(
-                o,
-                "{name}{{site=\"{}\",device=\"{}\"}} {}",
-                label(&d.site),
-                label(&d.device),
-                get(d)
-            );
+            o.push(dev(&d.site, &d.device), get(d));
         }
     }
 }
 
 /// Per device that looks at DNS: queries, responses by code, unanswered queries and latency
 /// samples over the stored windows (running sums, like the TCP ones).
-fn render_dns(o: &mut String, dns: &[DeviceDns]) {
-    let name = "edgeflow_device_dns_responses_total";
-    head(
-        o,
-        name,
-        "counter",
+fn render_dns(o: &mut Families, dns: &[DeviceDns]) {
+    o.counter(
+        "edgeflow_device_dns_responses_total",
         "DNS responses by response code (noerror, nxdomain, servfail, refused, other), over the stored windows.",
     );
     for d in dns {
@@ -335,12 +397,7 @@ fn render_dns(o: &mut String, dns: &[DeviceDns]) {
             ("refused", c.refused),
             ("other", c.other),
         ] {
-            let _ = writeln!(
-                o,
-                "{name}{{site=\"{}\",device=\"{}\",rcode=\"{rcode}\"}} {v}",
-                label(&d.site),
-                label(&d.device)
-            );
+            o.push(dev_and(&d.site, &d.device, "rcode", rcode), v);
         }
     }
     type Get = fn(&DeviceDns) -> u64;
@@ -362,15 +419,9 @@ fn render_dns(o: &mut String, dns: &[DeviceDns]) {
         ),
     ];
     for (name, help, get) in counts {
-        head(o, name, "counter", help);
+        o.counter(name, help);
         for d in dns {
-            let _ = writeln!(
-                o,
-                "{name}{{site=\"{}\",device=\"{}\"}} {}",
-                label(&d.site),
-                label(&d.device),
-                get(d)
-            );
+            o.push(dev(&d.site, &d.device), get(d));
         }
     }
 }
@@ -381,7 +432,26 @@ mod tests {
 
     #[test]
     fn labels_are_escaped() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let mut o = Families::default();
+        o.gauge("g", "A gauge.")
+            .push(vec![("site", "a\"b\\c\nd".into())], 1.5);
+        assert!(
+            o.encode().contains("g{site=\"a\\\"b\\\\c\\nd\"} 1.5\n"),
+            "escaped"
+        );
+    }
+
+    #[test]
+    fn counters_gain_total_and_whole_gauges_stay_integers() {
+        let mut o = Families::default();
+        o.counter("c_total", "Help \\ with\na newline.")
+            .push(vec![], 7u64);
+        o.gauge("g", "G.").push(vec![], 6200.0).push(vec![], 0.25);
+        assert_eq!(
+            o.encode(),
+            "# HELP c_total Help \\\\ with\\na newline.\n# TYPE c_total counter\nc_total 7\n\
+             # HELP g G.\n# TYPE g gauge\ng 6200\ng 0.25\n"
+        );
     }
 
     #[test]

@@ -386,9 +386,138 @@ fn flows_talkers_conversations_rtt_stored_and_metrics(store: Store) {
     ] {
         assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
     }
+    // A real parser reads the whole exposition: every family with its type, and the values
+    // of the data published above.
+    let m = parse_metrics(&metrics);
+    for (name, kind) in FAMILIES {
+        let f = m
+            .families
+            .get(*name)
+            .unwrap_or_else(|| panic!("{name} missing in\n{metrics}"));
+        assert_eq!(f.family_type.to_string(), *kind, "{name}");
+    }
+    assert_eq!(
+        sample(
+            &m,
+            "edgeflow_device_bytes_total",
+            &[("site", "s1"), ("device", "a")]
+        ),
+        90_000.0
+    );
+    let bytes: f64 = m.families["edgeflow_device_bytes_total"]
+        .iter_samples()
+        .map(|s| number(&s.value))
+        .sum();
+    // The devices' totals: the flows plus b's overflow record (1 packet, 1,000 bytes).
+    assert_eq!(bytes, (all + 1_000) as f64, "every device's bytes");
+    assert_eq!(
+        sample(&m, "edgeflow_device_up", &[("site", "s1"), ("device", "a")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "edgeflow_device_up", &[("site", "s2"), ("device", "d")]),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "edgeflow_device_missing_windows",
+            &[("site", "s1"), ("device", "b")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "edgeflow_collector_messages_total",
+            &[("outcome", "stored")]
+        ),
+        8.0
+    );
     // With its readers open, the collector still stops cleanly.
     let status = f.c.terminate();
     assert!(status.success(), "{status}: {}", f.c.log());
+}
+
+/// Every family /metrics exposes, with its type.
+const FAMILIES: &[(&str, &str)] = &[
+    ("edgeflow_collector_messages_total", "counter"),
+    ("edgeflow_collector_decode_errors_total", "counter"),
+    ("edgeflow_collector_flow_records_total", "counter"),
+    ("edgeflow_collector_payload_bytes_total", "counter"),
+    ("edgeflow_collector_store_errors_total", "counter"),
+    ("edgeflow_collector_ingest_backpressure_total", "counter"),
+    ("edgeflow_collector_ingest_queue_bytes", "gauge"),
+    ("edgeflow_collector_broker_connected", "gauge"),
+    ("edgeflow_collector_ingest_messages_per_second", "gauge"),
+    ("edgeflow_collector_ingest_flow_records_per_second", "gauge"),
+    ("edgeflow_device_up", "gauge"),
+    ("edgeflow_device_bytes_total", "counter"),
+    ("edgeflow_device_packets_total", "counter"),
+    ("edgeflow_device_bytes_per_second", "gauge"),
+    ("edgeflow_device_packets_per_second", "gauge"),
+    ("edgeflow_device_last_seen_seconds", "gauge"),
+    ("edgeflow_device_clock_skew_seconds", "gauge"),
+    ("edgeflow_device_table_fill_ratio", "gauge"),
+    ("edgeflow_device_table_full_packets", "gauge"),
+    ("edgeflow_device_missing_windows", "gauge"),
+    ("edgeflow_device_spool_dropped", "gauge"),
+    ("edgeflow_device_cpu_percent", "gauge"),
+    ("edgeflow_device_tcp_connections_total", "counter"),
+    (
+        "edgeflow_device_tcp_retransmitted_segments_total",
+        "counter",
+    ),
+    ("edgeflow_device_tcp_retransmitted_bytes_total", "counter"),
+    ("edgeflow_device_dns_responses_total", "counter"),
+    ("edgeflow_device_dns_queries_total", "counter"),
+    ("edgeflow_device_dns_unanswered_total", "counter"),
+    ("edgeflow_device_dns_latency_samples_total", "counter"),
+    ("edgeflow_service_bytes_per_second", "gauge"),
+    ("edgeflow_service_flow_records", "gauge"),
+];
+
+type Exposition = openmetrics_parser::MetricsExposition<
+    openmetrics_parser::PrometheusType,
+    openmetrics_parser::PrometheusValue,
+>;
+
+/// /metrics through a Prometheus text-format parser (not ours): it fails on any bad line.
+fn parse_metrics(text: &str) -> Exposition {
+    openmetrics_parser::prometheus::parse_prometheus(text)
+        .unwrap_or_else(|e| panic!("/metrics does not parse: {e:?}\n{text}"))
+}
+
+fn number(v: &openmetrics_parser::PrometheusValue) -> f64 {
+    use openmetrics_parser::PrometheusValue as V;
+    match v {
+        V::Counter(c) => c.value.as_f64(),
+        V::Gauge(n) | V::Unknown(n) => n.as_f64(),
+        other => panic!("not a number: {other:?}"),
+    }
+}
+
+/// The value of `family`'s series whose labels are exactly `labels` (name, value).
+fn sample(m: &Exposition, family: &str, labels: &[(&str, &str)]) -> f64 {
+    let f = m
+        .families
+        .get(family)
+        .unwrap_or_else(|| panic!("no {family}"));
+    let found: Vec<f64> = f
+        .iter_samples()
+        .filter(|s| {
+            let set = s.get_labelset().expect("a parsed sample has label names");
+            set.iter().count() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| set.get_label_value(k) == Some(*v))
+        })
+        .map(|s| number(&s.value))
+        .collect();
+    match found[..] {
+        [v] => v,
+        _ => panic!("{family}{labels:?}: {found:?}"),
+    }
 }
 
 /// A TCP block as the agent writes it.
@@ -687,6 +816,23 @@ fn tcp_destinations_totals_series_and_metrics_in_a_mixed_fleet(store: Store) {
     ] {
         assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
     }
+    let m = parse_metrics(&metrics);
+    assert_eq!(
+        sample(
+            &m,
+            "edgeflow_device_tcp_connections_total",
+            &[("site", "s1"), ("device", "a"), ("outcome", "refused")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "edgeflow_device_tcp_retransmitted_segments_total",
+            &[("site", "s1"), ("device", "a")]
+        ),
+        3.0
+    );
     assert!(
         !metrics.contains("tcp_retransmitted_segments_total{site=\"s2\",device=\"d\"}"),
         "no TCP series for an agent that does not measure it"
@@ -1020,6 +1166,23 @@ fn dns_names_resolvers_totals_series_and_metrics_in_a_mixed_fleet(store: Store) 
     ] {
         assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
     }
+    let m = parse_metrics(&metrics);
+    assert_eq!(
+        sample(
+            &m,
+            "edgeflow_device_dns_responses_total",
+            &[("site", "s2"), ("device", "c"), ("rcode", "refused")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "edgeflow_device_dns_queries_total",
+            &[("site", "s1"), ("device", "a")]
+        ),
+        7.0
+    );
     assert!(
         !metrics.contains("dns_queries_total{site=\"s2\",device=\"d\"}"),
         "no DNS series for an agent that does not look at DNS"

@@ -165,3 +165,68 @@ fn known_traffic_through_agent_broker_and_collector() {
     assert_eq!(windows, max_seq + 1, "no window missing");
     assert!(windows >= 4, "{windows} windows");
 }
+
+/// The collector's embedded broker (rumqttd) with a real agent: it takes the agent's client id
+/// (`site:device`; rumqttd refused `lab/box-1` and then panicked its listener thread) and the
+/// collector stores exactly what was sent.
+#[test]
+fn agent_through_the_embedded_broker() {
+    let bin = agent_bin();
+    let net = TestNet::new();
+    net.static_neighbours();
+    net.ipv4_only();
+    let port = testkit::mosquitto::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let c = Collector::with_args(&["--embedded-broker", &listen]);
+    c.wait_subscribed();
+    let url = format!("mqtt://{listen}");
+    let agent = Agent::start(
+        bin.to_str().unwrap(),
+        &[
+            "--iface",
+            &net.veth_b,
+            "--netns",
+            &net.ns_b,
+            "--broker",
+            &url,
+            "--site",
+            "lab",
+            "--device",
+            "box-1",
+            "--interval",
+            "1",
+        ],
+    );
+    let rx = net.in_ns(&net.ns_b, || {
+        UdpSocket::bind(SocketAddr::new(B4.into(), 0)).unwrap()
+    });
+    let tx = net.in_ns(&net.ns_a, || {
+        UdpSocket::bind(SocketAddr::new(A4.into(), 0)).unwrap()
+    });
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    for round in 0..25usize {
+        let len = 60 + 7 * round;
+        tx.send_to(&vec![0xa5; len], rx.local_addr().unwrap())
+            .unwrap();
+        packets += 1;
+        bytes += len as u64 + HDR;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let devices = c.wait_for("/api/devices", Duration::from_secs(30), |v| {
+        v["devices"]
+            .as_array()
+            .and_then(|d| d.first())
+            .is_some_and(|d| d["state"] == "offline" && d["totals"]["bytes"] == bytes)
+    });
+    let d = &devices["devices"][0];
+    assert_eq!(d["id"], "lab/box-1");
+    assert_eq!(d["gaps"], 0, "{d}");
+    assert_eq!(d["totals"]["packets"], packets, "{devices}");
+    let log = c.log();
+    assert!(
+        !log.contains("Invalid client_id") && !log.contains("panicked"),
+        "{log}"
+    );
+}

@@ -9,6 +9,11 @@
 //! A site or device id is 1..=[`MAX_ID_LEN`](crate::wire::MAX_ID_LEN) characters of `A-Z a-z 0-9 . _ -`: no `/`, `+`
 //! or `#` (they would change a topic's meaning) and no `:`. The principal joins the two with
 //! `/`, which neither may contain, so `a-b`/`c` and `a`/`b-c` stay apart.
+//!
+//! The MQTT client id joins them with `:` instead ([`DeviceId::client_id`]): brokers may refuse
+//! `/ + # $` in a client id (rumqttd, the collector's embedded broker, does), while `:` is
+//! outside the id alphabet too, so the client id is just as unambiguous. Mosquitto as shipped
+//! replaces it with the username anyway (`use_username_as_clientid`).
 
 use crate::wire::{DecodeError, Id};
 use alloc::{format, string::String};
@@ -22,6 +27,25 @@ pub const FILTERS: [&str; 2] = ["edgeflow/v1/+/+/flows", "edgeflow/v1/+/+/status
 pub const ONLINE: &str = "online";
 /// The agent's Last Will, and what it says when it stops.
 pub const OFFLINE: &str = "offline";
+
+/// Characters no edgeflow client id may hold: rumqttd refuses them (a topic's wildcards, its
+/// separator and the `$` of system topics); one rule for both brokers.
+pub const CLIENT_ID_FORBIDDEN: &str = "/+#$";
+
+/// The longest client id: a device's `site:device`.
+pub const MAX_CLIENT_ID_LEN: usize = 2 * crate::wire::MAX_ID_LEN + 1;
+
+/// Checks an MQTT client id the project's brokers must all accept: 1..=[`MAX_CLIENT_ID_LEN`]
+/// bytes, none of [`CLIENT_ID_FORBIDDEN`].
+pub fn check_client_id(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > MAX_CLIENT_ID_LEN {
+        return Err("must be 1 to 129 bytes");
+    }
+    if s.chars().any(|c| CLIENT_ID_FORBIDDEN.contains(c)) {
+        return Err("may not hold / + # or $ (the embedded broker refuses them)");
+    }
+    Ok(())
+}
 
 /// Why a string is not a site or device id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,10 +135,16 @@ impl DeviceId {
         &self.device
     }
 
-    /// `site/device`: the device's MQTT username and client id, and how the API names it.
+    /// `site/device`: the device's MQTT username, and how the API names it.
     /// The broker's ACL substitutes it for `%u` in `edgeflow/v1/%u/flows`.
     pub fn principal(&self) -> String {
         format!("{}/{}", self.site, self.device)
+    }
+
+    /// `site:device`: the MQTT client id the agent asks for. Holds none of [`CLIENT_ID_FORBIDDEN`],
+    /// so every broker the project runs takes it.
+    pub fn client_id(&self) -> String {
+        format!("{}:{}", self.site, self.device)
     }
 
     /// Parses `site/device` (the inverse of [`DeviceId::principal`]).
@@ -286,6 +316,22 @@ mod tests {
         assert_eq!(DeviceId::from_principal("a-b/c").unwrap(), a);
         assert!(DeviceId::from_principal("a-b-c").is_err());
         assert!(DeviceId::from_principal("a/b/c").is_err());
+    }
+
+    #[test]
+    fn client_ids_are_unambiguous_and_every_broker_takes_them() {
+        let a = DeviceId::new("a-b", "c").unwrap();
+        let b = DeviceId::new("a", "b-c").unwrap();
+        assert_eq!(a.client_id(), "a-b:c");
+        assert_ne!(a.client_id(), b.client_id());
+        let long = DeviceId::new(&"s".repeat(64), &"d".repeat(64)).unwrap();
+        for id in [&a, &b, &long] {
+            assert_eq!(check_client_id(&id.client_id()), Ok(()));
+        }
+        for bad in ["lab/box-1", "a+b", "a#", "$SYS", ""] {
+            assert!(check_client_id(bad).is_err(), "{bad}");
+        }
+        assert!(check_client_id(&"x".repeat(MAX_CLIENT_ID_LEN + 1)).is_err());
     }
 
     #[test]

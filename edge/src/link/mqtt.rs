@@ -108,12 +108,13 @@ pub struct Publisher {
     pub events: smol::channel::Receiver<LinkEvent>,
 }
 
-/// rumqttc options from the configuration (TLS files are read here). The client id is the
-/// device's principal (`site/device`): unambiguous, and what a broker that sets
-/// `use_username_as_clientid` would make it anyway.
+/// rumqttc options from the configuration (TLS files are read here). The client id is
+/// `site:device` ([`DeviceId::client_id`](shared::identity::DeviceId::client_id)): unambiguous,
+/// and free of `/`, which the embedded broker (rumqttd) refuses in a client id; Mosquitto as
+/// shipped replaces it with the username (`site/device`, `use_username_as_clientid`).
 pub fn options(cfg: &Config, broker: &Broker) -> Result<MqttOptions, UsageError> {
     let mut o = broker
-        .options(&cfg.id.principal())
+        .options(&cfg.id.client_id())
         .map_err(|e| UsageError::Invalid(format!("mqtt: {e}")))?;
     o.set_keep_alive(cfg.keep_alive)
         .set_clean_session(true)
