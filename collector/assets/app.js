@@ -9,7 +9,11 @@ const PAGE = 50;
 const TOP = 8;
 const PROTO = { 1: "ICMP", 6: "TCP", 17: "UDP", 47: "GRE", 50: "ESP", 58: "ICMPv6", 132: "SCTP" };
 const COLORS = ["#38bdf8", "#a78bfa", "#34d399", "#fbbf24", "#f87171", "#f472b6", "#2dd4bf", "#fb923c"];
-const REASONS = { offline: "offline", silent: "silent", gaps: "gaps", table_full: "table full", spool_dropping: "spool dropping" };
+// Most severe first, as /api/devices orders them.
+const REASONS = {
+  offline: "offline", silent: "silent", gaps: "gaps", flooded: "flooded", table_full: "table full",
+  spool_dropping: "spool dropping", spool_fallback: "spool in memory", clock_stepped: "clock stepped",
+};
 
 // A token given once as #token=... (also after a route: #/device/s/d?token=...) is kept for
 // this tab and removed from the address bar.
@@ -533,7 +537,7 @@ function renderDeviceHead(id, d, h) {
   setText("d-cpu", hl ? pct(hl.cpu_pct) : "–");
   setText("d-rss", hl ? `${bytes(hl.rss_kib * 1024)} RSS · ${count(hl.parse_errors)} parse errors` : "");
   setText("d-spool", hl ? count(hl.spool_depth) : "–");
-  setText("d-spool2", hl ? `windows queued · ${count(hl.spool_dropped)} dropped` : "");
+  setText("d-spool2", hl ? `windows queued · ${count(hl.spool_dropped)} dropped${hl.spool_fallback ? " · file not writable, in memory" : ""}` : "");
   setText("d-bytes", bytes(d.totals.bytes));
   setText("d-packets", `${count(d.totals.packets)} packets · ${plural(d.windows, "window", "windows")}`);
   setText("d-seen", l ? ago(l.received_ms) : "never");
@@ -550,6 +554,14 @@ const HEALTH = [
   ["rss_kib", "Agent memory", (v) => bytes(v * 1024)],
   ["spool_depth", "Spool depth", count],
   ["spool_dropped", "Spool dropped", count, "bad"],
+  // The agent's bad days (issue 24): what it lost or could not keep, and why.
+  ["spool_fallback", "Spool file not writable", (v) => (v ? "in memory" : "on file"), "bad"],
+  ["spool_write_errors", "Spool write errors", count, "bad"],
+  ["clock_step_ms", "Clock steps", (v) => `${(v / 1000).toFixed(1)} s`, "bad"],
+  ["clock_steps", "Clock steps since start", count],
+  ["reattached", "Interfaces re-attached", count],
+  ["header_excess", "Packets with lying headers", count, "bad"],
+  ["reclaimed", "Packets of reclaimed flows (flood)", count, "bad"],
 ];
 
 function renderHealth(id, h, from, to) {
@@ -567,10 +579,12 @@ function renderHealth(id, h, from, to) {
   setText("health-note", `· per ${Math.round(h.step_ms / 1000)} s: highest value, or the sum of counts`);
   for (const [k, , fmt, tone] of HEALTH) {
     const el = box.querySelector(`[data-metric="${k}"]`);
-    const values = h[k] || [];
+    // Booleans (the spool fallback) are drawn as 0/1.
+    const values = (h[k] || []).map((v) => (typeof v === "boolean" ? Number(v) : v));
     const points = values.filter((v) => v != null).length;
     const last = lastOf(values);
-    const worst = tone === "bad" && values.some((v) => v > 0);
+    // Any non-zero value of a bad count (a clock set back is negative).
+    const worst = tone === "bad" && values.some((v) => v != null && v !== 0);
     el.dataset.points = String(points);
     el.classList.toggle("bad", worst);
     el.querySelector("b").textContent = last == null ? "–" : fmt(last);

@@ -224,7 +224,7 @@ pub fn render(
         o.gauge(name, help).push(vec![], v);
     }
     type Get = fn(&Device) -> Option<Value>;
-    let per_device: [(&str, bool, &str, Get); 12] = [
+    let per_device: [(&str, bool, &str, Get); 19] = [
         (
             "edgeflow_device_up",
             false,
@@ -290,6 +290,48 @@ pub fn render(
             false,
             "Windows the device's spool dropped since the agent started (its own count).",
             |d| d.latest.as_ref().map(|l| Value::Int(l.health.spool_dropped)),
+        ),
+        (
+            "edgeflow_device_spool_fallback",
+            false,
+            "1 when the device's spool file could not be written in its latest window (summaries wait in memory).",
+            |d| d.latest.as_ref().map(|l| Value::Int(u64::from(l.health.spool_fallback))),
+        ),
+        (
+            "edgeflow_device_spool_write_errors",
+            false,
+            "Failed spool file writes since the agent started (its own count).",
+            |d| d.latest.as_ref().map(|l| Value::Int(l.health.spool_write_errors)),
+        ),
+        (
+            "edgeflow_device_clock_step_seconds",
+            false,
+            "How far the device's wall clock was stepped in its latest window (negative: set back).",
+            |d| d.latest.as_ref().map(|l| (l.health.clock_step_ms as f64 / 1000.0).into()),
+        ),
+        (
+            "edgeflow_device_clock_steps",
+            false,
+            "Wall-clock steps since the agent started (its own count).",
+            |d| d.latest.as_ref().map(|l| Value::Int(l.health.clock_steps)),
+        ),
+        (
+            "edgeflow_device_reattached",
+            false,
+            "Re-attachments to interfaces re-created under a watched name since the agent started.",
+            |d| d.latest.as_ref().map(|l| Value::Int(l.health.reattached)),
+        ),
+        (
+            "edgeflow_device_header_excess_packets",
+            false,
+            "Packets whose IP header claimed more than the frame held, in the latest window.",
+            |d| d.latest.as_ref().map(|l| Value::Int(l.health.header_excess)),
+        ),
+        (
+            "edgeflow_device_reclaimed_packets",
+            false,
+            "Packets of flows reclaimed under a flood in the latest window (part of table_full).",
+            |d| d.latest.as_ref().map(|l| Value::Int(l.health.reclaimed)),
         ),
         (
             "edgeflow_device_cpu_percent",

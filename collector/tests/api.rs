@@ -45,6 +45,7 @@ on_every_store!(
     tcp_destinations_totals_series_and_metrics_in_a_mixed_fleet,
     dns_names_resolvers_totals_series_and_metrics_in_a_mixed_fleet,
     owners_processes_services_lan_devices_flow_filters_and_metrics,
+    bad_days_in_health_attention_fleet_and_metrics,
 );
 
 /// A fleet of four devices in two sites, published once and stored.
@@ -199,8 +200,8 @@ fn fleet_counts_states_reasons_sites_and_traffic(store: Store) {
     assert_eq!(v["states"], json!({"online": 3, "silent": 0, "offline": 1}));
     assert_eq!(
         v["attention"],
-        json!({"offline": 1, "silent": 0, "gaps": 1, "table_full": 1, "spool_dropping": 1,
-               "any": 3})
+        json!({"offline": 1, "silent": 0, "gaps": 1, "flooded": 0, "table_full": 1,
+               "spool_dropping": 1, "spool_fallback": 0, "clock_stepped": 0, "any": 3})
     );
     assert_eq!(
         v["sites"],
@@ -463,6 +464,13 @@ const FAMILIES: &[(&str, &str)] = &[
     ("edgeflow_device_missing_windows", "gauge"),
     ("edgeflow_device_spool_dropped", "gauge"),
     ("edgeflow_device_cpu_percent", "gauge"),
+    ("edgeflow_device_spool_fallback", "gauge"),
+    ("edgeflow_device_spool_write_errors", "gauge"),
+    ("edgeflow_device_clock_step_seconds", "gauge"),
+    ("edgeflow_device_clock_steps", "gauge"),
+    ("edgeflow_device_reattached", "gauge"),
+    ("edgeflow_device_header_excess_packets", "gauge"),
+    ("edgeflow_device_reclaimed_packets", "gauge"),
     ("edgeflow_device_tcp_connections_total", "counter"),
     (
         "edgeflow_device_tcp_retransmitted_segments_total",
@@ -1500,4 +1508,154 @@ fn owners_processes_services_lan_devices_flow_filters_and_metrics(store: Store) 
     ] {
         assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
     }
+}
+
+/// Issue 24's bad days, one device each, published as real V3 summaries: s1/flood's table is
+/// flooded in its latest window (reclaimed 40 of its 50 overflow packets, lying headers);
+/// s1/clock's wall clock was set back 2 s in its latest window after a step in its first;
+/// s2/disk's spool file failed in its first window and is still on the in-memory spool in its
+/// latest, after re-attaching twice; s2/ok has a clean latest window after a flood in its first.
+fn bad_days_in_health_attention_fleet_and_metrics(store: Store) {
+    let broker = Mosquitto::start();
+    let (c, _pg) = match store {
+        Store::Sqlite => (Collector::start(&broker.url()), None),
+        Store::Postgres => {
+            let pg = SharedPostgres::get();
+            let name = testkit::unique("efbad");
+            let db = pg.pg.create_database(&name);
+            let c = Collector::with_args(&["--broker", &broker.url(), "--db", &db]);
+            (c, Some((pg, name)))
+        }
+    };
+    c.wait_subscribed();
+    let base = (now_ms() / 10_000 - 60) * 10_000;
+    let w = |i: u64| base + i * WINDOW_MS as u64;
+    let mut msgs = Vec::new();
+    for seq in 0..2 {
+        let mut s = summary("s1", "flood", 1, seq, w(seq), &flows(10_000), (50, 5_000));
+        s.health.reclaimed = 20 * (seq + 1);
+        s.health.header_excess = 3;
+        msgs.push(s);
+        let mut s = summary("s1", "clock", 2, seq, w(seq), &flows(10_000), (0, 0));
+        s.health.clock_step_ms = if seq == 0 { 60_000 } else { -2_000 };
+        s.health.clock_steps = seq as u32 + 1;
+        msgs.push(s);
+        let mut s = summary("s2", "disk", 3, seq, w(seq), &flows(10_000), (0, 0));
+        s.health.spool_fallback = true;
+        s.health.spool_write_errors = 5 * (seq as u32 + 1);
+        s.health.reattached = 2;
+        msgs.push(s);
+        let mut s = summary("s2", "ok", 4, seq, w(seq), &flows(10_000), (0, 0));
+        s.health.reclaimed = if seq == 0 { 9 } else { 0 };
+        msgs.push(s);
+    }
+    let msgs: Vec<Msg> = msgs.iter().map(Msg::summary).collect();
+    publish_all(broker.port, &msgs);
+    let n = msgs.len() as u64;
+    c.wait_for("/api/ingest", Duration::from_secs(30), |v| {
+        v["messages"] == n
+    });
+
+    let v = c.json("/api/devices");
+    let by_id = |id: &str| -> Value {
+        v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} missing: {v}"))
+    };
+    for (id, attention) in [
+        ("s1/flood", json!(["flooded", "table_full"])),
+        ("s1/clock", json!(["clock_stepped"])),
+        ("s2/disk", json!(["spool_fallback"])),
+        ("s2/ok", json!([])),
+    ] {
+        assert_eq!(by_id(id)["attention"], attention, "{id}");
+    }
+    let latest = by_id("s2/disk")["latest"]["health"].clone();
+    assert_eq!(
+        (
+            &latest["spool_fallback"],
+            &latest["spool_write_errors"],
+            &latest["reattached"]
+        ),
+        (&json!(true), &json!(10), &json!(2)),
+        "{latest}"
+    );
+    assert_eq!(
+        by_id("s1/clock")["latest"]["health"]["clock_step_ms"],
+        -2_000
+    );
+    assert_eq!(by_id("s1/flood")["latest"]["health"]["reclaimed"], 40);
+    // Most severe first: the flood (it is why the table is full), the failing disk, the clock.
+    let all = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+    assert_eq!(
+        ids(&c, ""),
+        (all(&["s1/flood", "s2/disk", "s1/clock", "s2/ok"]), 4)
+    );
+    let fleet = c.json("/api/fleet");
+    assert_eq!(
+        fleet["attention"],
+        json!({"offline": 0, "silent": 0, "gaps": 0, "flooded": 1, "table_full": 1,
+               "spool_dropping": 0, "spool_fallback": 1, "clock_stepped": 1, "any": 3})
+    );
+
+    let range = format!("from={base}&to={}&step=10000", base + 30_000);
+    let h = c.json(&format!("/api/health?device=s1/flood&{range}"));
+    assert_eq!(h["reclaimed"], json!([20, 40, null]), "{h}");
+    assert_eq!(h["header_excess"], json!([3, 3, null]));
+    assert_eq!(h["totals"]["reclaimed"], 60);
+    assert_eq!(h["totals"]["header_excess"], 6);
+    let h = c.json(&format!("/api/health?device=s1/clock&{range}"));
+    assert_eq!(h["clock_step_ms"], json!([60_000, -2_000, null]), "{h}");
+    assert_eq!(h["clock_steps"], json!([1, 2, null]));
+    assert_eq!(
+        (
+            &h["totals"]["clock_stepped_windows"],
+            &h["totals"]["clock_step_abs_ms"],
+            &h["totals"]["clock_steps"]
+        ),
+        (&json!(2), &json!(62_000), &json!(2))
+    );
+    let h = c.json(&format!("/api/health?device=s2/disk&{range}"));
+    assert_eq!(h["spool_fallback"], json!([true, true, null]), "{h}");
+    assert_eq!(h["spool_write_errors"], json!([5, 10, null]));
+    assert_eq!(
+        (
+            &h["totals"]["spool_fallback_windows"],
+            &h["totals"]["spool_write_errors"],
+            &h["totals"]["reattached"]
+        ),
+        (&json!(2), &json!(10), &json!(2)),
+        "running counts: the run's highest, not their sum"
+    );
+    let h = c.json(&format!("/api/health?device=s2/ok&{range}"));
+    assert_eq!(h["reclaimed"], json!([9, 0, null]));
+    assert_eq!(h["spool_fallback"], json!([false, false, null]));
+
+    let (status, metrics) = c.get("/metrics");
+    assert_eq!(status, 200);
+    let m = parse_metrics(&metrics);
+    let at = |family: &str, site: &str, device: &str| {
+        sample(&m, family, &[("site", site), ("device", device)])
+    };
+    assert_eq!(at("edgeflow_device_reclaimed_packets", "s1", "flood"), 40.0);
+    assert_eq!(at("edgeflow_device_reclaimed_packets", "s2", "ok"), 0.0);
+    assert_eq!(
+        at("edgeflow_device_header_excess_packets", "s1", "flood"),
+        3.0
+    );
+    assert_eq!(
+        at("edgeflow_device_clock_step_seconds", "s1", "clock"),
+        -2.0
+    );
+    assert_eq!(at("edgeflow_device_clock_steps", "s1", "clock"), 2.0);
+    assert_eq!(at("edgeflow_device_spool_fallback", "s2", "disk"), 1.0);
+    assert_eq!(at("edgeflow_device_spool_fallback", "s2", "ok"), 0.0);
+    assert_eq!(at("edgeflow_device_spool_write_errors", "s2", "disk"), 10.0);
+    assert_eq!(at("edgeflow_device_reattached", "s2", "disk"), 2.0);
+    drop(c);
+    drop(broker);
 }

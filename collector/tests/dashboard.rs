@@ -294,6 +294,34 @@ fn dashboard_shows_device_throughput_and_flows_live() {
             msgs.push(Msg::summary(&other));
         }
     }
+    // edge/gw-9 has a bad day (issue 24) in its latest of three windows: a flood (40 packets of
+    // reclaimed flows, in its 50-packet overflow), its spool file not writable, its clock set
+    // back 2 s, 7 packets with lying headers. A bucket of the panel may hold several windows:
+    // the latest bucket's values are these whatever the step.
+    for seq in 0..3u64 {
+        let start = now - (3 - seq) * WINDOW_MS as u64;
+        let latest = seq == 2;
+        let overflow = if latest { (50, 5_000) } else { (0, 0) };
+        let flow = F {
+            proto: 17,
+            src: [10, 9, 0, 1],
+            src_port: 41_000,
+            dst: [198, 51, 100, 9],
+            dst_port: 53,
+            fwd: (10, 1_000),
+            rev: (10, 1_000),
+        };
+        let mut s = summary("edge", "gw-9", 44, seq, start, &[flow], overflow);
+        s.health.spool_write_errors = 3 * seq as u32;
+        if latest {
+            s.health.header_excess = 7;
+            s.health.reclaimed = 40;
+            s.health.spool_fallback = true;
+            s.health.clock_step_ms = -2_000;
+            s.health.clock_steps = 1;
+        }
+        msgs.push(Msg::summary(&s));
+    }
     msgs.push(Msg {
         retain: true,
         ..Msg::raw("edgeflow/v1/lab/lab-gw-1/status", b"online")
@@ -345,6 +373,12 @@ fn dashboard_shows_device_throughput_and_flows_live() {
         "data-service=\"backup.service\" data-bytes=",
         "data-mac=\"b8:27:eb:11:22:33\" data-vendor=\"Raspberry Pi Trading Ltd\" data-name=\"kitchen-pi\"",
         "data-dest=\"224.0.0.251:5353\"",
+        // The fleet list gives gw-9's bad day as reasons, most severe first.
+        "data-device=\"edge/gw-9\" data-attention=\"flooded table_full spool_fallback clock_stepped\"",
+        "<span class=\"why flooded\">flooded</span><span class=\"why table_full\">table full</span><span class=\"why spool_fallback\">spool in memory</span><span class=\"why clock_stepped\">clock stepped</span>",
+        "1 flooded",
+        "1 spool in memory",
+        "1 clock stepped",
         // The flow table names the HTTPS flow's owner.
         "<b>curl</b> <span class=\"dim\">(4242)</span> <span class=\"dim\">· backup.service</span>",
     ] {
@@ -375,6 +409,24 @@ fn dashboard_shows_device_throughput_and_flows_live() {
         lab.contains("no agent in this range looks at DNS") && !lab.contains("data-resolver="),
         "lab-gw-1's page shows another device's DNS figures"
     );
+    // gw-9's health panel: the new fields over its three windows, the latest value shown.
+    let gw9 = page("edge/gw-9");
+    std::fs::write(dir.join("dashboard-gw-9.html"), &gw9).unwrap();
+    for want in [
+        "<div class=\"mini-head\"><label>Packets of reclaimed flows (flood)</label><b>40</b>",
+        "<div class=\"mini-head\"><label>Spool file not writable</label><b>in memory</b>",
+        "<div class=\"mini-head\"><label>Clock steps</label><b>-2.0 s</b>",
+        "<div class=\"mini-head\"><label>Spool write errors</label><b>6</b>",
+        "<div class=\"mini-head\"><label>Packets with lying headers</label><b>7</b>",
+        "file not writable, in memory",
+        "<span class=\"why spool_fallback\">spool in memory</span>",
+    ] {
+        assert!(
+            gw9.contains(want),
+            "gw-9's page lacks {want:?}; DOM saved in {}",
+            dir.join("dashboard-gw-9.html").display()
+        );
+    }
     let branch = page("branch/branch-7");
     assert!(
         branch.contains("no agent in this range measures TCP") && !branch.contains("data-dest="),

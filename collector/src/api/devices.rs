@@ -34,19 +34,32 @@ pub enum Attention {
     Silent,
     /// Windows it numbered that are not stored (loss on the way).
     Gaps,
+    /// Its flow table is being flooded: flows were reclaimed for new ones in the latest
+    /// window (`reclaimed` > 0; their packets are in the overflow record). Before
+    /// [`Attention::TableFull`], which it implies: it says why the table is full.
+    Flooded,
     /// Its flow table overflowed in the latest window.
     TableFull,
     /// Its spool dropped summaries since the agent started.
     SpoolDropping,
+    /// Its spool file cannot be written in the latest window (full, read-only or failing
+    /// disk): summaries wait in memory and a restart would lose them.
+    SpoolFallback,
+    /// Its wall clock was stepped in the latest window (window lengths are measured without
+    /// the step, but its timestamps moved).
+    ClockStepped,
 }
 
 impl Attention {
-    pub const ALL: [Attention; 5] = [
+    pub const ALL: [Attention; 8] = [
         Attention::Offline,
         Attention::Silent,
         Attention::Gaps,
+        Attention::Flooded,
         Attention::TableFull,
         Attention::SpoolDropping,
+        Attention::SpoolFallback,
+        Attention::ClockStepped,
     ];
 }
 
@@ -124,8 +137,11 @@ impl Device {
                 Attention::Offline => self.state == DeviceState::Offline,
                 Attention::Silent => self.state == DeviceState::Silent,
                 Attention::Gaps => self.gaps > 0,
+                Attention::Flooded => health.is_some_and(|h| h.reclaimed > 0),
                 Attention::TableFull => health.is_some_and(|h| h.table_full > 0),
                 Attention::SpoolDropping => health.is_some_and(|h| h.spool_dropped > 0),
+                Attention::SpoolFallback => health.is_some_and(|h| h.spool_fallback),
+                Attention::ClockStepped => health.is_some_and(|h| h.clock_step_ms != 0),
             })
             .collect();
     }
@@ -166,6 +182,20 @@ pub struct Health {
     pub rss_kib: u64,
     pub spool_depth: u64,
     pub spool_dropped: u64,
+    /// The spool file could not be written; summaries wait in memory.
+    pub spool_fallback: bool,
+    /// Failed spool file writes since the agent started.
+    pub spool_write_errors: u64,
+    /// How far the wall clock was stepped in the window (negative: set back), 0 if not.
+    pub clock_step_ms: i64,
+    /// Wall-clock steps since the agent started.
+    pub clock_steps: u64,
+    /// Re-attachments to re-created interfaces since the agent started.
+    pub reattached: u64,
+    /// Packets whose IP header claimed more than the frame held, in the window.
+    pub header_excess: u64,
+    /// Packets of flows reclaimed under a flood in the window (part of `table_full`).
+    pub reclaimed: u64,
 }
 
 /// How long without a summary before a device counts as silent.
@@ -177,7 +207,9 @@ fn silent_after_ms(window_len_ms: i64) -> i64 {
 pub(crate) const LATEST: &str = "SELECT s.device, s.site, s.boot_id, s.seq, s.window_start_ms,
         s.window_len_ms, s.received_ms, s.sample_every, s.packets, s.bytes, s.packets_seen,
         s.active_flows, s.table_capacity, s.table_full, s.parse_errors, s.fragments, s.non_ip,
-        s.cpu_ms, s.rss_kib, s.spool_depth, s.spool_dropped
+        s.cpu_ms, s.rss_kib, s.spool_depth, s.spool_dropped, s.spool_fallback,
+        s.spool_write_errors, s.clock_step_ms, s.clock_steps, s.reattached, s.header_excess,
+        s.reclaimed
     FROM device_totals t JOIN summaries s ON s.id = t.latest_id";
 
 /// Each device's totals over everything stored: the running totals.
@@ -246,8 +278,21 @@ fn latest(r: &dyn Row) -> Result<Latest> {
             rss_kib: r.u64("rss_kib")?,
             spool_depth: r.u64("spool_depth")?,
             spool_dropped: r.u64("spool_dropped")?,
+            // NULL in windows stored before schema 5 (SQLite) / 4 (PostgreSQL): nothing known.
+            spool_fallback: r.opt_i64("spool_fallback")?.unwrap_or(0) != 0,
+            spool_write_errors: opt_u64(r, "spool_write_errors")?,
+            clock_step_ms: r.opt_i64("clock_step_ms")?.unwrap_or(0),
+            clock_steps: opt_u64(r, "clock_steps")?,
+            reattached: opt_u64(r, "reattached")?,
+            header_excess: opt_u64(r, "header_excess")?,
+            reclaimed: opt_u64(r, "reclaimed")?,
         },
     })
+}
+
+/// A counter column that is NULL in windows stored before it existed: 0.
+pub(crate) fn opt_u64(r: &dyn Row, column: &str) -> Result<u64> {
+    Ok(r.opt_i64(column)?.unwrap_or(0).max(0) as u64)
 }
 
 fn key(r: &dyn Row) -> Result<(String, String)> {
@@ -479,6 +524,13 @@ mod tests {
                 rss_kib: 0,
                 spool_depth: 0,
                 spool_dropped: 0,
+                spool_fallback: false,
+                spool_write_errors: 0,
+                clock_step_ms: 0,
+                clock_steps: 0,
+                reattached: 0,
+                header_excess: 0,
+                reclaimed: 0,
             },
         });
         d

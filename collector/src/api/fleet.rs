@@ -40,8 +40,11 @@ pub struct AttentionCounts {
     pub offline: u64,
     pub silent: u64,
     pub gaps: u64,
+    pub flooded: u64,
     pub table_full: u64,
     pub spool_dropping: u64,
+    pub spool_fallback: u64,
+    pub clock_stepped: u64,
     pub any: u64,
 }
 
@@ -69,8 +72,11 @@ pub fn fleet(devices: &[Device]) -> Fleet {
                 Attention::Offline => &mut f.attention.offline,
                 Attention::Silent => &mut f.attention.silent,
                 Attention::Gaps => &mut f.attention.gaps,
+                Attention::Flooded => &mut f.attention.flooded,
                 Attention::TableFull => &mut f.attention.table_full,
                 Attention::SpoolDropping => &mut f.attention.spool_dropping,
+                Attention::SpoolFallback => &mut f.attention.spool_fallback,
+                Attention::ClockStepped => &mut f.attention.clock_stepped,
             } += 1;
         }
         let needs = u64::from(!d.attention.is_empty());

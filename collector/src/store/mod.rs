@@ -10,6 +10,7 @@
 //! gap bookkeeping move in the same transaction and only for a summary actually inserted, and
 //! nothing is visible (or acknowledged to the broker) before the commit.
 
+pub mod agent;
 pub mod dns;
 pub mod owner;
 pub mod postgres;

@@ -24,7 +24,7 @@
 //! The `postgres` client runs its own small runtime: call this only from a plain thread (the
 //! ingest writer), never on a tokio worker.
 
-use super::{addr, addr_text, dns, n, owner, tcp, Storage, StoreError, Write};
+use super::{addr, addr_text, agent, dns, n, owner, tcp, Storage, StoreError, Write};
 use postgres::{
     binary_copy::BinaryCopyInWriter, error::SqlState, types::ToSql, types::Type, Client, NoTls,
     Statement, Transaction,
@@ -34,8 +34,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// The schema version this collector writes (table `edgeflow_schema`); version 1 gets the
 /// TCP columns added in place (see [`tcp_columns`]), versions 1 and 2 the DNS ones
-/// ([`dns_columns`]).
-pub const SCHEMA_VERSION: i64 = 3;
+/// ([`dns_columns`]), versions 1 to 3 the agent's bad-day ones ([`agent`]).
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Version 2's TCP columns ([`tcp`]), added to the tables [`SCHEMA`] makes, in a new database
 /// as in an old one. On a partitioned table the columns go to every partition; nullable
@@ -308,20 +308,26 @@ impl Statements {
         let owner_params: Vec<String> = (dns_hist + 1..dns_hist + 1 + owner::SUMMARY_COLUMNS.len())
             .map(|i| format!("${i}::int8[]"))
             .collect();
+        let first_agent = dns_hist + 1 + owner::SUMMARY_COLUMNS.len();
+        let agent_params: Vec<String> = (first_agent..first_agent + agent::SUMMARY_COLUMNS.len())
+            .map(|i| format!("${i}::int8[]"))
+            .collect();
         let summaries = format!(
-            "INSERT INTO summaries (device, site, {cols}, rtt_hist, {}, {}, dns_hist, {})
+            "INSERT INTO summaries (device, site, {cols}, rtt_hist, {}, {}, dns_hist, {}, {})
              SELECT * FROM unnest($1::text[], $2::text[], {}, ${}::text[], {}, {},
-                                  ${dns_hist}::text[], {})
+                                  ${dns_hist}::text[], {}, {})
              ON CONFLICT DO NOTHING
              RETURNING id, site, device, boot_id, seq, part",
             tcp::SUMMARY_COLUMNS.join(", "),
             dns::SUMMARY_COLUMNS.join(", "),
             owner::SUMMARY_COLUMNS.join(", "),
+            agent::SUMMARY_COLUMNS.join(", "),
             ints.join(", "),
             3 + SUMMARY_INTS.len(),
             tcp_params.join(", "),
             dns_params.join(", "),
-            owner_params.join(", ")
+            owner_params.join(", "),
+            agent_params.join(", ")
         );
         // The running sums of the TCP and DNS figures, after the others.
         let extra: Vec<&str> = tcp::TOTAL_COLUMNS
@@ -411,13 +417,16 @@ fn connect(url: &str) -> Result<(Client, Statements), StoreError> {
         let version: i64 = tx
             .query_one("SELECT version FROM edgeflow_schema", &[])?
             .get(0);
-        if version == 1 || version == 2 {
+        if (1..SCHEMA_VERSION).contains(&version) {
             log::info!("database: migrating schema {version} to {SCHEMA_VERSION} in place");
             if version == 1 {
                 tx.batch_execute(&tcp_columns())?;
             }
-            tx.batch_execute(&dns_columns())?;
-            tx.batch_execute(&owner_columns())?;
+            if version <= 2 {
+                tx.batch_execute(&dns_columns())?;
+                tx.batch_execute(&owner_columns())?;
+            }
+            tx.batch_execute(&agent::add_columns_sql("BIGINT"))?;
             tx.execute(
                 "UPDATE edgeflow_schema SET version = $1",
                 &[&SCHEMA_VERSION],
@@ -431,6 +440,7 @@ fn connect(url: &str) -> Result<(Client, Statements), StoreError> {
         tx.batch_execute(&tcp_columns())?;
         tx.batch_execute(&dns_columns())?;
         tx.batch_execute(&owner_columns())?;
+        tx.batch_execute(&agent::add_columns_sql("BIGINT"))?;
         tx.execute(
             "INSERT INTO edgeflow_schema (version) VALUES ($1)",
             &[&SCHEMA_VERSION],
@@ -722,6 +732,8 @@ fn insert_summaries<'a>(
     let mut dns_hists: Vec<Option<String>> = Vec::with_capacity(order.len());
     let mut owner_full: Vec<Vec<Option<i64>>> =
         vec![Vec::with_capacity(order.len()); owner::SUMMARY_COLUMNS.len()];
+    let mut bad_days: Vec<Vec<Option<i64>>> =
+        vec![Vec::with_capacity(order.len()); agent::SUMMARY_COLUMNS.len()];
     for &(_, i) in order {
         let s = summary(i);
         let h = &s.health;
@@ -771,6 +783,9 @@ fn insert_summaries<'a>(
         for (col, v) in owner_full.iter_mut().zip(owner::summary_values(s)) {
             col.push(v);
         }
+        for (col, v) in bad_days.iter_mut().zip(agent::summary_values(s)) {
+            col.push(v);
+        }
         hists.push((!s.rtt_hist.is_empty()).then(|| {
             let v: Vec<String> = s.rtt_hist.iter().map(|b| b.to_string()).collect();
             v.join(",")
@@ -789,6 +804,9 @@ fn insert_summaries<'a>(
     }
     params.push(&dns_hists);
     for col in &owner_full {
+        params.push(col);
+    }
+    for col in &bad_days {
         params.push(col);
     }
     let rows = tx.query(&st.summaries, &params)?;
@@ -1637,6 +1655,49 @@ mod tests {
         store.prune(today).unwrap();
         assert_eq!(sums(&url), (8, 1, 3, 1));
         assert_totals_consistent(&url);
+    }
+
+    #[test]
+    fn a_version_3_database_gets_the_agents_bad_day_columns() {
+        let pg = Postgres::start();
+        let url = pg.create_database("badday");
+        let now = crate::ingest::now_ms();
+        {
+            // Version 3: TCP, DNS and owner columns, without the bad-day ones.
+            let mut c = Client::connect(&url, NoTls).unwrap();
+            c.batch_execute(SCHEMA).unwrap();
+            c.batch_execute(&tcp_columns()).unwrap();
+            c.batch_execute(&dns_columns()).unwrap();
+            c.batch_execute(&owner_columns()).unwrap();
+            c.batch_execute("INSERT INTO edgeflow_schema (version) VALUES (3)")
+                .unwrap();
+        }
+        let mut store = PgStore::open(&url).unwrap();
+        assert_eq!(
+            scalar(&url, "SELECT version FROM edgeflow_schema"),
+            SCHEMA_VERSION
+        );
+        let mut s = summary("d", 0, now as u64);
+        s.health.spool_fallback = true;
+        s.health.spool_write_errors = 3;
+        s.health.clock_step_ms = -5_000;
+        s.health.clock_steps = 2;
+        s.health.reattached = 4;
+        s.health.header_excess = 5;
+        s.health.reclaimed = 6;
+        assert_eq!(write(&mut store, &[s], now), [true]);
+        for (c, v) in agent::SUMMARY_COLUMNS
+            .iter()
+            .zip([1, 3, -5_000, 2, 4, 5, 6])
+        {
+            assert_eq!(
+                scalar(&url, &format!("SELECT {c} FROM summaries")),
+                v,
+                "{c}"
+            );
+        }
+        drop(store);
+        assert!(PgStore::open(&url).is_ok(), "this version opens as it is");
     }
 
     #[test]

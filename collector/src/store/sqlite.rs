@@ -7,7 +7,7 @@
 //! and the collector never got (gaps) are counted without scanning the summaries. `u64` fields that may exceed `i64`
 //! (the random boot id) are stored bit-cast; counters are clamped to `i64::MAX`.
 
-use super::{addr, addr_text, dns, n, owner, tcp, Storage, StoreError, Write};
+use super::{addr, addr_text, agent, dns, n, owner, tcp, Storage, StoreError, Write};
 use rusqlite::{params, Connection, OpenFlags, Transaction};
 use shared::identity::Presence;
 use shared::wire::Summary;
@@ -130,16 +130,18 @@ static INSERT_SUMMARY: LazyLock<String> = LazyLock::new(|| {
          received_ms, packets, bytes, overflow_packets, overflow_bytes, other_packets,
          other_bytes, other_flows, packets_seen, active_flows, table_capacity, table_full,
          parse_errors, fragments, non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped,
-         flow_count, rtt_hist, {}, {}, dns_hist, {}",
+         flow_count, rtt_hist, {}, {}, dns_hist, {}, {}",
         tcp::SUMMARY_COLUMNS.join(", "),
         dns::SUMMARY_COLUMNS.join(", "),
-        owner::SUMMARY_COLUMNS.join(", ")
+        owner::SUMMARY_COLUMNS.join(", "),
+        agent::SUMMARY_COLUMNS.join(", ")
     );
     let n = 30
         + tcp::SUMMARY_COLUMNS.len()
         + dns::SUMMARY_COLUMNS.len()
         + 1
-        + owner::SUMMARY_COLUMNS.len();
+        + owner::SUMMARY_COLUMNS.len()
+        + agent::SUMMARY_COLUMNS.len();
     format!(
         "INSERT OR IGNORE INTO summaries ({cols}) VALUES ({})",
         placeholders(n)
@@ -160,9 +162,9 @@ static INSERT_FLOW: LazyLock<String> = LazyLock::new(|| {
     format!("INSERT INTO flows ({cols}) VALUES ({})", placeholders(n))
 });
 
-/// `PRAGMA user_version` of this schema; versions 1 to 3 are migrated (see [`migrate`]),
+/// `PRAGMA user_version` of this schema; versions 1 to 4 are migrated (see [`migrate`]),
 /// any other version is refused.
-pub(crate) const SCHEMA_VERSION: i64 = 4;
+pub(crate) const SCHEMA_VERSION: i64 = 5;
 
 /// Version 3 adds the TCP columns ([`tcp`]): every table created by [`SCHEMA`] gets them by
 /// `ALTER TABLE … ADD COLUMN`, a new database as an old one, so they are written once. SQLite
@@ -306,6 +308,7 @@ impl Store {
             tx.execute_batch(&tcp_columns())?;
             tx.execute_batch(&dns_columns())?;
             tx.execute_batch(&owner_columns())?;
+            tx.execute_batch(&agent::add_columns_sql("INTEGER"))?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
         }
@@ -398,9 +401,10 @@ impl Store {
     }
 }
 
-/// Brings a version 1, 2 or 3 database to this version in place, in one transaction (all or
+/// Brings a version 1 to 4 database to this version in place, in one transaction (all or
 /// nothing): 1 → 2 rebuilds `summaries` with the site in its key (see [`MIGRATE_V1`]), 2 → 3
-/// adds the TCP columns, 3 → 4 the DNS and owner columns.
+/// adds the TCP columns, 3 → 4 the DNS and owner columns, 4 → 5 the agent's bad-day columns
+/// ([`agent`]; old rows read NULL).
 fn migrate(conn: &mut Connection, from: i64) -> Result<(), StoreError> {
     log::info!("database: migrating schema {from} to {SCHEMA_VERSION}");
     let tx = conn.transaction()?;
@@ -419,8 +423,11 @@ fn migrate(conn: &mut Connection, from: i64) -> Result<(), StoreError> {
     if from <= 2 {
         tx.execute_batch(&tcp_columns())?;
     }
-    tx.execute_batch(&dns_columns())?;
-    tx.execute_batch(&owner_columns())?;
+    if from <= 3 {
+        tx.execute_batch(&dns_columns())?;
+        tx.execute_batch(&owner_columns())?;
+    }
+    tx.execute_batch(&agent::add_columns_sql("INTEGER"))?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
@@ -460,6 +467,7 @@ impl Batch<'_> {
         let dc = dns::WindowDns::columns(window_dns.as_ref());
         let dns_hist = window_dns.as_ref().and_then(|w| w.hist.as_deref());
         let owner_full = owner::summary_values(s);
+        let bad_day = agent::summary_values(s);
         let base = params![
             s.device.as_str(),
             s.site.as_str(),
@@ -509,6 +517,7 @@ impl Batch<'_> {
             .chain(dc.iter().map(|v| v as &dyn rusqlite::ToSql))
             .chain(std::iter::once(&dns_hist as &dyn rusqlite::ToSql))
             .chain(owner_full.iter().map(|v| v as &dyn rusqlite::ToSql))
+            .chain(bad_day.iter().map(|v| v as &dyn rusqlite::ToSql))
             .collect();
         let inserted = self
             .tx
@@ -1205,7 +1214,74 @@ mod tests {
         assert_eq!(running, scanned);
         assert_eq!(running, [2.0, 12.0, 8.0, 0.0, 4.0, 4.0, 0.0, 0.0, 4.0, 4.0]);
         drop(store);
-        assert!(Store::open(&path).is_ok(), "version 4 opens as it is");
+        assert!(Store::open(&path).is_ok(), "this version opens as it is");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn migrates_a_version_4_database_in_place_and_keeps_the_agents_bad_days() {
+        let path = temp("v4");
+        {
+            // Version 4: TCP, DNS and owner columns, without the bad-day ones, and a window.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(&tcp_columns()).unwrap();
+            conn.execute_batch(&dns_columns()).unwrap();
+            conn.execute_batch(&owner_columns()).unwrap();
+            conn.pragma_update(None, "user_version", 4).unwrap();
+            conn.execute(
+                "INSERT INTO summaries (device, site, boot_id, seq, part, parts,
+                   window_start_ms, window_len_ms, sample_every, received_ms, packets, bytes,
+                   overflow_packets, overflow_bytes, other_packets, other_bytes, other_flows,
+                   packets_seen, active_flows, table_capacity, table_full, parse_errors,
+                   fragments, non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count)
+                 VALUES ('d', 's', -1, 0, 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                         0, 0, 0, 0, 0, 0, 0, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let (version, old): (i64, Option<i64>) = store
+            .conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), reclaimed FROM summaries",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((version, old), (SCHEMA_VERSION, None), "the old row stays");
+        let mut b = store.batch().unwrap();
+        let mut s = summary(1, 10_000);
+        s.health.spool_fallback = true;
+        s.health.spool_write_errors = 3;
+        s.health.clock_step_ms = -5_000;
+        s.health.clock_steps = 2;
+        s.health.reattached = 4;
+        s.health.header_excess = 5;
+        s.health.reclaimed = 6;
+        assert!(b.insert_summary(&s, 10).unwrap());
+        b.commit().unwrap();
+        let row: [i64; 7] = store
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {} FROM summaries WHERE reclaimed IS NOT NULL",
+                    agent::SUMMARY_COLUMNS.join(", ")
+                ),
+                [],
+                |r| {
+                    let mut v = [0; 7];
+                    for (i, x) in v.iter_mut().enumerate() {
+                        *x = r.get(i)?;
+                    }
+                    Ok(v)
+                },
+            )
+            .unwrap();
+        assert_eq!(row, [1, 3, -5_000, 2, 4, 5, 6]);
+        drop(store);
+        assert!(Store::open(&path).is_ok(), "this version opens as it is");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
