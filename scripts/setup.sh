@@ -22,7 +22,7 @@ PKGS=(
   libcap2-bin util-linux                # capsh / setpriv for capability tests
   pkg-config build-essential sqlite3
   jq
-  lintian mmdebstrap                    # Debian packages: packaging/build.sh checks, cross/vm/debian/ root filesystems
+  lintian mmdebstrap arch-test          # Debian packages: packaging/build.sh checks, cross/vm/debian/ root filesystems
 )
 
 missing=()
