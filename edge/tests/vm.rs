@@ -236,7 +236,10 @@ fn assert_published(sub: &Subscriber, r: &VmRun, device: &str) {
         "{per_flow:?}"
     );
     assert_eq!(per_flow.get(&(1, ty, code)), Some(&icmp), "{per_flow:?}");
-    assert_eq!(totals, total, "window totals against what the guest sent");
+    assert_eq!(
+        totals, total,
+        "window totals against what the guest sent; flows: {per_flow:?}"
+    );
     assert_eq!(
         accounted, totals,
         "records + other + overflow against totals"

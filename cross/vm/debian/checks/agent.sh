@@ -36,9 +36,10 @@ journalctl -u $unit --no-pager -o cat | grep -q 'names no interfaces and \[mqtt\
 # The link: IPv6 off and the neighbours fixed, so only the check's own packets cross it.
 ip netns add efb || fail "netns add"
 ip link add efv0 type veth peer name efv1 netns efb || fail "veth add"
-sysctl -qw net.ipv6.conf.efv0.disable_ipv6=1
-ip netns exec efb sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-ip netns exec efb sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+# (Through /proc: minbase has no sysctl binary.)
+echo 1 > /proc/sys/net/ipv6/conf/efv0/disable_ipv6 || fail "ipv6 off efv0"
+ip netns exec efb sh -c 'echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6' \
+  || fail "ipv6 off in efb"
 ip addr add 10.77.0.1/24 dev efv0 && ip -n efb addr add 10.77.0.2/24 dev efv1 || fail "addr"
 ip link set efv0 up && ip -n efb link set efv1 up && ip -n efb link set lo up || fail "link up"
 ma=$(ip link show efv0 | awk '/link\/ether/ {print $2}')
