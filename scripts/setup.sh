@@ -24,6 +24,7 @@ PKGS=(
   jq
   nfdump pmacct tshark                  # IPFIX collectors the export is tested against (docs/ipfix.md)
   ieee-data                             # MAC vendors (IEEE OUI registry) for LAN devices' owners
+  lintian mmdebstrap arch-test          # Debian packages: packaging/build.sh checks, cross/vm/debian/ root filesystems
 )
 
 missing=()
