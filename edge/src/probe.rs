@@ -52,6 +52,8 @@ pub struct ProbeOptions {
     pub rtt: Option<RttOptions>,
     /// TCP health: retransmissions, resets, connection outcomes (docs/tcp.md).
     pub tcp_health: bool,
+    /// DNS over UDP port 53 (docs/dns.md).
+    pub dns: bool,
     pub expiry: Expiry,
 }
 
@@ -83,6 +85,7 @@ impl Checked<'_> {
             sample_every: opts.sample_every,
             rtt: opts.rtt,
             tcp_health: opts.tcp_health,
+            dns: opts.dns,
         })?;
         eprintln!("edgeflow: {}", loaded.report);
         let maps = Maps::take(&mut loaded.ebpf)?;
@@ -93,7 +96,7 @@ impl Checked<'_> {
             netns: opts.netns.clone(),
         };
         // Before attaching: the baseline is then the empty table and zeroed counters.
-        let drainer = Drainer::new(maps, opts.expiry, opts.tcp_health)?;
+        let drainer = Drainer::new(maps, opts.expiry, opts.tcp_health)?.with_dns(opts.dns)?;
         // From here on a failure drops `hooked`, which undoes what was attached.
         let ebpf = &mut hooked.loaded.as_mut().expect("just loaded").ebpf;
         attach::attach_all(

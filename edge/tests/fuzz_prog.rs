@@ -369,6 +369,7 @@ fn generated_and_mutated_frames_pass_and_add_up() {
         sample_every: 1,
         rtt: Some(Default::default()),
         tcp_health: true,
+        dns: true,
     })
     .expect("the verifier accepts the programs");
     let maps = Maps::take(&mut loaded.ebpf).unwrap();

@@ -45,6 +45,7 @@ fn progs() -> MutexGuard<'static, Progs> {
                     interval: Duration::ZERO,
                 }),
                 tcp_health: true,
+                dns: true,
             })
             .expect("loading the programs");
             let maps = Maps::take(&mut loaded.ebpf).unwrap();

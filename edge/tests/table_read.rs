@@ -44,6 +44,7 @@ fn load_on(net: &TestNet, max_flows: u32, expiry: Expiry) -> Session {
         rtt: None,
         expiry,
         tcp_health: true,
+        dns: true,
     })
     .unwrap()
 }

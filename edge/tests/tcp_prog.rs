@@ -28,6 +28,7 @@ fn load(tcp_health: bool) -> Progs {
         sample_every: 1,
         rtt: Some(Default::default()),
         tcp_health,
+        dns: true,
     })
     .expect("loading the programs");
     let maps = Maps::take(&mut loaded.ebpf).unwrap();

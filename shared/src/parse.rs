@@ -98,7 +98,8 @@ pub struct Parsed {
     pub tcp_flags: u8,
     /// Whether a TCP timestamp option is present (then `tsval`/`tsecr` hold it).
     pub has_ts: bool,
-    pub _pad: u16,
+    /// Offset of the L4 payload in the frame (TCP/UDP; after the ICMP header for ICMP).
+    pub payload_off: u16,
     /// TCP sequence and acknowledgement numbers; 0 for other protocols.
     pub seq: u32,
     pub ack: u32,
@@ -117,7 +118,7 @@ impl Default for Parsed {
             ip_len: 0,
             tcp_flags: 0,
             has_ts: false,
-            _pad: 0,
+            payload_off: 0,
             seq: 0,
             ack: 0,
             tsval: 0,
@@ -371,6 +372,7 @@ pub fn parse_into<F: Frame + ?Sized>(
     };
     out.ip_len = ip_len;
     out.hdr_len = (l4 - l3 + l4_hdr) as u16;
+    out.payload_off = (l4 + l4_hdr) as u16;
     Ok(())
 }
 
@@ -472,7 +474,7 @@ fn clear_tcp(out: &mut Parsed) {
     unsafe {
         core::ptr::write_volatile(&raw mut out.tcp_flags, 0);
         core::ptr::write_volatile(&raw mut out.has_ts, false);
-        core::ptr::write_volatile(&raw mut out._pad, 0);
+        core::ptr::write_volatile(&raw mut out.payload_off, 0);
         core::ptr::write_volatile(&raw mut out.seq, 0);
         core::ptr::write_volatile(&raw mut out.ack, 0);
         core::ptr::write_volatile(&raw mut out.tsval, 0);

@@ -138,6 +138,7 @@ fn main() {
             rtt: None,
             expiry: Expiry::default(),
             tcp_health: true,
+            dns: true,
         })
         .expect("loading and attaching the programs (run as root)");
         let ident = Identity {

@@ -74,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         sample_every: 1,
         rtt: rtt.then(RttOptions::default),
         tcp_health,
+        dns: true,
     };
     // The configurations compared with the bare counter, each one column: RTT and TCP health
     // off, RTT alone, everything on (the default).

@@ -86,6 +86,7 @@ fn measure(attach: &'static str, mode: AttachMode, rtt: bool) -> anyhow::Result<
         rtt: rtt.then(RttOptions::default),
         expiry: Expiry::default(),
         tcp_health: false,
+        dns: true,
     })?;
     let t = Instant::now();
     traffic(&net);

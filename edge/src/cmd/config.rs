@@ -38,6 +38,16 @@ pub struct File {
     pub spool: SpoolFile,
     #[serde(default)]
     pub tcp: TcpFile,
+    #[serde(default)]
+    pub dns: DnsFile,
+}
+
+/// `[dns]`: DNS over UDP port 53 (docs/dns.md).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFile {
+    /// Queries, responses by RCODE, latency, names per DNS flow; default on.
+    pub enabled: Option<bool>,
 }
 
 /// `[tcp]`: what the agent measures of TCP connections besides the RTT.
@@ -95,6 +105,8 @@ pub struct Config {
     pub rtt: Option<RttOptions>,
     /// TCP health: retransmissions, resets, connection outcomes.
     pub tcp_health: bool,
+    /// DNS over UDP port 53: queries, rcodes, latency, names.
+    pub dns: bool,
     /// Where and how to reach the MQTT broker.
     pub broker: Broker,
     pub keep_alive: Duration,
@@ -248,6 +260,7 @@ impl Config {
             max_message_bytes,
             rtt,
             tcp_health: f.tcp.health.unwrap_or(true),
+            dns: f.dns.enabled.unwrap_or(true),
             broker,
             keep_alive: Duration::from_secs(m.keep_alive_secs.unwrap_or(30).max(5)),
             spool_max_bytes,
@@ -267,6 +280,7 @@ impl Config {
             sample_every: self.sample_every,
             rtt: self.rtt,
             tcp_health: self.tcp_health,
+            dns: self.dns,
             expiry: Expiry {
                 inactive: self.inactive_timeout,
                 ..Expiry::default()
@@ -313,6 +327,16 @@ mod tests {
         let c = Config::resolve(f).unwrap();
         assert!(!c.tcp_health && !c.probe().tcp_health);
         assert!(File::parse("interfaces = [\"veth0\"]\n[tcp]\nhealthy = true\n").is_err());
+    }
+
+    #[test]
+    fn dns_is_on_by_default_and_switches_off_in_its_table() {
+        let c = Config::resolve(File::parse("interfaces = [\"veth0\"]\n").unwrap()).unwrap();
+        assert!(c.dns && c.probe().dns);
+        let f = File::parse("interfaces = [\"veth0\"]\n[dns]\nenabled = false\n").unwrap();
+        let c = Config::resolve(f).unwrap();
+        assert!(!c.dns && !c.probe().dns);
+        assert!(File::parse("interfaces = [\"veth0\"]\n[dns]\non = true\n").is_err());
     }
 
     #[test]

@@ -14,9 +14,15 @@ use crate::{
     report::window::{self, Counts, Window},
 };
 use shared::{
-    conn, flow::tcp, parse::IPPROTO_TCP, wire::Flow, Count, Direction, FlowCounters, Stat,
+    conn,
+    dns::{self, DnsState},
+    flow::tcp,
+    parse::{IPPROTO_TCP, IPPROTO_UDP},
+    rtt::RTT_BUCKETS,
+    wire::Flow,
+    Count, Direction, FlowCounters, FlowKey, Stat,
 };
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 /// When entries leave the kernel table.
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +57,18 @@ pub trait Source {
     fn ticks(&self) -> Result<TickNow, TableError>;
     /// Drops RTT timestamps still waiting for their echo that left before `before_ns`.
     fn sweep_pending(&mut self, before_ns: u64) -> Result<u32, TableError>;
+    /// The DNS flows' state (cumulative); none where the kernel keeps none.
+    fn dns_flows(&self) -> Result<HashMap<FlowKey, DnsState>, TableError> {
+        Ok(HashMap::new())
+    }
+    /// The DNS latency histogram, summed over CPUs (cumulative).
+    fn dns_hist(&self) -> Result<RttHist, TableError> {
+        Ok([0; RTT_BUCKETS])
+    }
+    /// Drops the DNS state of a flow that left the table.
+    fn dns_forget(&mut self, _key: &FlowKey) -> Result<(), TableError> {
+        Ok(())
+    }
 }
 
 impl Source for Maps {
@@ -68,6 +86,15 @@ impl Source for Maps {
     }
     fn sweep_pending(&mut self, before_ns: u64) -> Result<u32, TableError> {
         self.rtt.sweep_pending(before_ns)
+    }
+    fn dns_flows(&self) -> Result<HashMap<FlowKey, DnsState>, TableError> {
+        self.dns.flows()
+    }
+    fn dns_hist(&self) -> Result<RttHist, TableError> {
+        self.dns.hist()
+    }
+    fn dns_forget(&mut self, key: &FlowKey) -> Result<(), TableError> {
+        self.dns.forget(key)
     }
 }
 
@@ -92,6 +119,13 @@ pub struct Drainer<S = Maps> {
     tcp_health: bool,
     /// Kernel `parsed` minus reported totals, summed since the start (see `Window::unsettled`).
     unsettled: Count,
+    /// Whether the programs read DNS (`shared::dns`): port-53 flows then carry it.
+    dns: bool,
+    /// Per DNS flow: its state at the last drain.
+    dns_base: HashMap<FlowKey, DnsState>,
+    prev_dns_hist: RttHist,
+    /// DNS flows among the flows to free: slot → key.
+    dns_leaving: HashMap<u32, FlowKey>,
 }
 
 impl<S: Source> Drainer<S> {
@@ -120,7 +154,22 @@ impl<S: Source> Drainer<S> {
             expired: Vec::new(),
             unsettled: Count::default(),
             tcp_health,
+            dns: false,
+            dns_base: HashMap::new(),
+            prev_dns_hist: [0; RTT_BUCKETS],
+            dns_leaving: HashMap::new(),
         })
+    }
+
+    /// The programs were loaded reading DNS: port-53 flows carry a DNS block. Like
+    /// [`Drainer::new`], before the programs are attached.
+    pub fn with_dns(mut self, on: bool) -> Result<Drainer<S>, TableError> {
+        self.dns = on;
+        if on {
+            self.prev_dns_hist = self.source.dns_hist()?;
+            self.dns_base = self.source.dns_flows()?;
+        }
+        Ok(self)
     }
 
     /// What the drain reads (the agent: the programs' maps).
@@ -144,6 +193,17 @@ impl<S: Source> Drainer<S> {
         let mut active = 0;
         let baseline = &mut self.baseline;
         let tcp_health = self.tcp_health;
+        let dns_on = self.dns;
+        // Before the flows: a message counted between the two reads is in the flow's packets
+        // now and in its DNS counts next window.
+        let dns_now = if dns_on {
+            self.source.dns_flows()?
+        } else {
+            HashMap::new()
+        };
+        let dns_base = &mut self.dns_base;
+        let dns_leaving = &mut self.dns_leaving;
+        dns_leaving.clear();
         let slots = self.source.slots();
         // Flows first, then the counters: a packet counted between the two reads is in the
         // kernel's `parsed` but not yet in a flow delta. Totals are taken from the flows (so
@@ -154,9 +214,16 @@ impl<S: Source> Drainer<S> {
             let now = Counts::of(cur);
             let delta = now.since(&std::mem::replace(&mut baseline[i as usize], now));
             let had = delta.any_packets();
+            let dns_key = dns_on && is_dns(key);
+            let dns_state = dns_key.then(|| dns_now.get(key).copied().unwrap_or_default());
             if had {
                 in_flows.add(&delta.total());
-                flows.push(window::flow(key, cur, &delta, to_ms, tcp_health));
+                let mut f = window::flow(key, cur, &delta, to_ms, tcp_health);
+                if let Some(st) = &dns_state {
+                    let before = dns_base.insert(*key, *st).unwrap_or_default();
+                    f.dns = Some(window::dns(st, &before));
+                }
+                flows.push(f);
             }
             let idle = Duration::from_nanos(
                 ticks
@@ -165,14 +232,24 @@ impl<S: Source> Drainer<S> {
             );
             if idle >= expiry.inactive || (finished(cur) && idle >= expiry.finished) {
                 // A SYN nobody answered is decided only now, when the flow leaves.
-                let unanswered = (tcp_health && key.proto == IPPROTO_TCP && conn::unanswered(cur))
-                    .then(|| (window::unanswered(key, cur, to_ms), had));
+                let mut unanswered =
+                    (tcp_health && key.proto == IPPROTO_TCP && conn::unanswered(cur))
+                        .then(|| (window::unanswered(key, cur, to_ms), had));
+                if let Some(st) = &dns_state {
+                    // Queries still waiting when the flow leaves are unanswered.
+                    dns_leaving.insert(i, *key);
+                    let n = st.outstanding();
+                    if n > 0 {
+                        unanswered = Some((window::dns_unanswered(key, cur, st, n, to_ms), had));
+                    }
+                }
                 expired.push((i, cur.packets(), unanswered));
             }
         });
         let stats = self.source.stats()?;
         let hist = self.source.rtt_hist()?;
         let mut removed = 0u32;
+        let mut forget = Vec::new();
         for (i, packets, unanswered) in expired.drain(..) {
             // A packet that came since the read keeps the flow for the next window. Compared
             // by count, not by last_seen: that has tick resolution.
@@ -184,9 +261,24 @@ impl<S: Source> Drainer<S> {
                 if let Some((u, had)) = unanswered {
                     report_unanswered(&mut flows, u, had);
                 }
+                if let Some(key) = self.dns_leaving.get(&i) {
+                    forget.push(*key);
+                }
             }
         }
         self.expired = expired;
+        for key in &forget {
+            self.dns_base.remove(key);
+            self.source.dns_forget(key)?;
+        }
+        let dns_hist = if self.dns {
+            let h = self.source.dns_hist()?;
+            let d = hist_delta(&h, &self.prev_dns_hist);
+            self.prev_dns_hist = h;
+            d
+        } else {
+            Vec::new()
+        };
 
         let delta: Stats = std::array::from_fn(|i| stats[i].delta_since(&self.prev_stats[i]));
         self.prev_stats = stats;
@@ -213,6 +305,8 @@ impl<S: Source> Drainer<S> {
             flows,
             rtt_hist,
             tcp_health: self.tcp_health,
+            dns_hist,
+            dns: self.dns,
         };
         self.last = now;
         self.active = active;
@@ -247,9 +341,21 @@ fn report_unanswered(flows: &mut Vec<Flow>, u: Flow, had: bool) {
     // Searched only in the rare case it is there: idle for the whole inactive timeout yet
     // with packets in the window (a timeout shorter than the interval).
     match flows.iter_mut().rev().find(|f| had && same(f)) {
-        Some(f) => f.tcp = u.tcp,
+        Some(f) => {
+            if u.tcp.is_some() {
+                f.tcp = u.tcp;
+            }
+            if let (Some(d), Some(ud)) = (&mut f.dns, &u.dns) {
+                d.unanswered = d.unanswered.saturating_add(ud.unanswered);
+            }
+        }
         None => flows.push(u),
     }
+}
+
+/// A flow DNS is read on: UDP to or from port 53.
+fn is_dns(key: &FlowKey) -> bool {
+    key.proto == IPPROTO_UDP && (key.port_a == dns::PORT || key.port_b == dns::PORT)
 }
 
 /// The window's RTT histogram, trailing empty buckets cut (empty: no samples).

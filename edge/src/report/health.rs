@@ -44,6 +44,8 @@ fn window_health(w: &Window, table_capacity: u32) -> Health {
         parse_errors: Stat::PARSE_ERRORS.iter().map(|s| stat(*s)).sum(),
         fragments: stat(Stat::Fragment),
         non_ip: stat(Stat::NonIp),
+        dns_malformed: Stat::DNS_MALFORMED.iter().map(|s| stat(*s)).sum(),
+        dns_evicted: stat(Stat::DnsEvicted),
         ..Health::default()
     }
 }

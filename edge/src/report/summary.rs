@@ -81,8 +81,13 @@ pub fn summarize(id: &Identity, seq: u64, w: &Window, health: Health, top_k: usi
         flows,
         rtt_hist,
         tcp_health: w.tcp_health,
-        dns_hist: Default::default(),
-        dns: false,
+        dns_hist: w
+            .dns_hist
+            .iter()
+            .take(RTT_BUCKETS)
+            .map(|&n| n.min(u32::MAX as u64) as u32)
+            .collect(),
+        dns: w.dns,
     }
 }
 
