@@ -22,6 +22,7 @@ PKGS=(
   libcap2-bin util-linux                # capsh / setpriv for capability tests
   pkg-config build-essential sqlite3
   jq
+  dnsmasq-base                          # DNS server of the DNS tests (the binary, no service)
 )
 
 missing=()

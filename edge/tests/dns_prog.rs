@@ -242,7 +242,11 @@ fn malformed_payloads_pass_count_as_traffic_and_by_reason() {
             message(1, 0x0100, 0, b"\x01a\x00", 1),
             Stat::DnsNoQuestion,
         ),
-        ("name too long", message(1, 0x0100, 1, &long, 1), Stat::DnsLongName),
+        (
+            "name too long",
+            message(1, 0x0100, 1, &long, 1),
+            Stat::DnsLongName,
+        ),
     ];
     for hook in [Hook::Xdp, Hook::Tc] {
         for (i, (what, payload, stat)) in cases.iter().enumerate() {
