@@ -301,3 +301,36 @@ fn dnsmasq_ipv6_xdp() {
 fn dnsmasq_ipv4_tc() {
     retried(|| scenario(false, "tc"));
 }
+
+/// `--no-dns`: the port-53 flow is counted as traffic, and nothing of DNS is read or shown.
+#[test]
+fn no_dns_reads_nothing_of_dns() {
+    let net = DelayNet::new(Duration::ZERO);
+    let _dnsmasq = Dnsmasq::start(&net.ns_server, SERVER4.into());
+    let w = Watch::start(
+        BIN,
+        &net.ns_client,
+        &["--iface", &net.veth_client, "--interval", "1", "--no-dns"],
+    );
+    let to = SocketAddr::new(SERVER4.into(), 53);
+    let mut answered = 0;
+    for _ in 0..50 {
+        let (_, r) = ask(&net, to, "www.ok.test", 1, 1, Duration::from_millis(100));
+        answered += r.len();
+        if answered > 0 {
+            break;
+        }
+    }
+    assert_eq!(answered, 1, "dnsmasq did not answer");
+    net.settle();
+    let got = w.stop();
+    got.assert_conserved();
+    let dns_flows: Vec<&Value> = got.flows().filter(|f| f["dst_port"] == 53).collect();
+    assert!(!dns_flows.is_empty(), "the DNS flow is traffic still");
+    assert!(dns_flows.iter().all(|f| f.get("dns").is_none()));
+    assert!(got
+        .windows
+        .iter()
+        .all(|w| w.get("dns").is_none() && w.get("dns_hist").is_none()));
+    assert_eq!(got.stat("dns_messages").0, 0);
+}

@@ -634,6 +634,69 @@ mod tests {
     }
 
     #[test]
+    fn dns_block_is_the_window_delta_with_the_latest_name() {
+        let mut before = DnsState {
+            queries: 2,
+            responses: 1,
+            samples: 1,
+            sum_us: 10_000,
+            min_us: 10_000,
+            max_us: 10_000,
+            ..DnsState::default()
+        };
+        before.rcodes[kdns::NOERROR] = 1;
+        let mut now = DnsState {
+            queries: 5,
+            responses: 3,
+            evicted: 1,
+            samples: 3,
+            sum_us: 10_000 + 50_000,
+            min_us: 10_000,
+            max_us: 30_000,
+            qtype: 28,
+            name_len: 17,
+            ..before
+        };
+        now.rcodes[kdns::NXDOMAIN] = 1;
+        now.rcodes[kdns::REFUSED] = 1;
+        now.name[..17].copy_from_slice(b"\x03www\x07example\x03com\x00");
+        let d = dns(&now, &before);
+        assert_eq!(
+            (
+                d.queries,
+                d.responses,
+                d.noerror,
+                d.nxdomain,
+                d.refused,
+                d.unanswered
+            ),
+            (3, 2, 0, 1, 1, 1)
+        );
+        assert_eq!(
+            d.latency,
+            Some(Latency {
+                min_us: 10_000,
+                avg_us: 25_000,
+                max_us: 30_000,
+                samples: 2
+            })
+        );
+        assert_eq!(
+            (d.name.as_str(), d.qtype, d.name_truncated),
+            ("www.example.com", 28, false)
+        );
+        assert_eq!(dns_text(&d), "q3/2 nx1 ref1 lost1 25.0ms www.example.com");
+        // No sample in the window: no latency; a name past the 64 bytes kept is marked.
+        now.name_len = 200;
+        let quiet = dns(&now, &now);
+        assert_eq!(
+            (quiet.latency, quiet.queries, quiet.name_truncated),
+            (None, 0, true)
+        );
+        assert_eq!(dns_text(&quiet), "q0/0 www.example.com…");
+    }
+
+    #[test]
     fn tcp_block_oriented_by_initiator_with_its_json() {
         let k = key([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000, 6);
         // b (10.0.0.2:40000) connected; a (the server) sent FIN and a retransmission.
