@@ -25,6 +25,7 @@ PKGS=(
   nfdump pmacct tshark                  # IPFIX collectors the export is tested against (docs/ipfix.md)
   ieee-data                             # MAC vendors (IEEE OUI registry) for LAN devices' owners
   lintian mmdebstrap arch-test          # Debian packages: packaging/build.sh checks, cross/vm/debian/ root filesystems
+  dnsmasq-base                          # DNS server of the DNS tests (the binary, no service)
 )
 
 missing=()

@@ -1,7 +1,8 @@
 //! edgeflow's kernel side: one XDP program (ingress) and two TC classifiers (egress, and
 //! ingress where XDP is not wanted) that key every packet to a bidirectional flow entry,
-//! take TCP round-trip samples (`shared::rtt`) and count what TCP connections did
-//! (`shared::conn`: retransmissions, RST, FIN, SYN).
+//! take TCP round-trip samples (`shared::rtt`), count what TCP connections did
+//! (`shared::conn`: retransmissions, RST, FIN, SYN) and what DNS conversations did
+//! (`shared::dns`: queries, responses by RCODE, latency by transaction id).
 //!
 //! They only observe: every path returns XDP_PASS, or in TC no verdict (TC_ACT_UNSPEC, which
 //! TCX names TCX_NEXT): the next program on the hook runs and the packet goes on as if we were
@@ -25,14 +26,15 @@ use core::intrinsics::{
 use shared::{
     conn,
     cpu::{CpuSlot, Settings, DEFAULT_CPUS},
+    dns::{self, DnsState, Malformed, DEFAULT_DNS_FLOWS, NAME_KEPT},
     flow::{tcp, zero_pad, DirCounters, DEFAULT_MAX_FLOWS, OWNER_PENDING},
-    parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP},
+    parse::{parse_into, Bytes, Frame, Parsed, IPPROTO_TCP, IPPROTO_UDP},
     rtt::{ns_to_us, rtt_bucket, FlowRtt, TsKey, RTT_BUCKETS},
     stats::STATS_LEN,
     table::{
         self, FlowSlot, BUSY, LIVE, PROBES, RECLAIMING, RECLAIM_AGE_TICKS, RECLAIM_WITHIN, UNREAD,
     },
-    FlowCounters, Stat,
+    FlowCounters, FlowKey, Stat,
 };
 
 /// The flow table (`shared::table`: its layout and why an array). Its size is set by the
@@ -61,6 +63,15 @@ static RTT_PENDING: HashMap<TsKey, u64> = HashMap::with_max_entries(DEFAULT_MAX_
 /// RTT samples per log2 bucket of microseconds (`shared::rtt::rtt_bucket`).
 #[map(name = "RTT_HIST")]
 static RTT_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(RTT_BUCKETS as u32, 0);
+
+/// Per DNS flow (UDP port 53): its `shared::dns::DnsState`, apart from the flow table so
+/// that only port-53 packets touch it. The agent removes a flow's entry when the flow leaves.
+#[map(name = "DNS_FLOWS")]
+static DNS_FLOWS: HashMap<FlowKey, DnsState> = HashMap::with_max_entries(DEFAULT_DNS_FLOWS, 0);
+
+/// DNS latency samples per log2 bucket of microseconds (`shared::rtt::rtt_bucket`).
+#[map(name = "DNS_HIST")]
+static DNS_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(RTT_BUCKETS as u32, 0);
 
 /// The tick counter and CLOCK_MONOTONIC read together by `edgeflow_clock`: the agent's
 /// conversion of the flows' tick stamps (`shared::flow::TICK_CLOCK_MAP`).
@@ -121,6 +132,7 @@ pub fn edgeflow_xdp(ctx: XdpContext) -> u32 {
         let parsed = parse_into(&pkt, None, unsafe { &mut (*slot).parsed });
         account(
             &ctx,
+            &pkt,
             slot,
             parsed,
             1,
@@ -192,7 +204,16 @@ fn tc(ctx: TcContext, egress: bool) -> i32 {
             parsed = parse_into(&tc_pkt(&ctx), vlan, unsafe { &mut (*slot).parsed });
         }
     }
-    account(&ctx, slot, parsed, segs, len as u64, ifindex, egress);
+    account(
+        &ctx,
+        &tc_pkt(&ctx),
+        slot,
+        parsed,
+        segs,
+        len as u64,
+        ifindex,
+        egress,
+    );
     TC_ACT_UNSPEC
 }
 
@@ -242,9 +263,11 @@ fn stat_add(stat: Stat, packets: u64, bytes: u64) {
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn account<C: Hook>(
     ctx: &C,
+    frame: &Pkt,
     slot: *mut CpuSlot,
     parsed: Result<(), Stat>,
     segs: u32,
@@ -300,6 +323,12 @@ fn account<C: Hook>(
         unsafe { atomic_and::<u32, u32, { Relaxed }>(&raw mut (*v).initiator, !OWNER_PENDING) };
     }
     if p.key.proto != IPPROTO_TCP {
+        if settings.dns != 0
+            && p.key.proto == IPPROTO_UDP
+            && (p.key.port_a == dns::PORT || p.key.port_b == dns::PORT)
+        {
+            dns_message(frame, p, segs64, bytes);
+        }
         return;
     }
     if settings.tcp_health != 0 {
@@ -358,6 +387,81 @@ fn tcp_health(v: *mut FlowCounters, p: &Parsed, d: usize, segs: u64) {
             core::ptr::write_volatile(&raw mut (*dc).seq_high, end);
             if known == 0 {
                 core::ptr::write_volatile(&raw mut (*dc).seq_known, 1);
+            }
+        }
+    }
+}
+
+/// One UDP port-53 packet of a counted flow: its DNS message read (`shared::dns::parse`) and
+/// counted into the flow's DNS state, or the reason it is not one counted. The packet was
+/// counted as traffic before either way.
+#[inline(always)]
+fn dns_message(f: &Pkt, p: &Parsed, segs: u64, bytes: u64) {
+    // The UDP payload: what the IP length leaves after the headers (a frame may be padded).
+    let (off, hdr, ip_len) = (
+        p.payload_off as usize,
+        p.hdr_len as usize,
+        p.ip_len as usize,
+    );
+    if ip_len <= hdr {
+        // Nothing to read: not a DNS message, and not a malformed one.
+        return;
+    }
+    let end = off + (ip_len - hdr);
+    let mut name = [0u8; NAME_KEPT];
+    let mut m = dns::Message::default();
+    match dns::parse_into(f, off, end, &mut name, &mut m) {
+        Ok(()) => {}
+        Err(e) => {
+            let stat = match e {
+                Malformed::Header => Stat::DnsBadHeader,
+                Malformed::Label => Stat::DnsBadLabel,
+                Malformed::Pointer => Stat::DnsPointer,
+                Malformed::NoQuestion => Stat::DnsNoQuestion,
+                Malformed::LongName => Stat::DnsLongName,
+            };
+            stat_add(stat, segs, bytes);
+            return;
+        }
+    };
+    stat_add(Stat::DnsMessages, segs, bytes);
+    let st = match DNS_FLOWS.get_ptr_mut(&p.key) {
+        Some(st) => st,
+        None => {
+            let fresh = DnsState::default();
+            match DNS_FLOWS.insert(&p.key, &fresh, BPF_NOEXIST as u64) {
+                Ok(()) => {}
+                Err(e) if e as i64 == -EEXIST => {}
+                Err(_) => {
+                    stat_add(Stat::DnsStateFull, segs, bytes);
+                    return;
+                }
+            }
+            let Some(st) = DNS_FLOWS.get_ptr_mut(&p.key) else {
+                return;
+            };
+            st
+        }
+    };
+    let now = fine_now();
+    // SAFETY: a live map value. Two CPUs on one DNS flow at once (a query and its response
+    // on two hooks within the same instant) could lose an update; DNS is request/response.
+    unsafe {
+        if m.response {
+            if let Some(us) = (*st).response(&m, now) {
+                if let Some(c) = DNS_HIST.get_ptr_mut(rtt_bucket(us) as u32) {
+                    *c += 1;
+                }
+            }
+        } else {
+            if (*st).query(&m, now) {
+                stat_add(Stat::DnsEvicted, segs, bytes);
+            }
+            // Word by word: a plain array copy becomes a byte loop in BPF.
+            let from = name.as_ptr() as *const u64;
+            let to = &raw mut (*st).name as *mut u64;
+            for i in 0..NAME_KEPT / 8 {
+                core::ptr::write_unaligned(to.add(i), core::ptr::read_unaligned(from.add(i)));
             }
         }
     }

@@ -112,6 +112,9 @@ struct RunCmd {
     /// do not record who is behind the flows (processes, services, LAN devices)
     #[argh(switch)]
     no_owner: bool,
+    /// do not read DNS (queries, response codes, latency, names of UDP port-53 flows)
+    #[argh(switch)]
+    no_dns: bool,
 }
 
 /// Print summary payloads as JSON: one raw payload, or hex lines as
@@ -174,6 +177,9 @@ impl RunCmd {
         }
         if self.no_owner {
             f.owner.enabled = Some(false);
+        }
+        if self.no_dns {
+            f.dns.enabled = Some(false);
         }
         Ok((Config::resolve(f)?, RunOptions { count: self.count }))
     }
@@ -253,6 +259,9 @@ struct WatchCmd {
     /// do not record who is behind the flows (processes, services, LAN devices)
     #[argh(switch)]
     no_owner: bool,
+    /// do not read DNS (queries, response codes, latency, names of UDP port-53 flows)
+    #[argh(switch)]
+    no_dns: bool,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -272,6 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     sample_every: config::sample_every(w.sample, "--sample")?,
                     rtt: config::rtt_options(!w.no_rtt, Some(w.rtt_interval))?,
                     tcp_health: !w.no_tcp_health,
+                    dns: !w.no_dns,
                     expiry: Expiry {
                         inactive: config::positive_secs("--inactive-timeout", w.inactive_timeout)?,
                         ..Expiry::default()

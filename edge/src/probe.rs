@@ -54,6 +54,8 @@ pub struct ProbeOptions {
     pub rtt: Option<RttOptions>,
     /// TCP health: retransmissions, resets, connection outcomes (docs/tcp.md).
     pub tcp_health: bool,
+    /// DNS over UDP port 53 (docs/dns.md).
+    pub dns: bool,
     pub expiry: Expiry,
     /// Who sent it: processes, services, LAN devices (docs/owners.md); `None`: off.
     pub owner: Option<OwnerConfig>,
@@ -88,6 +90,7 @@ impl Checked<'_> {
             rtt: opts.rtt,
             tcp_health: opts.tcp_health,
             owner: opts.owner.as_ref().map(|o| o.kernel),
+            dns: opts.dns,
         })?;
         eprintln!("edgeflow: {}", loaded.report);
         for u in &loaded.report.owner_unavailable {
@@ -101,7 +104,7 @@ impl Checked<'_> {
             netns: opts.netns.clone(),
         };
         // Before attaching: the baseline is then the empty table and zeroed counters.
-        let mut drainer = Drainer::new(maps, opts.expiry, opts.tcp_health)?;
+        let mut drainer = Drainer::new(maps, opts.expiry, opts.tcp_health)?.with_dns(opts.dns)?;
         if let (Some(cfg), Some(_)) = (&opts.owner, &drainer.source().owner) {
             drainer.set_owners(crate::owner::Resolver::start(
                 cfg,

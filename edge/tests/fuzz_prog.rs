@@ -11,6 +11,13 @@
 //! parser disagreeing about any frame. A failing batch is replayed frame by frame to name the
 //! frame.
 //!
+//! UDP port-53 frames carry DNS messages (well-formed, cut, mutated: bad label lengths,
+//! pointers, pointer loops, no question, long names) most of the time, read on the host by
+//! `shared::dns` as the programs read them: each frame's DNS verdict (a message, or the reason
+//! it is not one) and each DNS flow's state (counts, RCODEs, pending ids pushed out, matched
+//! responses, the latest name and type) must agree too, and the DNS stats never stand for a
+//! frame of their own (they count frames already counted as traffic).
+//!
 //! `EDGEFLOW_FUZZ_FRAMES` (default 100,000 per hook) and `EDGEFLOW_FUZZ_SEED` reproduce or
 //! extend a run.
 
@@ -21,7 +28,8 @@ use edge::probe::{
 };
 use shared::{
     craft::{ext_body, frag_body, Ip, Packet, L4, TPID_8021AD, TPID_8021Q},
-    parse::{parse, Bytes, Frame},
+    dns::{self, DnsState, Malformed},
+    parse::{parse, Bytes, Frame, IPPROTO_UDP},
     Count, FlowCounters, FlowKey, Stat,
 };
 use std::{collections::HashMap, time::Instant};
@@ -178,20 +186,70 @@ fn frame(r: &mut Rng) -> Vec<u8> {
     f
 }
 
+/// A DNS message as a fuzzer would have it: a header with any flags and RCODE, 0 to 2
+/// questions, and a first name of labels that may be too long for the packet, compression
+/// pointers (to the header: a loop) or reserved forms, or longer than 255 bytes in all.
+fn dns_message(r: &mut Rng) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend((r.below(8) as u16).to_be_bytes()); // few ids: responses match queries
+    let flags = r.pick(&[0x0100u16, 0x8180, 0x8183, 0x8182, 0x8185, 0x8189, 0]);
+    b.extend(flags.to_be_bytes());
+    b.extend(r.pick(&[1u16, 1, 1, 0, 2]).to_be_bytes());
+    b.extend([0u8; 6]);
+    let labels = if r.chance(5) { 40 } else { r.below(5) };
+    for _ in 0..labels {
+        let l = if r.chance(5) {
+            r.pick(&[63usize, 64, 0x80, 0xc0])
+        } else {
+            1 + r.below(12)
+        };
+        if l >= 0x40 {
+            b.push(l as u8);
+            b.push(r.byte());
+            continue;
+        }
+        b.push(l as u8);
+        b.extend((0..l).map(|_| b'a' + r.below(26) as u8));
+    }
+    if r.chance(5) {
+        b.extend([0xc0, 0x0c]);
+    } else {
+        b.push(0);
+    }
+    b.extend(r.pick(&[1u16, 28, 15, 255, 65]).to_be_bytes());
+    b.extend(1u16.to_be_bytes());
+    b
+}
+
+/// A crafted frame; a UDP one to or from port 53 mostly carries a DNS message.
+fn crafted_frame(r: &mut Rng) -> Vec<u8> {
+    let mut p = crafted(r);
+    let dns_port = matches!(p.l4, L4::Udp { sport, dport } if sport == 53 || dport == 53);
+    if !dns_port || r.chance(20) {
+        return p.build();
+    }
+    let msg = dns_message(r);
+    p.payload = msg.len();
+    let mut f = p.build();
+    let at = f.len() - msg.len();
+    f[at..].copy_from_slice(&msg);
+    f
+}
+
 fn any_frame(r: &mut Rng) -> Vec<u8> {
     match r.below(10) {
         // Well-formed.
-        0..=2 => crafted(r).build(),
+        0..=2 => crafted_frame(r),
         // Cut anywhere.
         3..=4 => {
-            let mut f = crafted(r).build();
+            let mut f = crafted_frame(r);
             let cut = 14 + r.below(f.len() - 13);
             f.truncate(cut);
             f
         }
         // A few bytes changed, mostly in the headers; sometimes cut too.
         5..=8 => {
-            let mut f = crafted(r).build();
+            let mut f = crafted_frame(r);
             for _ in 0..1 + r.below(6) {
                 let span = f.len().min(if r.chance(80) { 120 } else { usize::MAX });
                 let i = r.below(span);
@@ -258,6 +316,18 @@ fn refused(hook: Hook, f: &[u8]) -> bool {
 struct Tally {
     stats: HashMap<u32, Count>,
     flows: HashMap<FlowKey, ([u64; 2], [u64; 2], u32)>,
+    /// DNS flows' state, the latency's times left out (as `DnsState` with them zeroed).
+    dns: HashMap<FlowKey, DnsState>,
+}
+
+/// A DNS state without its times (`pending_at` as set or not, min/max/sum 0): what a host
+/// model can predict.
+fn timeless(mut s: DnsState) -> DnsState {
+    for t in &mut s.pending_at {
+        *t = (*t != 0) as u64;
+    }
+    (s.min_us, s.max_us, s.sum_us) = (0, 0, 0);
+    s
 }
 
 impl Tally {
@@ -291,7 +361,52 @@ impl Tally {
                 e.0[d] += segs as u64;
                 e.1[d] += bytes;
                 e.2 |= (p.tcp_flags as u32) << (8 * d);
+                self.dns(f, &p, segs as u64, bytes);
             }
+        }
+    }
+
+    /// The programs' DNS path (`dns_message` in edge-ebpf), on the host.
+    fn dns(&mut self, f: &[u8], p: &shared::Parsed, segs: u64, bytes: u64) {
+        let k = &p.key;
+        if k.proto != IPPROTO_UDP || (k.port_a != dns::PORT && k.port_b != dns::PORT) {
+            return;
+        }
+        let (off, hdr, ip_len) = (
+            p.payload_off as usize,
+            p.hdr_len as usize,
+            p.ip_len as usize,
+        );
+        if ip_len <= hdr {
+            return;
+        }
+        let mut name = [0u8; dns::NAME_KEPT];
+        let m = match dns::parse(&ProgView(f), off, off + (ip_len - hdr), &mut name) {
+            Ok(m) => m,
+            Err(e) => {
+                let s = match e {
+                    Malformed::Header => Stat::DnsBadHeader,
+                    Malformed::Label => Stat::DnsBadLabel,
+                    Malformed::Pointer => Stat::DnsPointer,
+                    Malformed::NoQuestion => Stat::DnsNoQuestion,
+                    Malformed::LongName => Stat::DnsLongName,
+                };
+                self.stat(s, segs, bytes);
+                return;
+            }
+        };
+        self.stat(Stat::DnsMessages, segs, bytes);
+        let st = self.dns.entry(*k).or_default();
+        let mut evicted = false;
+        if m.response {
+            st.response(&m, 2);
+        } else {
+            evicted = st.query(&m, 1);
+            st.name = name;
+        }
+        *st = timeless(*st);
+        if evicted {
+            self.stat(Stat::DnsEvicted, segs, bytes);
         }
     }
 }
@@ -330,6 +445,11 @@ impl Progs {
             }
         }
         stats0.copy_from_slice(&s1[..]);
+        // The DNS state, emptied like the table.
+        for (k, v) in self.maps.dns.flows().unwrap() {
+            self.maps.dns.forget(&k).unwrap();
+            t.dns.insert(FlowKey { ifindex: 0, ..k }, timeless(v));
+        }
         let mut flows = Vec::new();
         self.maps.table.read_flows(&mut flows);
         for (k, v) in flows {
@@ -379,6 +499,7 @@ fn generated_and_mutated_frames_pass_and_add_up() {
         rtt: Some(Default::default()),
         tcp_health: true,
         owner: None,
+        dns: true,
     })
     .expect("the verifier accepts the programs");
     let maps = Maps::take(&mut loaded.ebpf).unwrap();
@@ -463,6 +584,13 @@ fn generated_and_mutated_frames_pass_and_add_up() {
         Stat::ErrIpv6Ext,
         Stat::ErrL4,
         Stat::HeaderExcess,
+        Stat::DnsMessages,
+        Stat::DnsBadHeader,
+        Stat::DnsBadLabel,
+        Stat::DnsPointer,
+        Stat::DnsNoQuestion,
+        Stat::DnsLongName,
+        // Not DnsEvicted: random flows rarely hold five queries at once (dns_prog.rs has it).
     ] {
         assert!(
             by_stat.get(&(s as u32)).copied().unwrap_or(0) > frames as u64 / 1000,
@@ -504,14 +632,23 @@ fn check_tcp_health(k: &FlowKey, v: &FlowCounters) {
 fn check_conservation(got: &Tally, hook: Hook) {
     let stat = |s: Stat| got.stats.get(&(s as u32)).copied().unwrap_or_default();
     let mut parts = Count::default();
+    let mut dns = Count::default();
     for s in Stat::ALL {
-        if !matches!(
+        if s.label().starts_with("dns_") {
+            dns.add(&stat(*s));
+        } else if !matches!(
             s,
             Stat::Seen | Stat::Overflow | Stat::RttPendingFull | Stat::HeaderExcess
         ) {
             parts.add(&stat(*s));
         }
     }
+    // DNS verdicts are about frames already counted as traffic: at most one each.
+    assert!(
+        dns.packets - stat(Stat::DnsEvicted).packets <= stat(Stat::Parsed).packets,
+        "{hook:?}: more DNS verdicts than parsed frames: {:?}",
+        got.stats
+    );
     assert_eq!(
         stat(Stat::Seen).packets,
         parts.packets,

@@ -35,6 +35,7 @@ fn probe(ifaces: Vec<String>, netns: &str, owner: OwnerConfig) -> ProbeOptions {
         rtt: None,
         expiry: Expiry::default(),
         tcp_health: true,
+        dns: true,
         owner: Some(owner),
     }
 }

@@ -100,6 +100,7 @@ impl Progs {
             rtt: Some(Default::default()),
             tcp_health: true,
             owner: None,
+            dns: true,
         })
         .expect("loading the programs");
         let maps = Maps::take(&mut loaded.ebpf).unwrap();
@@ -639,8 +640,9 @@ fn tc_counts_an_aggregate_by_segment() {
 #[test]
 fn both_directions_share_an_entry() {
     let mut p = progs();
-    let fwd = Packet::udp4(A, B, 40000, 53, 10).build();
-    let rev = Packet::udp4(B, A, 53, 40000, 90).build();
+    // Port 123, not 53: these payloads are no DNS messages (dns_prog.rs has DNS's own).
+    let fwd = Packet::udp4(A, B, 40000, 123, 10).build();
+    let rev = Packet::udp4(B, A, 123, 40000, 90).build();
     let mut keys = Vec::new();
     let mut before = None;
     for hook in HOOKS {
@@ -706,6 +708,7 @@ fn settings_reach_the_programs() {
             rtt: None,
             tcp_health: false,
             owner: None,
+            dns: true,
         })
         .expect("loading the programs");
         let maps = Maps::take(&mut loaded.ebpf).unwrap();

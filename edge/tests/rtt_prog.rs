@@ -46,6 +46,7 @@ fn progs() -> MutexGuard<'static, Progs> {
                 }),
                 tcp_health: true,
                 owner: None,
+                dns: true,
             })
             .expect("loading the programs");
             let maps = Maps::take(&mut loaded.ebpf).unwrap();

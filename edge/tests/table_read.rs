@@ -45,6 +45,7 @@ fn load_on(net: &TestNet, max_flows: u32, expiry: Expiry) -> Session {
         expiry,
         tcp_health: true,
         owner: None,
+        dns: true,
     })
     .unwrap()
 }

@@ -29,6 +29,7 @@ fn load(tcp_health: bool) -> Progs {
         rtt: Some(Default::default()),
         tcp_health,
         owner: None,
+        dns: true,
     })
     .expect("loading the programs");
     let maps = Maps::take(&mut loaded.ebpf).unwrap();

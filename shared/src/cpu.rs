@@ -29,7 +29,10 @@ pub struct Settings {
     /// TCP RTT tracking: 1 on, 0 off.
     pub rtt_on: u16,
     /// TCP health (retransmissions, RST/FIN/SYN counts: [`crate::conn`]): 1 on, 0 off.
-    pub tcp_health: u16,
+    pub tcp_health: u8,
+    /// DNS over UDP port 53 ([`crate::dns`]): 1 on, 0 off (port-53 packets skip it). A byte
+    /// of what was `tcp_health`'s u16: the settings and the first stats stay in two lines.
+    pub dns: u8,
     /// The flow table's slot mask ([`crate::table::TableShape`]; its hash key is in
     /// [`CpuSlot::hash_key`]).
     pub slot_mask: u32,
@@ -117,9 +120,10 @@ mod tests {
         let hot = core::mem::offset_of!(CpuSlot, stats) + 2 * size_of::<crate::Count>();
         assert_eq!(hot, 128);
         assert_eq!(size_of::<CpuSlot>() % 64, 0);
-        // Up to 56 CPUs' slots and the map's header stay within what the kernel allocates
+        // Up to 63 CPUs' slots and the map's header stay within what the kernel allocates
         // with kmalloc for an array (32 KiB); more CPUs still work, in vmalloc'd pages.
-        assert_eq!(size_of::<CpuSlot>(), 448);
+        // (384 bytes before the hash key and the DNS stats.)
+        assert_eq!(size_of::<CpuSlot>(), 576);
     }
 
     /// The agent's byte view puts the settings and reads the stats where the programs'
@@ -133,6 +137,7 @@ mod tests {
             sample_every: 7,
             rtt_on: 1,
             tcp_health: 1,
+            dns: 1,
         };
         let mut b = SlotBytes::with_settings(settings, [5, 6]);
         // SAFETY: all-zero bytes are a valid `CpuSlot` (enums' first variants are 0).

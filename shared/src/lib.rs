@@ -18,6 +18,7 @@ pub mod craft;
 pub mod broker;
 pub mod conn;
 pub mod cpu;
+pub mod dns;
 pub mod flow;
 #[cfg(feature = "wire")]
 pub mod identity;

@@ -104,6 +104,8 @@ pub struct Parsed {
     /// the frame holds: cut from `ip_len`, counted under `Stat::HeaderExcess`. At most 65,535
     /// (a claim of at most 65,575 bytes against at least the 40 the parser read).
     pub excess: u16,
+    /// Offset of the L4 payload in the frame (TCP/UDP; after the ICMP header for ICMP).
+    pub payload_off: u16,
     /// TCP sequence and acknowledgement numbers; 0 for other protocols.
     pub seq: u32,
     pub ack: u32,
@@ -123,6 +125,7 @@ impl Default for Parsed {
             tcp_flags: 0,
             has_ts: false,
             excess: 0,
+            payload_off: 0,
             seq: 0,
             ack: 0,
             tsval: 0,
@@ -377,6 +380,7 @@ pub fn parse_into<F: Frame + ?Sized>(
     out.ip_len = ip_len;
     out.excess = (claimed - ip_len) as u16;
     out.hdr_len = (l4 - l3 + l4_hdr) as u16;
+    out.payload_off = (l4 + l4_hdr) as u16;
     Ok(())
 }
 
@@ -478,6 +482,7 @@ fn clear_tcp(out: &mut Parsed) {
     unsafe {
         core::ptr::write_volatile(&raw mut out.tcp_flags, 0);
         core::ptr::write_volatile(&raw mut out.has_ts, false);
+        core::ptr::write_volatile(&raw mut out.payload_off, 0);
         core::ptr::write_volatile(&raw mut out.seq, 0);
         core::ptr::write_volatile(&raw mut out.ack, 0);
         core::ptr::write_volatile(&raw mut out.tsval, 0);

@@ -51,6 +51,11 @@ macro_rules! stats {
                 Stat::ErrEthernet, Stat::ErrVlan, Stat::ErrIpv4, Stat::ErrIpv6, Stat::ErrIpv6Ext,
                 Stat::ErrL4,
             ];
+            /// The DNS parser's rejections, summed into the summaries' `dns_malformed`.
+            pub const DNS_MALFORMED: &'static [Stat] = &[
+                Stat::DnsBadHeader, Stat::DnsBadLabel, Stat::DnsPointer, Stat::DnsNoQuestion,
+                Stat::DnsLongName,
+            ];
             /// Name used in JSON output and metrics.
             pub const fn label(self) -> &'static str {
                 match self { $(Stat::$name => $label,)* }
@@ -96,10 +101,29 @@ stats! {
     /// one (`crate::table::reclaimable`; never read by the agent): moved out of the table, so
     /// `Parsed = sum(flow deltas) + Overflow + Reclaimed`. Reported in the overflow record.
     Reclaimed = 14, "reclaimed";
+    /// UDP port-53 payloads read as DNS messages (`shared::dns`), and below those that were
+    /// not, by reason: they pass and count as traffic as any packet (not part of the sums
+    /// above). Bytes: IP total length.
+    DnsMessages = 15, "dns_messages";
+    /// Shorter than the DNS header.
+    DnsBadHeader = 16, "dns_bad_header";
+    /// A label or the question past the packet, or a reserved label form.
+    DnsBadLabel = 17, "dns_bad_label";
+    /// A compression pointer in the question's name (never followed: no pointer loop).
+    DnsPointer = 18, "dns_pointer";
+    /// No question (QDCOUNT 0).
+    DnsNoQuestion = 19, "dns_no_question";
+    /// A name longer than 255 bytes.
+    DnsLongName = 20, "dns_long_name";
+    /// A pending query pushed out of its flow's bounded set by a newer one (unanswered).
+    DnsEvicted = 21, "dns_evicted";
+    /// A DNS message whose flow could not get DNS state: the DNS map was full (the message
+    /// is in `dns_messages` and its flow's counts, without DNS fields).
+    DnsStateFull = 22, "dns_state_full";
 }
 
 /// Number of counters in a [`Stats`] block.
-pub const STATS_LEN: u32 = 15;
+pub const STATS_LEN: u32 = 23;
 
 /// Every counter, indexed by [`Stat`]: one CPU's block in its [`crate::cpu::CpuSlot`].
 pub type Stats = [Count; STATS_LEN as usize];

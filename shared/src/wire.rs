@@ -128,8 +128,9 @@ pub struct Summary {
     /// Log2-bucketed DNS latency samples (query → response, µs, buckets as [`rtt_bucket`]) of
     /// the window; empty when none.
     pub dns_hist: heapless::Vec<u32, RTT_BUCKETS>,
-    /// The agent measured DNS: every UDP/TCP flow to or from port 53 carries a [`Dns`] block.
-    /// False when it is switched off (or the summary came as V1 or V2): no flow has one.
+    /// The agent measured DNS: every UDP flow to or from port 53 carries a [`Dns`] block (a
+    /// decoder also accepts one on a TCP flow: DNS over TCP is not read yet). False when it
+    /// is switched off (or the summary came as V1 or V2): no flow has one.
     pub dns: bool,
     /// Strings the flows' owners and the devices refer to by index (command names, services,
     /// vendors, DHCP names: docs/owners.md), each once; empty without owners.
@@ -221,7 +222,7 @@ pub struct FlowRecord {
     /// TCP flows, when [`Summary::tcp_health`]: what the connection did (1 byte when `None`).
     #[serde(with = "tcp::compact")]
     pub tcp: Option<Tcp>,
-    /// UDP/TCP flows to or from port 53, when [`Summary::dns`]: what the DNS conversation
+    /// UDP flows to or from port 53, when [`Summary::dns`]: what the DNS conversation
     /// did (1 byte when `None`).
     #[serde(with = "dns::compact")]
     pub dns: Option<Dns>,

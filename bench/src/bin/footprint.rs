@@ -148,6 +148,7 @@ fn main() {
             tcp_health: true,
             // As the agent runs by default: flows named with their owners.
             owner: Some(Default::default()),
+            dns: true,
         })
         .expect("loading and attaching the programs (run as root)");
         let ident = Identity {

@@ -64,7 +64,11 @@ fn main() -> anyhow::Result<()> {
         args.repeat = 1;
     }
     let trials = args.trials.unwrap_or(if args.cold { 2001 } else { 15 });
-    let frames = [("udp64", udp_frame()), ("tcp-ts", tcp_frame())];
+    let frames = [
+        ("udp64", udp_frame()),
+        ("tcp-ts", tcp_frame()),
+        ("dns53", dns_frame()),
+    ];
     let mut bare = Ebpf::load(BARE).context("loading the bare object")?;
     {
         let x: &mut Xdp = bare.program_mut("bare_xdp").unwrap().try_into()?;
@@ -72,28 +76,39 @@ fn main() -> anyhow::Result<()> {
         let t: &mut SchedClassifier = bare.program_mut("bare_tc").unwrap().try_into()?;
         t.load()?;
     }
-    let opts = |rtt: bool, tcp_health: bool| LoadOptions {
+    let opts = |rtt: bool, tcp_health: bool, dns: bool| LoadOptions {
         max_flows: 16_384,
         sample_every: 1,
         rtt: rtt.then(RttOptions::default),
         tcp_health,
+        dns,
         owner: None,
     };
     let with_owner = LoadOptions {
         owner: Some(Default::default()),
-        ..opts(true, true)
+        ..opts(true, true, true)
     };
-    // The configurations compared with the bare counter, each one column: RTT and TCP health
-    // off, RTT alone, everything on (the default).
+    // The configurations compared with the bare counter, each one column: RTT, TCP health
+    // and DNS off, RTT alone, all but DNS, everything on (the default).
     let mut configs: Vec<(String, Ebpf)> = vec![
-        ("edgeflow-nortt".into(), bpf::load(opts(false, false))?.ebpf),
-        ("edgeflow-notcp".into(), bpf::load(opts(true, false))?.ebpf),
-        ("edgeflow".into(), bpf::load(opts(true, true))?.ebpf),
+        (
+            "edgeflow-nortt".into(),
+            bpf::load(opts(false, false, false))?.ebpf,
+        ),
+        (
+            "edgeflow-notcp".into(),
+            bpf::load(opts(true, false, false))?.ebpf,
+        ),
+        (
+            "edgeflow-nodns".into(),
+            bpf::load(opts(true, true, false))?.ebpf,
+        ),
+        ("edgeflow".into(), bpf::load(opts(true, true, true))?.ebpf),
         ("edgeflow+owner".into(), bpf::load(with_owner)?.ebpf),
     ];
     for (i, path) in args.against.iter().enumerate() {
         let object = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let other = bpf::load_object(&object, opts(true, true))
+        let other = bpf::load_object(&object, opts(true, true, true))
             .with_context(|| format!("loading {}", path.display()))?;
         configs.push((format!("against-{}", i + 1), other.ebpf));
     }
@@ -208,6 +223,18 @@ fn run(ebpf: &mut Ebpf, prog: &str, hook: Hook, frame: &[u8], repeat: u32) -> an
 /// The bench's UDP packet: 64 bytes on a wire (60 without the FCS).
 fn udp_frame() -> Vec<u8> {
     Packet::udp4([10, 211, 0, 1], [10, 211, 0, 2], 10_000, 9000, 18).build()
+}
+
+/// A DNS query to port 53 ("www.example.com" A), as a stub resolver sends it: the DNS path
+/// parses it and updates the flow's DNS state (a repeated query: its id stays pending).
+fn dns_frame() -> Vec<u8> {
+    let mut msg = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    msg.extend(b"\x03www\x07example\x03com\x00");
+    msg.extend([0, 1, 0, 1]);
+    let mut f = Packet::udp4([10, 211, 0, 1], [10, 211, 0, 2], 40_000, 53, msg.len()).build();
+    let at = f.len() - msg.len();
+    f[at..].copy_from_slice(&msg);
+    f
 }
 
 /// A bulk TCP data segment as Linux sends it: ACK, timestamp option, 1448 bytes of data.

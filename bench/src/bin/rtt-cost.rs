@@ -87,6 +87,7 @@ fn measure(attach: &'static str, mode: AttachMode, rtt: bool) -> anyhow::Result<
         expiry: Expiry::default(),
         tcp_health: false,
         owner: None,
+        dns: true,
     })?;
     let t = Instant::now();
     traffic(&net);

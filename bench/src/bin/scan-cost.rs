@@ -82,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         sample_every: 1,
         rtt: Some(RttOptions::default()),
         tcp_health: true,
+        dns: true,
         owner: None,
     })?
     .ebpf;

@@ -55,6 +55,16 @@ pub struct File {
     pub tcp: TcpFile,
     #[serde(default)]
     pub owner: OwnerFile,
+    #[serde(default)]
+    pub dns: DnsFile,
+}
+
+/// `[dns]`: DNS over UDP port 53 (docs/dns.md).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFile {
+    /// Queries, responses by RCODE, latency, names per DNS flow; default on.
+    pub enabled: Option<bool>,
 }
 
 /// `[owner]`: who is behind the flows (docs/owners.md).
@@ -142,6 +152,8 @@ pub struct Config {
     pub rtt: Option<RttOptions>,
     /// TCP health: retransmissions, resets, connection outcomes.
     pub tcp_health: bool,
+    /// DNS over UDP port 53: queries, rcodes, latency, names.
+    pub dns: bool,
     /// Who sent it; `None`: off.
     pub owner: Option<OwnerConfig>,
     /// Where and how to reach the MQTT broker; `None`: IPFIX only.
@@ -303,6 +315,7 @@ impl Config {
             max_message_bytes,
             rtt,
             tcp_health: f.tcp.health.unwrap_or(true),
+            dns: f.dns.enabled.unwrap_or(true),
             broker,
             ipfix,
             keep_alive,
@@ -369,6 +382,7 @@ impl Config {
             sample_every: self.sample_every,
             rtt: self.rtt,
             tcp_health: self.tcp_health,
+            dns: self.dns,
             expiry: Expiry {
                 inactive: self.inactive_timeout,
                 ..Expiry::default()
@@ -459,6 +473,16 @@ mod tests {
         let c = Config::resolve(f).unwrap();
         assert!(!c.tcp_health && !c.probe().tcp_health);
         assert!(File::parse("interfaces = [\"veth0\"]\n[tcp]\nhealthy = true\n").is_err());
+    }
+
+    #[test]
+    fn dns_is_on_by_default_and_switches_off_in_its_table() {
+        let c = Config::resolve(File::parse("interfaces = [\"veth0\"]\n").unwrap()).unwrap();
+        assert!(c.dns && c.probe().dns);
+        let f = File::parse("interfaces = [\"veth0\"]\n[dns]\nenabled = false\n").unwrap();
+        let c = Config::resolve(f).unwrap();
+        assert!(!c.dns && !c.probe().dns);
+        assert!(File::parse("interfaces = [\"veth0\"]\n[dns]\non = true\n").is_err());
     }
 
     #[test]

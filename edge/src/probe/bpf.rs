@@ -42,6 +42,8 @@ pub struct LoadOptions {
     pub tcp_health: bool,
     /// Who sent it (`shared::owner`); `None`: off, which the verifier compiles out.
     pub owner: Option<OwnerOptions>,
+    /// DNS over UDP port 53 (`shared::dns`); off costs one test of a setting per UDP packet.
+    pub dns: bool,
 }
 
 /// How TCP round-trip times are sampled.
@@ -151,7 +153,8 @@ pub fn load_object(object: &[u8], opts: LoadOptions) -> Result<Loaded, LoadError
             .min(u32::MAX as u128) as u32,
         sample_every: opts.sample_every.max(1),
         rtt_on: opts.rtt.is_some() as u16,
-        tcp_health: opts.tcp_health as u16,
+        tcp_health: opts.tcp_health as u8,
+        dns: opts.dns as u8,
         slot_mask: shape.mask(),
     };
     let started = std::time::Instant::now();

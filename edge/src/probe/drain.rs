@@ -18,13 +18,18 @@ use crate::{
 use shared::owner::{FlowOwner, OwnerStat};
 use shared::{
     conn,
+    dns::{self, DnsState},
     flow::tcp,
-    parse::IPPROTO_TCP,
+    parse::{IPPROTO_TCP, IPPROTO_UDP},
+    rtt::RTT_BUCKETS,
     table::{reclaimable, under_pressure},
     wire::Flow,
-    Count, Direction, FlowCounters, Stat,
+    Count, Direction, FlowCounters, FlowKey, Stat,
 };
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 /// When entries leave the kernel table.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +76,18 @@ pub trait Source {
     fn owner_stats(&self) -> Result<Option<OwnerStats>, TableError> {
         Ok(None)
     }
+    /// The DNS flows' state (cumulative); none where the kernel keeps none.
+    fn dns_flows(&self) -> Result<HashMap<FlowKey, DnsState>, TableError> {
+        Ok(HashMap::new())
+    }
+    /// The DNS latency histogram, summed over CPUs (cumulative).
+    fn dns_hist(&self) -> Result<RttHist, TableError> {
+        Ok([0; RTT_BUCKETS])
+    }
+    /// Drops the DNS state of a flow that left the table.
+    fn dns_forget(&mut self, _key: &FlowKey) -> Result<(), TableError> {
+        Ok(())
+    }
 }
 
 impl Source for Maps {
@@ -94,6 +111,15 @@ impl Source for Maps {
     }
     fn owner_stats(&self) -> Result<Option<OwnerStats>, TableError> {
         self.owner.as_ref().map(|o| o.stats()).transpose()
+    }
+    fn dns_flows(&self) -> Result<HashMap<FlowKey, DnsState>, TableError> {
+        self.dns.flows()
+    }
+    fn dns_hist(&self) -> Result<RttHist, TableError> {
+        self.dns.hist()
+    }
+    fn dns_forget(&mut self, key: &FlowKey) -> Result<(), TableError> {
+        self.dns.forget(key)
     }
 }
 
@@ -121,6 +147,13 @@ pub struct Drainer<S = Maps> {
     /// Names the flows' owners, when the programs record them.
     owners: Option<Box<Resolver>>,
     prev_owner_stats: (OwnerStats, SnoopStats),
+    /// Whether the programs read DNS (`shared::dns`): port-53 flows then carry it.
+    dns: bool,
+    /// Per DNS flow: its state at the last drain.
+    dns_base: HashMap<FlowKey, DnsState>,
+    prev_dns_hist: RttHist,
+    /// DNS flows among the flows to free: slot → key.
+    dns_leaving: HashMap<u32, FlowKey>,
 }
 
 impl<S: Source> Drainer<S> {
@@ -152,6 +185,10 @@ impl<S: Source> Drainer<S> {
             tcp_health,
             owners: None,
             prev_owner_stats: Default::default(),
+            dns: false,
+            dns_base: HashMap::new(),
+            prev_dns_hist: [0; RTT_BUCKETS],
+            dns_leaving: HashMap::new(),
         })
     }
 
@@ -161,6 +198,17 @@ impl<S: Source> Drainer<S> {
         self.prev_owner_stats = (kernel, r.snoop_stats());
         self.owners = Some(Box::new(r));
         Ok(())
+    }
+
+    /// The programs were loaded reading DNS: port-53 flows carry a DNS block. Like
+    /// [`Drainer::new`], before the programs are attached.
+    pub fn with_dns(mut self, on: bool) -> Result<Drainer<S>, TableError> {
+        self.dns = on;
+        if on {
+            self.prev_dns_hist = self.source.dns_hist()?;
+            self.dns_base = self.source.dns_flows()?;
+        }
+        Ok(self)
     }
 
     /// What the drain reads (the agent: the programs' maps).
@@ -189,6 +237,17 @@ impl<S: Source> Drainer<S> {
             // DHCP names that came since the last window, before devices are named.
             r.refresh();
         }
+        let dns_on = self.dns;
+        // Before the flows: a message counted between the two reads is in the flow's packets
+        // now and in its DNS counts next window.
+        let dns_now = if dns_on {
+            self.source.dns_flows()?
+        } else {
+            HashMap::new()
+        };
+        let dns_base = &mut self.dns_base;
+        let dns_leaving = &mut self.dns_leaving;
+        dns_leaving.clear();
         let source = &self.source;
         let slots = self.source.slots();
         // Past half full (more flows than the table is sized for), flows not worth a slot
@@ -204,11 +263,17 @@ impl<S: Source> Drainer<S> {
             let now = Counts::of(cur);
             let delta = now.since(&std::mem::replace(&mut baseline[i as usize], now));
             let had = delta.any_packets();
+            let dns_key = dns_on && is_dns(key);
+            let dns_state = dns_key.then(|| dns_now.get(key).copied().unwrap_or_default());
             if had {
                 in_flows.add(&delta.total());
                 let mut f = window::flow(key, cur, &delta, to_ms, tcp_health);
                 if let (Some(r), Some(o)) = (owners.as_deref_mut(), source.owner(i)) {
                     f.owner = r.resolve(&o, cur.initiator());
+                }
+                if let Some(st) = &dns_state {
+                    let before = dns_base.insert(*key, *st).unwrap_or_default();
+                    f.dns = Some(window::dns(st, &before));
                 }
                 flows.push(f);
             }
@@ -218,17 +283,37 @@ impl<S: Source> Drainer<S> {
                     .saturating_sub(ticks.to_mono_ns(cur.last_seen())),
             );
             if pressure && reclaimable(cur.packets()) {
-                expired.push((i, cur.packets(), None));
+                // Freed under pressure: a DNS flow's waiting queries are unanswered as when it
+                // leaves idle (a SYN's outcome is not decided here: a scan's would be noise).
+                let mut unanswered = None;
+                if let Some(st) = &dns_state {
+                    dns_leaving.insert(i, *key);
+                    let n = st.outstanding();
+                    if n > 0 {
+                        unanswered = Some((window::dns_unanswered(key, cur, st, n, to_ms), had));
+                    }
+                }
+                expired.push((i, cur.packets(), unanswered));
             } else if idle >= expiry.inactive || (finished(cur) && idle >= expiry.finished) {
                 // A SYN nobody answered is decided only now, when the flow leaves.
-                let unanswered = (tcp_health && key.proto == IPPROTO_TCP && conn::unanswered(cur))
-                    .then(|| (window::unanswered(key, cur, to_ms), had));
+                let mut unanswered =
+                    (tcp_health && key.proto == IPPROTO_TCP && conn::unanswered(cur))
+                        .then(|| (window::unanswered(key, cur, to_ms), had));
+                if let Some(st) = &dns_state {
+                    // Queries still waiting when the flow leaves are unanswered.
+                    dns_leaving.insert(i, *key);
+                    let n = st.outstanding();
+                    if n > 0 {
+                        unanswered = Some((window::dns_unanswered(key, cur, st, n, to_ms), had));
+                    }
+                }
                 expired.push((i, cur.packets(), unanswered));
             }
         });
         let stats = self.source.stats()?;
         let hist = self.source.rtt_hist()?;
         let mut removed = 0u32;
+        let mut forget = Vec::new();
         for (i, packets, unanswered) in expired.drain(..) {
             // A packet that came since the read keeps the flow for the next window. Compared
             // by count, not by last_seen: that has tick resolution.
@@ -240,9 +325,24 @@ impl<S: Source> Drainer<S> {
                 if let Some((u, had)) = unanswered {
                     report_unanswered(&mut flows, u, had);
                 }
+                if let Some(key) = self.dns_leaving.get(&i) {
+                    forget.push(*key);
+                }
             }
         }
         self.expired = expired;
+        for key in &forget {
+            self.dns_base.remove(key);
+            self.source.dns_forget(key)?;
+        }
+        let dns_hist = if self.dns {
+            let h = self.source.dns_hist()?;
+            let d = hist_delta(&h, &self.prev_dns_hist);
+            self.prev_dns_hist = h;
+            d
+        } else {
+            Vec::new()
+        };
 
         let delta: Stats = std::array::from_fn(|i| stats[i].delta_since(&self.prev_stats[i]));
         self.prev_stats = stats;
@@ -287,6 +387,8 @@ impl<S: Source> Drainer<S> {
             names: tables.names,
             devices: tables.devices,
             owner_stats,
+            dns_hist,
+            dns: self.dns,
         };
         self.last = now;
         self.active = active;
@@ -321,7 +423,14 @@ fn report_unanswered(flows: &mut Vec<Flow>, u: Flow, had: bool) {
     // Searched only in the rare case it is there: idle for the whole inactive timeout yet
     // with packets in the window (a timeout shorter than the interval).
     match flows.iter_mut().rev().find(|f| had && same(f)) {
-        Some(f) => f.tcp = u.tcp,
+        Some(f) => {
+            if u.tcp.is_some() {
+                f.tcp = u.tcp;
+            }
+            if let (Some(d), Some(ud)) = (&mut f.dns, &u.dns) {
+                d.unanswered = d.unanswered.saturating_add(ud.unanswered);
+            }
+        }
         None => flows.push(u),
     }
 }
@@ -344,6 +453,11 @@ fn owner_deltas(
     m.insert("dhcp_names_full", s.dhcp_names_full - ps.dhcp_names_full);
     m.insert("dhcp_dropped", s.dhcp_dropped - ps.dhcp_dropped);
     m
+}
+
+/// A flow DNS is read on: UDP to or from port 53.
+fn is_dns(key: &FlowKey) -> bool {
+    key.proto == IPPROTO_UDP && (key.port_a == dns::PORT || key.port_b == dns::PORT)
 }
 
 /// The window's RTT histogram, trailing empty buckets cut (empty: no samples).

@@ -13,9 +13,10 @@ use aya::{
 };
 use shared::{
     cpu::{SlotBytes, CPU_SLOTS_MAP},
+    dns::{DnsState, DNS_HIST_MAP, DNS_MAP},
     rtt::{TsKey, HIST_MAP, PENDING_MAP, RTT_BUCKETS},
     stats::STATS_LEN,
-    Count,
+    Count, FlowKey,
 };
 
 pub use shared::stats::Stats;
@@ -110,11 +111,70 @@ impl RttMaps {
     }
 }
 
+/// The DNS state of port-53 flows and the DNS latency histogram (`shared::dns`).
+pub struct DnsMaps {
+    flows: HashMap<MapData, FlowKey, DnsState>,
+    hist: PerCpuArray<MapData, u64>,
+}
+
+impl DnsMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<DnsMaps, TableError> {
+        let flows = ebpf
+            .take_map(DNS_MAP)
+            .ok_or(TableError::MissingMap(DNS_MAP))?;
+        let hist = ebpf
+            .take_map(DNS_HIST_MAP)
+            .ok_or(TableError::MissingMap(DNS_HIST_MAP))?;
+        Ok(DnsMaps {
+            flows: HashMap::try_from(flows).map_err(map_err(DNS_MAP))?,
+            hist: PerCpuArray::try_from(hist).map_err(map_err(DNS_HIST_MAP))?,
+        })
+    }
+
+    /// Every DNS flow's state (cumulative).
+    pub fn flows(&self) -> Result<std::collections::HashMap<FlowKey, DnsState>, TableError> {
+        let mut out = std::collections::HashMap::new();
+        for kv in self.flows.iter() {
+            match kv {
+                Ok((k, v)) => {
+                    out.insert(k, v);
+                }
+                // Removed while iterating.
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(DNS_MAP)(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops a flow's DNS state (the flow left the table).
+    pub fn forget(&mut self, key: &FlowKey) -> Result<(), TableError> {
+        match self.flows.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(DNS_MAP)(e)),
+        }
+    }
+
+    /// The DNS latency histogram, summed over CPUs (cumulative since load).
+    pub fn hist(&self) -> Result<RttHist, TableError> {
+        let mut out = [0u64; RTT_BUCKETS];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self
+                .hist
+                .get(&(i as u32), 0)
+                .map_err(map_err(DNS_HIST_MAP))?;
+            *slot = per_cpu.iter().fold(0u64, |a, c| a.wrapping_add(*c));
+        }
+        Ok(out)
+    }
+}
+
 /// Everything a drain reads, taken out of one loaded object.
 pub struct Maps {
     pub table: FlowTable,
     pub stats: CpuStats,
     pub rtt: RttMaps,
+    pub dns: DnsMaps,
     /// Turns the entries' tick stamps into time.
     pub ticks: TickClock,
     /// Each slot's owner, when the programs record owners.
@@ -131,6 +191,7 @@ impl Maps {
             table,
             stats: CpuStats::take(ebpf)?,
             rtt: RttMaps::take(ebpf)?,
+            dns: DnsMaps::take(ebpf)?,
             ticks: TickClock::take(ebpf)?,
         })
     }

@@ -67,6 +67,8 @@ fn window_health(w: &Window, table_capacity: u32) -> Health {
         parse_errors: Stat::PARSE_ERRORS.iter().map(|s| stat(*s)).sum(),
         fragments: stat(Stat::Fragment),
         non_ip: stat(Stat::NonIp),
+        dns_malformed: Stat::DNS_MALFORMED.iter().map(|s| stat(*s)).sum(),
+        dns_evicted: stat(Stat::DnsEvicted),
         owner_sockets_full: owner_stat(w, "owner_sockets_full") + owner_stat(w, "owner_ports_full"),
         owner_devices_full: owner_stat(w, "dhcp_names_full"),
         header_excess: stat(Stat::HeaderExcess),

@@ -90,8 +90,13 @@ pub fn summarize(id: &Identity, seq: u64, w: &Window, health: Health, top_k: usi
         flows,
         rtt_hist,
         tcp_health: w.tcp_health,
-        dns_hist: Default::default(),
-        dns: false,
+        dns_hist: w
+            .dns_hist
+            .iter()
+            .take(RTT_BUCKETS)
+            .map(|&n| n.min(u32::MAX as u64) as u32)
+            .collect(),
+        dns: w.dns,
         names: owners.names,
         devices: owners.devices,
     }
@@ -360,6 +365,44 @@ mod tests {
         assert_eq!(back.iter().map(|f| f.tcp).collect::<Vec<_>>(), want);
         let per_record = bytes as f64 / back.len() as f64;
         assert!(per_record <= 32.0, "{per_record:.1} bytes per record");
+    }
+
+    /// DNS blocks travel with their records into every part; the histogram in part 0 only,
+    /// the flag in all.
+    #[test]
+    fn dns_blocks_travel_in_every_part() {
+        let mut w = window(3000);
+        w.dns = true;
+        w.dns_hist = vec![0, 0, 3, 4];
+        for (i, f) in w.flows.iter_mut().enumerate() {
+            f.dns = Some(shared::wire::Dns {
+                queries: 1,
+                responses: 1,
+                noerror: 1,
+                qtype: 1,
+                latency: Some(shared::wire::Latency {
+                    min_us: 20_000 + i as u32,
+                    avg_us: 20_000 + i as u32,
+                    max_us: 20_000 + i as u32,
+                    samples: 1,
+                }),
+                name: shared::wire::DnsName::new("www.example.com").unwrap(),
+                ..Default::default()
+            });
+        }
+        let s = summarize(&ident(), 1, &w, Health::default(), 3000);
+        assert_eq!(&s.dns_hist[..], &[0, 0, 3, 4]);
+        let parts = encode_parts(s.clone(), 8192).unwrap();
+        assert!(parts.len() > 1);
+        let mut back = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            let m = wire::decode_summary(p).unwrap();
+            assert!(m.dns);
+            assert_eq!(m.dns_hist.is_empty(), i > 0);
+            back.extend(m.to_flows());
+        }
+        let want: Vec<_> = s.to_flows().map(|f| f.dns).collect();
+        assert_eq!(back.iter().map(|f| f.dns).collect::<Vec<_>>(), want);
     }
 
     #[test]

@@ -4,12 +4,13 @@
 use serde::{Serialize, Serializer};
 use shared::{
     conn::{self, Outcome},
+    dns::{self as kdns, DnsState},
     flow::tcp,
     parse::IPPROTO_ICMP,
     parse::IPPROTO_ICMPV6,
     parse::IPPROTO_TCP,
     stats::Stats,
-    wire::{owner::mac_text, Addr, Device, Flow, Owner, Rtt, Tcp, TcpDir},
+    wire::{owner::mac_text, Addr, Device, Dns, DnsName, Flow, Latency, Owner, Rtt, Tcp, TcpDir},
     Count, Direction, FlowCounters, FlowKey, Initiator, Stat,
 };
 use std::{collections::BTreeMap, fmt::Write, num::NonZeroU32};
@@ -52,6 +53,14 @@ pub struct Window {
     /// when true, so output without it keeps its bytes.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub tcp_health: bool,
+    /// The window's DNS latency samples per log2 µs bucket, like `rtt_hist`; in JSON only
+    /// with DNS on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_hist: Vec<u64>,
+    /// DNS was read: every UDP port-53 flow has its `dns` block (docs/dns.md). In JSON only
+    /// when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dns: bool,
     /// What the flows' owners refer to by index (docs/owners.md): strings (command names,
     /// services, vendors, DHCP names) and LAN devices, each once. In JSON only when not
     /// empty, so output without owners keeps its bytes.
@@ -252,6 +261,51 @@ pub fn flow(
     }
 }
 
+/// A DNS flow's block for the window: what its state `now` grew by since `before`.
+pub fn dns(now: &DnsState, before: &DnsState) -> Dns {
+    let d = |a: u32, b: u32| a.wrapping_sub(b);
+    let samples = d(now.samples, before.samples);
+    let latency = (samples > 0).then(|| Latency {
+        min_us: now.min_us,
+        avg_us: (now.sum_us.wrapping_sub(before.sum_us) / samples as u64)
+            .clamp(now.min_us as u64, now.max_us as u64) as u32,
+        max_us: now.max_us,
+        samples,
+    });
+    let kept = (now.name_len as usize).min(kdns::NAME_KEPT);
+    Dns {
+        queries: d(now.queries, before.queries),
+        responses: d(now.responses, before.responses),
+        noerror: d(now.rcodes[kdns::NOERROR], before.rcodes[kdns::NOERROR]),
+        nxdomain: d(now.rcodes[kdns::NXDOMAIN], before.rcodes[kdns::NXDOMAIN]),
+        servfail: d(now.rcodes[kdns::SERVFAIL], before.rcodes[kdns::SERVFAIL]),
+        refused: d(now.rcodes[kdns::REFUSED], before.rcodes[kdns::REFUSED]),
+        other_rcode: d(now.rcodes[kdns::OTHER], before.rcodes[kdns::OTHER]),
+        unanswered: d(now.evicted, before.evicted),
+        qtype: now.qtype,
+        latency,
+        name: DnsName::from_wire(&now.name[..kept]),
+        name_truncated: now.name_len as usize > kdns::NAME_KEPT,
+    }
+}
+
+/// The record of a DNS flow leaving the table with `n` queries unanswered: no packets (they
+/// were reported when they came), the latest query's type and name, `n` unanswered.
+pub fn dns_unanswered(
+    key: &FlowKey,
+    now: &FlowCounters,
+    st: &DnsState,
+    n: u32,
+    to_ms: impl Fn(u64) -> u64,
+) -> Flow {
+    let mut f = flow(key, now, &Counts::default(), to_ms, false);
+    f.dns = Some(Dns {
+        unanswered: n,
+        ..dns(st, st)
+    });
+    f
+}
+
 /// The record of a flow leaving the table with its SYN unanswered ([`conn::unanswered`]): no
 /// packets (they were reported when they came), the outcome decided now.
 pub fn unanswered(key: &FlowKey, now: &FlowCounters, to_ms: impl Fn(u64) -> u64) -> Flow {
@@ -316,7 +370,7 @@ impl Window {
             "pkts←",
             "bytes←",
             "rtt ms",
-            "tcp",
+            "tcp/dns",
             "flags",
         );
         for f in flows.iter().take(max_rows) {
@@ -336,7 +390,10 @@ impl Window {
                 f.rtt
                     .map(|r| format!("{:.2}", r.avg_us as f64 / 1000.0))
                     .unwrap_or_else(|| "-".into()),
-                tcp_text(f.tcp.as_ref()),
+                match (&f.tcp, &f.dns) {
+                    (None, Some(d)) => dns_text(d),
+                    (t, _) => tcp_text(t.as_ref()),
+                },
                 flags_text(f.tcp_flags),
                 owner_text(f.owner.as_ref(), &self.names, &self.devices),
             );
@@ -364,6 +421,31 @@ pub fn tcp_text(t: Option<&Tcp>) -> String {
     }
     if t.syn_retries > 0 {
         let _ = write!(s, " syn+{}", t.syn_retries);
+    }
+    s
+}
+
+/// A flow's DNS block for people: queries/responses, the answers' codes that are not
+/// NOERROR, unanswered, the latency's average in ms, then the latest name:
+/// `q1/1 2.1ms www.example.com`, `q2/1 nx1 lost1 example.org`.
+pub fn dns_text(d: &Dns) -> String {
+    let mut s = format!("q{}/{}", d.queries, d.responses);
+    for (n, what) in [
+        (d.nxdomain, "nx"),
+        (d.servfail, "fail"),
+        (d.refused, "ref"),
+        (d.other_rcode, "rc?"),
+        (d.unanswered, "lost"),
+    ] {
+        if n > 0 {
+            let _ = write!(s, " {what}{n}");
+        }
+    }
+    if let Some(l) = d.latency {
+        let _ = write!(s, " {:.1}ms", l.avg_us as f64 / 1000.0);
+    }
+    if !d.name.is_empty() {
+        let _ = write!(s, " {}{}", d.name, if d.name_truncated { "…" } else { "" });
     }
     s
 }
@@ -589,7 +671,14 @@ mod tests {
         let before = concat!(
             r#"{"window_start_ms":1000000,"window_end_ms":1010000,"totals":{"packets":50,"bytes":5001}"#,
             r#","overflow":{"packets":2,"bytes":201},"unsettled":{"packets":0,"bytes":1}"#,
-            r#","stats":{"err_ethernet":{"packets":6,"bytes":601},"err_ipv4":{"packets":8,"bytes":801}"#,
+            // The DNS stats (issue 21), header_excess and reclaimed (issue 24) are the only
+            // additions: new keys, in label order.
+            r#","stats":{"dns_bad_header":{"packets":17,"bytes":1701}"#,
+            r#","dns_bad_label":{"packets":18,"bytes":1801},"dns_evicted":{"packets":22,"bytes":2201}"#,
+            r#","dns_long_name":{"packets":21,"bytes":2101},"dns_messages":{"packets":16,"bytes":1601}"#,
+            r#","dns_no_question":{"packets":20,"bytes":2001},"dns_pointer":{"packets":19,"bytes":1901}"#,
+            r#","dns_state_full":{"packets":23,"bytes":2301}"#,
+            r#","err_ethernet":{"packets":6,"bytes":601},"err_ipv4":{"packets":8,"bytes":801}"#,
             r#","err_ipv6":{"packets":9,"bytes":901},"err_ipv6_ext":{"packets":10,"bytes":1001}"#,
             r#","err_l4":{"packets":11,"bytes":1101},"err_vlan":{"packets":7,"bytes":701}"#,
             r#","fragment":{"packets":5,"bytes":501},"header_excess":{"packets":14,"bytes":1401}"#,
@@ -612,6 +701,69 @@ mod tests {
             r#","handshake":800}}],"rtt_hist":[0,2,5]}"#,
         );
         assert_eq!(w.to_json(), before);
+    }
+
+    #[test]
+    fn dns_block_is_the_window_delta_with_the_latest_name() {
+        let mut before = DnsState {
+            queries: 2,
+            responses: 1,
+            samples: 1,
+            sum_us: 10_000,
+            min_us: 10_000,
+            max_us: 10_000,
+            ..DnsState::default()
+        };
+        before.rcodes[kdns::NOERROR] = 1;
+        let mut now = DnsState {
+            queries: 5,
+            responses: 3,
+            evicted: 1,
+            samples: 3,
+            sum_us: 10_000 + 50_000,
+            min_us: 10_000,
+            max_us: 30_000,
+            qtype: 28,
+            name_len: 17,
+            ..before
+        };
+        now.rcodes[kdns::NXDOMAIN] = 1;
+        now.rcodes[kdns::REFUSED] = 1;
+        now.name[..17].copy_from_slice(b"\x03www\x07example\x03com\x00");
+        let d = dns(&now, &before);
+        assert_eq!(
+            (
+                d.queries,
+                d.responses,
+                d.noerror,
+                d.nxdomain,
+                d.refused,
+                d.unanswered
+            ),
+            (3, 2, 0, 1, 1, 1)
+        );
+        assert_eq!(
+            d.latency,
+            Some(Latency {
+                min_us: 10_000,
+                avg_us: 25_000,
+                max_us: 30_000,
+                samples: 2
+            })
+        );
+        assert_eq!(
+            (d.name.as_str(), d.qtype, d.name_truncated),
+            ("www.example.com", 28, false)
+        );
+        assert_eq!(dns_text(&d), "q3/2 nx1 ref1 lost1 25.0ms www.example.com");
+        // No sample in the window: no latency; a name past the 64 bytes kept is marked.
+        now.name_len = 200;
+        let quiet = dns(&now, &now);
+        assert_eq!(
+            (quiet.latency, quiet.queries, quiet.name_truncated),
+            (None, 0, true)
+        );
+        assert_eq!(dns_text(&quiet), "q0/0 www.example.com…");
     }
 
     #[test]

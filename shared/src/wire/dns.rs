@@ -1,6 +1,6 @@
 //! What a DNS conversation did: queries, responses by response code, unanswered queries,
 //! latency query → response, and the latest query's type and name. A flow record of a
-//! [`super::Message::V3`] summary carries it for UDP/TCP flows to or from port 53 when the
+//! [`super::Message::V3`] summary carries it for UDP flows to or from port 53 when the
 //! agent measures DNS ([`super::Summary::dns`]); docs/dns.md says how each field is measured
 //! and where it can be wrong.
 //!
