@@ -106,7 +106,7 @@ fn golden() -> Message {
 const GOLDEN_HEX: &str = include_str!("golden_v1.hex");
 
 fn hex(b: &[u8]) -> alloc::string::String {
-    b.iter().map(|x| alloc::format!("{x:02x}")).collect()
+    ::hex::encode(b)
 }
 
 #[test]
@@ -404,10 +404,7 @@ fn tcp_blocks_only_on_tcp_flows_with_tcp_health_on() {
 }
 
 fn hex_bytes(h: &str) -> alloc::vec::Vec<u8> {
-    (0..h.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
-        .collect()
+    ::hex::decode(h).expect("golden vectors are hex")
 }
 
 #[test]
