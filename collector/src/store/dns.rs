@@ -270,12 +270,12 @@ pub fn sum_totals_sql() -> String {
     cols.join(", ")
 }
 
-/// `device_totals` columns set to themselves minus `x.d0`..`x.d9`.
+/// `device_totals` columns set to themselves minus `d.d0`..`d.d9` ([`super::subtract_totals`]).
 pub fn subtract_sql() -> String {
     TOTAL_COLUMNS
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("{c} = device_totals.{c} - x.d{i}"))
+        .map(|(i, c)| format!("{c} = device_totals.{c} - d.d{i}"))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -160,6 +160,17 @@ pub fn addr_text(a: &Addr) -> String {
     }
 }
 
+/// The `UPDATE` that takes a block's running sums (`subtract`: its `subtract_sql`, reading
+/// alias `d`; `sums`: its `sum_totals_sql`) of the summaries in table `t` selected by `w` off
+/// `device_totals`; the same text in both databases.
+fn subtract_totals(subtract: &str, sums: &str, t: &str, w: &str) -> String {
+    format!(
+        "UPDATE device_totals SET {subtract}
+         FROM (SELECT site, device, {sums} FROM {t} WHERE {w} GROUP BY site, device) AS d
+         WHERE device_totals.site = d.site AND device_totals.device = d.device"
+    )
+}
+
 /// A record's address by index; decoding already rejected out-of-range indices.
 fn addr(addrs: &[String], i: u32) -> &str {
     addrs.get(i as usize).map_or("?", String::as_str)

@@ -259,25 +259,13 @@ const SUBTRACT_TOTALS: &str = "UPDATE device_totals SET packets = device_totals.
 /// Takes the TCP running sums of the summaries in table `t` selected by `w` off
 /// `device_totals`.
 fn subtract_tcp(t: &str, w: &str) -> String {
-    format!(
-        "UPDATE device_totals SET {}
-         FROM (SELECT site, device, {} FROM {t} WHERE {w} GROUP BY site, device) AS d
-         WHERE device_totals.site = d.site AND device_totals.device = d.device",
-        tcp::subtract_sql(),
-        tcp::sum_totals_sql()
-    )
+    super::subtract_totals(&tcp::subtract_sql(), &tcp::sum_totals_sql(), t, w)
 }
 
 /// Takes the DNS running sums of the summaries in table `t` selected by `w` off
 /// `device_totals`.
 fn subtract_dns(t: &str, w: &str) -> String {
-    format!(
-        "UPDATE device_totals SET {}
-         FROM (SELECT site, device, {} FROM {t} WHERE {w} GROUP BY site, device) AS x
-         WHERE device_totals.site = x.site AND device_totals.device = x.device",
-        dns::subtract_sql(),
-        dns::sum_totals_sql()
-    )
+    super::subtract_totals(&dns::subtract_sql(), &dns::sum_totals_sql(), t, w)
 }
 
 /// Prepared statements of one connection.

@@ -171,32 +171,39 @@ pub(crate) const SCHEMA_VERSION: i64 = 5;
 /// only rewrites the schema text: no row is touched; old rows read NULL (and 0 in
 /// `device_totals`, which matches what they hold).
 fn tcp_columns() -> String {
-    let mut sql = String::new();
-    for c in tcp::SUMMARY_COLUMNS {
-        sql += &format!("ALTER TABLE summaries ADD COLUMN {c} INTEGER;\n");
-    }
-    for (i, c) in tcp::FLOW_COLUMNS.iter().enumerate() {
-        let kind = if i == 0 { "TEXT" } else { "INTEGER" };
-        sql += &format!("ALTER TABLE flows ADD COLUMN {c} {kind};\n");
-    }
-    for c in tcp::TOTAL_COLUMNS {
-        sql += &format!("ALTER TABLE device_totals ADD COLUMN {c} REAL NOT NULL DEFAULT 0;\n");
-    }
-    sql
+    add_columns(
+        &tcp::SUMMARY_COLUMNS,
+        &[],
+        &tcp::FLOW_COLUMNS,
+        &tcp::TOTAL_COLUMNS,
+    )
 }
 
 /// Version 4 adds the DNS columns ([`dns`]) the same way as [`tcp_columns`].
 fn dns_columns() -> String {
+    add_columns(
+        &dns::SUMMARY_COLUMNS,
+        &["dns_hist"],
+        &dns::FLOW_COLUMNS,
+        &dns::TOTAL_COLUMNS,
+    )
+}
+
+/// The `ALTER TABLE` statements of a block of columns: integer (then text) columns of
+/// `summaries`, flow columns (the first one text, the rest integers), running sums.
+fn add_columns(summary: &[&str], summary_text: &[&str], flow: &[&str], totals: &[&str]) -> String {
     let mut sql = String::new();
-    for c in dns::SUMMARY_COLUMNS {
+    for c in summary {
         sql += &format!("ALTER TABLE summaries ADD COLUMN {c} INTEGER;\n");
     }
-    sql += "ALTER TABLE summaries ADD COLUMN dns_hist TEXT;\n";
-    for (i, c) in dns::FLOW_COLUMNS.iter().enumerate() {
+    for c in summary_text {
+        sql += &format!("ALTER TABLE summaries ADD COLUMN {c} TEXT;\n");
+    }
+    for (i, c) in flow.iter().enumerate() {
         let kind = if i == 0 { "TEXT" } else { "INTEGER" };
         sql += &format!("ALTER TABLE flows ADD COLUMN {c} {kind};\n");
     }
-    for c in dns::TOTAL_COLUMNS {
+    for c in totals {
         sql += &format!("ALTER TABLE device_totals ADD COLUMN {c} REAL NOT NULL DEFAULT 0;\n");
     }
     sql
@@ -346,28 +353,15 @@ impl Store {
             ),
             [before_ms],
         )?;
-        tx.execute(
-            &format!(
-                "UPDATE device_totals SET {}
-                 FROM (SELECT site, device, {} FROM summaries WHERE received_ms < ?1
-                       GROUP BY site, device) AS d
-                 WHERE device_totals.site = d.site AND device_totals.device = d.device",
-                tcp::subtract_sql(),
-                tcp::sum_totals_sql()
-            ),
-            [before_ms],
-        )?;
-        tx.execute(
-            &format!(
-                "UPDATE device_totals SET {}
-                 FROM (SELECT site, device, {} FROM summaries WHERE received_ms < ?1
-                       GROUP BY site, device) AS x
-                 WHERE device_totals.site = x.site AND device_totals.device = x.device",
-                dns::subtract_sql(),
-                dns::sum_totals_sql()
-            ),
-            [before_ms],
-        )?;
+        for (subtract, sums) in [
+            (tcp::subtract_sql(), tcp::sum_totals_sql()),
+            (dns::subtract_sql(), dns::sum_totals_sql()),
+        ] {
+            tx.execute(
+                &super::subtract_totals(&subtract, &sums, "summaries", "received_ms < ?1"),
+                [before_ms],
+            )?;
+        }
         let flows = tx.execute(
             "DELETE FROM flows WHERE summary_id IN
                (SELECT id FROM summaries WHERE received_ms < ?1)",
@@ -963,12 +957,18 @@ mod tests {
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
-    /// The TCP running sums as stored, and as a scan of the summaries finds them.
-    fn tcp_totals(conn: &Connection) -> (Vec<f64>, Vec<f64>) {
+    /// A block's running sums as stored (`columns`), and as a scan of the summaries finds
+    /// them (`sums`, aliased `{alias}0`, `{alias}1`, ...).
+    fn block_totals(
+        conn: &Connection,
+        columns: &[&str],
+        sums: &str,
+        alias: char,
+    ) -> (Vec<f64>, Vec<f64>) {
         let read = |sql: &str| -> Vec<f64> {
             let mut st = conn.prepare(sql).unwrap();
             let rows = st.query_map([], |r| {
-                (0..9)
+                (0..columns.len())
                     .map(|i| r.get::<_, f64>(i))
                     .collect::<Result<Vec<_>, _>>()
             });
@@ -976,14 +976,20 @@ mod tests {
         };
         let running = read(&format!(
             "SELECT {} FROM device_totals ORDER BY site, device",
-            tcp::TOTAL_COLUMNS.join(", ")
+            columns.join(", ")
         ));
+        let aliases: Vec<String> = (0..columns.len()).map(|i| format!("{alias}{i}")).collect();
         let scanned = read(&format!(
-            "SELECT t0, t1, t2, t3, t4, t5, t6, t7, t8 FROM (SELECT site, device, {}
+            "SELECT {} FROM (SELECT site, device, {sums}
                FROM summaries GROUP BY site, device) ORDER BY site, device",
-            tcp::sum_totals_sql()
+            aliases.join(", ")
         ));
         (running, scanned)
+    }
+
+    /// The TCP running sums as stored, and as a scan of the summaries finds them.
+    fn tcp_totals(conn: &Connection) -> (Vec<f64>, Vec<f64>) {
+        block_totals(conn, &tcp::TOTAL_COLUMNS, &tcp::sum_totals_sql(), 't')
     }
 
     #[test]
@@ -1079,25 +1085,7 @@ mod tests {
 
     /// The DNS running sums as stored, and as a scan of the summaries finds them.
     fn dns_totals(conn: &Connection) -> (Vec<f64>, Vec<f64>) {
-        let read = |sql: &str| -> Vec<f64> {
-            let mut st = conn.prepare(sql).unwrap();
-            let rows = st.query_map([], |r| {
-                (0..10)
-                    .map(|i| r.get::<_, f64>(i))
-                    .collect::<Result<Vec<_>, _>>()
-            });
-            rows.unwrap().flat_map(Result::unwrap).collect()
-        };
-        let running = read(&format!(
-            "SELECT {} FROM device_totals ORDER BY site, device",
-            dns::TOTAL_COLUMNS.join(", ")
-        ));
-        let scanned = read(&format!(
-            "SELECT d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 FROM (SELECT site, device, {}
-               FROM summaries GROUP BY site, device) ORDER BY site, device",
-            dns::sum_totals_sql()
-        ));
-        (running, scanned)
+        block_totals(conn, &dns::TOTAL_COLUMNS, &dns::sum_totals_sql(), 'd')
     }
 
     #[test]
