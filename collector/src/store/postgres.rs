@@ -41,39 +41,40 @@ pub const SCHEMA_VERSION: i64 = 4;
 /// as in an old one. On a partitioned table the columns go to every partition; nullable
 /// columns and constant defaults are catalog changes, no row is rewritten.
 fn tcp_columns() -> String {
-    let add =
-        |table: &str, cols: Vec<String>| format!("ALTER TABLE {table} {};\n", cols.join(", "));
-    let summaries = tcp::SUMMARY_COLUMNS
-        .iter()
-        .map(|c| format!("ADD COLUMN {c} BIGINT"))
-        .collect();
-    let flows = tcp::FLOW_COLUMNS
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("ADD COLUMN {c} {}", if i == 0 { "TEXT" } else { "BIGINT" }))
-        .collect();
-    let totals = tcp::TOTAL_COLUMNS
-        .iter()
-        .map(|c| format!("ADD COLUMN {c} DOUBLE PRECISION NOT NULL DEFAULT 0"))
-        .collect();
-    add("summaries", summaries) + &add("flows", flows) + &add("device_totals", totals)
+    add_columns(
+        &tcp::SUMMARY_COLUMNS,
+        &[],
+        &tcp::FLOW_COLUMNS,
+        &tcp::TOTAL_COLUMNS,
+    )
 }
 
 /// Version 3's DNS columns ([`dns`]), added as [`tcp_columns`] adds the TCP ones.
 fn dns_columns() -> String {
+    add_columns(
+        &dns::SUMMARY_COLUMNS,
+        &["dns_hist"],
+        &dns::FLOW_COLUMNS,
+        &dns::TOTAL_COLUMNS,
+    )
+}
+
+/// One `ALTER TABLE` per table for a block of columns: integer (then text) columns of
+/// `summaries`, flow columns (the first one text, the rest integers), running sums.
+fn add_columns(summary: &[&str], summary_text: &[&str], flow: &[&str], totals: &[&str]) -> String {
     let add =
         |table: &str, cols: Vec<String>| format!("ALTER TABLE {table} {};\n", cols.join(", "));
-    let mut summaries: Vec<String> = dns::SUMMARY_COLUMNS
+    let summaries = summary
         .iter()
         .map(|c| format!("ADD COLUMN {c} BIGINT"))
+        .chain(summary_text.iter().map(|c| format!("ADD COLUMN {c} TEXT")))
         .collect();
-    summaries.push("ADD COLUMN dns_hist TEXT".into());
-    let flows = dns::FLOW_COLUMNS
+    let flows = flow
         .iter()
         .enumerate()
         .map(|(i, c)| format!("ADD COLUMN {c} {}", if i == 0 { "TEXT" } else { "BIGINT" }))
         .collect();
-    let totals = dns::TOTAL_COLUMNS
+    let totals = totals
         .iter()
         .map(|c| format!("ADD COLUMN {c} DOUBLE PRECISION NOT NULL DEFAULT 0"))
         .collect();
