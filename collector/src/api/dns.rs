@@ -10,7 +10,8 @@
 //! records that ended on it: exact for clients that use a port per query (most stub
 //! resolvers), an approximation for a flow that asks several names in one window.
 
-use super::{device_filter, flows::flows_in_range, rtt, series::Buckets, Error, Range, Reader};
+use super::series::window_buckets;
+use super::{device_filter, flows::flows_in_range, rtt, Error, Range, Reader};
 use super::{Result, Row};
 use serde::Serialize;
 
@@ -382,19 +383,16 @@ fn resolvers(db: &mut dyn Reader, range: Range, q: &DnsQuery) -> Result<Vec<Reso
 }
 
 fn series(db: &mut dyn Reader, range: Range, q: &DnsQuery) -> Result<DnsSeries> {
-    let (device, site) = (q.device.as_deref(), q.site.as_deref());
-    let params = [
-        range.from.into(),
-        range.to.into(),
-        device.into(),
-        site.into(),
-    ];
-    let longest = db.one(
-        &format!("SELECT MAX(window_len_ms) AS longest {}", windows_where()),
-        &params,
-        |r| r.opt_i64("longest"),
+    let filters = [q.device.as_deref().into(), q.site.as_deref().into()];
+    let (b, rows) = window_buckets(
+        db,
+        range,
+        q.step_ms,
+        &windows_where(),
+        &filters,
+        WINDOW_SUMS,
+        Figures::read,
     )?;
-    let b = Buckets::new(range, q.step_ms, longest, super::series::MAX_BUCKETS);
     let mut s = DnsSeries {
         step_ms: b.step as i64,
         t: b.starts(),
@@ -407,23 +405,7 @@ fn series(db: &mut dyn Reader, range: Range, q: &DnsQuery) -> Result<DnsSeries> 
         unanswered_rate: vec![None; b.n],
         latency_avg_us: vec![None; b.n],
     };
-    // A window counts in the bucket of its start.
-    let sql = format!(
-        "SELECT (window_start_ms - $1) / $5 AS bucket, {WINDOW_SUMS} {} GROUP BY bucket",
-        windows_where()
-    );
-    let params = [
-        range.from.into(),
-        range.to.into(),
-        device.into(),
-        site.into(),
-        (b.step as i64).into(),
-    ];
-    db.each(&sql, &params, &mut |r| {
-        let Some(i) = usize::try_from(r.i64("bucket")?).ok().filter(|&i| i < b.n) else {
-            return Ok(());
-        };
-        let f = Figures::read(r)?;
+    for (i, f) in rows {
         s.queries[i] = Some(f.queries);
         s.errors[i] = Some(f.errors);
         s.nxdomain[i] = Some(f.rcodes.nxdomain);
@@ -432,8 +414,7 @@ fn series(db: &mut dyn Reader, range: Range, q: &DnsQuery) -> Result<DnsSeries> 
         s.error_rate[i] = f.error_rate;
         s.unanswered_rate[i] = f.unanswered_rate;
         s.latency_avg_us[i] = f.latency.avg_us;
-        Ok(())
-    })?;
+    }
     Ok(s)
 }
 

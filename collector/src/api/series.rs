@@ -7,7 +7,7 @@
 //! longest window seen (finer buckets would only repeat a window's average), capped so the
 //! range keeps 20 buckets, and wide enough for [`MAX_BUCKETS`] and [`MAX_SERIES_POINTS`].
 
-use super::{device_filter, Error, Range, Reader, Result};
+use super::{device_filter, Error, Param, Range, Reader, Result, Row};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -142,6 +142,42 @@ impl Buckets {
 /// A rate from counts over the milliseconds covered.
 pub(crate) fn rate(v: f64, covered_ms: f64) -> Option<f64> {
     (covered_ms > 0.0).then(|| v / (covered_ms / 1000.0))
+}
+
+/// Per-window figures in buckets of `step_ms` (no finer than the longest window) over
+/// `range`: the windows `from_where` selects (`FROM … WHERE …` with `$1`, `$2` the range, then
+/// `filters`), each bucket's `sums` as `read` reads them, with the bucket's index.
+pub(crate) fn window_buckets<T>(
+    db: &mut dyn Reader,
+    range: Range,
+    step_ms: i64,
+    from_where: &str,
+    filters: &[Param<'_>],
+    sums: &str,
+    mut read: impl FnMut(&dyn Row) -> Result<T>,
+) -> Result<(Buckets, Vec<(usize, T)>)> {
+    let mut params = vec![range.from.into(), range.to.into()];
+    params.extend_from_slice(filters);
+    let longest = db.one(
+        &format!("SELECT MAX(window_len_ms) AS longest {from_where}"),
+        &params,
+        |r| r.opt_i64("longest"),
+    )?;
+    let b = Buckets::new(range, step_ms, longest, MAX_BUCKETS);
+    // A window counts in the bucket of its start.
+    let sql = format!(
+        "SELECT (window_start_ms - $1) / ${} AS bucket, {sums} {from_where} GROUP BY bucket",
+        params.len() + 1
+    );
+    params.push((b.step as i64).into());
+    let mut out = Vec::new();
+    db.each(&sql, &params, &mut |r| {
+        if let Some(i) = usize::try_from(r.i64("bucket")?).ok().filter(|&i| i < b.n) {
+            out.push((i, read(r)?));
+        }
+        Ok(())
+    })?;
+    Ok((b, out))
 }
 
 /// The part-0 windows starting in `[$1, $2)` of the device `$3` and site `$4` (NULL: all).

@@ -8,7 +8,8 @@
 //! rate is retransmitted TCP payload bytes over the bytes (IP, both ways) of the flows that
 //! carry a TCP block: windows of agents without TCP health neither add nor dilute it.
 
-use super::{device_filter, flows::flows_in_range, series::Buckets, Count, Error, Range, Reader};
+use super::series::window_buckets;
+use super::{device_filter, flows::flows_in_range, Count, Error, Range, Reader};
 use super::{Result, Row};
 use serde::Serialize;
 
@@ -296,14 +297,16 @@ fn destinations(db: &mut dyn Reader, range: Range, q: &TcpQuery) -> Result<Vec<D
 }
 
 fn series(db: &mut dyn Reader, range: Range, q: &TcpQuery) -> Result<TcpSeries> {
-    let device = q.device.as_deref();
-    let params = [range.from.into(), range.to.into(), device.into()];
-    let longest = db.one(
-        &format!("SELECT MAX(window_len_ms) AS longest {}", windows_where()),
-        &params,
-        |r| r.opt_i64("longest"),
+    let filters = [q.device.as_deref().into()];
+    let (b, rows) = window_buckets(
+        db,
+        range,
+        q.step_ms,
+        &windows_where(),
+        &filters,
+        WINDOW_SUMS,
+        |r| Ok((Outcomes::read(r)?, r.total("retrans_b")?, r.total("bytes")?)),
     )?;
-    let b = Buckets::new(range, q.step_ms, longest, super::series::MAX_BUCKETS);
     let mut s = TcpSeries {
         step_ms: b.step as i64,
         t: b.starts(),
@@ -312,29 +315,12 @@ fn series(db: &mut dyn Reader, range: Range, q: &TcpQuery) -> Result<TcpSeries> 
         retransmitted_bytes: vec![None; b.n],
         retransmit_rate: vec![None; b.n],
     };
-    // A window counts in the bucket of its start.
-    let sql = format!(
-        "SELECT (window_start_ms - $1) / $4 AS bucket, {WINDOW_SUMS} {} GROUP BY bucket",
-        windows_where()
-    );
-    let params = [
-        range.from.into(),
-        range.to.into(),
-        device.into(),
-        (b.step as i64).into(),
-    ];
-    db.each(&sql, &params, &mut |r| {
-        let Some(i) = usize::try_from(r.i64("bucket")?).ok().filter(|&i| i < b.n) else {
-            return Ok(());
-        };
-        let c = Outcomes::read(r)?;
-        let (retrans, bytes) = (r.total("retrans_b")?, r.total("bytes")?);
+    for (i, (c, retrans, bytes)) in rows {
         s.failed[i] = Some(c.failed());
         s.reset[i] = Some(c.reset);
         s.retransmitted_bytes[i] = Some(retrans);
         s.retransmit_rate[i] = rate(retrans, bytes);
-        Ok(())
-    })?;
+    }
     Ok(s)
 }
 
