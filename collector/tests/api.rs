@@ -188,9 +188,11 @@ fn devices_state_attention_search_sort_and_pages(store: Store) {
         (all(&["s1/b", "s2/c"]), 4)
     );
     assert_eq!(ids(c, "?sort=name&offset=9"), (vec![], 4));
-    let (status, body) = c.get("/api/devices?sort=loudest");
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("attention, name, throughput"), "{body}");
+    refuses_sort(
+        c,
+        "/api/devices?sort=loudest",
+        "attention, name, throughput",
+    );
 }
 
 fn fleet_counts_states_reasons_sites_and_traffic(store: Store) {
@@ -377,16 +379,15 @@ fn flows_talkers_conversations_rtt_stored_and_metrics(store: Store) {
     );
     assert_eq!(stored["oldest_window_ms"], f.base);
     assert_eq!(stored["newest_window_ms"], f.base + 20_000);
-    let (status, metrics) = c.get("/metrics");
-    assert_eq!(status, 200);
-    for line in [
-        "edgeflow_device_up{site=\"s2\",device=\"d\"} 0\n",
-        "edgeflow_device_up{site=\"s1\",device=\"a\"} 1\n",
-        "edgeflow_device_bytes_total{site=\"s1\",device=\"a\"} 90000\n",
-        "edgeflow_device_missing_windows{site=\"s1\",device=\"b\"} 1\n",
-    ] {
-        assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
-    }
+    let metrics = metrics_with(
+        c,
+        &[
+            "edgeflow_device_up{site=\"s2\",device=\"d\"} 0\n",
+            "edgeflow_device_up{site=\"s1\",device=\"a\"} 1\n",
+            "edgeflow_device_bytes_total{site=\"s1\",device=\"a\"} 90000\n",
+            "edgeflow_device_missing_windows{site=\"s1\",device=\"b\"} 1\n",
+        ],
+    );
     // A real parser reads the whole exposition: every family with its type, and the values
     // of the data published above.
     let m = parse_metrics(&metrics);
@@ -526,6 +527,23 @@ fn sample(m: &Exposition, family: &str, labels: &[(&str, &str)]) -> f64 {
         [v] => v,
         _ => panic!("{family}{labels:?}: {found:?}"),
     }
+}
+
+/// `path` (a sort the API does not know) answers 400, naming the sorts it knows.
+fn refuses_sort(c: &Collector, path: &str, known: &str) {
+    let (status, body) = c.get(path);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains(known), "{body}");
+}
+
+/// `/metrics` answers 200 with every one of `lines`; its text.
+fn metrics_with(c: &Collector, lines: &[&str]) -> String {
+    let (status, metrics) = c.get("/metrics");
+    assert_eq!(status, 200);
+    for line in lines {
+        assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
+    }
+    metrics
 }
 
 /// A TCP block as the agent writes it.
@@ -808,12 +826,10 @@ fn tcp_destinations_totals_series_and_metrics_in_a_mixed_fleet(store: Store) {
         "an old agent's flows are stored, without TCP figures: {old}"
     );
     assert_eq!(c.json("/api/flows?device=s2/d")["matching"], 1);
-    let (status, body) = c.get("/api/tcp?sort=loudest");
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("failed, resets, retransmits"), "{body}");
-    let (status, metrics) = c.get("/metrics");
-    assert_eq!(status, 200);
-    for line in [
+    refuses_sort(c, "/api/tcp?sort=loudest", "failed, resets, retransmits");
+    let metrics = metrics_with(
+        c,
+        &[
         "edgeflow_device_tcp_connections_total{site=\"s1\",device=\"a\",outcome=\"refused\"} 2\n",
         "edgeflow_device_tcp_connections_total{site=\"s1\",device=\"a\",outcome=\"reset\"} 1\n",
         "edgeflow_device_tcp_connections_total{site=\"s2\",device=\"c\",outcome=\"unanswered\"} 1\n",
@@ -821,9 +837,8 @@ fn tcp_destinations_totals_series_and_metrics_in_a_mixed_fleet(store: Store) {
         "edgeflow_device_tcp_retransmitted_segments_total{site=\"s1\",device=\"a\"} 3\n",
         "edgeflow_device_tcp_retransmitted_bytes_total{site=\"s1\",device=\"a\"} 3000\n",
         "edgeflow_device_tcp_retransmitted_bytes_total{site=\"s2\",device=\"c\"} 500\n",
-    ] {
-        assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
-    }
+        ],
+    );
     let m = parse_metrics(&metrics);
     assert_eq!(
         sample(
@@ -1158,22 +1173,19 @@ fn dns_names_resolvers_totals_series_and_metrics_in_a_mixed_fleet(store: Store) 
         "an old agent's lookups are stored, without DNS figures: {old}"
     );
     assert_eq!(c.json("/api/flows?device=s2/d")["matching"], 1);
-    let (status, body) = c.get("/api/dns?sort=slowest");
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("errors, latency, queries"), "{body}");
-    let (status, metrics) = c.get("/metrics");
-    assert_eq!(status, 200);
-    for line in [
-        "edgeflow_device_dns_queries_total{site=\"s1\",device=\"a\"} 7\n",
-        "edgeflow_device_dns_queries_total{site=\"s2\",device=\"c\"} 2\n",
-        "edgeflow_device_dns_responses_total{site=\"s1\",device=\"a\",rcode=\"servfail\"} 1\n",
-        "edgeflow_device_dns_responses_total{site=\"s2\",device=\"c\",rcode=\"refused\"} 2\n",
-        "edgeflow_device_dns_responses_total{site=\"s1\",device=\"a\",rcode=\"noerror\"} 2\n",
-        "edgeflow_device_dns_unanswered_total{site=\"s1\",device=\"a\"} 3\n",
-        "edgeflow_device_dns_latency_samples_total{site=\"s1\",device=\"a\"} 4\n",
-    ] {
-        assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
-    }
+    refuses_sort(c, "/api/dns?sort=slowest", "errors, latency, queries");
+    let metrics = metrics_with(
+        c,
+        &[
+            "edgeflow_device_dns_queries_total{site=\"s1\",device=\"a\"} 7\n",
+            "edgeflow_device_dns_queries_total{site=\"s2\",device=\"c\"} 2\n",
+            "edgeflow_device_dns_responses_total{site=\"s1\",device=\"a\",rcode=\"servfail\"} 1\n",
+            "edgeflow_device_dns_responses_total{site=\"s2\",device=\"c\",rcode=\"refused\"} 2\n",
+            "edgeflow_device_dns_responses_total{site=\"s1\",device=\"a\",rcode=\"noerror\"} 2\n",
+            "edgeflow_device_dns_unanswered_total{site=\"s1\",device=\"a\"} 3\n",
+            "edgeflow_device_dns_latency_samples_total{site=\"s1\",device=\"a\"} 4\n",
+        ],
+    );
     let m = parse_metrics(&metrics);
     assert_eq!(
         sample(
@@ -1499,15 +1511,14 @@ fn owners_processes_services_lan_devices_flow_filters_and_metrics(store: Store) 
     );
     let (status, body) = c.get("/api/flows?mac=nope");
     assert_eq!(status, 400, "{body}");
-    let (status, metrics) = c.get("/metrics");
-    assert_eq!(status, 200);
-    for line in [
+    metrics_with(
+        c,
+        &[
         "edgeflow_service_bytes_per_second{site=\"s1\",device=\"a\",service=\"backup.service\"} 6200\n",
         "edgeflow_service_bytes_per_second{site=\"s1\",device=\"a\",service=\"nginx.service\"} 2500\n",
         "edgeflow_service_flow_records{site=\"s1\",device=\"a\",service=\"backup.service\"} 2\n",
-    ] {
-        assert!(metrics.contains(line), "{line:?} missing in\n{metrics}");
-    }
+        ],
+    );
 }
 
 /// Issue 24's bad days, one device each, published as real V3 summaries: s1/flood's table is
@@ -1635,9 +1646,7 @@ fn bad_days_in_health_attention_fleet_and_metrics(store: Store) {
     assert_eq!(h["reclaimed"], json!([9, 0, null]));
     assert_eq!(h["spool_fallback"], json!([false, false, null]));
 
-    let (status, metrics) = c.get("/metrics");
-    assert_eq!(status, 200);
-    let m = parse_metrics(&metrics);
+    let m = parse_metrics(&metrics_with(&c, &[]));
     let at = |family: &str, site: &str, device: &str| {
         sample(&m, family, &[("site", site), ("device", device)])
     };
