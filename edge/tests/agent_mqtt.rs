@@ -19,15 +19,6 @@ const FLOWS: &str = "edgeflow/v1/+/+/flows";
 /// UDP + IPv4 headers: what each datagram adds to the IP length.
 const HDR: u64 = 28;
 
-/// A test network with only our traffic on it: static neighbours, IPv6 off (no ND, MLD).
-fn quiet_net() -> TestNet {
-    let net = TestNet::new();
-    net.static_neighbours();
-    net.ipv4_only();
-    std::thread::sleep(Duration::from_millis(200));
-    net
-}
-
 /// `n` UDP flows from A to B: senders in ns_a, bound receivers in ns_b.
 struct Flows {
     tx: Vec<UdpSocket>,
@@ -79,22 +70,6 @@ impl Flows {
         }
         t
     }
-}
-
-/// The summaries received, deduplicated by (device, boot, seq, part), in first-arrival order.
-fn summaries(sub: &Subscriber) -> Vec<Summary> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for m in sub.messages() {
-        if !m.topic.ends_with("/flows") {
-            continue;
-        }
-        let s = wire::decode_summary(&m.payload).expect("a valid summary");
-        if seen.insert((s.device.clone(), s.boot_id, s.seq, s.part)) {
-            out.push(s);
-        }
-    }
-    out
 }
 
 /// What the summaries of one device add up to.
@@ -197,7 +172,7 @@ fn agent_args_every<'a>(
 
 #[test]
 fn summaries_add_up_exactly_per_flow_and_in_total() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     let broker = Mosquitto::start();
     let sub = Subscriber::start(broker.port, "edgeflow/#");
     let url = broker.url();
@@ -220,7 +195,7 @@ fn summaries_add_up_exactly_per_flow_and_in_total() {
     );
     sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
 
-    let all = summaries(&sub);
+    let all = sub.summaries();
     assert!(all.len() >= 3, "{} summaries\n{}", all.len(), exit.stderr);
     assert_complete_and_ordered(&all);
     assert!(all
@@ -262,7 +237,7 @@ fn traffic(mut flows: Flows, stop: Arc<AtomicBool>, max: Duration) -> Flows {
 
 #[test]
 fn broker_outage_of_30s_loses_nothing() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     let mut broker = Mosquitto::start();
     let sub = Subscriber::start(broker.port, FLOWS);
     let url = broker.url();
@@ -292,7 +267,7 @@ fn broker_outage_of_30s_loses_nothing() {
     assert!(exit.status.success(), "{}", exit.stderr);
     sub.wait_quiet(Duration::from_millis(500), Duration::from_secs(10));
 
-    let all = summaries(&sub);
+    let all = sub.summaries();
     assert!(all.len() >= 35, "{} windows\n{}", all.len(), exit.stderr);
     assert_complete_and_ordered(&all);
     let sums = add_up(&all);
@@ -309,7 +284,7 @@ fn broker_outage_of_30s_loses_nothing() {
 
 #[test]
 fn spool_file_carries_summaries_across_an_agent_restart() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     let mut broker = Mosquitto::start();
     let sub = Subscriber::start(broker.port, FLOWS);
     let url = broker.url();
@@ -351,7 +326,7 @@ fn spool_file_carries_summaries_across_an_agent_restart() {
     );
     sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
 
-    let all = summaries(&sub);
+    let all = sub.summaries();
     assert_complete_and_ordered(&all);
     let sums = add_up(&all);
     assert_eq!(sums.seqs.len(), 2, "windows of both runs arrived");
@@ -367,7 +342,7 @@ fn spool_file_carries_summaries_across_an_agent_restart() {
 
 #[test]
 fn a_full_spool_drops_the_oldest_and_says_so() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     let mut broker = Mosquitto::start();
     let sub = Subscriber::start(broker.port, FLOWS);
     let url = broker.url();
@@ -402,7 +377,7 @@ fn a_full_spool_drops_the_oldest_and_says_so() {
     assert!(exit.stderr.contains("spool full"), "{}", exit.stderr);
     sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
 
-    let all = summaries(&sub);
+    let all = sub.summaries();
     let seqs: Vec<u64> = all.iter().map(|s| s.seq).collect();
     // The oldest windows were dropped: the first to arrive is not window 0, the rest follow
     // without gaps, and the drops are counted in what arrived.
@@ -495,7 +470,7 @@ fn make_certs(dir: &std::path::Path) {
 
 #[test]
 fn mqtts_with_a_client_certificate_from_the_config_file() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     let certs = std::env::temp_dir().join(testkit::unique("efcerts"));
     std::fs::create_dir_all(&certs).unwrap();
     make_certs(&certs);
@@ -556,12 +531,12 @@ fn mqtts_with_a_client_certificate_from_the_config_file() {
         exit.stderr
     );
     assert!(exit.status.success(), "{}", exit.stderr);
-    assert!(summaries(&sub).iter().all(|s| s.device == "tls1"));
+    assert!(sub.summaries().iter().all(|s| s.device == "tls1"));
 }
 
 #[test]
 fn a_killed_agent_is_reported_offline_by_its_last_will() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     let broker = Mosquitto::start();
     let sub = Subscriber::start(broker.port, "edgeflow/v1/lab/t1/status");
     let url = broker.url();
@@ -595,7 +570,7 @@ fn a_killed_agent_is_reported_offline_by_its_last_will() {
 /// exact counts.
 #[test]
 fn corrupted_spool_file_is_set_aside_and_the_agent_keeps_running() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     let mut broker = Mosquitto::start();
     let sub = Subscriber::start(broker.port, FLOWS);
     let url = broker.url();
@@ -654,7 +629,7 @@ fn corrupted_spool_file_is_set_aside_and_the_agent_keeps_running() {
     assert_eq!(std::fs::metadata(&aside).unwrap().len(), bad);
     sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
 
-    let all = summaries(&sub);
+    let all = sub.summaries();
     let boots: Vec<u64> = all.iter().map(|s| s.boot_id).fold(Vec::new(), |mut v, b| {
         if !v.contains(&b) {
             v.push(b);
@@ -687,7 +662,7 @@ fn corrupted_spool_file_is_set_aside_and_the_agent_keeps_running() {
 /// password gets nothing through and says why.
 #[test]
 fn username_and_password_against_a_password_file() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     let dir = std::env::temp_dir().join(testkit::unique("efauth"));
     std::fs::create_dir_all(&dir).unwrap();
     let pw = dir.join("passwd");
@@ -730,7 +705,7 @@ fn username_and_password_against_a_password_file() {
     std::thread::sleep(Duration::from_secs(2));
     let exit = agent.stop();
     assert!(exit.status.success(), "{}", exit.stderr);
-    assert!(summaries(&sub).is_empty(), "a wrong password got through");
+    assert!(sub.summaries().is_empty(), "a wrong password got through");
     assert!(
         exit.stderr.to_lowercase().contains("not authorized")
             || exit.stderr.contains("NotAuthorized")
@@ -762,7 +737,7 @@ fn username_and_password_against_a_password_file() {
 /// offline cleanly and exits 1 (`edge/tests/ifaces.rs` covers down/up and partial loss).
 #[test]
 fn run_stops_with_an_error_when_its_interface_is_deleted() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     for args in [
         vec![
             "ip", "link", "add", "efgone2", "type", "veth", "peer", "name", "efpeer2",
@@ -818,7 +793,7 @@ fn run_stops_with_an_error_when_its_interface_is_deleted() {
             .any(|r| r.topic.ends_with("/status") && r.payload == b"offline")),
         "no offline status"
     );
-    let all = summaries(&sub);
+    let all = sub.summaries();
     assert!(!all.is_empty(), "{}", exit.stderr);
     assert_complete_and_ordered(&all);
 }
@@ -827,7 +802,7 @@ fn run_stops_with_an_error_when_its_interface_is_deleted() {
 /// the whole run still add up exactly to what was sent before and after.
 #[test]
 fn run_counts_across_its_interface_going_down_and_up() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     let broker = Mosquitto::start();
     let sub = Subscriber::start(broker.port, FLOWS);
     let url = broker.url();
@@ -861,7 +836,7 @@ fn run_counts_across_its_interface_going_down_and_up() {
         exit.stderr
     );
     sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
-    let all = summaries(&sub);
+    let all = sub.summaries();
     assert_complete_and_ordered(&all);
     let sums = add_up(&all);
     assert_eq!(sums.accounted, sums.totals);
@@ -929,7 +904,7 @@ fn flap_pair(net: &TestNet, name: &str, peer: &str) {
 /// packet sent while attached is in the summaries, on both interfaces, exactly.
 #[test]
 fn an_interface_made_again_under_its_name_is_attached_to_and_counted_exactly() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     // New interfaces in the test namespaces start without IPv6 (no MLD or RS to count).
     for ns in [&net.ns_a, &net.ns_b] {
         let path = "/proc/sys/net/ipv6/conf/default/disable_ipv6";
@@ -982,7 +957,7 @@ fn an_interface_made_again_under_its_name_is_attached_to_and_counted_exactly() {
     assert!(!err.contains("attaching failed"), "{err}");
     sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
 
-    let all = summaries(&sub);
+    let all = sub.summaries();
     assert_complete_and_ordered(&all);
     let sums = add_up(&all);
     assert_eq!(sums.accounted, sums.totals);
@@ -1043,7 +1018,7 @@ int clock_gettime(clockid_t id, struct timespec *ts) {
 /// stay exact.
 #[test]
 fn wall_clock_steps_do_not_change_window_lengths_and_are_reported() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     let dir = std::env::temp_dir().join(testkit::unique("efclock"));
     std::fs::create_dir_all(&dir).unwrap();
     let (src, so, offset) = (dir.join("shim.c"), dir.join("shim.so"), dir.join("offset"));
@@ -1088,7 +1063,7 @@ fn wall_clock_steps_do_not_change_window_lengths_and_are_reported() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(exit.status.success(), "{}", exit.stderr);
     sub.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
-    let all = summaries(&sub);
+    let all = sub.summaries();
     assert_complete_and_ordered(&all);
     assert!(all.len() >= 8, "{} windows\n{}", all.len(), exit.stderr);
     // The last window is cut short by the stop, and the first starts at the baseline, before

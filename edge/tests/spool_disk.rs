@@ -7,9 +7,9 @@
 //! away with it, also when the test fails; the test reaches them through
 //! `/proc/PID/root` and `nsenter`.
 
-use shared::wire::{self, Count, Summary};
+use shared::wire::{Count, Summary};
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::BTreeSet,
     net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::Command,
@@ -21,14 +21,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_edgeflow");
 const FLOWS: &str = "edgeflow/v1/+/+/flows";
 /// UDP + IPv4 headers.
 const HDR: u64 = 28;
-
-fn quiet_net() -> TestNet {
-    let net = TestNet::new();
-    net.static_neighbours();
-    net.ipv4_only();
-    std::thread::sleep(Duration::from_millis(200));
-    net
-}
 
 /// `n` UDP flows from A to B, and what was sent on them.
 struct Flows {
@@ -81,17 +73,6 @@ impl Flows {
     }
 }
 
-/// Summaries received, deduplicated by (boot, seq, part).
-fn summaries(sub: &Subscriber) -> Vec<Summary> {
-    let mut seen = HashSet::new();
-    sub.messages()
-        .into_iter()
-        .filter(|m| m.topic.ends_with("/flows"))
-        .map(|m| wire::decode_summary(&m.payload).expect("a valid summary"))
-        .filter(|s| seen.insert((s.boot_id, s.seq, s.part)))
-        .collect()
-}
-
 /// Removes the test's files when it ends, also on failure (the mounts go with the agent's
 /// mount namespace).
 struct Scratch(Vec<PathBuf>);
@@ -141,6 +122,24 @@ fn wait_until(what: &str, max: Duration, flows: &mut Flows, mut done: impl FnMut
     }
 }
 
+/// Runs `script` in the agent's mount namespace (it must succeed), then sends until `what`
+/// holds, for at most `max`.
+fn change_disk(
+    pid: i32,
+    script: &str,
+    (what, max): (&str, Duration),
+    flows: &mut Flows,
+    done: impl FnMut() -> bool,
+) {
+    let o = in_mounts(pid, script);
+    assert!(
+        o.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    wait_until(what, max, flows, done);
+}
+
 /// The spool's disk goes read-only under the agent (ext4 with `errors=remount-ro`, an error
 /// forced through its sysfs trigger, as an SD card's I/O errors do it), is replaced by a
 /// small tmpfs, which then fills up and is freed again; the broker is away all along. The
@@ -148,7 +147,7 @@ fn wait_until(what: &str, max: Duration, flows: &mut Flows, mut done: impl FnMut
 /// arrives, adding up exactly to what was sent.
 #[test]
 fn a_read_only_or_full_disk_does_not_stop_the_agent_and_loses_nothing() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     let mut broker = Mosquitto::start();
     let sub = Subscriber::start(broker.port, FLOWS);
     let url = broker.url();
@@ -193,60 +192,52 @@ fn a_read_only_or_full_disk_does_not_stop_the_agent_and_loses_nothing() {
     let mut flows = Flows::new(&net, 8);
     // On the file: the agent holds it open, and it grows.
     let seen = PathBuf::from(format!("/proc/{pid}/root")).join(spool.strip_prefix("/").unwrap());
+    let on_file = || has_open(pid, &spool) && std::fs::metadata(&seen).is_ok_and(|m| m.len() > 0);
+    let off_file = || !has_open(pid, &spool);
     wait_until(
         "the spool file holds records",
         Duration::from_secs(10),
         &mut flows,
-        || has_open(pid, &spool) && std::fs::metadata(&seen).is_ok_and(|m| m.len() > 0),
+        on_file,
     );
 
     // The disk turns read-only: the agent closes the file and runs on in memory.
-    let o = in_mounts(
+    change_disk(
         pid,
         &format!("echo 1 > /sys/fs/ext4/$(basename $(findmnt -no SOURCE {d}))/trigger_fs_error"),
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    wait_until(
-        "the agent leaves the read-only file",
-        Duration::from_secs(10),
+        (
+            "the agent leaves the read-only file",
+            Duration::from_secs(10),
+        ),
         &mut flows,
-        || !has_open(pid, &spool),
+        off_file,
     );
     flows.run_for(Duration::from_millis(800));
     assert!(!has_open(pid, &spool), "back on a read-only disk?");
 
     // A new disk (a small tmpfs) where the old one was: the spool goes back to a file.
-    let o = in_mounts(
+    change_disk(
         pid,
         &format!("umount -l {d} && mount -t tmpfs -o size=256k tmpfs {d}"),
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    wait_until(
-        "the spool is on the new disk",
-        Duration::from_secs(10),
+        ("the spool is on the new disk", Duration::from_secs(10)),
         &mut flows,
-        || has_open(pid, &spool) && std::fs::metadata(&seen).is_ok_and(|m| m.len() > 0),
+        on_file,
     );
 
     // The new disk fills up.
-    let o = in_mounts(
+    change_disk(
         pid,
         &format!("dd if=/dev/zero of={d}/filler bs=4k 2>/dev/null; test -s {d}/filler"),
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    wait_until(
-        "the agent leaves the full disk",
-        Duration::from_secs(20),
+        ("the agent leaves the full disk", Duration::from_secs(20)),
         &mut flows,
-        || !has_open(pid, &spool),
+        off_file,
     );
     flows.run_for(Duration::from_millis(800));
     // Freed: back to the file.
-    let o = in_mounts(pid, &format!("rm {d}/filler"));
-    assert!(o.status.success());
-    wait_until(
-        "the spool is back on the file",
-        Duration::from_secs(10),
+    change_disk(
+        pid,
+        &format!("rm {d}/filler"),
+        ("the spool is back on the file", Duration::from_secs(10)),
         &mut flows,
         || has_open(pid, &spool),
     );
@@ -273,7 +264,7 @@ fn a_read_only_or_full_disk_does_not_stop_the_agent_and_loses_nothing() {
     );
     assert_eq!(err.matches("writing works again").count(), 2, "{err}");
 
-    let all = summaries(&sub);
+    let all = sub.summaries();
     let seqs: BTreeSet<u64> = all.iter().map(|s| s.seq).collect();
     let max = *seqs.last().unwrap();
     assert_eq!(
@@ -306,7 +297,7 @@ fn a_read_only_or_full_disk_does_not_stop_the_agent_and_loses_nothing() {
 /// restart.
 #[test]
 fn a_spool_on_a_read_only_disk_at_start_runs_on_memory() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     let dir = std::env::temp_dir().join(testkit::unique("efrodisk"));
     let _scratch = Scratch(vec![dir.clone()]);
     std::fs::create_dir_all(&dir).unwrap();
@@ -351,7 +342,7 @@ fn a_spool_on_a_read_only_disk_at_start_runs_on_memory() {
 /// with exit 2, naming the file and the first one's pid; the first runs on.
 #[test]
 fn a_second_agent_on_the_same_spool_exits_2_naming_the_holder() {
-    let net = quiet_net();
+    let net = TestNet::quiet();
     let broker = Mosquitto::start();
     let url = broker.url();
     let spool = std::env::temp_dir().join(testkit::unique("efspool-lock"));

@@ -230,6 +230,16 @@ impl TestNet {
         }
     }
 
+    /// A test network with only the test's traffic on it: static neighbours, IPv6 off (no
+    /// ARP, ND or MLD), and a moment for what the links sent on coming up to pass.
+    pub fn quiet() -> TestNet {
+        let net = TestNet::new();
+        net.static_neighbours();
+        net.ipv4_only();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        net
+    }
+
     /// Runs `f` on a thread that has entered namespace `ns`: sockets it opens live there.
     pub fn in_ns<T: Send>(&self, ns: &str, f: impl FnOnce() -> T + Send) -> T {
         in_netns(ns, f)

@@ -108,6 +108,18 @@ impl Subscriber {
         self.msgs.lock().unwrap().clone()
     }
 
+    /// The flow summaries received (topics ending in `/flows`), decoded, each (device, boot,
+    /// seq, part) once, in first-arrival order. Panics on one that does not decode.
+    pub fn summaries(&self) -> Vec<shared::wire::Summary> {
+        let mut seen = std::collections::HashSet::new();
+        self.messages()
+            .into_iter()
+            .filter(|m| m.topic.ends_with("/flows"))
+            .map(|m| shared::wire::decode_summary(&m.payload).expect("a valid summary"))
+            .filter(|s| seen.insert((s.device.clone(), s.boot_id, s.seq, s.part)))
+            .collect()
+    }
+
     /// Waits until nothing new arrived for `quiet`, or `max` passed.
     pub fn wait_quiet(&self, quiet: Duration, max: Duration) {
         let end = Instant::now() + max;
