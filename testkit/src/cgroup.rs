@@ -104,6 +104,28 @@ fn fail(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// In a forked child: joins the cgroup whose `cgroup.procs` is `procs`, takes the name
+/// `name` and enters network namespace `ns`; ends the child (10, 11, 12) if one fails.
+///
+/// # Safety
+/// `procs` is a NUL-terminated path; only system calls, so it may run between fork and exit.
+unsafe fn enter(procs: *const libc::c_char, name: &CString, ns: i32) {
+    // SAFETY: system calls on valid pointers (the caller's path, our name, a stack byte).
+    unsafe {
+        let fd = libc::open(procs, libc::O_WRONLY);
+        if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+            fail(10);
+        }
+        libc::close(fd);
+        if libc::prctl(libc::PR_SET_NAME, name.as_ptr()) != 0 {
+            fail(11);
+        }
+        if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
+            fail(12);
+        }
+    }
+}
+
 fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
@@ -139,17 +161,7 @@ pub fn fork_sender(cg: &TestCgroup, netns: &str, comm: &str, what: Send, hand: H
     if pid == 0 {
         // SAFETY (the whole child): system calls on valid pointers; every path _exits.
         unsafe {
-            let fd = libc::open(procs, libc::O_WRONLY);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                fail(10);
-            }
-            libc::close(fd);
-            if libc::prctl(libc::PR_SET_NAME, name.as_ptr()) != 0 {
-                fail(11);
-            }
-            if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
-                fail(12);
-            }
+            enter(procs, &name, ns);
             let s = libc::socket(libc::AF_INET, kind, 0);
             if s < 0 {
                 fail(13);
@@ -254,15 +266,7 @@ impl Server {
         if pid == 0 {
             // SAFETY (the whole child): system calls on valid pointers; every path _exits.
             unsafe {
-                let fd = libc::open(procs, libc::O_WRONLY);
-                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    fail(10);
-                }
-                libc::close(fd);
-                libc::prctl(libc::PR_SET_NAME, name.as_ptr());
-                if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
-                    fail(12);
-                }
+                enter(procs, &name, ns);
                 let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
                 let one: i32 = 1;
                 libc::setsockopt(
