@@ -57,6 +57,14 @@ impl VmRun {
             .find_map(|w| w.strip_prefix(n.as_str()).map(str::to_string))
     }
 
+    /// [`VmRun::field`] for each of `names`, empty where the line lacks it.
+    fn fields(&self, key: &str, names: &[&str]) -> Vec<String> {
+        names
+            .iter()
+            .map(|n| self.field(key, n).unwrap_or_default())
+            .collect()
+    }
+
     fn assert_ok(&self, what: &str) {
         let bad: Vec<&String> = self
             .lines
@@ -475,18 +483,12 @@ fn debian_agent(arch: &str) {
     assert_eq!(started("user").as_deref(), Some("edgeflow"));
     // CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39) and nothing else.
     assert_eq!(started("capeff").as_deref(), Some("000000c000001000"));
-    let attached: Vec<String> = ["ingress", "egress", "xdp"]
-        .iter()
-        .map(|k| started(k).unwrap_or_default())
-        .collect();
+    let attached = r.fields("started", &["ingress", "egress", "xdp"]);
     assert_eq!(attached, ["1", "1", "0"], "{:#?}", r.lines);
     let stopped = |k: &str| r.field("stopped", k);
     assert_eq!(stopped("status").as_deref(), Some("0"));
     assert_eq!(stopped("result").as_deref(), Some("success"));
-    let detached: Vec<String> = ["ingress", "egress", "xdp"]
-        .iter()
-        .map(|k| stopped(k).unwrap_or_default())
-        .collect();
+    let detached = r.fields("stopped", &["ingress", "egress", "xdp"]);
     assert_eq!(detached, ["0", "0", "0"], "nothing attached after the stop");
     assert_published(&sub, &r, &format!("deb-{arch}"));
     let purged = r.values("purged");
