@@ -380,14 +380,15 @@ impl std::str::FromStr for Sort {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Sort> {
-        match s {
-            "attention" => Ok(Sort::Attention),
-            "name" => Ok(Sort::Name),
-            "throughput" => Ok(Sort::Throughput),
-            _ => Err(Error::Bad(format!(
-                "sort {s:?} is not one of attention, name, throughput"
-            ))),
-        }
+        super::choose(
+            "sort",
+            s,
+            &[
+                ("attention", Sort::Attention),
+                ("name", Sort::Name),
+                ("throughput", Sort::Throughput),
+            ],
+        )
     }
 }
 

@@ -189,14 +189,15 @@ impl std::str::FromStr for Sort {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Sort> {
-        match s {
-            "errors" => Ok(Sort::Errors),
-            "latency" => Ok(Sort::Latency),
-            "queries" => Ok(Sort::Queries),
-            _ => Err(Error::Bad(format!(
-                "sort {s:?} is not one of errors, latency, queries"
-            ))),
-        }
+        super::choose(
+            "sort",
+            s,
+            &[
+                ("errors", Sort::Errors),
+                ("latency", Sort::Latency),
+                ("queries", Sort::Queries),
+            ],
+        )
     }
 }
 

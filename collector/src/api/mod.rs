@@ -86,6 +86,19 @@ pub(crate) fn total(v: f64) -> u64 {
     }
 }
 
+/// The one of `choices` (its name in a query, the value) that `s` names; a bad request
+/// listing the names otherwise (`what` says which parameter).
+pub(crate) fn choose<T: Copy>(what: &str, s: &str, choices: &[(&str, T)]) -> Result<T> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == s)
+        .map(|&(_, v)| v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            Error::Bad(format!("{what} {s:?} is not one of {}", names.join(", ")))
+        })
+}
+
 /// SQL that narrows to the device `$n` names, as every endpoint's `device` parameter does:
 /// `site/device`, or a bare device name for that name in every site; NULL for all.
 pub(crate) fn device_filter(prefix: &str, n: u8) -> String {

@@ -115,14 +115,15 @@ impl std::str::FromStr for Sort {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Sort> {
-        match s {
-            "failed" => Ok(Sort::Failed),
-            "resets" => Ok(Sort::Resets),
-            "retransmits" => Ok(Sort::Retransmits),
-            _ => Err(Error::Bad(format!(
-                "sort {s:?} is not one of failed, resets, retransmits"
-            ))),
-        }
+        super::choose(
+            "sort",
+            s,
+            &[
+                ("failed", Sort::Failed),
+                ("resets", Sort::Resets),
+                ("retransmits", Sort::Retransmits),
+            ],
+        )
     }
 }
 
