@@ -333,20 +333,38 @@ fn record_params<'a>(range: Range, q: &'a DnsQuery) -> [super::Param<'a>; 5] {
     ]
 }
 
-fn names(db: &mut dyn Reader, range: Range, q: &DnsQuery) -> Result<Vec<Name>> {
+/// The flow records with DNS blocks (and `also`) grouped by `keys` (selected as `select`,
+/// with their [`record_sums`]), ordered as asked and then by `then`, the first `limit`.
+fn ranked<T>(
+    db: &mut dyn Reader,
+    range: Range,
+    q: &DnsQuery,
+    [select, also, keys, then]: [&str; 4],
+    read: impl FnMut(&dyn Row) -> Result<T>,
+) -> Result<Vec<T>> {
     let sql = format!(
-        "SELECT f.dns_name AS name, f.dns_qtype AS qtype, {},
-            COUNT(DISTINCT f.dst || ' ' || f.dst_port) AS resolvers
-         FROM {} AND {} AND f.dns_queries IS NOT NULL AND f.dns_name IS NOT NULL
-         GROUP BY f.dns_name, f.dns_qtype
-         ORDER BY {}, name, qtype
+        "SELECT {select}, {}
+         FROM {} AND {} AND f.dns_queries IS NOT NULL{also}
+         GROUP BY {keys}
+         ORDER BY {}, {then}
          LIMIT $5",
         record_sums(),
         flows_in_range(db.dialect()),
         site_filter("s."),
         q.sort.order_by(),
     );
-    db.rows(&sql, &record_params(range, q), |r| {
+    db.rows(&sql, &record_params(range, q), read)
+}
+
+fn names(db: &mut dyn Reader, range: Range, q: &DnsQuery) -> Result<Vec<Name>> {
+    let sql = [
+        "f.dns_name AS name, f.dns_qtype AS qtype,
+            COUNT(DISTINCT f.dst || ' ' || f.dst_port) AS resolvers",
+        " AND f.dns_name IS NOT NULL",
+        "f.dns_name, f.dns_qtype",
+        "name, qtype",
+    ];
+    ranked(db, range, q, sql, |r| {
         let qtype = r.i64("qtype")?.clamp(0, 65_535) as u16;
         Ok(Name {
             name: r.text("name")?,
@@ -360,19 +378,13 @@ fn names(db: &mut dyn Reader, range: Range, q: &DnsQuery) -> Result<Vec<Name>> {
 }
 
 fn resolvers(db: &mut dyn Reader, range: Range, q: &DnsQuery) -> Result<Vec<Resolver>> {
-    let sql = format!(
-        "SELECT f.dst AS addr, f.dst_port AS port, {},
-            COUNT(DISTINCT f.dns_name) AS names
-         FROM {} AND {} AND f.dns_queries IS NOT NULL
-         GROUP BY f.dst, f.dst_port
-         ORDER BY {}, addr, port
-         LIMIT $5",
-        record_sums(),
-        flows_in_range(db.dialect()),
-        site_filter("s."),
-        q.sort.order_by(),
-    );
-    db.rows(&sql, &record_params(range, q), |r| {
+    let sql = [
+        "f.dst AS addr, f.dst_port AS port, COUNT(DISTINCT f.dns_name) AS names",
+        "",
+        "f.dst, f.dst_port",
+        "addr, port",
+    ];
+    ranked(db, range, q, sql, |r| {
         Ok(Resolver {
             addr: r.text("addr")?,
             port: r.i64("port")?.clamp(0, 65_535) as u16,
