@@ -916,17 +916,7 @@ mod tests {
             .unwrap();
             conn.pragma_update(None, "user_version", 1).unwrap();
             for seq in [5i64, 6, 8] {
-                conn.execute(
-                    "INSERT INTO summaries (device, site, boot_id, seq, part, parts,
-                       window_start_ms, window_len_ms, sample_every, received_ms, packets, bytes,
-                       overflow_packets, overflow_bytes, other_packets, other_bytes, other_flows,
-                       packets_seen, active_flows, table_capacity, table_full, parse_errors,
-                       fragments, non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count)
-                     VALUES ('d', 's', -1, ?1, 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                             0, 0, 0, 0, 0, 0, 0, 0)",
-                    [seq],
-                )
-                .unwrap();
+                old_window(&conn, seq, 0);
             }
         }
         let mut store = Store::open(&path).unwrap();
@@ -955,6 +945,32 @@ mod tests {
         );
         b.commit().unwrap();
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// One window of device s/d (boot -1) as an older schema stored it: 1 packet, 1 byte.
+    fn old_window(conn: &Connection, seq: i64, flow_count: i64) {
+        conn.execute(
+            "INSERT INTO summaries (device, site, boot_id, seq, part, parts,
+               window_start_ms, window_len_ms, sample_every, received_ms, packets, bytes,
+               overflow_packets, overflow_bytes, other_packets, other_bytes, other_flows,
+               packets_seen, active_flows, table_capacity, table_full, parse_errors,
+               fragments, non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count)
+             VALUES ('d', 's', -1, ?1, 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                     0, 0, 0, 0, 0, 0, 0, ?2)",
+            [seq, flow_count],
+        )
+        .unwrap();
+    }
+
+    /// The running totals of [`old_window`]'s device as an older schema stored them.
+    fn old_totals(conn: &Connection, flow_records: i64) {
+        conn.execute(
+            "INSERT INTO device_totals (site, device, packets, bytes, overflow_packets,
+               overflow_bytes, windows, summaries, flow_records, latest_id)
+             VALUES ('s', 'd', 1, 1, 0, 0, 1, 1, ?1, 1)",
+            [flow_records],
+        )
+        .unwrap();
     }
 
     /// A block's running sums as stored (`columns`), and as a scan of the summaries finds
@@ -1001,17 +1017,7 @@ mod tests {
             let conn = Connection::open(&path).unwrap();
             conn.execute_batch(SCHEMA).unwrap();
             conn.pragma_update(None, "user_version", 2).unwrap();
-            conn.execute(
-                "INSERT INTO summaries (device, site, boot_id, seq, part, parts,
-                   window_start_ms, window_len_ms, sample_every, received_ms, packets, bytes,
-                   overflow_packets, overflow_bytes, other_packets, other_bytes, other_flows,
-                   packets_seen, active_flows, table_capacity, table_full, parse_errors,
-                   fragments, non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count)
-                 VALUES ('d', 's', -1, 0, 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                         0, 0, 0, 0, 0, 0, 0, 1)",
-                [],
-            )
-            .unwrap();
+            old_window(&conn, 0, 1);
             conn.execute(
                 "INSERT INTO flows (summary_id, n, proto, src, src_port, dst, dst_port, vlan,
                    vlan_inner, ifindex, fwd_packets, fwd_bytes, rev_packets, rev_bytes,
@@ -1020,13 +1026,7 @@ mod tests {
                 [],
             )
             .unwrap();
-            conn.execute(
-                "INSERT INTO device_totals (site, device, packets, bytes, overflow_packets,
-                   overflow_bytes, windows, summaries, flow_records, latest_id)
-                 VALUES ('s', 'd', 1, 1, 0, 0, 1, 1, 1, 1)",
-                [],
-            )
-            .unwrap();
+            old_totals(&conn, 1);
         }
         let mut store = Store::open(&path).unwrap();
         let (version, old_outcome, old_window): (i64, Option<String>, Option<i64>) = store
@@ -1098,24 +1098,8 @@ mod tests {
             conn.execute_batch(SCHEMA).unwrap();
             conn.execute_batch(&tcp_columns()).unwrap();
             conn.pragma_update(None, "user_version", 3).unwrap();
-            conn.execute(
-                "INSERT INTO summaries (device, site, boot_id, seq, part, parts,
-                   window_start_ms, window_len_ms, sample_every, received_ms, packets, bytes,
-                   overflow_packets, overflow_bytes, other_packets, other_bytes, other_flows,
-                   packets_seen, active_flows, table_capacity, table_full, parse_errors,
-                   fragments, non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count)
-                 VALUES ('d', 's', -1, 0, 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                         0, 0, 0, 0, 0, 0, 0, 0)",
-                [],
-            )
-            .unwrap();
-            conn.execute(
-                "INSERT INTO device_totals (site, device, packets, bytes, overflow_packets,
-                   overflow_bytes, windows, summaries, flow_records, latest_id)
-                 VALUES ('s', 'd', 1, 1, 0, 0, 1, 1, 0, 1)",
-                [],
-            )
-            .unwrap();
+            old_window(&conn, 0, 0);
+            old_totals(&conn, 0);
         }
         let mut store = Store::open(&path).unwrap();
         let (version, old_window): (i64, Option<i64>) = store
@@ -1217,17 +1201,7 @@ mod tests {
             conn.execute_batch(&dns_columns()).unwrap();
             conn.execute_batch(&owner_columns()).unwrap();
             conn.pragma_update(None, "user_version", 4).unwrap();
-            conn.execute(
-                "INSERT INTO summaries (device, site, boot_id, seq, part, parts,
-                   window_start_ms, window_len_ms, sample_every, received_ms, packets, bytes,
-                   overflow_packets, overflow_bytes, other_packets, other_bytes, other_flows,
-                   packets_seen, active_flows, table_capacity, table_full, parse_errors,
-                   fragments, non_ip, cpu_ms, rss_kib, spool_depth, spool_dropped, flow_count)
-                 VALUES ('d', 's', -1, 0, 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                         0, 0, 0, 0, 0, 0, 0, 0)",
-                [],
-            )
-            .unwrap();
+            old_window(&conn, 0, 0);
         }
         let mut store = Store::open(&path).unwrap();
         let (version, old): (i64, Option<i64>) = store
