@@ -70,22 +70,33 @@ fn flows(bytes: u64) -> Vec<F> {
     }]
 }
 
-/// s1/a healthy (3 windows of 30 kB); s1/b a gap (seq 1 missing) and a full table in its
-/// latest window (2 windows of 10 kB); s2/c a spool that dropped (2 windows of 20 kB);
-/// s2/d said offline after its one window (5 kB).
-fn start(store: Store) -> Fleet {
-    let broker = Mosquitto::start();
+/// A collector on `broker` storing in `store` (PostgreSQL: a database of its own, named from
+/// `label`), subscribed; with what to hold while it runs (see [`Fleet`]).
+fn collector(
+    store: Store,
+    broker: &Mosquitto,
+    label: &str,
+) -> (Collector, Option<(std::sync::Arc<SharedPostgres>, String)>) {
     let (c, pg) = match store {
         Store::Sqlite => (Collector::start(&broker.url()), None),
         Store::Postgres => {
             let pg = SharedPostgres::get();
-            let name = testkit::unique("efapi");
+            let name = testkit::unique(label);
             let db = pg.pg.create_database(&name);
             let c = Collector::with_args(&["--broker", &broker.url(), "--db", &db]);
             (c, Some((pg, name)))
         }
     };
     c.wait_subscribed();
+    (c, pg)
+}
+
+/// s1/a healthy (3 windows of 30 kB); s1/b a gap (seq 1 missing) and a full table in its
+/// latest window (2 windows of 10 kB); s2/c a spool that dropped (2 windows of 20 kB);
+/// s2/d said offline after its one window (5 kB).
+fn start(store: Store) -> Fleet {
+    let broker = Mosquitto::start();
+    let (c, pg) = collector(store, &broker, "efapi");
     let base = (now_ms() / 10_000 - 60) * 10_000;
     let w = |i: u64| base + i * WINDOW_MS as u64;
     let mut msgs = Vec::new();
@@ -590,17 +601,7 @@ fn tcp_flow(
 /// (s2/d, a version 1 message): every figure of /api/tcp and the TCP metrics is known.
 fn tcp_fleet(store: Store) -> Fleet {
     let broker = Mosquitto::start();
-    let (c, pg) = match store {
-        Store::Sqlite => (Collector::start(&broker.url()), None),
-        Store::Postgres => {
-            let pg = SharedPostgres::get();
-            let name = testkit::unique("eftcp");
-            let db = pg.pg.create_database(&name);
-            let c = Collector::with_args(&["--broker", &broker.url(), "--db", &db]);
-            (c, Some((pg, name)))
-        }
-    };
-    c.wait_subscribed();
+    let (c, pg) = collector(store, &broker, "eftcp");
     let base = (now_ms() / 10_000 - 60) * 10_000;
     let (a, c_ip, d_ip) = ([10, 2, 0, 1], [10, 3, 0, 1], [10, 4, 0, 1]);
     let (web, ssh, plain) = ([192, 0, 2, 80], [192, 0, 2, 81], [192, 0, 2, 82]);
@@ -919,17 +920,7 @@ fn hist(buckets: &[usize]) -> heapless::Vec<u32, { wire::RTT_BUCKETS }> {
 /// is known.
 fn dns_fleet(store: Store) -> Fleet {
     let broker = Mosquitto::start();
-    let (c, pg) = match store {
-        Store::Sqlite => (Collector::start(&broker.url()), None),
-        Store::Postgres => {
-            let pg = SharedPostgres::get();
-            let name = testkit::unique("efdns");
-            let db = pg.pg.create_database(&name);
-            let c = Collector::with_args(&["--broker", &broker.url(), "--db", &db]);
-            (c, Some((pg, name)))
-        }
-    };
-    c.wait_subscribed();
+    let (c, pg) = collector(store, &broker, "efdns");
     let base = (now_ms() / 10_000 - 60) * 10_000;
     let (a, c_ip, d_ip) = ([10, 2, 0, 1], [10, 3, 0, 1], [10, 4, 0, 1]);
     let (r53, r54) = ([192, 0, 2, 53], [192, 0, 2, 54]);
@@ -1231,17 +1222,7 @@ fn lan(initiator: u32, responder: Option<u32>) -> Option<wire::Owner> {
 /// agent before owners (a version 2 message).
 fn owners_fleet(store: Store) -> Fleet {
     let broker = Mosquitto::start();
-    let (c, pg) = match store {
-        Store::Sqlite => (Collector::start(&broker.url()), None),
-        Store::Postgres => {
-            let pg = SharedPostgres::get();
-            let name = testkit::unique("efown");
-            let db = pg.pg.create_database(&name);
-            let c = Collector::with_args(&["--broker", &broker.url(), "--db", &db]);
-            (c, Some((pg, name)))
-        }
-    };
-    c.wait_subscribed();
+    let (c, pg) = collector(store, &broker, "efown");
     let base = (now_ms() / 10_000 - 60) * 10_000;
     let (box_ip, pi) = ([10, 2, 0, 1], [192, 168, 1, 20]);
     let mut a0 = summary(
@@ -1528,17 +1509,7 @@ fn owners_processes_services_lan_devices_flow_filters_and_metrics(store: Store) 
 /// latest, after re-attaching twice; s2/ok has a clean latest window after a flood in its first.
 fn bad_days_in_health_attention_fleet_and_metrics(store: Store) {
     let broker = Mosquitto::start();
-    let (c, _pg) = match store {
-        Store::Sqlite => (Collector::start(&broker.url()), None),
-        Store::Postgres => {
-            let pg = SharedPostgres::get();
-            let name = testkit::unique("efbad");
-            let db = pg.pg.create_database(&name);
-            let c = Collector::with_args(&["--broker", &broker.url(), "--db", &db]);
-            (c, Some((pg, name)))
-        }
-    };
-    c.wait_subscribed();
+    let (c, _pg) = collector(store, &broker, "efbad");
     let base = (now_ms() / 10_000 - 60) * 10_000;
     let w = |i: u64| base + i * WINDOW_MS as u64;
     let mut msgs = Vec::new();
