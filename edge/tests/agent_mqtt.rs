@@ -5,7 +5,7 @@
 use shared::wire::{self, Count, Summary};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{Ipv4Addr, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -34,16 +34,8 @@ impl Flows {
 
     /// `n` flows from `a` (in ns_a) to `b` (in ns_b).
     fn between(net: &TestNet, n: usize, a: Ipv4Addr, b: Ipv4Addr) -> Flows {
-        let rx: Vec<UdpSocket> = net.in_ns(&net.ns_b, || {
-            (0..n)
-                .map(|_| UdpSocket::bind(SocketAddr::new(b.into(), 0)).unwrap())
-                .collect()
-        });
-        let tx: Vec<UdpSocket> = net.in_ns(&net.ns_a, || {
-            (0..n)
-                .map(|_| UdpSocket::bind(SocketAddr::new(a.into(), 0)).unwrap())
-                .collect()
-        });
+        let rx = net.udp_sockets(&net.ns_b, b.into(), n);
+        let tx = net.udp_sockets(&net.ns_a, a.into(), n);
         Flows {
             tx,
             rx,

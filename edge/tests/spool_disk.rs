@@ -32,16 +32,8 @@ struct Flows {
 
 impl Flows {
     fn new(net: &TestNet, n: usize) -> Flows {
-        let rx: Vec<UdpSocket> = net.in_ns(&net.ns_b, || {
-            (0..n)
-                .map(|_| UdpSocket::bind(SocketAddr::new(B4.into(), 0)).unwrap())
-                .collect()
-        });
-        let tx = net.in_ns(&net.ns_a, || {
-            (0..n)
-                .map(|_| UdpSocket::bind(SocketAddr::new(A4.into(), 0)).unwrap())
-                .collect()
-        });
+        let rx = net.udp_sockets(&net.ns_b, B4.into(), n);
+        let tx = net.udp_sockets(&net.ns_a, A4.into(), n);
         Flows {
             tx,
             to: rx.iter().map(|r| r.local_addr().unwrap()).collect(),

@@ -240,6 +240,20 @@ impl TestNet {
         net
     }
 
+    /// `n` UDP sockets in namespace `ns`, each bound to `ip` on a port of the kernel's choice.
+    pub fn udp_sockets(
+        &self,
+        ns: &str,
+        ip: std::net::IpAddr,
+        n: usize,
+    ) -> Vec<std::net::UdpSocket> {
+        self.in_ns(ns, || {
+            (0..n)
+                .map(|_| std::net::UdpSocket::bind((ip, 0)).unwrap())
+                .collect()
+        })
+    }
+
     /// Runs `f` on a thread that has entered namespace `ns`: sockets it opens live there.
     pub fn in_ns<T: Send>(&self, ns: &str, f: impl FnOnce() -> T + Send) -> T {
         in_netns(ns, f)
