@@ -503,21 +503,12 @@ fn entry<C: Hook>(
     egress: bool,
 ) -> Option<(*mut FlowCounters, u32)> {
     let mask = settings.slot_mask;
-    // The home slot first: in a table below its size most flows sit there, and a hit costs
-    // no read of the hop mask's line (one cold line less per packet at many flows).
-    let at = table::probe(home, 0, mask);
-    let s = FLOWS.get_ptr_mut(at)?;
-    // SAFETY: as in the loop below.
-    let st = unsafe { core::ptr::read_volatile(&raw const (*s).state) };
-    if st == LIVE && table::same_key(unsafe { &(*s).key }, &p.key) {
-        return Some((count_into(s, p, d, segs64, bytes, now), at));
-    }
     let hops = FLOWS_HOPS.get_ptr_mut(home & mask)?;
     // Only the slots where a flow of this home was ever put: under a flood the window is all
     // held, and walking all of it cost a new flow's packet 64 cold lines (`shared::table`).
     // SAFETY: an array word, only ever or-ed into.
     let m = unsafe { core::ptr::read_volatile(hops) };
-    for i in 1..PROBES {
+    for i in 0..PROBES {
         if m >> i == 0 {
             break;
         }
